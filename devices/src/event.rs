@@ -1,0 +1,160 @@
+//! The event source: the one door through which the world reaches the guest.
+//!
+//! Everything the outside world chooses (what time it is, when a timer expires, later a received
+//! frame or a completed disk read) is asked of an [`EventSource`] at a VM exit, stamped with the
+//! [`Landmark`] of that exit. A live source answers from the host; `ftlog` wraps it to record the
+//! answers (primary) or answers from a log (backup, replay). Devices never read host time or host
+//! I/O themselves.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The point in the guest's execution at which an event takes effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Landmark {
+    /// At the n-th deterministic VM exit (counted from 1). The guest reaches it at the same
+    /// instruction on every run.
+    Exit(u64),
+    /// The vCPU was kicked out at an arbitrary instruction after the n-th deterministic exit
+    /// (the stretch is reproduced by a checkpoint, not by execution).
+    Preempt(u64),
+}
+
+impl Landmark {
+    /// The deterministic exit count this landmark follows or is.
+    pub fn exit_count(self) -> u64 {
+        match self {
+            Landmark::Exit(n) | Landmark::Preempt(n) => n,
+        }
+    }
+}
+
+impl fmt::Display for Landmark {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Landmark::Exit(n) => write!(f, "Exit({n})"),
+            Landmark::Preempt(n) => write!(f, "Preempt({n})"),
+        }
+    }
+}
+
+/// Which clock a guest read asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ClockId {
+    /// Nanoseconds since the VM started; never goes backwards.
+    Monotonic,
+    /// Nanoseconds since the Unix epoch (UTC).
+    Wall,
+}
+
+/// Timers a device has armed, as deadlines on the monotonic clock (ns since VM start).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Deadlines {
+    /// The PIT channel 0's next expiry, if armed.
+    pub pit: Option<u64>,
+}
+
+impl Deadlines {
+    /// The earliest armed deadline.
+    pub fn earliest(&self) -> Option<u64> {
+        self.pit
+    }
+}
+
+/// Something the world did, delivered to the board at a landmark.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorldEvent {
+    /// The PIT channel 0 deadline has passed.
+    PitExpired,
+}
+
+/// The world as the VM sees it. Called only from the vCPU thread, only at exits.
+pub trait EventSource {
+    /// The value of a clock, for a guest read at `at`.
+    fn read_clock(&mut self, at: Landmark, clock: ClockId) -> u64;
+
+    /// What the world did by now, given the timers the devices have armed. Returned events are
+    /// applied to the board at `at`, in order.
+    fn poll(&mut self, at: Landmark, armed: Deadlines) -> Vec<WorldEvent>;
+
+    /// The guest halted at `at`: block until the world has something for it (a deadline passes
+    /// or, later, a device receives data). A replaying source returns at once: its events are already scheduled by the log.
+    fn wait_idle(&mut self, at: Landmark, armed: Deadlines);
+
+    /// Whether an event waits that the guest should get as soon as possible, even by a
+    /// preemption (the vCPU loop asks this to decide whether to arm its kick timer).
+    fn next_deadline(&self, armed: Deadlines) -> Option<u64> {
+        armed.earliest()
+    }
+}
+
+/// The live world of this host: real clocks, real waiting.
+pub struct HostWorld {
+    started: std::time::Instant,
+}
+
+impl HostWorld {
+    pub fn new() -> Self {
+        Self { started: std::time::Instant::now() }
+    }
+
+    fn monotonic_ns(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+impl Default for HostWorld {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventSource for HostWorld {
+    fn read_clock(&mut self, _at: Landmark, clock: ClockId) -> u64 {
+        match clock {
+            ClockId::Monotonic => self.monotonic_ns(),
+            ClockId::Wall => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+                .unwrap_or(0),
+        }
+    }
+
+    fn poll(&mut self, _at: Landmark, armed: Deadlines) -> Vec<WorldEvent> {
+        match armed.pit {
+            Some(deadline) if self.monotonic_ns() >= deadline => vec![WorldEvent::PitExpired],
+            _ => Vec::new(),
+        }
+    }
+
+    fn wait_idle(&mut self, _at: Landmark, armed: Deadlines) {
+        // With nothing armed a halted guest can only be woken by device input, which does not
+        // exist yet; sleep in short steps so a stuck guest does not spin a core.
+        let now = self.monotonic_ns();
+        let until = armed.earliest().unwrap_or(now + 10_000_000);
+        if until > now {
+            std::thread::sleep(std::time::Duration::from_nanos(until - now));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn landmarks_order_by_exit_then_kind() {
+        assert!(Landmark::Exit(3) < Landmark::Preempt(3));
+        assert!(Landmark::Preempt(3) < Landmark::Exit(4));
+        assert_eq!(Landmark::Preempt(7).to_string(), "Preempt(7)");
+    }
+
+    #[test]
+    fn host_world_reports_an_expired_deadline_only_once_it_passed() {
+        let mut world = HostWorld::new();
+        let far = Deadlines { pit: Some(u64::MAX) };
+        assert!(world.poll(Landmark::Exit(1), far).is_empty());
+        let past = Deadlines { pit: Some(0) };
+        assert_eq!(world.poll(Landmark::Exit(1), past), vec![WorldEvent::PitExpired]);
+    }
+}

@@ -1,0 +1,17 @@
+//! Device models of the ftvm board (see `docs/guest-abi.md` for the guest's view).
+//!
+//! The vCPU loop in `vmm` hands every port-I/O and MMIO exit to the [`Board`], which dispatches
+//! it to one device. Devices are plain single-threaded state machines: they see the outside world
+//! only through the [`event::EventSource`] passed in at each exit, so that `ftlog` can record and
+//! replay everything that is not a function of the guest's own execution.
+
+pub mod board;
+pub mod clock;
+pub mod event;
+pub mod pic;
+pub mod pit;
+pub mod power;
+pub mod serial;
+
+pub use board::{Board, BoardState, IoOutcome};
+pub use event::{ClockId, Deadlines, EventSource, HostWorld, Landmark, WorldEvent};

@@ -1,0 +1,1 @@
+//! gfs: master, chunkservers and the client library (see DESIGN.md, "gfs").
