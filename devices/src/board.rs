@@ -134,6 +134,9 @@ impl Board {
                     self.pic.pulse_irq(PIT_IRQ);
                 }
             }
+            WorldEvent::NetFrame { device, .. } => {
+                tracing::warn!(device, "frame for a net device this board does not have; dropped");
+            }
         }
     }
 

@@ -66,6 +66,18 @@ impl Deadlines {
 pub enum WorldEvent {
     /// The PIT channel 0 deadline has passed.
     PitExpired,
+    /// A frame arrived for virtio-net device `device` (index among the VM's net devices).
+    /// It waits in the device's bounce buffer until the guest posts a receive buffer.
+    NetFrame { device: u8, frame: Vec<u8> },
+}
+
+/// Data that a device takes from the world at an exit, synchronously (as opposed to
+/// [`WorldEvent`]s, which arrive on their own). On a replaying source the data comes from the
+/// log and the device's backend is not touched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum InputKind {
+    /// The bytes a virtio-blk read returned from the backend, and its status byte appended.
+    DiskRead { device: u8 },
 }
 
 /// The world as the VM sees it. Called only from the vCPU thread, only at exits.
@@ -80,6 +92,18 @@ pub trait EventSource {
     /// The guest halted at `at`: block until the world has something for it (a deadline passes
     /// or, later, a device receives data). A replaying source returns at once: its events are already scheduled by the log.
     fn wait_idle(&mut self, at: Landmark, armed: Deadlines);
+
+    /// Bytes a device takes from the world at `at`: `live` reads them from the real backend.
+    /// A recording source records what `live` returned; a replaying source returns the
+    /// recorded bytes and never calls `live`.
+    fn device_input(
+        &mut self,
+        _at: Landmark,
+        _kind: InputKind,
+        live: &mut dyn FnMut() -> Vec<u8>,
+    ) -> Vec<u8> {
+        live()
+    }
 
     /// Whether an event waits that the guest should get as soon as possible, even by a
     /// preemption (the vCPU loop asks this to decide whether to arm its kick timer).

@@ -14,4 +14,4 @@ pub mod power;
 pub mod serial;
 
 pub use board::{Board, BoardState, IoOutcome};
-pub use event::{ClockId, Deadlines, EventSource, HostWorld, Landmark, WorldEvent};
+pub use event::{ClockId, Deadlines, EventSource, HostWorld, InputKind, Landmark, WorldEvent};
