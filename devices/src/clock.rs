@@ -53,6 +53,9 @@ mod tests {
             Vec::new()
         }
         fn wait_idle(&mut self, _at: Landmark, _armed: Deadlines) {}
+        fn time_until(&self, _deadline_ns: u64) -> Option<std::time::Duration> {
+            None
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// The point in the guest's execution at which an event takes effect.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Landmark {
     /// At the n-th deterministic VM exit (counted from 1). The guest reaches it at the same
     /// instruction on every run.
@@ -26,6 +26,24 @@ impl Landmark {
         match self {
             Landmark::Exit(n) | Landmark::Preempt(n) => n,
         }
+    }
+}
+
+/// Execution order: `Exit(n)` comes before `Preempt(n)` (which happens after exit n), which
+/// comes before `Exit(n + 1)`.
+impl Ord for Landmark {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let rank = |l: &Landmark| match l {
+            Landmark::Exit(n) => (*n, 0u8),
+            Landmark::Preempt(n) => (*n, 1u8),
+        };
+        rank(self).cmp(&rank(other))
+    }
+}
+
+impl PartialOrd for Landmark {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 
@@ -105,11 +123,16 @@ pub trait EventSource {
         live()
     }
 
-    /// Whether an event waits that the guest should get as soon as possible, even by a
-    /// preemption (the vCPU loop asks this to decide whether to arm its kick timer).
-    fn next_deadline(&self, armed: Deadlines) -> Option<u64> {
-        armed.earliest()
+    /// Why the run must stop, if it must: a replaying source that ran out of log or saw the
+    /// guest diverge says so here, and the vCPU loop checks after every exit.
+    fn stop_reason(&self) -> Option<String> {
+        None
     }
+
+    /// How long from now until `deadline_ns` on the monotonic clock passes, so the vCPU loop
+    /// can kick a guest that does not exit by itself. `None` means never kick: a replaying
+    /// source takes preemptions from the log instead.
+    fn time_until(&self, deadline_ns: u64) -> Option<std::time::Duration>;
 }
 
 /// The live world of this host: real clocks, real waiting.
@@ -149,6 +172,10 @@ impl EventSource for HostWorld {
             Some(deadline) if self.monotonic_ns() >= deadline => vec![WorldEvent::PitExpired],
             _ => Vec::new(),
         }
+    }
+
+    fn time_until(&self, deadline_ns: u64) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_nanos(deadline_ns.saturating_sub(self.monotonic_ns())))
     }
 
     fn wait_idle(&mut self, _at: Landmark, armed: Deadlines) {
