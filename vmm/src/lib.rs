@@ -1,1 +1,22 @@
 //! The ftvm VMM: a single-vCPU KVM VM whose every input from the world arrives at a VM exit.
+//!
+//! - [`machine`] builds the VM: memory ([`memory`]), kernel loading ([`boot`]), CPUID ([`cpuid`]).
+//! - [`vcpu`] is the run loop: exits go to the `devices` board, world events come from one
+//!   `devices::EventSource`, interrupts are injected only at exits, and [`kick`] preempts a
+//!   guest that does not exit while an interrupt waits.
+//! - [`digest`] hashes the whole machine state, so two runs can be compared.
+
+pub mod boot;
+pub mod cpuid;
+pub mod digest;
+pub mod error;
+pub mod kick;
+pub mod machine;
+pub mod memory;
+pub mod stats;
+pub mod vcpu;
+
+pub use error::{Result, VmmError};
+pub use machine::{KernelSource, Machine, MachineConfig};
+pub use stats::ExitStats;
+pub use vcpu::{run, NoObserver, RunObserver, RunOutcome};

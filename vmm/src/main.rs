@@ -1,1 +1,166 @@
-fn main() {}
+//! `ftvm`: run a single-vCPU VM on KVM (and, as the project grows, record, replay and protect it).
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use devices::HostWorld;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use vmm::{digest, run, KernelSource, Machine, MachineConfig, NoObserver, RunOutcome};
+
+#[derive(Parser)]
+#[command(name = "ftvm", version, about = "A fault-tolerant virtual machine monitor")]
+struct Cli {
+    /// Log what the VMM does (exits, injections, preemptions) to stderr; repeat for more.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a kernel (or our own guest) and run it until it powers off.
+    Run(RunArgs),
+    /// Run each workload of our own guest on this machine, one after the other.
+    Demo,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// A 64-bit ELF kernel (entered in 64-bit mode) or a Linux bzImage.
+    #[arg(long, value_name = "FILE", conflicts_with = "guest", required_unless_present = "guest")]
+    kernel: Option<PathBuf>,
+    /// Boot our own guest with this workload and its arguments (hello, timer N, compute [M], clock [N]).
+    #[arg(long, value_name = "WORKLOAD", num_args = 1.., allow_hyphen_values = false)]
+    guest: Option<Vec<String>>,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = MachineConfig::DEFAULT_MEMORY_MIB)]
+    memory_mib: u64,
+    /// The kernel command line (with --guest, appended after the workload words).
+    #[arg(long, default_value = "")]
+    cmdline: String,
+    /// An initial ramdisk (bzImage kernels only).
+    #[arg(long, value_name = "FILE")]
+    initrd: Option<PathBuf>,
+    /// How long an interrupt may wait for the guest to exit before the vCPU is kicked, in µs.
+    #[arg(long, default_value_t = MachineConfig::DEFAULT_PREEMPT_BOUND.as_micros() as u64)]
+    preempt_us: u64,
+    /// Print `state-digest: <hex>` over memory, registers and devices at power-off.
+    #[arg(long)]
+    state_digest: bool,
+}
+
+impl RunArgs {
+    fn machine_config(&self) -> MachineConfig {
+        let (kernel, cmdline) = match (&self.kernel, &self.guest) {
+            (Some(path), _) => (KernelSource::File(path.clone()), self.cmdline.clone()),
+            (None, words) => {
+                let mut line = words.as_deref().unwrap_or_default().join(" ");
+                if !self.cmdline.is_empty() {
+                    line.push(' ');
+                    line.push_str(&self.cmdline);
+                }
+                (KernelSource::Embedded, line)
+            }
+        };
+        MachineConfig {
+            kernel,
+            memory_mib: self.memory_mib,
+            cmdline,
+            initrd: self.initrd.clone(),
+            preempt_bound: Duration::from_micros(self.preempt_us),
+            dirty_logging: false,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Run(args) => run_command(&args),
+        Command::Demo => demo(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("ftvm: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FTVM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// `ftvm run`: boots, runs to power-off (rebooting on reset), prints the exit statistics.
+fn run_command(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let config = args.machine_config();
+    loop {
+        let mut machine = Machine::new(config.clone(), Box::new(std::io::stdout()))?;
+        let mut world = HostWorld::new();
+        let (outcome, stats) = run(&mut machine, &mut world, &mut NoObserver)?;
+        let mut stdout = std::io::stdout().lock();
+        stdout.flush().ok();
+        if outcome == RunOutcome::Reset {
+            tracing::info!("the guest reset itself; rebooting");
+            continue;
+        }
+        writeln!(stdout, "{stats}")?;
+        if args.state_digest {
+            writeln!(stdout, "state-digest: {}", digest::state_digest(&machine)?.to_hex())?;
+        }
+        return exit_code_for(outcome);
+    }
+}
+
+fn exit_code_for(outcome: RunOutcome) -> anyhow::Result<ExitCode> {
+    match outcome {
+        RunOutcome::PowerOff(code) => Ok(ExitCode::from((code & 0xff) as u8)),
+        RunOutcome::GuestPanic { code, rip } => {
+            eprintln!("ftvm: the guest reported a fatal fault (code {code:#x}) at rip {rip:#x}");
+            Ok(ExitCode::from(101))
+        }
+        RunOutcome::Shutdown { rip } => {
+            eprintln!("ftvm: the guest triple-faulted (shutdown) at rip {rip:#x}");
+            Ok(ExitCode::from(102))
+        }
+        RunOutcome::Stopped(reason) => bail!("stopped: {reason}"),
+        RunOutcome::Reset => unreachable!("resets reboot the guest"),
+    }
+}
+
+/// `ftvm demo`: each workload of our guest, on this machine, with its statistics.
+fn demo() -> anyhow::Result<ExitCode> {
+    for words in [&["hello"][..], &["timer", "200"], &["compute", "500"], &["clock", "200"]] {
+        println!("== ftvm run --guest {}", words.join(" "));
+        let config = MachineConfig {
+            kernel: KernelSource::Embedded,
+            memory_mib: MachineConfig::DEFAULT_MEMORY_MIB,
+            cmdline: words.join(" "),
+            initrd: None,
+            preempt_bound: MachineConfig::DEFAULT_PREEMPT_BOUND,
+            dirty_logging: false,
+        };
+        let mut machine = Machine::new(config, Box::new(std::io::stdout()))
+            .with_context(|| format!("booting the guest for {}", words[0]))?;
+        let (outcome, stats) = run(&mut machine, &mut HostWorld::new(), &mut NoObserver)?;
+        println!("{stats}");
+        println!("state-digest: {}", digest::state_digest(&machine)?.to_hex());
+        if outcome != RunOutcome::PowerOff(0) {
+            bail!("workload {} ended with {outcome:?}", words[0]);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,130 @@
+//! A machine: the KVM VM with its memory, its one vCPU and its board, ready to run.
+
+use crate::boot::{self, layout, long_mode, LoadedKernel};
+use crate::error::{kvm, Result, VmmError};
+use crate::memory::GuestRam;
+use devices::Board;
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where the kernel comes from.
+#[derive(Clone, Debug)]
+pub enum KernelSource {
+    /// A file given by the user: an ELF or a bzImage.
+    File(PathBuf),
+    /// Our own guest, embedded in the binary.
+    Embedded,
+}
+
+impl KernelSource {
+    /// The image bytes and a name for messages.
+    pub fn read(&self) -> Result<(std::borrow::Cow<'static, [u8]>, PathBuf)> {
+        match self {
+            KernelSource::File(path) => {
+                let bytes = std::fs::read(path).map_err(|e| VmmError::Kernel {
+                    path: path.clone(),
+                    reason: match e.kind() {
+                        std::io::ErrorKind::NotFound => "no such file".into(),
+                        _ => e.to_string(),
+                    },
+                })?;
+                Ok((bytes.into(), path.clone()))
+            }
+            KernelSource::Embedded => Ok((guest_images::ftvm_guest_elf().into(), PathBuf::from("<ftvm guest>"))),
+        }
+    }
+}
+
+/// Everything needed to build a machine.
+#[derive(Clone, Debug)]
+pub struct MachineConfig {
+    pub kernel: KernelSource,
+    pub memory_mib: u64,
+    pub cmdline: String,
+    pub initrd: Option<PathBuf>,
+    /// How long an interrupt may wait for the guest to exit before the vCPU is kicked.
+    pub preempt_bound: Duration,
+    /// Log dirty pages (needed for delta checkpoints while recording).
+    pub dirty_logging: bool,
+}
+
+impl MachineConfig {
+    pub const DEFAULT_MEMORY_MIB: u64 = 128;
+    pub const DEFAULT_PREEMPT_BOUND: Duration = Duration::from_millis(2);
+}
+
+/// A built VM. Field order matters for Drop: the vCPU and VM fds close before the memory
+/// they map is unmapped.
+pub struct Machine {
+    pub vcpu: VcpuFd,
+    pub vm: VmFd,
+    pub kvm: Kvm,
+    pub ram: GuestRam,
+    pub board: Board,
+    pub kernel_entry: u64,
+    /// blake3 of the kernel image, so a log can name the guest it belongs to.
+    pub image_digest: [u8; 32],
+    pub config: MachineConfig,
+}
+
+/// Address of the three pages KVM wants for its real-mode TSS on Intel hosts; they lie in the
+/// MMIO hole, above any RAM we hand out.
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+impl Machine {
+    pub fn new(config: MachineConfig, serial_out: Box<dyn Write + Send>) -> Result<Self> {
+        let (image, name) = config.kernel.read()?;
+        let ram = GuestRam::new(config.memory_mib)?;
+        let kernel = Self::load_kernel(&ram, &image, &name, &config)?;
+
+        let kvm_fd = Kvm::new().map_err(VmmError::OpenKvm)?;
+        let vm = kvm_fd.create_vm().map_err(kvm("create VM"))?;
+        vm.set_tss_address(KVM_TSS_ADDRESS).map_err(kvm("set TSS address"))?;
+        ram.register(&vm, config.dirty_logging)?;
+        let vcpu = vm.create_vcpu(0).map_err(kvm("create vCPU"))?;
+        let cpuid = crate::cpuid::guest_cpuid(&kvm_fd)?;
+        vcpu.set_cpuid2(&cpuid).map_err(kvm("set CPUID"))?;
+        long_mode::enter_long_mode(&vcpu, kernel.entry)?;
+        tracing::debug!(entry = format_args!("{:#x}", kernel.entry), end = kernel.end, "kernel loaded");
+
+        Ok(Self {
+            vcpu,
+            vm,
+            kvm: kvm_fd,
+            ram,
+            board: Board::new(serial_out),
+            kernel_entry: kernel.entry,
+            image_digest: *blake3::hash(&image).as_bytes(),
+            config,
+        })
+    }
+
+    fn load_kernel(ram: &GuestRam, image: &[u8], name: &std::path::Path, config: &MachineConfig) -> Result<LoadedKernel> {
+        long_mode::write_tables(&ram.mem)?;
+        if boot::bzimage::is_bzimage(image) {
+            let (kernel, header) = boot::bzimage::load(&ram.mem, image, name)?;
+            let initrd = match &config.initrd {
+                Some(path) => {
+                    let bytes = std::fs::read(path)
+                        .map_err(|e| VmmError::Initrd { path: path.clone(), reason: e.to_string() })?;
+                    Some(boot::bzimage::load_initrd(&ram.mem, ram.size, kernel.end, &header, &bytes, path)?)
+                }
+                None => None,
+            };
+            layout::write_boot_info(&ram.mem, ram.size, &config.cmdline, Some(header), initrd)?;
+            Ok(kernel)
+        } else {
+            if let Some(path) = &config.initrd {
+                return Err(VmmError::Initrd {
+                    path: path.clone(),
+                    reason: "an initrd needs a bzImage kernel; this kernel is an ELF".into(),
+                });
+            }
+            let kernel = boot::elf::load(&ram.mem, image, name)?;
+            layout::write_boot_info(&ram.mem, ram.size, &config.cmdline, None, None)?;
+            Ok(kernel)
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Guest memory: one anonymous mapping registered with KVM as slot 0, starting at address 0.
+
+use crate::error::{kvm, Result, VmmError};
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
+use kvm_ioctls::VmFd;
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+/// The lowest and highest memory sizes we accept. Below 2 MiB there is no room for the boot
+/// structures and a kernel; above 3 GiB RAM would collide with the MMIO windows at 0xd000_0000.
+pub const MIN_MEMORY_MIB: u64 = 2;
+pub const MAX_MEMORY_MIB: u64 = 3 * 1024;
+
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Guest RAM as the VMM sees it.
+pub struct GuestRam {
+    pub mem: GuestMemoryMmap,
+    pub size: u64,
+}
+
+impl GuestRam {
+    /// Allocates `mib` MiB of zeroed guest memory.
+    pub fn new(mib: u64) -> Result<Self> {
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&mib) {
+            return Err(VmmError::Memory {
+                mib,
+                reason: format!("must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB} MiB"),
+            });
+        }
+        let size = mib << 20;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)])
+            .map_err(|e| VmmError::Memory { mib, reason: e.to_string() })?;
+        Ok(Self { mem, size })
+    }
+
+    /// Registers the memory with the VM as slot 0, optionally with dirty-page logging.
+    pub fn register(&self, vm: &VmFd, log_dirty: bool) -> Result<()> {
+        for (slot, region) in self.mem.iter().enumerate() {
+            let host = self
+                .mem
+                .get_host_address(region.start_addr())
+                .map_err(|e| VmmError::GuestMemory { addr: region.start_addr().raw_value(), reason: e.to_string() })?;
+            let desc = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: if log_dirty { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the region is a live mapping owned by `self.mem`, which outlives the VM
+            // (the Vm struct keeps both and drops the VM fd first).
+            unsafe { vm.set_user_memory_region(desc) }.map_err(kvm("register guest memory"))?;
+        }
+        Ok(())
+    }
+
+    /// The whole of guest RAM as one byte slice, for digests and checkpoints.
+    pub fn as_slice(&self) -> Result<&[u8]> {
+        let host = self
+            .mem
+            .get_host_address(GuestAddress(0))
+            .map_err(|e| VmmError::GuestMemory { addr: 0, reason: e.to_string() })?;
+        // SAFETY: slot 0 is a single mapping of `size` bytes starting at `host` that lives as
+        // long as `self`; the vCPU is not running while the VMM reads it (single-threaded loop).
+        Ok(unsafe { std::slice::from_raw_parts(host, self.size as usize) })
+    }
+}
