@@ -13,6 +13,7 @@ pub mod error;
 pub mod kick;
 pub mod machine;
 pub mod memory;
+pub mod state;
 pub mod stats;
 pub mod vcpu;
 
