@@ -129,6 +129,12 @@ pub trait EventSource {
         None
     }
 
+    /// The monotonic clock now, without recording it: a snapshot stores it so that a restored
+    /// machine's clock (and the timers armed on it) carries on from where it was.
+    fn monotonic_now(&self) -> u64 {
+        0
+    }
+
     /// How long from now until `deadline_ns` on the monotonic clock passes, so the vCPU loop
     /// can kick a guest that does not exit by itself. `None` means never kick: a replaying
     /// source takes preemptions from the log instead.
@@ -143,6 +149,14 @@ pub struct HostWorld {
 impl HostWorld {
     pub fn new() -> Self {
         Self { started: std::time::Instant::now() }
+    }
+
+    /// A world whose monotonic clock reads `ns` now: a restored machine's clock goes on from
+    /// its snapshot.
+    pub fn resuming_at(ns: u64) -> Self {
+        let now = std::time::Instant::now();
+        let started = now.checked_sub(std::time::Duration::from_nanos(ns)).unwrap_or(now);
+        Self { started }
     }
 
     fn monotonic_ns(&self) -> u64 {
@@ -172,6 +186,10 @@ impl EventSource for HostWorld {
             Some(deadline) if self.monotonic_ns() >= deadline => vec![WorldEvent::PitExpired],
             _ => Vec::new(),
         }
+    }
+
+    fn monotonic_now(&self) -> u64 {
+        self.monotonic_ns()
     }
 
     fn time_until(&self, deadline_ns: u64) -> Option<std::time::Duration> {
