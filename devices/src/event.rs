@@ -144,23 +144,24 @@ pub trait EventSource {
 /// The live world of this host: real clocks, real waiting.
 pub struct HostWorld {
     started: std::time::Instant,
+    /// The monotonic clock's value at `started` (non-zero for a restored machine).
+    offset_ns: u64,
 }
 
 impl HostWorld {
     pub fn new() -> Self {
-        Self { started: std::time::Instant::now() }
+        Self { started: std::time::Instant::now(), offset_ns: 0 }
     }
 
     /// A world whose monotonic clock reads `ns` now: a restored machine's clock goes on from
     /// its snapshot.
     pub fn resuming_at(ns: u64) -> Self {
-        let now = std::time::Instant::now();
-        let started = now.checked_sub(std::time::Duration::from_nanos(ns)).unwrap_or(now);
-        Self { started }
+        Self { started: std::time::Instant::now(), offset_ns: ns }
     }
 
     fn monotonic_ns(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        let elapsed = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.offset_ns.saturating_add(elapsed)
     }
 }
 
