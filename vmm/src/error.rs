@@ -22,6 +22,8 @@ pub enum VmmError {
     Cmdline(String),
     #[error("guest memory access at {addr:#x}: {reason}")]
     GuestMemory { addr: u64, reason: String },
+    #[error("snapshot {path}: {reason}")]
+    Snapshot { path: PathBuf, reason: String },
     #[error("the vCPU stopped: {0}")]
     VcpuFailed(String),
     #[error("{0}")]

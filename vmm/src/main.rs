@@ -7,7 +7,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use vmm::{digest, run, KernelSource, Machine, MachineConfig, NoObserver, RunOutcome};
+use vmm::snapshot::{self, SnapshotAt};
+use vmm::{digest, run, run_from, KernelSource, Machine, MachineConfig, NoObserver, RunOutcome};
 
 #[derive(Parser)]
 #[command(name = "ftvm", version, about = "A fault-tolerant virtual machine monitor")]
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// Boot a kernel (or our own guest) and run it until it powers off.
     Run(RunArgs),
+    /// Continue a machine saved with `run --snapshot-at`, in this new process.
+    Restore(RestoreArgs),
     /// Run each workload of our own guest on this machine, one after the other.
     Demo,
 }
@@ -48,6 +51,21 @@ struct RunArgs {
     #[arg(long, default_value_t = MachineConfig::DEFAULT_PREEMPT_BOUND.as_micros() as u64)]
     preempt_us: u64,
     /// Print `state-digest: <hex>` over memory, registers and devices at power-off.
+    #[arg(long)]
+    state_digest: bool,
+    /// Save the whole machine to FILE when the run reaches this many exits, then go on.
+    #[arg(long, value_name = "EXITS", requires = "snapshot")]
+    snapshot_at: Option<u64>,
+    /// Where --snapshot-at writes the snapshot.
+    #[arg(long, value_name = "FILE", requires = "snapshot_at")]
+    snapshot: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    /// A snapshot written by `ftvm run --snapshot-at N --snapshot FILE`.
+    snapshot: PathBuf,
+    /// Print `state-digest: <hex>` at power-off.
     #[arg(long)]
     state_digest: bool,
 }
@@ -81,6 +99,7 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Run(args) => run_command(&args),
+        Command::Restore(args) => restore_command(&args),
         Command::Demo => demo(),
     };
     match result {
@@ -110,19 +129,47 @@ fn run_command(args: &RunArgs) -> anyhow::Result<ExitCode> {
     loop {
         let mut machine = Machine::new(config.clone(), Box::new(std::io::stdout()))?;
         let mut world = HostWorld::new();
-        let (outcome, stats) = run(&mut machine, &mut world, &mut NoObserver)?;
-        let mut stdout = std::io::stdout().lock();
-        stdout.flush().ok();
+        let (outcome, stats) = match (&args.snapshot_at, &args.snapshot) {
+            (Some(exits), Some(path)) => {
+                let mut observer = SnapshotAt { exits: *exits, path: path.clone(), taken: false };
+                let result = run(&mut machine, &mut world, &mut observer)?;
+                if !observer.taken {
+                    eprintln!("ftvm: the guest stopped before exit {exits}: no snapshot was taken");
+                }
+                result
+            }
+            _ => run(&mut machine, &mut world, &mut NoObserver)?,
+        };
         if outcome == RunOutcome::Reset {
             tracing::info!("the guest reset itself; rebooting");
             continue;
         }
-        writeln!(stdout, "{stats}")?;
-        if args.state_digest {
-            writeln!(stdout, "state-digest: {}", digest::state_digest(&machine)?.to_hex())?;
-        }
-        return exit_code_for(outcome);
+        return report(&machine, outcome, &stats, args.state_digest);
     }
+}
+
+/// `ftvm restore`: rebuilds the machine from a snapshot and runs it on.
+fn restore_command(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let snapshot = snapshot::load(&args.snapshot)?;
+    let mut machine = snapshot::restore(&snapshot, Box::new(std::io::stdout()))?;
+    tracing::info!(took = ?started.elapsed(), exits = snapshot.header.position.exits, "snapshot restored");
+    let mut world = HostWorld::resuming_at(snapshot.header.monotonic_ns);
+    let (outcome, stats) = run_from(&mut machine, &mut world, &mut NoObserver, snapshot.header.position)?;
+    if outcome == RunOutcome::Reset {
+        bail!("the guest reset itself after the restore; run it again with `ftvm run`");
+    }
+    report(&machine, outcome, &stats, args.state_digest)
+}
+
+/// Prints the power-off lines and turns the outcome into ftvm's exit status.
+fn report(machine: &Machine, outcome: RunOutcome, stats: &vmm::ExitStats, state_digest: bool) -> anyhow::Result<ExitCode> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{stats}")?;
+    if state_digest {
+        writeln!(stdout, "state-digest: {}", digest::state_digest(machine)?.to_hex())?;
+    }
+    exit_code_for(outcome)
 }
 
 fn exit_code_for(outcome: RunOutcome) -> anyhow::Result<ExitCode> {

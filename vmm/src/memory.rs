@@ -64,4 +64,15 @@ impl GuestRam {
         // long as `self`; the vCPU is not running while the VMM reads it (single-threaded loop).
         Ok(unsafe { std::slice::from_raw_parts(host, self.size as usize) })
     }
+
+    /// The whole of guest RAM, writable, for restoring snapshots and checkpoints.
+    pub fn as_mut_slice(&mut self) -> Result<&mut [u8]> {
+        let host = self
+            .mem
+            .get_host_address(GuestAddress(0))
+            .map_err(|e| VmmError::GuestMemory { addr: 0, reason: e.to_string() })?;
+        // SAFETY: as in as_slice; `&mut self` makes this the only VMM-side view, and the vCPU is
+        // not running while the VMM restores memory.
+        Ok(unsafe { std::slice::from_raw_parts_mut(host, self.size as usize) })
+    }
 }

@@ -55,11 +55,26 @@ pub enum RunOutcome {
     Stopped(String),
 }
 
+/// Where a run starts: at boot, or where a snapshot or checkpoint left off.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunPosition {
+    /// Deterministic exits so far (the next exit is `Exit(exits + 1)`).
+    pub exits: u64,
+    /// The guest executed HLT at the last exit and waits for an interrupt.
+    pub halted: bool,
+}
+
 /// What a recorder or replayer needs to see of a run. All methods default to doing nothing, so
 /// a plain run passes [`NoObserver`].
 pub trait RunObserver {
     /// A deterministic exit, before the board handles it.
     fn on_exit(&mut self, _count: u64, _exit: &ExitInfo, _vcpu: &VcpuFd) -> Result<()> {
+        Ok(())
+    }
+    /// At the top of the loop, after exit `position.exits` was handled and before the world
+    /// gets its say at that exit: the one point where the machine can be snapshotted and
+    /// later resumed exactly.
+    fn at_boundary(&mut self, _position: RunPosition, _machine: &mut Machine, _world: &dyn EventSource) -> Result<()> {
         Ok(())
     }
     /// An interrupt was injected at `at`.
@@ -87,11 +102,21 @@ pub trait RunObserver {
 pub struct NoObserver;
 impl RunObserver for NoObserver {}
 
-/// Runs the machine until it powers off, resets, faults or is stopped.
+/// Runs the machine from boot until it powers off, resets, faults or is stopped.
 pub fn run(
     machine: &mut Machine,
     world: &mut dyn EventSource,
     observer: &mut dyn RunObserver,
+) -> Result<(RunOutcome, ExitStats)> {
+    run_from(machine, world, observer, RunPosition::default())
+}
+
+/// Runs the machine from `start` (a restored snapshot's position).
+pub fn run_from(
+    machine: &mut Machine,
+    world: &mut dyn EventSource,
+    observer: &mut dyn RunObserver,
+    start: RunPosition,
 ) -> Result<(RunOutcome, ExitStats)> {
     let kicker = if observer.kicks() {
         let immediate_exit = &mut machine.vcpu.get_kvm_run().immediate_exit as *mut u8;
@@ -101,11 +126,14 @@ pub fn run(
     };
     let bound = machine.config.preempt_bound;
     let mut stats = ExitStats::default();
-    let mut count = 0u64;
-    let mut at = Landmark::Exit(0);
-    let mut halted = false;
+    let mut count = start.exits;
+    let mut at = Landmark::Exit(count);
+    let mut halted = start.halted;
 
     loop {
+        if let Landmark::Exit(exits) = at {
+            observer.at_boundary(RunPosition { exits, halted }, machine, &*world)?;
+        }
         if let Some(reason) = world.stop_reason() {
             return Ok((RunOutcome::Stopped(reason), stats));
         }

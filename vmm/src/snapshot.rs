@@ -1,0 +1,208 @@
+//! Snapshots: the whole machine in one file, taken at an exit boundary and resumed in a new
+//! process with `ftvm restore`.
+//!
+//! Layout: `FTVMSNAP` magic, u16 version, u32 length + postcard header ([`SnapshotHeader`]:
+//! configuration, position, clock, vCPU and device state), then guest memory raw, then the
+//! 32-byte blake3 of everything before it. The file is written to a temporary name, fsynced and
+//! renamed, so a crash never leaves a half snapshot under the real name.
+
+use crate::error::{Result, VmmError};
+use crate::machine::{KernelSource, Machine, MachineConfig};
+use crate::state::MachineState;
+use crate::vcpu::RunPosition;
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const MAGIC: &[u8; 8] = b"FTVMSNAP";
+const VERSION: u16 = 1;
+/// A header larger than this is corruption, not a snapshot (the real one is a few KiB).
+const MAX_HEADER: u32 = 16 << 20;
+
+/// What a snapshot holds besides memory.
+#[derive(Serialize, Deserialize)]
+pub struct SnapshotHeader {
+    /// The kernel file, or None for our embedded guest.
+    pub kernel: Option<PathBuf>,
+    pub image_digest: [u8; 32],
+    pub memory_mib: u64,
+    pub cmdline: String,
+    pub preempt_bound_us: u64,
+    pub position: RunPosition,
+    /// The world's monotonic clock when the snapshot was taken.
+    pub monotonic_ns: u64,
+    pub state: MachineState,
+}
+
+/// A snapshot read back from disk.
+pub struct Snapshot {
+    pub header: SnapshotHeader,
+    pub memory: Vec<u8>,
+}
+
+impl Snapshot {
+    /// The configuration to rebuild the machine with.
+    pub fn machine_config(&self) -> MachineConfig {
+        MachineConfig {
+            kernel: self.header.kernel.clone().map_or(KernelSource::Embedded, KernelSource::File),
+            memory_mib: self.header.memory_mib,
+            cmdline: self.header.cmdline.clone(),
+            initrd: None,
+            preempt_bound: Duration::from_micros(self.header.preempt_bound_us),
+            dirty_logging: false,
+        }
+    }
+}
+
+fn corrupt(path: &Path, reason: impl Into<String>) -> VmmError {
+    VmmError::Snapshot { path: path.to_path_buf(), reason: reason.into() }
+}
+
+/// Saves the machine at `position` (an exit boundary) to `path`.
+pub fn save(machine: &mut Machine, position: RunPosition, monotonic_ns: u64, path: &Path) -> Result<()> {
+    let header = SnapshotHeader {
+        kernel: match &machine.config.kernel {
+            KernelSource::File(path) => Some(path.clone()),
+            KernelSource::Embedded => None,
+        },
+        image_digest: machine.image_digest,
+        memory_mib: machine.config.memory_mib,
+        cmdline: machine.config.cmdline.clone(),
+        preempt_bound_us: machine.config.preempt_bound.as_micros() as u64,
+        position,
+        monotonic_ns,
+        state: machine.capture_state()?,
+    };
+    let encoded = postcard::to_allocvec(&header).map_err(|e| corrupt(path, format!("encode header: {e}")))?;
+    let header_len = u32::try_from(encoded.len()).map_err(|_| corrupt(path, "header too large"))?;
+
+    let temporary = path.with_extension("partial");
+    let file = File::create(&temporary).map_err(|e| corrupt(&temporary, e.to_string()))?;
+    let mut out = HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), hasher: blake3::Hasher::new() };
+    let io = |e: std::io::Error| corrupt(path, e.to_string());
+    out.write_all(MAGIC).map_err(io)?;
+    out.write_all(&VERSION.to_le_bytes()).map_err(io)?;
+    out.write_all(&header_len.to_le_bytes()).map_err(io)?;
+    out.write_all(&encoded).map_err(io)?;
+    out.write_all(machine.ram.as_slice()?).map_err(io)?;
+    let digest = out.hasher.finalize();
+    let mut writer = out.inner;
+    writer.write_all(digest.as_bytes()).map_err(io)?;
+    let file = writer.into_inner().map_err(|e| corrupt(path, e.to_string()))?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&temporary, path).map_err(io)?;
+    Ok(())
+}
+
+/// Reads and verifies a snapshot.
+pub fn load(path: &Path) -> Result<Snapshot> {
+    let mut file = File::open(path).map_err(|e| {
+        corrupt(path, if e.kind() == std::io::ErrorKind::NotFound { "no such file".into() } else { e.to_string() })
+    })?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(|e| corrupt(path, e.to_string()))?;
+    parse(&bytes).map_err(|reason| corrupt(path, reason))
+}
+
+fn parse(bytes: &[u8]) -> std::result::Result<Snapshot, String> {
+    const FIXED: usize = 8 + 2 + 4;
+    if bytes.len() < FIXED + 32 {
+        return Err(format!("truncated: {} bytes is shorter than any snapshot", bytes.len()));
+    }
+    if &bytes[..8] != MAGIC {
+        return Err("not an ftvm snapshot (bad magic)".into());
+    }
+    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+    if version != VERSION {
+        return Err(format!("snapshot format version {version} is not supported (this ftvm reads {VERSION})"));
+    }
+    let (body, trailer) = bytes.split_at(bytes.len() - 32);
+    if blake3::hash(body).as_bytes() != trailer {
+        return Err("checksum mismatch: the file is corrupt or truncated".into());
+    }
+    let header_len = u32::from_le_bytes([bytes[10], bytes[11], bytes[12], bytes[13]]);
+    if header_len > MAX_HEADER || FIXED + header_len as usize > body.len() {
+        return Err(format!("header length {header_len} does not fit in the file"));
+    }
+    let header_end = FIXED + header_len as usize;
+    let header: SnapshotHeader =
+        postcard::from_bytes(&body[FIXED..header_end]).map_err(|e| format!("header does not decode: {e}"))?;
+    let memory = body[header_end..].to_vec();
+    if memory.len() as u64 != header.memory_mib << 20 {
+        return Err(format!("memory is {} bytes, header says {} MiB", memory.len(), header.memory_mib));
+    }
+    Ok(Snapshot { header, memory })
+}
+
+/// Rebuilds a machine from a snapshot: a fresh VM with the snapshot's memory and state.
+pub fn restore(snapshot: &Snapshot, serial_out: Box<dyn Write + Send>) -> Result<Machine> {
+    let mut machine = Machine::new(snapshot.machine_config(), serial_out)?;
+    if machine.image_digest != snapshot.header.image_digest {
+        return Err(VmmError::Snapshot {
+            path: snapshot.header.kernel.clone().unwrap_or_else(|| "<ftvm guest>".into()),
+            reason: "the kernel image is not the one the snapshot was taken with".into(),
+        });
+    }
+    machine.ram.as_mut_slice()?.copy_from_slice(&snapshot.memory);
+    machine.restore_state(&snapshot.header.state)?;
+    Ok(machine)
+}
+
+/// Takes one snapshot when the run reaches a given exit, and lets the run go on.
+pub struct SnapshotAt {
+    pub exits: u64,
+    pub path: PathBuf,
+    pub taken: bool,
+}
+
+impl crate::vcpu::RunObserver for SnapshotAt {
+    fn at_boundary(
+        &mut self,
+        position: RunPosition,
+        machine: &mut Machine,
+        world: &dyn devices::EventSource,
+    ) -> Result<()> {
+        if !self.taken && position.exits >= self.exits {
+            let started = std::time::Instant::now();
+            save(machine, position, world.monotonic_now(), &self.path)?;
+            self.taken = true;
+            tracing::info!(exits = position.exits, path = %self.path.display(), took = ?started.elapsed(), "snapshot saved");
+        }
+        Ok(())
+    }
+}
+
+struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: blake3::Hasher,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(buf)?;
+        self.hasher.update(&buf[..written]);
+        Ok(written)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    #[test]
+    fn garbage_and_truncation_are_errors_not_panics() {
+        assert!(parse(b"").unwrap_err().contains("truncated"));
+        assert!(parse(&[0u8; 100]).unwrap_err().contains("bad magic"));
+        let mut bytes = b"FTVMSNAP\x01\x00".to_vec();
+        bytes.extend_from_slice(&[0xff; 40]);
+        assert!(parse(&bytes).unwrap_err().contains("checksum"));
+        let mut bytes = b"FTVMSNAP\x09\x00".to_vec();
+        bytes.extend_from_slice(&[0; 40]);
+        assert!(parse(&bytes).unwrap_err().contains("version 9"));
+    }
+}
