@@ -1,2 +1,23 @@
 //! Replication of a VM as a log: the log format, the recorder (primary) and the replayer
 //! (backup), and later the logging channel, output commit, failure detection and go-live.
+//!
+//! The VMM's view:
+//! - primary: wrap the live world in a [`RecordingWorld`], pass it to the board as the
+//!   [`devices::EventSource`], and tell it each exit ([`RecordingWorld::record_exit`]), each
+//!   injected interrupt and each preemption checkpoint;
+//! - replay/backup: pass a [`ReplayWorld`] instead and make the same calls on it
+//!   ([`ReplayWorld::check_exit`], [`ReplayWorld::expect_interrupt`], ...) at the same points.
+
+pub mod checkpoint;
+pub mod digest;
+pub mod format;
+pub mod recorder;
+pub mod replay;
+
+pub use checkpoint::{CheckpointError, DeltaCheckpoint, PageData, PAGE_SIZE};
+pub use digest::{ExitKind, ExitSignature, RunningDigest};
+pub use format::{
+    landmark_key, Corruption, End, LogError, LogHeader, LogReader, LogWriter, Record, RecordKind,
+};
+pub use recorder::{LogStats, Recorded, RecordingWorld};
+pub use replay::{Divergence, ReplayError, ReplayWorld};

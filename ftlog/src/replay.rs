@@ -1,0 +1,529 @@
+//! The replaying side: an event source that answers only from a log.
+//!
+//! # Ordering
+//! Records are consumed strictly in log order, in the order the VMM asks, which must be the
+//! order in which the primary asked. Each request names its landmark:
+//! - a *required* answer ([`EventSource::read_clock`], [`ReplayWorld::expect_interrupt`],
+//!   [`ReplayWorld::take_checkpoint`], an exit digest at a K boundary) must be the next record,
+//!   at that landmark, of that kind; anything else is a divergence at the requested landmark;
+//! - an *optional* answer ([`EventSource::poll`], [`ReplayWorld::interrupt_at`]) takes the
+//!   matching records at the head of the log, or nothing;
+//! - when the VMM moves to a later landmark, every record of the earlier ones must have been
+//!   consumed; one left over is a divergence at *its* landmark (e.g. an interrupt the replayed
+//!   guest did not take where the primary's did).
+//!
+//! # Errors
+//! `EventSource` methods cannot fail, so the first divergence or log error is latched: from then
+//! on the trait methods return benign values (clock 0, no events) and consume nothing, and every
+//! direct method returns the latched error. The VMM checks [`ReplayWorld::error`] (or the result
+//! of [`ReplayWorld::check_exit`], which it calls at every exit) and stops with
+//! `replay: {error}`, which reads `replay: diverged at Exit(n): expected ..., got ...`.
+
+use crate::digest::{ExitSignature, RunningDigest};
+use crate::format::{landmark_key, End, LogError, LogHeader, LogReader, Record};
+use crate::recorder::LogStats;
+use devices::{ClockId, Deadlines, EventSource, InputKind, Landmark, WorldEvent};
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::Read;
+
+/// Replayed exits remembered to explain a digest mismatch.
+const RECENT_EXITS: usize = 4;
+
+/// The replayed VM did something other than the recorded one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Divergence {
+    /// The landmark where the difference was seen (for an exit digest, the K boundary that
+    /// closes the window in which the differing exit lies).
+    pub at: Landmark,
+    /// What the log holds there.
+    pub expected: String,
+    /// What the replay did.
+    pub got: String,
+}
+
+impl fmt::Display for Divergence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "diverged at {}: expected {}, got {}",
+            self.at, self.expected, self.got
+        )
+    }
+}
+
+impl std::error::Error for Divergence {}
+
+/// Why a replay cannot go on.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Diverged(#[from] Divergence),
+    #[error("bad log: {0}")]
+    Log(#[from] LogError),
+}
+
+impl ReplayError {
+    pub fn divergence(&self) -> Option<&Divergence> {
+        match self {
+            ReplayError::Diverged(d) => Some(d),
+            ReplayError::Log(_) => None,
+        }
+    }
+}
+
+/// Answers every question of the VM from a log; see the module docs for the ordering rules.
+pub struct ReplayWorld<R: Read> {
+    reader: LogReader<R>,
+    /// One record of lookahead; `None` once the reader is exhausted or failed.
+    head: Option<Record>,
+    current: Option<Landmark>,
+    digest: RunningDigest,
+    interval: u64,
+    /// Exits verified by the last matching exit digest.
+    verified: u64,
+    recent: VecDeque<ExitSignature>,
+    stats: LogStats,
+    /// Records consumed when the guest last idled, to detect a replay that cannot progress.
+    idle_mark: Option<(Landmark, u64)>,
+    consumed: u64,
+    /// The last monotonic clock value replayed, for `monotonic_now`.
+    last_monotonic: u64,
+    error: Option<ReplayError>,
+}
+
+impl<R: Read> ReplayWorld<R> {
+    /// Opens a complete log (it must end with an End record).
+    pub fn new(input: R) -> Result<Self, LogError> {
+        Ok(Self::from_reader(LogReader::new(input)?))
+    }
+
+    /// Replays from an already opened reader (e.g. [`LogReader::open_ended`] for a live stream).
+    pub fn from_reader(mut reader: LogReader<R>) -> Self {
+        let interval = u64::from(reader.header().exit_digest_interval.max(1));
+        let start = reader.header().start_exits;
+        let mut error = None;
+        let head = match reader.next() {
+            Some(Ok((_, record))) => Some(record),
+            Some(Err(e)) => {
+                error = Some(ReplayError::Log(e));
+                None
+            }
+            None => None,
+        };
+        Self {
+            reader,
+            head,
+            current: None,
+            digest: RunningDigest::starting_at(start),
+            interval,
+            verified: start,
+            recent: VecDeque::with_capacity(RECENT_EXITS),
+            stats: LogStats::default(),
+            idle_mark: None,
+            consumed: 0,
+            last_monotonic: 0,
+            error,
+        }
+    }
+
+    pub fn header(&self) -> &LogHeader {
+        self.reader.header()
+    }
+
+    /// The first divergence or log error, latched.
+    pub fn error(&self) -> Option<&ReplayError> {
+        self.error.as_ref()
+    }
+
+    /// Counts of what has been replayed, comparable with the recorder's.
+    pub fn stats(&self) -> LogStats {
+        LogStats {
+            exits: self.digest.exits(),
+            ..self.stats
+        }
+    }
+
+    /// Exits replayed so far.
+    pub fn exits(&self) -> u64 {
+        self.digest.exits()
+    }
+
+    /// Folds the next replayed exit into the running digest, and compares it with the log when
+    /// the log has an exit digest here (always at multiples of K). Returns `Exit(n)`.
+    pub fn check_exit(&mut self, sig: &ExitSignature) -> Result<Landmark, ReplayError> {
+        self.check()?;
+        let at = Landmark::Exit(self.digest.exits() + 1);
+        self.advance(at);
+        self.check()?;
+        let n = self.digest.fold(sig);
+        if self.recent.len() == RECENT_EXITS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(*sig);
+        match self.head {
+            Some(Record::ExitDigest { exits, digest }) if exits == n => {
+                self.consume();
+                self.stats.exit_digests += 1;
+                self.compare_digest(at, &digest);
+            }
+            _ if n % self.interval == 0 => {
+                let expected = self.describe_head();
+                self.diverge(at, expected, format!("exit digest at {at}"));
+            }
+            _ => {}
+        }
+        self.check().map(|()| at)
+    }
+
+    /// The interrupt the log injects at `at`, if the next record is one (consumed). For a VMM
+    /// that takes injections from the log; see [`Self::expect_interrupt`] for one that computes
+    /// them and checks.
+    pub fn interrupt_at(&mut self, at: Landmark) -> Option<u8> {
+        if !self.advance(at) {
+            return None;
+        }
+        match self.head {
+            Some(Record::Interrupt { at: rec_at, vector }) if rec_at == at => {
+                self.consume();
+                self.stats.interrupts += 1;
+                Some(vector)
+            }
+            _ => None,
+        }
+    }
+
+    /// The replayed board injects `vector` at `at`: the log must say the same, next.
+    pub fn expect_interrupt(&mut self, at: Landmark, vector: u8) -> Result<(), ReplayError> {
+        if self.advance(at) {
+            match self.head {
+                Some(Record::Interrupt {
+                    at: rec_at,
+                    vector: v,
+                }) if rec_at == at && v == vector => {
+                    self.consume();
+                    self.stats.interrupts += 1;
+                }
+                _ => {
+                    let expected = self.describe_head();
+                    self.diverge(at, expected, format!("interrupt {vector:#04x} at {at}"));
+                }
+            }
+        }
+        self.check()
+    }
+
+    /// If the next record is a preemption checkpoint `Preempt(n)`, returns `n`: instead of
+    /// running the vCPU after exit n, the VMM loads it ([`Self::take_checkpoint`]) and then
+    /// handles the landmark `Preempt(n)` (poll, interrupts) as the primary did. Ask before every
+    /// vCPU entry; several preemptions can follow the same exit.
+    pub fn next_preemption(&mut self) -> Option<u64> {
+        if self.error.is_some() {
+            return None;
+        }
+        match self.head {
+            Some(Record::Checkpoint {
+                at: Landmark::Preempt(n),
+                ..
+            }) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// The checkpoint logged at `at`, which must be the next record. The data is moved out of
+    /// the log, not copied.
+    pub fn take_checkpoint(&mut self, at: Landmark) -> Result<Vec<u8>, ReplayError> {
+        if self.advance(at) {
+            if matches!(&self.head, Some(Record::Checkpoint { at: rec_at, .. }) if *rec_at == at) {
+                if let Some(Record::Checkpoint { data, .. }) = self.consume() {
+                    self.stats.checkpoints += 1;
+                    return Ok(data);
+                }
+            }
+            let expected = self.describe_head();
+            self.diverge(at, expected, format!("checkpoint load at {at}"));
+        }
+        self.check().map(|()| Vec::new())
+    }
+
+    /// Whether everything before the End record has been consumed. A VMM whose replayed guest
+    /// is idle (halted) should check this before waiting: the recording stopped there.
+    pub fn at_end(&mut self) -> bool {
+        self.error.is_none() && matches!(self.head, Some(Record::End(_)))
+    }
+
+    /// The recorded End, if it is the next record.
+    pub fn peek_end(&self) -> Option<&End> {
+        match &self.head {
+            Some(Record::End(end)) => Some(end),
+            _ => None,
+        }
+    }
+
+    /// The replayed run ended: the log must end here too, after as many exits, with the same
+    /// exit digest, exit code (if given: a run stopped by the log has none of its own) and
+    /// state digest (when both are known). Returns the recorded End.
+    pub fn finish(
+        &mut self,
+        exit_code: Option<u32>,
+        state_digest: Option<[u8; 32]>,
+    ) -> Result<End, ReplayError> {
+        self.check()?;
+        let exits = self.digest.exits();
+        let at = self.current.unwrap_or(Landmark::Exit(exits));
+        let Some(Record::End(end)) = self.head.clone() else {
+            let expected = self.describe_head();
+            self.diverge(
+                at,
+                expected,
+                format!("the end of the run after {exits} exits"),
+            );
+            return Err(self
+                .check()
+                .err()
+                .unwrap_or_else(|| ReplayError::Log(self.truncated())));
+        };
+        let hex = crate::format::short_hex;
+        if end.exits != exits {
+            let n = end.exits.min(exits) + 1;
+            self.diverge(
+                Landmark::Exit(n),
+                format!("end after {} exits", end.exits),
+                format!("end after {exits} exits"),
+            );
+        } else {
+            self.compare_digest(Landmark::Exit(exits), &end.exit_digest);
+        }
+        if let Some(code) = exit_code.filter(|&code| code != end.exit_code) {
+            self.diverge(
+                at,
+                format!("exit code {}", end.exit_code),
+                format!("exit code {code}"),
+            );
+        }
+        if let (Some(recorded), Some(replayed)) = (end.state_digest, state_digest) {
+            if recorded != replayed {
+                self.diverge(
+                    at,
+                    format!("state digest {}", hex(&recorded)),
+                    format!("state digest {}", hex(&replayed)),
+                );
+            }
+        }
+        self.check()?;
+        self.consume();
+        // Let the reader report anything after End.
+        if let Some(Err(e)) = self.reader.next() {
+            self.error = Some(ReplayError::Log(e));
+        }
+        self.check().map(|()| end)
+    }
+
+    fn check(&self) -> Result<(), ReplayError> {
+        match &self.error {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn diverge(&mut self, at: Landmark, expected: String, got: String) {
+        if self.error.is_none() {
+            self.error = Some(ReplayError::Diverged(Divergence { at, expected, got }));
+        }
+    }
+
+    fn truncated(&self) -> LogError {
+        LogError::Truncated {
+            offset: self.reader.offset(),
+        }
+    }
+
+    fn describe_head(&self) -> String {
+        match &self.head {
+            Some(record) => record.to_string(),
+            None => "end of log".to_string(),
+        }
+    }
+
+    /// Takes the head record and reads the next one (a read error is latched).
+    fn consume(&mut self) -> Option<Record> {
+        let next = match self.reader.next() {
+            Some(Ok((_, record))) => Some(record),
+            Some(Err(e)) => {
+                if self.error.is_none() {
+                    self.error = Some(ReplayError::Log(e));
+                }
+                None
+            }
+            None => None,
+        };
+        self.consumed += 1;
+        std::mem::replace(&mut self.head, next)
+    }
+
+    /// Moves the replay to `at`: records of earlier landmarks must all have been consumed.
+    /// Returns false (and latches) if replay cannot go on.
+    fn advance(&mut self, at: Landmark) -> bool {
+        if self.error.is_some() {
+            return false;
+        }
+        let key = landmark_key(at);
+        if let Some(current) = self.current {
+            if key < landmark_key(current) {
+                self.diverge(
+                    at,
+                    format!("a landmark at or after {current}"),
+                    format!("a request at {at}"),
+                );
+                return false;
+            }
+            if key == landmark_key(current) {
+                return true;
+            }
+        }
+        if let Some(pending) = self.head.as_ref().and_then(Record::landmark) {
+            if landmark_key(pending) < key {
+                let expected = self.describe_head();
+                self.diverge(
+                    pending,
+                    expected,
+                    format!("nothing at {pending} (replay moved on to {at})"),
+                );
+                return false;
+            }
+        }
+        self.current = Some(at);
+        true
+    }
+
+    fn compare_digest(&mut self, at: Landmark, recorded: &[u8; 32]) {
+        let replayed = self.digest.digest();
+        let n = self.digest.exits();
+        if *recorded == replayed {
+            self.verified = n;
+            return;
+        }
+        let hex = crate::format::short_hex;
+        let recent: Vec<String> = self.recent.iter().map(ToString::to_string).collect();
+        self.diverge(
+            at,
+            format!("exit digest {} over Exit(1)..=Exit({n})", hex(recorded)),
+            format!(
+                "exit digest {} (a replayed exit in Exit({})..=Exit({n}) differs; last replayed: [{}])",
+                hex(&replayed),
+                self.verified + 1,
+                recent.join("; ")
+            ),
+        );
+    }
+}
+
+impl<R: Read> EventSource for ReplayWorld<R> {
+    fn read_clock(&mut self, at: Landmark, clock: ClockId) -> u64 {
+        if !self.advance(at) {
+            return 0;
+        }
+        match self.head {
+            Some(Record::ClockRead {
+                at: rec_at,
+                clock: rec_clock,
+                value,
+            }) if rec_at == at && rec_clock == clock => {
+                self.consume();
+                self.stats.clock_reads += 1;
+                if clock == ClockId::Monotonic {
+                    self.last_monotonic = value;
+                }
+                value
+            }
+            _ => {
+                let expected = self.describe_head();
+                self.diverge(at, expected, format!("{clock:?} clock read at {at}"));
+                0
+            }
+        }
+    }
+
+    fn poll(&mut self, at: Landmark, _armed: Deadlines) -> Vec<WorldEvent> {
+        let mut events = Vec::new();
+        if !self.advance(at) {
+            return events;
+        }
+        while matches!(&self.head, Some(Record::World { at: rec_at, .. }) if *rec_at == at) {
+            if let Some(Record::World { event, .. }) = self.consume() {
+                self.stats.world_events += 1;
+                events.push(event);
+            }
+        }
+        events
+    }
+
+    /// Returns at once: the log already says when the world acts. Idling twice at the same
+    /// landmark with nothing consumed in between means no recorded event can wake the guest
+    /// here: a divergence, unless the recording itself ended here (see [`ReplayWorld::at_end`]).
+    fn wait_idle(&mut self, at: Landmark, _armed: Deadlines) {
+        if !self.advance(at) {
+            return;
+        }
+        let mark = (at, self.consumed);
+        if self.idle_mark == Some(mark) && !matches!(self.head, Some(Record::End(_))) {
+            let expected = self.describe_head();
+            self.diverge(
+                at,
+                expected,
+                format!("guest idle at {at} with nothing recorded to wake it"),
+            );
+        }
+        self.idle_mark = Some(mark);
+    }
+
+    /// The recorded bytes; `live` is never called (the backend is not touched on replay).
+    fn device_input(
+        &mut self,
+        at: Landmark,
+        kind: InputKind,
+        _live: &mut dyn FnMut() -> Vec<u8>,
+    ) -> Vec<u8> {
+        if !self.advance(at) {
+            return Vec::new();
+        }
+        if matches!(&self.head, Some(Record::Input { at: rec_at, kind: rec_kind, .. }) if *rec_at == at && *rec_kind == kind)
+        {
+            if let Some(Record::Input { data, .. }) = self.consume() {
+                self.stats.inputs += 1;
+                return data;
+            }
+        }
+        let expected = self.describe_head();
+        self.diverge(at, expected, format!("{kind:?} input at {at}"));
+        Vec::new()
+    }
+
+    /// The latched divergence or log error; or, with every record before End consumed after as
+    /// many exits as the recording, the end of the recording (the recorded run was stopped
+    /// here, e.g. while its guest idled). A run that ends on its own (power-off) ends before
+    /// the vCPU loop asks. Either way the VMM then calls [`ReplayWorld::finish`].
+    fn stop_reason(&self) -> Option<String> {
+        if let Some(e) = &self.error {
+            return Some(e.to_string());
+        }
+        match &self.head {
+            Some(Record::End(end)) if end.exits == self.digest.exits() => Some(format!(
+                "the recording ends here, after {} exits",
+                end.exits
+            )),
+            _ => None,
+        }
+    }
+
+    /// The last replayed monotonic clock value (a replay has no clock of its own).
+    fn monotonic_now(&self) -> u64 {
+        self.last_monotonic
+    }
+
+    /// None: a replay never preempts on its own; preemptions come from the log
+    /// ([`ReplayWorld::next_preemption`]).
+    fn time_until(&self, _deadline_ns: u64) -> Option<std::time::Duration> {
+        None
+    }
+}
