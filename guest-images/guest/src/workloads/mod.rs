@@ -1,0 +1,49 @@
+//! The workloads, chosen by the first word of the command line (see ../../../src/lib.rs).
+//! Each prints its results, then `digest: <16 hex digits>`, and returns the power-off code.
+
+mod clock;
+mod compute;
+mod hello;
+mod timer;
+
+use crate::bootinfo::BootInfo;
+use crate::cmdline::{parse_u64, CmdLine};
+
+/// Power-off code for a bad command line.
+pub const EXIT_USAGE: u32 = 2;
+
+const USAGE: &str = "workloads: hello | timer [N] | compute [M] | clock [N]";
+
+pub fn run(boot: &BootInfo, cmdline: CmdLine) -> u32 {
+    let mut words = cmdline.words();
+    let name = words.next().unwrap_or("hello");
+    let result = match name {
+        "hello" => hello::run(boot, cmdline),
+        "timer" => number_arg(&mut words, 100).and_then(timer::run),
+        "compute" => number_arg(&mut words, compute::DEFAULT_MILLIONS).and_then(compute::run),
+        "clock" => number_arg(&mut words, 1000).and_then(clock::run),
+        _ => {
+            println!("ftvm guest: unknown workload '{}'; {}", name, USAGE);
+            return EXIT_USAGE;
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(message) => {
+            println!("ftvm guest: {}: {}; {}", name, message, USAGE);
+            EXIT_USAGE
+        }
+    }
+}
+
+/// The next argument as a number, `default` if there is none.
+fn number_arg<'a>(words: &mut impl Iterator<Item = &'a str>, default: u64) -> Result<u64, &'static str> {
+    let value = match words.next() {
+        None => default,
+        Some(word) => parse_u64(word).ok_or("bad number")?,
+    };
+    if words.next().is_some() {
+        return Err("too many arguments");
+    }
+    Ok(value)
+}
