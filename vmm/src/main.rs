@@ -120,7 +120,12 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FTVM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }
 
 /// `ftvm run`: boots, runs to power-off (rebooting on reset), prints the exit statistics.
@@ -164,6 +169,9 @@ fn restore_command(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
 
 /// Prints the power-off lines and turns the outcome into ftvm's exit status.
 fn report(machine: &Machine, outcome: RunOutcome, stats: &vmm::ExitStats, state_digest: bool) -> anyhow::Result<ExitCode> {
+    if let Some(kib) = vmm::memory::vmm_resident_kib(&machine.ram) {
+        tracing::info!(vmm_rss_kib = kib, guest_mib = machine.config.memory_mib, "memory of the VMM beyond guest RAM");
+    }
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{stats}")?;
     if state_digest {

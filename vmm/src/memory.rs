@@ -76,3 +76,27 @@ impl GuestRam {
         Ok(unsafe { std::slice::from_raw_parts_mut(host, self.size as usize) })
     }
 }
+
+/// The VMM's own resident memory in KiB: the process's RSS less the resident part of guest
+/// RAM, read from /proc/self/smaps. None where /proc is not there to read.
+pub fn vmm_resident_kib(ram: &GuestRam) -> Option<u64> {
+    let guest_start = ram.as_slice().ok()?.as_ptr() as u64;
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let mut total = 0u64;
+    let mut guest = 0u64;
+    let mut in_guest = false;
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let Some(first) = words.next() else { continue };
+        if let Some((start, _end)) = first.split_once('-').filter(|(s, _)| u64::from_str_radix(s, 16).is_ok()) {
+            in_guest = u64::from_str_radix(start, 16).ok() == Some(guest_start);
+        } else if first == "Rss:" {
+            let kib: u64 = words.next()?.parse().ok()?;
+            total += kib;
+            if in_guest {
+                guest += kib;
+            }
+        }
+    }
+    Some(total.saturating_sub(guest))
+}
