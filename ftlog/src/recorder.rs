@@ -75,7 +75,7 @@ impl<S: EventSource, W: Write> RecordingWorld<S, W> {
         self.check()?;
         let n = self.digest.fold(sig);
         self.stats.exits = n;
-        if n % self.interval == 0 {
+        if n.checked_rem(self.interval) == Some(0) {
             let record = Record::ExitDigest {
                 exits: n,
                 digest: self.digest.digest(),

@@ -167,7 +167,7 @@ impl<R: Read> ReplayWorld<R> {
                 self.stats.exit_digests += 1;
                 self.compare_digest(at, &digest);
             }
-            _ if n % self.interval == 0 => {
+            _ if n.checked_rem(self.interval) == Some(0) => {
                 let expected = self.describe_head();
                 self.diverge(at, expected, format!("exit digest at {at}"));
             }
