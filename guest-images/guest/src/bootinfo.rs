@@ -9,6 +9,7 @@ pub struct BootInfo {
 /// One e820 memory map entry.
 #[derive(Clone, Copy, Debug)]
 pub struct E820Entry {
+    #[allow(dead_code)] // for the allocator to come
     pub addr: u64,
     pub size: u64,
     pub kind: u32,

@@ -15,9 +15,6 @@ impl Digest {
     pub fn u64(&mut self, value: u64) -> &mut Self {
         self.bytes(&value.to_le_bytes())
     }
-    pub fn value(&self) -> u64 {
-        self.0
-    }
     /// Prints `digest: <16 hex digits>`.
     pub fn print(&self) {
         crate::println!("digest: {:016x}", self.0);

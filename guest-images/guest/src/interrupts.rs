@@ -62,8 +62,3 @@ pub fn wait() {
 pub fn count(irq: u8) -> u64 {
     boot::FTVM_IRQ_COUNTS[irq as usize].load(Ordering::Relaxed)
 }
-
-/// Interrupts taken so far on all IRQ lines.
-pub fn total() -> u64 {
-    (0..16).map(count).sum()
-}

@@ -14,6 +14,7 @@ pub fn outl(port: u16, value: u32) {
     unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags)) }
 }
 
+#[allow(dead_code)] // for the drivers to come
 #[inline(always)]
 pub fn inb(port: u16) -> u8 {
     let value: u8;
