@@ -13,6 +13,7 @@
 //! | `timer [N]` (N=100) | PIT channel 0 periodic at 1000 Hz; halts until each of exactly N timer interrupts, printing `timer: k/N` every N/10 ticks | 0 |
 //! | `compute [M]` (M=300) | M million rounds of integer mixing in ring 3 (~1-1.5 s natively, no exits) while the PIT interrupts at 1000 Hz; prints `compute: checksum <hex>` (independent of interrupt timing) and the number of timer interrupts | 0 |
 //! | `clock [N]` (N=1000) | N reads of the monotonic clock between two wall-clock reads; prints `clock: <n> reads, <ns> ns elapsed` and the wall time | 0 |
+//! | `fault` | prints a line, then executes `ud2` in ring 3: the guest reports `(rip & 0xffffff) << 8 \| 6` on the panic port | ftvm's guest-panic code (101) |
 //! | anything else, or a bad argument | prints an error | 2 |
 //!
 //! Digests: `hello` over the banner, `timer` over N and the tick count seen after each
@@ -35,7 +36,7 @@ pub fn ftvm_guest_elf() -> &'static [u8] {
 }
 
 /// The workloads the guest knows (the first word of its command line).
-pub const WORKLOADS: &[&str] = &["hello", "timer", "compute", "clock"];
+pub const WORKLOADS: &[&str] = &["hello", "timer", "compute", "clock", "fault"];
 
 /// The guest's exit code for an unknown workload or a bad argument.
 pub const EXIT_USAGE: u8 = 2;
@@ -46,7 +47,9 @@ pub fn ftvm_guest_digest() -> u64 {
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// The value of the last `digest: <16 hex digits>` line in the guest's serial output.
@@ -80,12 +83,19 @@ mod tests {
         assert_eq!(u16_at(elf, 16), 2, "ET_EXEC");
         assert_eq!(u16_at(elf, 18), 62, "EM_X86_64");
         assert_eq!(u64_at(elf, 24), 0x10_0000, "entry at 1 MiB");
-        let (phoff, phentsize, phnum) = (u64_at(elf, 32) as usize, u16_at(elf, 54) as usize, u16_at(elf, 56));
+        let (phoff, phentsize, phnum) = (
+            u64_at(elf, 32) as usize,
+            u16_at(elf, 54) as usize,
+            u16_at(elf, 56),
+        );
         let mut loads = 0;
         for i in 0..phnum as usize {
             let ph = &elf[phoff + i * phentsize..];
             let kind = u32_at(ph, 0);
-            assert!(![2, 3, 7].contains(&kind), "PT_DYNAMIC, PT_INTERP or PT_TLS present");
+            assert!(
+                ![2, 3, 7].contains(&kind),
+                "PT_DYNAMIC, PT_INTERP or PT_TLS present"
+            );
             if kind == 1 {
                 loads += 1;
                 let (paddr, filesz, memsz) = (u64_at(ph, 24), u64_at(ph, 32), u64_at(ph, 40));

@@ -23,7 +23,7 @@ pub fn init() {
     outb(SLAVE_DATA, IRQ_BASE_SLAVE);
     outb(SLAVE_DATA, 0x02); // ICW3: cascade identity 2
     outb(SLAVE_DATA, 0x03);
-    let mask: u16 = 0xffff & !(1 << 2);
+    let mask: u16 = !(1 << 2); // all masked but the cascade
     outb(MASTER_DATA, mask as u8); // OCW1
     outb(SLAVE_DATA, (mask >> 8) as u8);
     MASK.store(mask, core::sync::atomic::Ordering::Relaxed);

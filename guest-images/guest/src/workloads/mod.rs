@@ -22,6 +22,7 @@ pub fn run(boot: &BootInfo, cmdline: CmdLine) -> u32 {
         "timer" => number_arg(&mut words, 100).and_then(timer::run),
         "compute" => number_arg(&mut words, compute::DEFAULT_MILLIONS).and_then(compute::run),
         "clock" => number_arg(&mut words, 1000).and_then(clock::run),
+        "fault" => fault(),
         _ => {
             println!("ftvm guest: unknown workload '{}'; {}", name, USAGE);
             return EXIT_USAGE;
@@ -36,8 +37,19 @@ pub fn run(boot: &BootInfo, cmdline: CmdLine) -> u32 {
     }
 }
 
+/// `fault`: executes `ud2` in ring 3, so that the exception stub reports vector 6 and the RIP on
+/// the panic port (for testing the VMM's guest-panic path). Never returns.
+fn fault() -> Result<(), &'static str> {
+    println!("fault: executing ud2 in ring 3");
+    // SAFETY: deliberately raises #UD; the exception stub reports it and halts for good.
+    unsafe { core::arch::asm!("ud2", options(noreturn)) }
+}
+
 /// The next argument as a number, `default` if there is none.
-fn number_arg<'a>(words: &mut impl Iterator<Item = &'a str>, default: u64) -> Result<u64, &'static str> {
+fn number_arg<'a>(
+    words: &mut impl Iterator<Item = &'a str>,
+    default: u64,
+) -> Result<u64, &'static str> {
     let value = match words.next() {
         None => default,
         Some(word) => parse_u64(word).ok_or("bad number")?,
