@@ -12,6 +12,7 @@ pub mod pic;
 pub mod pit;
 pub mod power;
 pub mod serial;
+pub mod virtio;
 
 pub use board::{Board, BoardState, IoOutcome};
 pub use event::{ClockId, Deadlines, EventSource, HostWorld, InputKind, Landmark, WorldEvent};

@@ -1,0 +1,211 @@
+//! virtio-blk (device ID 2): one request queue, 512-byte sectors, requests processed
+//! synchronously at the exit of the queue notification.
+//!
+//! Features: VERSION_1, FLUSH, SEG_MAX, SIZE_MAX, RING_EVENT_IDX, and RO for a read-only disk.
+//! Requests: IN (read), OUT (write), FLUSH and GET_ID; others get VIRTIO_BLK_S_UNSUPP. Every
+//! request is checked against the capacity; one outside it, or not a whole number of sectors,
+//! gets VIRTIO_BLK_S_IOERR. A chain too short to hold a header and a status byte puts the device
+//! in needs-reset (there is nowhere to report a status).
+//!
+//! A read takes its bytes from the world (`EventSource::device_input`, so that they are logged
+//! on the primary and replayed on the backup) into a bounce buffer, then copies them into the
+//! guest's buffers. A write leaves through the output stage, which reports it OK to the guest
+//! (see `output` for why).
+
+use super::device::{Ctx, Fault, VirtioDevice};
+use super::net::read_bytes;
+use super::output::{Output, OutputError};
+use super::queue::{Chain, VirtQueue};
+use crate::event::InputKind;
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_S_IOERR,
+    VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+
+pub const BLK_QUEUE_SIZE: u16 = 128;
+pub const SECTOR_SIZE: u64 = 512;
+/// Data segments per request (the queue size less the header and status descriptors).
+pub const SEG_MAX: u32 = BLK_QUEUE_SIZE as u32 - 2;
+/// Bytes per data segment.
+pub const SIZE_MAX: u32 = 32 << 10;
+/// The most data one request may carry, and the most a chain may: header, data, status.
+pub const MAX_DATA: u64 = SEG_MAX as u64 * SIZE_MAX as u64;
+pub const MAX_CHAIN: u64 = REQ_HDR_LEN + MAX_DATA + 1;
+/// `struct virtio_blk_outhdr`: type, reserved, sector.
+pub const REQ_HDR_LEN: u64 = 16;
+/// Length of the GET_ID answer.
+pub const ID_LEN: usize = 20;
+
+pub struct Blk {
+    index: u8,
+    capacity: u64,
+    readonly: bool,
+    id: [u8; ID_LEN],
+}
+
+impl Blk {
+    /// Disk `index` (its index among the VM's disks, as in `InputKind::DiskRead`), of
+    /// `size_bytes` bytes (the whole sectors of it are exposed).
+    pub fn new(index: u8, size_bytes: u64, readonly: bool) -> Self {
+        let mut id = [0u8; ID_LEN];
+        let name = format!("ftvm-disk-{index}");
+        id[..name.len()].copy_from_slice(name.as_bytes());
+        Self { index, capacity: size_bytes / SECTOR_SIZE, readonly, id }
+    }
+
+    /// Capacity in 512-byte sectors.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    pub fn readonly(&self) -> bool {
+        self.readonly
+    }
+
+    /// The byte offset of `len` bytes at `sector`, if they are whole sectors inside the disk.
+    fn range(&self, sector: u64, len: u64) -> Option<u64> {
+        let offset = sector.checked_mul(SECTOR_SIZE)?;
+        let end = offset.checked_add(len)?;
+        (len.is_multiple_of(SECTOR_SIZE) && end <= self.capacity * SECTOR_SIZE).then_some(offset)
+    }
+
+    /// Handles one request; returns the number of bytes written into the chain.
+    fn handle(&mut self, chain: &Chain, ctx: &mut Ctx<'_>) -> Result<u32, Fault> {
+        let head = chain.head;
+        let qerr = Fault::queue(0);
+        if chain.readable_len() < REQ_HDR_LEN || chain.writable_len() < 1 {
+            return Err(Fault::Guest(format!(
+                "request {head}: {} readable and {} writable bytes cannot hold a header and a status",
+                chain.readable_len(),
+                chain.writable_len()
+            )));
+        }
+        let mut hdr = [0u8; REQ_HDR_LEN as usize];
+        chain.read_at(ctx.mem, 0, &mut hdr).map_err(Fault::queue(0))?;
+        let kind = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
+        let sector = u64::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11], hdr[12], hdr[13], hdr[14], hdr[15]]);
+        // Both at most MAX_CHAIN, checked when the chain was taken.
+        let data_in = chain.writable_len() - 1;
+        let data_out = chain.readable_len() - REQ_HDR_LEN;
+
+        let (status, written) = match kind {
+            VIRTIO_BLK_T_IN => self.read(chain, sector, data_in, ctx)?,
+            VIRTIO_BLK_T_OUT => (self.write(chain, sector, data_out, ctx)?, 0),
+            VIRTIO_BLK_T_FLUSH => {
+                if !self.readonly {
+                    ctx.out.emit(ctx.at, Output::DiskFlush { device: self.index })?;
+                }
+                (VIRTIO_BLK_S_OK, 0)
+            }
+            VIRTIO_BLK_T_GET_ID => {
+                let n = (ID_LEN as u64).min(data_in) as usize;
+                chain.write_at(ctx.mem, 0, &self.id[..n]).map_err(Fault::queue(0))?;
+                (VIRTIO_BLK_S_OK, n as u32)
+            }
+            _ => {
+                tracing::debug!(device = self.index, kind, "unsupported block request");
+                (VIRTIO_BLK_S_UNSUPP, 0)
+            }
+        };
+        chain.write_at(ctx.mem, data_in, &[status as u8]).map_err(qerr)?;
+        Ok(written + 1)
+    }
+
+    /// An IN request: returns its status and the number of data bytes written to the guest.
+    fn read(&mut self, chain: &Chain, sector: u64, len: u64, ctx: &mut Ctx<'_>) -> Result<(u32, u32), Fault> {
+        let Some(offset) = self.range(sector, len) else {
+            tracing::debug!(device = self.index, sector, len, capacity = self.capacity, "read outside the disk");
+            return Ok((VIRTIO_BLK_S_IOERR, 0));
+        };
+        // At most MAX_DATA.
+        let len = len as usize;
+        let device = self.index;
+        let out = &mut *ctx.out;
+        let mut live = || {
+            let mut bounce = vec![0u8; len + 1];
+            bounce[len] = match out.read_disk(device, offset, &mut bounce[..len]) {
+                Ok(()) => VIRTIO_BLK_S_OK as u8,
+                Err(e) => {
+                    tracing::warn!(device, error = %e, "disk read failed; the guest gets an I/O error");
+                    bounce[..len].fill(0);
+                    VIRTIO_BLK_S_IOERR as u8
+                }
+            };
+            bounce
+        };
+        let bounce = ctx.world.device_input(ctx.at, InputKind::DiskRead { device }, &mut live);
+        if bounce.len() != len + 1 {
+            return Err(Fault::Host(OutputError::ReadLength { device, got: bounce.len(), want: len + 1 }));
+        }
+        chain.write_at(ctx.mem, 0, &bounce[..len]).map_err(Fault::queue(0))?;
+        Ok((u32::from(bounce[len]), len as u32))
+    }
+
+    /// An OUT request: returns its status.
+    fn write(&mut self, chain: &Chain, sector: u64, len: u64, ctx: &mut Ctx<'_>) -> Result<u32, Fault> {
+        if self.readonly {
+            tracing::debug!(device = self.index, sector, "write to a read-only disk refused");
+            return Ok(VIRTIO_BLK_S_IOERR);
+        }
+        let Some(offset) = self.range(sector, len) else {
+            tracing::debug!(device = self.index, sector, len, capacity = self.capacity, "write outside the disk");
+            return Ok(VIRTIO_BLK_S_IOERR);
+        };
+        // At most MAX_DATA.
+        let mut data = vec![0u8; len as usize];
+        chain.read_at(ctx.mem, REQ_HDR_LEN, &mut data).map_err(Fault::queue(0))?;
+        ctx.out.emit(ctx.at, Output::DiskWrite { device: self.index, offset, data })?;
+        Ok(VIRTIO_BLK_S_OK)
+    }
+}
+
+impl VirtioDevice for Blk {
+    fn device_id(&self) -> u32 {
+        virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &'static [u16] {
+        &[BLK_QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        let ro = if self.readonly { 1 << VIRTIO_BLK_F_RO } else { 0 };
+        1 << VIRTIO_F_VERSION_1
+            | 1 << VIRTIO_BLK_F_FLUSH
+            | 1 << VIRTIO_BLK_F_SEG_MAX
+            | 1 << VIRTIO_BLK_F_SIZE_MAX
+            | 1 << VIRTIO_RING_F_EVENT_IDX
+            | ro
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // struct virtio_blk_config up to num_queues: capacity, size_max, seg_max, then zeros.
+        let mut config = [0u8; 36];
+        config[0..8].copy_from_slice(&self.capacity.to_le_bytes());
+        config[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
+        config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+        read_bytes(&config, offset, data);
+    }
+
+    fn activate(&mut self, _features: u64) {}
+
+    fn notify(&mut self, queue: u16, queues: &mut [VirtQueue], ctx: &mut Ctx<'_>) -> Result<bool, Fault> {
+        let q = queues.get_mut(usize::from(queue)).ok_or_else(|| Fault::Guest(format!("no queue {queue}")))?;
+        let mut used = false;
+        while let Some(chain) = q.pop(ctx.mem, MAX_CHAIN).map_err(Fault::queue(queue))? {
+            let len = self.handle(&chain, ctx)?;
+            q.add_used(ctx.mem, chain.head, len).map_err(Fault::queue(queue))?;
+            used = true;
+        }
+        q.enable_notification(ctx.mem).map_err(Fault::queue(queue))?;
+        Ok(used && q.needs_notification(ctx.mem).map_err(Fault::queue(queue))?)
+    }
+
+    fn reset(&mut self) {}
+
+    fn name(&self) -> String {
+        format!("virtio-blk {}", self.index)
+    }
+}

@@ -1,0 +1,127 @@
+//! The file backend of virtio-blk: a regular file (or a host block device) holding the disk.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Why a disk could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("disk {path}: no such file")]
+    NotFound { path: PathBuf },
+    #[error("disk {path}: permission denied opening it {mode} (add `,readonly` for a read-only disk)")]
+    PermissionDenied { path: PathBuf, mode: &'static str },
+    #[error("disk {path}: is a directory")]
+    IsDirectory { path: PathBuf },
+    #[error("disk {path}: {size} bytes is smaller than one 512-byte sector")]
+    TooSmall { path: PathBuf, size: u64 },
+    #[error("disk {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// An open disk image. Reads and writes are positional, so one `DiskFile` can be shared
+/// (behind an `Arc`) by the device's reads and the output stage's writes.
+#[derive(Debug)]
+pub struct DiskFile {
+    path: PathBuf,
+    file: File,
+    readonly: bool,
+    size: u64,
+}
+
+impl DiskFile {
+    pub fn open(path: &Path, readonly: bool) -> Result<Self, DiskError> {
+        let owned = || path.to_owned();
+        let file = OpenOptions::new().read(true).write(!readonly).open(path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => DiskError::NotFound { path: owned() },
+            io::ErrorKind::PermissionDenied => {
+                DiskError::PermissionDenied { path: owned(), mode: if readonly { "read-only" } else { "read-write" } }
+            }
+            _ if e.raw_os_error() == Some(libc::EISDIR) => DiskError::IsDirectory { path: owned() },
+            _ => DiskError::Io { path: owned(), source: e },
+        })?;
+        let io_err = |source| DiskError::Io { path: owned(), source };
+        if file.metadata().map_err(io_err)?.is_dir() {
+            return Err(DiskError::IsDirectory { path: owned() });
+        }
+        // Seeking to the end gives the size of block devices as well as of regular files.
+        let size = (&file).seek(SeekFrom::End(0)).map_err(io_err)?;
+        if size < 512 {
+            return Err(DiskError::TooSmall { path: owned(), size });
+        }
+        Ok(Self { path: owned(), file, readonly, size })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn readonly(&self) -> bool {
+        self.readonly
+    }
+
+    /// Size in bytes (the device exposes the whole 512-byte sectors of it).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if self.readonly {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
+        self.file.write_all_at(data, offset)
+    }
+
+    /// Makes written data durable (fdatasync).
+    pub fn flush(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_reads_writes_and_flushes() {
+        let mut tmp = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut tmp, &[7u8; 4096]).unwrap();
+        let disk = DiskFile::open(tmp.path(), false).unwrap();
+        assert_eq!(disk.size(), 4096);
+        disk.write_at(512, b"hello").unwrap();
+        disk.flush().unwrap();
+        let mut buf = [0u8; 6];
+        disk.read_at(511, &mut buf).unwrap();
+        assert_eq!(&buf, b"\x07hello");
+    }
+
+    #[test]
+    fn errors_name_the_path_and_the_problem() {
+        let missing = Path::new("/nonexistent/ftvm-disk.img");
+        let err = DiskFile::open(missing, false).unwrap_err();
+        assert!(matches!(err, DiskError::NotFound { .. }));
+        assert!(err.to_string().contains("/nonexistent/ftvm-disk.img"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let err = DiskFile::open(dir.path(), true).unwrap_err();
+        assert!(matches!(err, DiskError::IsDirectory { .. }), "{err}");
+
+        let tiny = tempfile::NamedTempFile::new().unwrap();
+        let err = DiskFile::open(tiny.path(), true).unwrap_err();
+        assert!(matches!(err, DiskError::TooSmall { size: 0, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_readonly_disk_refuses_writes() {
+        let mut tmp = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut tmp, &[0u8; 1024]).unwrap();
+        let disk = DiskFile::open(tmp.path(), true).unwrap();
+        assert!(disk.readonly());
+        assert!(disk.write_at(0, b"x").is_err());
+    }
+}
