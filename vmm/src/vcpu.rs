@@ -184,8 +184,7 @@ pub fn run_from(
             Ok(VcpuExit::IoOut(port, data)) => {
                 let info = ExitInfo { kind: ExitKind::IoOut, address: port.into(), len: data.len() as u8, value: le_value(data) };
                 stats.io += 1;
-                let value = data.to_vec();
-                (info, Some((port, value)))
+                (info, Some(port))
             }
             Ok(VcpuExit::IoIn(port, data)) => {
                 stats.io += 1;
@@ -218,12 +217,13 @@ pub fn run_from(
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 let info = ExitInfo { kind: ExitKind::MmioWrite, address: addr, len: data.len() as u8, value: le_value(data) };
                 stats.mmio += 1;
-                let value = data.to_vec();
+                let value = info.value.to_le_bytes();
+                let value = &value[..usize::from(info.len).min(8)];
                 count += 1;
                 at = Landmark::Exit(count);
                 stats.exits += 1;
                 observer.on_exit(count, &info, &machine.vcpu)?;
-                match machine.board.mmio_write(addr, &value, at, world) {
+                match machine.board.mmio_write(addr, value, at, world) {
                     IoOutcome::Continue => continue,
                     other => return finish(machine, other, stats),
                 }
@@ -261,8 +261,10 @@ pub fn run_from(
         at = Landmark::Exit(count);
         stats.exits += 1;
         observer.on_exit(count, &info, &machine.vcpu)?;
-        if let Some((port, value)) = outcome {
-            match machine.board.pio_write(port, &value, at, world) {
+        if let Some(port) = outcome {
+            // The bytes written are the little-endian value the exit signature already holds.
+            let value = info.value.to_le_bytes();
+            match machine.board.pio_write(port, &value[..usize::from(info.len).min(8)], at, world) {
                 IoOutcome::Continue => {}
                 other => return finish(machine, other, stats),
             }
