@@ -1,0 +1,308 @@
+//! The `gfs` command: runs a master or a chunkserver, or acts as a client.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use storage::chunkserver::{ChunkServer, ChunkServerConfig};
+use storage::master::{service, Master, MasterConfig};
+use storage::Client;
+
+#[derive(Parser)]
+#[command(
+    name = "gfs",
+    version,
+    about = "gfs: a GFS-style distributed file system"
+)]
+struct Cli {
+    /// Log more (repeat for even more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Master address for client commands.
+    #[arg(long, global = true, env = "GFS_MASTER")]
+    master: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the master.
+    Master {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        listen: String,
+        /// Lease length in seconds.
+        #[arg(long, default_value_t = 60.0)]
+        lease_secs: f64,
+        /// Checkpoint after this many log records.
+        #[arg(long, default_value_t = 10_000)]
+        checkpoint_every: u64,
+        /// Consider a chunkserver down after this many seconds without a heartbeat.
+        #[arg(long, default_value_t = 10.0)]
+        dead_after_secs: f64,
+        /// Replicas per chunk.
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
+    },
+    /// Run a chunkserver.
+    Chunkserver {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        listen: String,
+        #[arg(long, default_value = "default")]
+        rack: String,
+        /// Heartbeat interval in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        heartbeat_ms: u64,
+        /// Do not fdatasync chunk data before acknowledging a mutation.
+        #[arg(long)]
+        no_sync: bool,
+    },
+    /// List a directory.
+    Ls { path: String },
+    /// Create a directory.
+    Mkdir { path: String },
+    /// Create an empty file.
+    Touch { path: String },
+    /// Copy a local file into gfs.
+    Put { local: PathBuf, remote: String },
+    /// Copy a gfs file to a local file.
+    Get { remote: String, local: PathBuf },
+    /// Print a gfs file.
+    Cat { remote: String },
+    /// Remove a file or an empty directory.
+    Rm { path: String },
+    /// Rename a file or directory.
+    Mv { from: String, to: String },
+    /// Show size, chunks, replicas and their versions.
+    Stat { path: String },
+    /// Write stdin (or a pattern) at an offset of an existing file.
+    Write {
+        remote: String,
+        #[arg(long)]
+        offset: u64,
+    },
+    /// Measure master metadata operations per second.
+    BenchMeta {
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+        #[arg(long, default_value_t = 2000)]
+        ops: usize,
+        #[arg(long, default_value = "/bench-meta")]
+        dir: String,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("storage={level},gfs={level}"))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(cli) {
+        eprintln!("gfs: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn client(master: &Option<String>) -> Result<Client> {
+    match master {
+        Some(m) => Ok(Client::new(m)),
+        None => bail!("no master address: pass --master ADDR or set GFS_MASTER"),
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Master {
+            dir,
+            listen,
+            lease_secs,
+            checkpoint_every,
+            dead_after_secs,
+            replicas,
+        } => {
+            let mut cfg = MasterConfig::new(dir, listen);
+            cfg.lease = secs(lease_secs)?;
+            cfg.checkpoint_every = checkpoint_every.max(1);
+            cfg.dead_after = secs(dead_after_secs)?;
+            cfg.replicas = replicas.max(1);
+            let m = Master::open(cfg).context("starting the master")?;
+            let addr = service::serve(m).context("starting the master")?;
+            println!("gfs master listening on {addr}");
+            park()
+        }
+        Cmd::Chunkserver {
+            dir,
+            listen,
+            rack,
+            heartbeat_ms,
+            no_sync,
+        } => {
+            let master = cli
+                .master
+                .context("chunkserver needs --master ADDR (or GFS_MASTER)")?;
+            let mut cfg = ChunkServerConfig::new(dir, master, listen);
+            cfg.rack = rack;
+            cfg.heartbeat = Duration::from_millis(heartbeat_ms.max(10));
+            cfg.sync = !no_sync;
+            let cs = ChunkServer::start(cfg).context("starting the chunkserver")?;
+            println!("gfs chunkserver listening on {}", cs.addr);
+            park()
+        }
+        Cmd::Ls { path } => {
+            for e in client(&cli.master)?.list(&path)? {
+                if e.is_dir {
+                    println!("d {:>14} {}/", "-", e.name);
+                } else {
+                    println!("f {:>14} {}", e.size, e.name);
+                }
+            }
+            Ok(())
+        }
+        Cmd::Mkdir { path } => Ok(client(&cli.master)?.mkdir(&path)?),
+        Cmd::Touch { path } => Ok(client(&cli.master)?.create(&path)?),
+        Cmd::Put { local, remote } => {
+            let c = client(&cli.master)?;
+            let mut f = std::fs::File::open(&local)
+                .with_context(|| format!("opening {}", local.display()))?;
+            match c.create(&remote) {
+                Ok(()) => {}
+                Err(e) if e.kind() == Some(storage::error::ErrorKind::AlreadyExists) => {
+                    bail!("{remote} already exists (remove it first)")
+                }
+                Err(e) => return Err(e.into()),
+            }
+            c.write_from(&remote, &mut f)?;
+            Ok(())
+        }
+        Cmd::Get { remote, local } => {
+            let c = client(&cli.master)?;
+            let f = std::fs::File::create(&local)
+                .with_context(|| format!("creating {}", local.display()))?;
+            let mut w = std::io::BufWriter::new(f);
+            c.read_to(&remote, &mut w)?;
+            use std::io::Write;
+            w.flush()
+                .with_context(|| format!("writing {}", local.display()))?;
+            Ok(())
+        }
+        Cmd::Cat { remote } => {
+            let c = client(&cli.master)?;
+            let stdout = std::io::stdout();
+            let mut lock = stdout.lock();
+            c.read_to(&remote, &mut lock)?;
+            Ok(())
+        }
+        Cmd::Rm { path } => Ok(client(&cli.master)?.delete(&path)?),
+        Cmd::Mv { from, to } => Ok(client(&cli.master)?.rename(&from, &to)?),
+        Cmd::Stat { path } => {
+            let st = client(&cli.master)?.stat(&path)?;
+            println!("path: {}", st.path);
+            println!("type: {}", if st.is_dir { "directory" } else { "file" });
+            if !st.is_dir {
+                println!("size: {}", st.size);
+                println!("chunks: {}", st.chunks.len());
+                for ch in &st.chunks {
+                    let reps: Vec<String> = ch
+                        .replicas
+                        .iter()
+                        .map(|r| {
+                            format!(
+                                "{}@v{}{}",
+                                r.server,
+                                r.version,
+                                if r.stale { "(stale)" } else { "" }
+                            )
+                        })
+                        .collect();
+                    println!(
+                        "chunk {} handle {} version {} primary {} replicas {}",
+                        ch.index,
+                        ch.handle,
+                        ch.version,
+                        ch.primary.as_deref().unwrap_or("-"),
+                        if reps.is_empty() {
+                            "-".to_string()
+                        } else {
+                            reps.join(" ")
+                        }
+                    );
+                }
+            }
+            Ok(())
+        }
+        Cmd::Write { remote, offset } => {
+            let c = client(&cli.master)?;
+            let mut data = Vec::new();
+            use std::io::Read;
+            std::io::stdin()
+                .read_to_end(&mut data)
+                .context("reading stdin")?;
+            c.write_at(&remote, offset, &data)?;
+            Ok(())
+        }
+        Cmd::BenchMeta { threads, ops, dir } => {
+            bench_meta(&client(&cli.master)?, threads, ops, &dir)
+        }
+    }
+}
+
+fn secs(s: f64) -> Result<Duration> {
+    Duration::try_from_secs_f64(s).context("bad duration")
+}
+
+fn park() -> Result<()> {
+    loop {
+        std::thread::park();
+    }
+}
+
+fn bench_meta(c: &Client, threads: usize, ops: usize, dir: &str) -> Result<()> {
+    let _ = c.mkdir(dir);
+    let per = ops / threads.max(1);
+    let run =
+        |what: &str, f: &(dyn Fn(&Client, String) -> storage::Result<()> + Sync)| -> Result<()> {
+            let t0 = Instant::now();
+            std::thread::scope(|s| -> Result<()> {
+                let hs: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let c = c.clone();
+                        s.spawn(move || -> storage::Result<()> {
+                            for i in 0..per {
+                                f(&c, format!("{dir}/f{t}-{i}"))?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .collect();
+                for h in hs {
+                    h.join()
+                        .map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
+                }
+                Ok(())
+            })?;
+            let el = t0.elapsed().as_secs_f64();
+            println!(
+                "{what}: {} ops in {el:.3} s = {:.0} ops/s ({threads} threads)",
+                per * threads,
+                (per * threads) as f64 / el
+            );
+            Ok(())
+        };
+    run("create", &|c, p| c.create(&p))?;
+    run("lookup", &|c, p| c.stat(&p).map(|_| ()))?;
+    Ok(())
+}

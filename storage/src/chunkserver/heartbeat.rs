@@ -1,0 +1,94 @@
+//! Heartbeats: chunk report, lease extension requests, corrupt-replica reports.
+
+use super::ChunkServer;
+use crate::error::{GfsError, Result};
+use crate::protocol::{ChunkHandle, Conn, Heartbeat, MasterReply, MasterRequest, Reply};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Starts the heartbeat thread.
+pub fn spawn(cs: Arc<ChunkServer>) -> Result<()> {
+    std::thread::Builder::new()
+        .name("heartbeat".into())
+        .spawn(move || run(&cs))
+        .map(|_| ())
+        .map_err(|e| GfsError::io("starting the heartbeat thread", e))
+}
+
+fn run(cs: &ChunkServer) {
+    let mut conn: Option<Conn> = None;
+    let mut fresh = true;
+    loop {
+        let sent = Instant::now();
+        let hb = Heartbeat {
+            server: cs.addr.clone(),
+            rack: cs.cfg.rack.clone(),
+            fresh,
+            chunks: cs.store.report(),
+            extend: cs.leases_to_extend(),
+        };
+        match beat(cs, &mut conn, hb) {
+            Ok(reply) => {
+                fresh = false;
+                cs.extend(&reply.extended, sent, Duration::from_millis(reply.lease_ms));
+                for h in reply.garbage {
+                    tracing::info!(handle = h, "deleting a chunk the master no longer knows");
+                    cs.store.delete(h);
+                }
+            }
+            Err(e) => {
+                tracing::debug!("heartbeat to {} failed: {e}", cs.cfg.master);
+                conn = None;
+            }
+        }
+        std::thread::sleep(cs.cfg.heartbeat.saturating_sub(sent.elapsed()));
+    }
+}
+
+fn beat(
+    cs: &ChunkServer,
+    conn: &mut Option<Conn>,
+    hb: Heartbeat,
+) -> Result<crate::protocol::HeartbeatReply> {
+    if conn.is_none() {
+        let c = Conn::connect(&cs.cfg.master, TIMEOUT)?;
+        c.set_read_timeout(TIMEOUT)?;
+        *conn = Some(c);
+    }
+    let Some(c) = conn.as_mut() else {
+        return Err(GfsError::Frame("no connection".into()));
+    };
+    c.send(&MasterRequest::Heartbeat(hb))?;
+    match c.recv::<Reply<MasterReply>>()? {
+        Ok(MasterReply::Heartbeat(r)) => Ok(r),
+        Ok(other) => Err(GfsError::UnexpectedReply {
+            peer: cs.cfg.master.clone(),
+            what: format!("{other:?}"),
+        }),
+        Err(error) => Err(GfsError::Remote {
+            peer: cs.cfg.master.clone(),
+            error,
+        }),
+    }
+}
+
+/// Tells the master, in the background, that our replica of `handle` is corrupt.
+pub fn report_corrupt(cs: &Arc<ChunkServer>, handle: ChunkHandle) {
+    let cs = cs.clone();
+    let _ = std::thread::Builder::new()
+        .name("report-corrupt".into())
+        .spawn(move || {
+            let r = Conn::connect(&cs.cfg.master, TIMEOUT).and_then(|mut c| {
+                c.send(&MasterRequest::ReportCorrupt {
+                    server: cs.addr.clone(),
+                    handle,
+                })?;
+                c.recv::<Reply<MasterReply>>().map(|_| ())
+            });
+            if let Err(e) = r {
+                tracing::warn!(handle, "could not report a corrupt replica: {e}");
+            }
+        });
+}

@@ -1,0 +1,151 @@
+//! A chunkserver: stores chunk replicas ([`store`]), receives pushed data and forwards it down
+//! the chain ([`service`]), applies mutations in the primary's serial order, serves verified
+//! reads, and reports to the master ([`heartbeat`]).
+
+pub mod buffers;
+pub mod heartbeat;
+pub mod service;
+pub mod store;
+
+use crate::error::{GfsError, Result};
+use crate::protocol::{ChunkHandle, Pool, Version};
+use buffers::Buffers;
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use store::Store;
+
+/// Chunkserver settings.
+#[derive(Debug, Clone)]
+pub struct ChunkServerConfig {
+    pub dir: PathBuf,
+    pub master: String,
+    pub listen: String,
+    pub rack: String,
+    pub heartbeat: Duration,
+    /// fdatasync chunk data and checksums before acknowledging a mutation.
+    pub sync: bool,
+    /// Most bytes of pushed, not yet applied data held in memory.
+    pub buffer_limit: usize,
+}
+
+impl ChunkServerConfig {
+    pub fn new(
+        dir: impl Into<PathBuf>,
+        master: impl Into<String>,
+        listen: impl Into<String>,
+    ) -> Self {
+        ChunkServerConfig {
+            dir: dir.into(),
+            master: master.into(),
+            listen: listen.into(),
+            rack: "default".into(),
+            heartbeat: Duration::from_millis(1000),
+            sync: true,
+            buffer_limit: 512 * 1024 * 1024,
+        }
+    }
+}
+
+/// A lease this server holds as primary.
+#[derive(Debug, Clone, Copy)]
+pub struct HeldLease {
+    pub version: Version,
+    pub expires: Instant,
+    pub mutated: bool,
+}
+
+/// The chunkserver's shared core.
+pub struct ChunkServer {
+    pub cfg: ChunkServerConfig,
+    /// The address this server is known by (its bound listen address).
+    pub addr: String,
+    pub store: Store,
+    pub buffers: Buffers,
+    pub peers: Pool,
+    leases: Mutex<HashMap<ChunkHandle, HeldLease>>,
+}
+
+impl ChunkServer {
+    /// Opens the store, binds the listener and starts serving and heartbeating.
+    pub fn start(cfg: ChunkServerConfig) -> Result<Arc<ChunkServer>> {
+        let store = Store::open(&cfg.dir, cfg.sync)?;
+        let listener = TcpListener::bind(&cfg.listen)
+            .map_err(|e| GfsError::io(format!("binding {}", cfg.listen), e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| GfsError::io("reading the bound address", e))?
+            .to_string();
+        let cs = Arc::new(ChunkServer {
+            buffers: Buffers::new(cfg.buffer_limit, Duration::from_secs(120)),
+            cfg,
+            addr,
+            store,
+            peers: Pool::default(),
+            leases: Mutex::new(HashMap::new()),
+        });
+        tracing::info!(addr = %cs.addr, chunks = cs.store.report().len(), "chunkserver started");
+        service::spawn_accept(cs.clone(), listener)?;
+        heartbeat::spawn(cs.clone())?;
+        Ok(cs)
+    }
+
+    fn leases(&self) -> MutexGuard<'_, HashMap<ChunkHandle, HeldLease>> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a lease granted by the master at `granted` (when the grant arrived).
+    pub fn grant(&self, handle: ChunkHandle, version: Version, granted: Instant, len: Duration) {
+        self.leases().insert(
+            handle,
+            HeldLease {
+                version,
+                expires: granted + len,
+                mutated: false,
+            },
+        );
+    }
+
+    /// Drops any lease on `handle` (its version changed).
+    pub fn revoke(&self, handle: ChunkHandle) {
+        self.leases().remove(&handle);
+    }
+
+    /// Whether this server holds a valid lease on `handle` at `version`; marks it mutated.
+    pub fn check_lease(&self, handle: ChunkHandle, version: Version) -> bool {
+        let mut l = self.leases();
+        match l.get_mut(&handle) {
+            Some(h) if h.version == version && h.expires > Instant::now() => {
+                h.mutated = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Leases to ask the master to extend (held and mutated since the last heartbeat).
+    pub fn leases_to_extend(&self) -> Vec<(ChunkHandle, Version)> {
+        let now = Instant::now();
+        let mut l = self.leases();
+        l.retain(|_, h| h.expires > now);
+        l.iter_mut()
+            .filter(|(_, h)| h.mutated)
+            .map(|(k, h)| {
+                h.mutated = false;
+                (*k, h.version)
+            })
+            .collect()
+    }
+
+    /// The master extended these leases; `sent` is when the heartbeat left.
+    pub fn extend(&self, handles: &[ChunkHandle], sent: Instant, len: Duration) {
+        let mut l = self.leases();
+        for h in handles {
+            if let Some(lease) = l.get_mut(h) {
+                lease.expires = lease.expires.max(sent + len);
+            }
+        }
+    }
+}

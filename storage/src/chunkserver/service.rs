@@ -1,0 +1,346 @@
+//! The chunkserver's network service: pushes (received and forwarded down the chain frame by
+//! frame), writes as primary, applies as secondary, verified streaming reads, version changes.
+
+use super::heartbeat::report_corrupt;
+use super::store::READ_PIECE;
+use super::ChunkServer;
+use crate::error::{ErrorKind, GfsError, Result};
+use crate::protocol::{ChunkHandle, ChunkReply, ChunkRequest, Conn, Incoming, Reply, Version};
+use crate::util::to_remote;
+use crate::{CHUNK_SIZE, MAX_MUTATION};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Starts the accept loop on a background thread.
+pub fn spawn_accept(cs: Arc<ChunkServer>, listener: TcpListener) -> Result<()> {
+    std::thread::Builder::new()
+        .name("cs-accept".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let stream = match stream {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!("accept: {e}");
+                        continue;
+                    }
+                };
+                let peer = stream
+                    .peer_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                let cs = cs.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("cs-conn".into())
+                    .spawn(move || match Conn::from_stream(stream, peer.clone()) {
+                        Ok(conn) => handle_conn(&cs, conn),
+                        Err(e) => tracing::warn!("{peer}: {e}"),
+                    });
+                if let Err(e) = spawned {
+                    tracing::error!("cannot spawn a connection thread: {e}");
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| GfsError::io("starting the accept thread", e))
+}
+
+fn handle_conn(cs: &Arc<ChunkServer>, mut conn: Conn) {
+    loop {
+        let req: ChunkRequest = match conn.recv_opt() {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!("{}: bad request: {e}", conn.peer());
+                let _ = conn.send(&Reply::<ChunkReply>::Err(to_remote(&e)));
+                return;
+            }
+        };
+        let keep = match req {
+            ChunkRequest::Push { id, len, chain } => push(cs, &mut conn, id, len, chain),
+            ChunkRequest::Read {
+                handle,
+                version,
+                offset,
+                len,
+            } => read(cs, &mut conn, handle, version, offset, len),
+            other => {
+                let r = simple(cs, other).map_err(|e| to_remote(&e));
+                conn.send(&r).is_ok()
+            }
+        };
+        if !keep {
+            return;
+        }
+    }
+}
+
+fn simple(cs: &Arc<ChunkServer>, req: ChunkRequest) -> Result<ChunkReply> {
+    match req {
+        ChunkRequest::SetVersion {
+            handle,
+            version,
+            lease_ms,
+        } => {
+            let granted = Instant::now();
+            cs.revoke(handle);
+            cs.store.set_version(handle, version)?;
+            if let Some(ms) = lease_ms {
+                cs.grant(handle, version, granted, Duration::from_millis(ms));
+            }
+            tracing::debug!(handle, version, primary = lease_ms.is_some(), "version set");
+            Ok(ChunkReply::VersionSet)
+        }
+        ChunkRequest::Write {
+            handle,
+            version,
+            offset,
+            id,
+            secondaries,
+        } => write_primary(cs, handle, version, offset, id, &secondaries),
+        ChunkRequest::Apply {
+            handle,
+            version,
+            serial,
+            offset,
+            id,
+        } => {
+            let data = cs.buffers.take(id)?;
+            let chunk = cs.store.get(handle)?;
+            {
+                let mut s = chunk.state.lock().unwrap_or_else(|p| p.into_inner());
+                if s.version == version && serial <= s.last_serial {
+                    return Err(GfsError::fs(
+                        ErrorKind::InvalidArgument,
+                        format!("chunk {handle}: serial {serial} after {}", s.last_serial),
+                    ));
+                }
+                s.last_serial = serial;
+            }
+            cs.store
+                .write(&chunk, version, offset, &data)
+                .inspect_err(|e| {
+                    if e.kind() == Some(ErrorKind::Corrupt) {
+                        report_corrupt(cs, handle);
+                    }
+                })?;
+            Ok(ChunkReply::Applied)
+        }
+        ChunkRequest::Push { .. } | ChunkRequest::Read { .. } => {
+            Err(GfsError::fs(ErrorKind::Protocol, "unreachable"))
+        }
+    }
+}
+
+/// As primary: order the mutation, apply it locally, then on every secondary.
+fn write_primary(
+    cs: &Arc<ChunkServer>,
+    handle: ChunkHandle,
+    version: Version,
+    offset: u64,
+    id: u64,
+    secondaries: &[String],
+) -> Result<ChunkReply> {
+    if !cs.check_lease(handle, version) {
+        return Err(GfsError::fs(
+            ErrorKind::NoLease,
+            format!("chunk {handle}: no valid lease at version {version}"),
+        ));
+    }
+    let chunk = cs.store.get(handle)?;
+    let data = cs.buffers.take(id)?;
+    // One mutation at a time per chunk: serial order is application order everywhere.
+    let mut order = chunk.order.lock().unwrap_or_else(|p| p.into_inner());
+    if order.0 != version {
+        *order = (version, 1);
+    }
+    let serial = order.1;
+    order.1 += 1;
+    cs.store
+        .write(&chunk, version, offset, &data)
+        .inspect_err(|e| {
+            if e.kind() == Some(ErrorKind::Corrupt) {
+                report_corrupt(cs, handle);
+            }
+        })?;
+    let failed: Vec<String> = std::thread::scope(|s| {
+        let jobs: Vec<_> = secondaries
+            .iter()
+            .map(|addr| {
+                s.spawn(move || {
+                    let req = ChunkRequest::Apply {
+                        handle,
+                        version,
+                        serial,
+                        offset,
+                        id,
+                    };
+                    match call(cs, addr, &req) {
+                        Ok(ChunkReply::Applied) => None,
+                        Ok(other) => {
+                            tracing::warn!(%addr, "unexpected apply reply {other:?}");
+                            Some(addr.clone())
+                        }
+                        Err(e) => {
+                            tracing::warn!(%addr, handle, serial, "apply failed: {e}");
+                            Some(addr.clone())
+                        }
+                    }
+                })
+            })
+            .collect();
+        jobs.into_iter()
+            .zip(secondaries)
+            .filter_map(|(j, addr)| j.join().unwrap_or_else(|_| Some(addr.clone())))
+            .collect()
+    });
+    Ok(ChunkReply::Written { failed })
+}
+
+fn call(cs: &ChunkServer, addr: &str, req: &ChunkRequest) -> Result<ChunkReply> {
+    let mut c = cs.peers.get(addr)?;
+    c.send(req)?;
+    let r = c.recv::<Reply<ChunkReply>>()?;
+    cs.peers.put(c);
+    r.map_err(|error| GfsError::Remote {
+        peer: addr.to_string(),
+        error,
+    })
+}
+
+/// Receives pushed data, forwarding each frame down the chain as it arrives. Returns whether
+/// the connection is still usable.
+fn push(cs: &Arc<ChunkServer>, conn: &mut Conn, id: u64, len: u64, chain: Vec<String>) -> bool {
+    if len > MAX_MUTATION {
+        let e = GfsError::fs(
+            ErrorKind::InvalidArgument,
+            format!("push of {len} bytes exceeds {MAX_MUTATION}"),
+        );
+        let _ = conn.send(&Reply::<ChunkReply>::Err(to_remote(&e)));
+        return false; // the data frames that follow cannot be skipped safely
+    }
+    if let Err(e) = cs.buffers.admit(len as usize) {
+        let _ = conn.send(&Reply::<ChunkReply>::Err(to_remote(&e)));
+        return false;
+    }
+    let mut down: Option<Conn> = None;
+    let mut failed: Vec<String> = Vec::new();
+    if let Some((next, rest)) = chain.split_first() {
+        let opened = cs.peers.get(next).and_then(|mut c| {
+            c.send(&ChunkRequest::Push {
+                id,
+                len,
+                chain: rest.to_vec(),
+            })?;
+            Ok(c)
+        });
+        match opened {
+            Ok(c) => down = Some(c),
+            Err(e) => {
+                tracing::warn!(%next, "cannot forward push: {e}");
+                failed.extend(chain.iter().cloned());
+            }
+        }
+    }
+    let mut data = Vec::with_capacity(len as usize);
+    let mut frame = Vec::new();
+    while (data.len() as u64) < len {
+        match conn.recv_frame(&mut frame) {
+            Ok(Incoming::Data) if data.len() as u64 + frame.len() as u64 <= len => {}
+            Ok(_) => {
+                tracing::debug!(id, "malformed push stream");
+                let e = GfsError::fs(ErrorKind::Protocol, "malformed push stream");
+                let _ = conn.send(&Reply::<ChunkReply>::Err(to_remote(&e)));
+                return false;
+            }
+            Err(e) => {
+                // The client went away mid-push: nothing is stored, the chain sees EOF too.
+                tracing::debug!(id, "push aborted: {e}");
+                return false;
+            }
+        }
+        data.extend_from_slice(&frame);
+        if let Some(d) = down.as_mut() {
+            if d.queue_data(&frame).and_then(|_| d.flush()).is_err() {
+                failed.extend(chain.iter().cloned());
+                down = None;
+            }
+        }
+    }
+    if let Some(mut d) = down {
+        match d.recv::<Reply<ChunkReply>>() {
+            Ok(Ok(ChunkReply::Pushed { failed: f })) => {
+                failed.extend(f);
+                cs.peers.put(d);
+            }
+            _ => failed.extend(chain.iter().cloned()),
+        }
+    }
+    cs.buffers.put(id, data);
+    conn.send(&Reply::<ChunkReply>::Ok(ChunkReply::Pushed { failed }))
+        .is_ok()
+}
+
+/// Streams `[offset, offset+len)` of a chunk, verified piece by piece. Returns whether the
+/// connection is still usable.
+fn read(
+    cs: &Arc<ChunkServer>,
+    conn: &mut Conn,
+    handle: ChunkHandle,
+    version: Version,
+    offset: u64,
+    len: u64,
+) -> bool {
+    let start = (|| {
+        if offset.checked_add(len).is_none_or(|e| e > CHUNK_SIZE) {
+            return Err(GfsError::fs(
+                ErrorKind::ReadPastEnd,
+                format!("read at {offset}+{len} past the end of chunk {handle}"),
+            ));
+        }
+        let chunk = cs.store.get(handle)?;
+        let v = chunk
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .version;
+        if v != version {
+            return Err(GfsError::fs(
+                ErrorKind::StaleVersion,
+                format!("chunk {handle}: replica has version {v}, request has {version}"),
+            ));
+        }
+        Ok(chunk)
+    })();
+    let chunk = match start {
+        Ok(c) => c,
+        Err(e) => return conn.send(&Reply::<ChunkReply>::Err(to_remote(&e))).is_ok(),
+    };
+    if conn
+        .queue(&Reply::<ChunkReply>::Ok(ChunkReply::Reading { len }))
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = Vec::new();
+    let mut pos = offset;
+    let end = offset + len;
+    while pos < end {
+        let n = (end - pos).min(READ_PIECE - pos % READ_PIECE);
+        if let Err(e) = cs.store.read(&chunk, version, pos, n, &mut buf) {
+            if e.kind() == Some(ErrorKind::Corrupt) {
+                tracing::warn!(handle, "{e}");
+                report_corrupt(cs, handle);
+            }
+            // Cut the stream short with the error; the client resumes on another replica.
+            return conn.send(&Reply::<ChunkReply>::Err(to_remote(&e))).is_ok();
+        }
+        for piece in buf.chunks(crate::DATA_FRAME) {
+            if conn.queue_data(piece).is_err() {
+                return false;
+            }
+        }
+        pos += n;
+    }
+    conn.flush().is_ok()
+}

@@ -1,0 +1,466 @@
+//! On-disk chunk storage. Each chunk is up to four files in the data directory:
+//! `<handle>.dat` (the data, sparse, created on first write), `<handle>.crc` (one CRC32C per
+//! 64 KiB block), `<handle>.ver` (the version, replaced atomically) and `<handle>.bad` (marks a
+//! replica found corrupt, so it is no longer reported). Every block read is verified.
+
+use crate::error::{ErrorKind, GfsError, IoContext, Result};
+use crate::protocol::{ChunkHandle, Version};
+use crate::util::is_disk_full;
+use crate::{BLOCKS_PER_CHUNK, BLOCK_SIZE, CHUNK_SIZE};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+/// Largest piece read and verified at once.
+pub const READ_PIECE: u64 = 1024 * 1024;
+
+fn zero_block_crc() -> u32 {
+    static CRC: OnceLock<u32> = OnceLock::new();
+    *CRC.get_or_init(|| crc32c::crc32c(&vec![0u8; BLOCK_SIZE as usize]))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// In-memory state of one chunk replica.
+pub struct ChunkState {
+    pub version: Version,
+    crcs: Vec<u32>,
+    data: Option<File>,
+    crc_file: File,
+    pub corrupt: bool,
+    /// Last serial applied as a secondary, for the current version.
+    pub last_serial: u64,
+}
+
+/// One chunk replica.
+pub struct Chunk {
+    pub handle: ChunkHandle,
+    pub state: Mutex<ChunkState>,
+    /// Held by the primary while it orders and applies one mutation: (version, next serial).
+    pub order: Mutex<(Version, u64)>,
+}
+
+/// All chunks of one chunkserver.
+pub struct Store {
+    dir: PathBuf,
+    sync: bool,
+    chunks: Mutex<HashMap<ChunkHandle, Arc<Chunk>>>,
+}
+
+fn err(kind: ErrorKind, msg: impl Into<String>) -> GfsError {
+    GfsError::fs(kind, msg)
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, loading every chunk's version and checksums.
+    pub fn open(dir: &Path, sync: bool) -> Result<Store> {
+        std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+        let store = Store {
+            dir: dir.to_path_buf(),
+            sync,
+            chunks: Mutex::new(HashMap::new()),
+        };
+        let rd = std::fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))?;
+        for ent in rd {
+            let ent = ent.ctx(|| format!("listing {}", dir.display()))?;
+            let name = ent.file_name();
+            let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".ver")) else {
+                continue;
+            };
+            let Ok(handle) = u64::from_str_radix(hex, 16) else {
+                continue;
+            };
+            match store.load(handle) {
+                Ok(c) => {
+                    lock(&store.chunks).insert(handle, Arc::new(c));
+                }
+                Err(e) => tracing::warn!(handle, "skipping unreadable chunk: {e}"),
+            }
+        }
+        Ok(store)
+    }
+
+    fn path(&self, handle: ChunkHandle, ext: &str) -> PathBuf {
+        self.dir.join(format!("{handle:016x}.{ext}"))
+    }
+
+    fn load(&self, handle: ChunkHandle) -> Result<Chunk> {
+        let vp = self.path(handle, "ver");
+        let vb = std::fs::read(&vp).ctx(|| format!("reading {}", vp.display()))?;
+        if vb.len() != 8 || crc32c::crc32c(&vb[..4]).to_le_bytes() != vb[4..8] {
+            return Err(GfsError::Frame(format!("{} is damaged", vp.display())));
+        }
+        let version = u32::from_le_bytes([vb[0], vb[1], vb[2], vb[3]]);
+        let cp = self.path(handle, "crc");
+        let cb = std::fs::read(&cp).ctx(|| format!("reading {}", cp.display()))?;
+        if cb.len() != BLOCKS_PER_CHUNK * 4 {
+            return Err(GfsError::Frame(format!(
+                "{} has the wrong size",
+                cp.display()
+            )));
+        }
+        let crcs = cb
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let crc_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&cp)
+            .ctx(|| format!("opening {}", cp.display()))?;
+        let dp = self.path(handle, "dat");
+        let data = match OpenOptions::new().read(true).write(true).open(&dp) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(GfsError::io(format!("opening {}", dp.display()), e)),
+        };
+        Ok(Chunk {
+            handle,
+            state: Mutex::new(ChunkState {
+                version,
+                crcs,
+                data,
+                crc_file,
+                corrupt: self.path(handle, "bad").exists(),
+                last_serial: 0,
+            }),
+            order: Mutex::new((version, 1)),
+        })
+    }
+
+    pub fn get(&self, handle: ChunkHandle) -> Result<Arc<Chunk>> {
+        lock(&self.chunks).get(&handle).cloned().ok_or_else(|| {
+            err(
+                ErrorKind::UnknownChunk,
+                format!("unknown chunk handle {handle}"),
+            )
+        })
+    }
+
+    /// Every healthy chunk with its version (the chunk report).
+    pub fn report(&self) -> Vec<(ChunkHandle, Version)> {
+        let chunks: Vec<Arc<Chunk>> = lock(&self.chunks).values().cloned().collect();
+        chunks
+            .iter()
+            .filter_map(|c| {
+                let s = lock(&c.state);
+                (!s.corrupt).then_some((c.handle, s.version))
+            })
+            .collect()
+    }
+
+    fn write_version(&self, handle: ChunkHandle, version: Version) -> Result<()> {
+        let mut b = version.to_le_bytes().to_vec();
+        b.extend_from_slice(&crc32c::crc32c(&b).to_le_bytes());
+        let tmp = self.path(handle, "ver.tmp");
+        let dst = self.path(handle, "ver");
+        let ctx = || format!("writing {}", tmp.display());
+        let mut f = File::create(&tmp).ctx(ctx)?;
+        f.write_all(&b).ctx(ctx)?;
+        f.sync_all().ctx(ctx)?;
+        std::fs::rename(&tmp, &dst).ctx(|| format!("renaming {}", dst.display()))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .ctx(|| format!("syncing {}", self.dir.display()))
+    }
+
+    /// Sets a chunk's version, creating the chunk (empty) if it is new. Versions only rise.
+    pub fn set_version(&self, handle: ChunkHandle, version: Version) -> Result<()> {
+        let existing = lock(&self.chunks).get(&handle).cloned();
+        if let Some(c) = existing {
+            let mut s = lock(&c.state);
+            if version < s.version {
+                return Err(err(
+                    ErrorKind::StaleVersion,
+                    format!(
+                        "chunk {handle}: version {version} is older than {}",
+                        s.version
+                    ),
+                ));
+            }
+            self.write_version(handle, version)?;
+            s.version = version;
+            s.last_serial = 0;
+            return Ok(());
+        }
+        let cp = self.path(handle, "crc");
+        let table: Vec<u8> = std::iter::repeat_n(zero_block_crc().to_le_bytes(), BLOCKS_PER_CHUNK)
+            .flatten()
+            .collect();
+        let ctx = || format!("creating {}", cp.display());
+        let mut crc_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&cp)
+            .ctx(ctx)?;
+        crc_file.write_all(&table).ctx(ctx)?;
+        crc_file.sync_all().ctx(ctx)?;
+        self.write_version(handle, version)?;
+        let chunk = Chunk {
+            handle,
+            state: Mutex::new(ChunkState {
+                version,
+                crcs: vec![zero_block_crc(); BLOCKS_PER_CHUNK],
+                data: None,
+                crc_file,
+                corrupt: false,
+                last_serial: 0,
+            }),
+            order: Mutex::new((version, 1)),
+        };
+        lock(&self.chunks)
+            .entry(handle)
+            .or_insert_with(|| Arc::new(chunk));
+        Ok(())
+    }
+
+    /// Deletes a chunk's files (the master no longer knows it).
+    pub fn delete(&self, handle: ChunkHandle) {
+        lock(&self.chunks).remove(&handle);
+        for ext in ["ver", "crc", "dat", "bad"] {
+            let _ = std::fs::remove_file(self.path(handle, ext));
+        }
+    }
+
+    /// Marks the replica corrupt so it is no longer reported.
+    pub fn mark_corrupt(&self, chunk: &Chunk) {
+        lock(&chunk.state).corrupt = true;
+        let _ = File::create(self.path(chunk.handle, "bad"));
+    }
+
+    /// Writes `data` at `offset` of the chunk at `version`, updating block checksums. Blocks
+    /// only partly overwritten are verified first.
+    pub fn write(&self, chunk: &Chunk, version: Version, offset: u64, data: &[u8]) -> Result<()> {
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|&e| e <= CHUNK_SIZE)
+            .ok_or_else(|| {
+                err(
+                    ErrorKind::ReadPastEnd,
+                    format!("write at {offset}+{} past the chunk end", data.len()),
+                )
+            })?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut s = lock(&chunk.state);
+        check_version(chunk.handle, &s, version)?;
+        if s.data.is_none() {
+            let dp = self.path(chunk.handle, "dat");
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&dp)
+                .ctx(|| format!("creating {}", dp.display()))?;
+            s.data = Some(f);
+        }
+        let first = (offset / BLOCK_SIZE) as usize;
+        let last = ((end - 1) / BLOCK_SIZE) as usize;
+        let mut new_crcs = Vec::with_capacity(last - first + 1);
+        let mut block = vec![0u8; BLOCK_SIZE as usize];
+        for b in first..=last {
+            let bs = b as u64 * BLOCK_SIZE;
+            let (lo, hi) = (offset.max(bs), end.min(bs + BLOCK_SIZE));
+            let piece = &data[(lo - offset) as usize..(hi - offset) as usize];
+            if lo == bs && hi == bs + BLOCK_SIZE {
+                new_crcs.push(crc32c::crc32c(piece));
+            } else {
+                read_block(&s, chunk.handle, b, &mut block)?;
+                if crc32c::crc32c(&block) != s.crcs[b] {
+                    drop(s);
+                    self.mark_corrupt(chunk);
+                    return Err(err(
+                        ErrorKind::Corrupt,
+                        format!("chunk {}: block {b} is corrupt", chunk.handle),
+                    ));
+                }
+                block[(lo - bs) as usize..(hi - bs) as usize].copy_from_slice(piece);
+                new_crcs.push(crc32c::crc32c(&block));
+            }
+        }
+        let Some(f) = s.data.as_ref() else {
+            return Err(err(ErrorKind::Io, "chunk data file missing"));
+        };
+        let io_err = |what: &str, e: std::io::Error| {
+            if is_disk_full(&e) {
+                err(
+                    ErrorKind::DiskFull,
+                    format!("chunk {}: {what}: disk full", chunk.handle),
+                )
+            } else {
+                GfsError::io(format!("chunk {}: {what}", chunk.handle), e)
+            }
+        };
+        reserve(f, offset, data.len() as u64).map_err(|e| io_err("reserving space", e))?;
+        f.write_all_at(data, offset)
+            .map_err(|e| io_err("writing data", e))?;
+        let crc_bytes: Vec<u8> = new_crcs.iter().flat_map(|c| c.to_le_bytes()).collect();
+        s.crc_file
+            .write_all_at(&crc_bytes, first as u64 * 4)
+            .map_err(|e| io_err("writing checksums", e))?;
+        if self.sync {
+            f.sync_data().map_err(|e| io_err("syncing data", e))?;
+            s.crc_file
+                .sync_data()
+                .map_err(|e| io_err("syncing checksums", e))?;
+        }
+        s.crcs[first..=last].copy_from_slice(&new_crcs);
+        Ok(())
+    }
+
+    /// Reads `[offset, offset + len)` (at most [`READ_PIECE`]) into `out`, verifying every block
+    /// touched. Never-written ranges read as zeros.
+    pub fn read(
+        &self,
+        chunk: &Chunk,
+        version: Version,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= CHUNK_SIZE && len <= READ_PIECE)
+            .ok_or_else(|| {
+                err(
+                    ErrorKind::ReadPastEnd,
+                    format!("read at {offset}+{len} past the chunk end"),
+                )
+            })?;
+        out.clear();
+        if len == 0 {
+            return Ok(());
+        }
+        let s = lock(&chunk.state);
+        check_version(chunk.handle, &s, version)?;
+        let first = (offset / BLOCK_SIZE) as usize;
+        let last = ((end - 1) / BLOCK_SIZE) as usize;
+        let base = first as u64 * BLOCK_SIZE;
+        let mut buf = vec![0u8; (last - first + 1) * BLOCK_SIZE as usize];
+        if let Some(f) = &s.data {
+            read_full_at(f, &mut buf, base).ctx(|| format!("reading chunk {}", chunk.handle))?;
+        }
+        for (i, b) in (first..=last).enumerate() {
+            let blk = &buf[i * BLOCK_SIZE as usize..(i + 1) * BLOCK_SIZE as usize];
+            if crc32c::crc32c(blk) != s.crcs[b] {
+                drop(s);
+                self.mark_corrupt(chunk);
+                return Err(err(
+                    ErrorKind::Corrupt,
+                    format!("chunk {}: block {b} is corrupt", chunk.handle),
+                ));
+            }
+        }
+        out.extend_from_slice(&buf[(offset - base) as usize..(end - base) as usize]);
+        Ok(())
+    }
+}
+
+fn check_version(handle: ChunkHandle, s: &ChunkState, version: Version) -> Result<()> {
+    if s.version != version {
+        return Err(err(
+            ErrorKind::StaleVersion,
+            format!(
+                "chunk {handle}: replica has version {}, request has {version}",
+                s.version
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn read_block(s: &ChunkState, handle: ChunkHandle, b: usize, block: &mut [u8]) -> Result<()> {
+    block.fill(0);
+    if let Some(f) = &s.data {
+        read_full_at(f, block, b as u64 * BLOCK_SIZE).ctx(|| format!("reading chunk {handle}"))?;
+    }
+    Ok(())
+}
+
+/// Reads as much as the file has at `off`; the rest of `buf` is left as zeros.
+fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], off + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf[done..].fill(0);
+    Ok(())
+}
+
+/// Allocates disk space for a range so that a full disk fails before any byte is overwritten.
+fn reserve(f: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    let (Ok(off), Ok(l)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: fallocate only reads its integer arguments; the descriptor is owned by `f` and
+    // stays open for the duration of the call.
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, off, l) };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    // Filesystems without fallocate: fall through to the write, which reports ENOSPC itself.
+    if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+        return Ok(());
+    }
+    Err(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(name: &str) -> (Store, PathBuf) {
+        let d = std::env::temp_dir().join(format!("gfs-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        (Store::open(&d, false).unwrap(), d)
+    }
+
+    #[test]
+    fn write_read_verify_and_detect_corruption() {
+        let (s, d) = store("rw");
+        s.set_version(7, 2).unwrap();
+        let c = s.get(7).unwrap();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        s.write(&c, 2, 1000, &data).unwrap();
+        let mut out = Vec::new();
+        s.read(&c, 2, 1000, 100_000, &mut out).unwrap();
+        assert_eq!(&out[..], &data[..100_000]);
+        // Unwritten ranges read as zeros; the old version is refused.
+        s.read(&c, 2, 10 * BLOCK_SIZE, 10, &mut out).unwrap();
+        assert_eq!(out, vec![0u8; 10]);
+        assert!(s.read(&c, 1, 0, 10, &mut out).is_err());
+        assert!(s.read(&c, 2, CHUNK_SIZE - 1, 2, &mut out).is_err());
+        // Reopen: checksums and versions persist.
+        drop(c);
+        let s = Store::open(&d, false).unwrap();
+        assert_eq!(s.report(), vec![(7, 2)]);
+        let c = s.get(7).unwrap();
+        s.read(&c, 2, 1000, 50, &mut out).unwrap();
+        assert_eq!(&out[..], &data[..50]);
+        // Flip a byte on disk: the block fails verification.
+        let dp = d.join(format!("{:016x}.dat", 7));
+        let mut bytes = std::fs::read(&dp).unwrap();
+        bytes[70_000] ^= 0x40;
+        std::fs::write(&dp, bytes).unwrap();
+        let e = s.read(&c, 2, 65_536, 10, &mut out).unwrap_err();
+        assert_eq!(e.kind(), Some(ErrorKind::Corrupt));
+        assert!(s.report().is_empty());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

@@ -1,0 +1,339 @@
+//! The client's data path: writes are split at chunk boundaries and at [`MAX_MUTATION`]; each
+//! piece is pushed along the chain of replicas and then committed by the primary. Reads go to
+//! one replica and resume on another where one fails.
+
+use super::{unexpected, Client};
+use crate::error::{ErrorKind, GfsError, Result};
+use crate::protocol::{ChunkLocation, ChunkReply, ChunkRequest, Conn, Incoming, Reply};
+use crate::util::random_id;
+use crate::{CHUNK_SIZE, DATA_FRAME, MAX_MUTATION};
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+/// Buffer size used by the streaming helpers.
+const STREAM_BUF: usize = 8 * 1024 * 1024;
+
+impl Client {
+    /// Writes all of `data` at `offset` of `path`, then raises the file size if needed.
+    pub fn write_at(&self, path: &str, offset: u64, data: &[u8]) -> Result<()> {
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or_else(|| GfsError::fs(ErrorKind::InvalidArgument, "offset overflow"))?;
+        let mut pos = offset;
+        while pos < end {
+            let (idx, coff) = (pos / CHUNK_SIZE, pos % CHUNK_SIZE);
+            let n = (end - pos).min(CHUNK_SIZE - coff).min(MAX_MUTATION);
+            let start = (pos - offset) as usize;
+            self.write_piece(path, idx, coff, &data[start..start + n as usize])?;
+            pos += n;
+        }
+        if !data.is_empty() {
+            self.extend_size(path, end)?;
+        }
+        Ok(())
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset`; returns how many (short only at end of file).
+    pub fn read_at(&self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let (size, loc) = self.get_chunk(path, pos / CHUNK_SIZE, false)?;
+            if pos >= size {
+                break;
+            }
+            let coff = pos % CHUNK_SIZE;
+            let n = ((buf.len() - done) as u64)
+                .min(CHUNK_SIZE - coff)
+                .min(size - pos) as usize;
+            let out = &mut buf[done..done + n];
+            match loc {
+                None => out.fill(0),
+                Some(l) => self.read_chunk(&l, coff, out)?,
+            }
+            done += n;
+        }
+        Ok(done)
+    }
+
+    /// Copies the whole file to `w`; returns the bytes copied.
+    pub fn read_to(&self, path: &str, w: &mut impl Write) -> Result<u64> {
+        let mut buf = vec![0u8; STREAM_BUF];
+        let mut off = 0u64;
+        loop {
+            let n = self.read_at(path, off, &mut buf)?;
+            if n == 0 {
+                return Ok(off);
+            }
+            w.write_all(&buf[..n])
+                .map_err(|e| GfsError::io("writing output", e))?;
+            off += n as u64;
+        }
+    }
+
+    /// Writes everything from `r` into `path` starting at offset 0; returns the bytes written.
+    pub fn write_from(&self, path: &str, r: &mut impl Read) -> Result<u64> {
+        let mut buf = vec![0u8; STREAM_BUF];
+        let mut off = 0u64;
+        loop {
+            let mut filled = 0;
+            while filled < buf.len() {
+                match r.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(GfsError::io("reading input", e)),
+                }
+            }
+            if filled == 0 {
+                return Ok(off);
+            }
+            self.write_at(path, off, &buf[..filled])?;
+            off += filled as u64;
+        }
+    }
+
+    fn write_piece(&self, path: &str, idx: u64, coff: u64, data: &[u8]) -> Result<()> {
+        let deadline = Instant::now() + self.inner.retry.unavailable_wait;
+        let mut failures = 0u32;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let result = self
+                .write_location(path, idx)
+                .and_then(|loc| self.mutate(&loc, coff, data));
+            let e = match result {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            self.forget_lease(path, idx);
+            let waiting = matches!(
+                e.kind(),
+                Some(ErrorKind::Unavailable | ErrorKind::NoReplicas)
+            ) && Instant::now() < deadline;
+            let fatal = e.kind() == Some(ErrorKind::DiskFull)
+                || matches!(&e, GfsError::Fs(r) if matches!(
+                    r.kind,
+                    ErrorKind::NotFound | ErrorKind::IsADirectory | ErrorKind::InvalidPath | ErrorKind::InvalidArgument
+                ));
+            if fatal {
+                return Err(e);
+            }
+            if !waiting {
+                failures += 1;
+                if failures >= self.inner.retry.attempts {
+                    return Err(GfsError::WriteFailed {
+                        attempts: failures,
+                        last: e.to_string(),
+                    });
+                }
+            }
+            tracing::debug!(path, idx, "mutation failed, retrying: {e}");
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    fn write_location(&self, path: &str, idx: u64) -> Result<ChunkLocation> {
+        let key = (path.to_string(), idx);
+        if let Some((loc, until)) = self.leases().get(&key) {
+            if Instant::now() < *until {
+                return Ok(loc.clone());
+            }
+        }
+        let (_, loc) = self.get_chunk(path, idx, true)?;
+        let loc = loc.ok_or_else(|| {
+            GfsError::fs(
+                ErrorKind::NoReplicas,
+                "master returned no chunk for a write",
+            )
+        })?;
+        // Trust the lease for a little less than it has left.
+        let until = Instant::now()
+            + Duration::from_millis(loc.lease_ms.saturating_sub(loc.lease_ms / 4 + 500));
+        self.leases().insert(key, (loc.clone(), until));
+        Ok(loc)
+    }
+
+    fn leases(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, u64), (ChunkLocation, Instant)>>
+    {
+        self.inner.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn forget_lease(&self, path: &str, idx: u64) {
+        self.leases().remove(&(path.to_string(), idx));
+    }
+
+    /// One attempt: push the data along the chain, then ask the primary to commit it.
+    fn mutate(&self, loc: &ChunkLocation, coff: u64, data: &[u8]) -> Result<()> {
+        let primary = loc
+            .primary
+            .clone()
+            .ok_or_else(|| GfsError::fs(ErrorKind::NoLease, "no primary"))?;
+        let mut chain = loc.replicas.clone();
+        if !chain.contains(&primary) {
+            chain.push(primary.clone());
+        }
+        let id = random_id();
+        let failed = self.push(&chain, id, data)?;
+        if !failed.is_empty() {
+            return Err(GfsError::fs(
+                ErrorKind::Unavailable,
+                format!("push failed on {}", failed.join(", ")),
+            ));
+        }
+        let secondaries: Vec<String> = chain.into_iter().filter(|a| *a != primary).collect();
+        let req = ChunkRequest::Write {
+            handle: loc.handle,
+            version: loc.version,
+            offset: coff,
+            id,
+            secondaries,
+        };
+        match self.call(&primary, &req)? {
+            ChunkReply::Written { failed } if failed.is_empty() => Ok(()),
+            ChunkReply::Written { failed } => Err(GfsError::fs(
+                ErrorKind::Unavailable,
+                format!("mutation failed on {}", failed.join(", ")),
+            )),
+            other => Err(unexpected(&primary, other)),
+        }
+    }
+
+    fn call(&self, addr: &str, req: &ChunkRequest) -> Result<ChunkReply> {
+        let mut c = self.inner.pool.get(addr)?;
+        c.send(req)?;
+        let r = c.recv::<Reply<ChunkReply>>()?;
+        self.inner.pool.put(c);
+        r.map_err(|error| GfsError::Remote {
+            peer: addr.to_string(),
+            error,
+        })
+    }
+
+    /// Streams `data` to the first replica, which forwards along the chain while it receives.
+    fn push(&self, chain: &[String], id: u64, data: &[u8]) -> Result<Vec<String>> {
+        let Some((first, rest)) = chain.split_first() else {
+            return Err(GfsError::fs(ErrorKind::NoReplicas, "empty replica chain"));
+        };
+        let mut c = match self.inner.pool.get(first) {
+            Ok(c) => c,
+            Err(_) => return Ok(chain.to_vec()),
+        };
+        let sent = (|| {
+            c.queue(&ChunkRequest::Push {
+                id,
+                len: data.len() as u64,
+                chain: rest.to_vec(),
+            })?;
+            for piece in data.chunks(DATA_FRAME) {
+                c.queue_data(piece)?;
+            }
+            c.flush()?;
+            c.recv::<Reply<ChunkReply>>()
+        })();
+        match sent {
+            Ok(Ok(ChunkReply::Pushed { failed })) => {
+                self.inner.pool.put(c);
+                Ok(failed)
+            }
+            Ok(Ok(other)) => Err(unexpected(first, other)),
+            Ok(Err(error)) => Err(GfsError::Remote {
+                peer: first.clone(),
+                error,
+            }),
+            Err(e) => {
+                tracing::debug!(%first, "push failed: {e}");
+                self.inner.pool.forget(first);
+                Ok(chain.to_vec())
+            }
+        }
+    }
+
+    /// Reads `out.len()` bytes at `coff` of a chunk, moving to the next replica where one fails
+    /// and resuming from the last byte received.
+    fn read_chunk(&self, loc: &ChunkLocation, coff: u64, out: &mut [u8]) -> Result<()> {
+        let n = loc.replicas.len();
+        if n == 0 {
+            return Err(GfsError::fs(
+                ErrorKind::NoReplicas,
+                format!("chunk {}: no replica available", loc.handle),
+            ));
+        }
+        let mut r = (random_id() % n as u64) as usize;
+        let mut got = 0usize;
+        let mut stuck = 0usize;
+        let mut errors = Vec::new();
+        while got < out.len() {
+            let addr = &loc.replicas[r % n];
+            let before = got;
+            match self.read_from(addr, loc, coff, out, &mut got) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::debug!(%addr, handle = loc.handle, "read failed: {e}");
+                    errors.push(format!("{addr}: {e}"));
+                    stuck = if got > before { 1 } else { stuck + 1 };
+                    if stuck > n {
+                        return Err(GfsError::ReadFailed(errors.join("; ")));
+                    }
+                    r += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read_from(
+        &self,
+        addr: &str,
+        loc: &ChunkLocation,
+        coff: u64,
+        out: &mut [u8],
+        got: &mut usize,
+    ) -> Result<()> {
+        let mut c = self.inner.pool.get(addr)?;
+        let want = (out.len() - *got) as u64;
+        c.send(&ChunkRequest::Read {
+            handle: loc.handle,
+            version: loc.version,
+            offset: coff + *got as u64,
+            len: want,
+        })?;
+        let remote = |error| GfsError::Remote {
+            peer: addr.to_string(),
+            error,
+        };
+        match c.recv::<Reply<ChunkReply>>()? {
+            Ok(ChunkReply::Reading { len }) if len == want => {}
+            Ok(other) => return Err(unexpected(addr, other)),
+            Err(error) => {
+                self.inner.pool.put(c);
+                return Err(remote(error));
+            }
+        }
+        let mut frame = Vec::new();
+        let end = out.len();
+        while *got < end {
+            match c.recv_frame(&mut frame)? {
+                Incoming::Data => {
+                    if frame.len() > end - *got {
+                        return Err(unexpected(addr, "more data than asked for"));
+                    }
+                    out[*got..*got + frame.len()].copy_from_slice(&frame);
+                    *got += frame.len();
+                }
+                Incoming::Msg => {
+                    let r: Reply<ChunkReply> = Conn::decode_msg(&frame)?;
+                    self.inner.pool.put(c);
+                    return Err(match r {
+                        Err(error) => remote(error),
+                        Ok(other) => unexpected(addr, other),
+                    });
+                }
+            }
+        }
+        self.inner.pool.put(c);
+        Ok(())
+    }
+}

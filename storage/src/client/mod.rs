@@ -1,0 +1,209 @@
+//! The client library: a blocking API over the master and chunkservers.
+//!
+//! ```no_run
+//! let c = storage::Client::new("127.0.0.1:7000");
+//! c.create("/vm/disk0")?;
+//! c.write_at("/vm/disk0", 4096, b"hello")?;
+//! let mut buf = [0u8; 5];
+//! c.read_at("/vm/disk0", 4096, &mut buf)?;
+//! # Ok::<(), storage::GfsError>(())
+//! ```
+
+mod data;
+
+use crate::error::{ErrorKind, GfsError, Result};
+use crate::protocol::{ChunkLocation, Conn, MasterReply, MasterRequest, Pool, Reply};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use crate::protocol::{ChunkStat, DirEntry, FileStat, ReplicaStat};
+
+/// Retry policy for writes.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts per mutation on replica failures.
+    pub attempts: u32,
+    /// How long to keep retrying while the master says "unavailable" (e.g. after a restart).
+    pub unavailable_wait: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 8,
+            unavailable_wait: Duration::from_secs(120),
+        }
+    }
+}
+
+struct Inner {
+    master: String,
+    pool: Pool,
+    /// Write locations with valid leases, by (path, chunk index).
+    leases: Mutex<HashMap<(String, u64), (ChunkLocation, Instant)>>,
+    retry: RetryPolicy,
+}
+
+/// A handle on a gfs cluster. Cheap to clone; safe to share between threads.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+/// An open file: a path bound to a client.
+#[derive(Clone)]
+pub struct File {
+    client: Client,
+    path: String,
+}
+
+impl Client {
+    /// A client for the master at `master` (`host:port`). Connections are made on demand.
+    pub fn new(master: &str) -> Client {
+        Client::with_retry(master, RetryPolicy::default())
+    }
+
+    pub fn with_retry(master: &str, retry: RetryPolicy) -> Client {
+        Client {
+            inner: Arc::new(Inner {
+                master: master.to_string(),
+                pool: Pool::default(),
+                leases: Mutex::new(HashMap::new()),
+                retry,
+            }),
+        }
+    }
+
+    /// Sends one request to the master. A request is re-sent only if it could not be sent at
+    /// all, so a mutation is never applied twice by the library.
+    fn master(&self, req: &MasterRequest) -> Result<MasterReply> {
+        let addr = &self.inner.master;
+        let mut conn = self.inner.pool.get(addr)?;
+        if conn.send(req).is_err() {
+            // A pooled connection may have gone stale; try once on a fresh one.
+            conn = Conn::connect(addr, Duration::from_secs(5))?;
+            conn.send(req)?;
+        }
+        let reply = conn.recv::<Reply<MasterReply>>()?;
+        self.inner.pool.put(conn);
+        reply.map_err(GfsError::Fs)
+    }
+
+    fn done(&self, req: MasterRequest) -> Result<()> {
+        match self.master(&req)? {
+            MasterReply::Done => Ok(()),
+            other => Err(unexpected(&self.inner.master, other)),
+        }
+    }
+
+    /// Creates an empty file.
+    pub fn create(&self, path: &str) -> Result<()> {
+        self.done(MasterRequest::Create { path: path.into() })
+    }
+
+    /// Creates a directory.
+    pub fn mkdir(&self, path: &str) -> Result<()> {
+        self.done(MasterRequest::Mkdir { path: path.into() })
+    }
+
+    /// Deletes a file or an empty directory.
+    pub fn delete(&self, path: &str) -> Result<()> {
+        self.done(MasterRequest::Delete { path: path.into() })
+    }
+
+    /// Renames a file or directory.
+    pub fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.done(MasterRequest::Rename {
+            from: from.into(),
+            to: to.into(),
+        })
+    }
+
+    /// Lists a directory (or describes one file).
+    pub fn list(&self, path: &str) -> Result<Vec<DirEntry>> {
+        match self.master(&MasterRequest::List { path: path.into() })? {
+            MasterReply::Entries(e) => Ok(e),
+            other => Err(unexpected(&self.inner.master, other)),
+        }
+    }
+
+    /// Size, chunks, replicas and versions of a path.
+    pub fn stat(&self, path: &str) -> Result<FileStat> {
+        match self.master(&MasterRequest::Stat { path: path.into() })? {
+            MasterReply::Stat(s) => Ok(s),
+            other => Err(unexpected(&self.inner.master, other)),
+        }
+    }
+
+    /// Opens an existing file.
+    pub fn open(&self, path: &str) -> Result<File> {
+        let st = self.stat(path)?;
+        if st.is_dir {
+            return Err(GfsError::fs(
+                ErrorKind::IsADirectory,
+                format!("{path}: is a directory"),
+            ));
+        }
+        Ok(File {
+            client: self.clone(),
+            path: st.path,
+        })
+    }
+
+    /// Raises the recorded size of `path` to at least `size`.
+    fn extend_size(&self, path: &str, size: u64) -> Result<()> {
+        self.done(MasterRequest::ExtendSize {
+            path: path.into(),
+            size,
+        })
+    }
+
+    fn get_chunk(
+        &self,
+        path: &str,
+        index: u64,
+        for_write: bool,
+    ) -> Result<(u64, Option<ChunkLocation>)> {
+        match self.master(&MasterRequest::GetChunk {
+            path: path.into(),
+            index,
+            for_write,
+        })? {
+            MasterReply::Chunk { size, location } => Ok((size, location)),
+            other => Err(unexpected(&self.inner.master, other)),
+        }
+    }
+}
+
+impl File {
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Current size as recorded by the master.
+    pub fn len(&self) -> Result<u64> {
+        Ok(self.client.stat(&self.path)?.size)
+    }
+
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Reads at `offset`; returns the bytes read (short only at the end of the file).
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.client.read_at(&self.path, offset, buf)
+    }
+
+    /// Writes all of `data` at `offset`.
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.client.write_at(&self.path, offset, data)
+    }
+}
+
+fn unexpected(peer: &str, what: impl std::fmt::Debug) -> GfsError {
+    GfsError::UnexpectedReply {
+        peer: peer.to_string(),
+        what: format!("{what:?}"),
+    }
+}

@@ -1,0 +1,109 @@
+//! Error type of the library. Errors that cross the wire are carried as [`RemoteError`].
+
+use serde::{Deserialize, Serialize};
+use std::io;
+
+/// Result alias used throughout the library.
+pub type Result<T, E = GfsError> = std::result::Result<T, E>;
+
+/// The kind of an error that the master or a chunkserver reports to its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    NotFound,
+    AlreadyExists,
+    NotADirectory,
+    IsADirectory,
+    NotEmpty,
+    InvalidPath,
+    InvalidArgument,
+    UnknownChunk,
+    StaleVersion,
+    NoLease,
+    Corrupt,
+    ReadPastEnd,
+    DiskFull,
+    NoReplicas,
+    Unavailable,
+    Io,
+    Protocol,
+}
+
+/// An error reported by a remote peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct RemoteError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl RemoteError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        RemoteError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// Errors of the gfs library.
+#[derive(Debug, thiserror::Error)]
+pub enum GfsError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("malformed frame: {0}")]
+    Frame(String),
+    #[error("codec: {0}")]
+    Codec(String),
+    #[error("{peer}: {error}")]
+    Remote { peer: String, error: RemoteError },
+    #[error("unexpected reply from {peer}: {what}")]
+    UnexpectedReply { peer: String, what: String },
+    #[error("operation log: {0}")]
+    OpLog(String),
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    #[error("{0}")]
+    Fs(RemoteError),
+    #[error("write failed after {attempts} attempts: {last}")]
+    WriteFailed { attempts: u32, last: String },
+    #[error("read failed on every replica: {0}")]
+    ReadFailed(String),
+}
+
+impl GfsError {
+    /// Wraps an I/O error with a description of what was being done.
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        GfsError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The remote error kind, if this error came from a peer.
+    pub fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            GfsError::Remote { error, .. } | GfsError::Fs(error) => Some(error.kind),
+            _ => None,
+        }
+    }
+
+    /// Builds a file-system error (a refusal by the master) from a kind and message.
+    pub fn fs(kind: ErrorKind, message: impl Into<String>) -> Self {
+        GfsError::Fs(RemoteError::new(kind, message))
+    }
+}
+
+/// Helper to attach context to `io::Result`s.
+pub trait IoContext<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| GfsError::io(context(), e))
+    }
+}

@@ -1,0 +1,381 @@
+//! Chunk locations, leases and chunk reports.
+//!
+//! Granting a lease: the master raises the chunk's version and logs it *before* telling any
+//! replica, then sends the new version to every up-to-date replica and the lease to one of
+//! them. Replicas that miss the new version are stale from then on.
+
+use super::chunks::{Lease, ServerIdx};
+use super::Master;
+use crate::error::{ErrorKind, GfsError, Result};
+use crate::oplog::Record;
+use crate::protocol::{
+    ChunkHandle, ChunkLocation, ChunkReply, ChunkRequest, ChunkStat, Conn, FileStat, Heartbeat,
+    HeartbeatReply, ReplicaStat, Reply, Version,
+};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Master {
+    /// Location of chunk `index` of `path`; for writes, allocates it and ensures a lease.
+    pub fn get_chunk(
+        self: &Arc<Self>,
+        path: &str,
+        index: u64,
+        for_write: bool,
+    ) -> Result<(u64, Option<ChunkLocation>)> {
+        if !for_write {
+            let _l = self.locks.lock(&[path], &[]);
+            let m = self.meta();
+            let f = m.state.ns.file(path)?;
+            let h = f.chunks.get(index as usize).copied().unwrap_or(0);
+            if h == 0 {
+                return Ok((f.size, None));
+            }
+            return Ok((f.size, Some(self.location(&m, h, false))));
+        }
+        // The write lock on the file serializes allocation and lease grants for it.
+        let _l = self.locks.lock(&[], &[path]);
+        let existing = self
+            .meta()
+            .state
+            .ns
+            .file(path)?
+            .chunks
+            .get(index as usize)
+            .copied()
+            .unwrap_or(0);
+        let handle = if existing != 0 {
+            existing
+        } else {
+            let handle = self.meta().state.chunks.reserve();
+            self.commit(Record::AddChunk {
+                path: path.to_string(),
+                index,
+                handle,
+            })?;
+            handle
+        };
+        self.ensure_lease(handle)?;
+        let m = self.meta();
+        let size = m.state.ns.file(path)?.size;
+        Ok((size, Some(self.location(&m, handle, true))))
+    }
+
+    fn location(&self, m: &super::Meta, h: ChunkHandle, with_lease: bool) -> ChunkLocation {
+        let dead = self.cfg.dead_after;
+        let (version, replicas) = match m.state.chunks.get(h) {
+            Some(c) => (
+                c.version,
+                c.replicas()
+                    .filter(|&s| m.servers.is_live(s, dead))
+                    .map(|s| m.servers.addr(s))
+                    .collect(),
+            ),
+            None => (0, Vec::new()),
+        };
+        let lease = m
+            .leases
+            .get(&h)
+            .filter(|l| l.version == version && l.expires > Instant::now());
+        ChunkLocation {
+            handle: h,
+            version,
+            replicas,
+            primary: lease
+                .filter(|_| with_lease)
+                .map(|l| m.servers.addr(l.primary)),
+            lease_ms: lease.map(|l| l.remaining().as_millis() as u64).unwrap_or(0),
+        }
+    }
+
+    fn ensure_lease(self: &Arc<Self>, handle: ChunkHandle) -> Result<()> {
+        let dead = self.cfg.dead_after;
+        let (version, targets) = {
+            let m = self.meta();
+            let c =
+                m.state.chunks.get(handle).ok_or_else(|| {
+                    GfsError::fs(ErrorKind::UnknownChunk, format!("chunk {handle}"))
+                })?;
+            let now = Instant::now();
+            if let Some(l) = m.leases.get(&handle) {
+                if l.version == c.version && l.expires > now {
+                    if m.servers.is_live(l.primary, dead) && c.has_replica(l.primary) {
+                        return Ok(());
+                    }
+                    return Err(GfsError::fs(
+                        ErrorKind::Unavailable,
+                        format!(
+                            "chunk {handle}: lease held by an unreachable primary for {:?}",
+                            l.remaining()
+                        ),
+                    ));
+                }
+            }
+            if now < self.lease_grace_until {
+                return Err(GfsError::fs(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "master restarted: no new leases for {:?} while old ones may be held",
+                        self.lease_grace_until - now
+                    ),
+                ));
+            }
+            let live: Vec<ServerIdx> = c
+                .replicas()
+                .filter(|&s| m.servers.is_live(s, dead))
+                .collect();
+            let targets = if !live.is_empty() {
+                live
+            } else if c.version == 1 {
+                // Never written anywhere: place it now.
+                m.servers.place(self.cfg.replicas, dead)
+            } else {
+                Vec::new()
+            };
+            if targets.is_empty() {
+                return Err(GfsError::fs(
+                    ErrorKind::NoReplicas,
+                    format!("chunk {handle}: no live up-to-date replica"),
+                ));
+            }
+            (c.version, targets)
+        };
+        let new_version = version
+            .checked_add(1)
+            .ok_or_else(|| GfsError::fs(ErrorKind::Io, "version overflow"))?;
+        self.commit(Record::SetVersion {
+            handle,
+            version: new_version,
+        })?;
+        let addrs: Vec<String> = {
+            let m = self.meta();
+            targets.iter().map(|&s| m.servers.addr(s)).collect()
+        };
+        // The first replica that accepts becomes primary; the rest are secondaries.
+        let mut ok: Vec<ServerIdx> = Vec::new();
+        let mut primary: Option<(ServerIdx, Instant)> = None;
+        for (i, &s) in targets.iter().enumerate() {
+            let lease = primary.is_none().then_some(self.cfg.lease);
+            if send_version(&addrs[i], handle, new_version, lease).is_ok() {
+                ok.push(s);
+                if primary.is_none() {
+                    primary = Some((s, Instant::now()));
+                }
+            }
+        }
+        let mut m = self.meta();
+        if let Some(c) = m.state.chunks.get_mut(handle) {
+            c.set_replicas(&ok);
+        }
+        match primary {
+            Some((p, acked)) => {
+                m.leases.insert(
+                    handle,
+                    Lease {
+                        primary: p,
+                        version: new_version,
+                        expires: acked + self.cfg.lease,
+                    },
+                );
+                tracing::debug!(handle, version = new_version, primary = %m.servers.addr(p), "lease granted");
+                Ok(())
+            }
+            None => Err(GfsError::fs(
+                ErrorKind::NoReplicas,
+                format!("chunk {handle}: no replica accepted the lease"),
+            )),
+        }
+    }
+
+    /// Processes a heartbeat and chunk report.
+    pub fn heartbeat(self: &Arc<Self>, hb: Heartbeat) -> Result<HeartbeatReply> {
+        let mut adopt: Vec<(ChunkHandle, Version)> = Vec::new();
+        let mut extended = Vec::new();
+        let mut garbage = Vec::new();
+        let idx = {
+            let mut m = self.meta();
+            let idx = m
+                .servers
+                .upsert(&hb.server, &hb.rack)
+                .ok_or_else(|| GfsError::fs(ErrorKind::Unavailable, "too many chunkservers"))?;
+            if hb.fresh {
+                tracing::info!(server = %hb.server, chunks = hb.chunks.len(), "chunkserver (re)registered");
+                m.state.chunks.forget_server(idx);
+                m.leases.retain(|_, l| l.primary != idx);
+                for v in m.stale.values_mut() {
+                    v.retain(|(s, _)| *s != idx);
+                }
+            }
+            if let Some(s) = m.servers.get_mut(idx) {
+                s.chunks = hb.chunks.len();
+            }
+            let m = &mut *m;
+            for &(h, v) in &hb.chunks {
+                if m.state.chunks.is_garbage(h) {
+                    garbage.push(h);
+                    continue;
+                }
+                let Some(c) = m.state.chunks.get_mut(h) else {
+                    continue;
+                };
+                if v == c.version {
+                    if !c.add_replica(idx) {
+                        tracing::warn!(handle = h, "too many replicas to track");
+                    }
+                    if let Some(st) = m.stale.get_mut(&h) {
+                        st.retain(|(s, _)| *s != idx);
+                    }
+                } else if v < c.version {
+                    c.remove_replica(idx);
+                    let st = m.stale.entry(h).or_default();
+                    if !st.iter().any(|(s, _)| *s == idx) {
+                        tracing::info!(handle = h, server = %hb.server, version = v, current = c.version, "stale replica");
+                        st.push((idx, v));
+                    }
+                } else {
+                    adopt.push((h, v));
+                }
+            }
+            let now = Instant::now();
+            for &(h, v) in &hb.extend {
+                if let Some(l) = m.leases.get_mut(&h) {
+                    if l.primary == idx && l.version == v && l.expires > now {
+                        l.expires = now + self.cfg.lease;
+                        extended.push(h);
+                    }
+                }
+            }
+            m.stale.retain(|_, v| !v.is_empty());
+            idx
+        };
+        for (h, v) in adopt {
+            // A replica ahead of us: the log lost nothing we acknowledged, so take its version.
+            tracing::warn!(
+                handle = h,
+                version = v,
+                "adopting a newer version from a chunk report"
+            );
+            if self
+                .commit(Record::SetVersion {
+                    handle: h,
+                    version: v,
+                })
+                .is_ok()
+            {
+                let mut m = self.meta();
+                if let Some(c) = m.state.chunks.get_mut(h) {
+                    c.set_replicas(&[idx]);
+                }
+            }
+        }
+        Ok(HeartbeatReply {
+            extended,
+            lease_ms: self.cfg.lease.as_millis() as u64,
+            garbage,
+        })
+    }
+
+    /// A chunkserver found a corrupt block: stop sending clients to that replica.
+    pub fn report_corrupt(&self, server: &str, handle: ChunkHandle) {
+        let mut m = self.meta();
+        if let Some(idx) = m.servers.index(server) {
+            tracing::warn!(handle, %server, "corrupt replica reported");
+            if let Some(c) = m.state.chunks.get_mut(handle) {
+                c.remove_replica(idx);
+            }
+        }
+    }
+
+    /// Size, chunks, replicas and their versions.
+    pub fn stat(&self, path: &str) -> Result<FileStat> {
+        let m = self.meta();
+        let node = m.state.ns.get(path).ok_or_else(|| {
+            GfsError::fs(
+                ErrorKind::NotFound,
+                format!("{path}: no such file or directory"),
+            )
+        })?;
+        let f = match node {
+            super::namespace::Node::Dir => {
+                return Ok(FileStat {
+                    path: path.to_string(),
+                    is_dir: true,
+                    size: 0,
+                    chunks: Vec::new(),
+                })
+            }
+            super::namespace::Node::File(f) => f,
+        };
+        let now = Instant::now();
+        let mut chunks = Vec::new();
+        for (i, &h) in f.chunks.iter().enumerate() {
+            let Some(c) = m.state.chunks.get(h) else {
+                continue;
+            };
+            let mut replicas: Vec<ReplicaStat> = c
+                .replicas()
+                .map(|s| ReplicaStat {
+                    server: m.servers.addr(s),
+                    version: c.version,
+                    stale: false,
+                })
+                .collect();
+            for &(s, v) in m.stale.get(&h).map(|v| v.as_slice()).unwrap_or(&[]) {
+                replicas.push(ReplicaStat {
+                    server: m.servers.addr(s),
+                    version: v,
+                    stale: true,
+                });
+            }
+            let primary = m
+                .leases
+                .get(&h)
+                .filter(|l| l.version == c.version && l.expires > now)
+                .map(|l| m.servers.addr(l.primary));
+            chunks.push(ChunkStat {
+                index: i as u64,
+                handle: h,
+                version: c.version,
+                primary,
+                replicas,
+            });
+        }
+        Ok(FileStat {
+            path: path.to_string(),
+            is_dir: false,
+            size: f.size,
+            chunks,
+        })
+    }
+}
+
+fn send_version(
+    addr: &str,
+    handle: ChunkHandle,
+    version: Version,
+    lease: Option<Duration>,
+) -> Result<()> {
+    let mut conn = Conn::connect(addr, RPC_TIMEOUT)?;
+    conn.set_read_timeout(RPC_TIMEOUT)?;
+    conn.send(&ChunkRequest::SetVersion {
+        handle,
+        version,
+        lease_ms: lease.map(|d| d.as_millis() as u64),
+    })?;
+    match conn.recv::<Reply<ChunkReply>>()? {
+        Ok(ChunkReply::VersionSet) => Ok(()),
+        Ok(other) => Err(GfsError::UnexpectedReply {
+            peer: addr.to_string(),
+            what: format!("{other:?}"),
+        }),
+        Err(error) => {
+            tracing::warn!(%addr, handle, "set version refused: {error}");
+            Err(GfsError::Remote {
+                peer: addr.to_string(),
+                error,
+            })
+        }
+    }
+}

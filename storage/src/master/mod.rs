@@ -1,0 +1,196 @@
+//! The master: namespace, file-to-chunk mapping, chunk versions and leases. Every mutation is
+//! made durable in the operation log before the master answers; checkpoints bound recovery.
+//!
+//! Concurrency: an operation first takes per-path read/write locks ([`locks`]), checks itself
+//! against the state, appends its record to the log (group commit), then applies it. The
+//! in-memory state sits behind one mutex that is only held for short lookups and applies,
+//! never across disk or network I/O.
+
+pub mod chunks;
+pub mod lease;
+pub mod locks;
+pub mod namespace;
+pub mod service;
+pub mod state;
+
+use crate::error::{GfsError, Result};
+use crate::oplog::{self, checkpoint, OpLog, Record};
+use chunks::{Lease, Servers};
+use locks::PathLocks;
+use state::{State, StateImage};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+/// Master settings.
+#[derive(Debug, Clone)]
+pub struct MasterConfig {
+    pub dir: PathBuf,
+    pub listen: String,
+    pub lease: Duration,
+    /// Take a checkpoint after this many log records.
+    pub checkpoint_every: u64,
+    /// A chunkserver silent for this long is considered down.
+    pub dead_after: Duration,
+    pub replicas: usize,
+}
+
+impl MasterConfig {
+    pub fn new(dir: impl Into<PathBuf>, listen: impl Into<String>) -> Self {
+        MasterConfig {
+            dir: dir.into(),
+            listen: listen.into(),
+            lease: Duration::from_secs(60),
+            checkpoint_every: 10_000,
+            dead_after: Duration::from_secs(10),
+            replicas: 3,
+        }
+    }
+}
+
+/// Everything in memory, persistent and volatile.
+pub struct Meta {
+    pub state: State,
+    pub servers: Servers,
+    pub leases: HashMap<u64, Lease>,
+    /// Replicas reported with an older version: (server, version).
+    pub stale: HashMap<u64, Vec<(chunks::ServerIdx, u32)>>,
+}
+
+/// The master's shared core.
+pub struct Master {
+    pub cfg: MasterConfig,
+    meta: Mutex<Meta>,
+    locks: PathLocks,
+    log: OpLog,
+    /// Mutations hold it shared from log append to apply; a checkpoint holds it exclusively.
+    barrier: RwLock<()>,
+    since_checkpoint: AtomicU64,
+    checkpointing: AtomicBool,
+    started: Instant,
+    /// Set after a restart: no lease may be granted before old ones have surely expired.
+    lease_grace_until: Instant,
+}
+
+impl Master {
+    /// Recovers state from `cfg.dir` (newest valid checkpoint plus the log after it) and opens
+    /// a new log segment.
+    pub fn open(cfg: MasterConfig) -> Result<Arc<Master>> {
+        std::fs::create_dir_all(&cfg.dir)
+            .map_err(|e| GfsError::io(format!("creating {}", cfg.dir.display()), e))?;
+        let (mut state, ckpt_lsn) = load_checkpoint(&cfg)?;
+        let mut replayed = 0u64;
+        let last = oplog::replay::replay(&cfg.dir, ckpt_lsn, |e| {
+            replayed += 1;
+            state
+                .apply(&e.record)
+                .map_err(|err| GfsError::OpLog(format!("replaying LSN {}: {err}", e.lsn)))
+        })?;
+        tracing::info!(
+            checkpoint_lsn = ckpt_lsn,
+            replayed,
+            last_lsn = last,
+            "master state recovered"
+        );
+        let log = OpLog::open(&cfg.dir, last + 1)?;
+        let now = Instant::now();
+        // Old leases may still be held if this is a restart of a master that granted some.
+        let restarted = last > 0 || ckpt_lsn > 0;
+        Ok(Arc::new(Master {
+            lease_grace_until: if restarted { now + cfg.lease } else { now },
+            cfg,
+            meta: Mutex::new(Meta {
+                state,
+                servers: Servers::default(),
+                leases: HashMap::new(),
+                stale: HashMap::new(),
+            }),
+            locks: PathLocks::default(),
+            log,
+            barrier: RwLock::new(()),
+            since_checkpoint: AtomicU64::new(replayed),
+            checkpointing: AtomicBool::new(false),
+            started: now,
+        }))
+    }
+
+    /// Locks the in-memory metadata.
+    pub fn meta(&self) -> MutexGuard<'_, Meta> {
+        self.meta.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Checks `rec`, makes it durable, applies it. The caller holds the path locks that keep
+    /// the check valid until the apply.
+    pub fn commit(self: &Arc<Self>, rec: Record) -> Result<()> {
+        self.meta().state.check(&rec)?;
+        {
+            let _b = self.barrier.read().unwrap_or_else(|p| p.into_inner());
+            self.log.append(rec.clone())?;
+            if let Err(e) = self.meta().state.apply(&rec) {
+                tracing::error!("record logged but not applied: {rec:?}: {e}");
+                return Err(e);
+            }
+        }
+        let n = self.since_checkpoint.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= self.cfg.checkpoint_every && !self.checkpointing.swap(true, Ordering::AcqRel) {
+            let me = self.clone();
+            std::thread::spawn(move || {
+                if let Err(e) = me.checkpoint() {
+                    tracing::error!("checkpoint failed: {e}");
+                }
+                me.checkpointing.store(false, Ordering::Release);
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint now.
+    pub fn checkpoint(&self) -> Result<PathBuf> {
+        let (lsn, bytes) = {
+            let _b = self.barrier.write().unwrap_or_else(|p| p.into_inner());
+            let lsn = self.log.rotate()?;
+            let img = self.meta().state.image();
+            self.since_checkpoint.store(0, Ordering::Relaxed);
+            (
+                lsn,
+                postcard::to_stdvec(&img).map_err(|e| GfsError::Codec(e.to_string()))?,
+            )
+        };
+        let path = checkpoint::write(&self.cfg.dir, lsn, &bytes)?;
+        tracing::info!(lsn, bytes = bytes.len(), "checkpoint written");
+        Ok(path)
+    }
+}
+
+fn load_checkpoint(cfg: &MasterConfig) -> Result<(State, u64)> {
+    let cands = checkpoint::candidates(&cfg.dir)?;
+    for (_, path) in &cands {
+        match checkpoint::read(path).and_then(|(lsn, bytes)| {
+            let img: StateImage = postcard::from_bytes(&bytes)
+                .map_err(|e| GfsError::Checkpoint(format!("{}: {e}", path.display())))?;
+            Ok((State::from_image(img), lsn))
+        }) {
+            Ok(r) => {
+                tracing::info!("loaded checkpoint {}", path.display());
+                return Ok(r);
+            }
+            Err(e) => tracing::warn!("skipping checkpoint: {e}"),
+        }
+    }
+    if !cands.is_empty() {
+        // Only safe if the log still goes back to the beginning.
+        let segs = oplog::list_segments(&cfg.dir)?;
+        if segs.first().map(|s| s.0) != Some(1) {
+            return Err(GfsError::Checkpoint(
+                "no valid checkpoint and the log does not reach back to the start".into(),
+            ));
+        }
+    }
+    Ok((State::default(), 0))
+}

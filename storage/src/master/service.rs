@@ -1,0 +1,138 @@
+//! The master's network service: accepts connections and answers [`MasterRequest`]s.
+
+use super::namespace::normalize;
+use super::Master;
+use crate::error::{ErrorKind, GfsError, Result};
+use crate::oplog::Record;
+use crate::protocol::{Conn, MasterReply, MasterRequest, Reply};
+use crate::util::to_remote;
+use std::net::TcpListener;
+use std::sync::Arc;
+
+/// Binds `cfg.listen` and serves forever on background threads; returns the bound address.
+pub fn serve(master: Arc<Master>) -> Result<std::net::SocketAddr> {
+    let listener = TcpListener::bind(&master.cfg.listen)
+        .map_err(|e| GfsError::io(format!("binding {}", master.cfg.listen), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| GfsError::io("reading the bound address", e))?;
+    std::thread::Builder::new()
+        .name("master-accept".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let stream = match stream {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!("accept: {e}");
+                        continue;
+                    }
+                };
+                let peer = stream
+                    .peer_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                let m = master.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("master-conn".into())
+                    .spawn(move || match Conn::from_stream(stream, peer.clone()) {
+                        Ok(conn) => handle_conn(&m, conn),
+                        Err(e) => tracing::warn!("{peer}: {e}"),
+                    });
+                if let Err(e) = spawned {
+                    tracing::error!("cannot spawn a connection thread: {e}");
+                }
+            }
+        })
+        .map_err(|e| GfsError::io("starting the accept thread", e))?;
+    Ok(addr)
+}
+
+fn handle_conn(master: &Arc<Master>, mut conn: Conn) {
+    loop {
+        let req: MasterRequest = match conn.recv_opt() {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!("{}: bad request: {e}", conn.peer());
+                // The stream can no longer be trusted; say why and hang up.
+                let _ = conn.send(&Reply::<MasterReply>::Err(to_remote(&e)));
+                return;
+            }
+        };
+        tracing::trace!("{}: {req:?}", conn.peer());
+        let reply = handle(master, req).map_err(|e| to_remote(&e));
+        if let Err(e) = conn.send(&reply) {
+            tracing::debug!("{}: {e}", conn.peer());
+            return;
+        }
+    }
+}
+
+/// Answers one request.
+pub fn handle(master: &Arc<Master>, req: MasterRequest) -> Result<MasterReply> {
+    match req {
+        MasterRequest::Mkdir { path } => {
+            let path = normalize(&path)?;
+            let _l = master.locks.lock(&[], &[&path]);
+            master.commit(Record::Mkdir { path })?;
+            Ok(MasterReply::Done)
+        }
+        MasterRequest::Create { path } => {
+            let path = normalize(&path)?;
+            let _l = master.locks.lock(&[], &[&path]);
+            master.commit(Record::CreateFile { path })?;
+            Ok(MasterReply::Done)
+        }
+        MasterRequest::Delete { path } => {
+            let path = normalize(&path)?;
+            let _l = master.locks.lock(&[], &[&path]);
+            master.commit(Record::Delete { path })?;
+            Ok(MasterReply::Done)
+        }
+        MasterRequest::Rename { from, to } => {
+            let (from, to) = (normalize(&from)?, normalize(&to)?);
+            let _l = master.locks.lock(&[], &[&from, &to]);
+            master.commit(Record::Rename { from, to })?;
+            Ok(MasterReply::Done)
+        }
+        MasterRequest::List { path } => {
+            let path = normalize(&path)?;
+            let _l = master.locks.lock(&[&path], &[]);
+            Ok(MasterReply::Entries(master.meta().state.ns.list(&path)?))
+        }
+        MasterRequest::Stat { path } => {
+            let path = normalize(&path)?;
+            let _l = master.locks.lock(&[&path], &[]);
+            Ok(MasterReply::Stat(master.stat(&path)?))
+        }
+        MasterRequest::GetChunk {
+            path,
+            index,
+            for_write,
+        } => {
+            let path = normalize(&path)?;
+            if index >= u32::MAX as u64 {
+                return Err(GfsError::fs(
+                    ErrorKind::InvalidArgument,
+                    "chunk index too large",
+                ));
+            }
+            let (size, location) = master.get_chunk(&path, index, for_write)?;
+            Ok(MasterReply::Chunk { size, location })
+        }
+        MasterRequest::ExtendSize { path, size } => {
+            let path = normalize(&path)?;
+            let _l = master.locks.lock(&[], &[&path]);
+            let current = master.meta().state.ns.file(&path)?.size;
+            if size > current {
+                master.commit(Record::ExtendSize { path, size })?;
+            }
+            Ok(MasterReply::Done)
+        }
+        MasterRequest::Heartbeat(hb) => Ok(MasterReply::Heartbeat(master.heartbeat(hb)?)),
+        MasterRequest::ReportCorrupt { server, handle } => {
+            master.report_corrupt(&server, handle);
+            Ok(MasterReply::Done)
+        }
+    }
+}

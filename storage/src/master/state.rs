@@ -1,0 +1,184 @@
+//! The master's persistent state (namespace and chunk versions), how each log record changes
+//! it, and its checkpoint image.
+
+use super::chunks::ChunkTable;
+use super::namespace::{FileMeta, Namespace, Node};
+use crate::error::{ErrorKind, GfsError, Result};
+use crate::oplog::Record;
+use crate::protocol::{ChunkHandle, Version};
+use serde::{Deserialize, Serialize};
+
+/// Namespace plus chunk table.
+#[derive(Debug, Default, Clone)]
+pub struct State {
+    pub ns: Namespace,
+    pub chunks: ChunkTable,
+}
+
+/// What a checkpoint stores.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StateImage {
+    pub dirs: Vec<String>,
+    pub files: Vec<(String, u64, Vec<ChunkHandle>)>,
+    pub versions: Vec<Version>,
+}
+
+impl State {
+    /// Checks that `rec` can be applied, without changing anything.
+    pub fn check(&self, rec: &Record) -> Result<()> {
+        match rec {
+            Record::Mkdir { path } | Record::CreateFile { path } => self.ns.check_create(path),
+            Record::Delete { path } => self.ns.check_delete(path),
+            Record::Rename { from, to } => self.ns.check_rename(from, to),
+            Record::AddChunk { path, index, .. } => {
+                let f = self.ns.file(path)?;
+                if f.chunks.get(*index as usize).is_some_and(|&h| h != 0) {
+                    return Err(GfsError::fs(
+                        ErrorKind::AlreadyExists,
+                        "chunk already allocated",
+                    ));
+                }
+                Ok(())
+            }
+            Record::SetVersion { handle, .. } => match self.chunks.get(*handle) {
+                Some(_) => Ok(()),
+                None => Err(GfsError::fs(
+                    ErrorKind::UnknownChunk,
+                    format!("chunk {handle}"),
+                )),
+            },
+            Record::ExtendSize { path, .. } => self.ns.file(path).map(|_| ()),
+        }
+    }
+
+    /// Applies one record. Records were checked before they were logged, so a failure here
+    /// during replay means the log does not match the checkpoint.
+    pub fn apply(&mut self, rec: &Record) -> Result<()> {
+        match rec {
+            Record::Mkdir { path } => self.ns.insert(path, Node::Dir),
+            Record::CreateFile { path } => self.ns.insert(path, Node::File(FileMeta::default())),
+            Record::Delete { path } => {
+                if let Node::File(f) = self.ns.remove(path)? {
+                    for h in f.chunks {
+                        if h != 0 {
+                            self.chunks.free(h);
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Record::Rename { from, to } => self.ns.rename(from, to),
+            Record::AddChunk {
+                path,
+                index,
+                handle,
+            } => {
+                let f = self.ns.file_mut(path)?;
+                let i = usize::try_from(*index).map_err(|_| {
+                    GfsError::fs(ErrorKind::InvalidArgument, "chunk index too large")
+                })?;
+                if f.chunks.len() <= i {
+                    f.chunks.resize(i + 1, 0);
+                }
+                f.chunks[i] = *handle;
+                self.chunks.allocate(*handle, 1);
+                Ok(())
+            }
+            Record::SetVersion { handle, version } => match self.chunks.get_mut(*handle) {
+                Some(c) => {
+                    c.version = *version;
+                    Ok(())
+                }
+                None => Err(GfsError::fs(
+                    ErrorKind::UnknownChunk,
+                    format!("chunk {handle}"),
+                )),
+            },
+            Record::ExtendSize { path, size } => {
+                let f = self.ns.file_mut(path)?;
+                f.size = f.size.max(*size);
+                Ok(())
+            }
+        }
+    }
+
+    pub fn image(&self) -> StateImage {
+        let mut dirs = Vec::new();
+        let mut files = Vec::new();
+        for (p, n) in self.ns.iter() {
+            match n {
+                Node::Dir => dirs.push(p.clone()),
+                Node::File(f) => files.push((p.clone(), f.size, f.chunks.clone())),
+            }
+        }
+        StateImage {
+            dirs,
+            files,
+            versions: self.chunks.versions(),
+        }
+    }
+
+    pub fn from_image(img: StateImage) -> State {
+        let mut ns = Namespace::default();
+        for d in img.dirs {
+            ns.insert_unchecked(d, Node::Dir);
+        }
+        for (p, size, chunks) in img.files {
+            ns.insert_unchecked(p, Node::File(FileMeta { size, chunks }));
+        }
+        State {
+            ns,
+            chunks: ChunkTable::from_versions(img.versions),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apply_and_image_round_trip() {
+        let mut s = State::default();
+        let recs = vec![
+            Record::Mkdir { path: "/d".into() },
+            Record::CreateFile {
+                path: "/d/f".into(),
+            },
+            Record::AddChunk {
+                path: "/d/f".into(),
+                index: 2,
+                handle: 1,
+            },
+            Record::SetVersion {
+                handle: 1,
+                version: 5,
+            },
+            Record::ExtendSize {
+                path: "/d/f".into(),
+                size: 100,
+            },
+            Record::Rename {
+                from: "/d".into(),
+                to: "/e".into(),
+            },
+        ];
+        for r in &recs {
+            s.check(r).unwrap();
+            s.apply(r).unwrap();
+        }
+        let f = s.ns.file("/e/f").unwrap();
+        assert_eq!(f.chunks, vec![0, 0, 1]);
+        assert_eq!(s.chunks.get(1).unwrap().version, 5);
+        let img = postcard::to_stdvec(&s.image()).unwrap();
+        let back = State::from_image(postcard::from_bytes(&img).unwrap());
+        assert_eq!(back.ns.file("/e/f").unwrap().size, 100);
+        assert_eq!(back.chunks.get(1).unwrap().version, 5);
+        let mut back = back;
+        back.apply(&Record::Delete {
+            path: "/e/f".into(),
+        })
+        .unwrap();
+        assert!(back.chunks.is_garbage(1));
+    }
+}

@@ -1,0 +1,199 @@
+//! Messages between clients, the master and chunkservers.
+
+use crate::error::RemoteError;
+use serde::{Deserialize, Serialize};
+
+/// Globally unique, immutable chunk identifier assigned by the master.
+pub type ChunkHandle = u64;
+/// Chunk version number, raised by the master whenever it grants a new lease.
+pub type Version = u32;
+
+/// Requests served by the master.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MasterRequest {
+    Mkdir {
+        path: String,
+    },
+    Create {
+        path: String,
+    },
+    Delete {
+        path: String,
+    },
+    Rename {
+        from: String,
+        to: String,
+    },
+    List {
+        path: String,
+    },
+    Stat {
+        path: String,
+    },
+    /// Locations of chunk `index` of `path`. With `for_write`, the master allocates the chunk
+    /// if needed and makes sure one replica holds a lease.
+    GetChunk {
+        path: String,
+        index: u64,
+        for_write: bool,
+    },
+    /// Raise the recorded size of `path` to at least `size`.
+    ExtendSize {
+        path: String,
+        size: u64,
+    },
+    Heartbeat(Heartbeat),
+    ReportCorrupt {
+        server: String,
+        handle: ChunkHandle,
+    },
+}
+
+/// Replies of the master.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MasterReply {
+    Done,
+    Entries(Vec<DirEntry>),
+    Stat(FileStat),
+    /// The file's size, and the chunk's location: `None` when the chunk was never written (a
+    /// hole, reads as zeros).
+    Chunk {
+        size: u64,
+        location: Option<ChunkLocation>,
+    },
+    Heartbeat(HeartbeatReply),
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub name: String,
+    pub is_dir: bool,
+    pub size: u64,
+}
+
+/// What `stat` reports about a path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStat {
+    pub path: String,
+    pub is_dir: bool,
+    pub size: u64,
+    pub chunks: Vec<ChunkStat>,
+}
+
+/// One chunk of a file as `stat` sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkStat {
+    pub index: u64,
+    pub handle: ChunkHandle,
+    pub version: Version,
+    pub primary: Option<String>,
+    pub replicas: Vec<ReplicaStat>,
+}
+
+/// One replica of a chunk as last reported by its chunkserver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStat {
+    pub server: String,
+    pub version: Version,
+    pub stale: bool,
+}
+
+/// Where a chunk lives and who holds its lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkLocation {
+    pub handle: ChunkHandle,
+    pub version: Version,
+    /// Up-to-date replicas (the primary included).
+    pub replicas: Vec<String>,
+    /// The lease holder, present for writes.
+    pub primary: Option<String>,
+    /// How long the lease is still valid, in milliseconds.
+    pub lease_ms: u64,
+}
+
+/// Periodic message from a chunkserver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Address the chunkserver serves on; its identity.
+    pub server: String,
+    pub rack: String,
+    /// First heartbeat since the chunkserver started: forget what it reported before.
+    pub fresh: bool,
+    /// Chunk report: every chunk it holds with its version.
+    pub chunks: Vec<(ChunkHandle, Version)>,
+    /// Leases it holds and wants extended (it is primary and saw mutations).
+    pub extend: Vec<(ChunkHandle, Version)>,
+}
+
+/// Master's answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// Leases extended by `lease_ms` from the time the heartbeat was sent.
+    pub extended: Vec<ChunkHandle>,
+    pub lease_ms: u64,
+    /// Chunks the master no longer knows (their file was deleted): the replica may go.
+    pub garbage: Vec<ChunkHandle>,
+}
+
+/// Requests served by a chunkserver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChunkRequest {
+    /// Followed by `len` bytes in data frames; the receiver forwards to `chain[0]` with the
+    /// rest of the chain while it receives.
+    Push {
+        id: u64,
+        len: u64,
+        chain: Vec<String>,
+    },
+    /// Sent by the client to the primary: commit pushed data `id` at `offset`.
+    Write {
+        handle: ChunkHandle,
+        version: Version,
+        offset: u64,
+        id: u64,
+        secondaries: Vec<String>,
+    },
+    /// Sent by the primary to each secondary, in serial order.
+    Apply {
+        handle: ChunkHandle,
+        version: Version,
+        serial: u64,
+        offset: u64,
+        id: u64,
+    },
+    /// Answered by `ChunkReply::Reading` and data frames.
+    Read {
+        handle: ChunkHandle,
+        version: Version,
+        offset: u64,
+        len: u64,
+    },
+    /// From the master: set the version (creating the chunk's metadata if needed), and
+    /// optionally make this server primary for `lease_ms`.
+    SetVersion {
+        handle: ChunkHandle,
+        version: Version,
+        lease_ms: Option<u64>,
+    },
+}
+
+/// Replies of a chunkserver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChunkReply {
+    Pushed {
+        failed: Vec<String>,
+    },
+    Written {
+        failed: Vec<String>,
+    },
+    Applied,
+    /// `len` bytes follow in data frames (an error message may cut the stream short).
+    Reading {
+        len: u64,
+    },
+    VersionSet,
+}
+
+/// Every reply on the wire is a result.
+pub type Reply<T> = Result<T, RemoteError>;
