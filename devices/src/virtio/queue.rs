@@ -353,9 +353,9 @@ fn walk_chain(mem: &GuestMemoryMmap, desc_table: u64, size: u16, head: u16, limi
             return Err(QueueError::DescIndex { head, index, size });
         }
         let mut raw = [0u8; DESC_SIZE as usize];
-        // The table was checked to lie in guest memory at activation; a failure here is still
-        // reported, not assumed away.
-        let at = GuestAddress(desc_table + u64::from(index) * DESC_SIZE);
+        // The table was checked to lie in guest memory at activation (but a restored checkpoint
+        // was not), so the address and the read are still checked.
+        let at = offset_addr(GuestAddress(desc_table), u64::from(index) * DESC_SIZE)?;
         mem.read_slice(&mut raw, at)
             .map_err(|e| QueueError::Memory { what: "descriptor table", detail: e.to_string() })?;
         let addr = u64::from_le_bytes([raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7]]);
