@@ -10,7 +10,9 @@
 use serde::{Deserialize, Serialize};
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
-use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_ring::{
+    VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
@@ -289,7 +291,16 @@ impl VirtQueue {
     /// Whether the driver wants an interrupt for the chains used since the last call
     /// (`used_event` with VIRTIO_RING_F_EVENT_IDX, always otherwise).
     pub fn needs_notification(&mut self, mem: &GuestMemoryMmap) -> Result<bool, QueueError> {
-        self.rings()?.needs_notification(mem).map_err(memory("available ring"))
+        let q = self.rings()?;
+        let wanted = q.needs_notification(mem).map_err(memory("available ring"))?;
+        if q.event_idx_enabled() || !wanted {
+            return Ok(wanted);
+        }
+        // Without EVENT_IDX the driver may set VRING_AVAIL_F_NO_INTERRUPT (the crate ignores it).
+        let flags: u16 = mem
+            .read_obj(GuestAddress(q.avail_ring()))
+            .map_err(|e| QueueError::Memory { what: "available ring", detail: e.to_string() })?;
+        Ok(u32::from(u16::from_le(flags)) & VRING_AVAIL_F_NO_INTERRUPT == 0)
     }
 
     /// Asks the driver to notify when it makes the next chain available. Returns whether chains

@@ -137,6 +137,17 @@ fn net_bounce_queue_is_bounded() {
 }
 
 #[test]
+fn avail_no_interrupt_flag_is_honoured_without_event_idx() {
+    let mut rig = net_rig(0);
+    rig.write_mem(ring_base(TX_QUEUE) + 0x1000, &1u16.to_le_bytes());
+    rig.write_mem(DATA, &[0u8; 80]);
+    rig.add_chain(TX_QUEUE, &[(DATA, 72, false)]);
+    rig.notify(TX_QUEUE);
+    assert_eq!(rig.out.outputs.len(), 1);
+    assert!(!rig.t.interrupt_line(), "the driver asked for no interrupt");
+}
+
+#[test]
 fn event_idx_suppresses_interrupts_and_notifications() {
     let mut rig = net_rig(EVENT_IDX);
     let size = 16u64;
@@ -324,6 +335,8 @@ fn device_collection_dispatches_and_announces() {
 
     let state = devs.state();
     assert_eq!(state.slots.len(), 3);
+    let bytes = postcard::to_allocvec(&state).unwrap();
+    assert_eq!(postcard::from_bytes::<VirtioState>(&bytes).unwrap(), state);
     devs.restore(&state).unwrap();
     let mut wrong = state.clone();
     wrong.slots.swap(0, 1);
