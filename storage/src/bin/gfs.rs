@@ -220,12 +220,12 @@ fn run(cli: Cli) -> Result<()> {
                         .replicas
                         .iter()
                         .map(|r| {
-                            format!(
-                                "{}@v{}{}",
-                                r.server,
-                                r.version,
-                                if r.stale { "(stale)" } else { "" }
-                            )
+                            let tag = match (r.stale, r.corrupt) {
+                                (true, _) => "(stale)",
+                                (false, true) => "(corrupt)",
+                                _ => "",
+                            };
+                            format!("{}@v{}{tag}", r.server, r.version)
                         })
                         .collect();
                     println!(

@@ -22,12 +22,14 @@ fn run(cs: &ChunkServer) {
     let mut fresh = true;
     loop {
         let sent = Instant::now();
+        let (chunks, corrupt) = cs.store.report();
         let hb = Heartbeat {
             server: cs.addr.clone(),
             rack: cs.cfg.rack.clone(),
             fresh,
-            chunks: cs.store.report(),
+            chunks,
             extend: cs.leases_to_extend(),
+            corrupt,
         };
         match beat(cs, &mut conn, hb) {
             Ok(reply) => {

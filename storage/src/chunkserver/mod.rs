@@ -86,7 +86,7 @@ impl ChunkServer {
             peers: Pool::default(),
             leases: Mutex::new(HashMap::new()),
         });
-        tracing::info!(addr = %cs.addr, chunks = cs.store.report().len(), "chunkserver started");
+        tracing::info!(addr = %cs.addr, chunks = cs.store.report().0.len(), "chunkserver started");
         service::spawn_accept(cs.clone(), listener)?;
         heartbeat::spawn(cs.clone())?;
         Ok(cs)

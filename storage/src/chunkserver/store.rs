@@ -1,7 +1,7 @@
 //! On-disk chunk storage. Each chunk is up to four files in the data directory:
 //! `<handle>.dat` (the data, sparse, created on first write), `<handle>.crc` (one CRC32C per
 //! 64 KiB block), `<handle>.ver` (the version, replaced atomically) and `<handle>.bad` (marks a
-//! replica found corrupt, so it is no longer reported). Every block read is verified.
+//! replica found corrupt; it is reported as such). Every block read is verified.
 
 use crate::error::{ErrorKind, GfsError, IoContext, Result};
 use crate::protocol::{ChunkHandle, Version};
@@ -143,16 +143,19 @@ impl Store {
         })
     }
 
-    /// Every healthy chunk with its version (the chunk report).
-    pub fn report(&self) -> Vec<(ChunkHandle, Version)> {
+    /// Every chunk with its version (the chunk report), and those known to be corrupt.
+    pub fn report(&self) -> (Vec<(ChunkHandle, Version)>, Vec<ChunkHandle>) {
         let chunks: Vec<Arc<Chunk>> = lock(&self.chunks).values().cloned().collect();
-        chunks
-            .iter()
-            .filter_map(|c| {
-                let s = lock(&c.state);
-                (!s.corrupt).then_some((c.handle, s.version))
-            })
-            .collect()
+        let mut all = Vec::with_capacity(chunks.len());
+        let mut corrupt = Vec::new();
+        for c in &chunks {
+            let s = lock(&c.state);
+            all.push((c.handle, s.version));
+            if s.corrupt {
+                corrupt.push(c.handle);
+            }
+        }
+        (all, corrupt)
     }
 
     fn write_version(&self, handle: ChunkHandle, version: Version) -> Result<()> {
@@ -449,7 +452,7 @@ mod tests {
         // Reopen: checksums and versions persist.
         drop(c);
         let s = Store::open(&d, false).unwrap();
-        assert_eq!(s.report(), vec![(7, 2)]);
+        assert_eq!(s.report(), (vec![(7, 2)], vec![]));
         let c = s.get(7).unwrap();
         s.read(&c, 2, 1000, 50, &mut out).unwrap();
         assert_eq!(&out[..], &data[..50]);
@@ -460,7 +463,7 @@ mod tests {
         std::fs::write(&dp, bytes).unwrap();
         let e = s.read(&c, 2, 65_536, 10, &mut out).unwrap_err();
         assert_eq!(e.kind(), Some(ErrorKind::Corrupt));
-        assert!(s.report().is_empty());
+        assert_eq!(s.report().1, vec![7]);
         let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -65,14 +65,20 @@ impl Master {
 
     fn location(&self, m: &super::Meta, h: ChunkHandle, with_lease: bool) -> ChunkLocation {
         let dead = self.cfg.dead_after;
+        let bad = m.corrupt.get(&h).map(|v| v.as_slice()).unwrap_or(&[]);
         let (version, replicas) = match m.state.chunks.get(h) {
-            Some(c) => (
-                c.version,
-                c.replicas()
+            Some(c) => {
+                let mut live: Vec<ServerIdx> = c
+                    .replicas()
                     .filter(|&s| m.servers.is_live(s, dead))
-                    .map(|s| m.servers.addr(s))
-                    .collect(),
-            ),
+                    .collect();
+                // Healthy replicas first; corrupt ones still serve their good blocks.
+                live.sort_by_key(|s| bad.contains(s));
+                (
+                    c.version,
+                    live.into_iter().map(|s| m.servers.addr(s)).collect(),
+                )
+            }
             None => (0, Vec::new()),
         };
         let lease = m
@@ -122,10 +128,15 @@ impl Master {
                     ),
                 ));
             }
-            let live: Vec<ServerIdx> = c
+            let bad = m.corrupt.get(&handle).map(|v| v.as_slice()).unwrap_or(&[]);
+            let mut live: Vec<ServerIdx> = c
                 .replicas()
                 .filter(|&s| m.servers.is_live(s, dead))
                 .collect();
+            if live.iter().any(|s| !bad.contains(s)) {
+                // A corrupt replica misses the new version and so drops out.
+                live.retain(|s| !bad.contains(s));
+            }
             let targets = if !live.is_empty() {
                 live
             } else if c.version == 1 {
@@ -207,6 +218,9 @@ impl Master {
                 for v in m.stale.values_mut() {
                     v.retain(|(s, _)| *s != idx);
                 }
+                for v in m.corrupt.values_mut() {
+                    v.retain(|s| *s != idx);
+                }
             }
             if let Some(s) = m.servers.get_mut(idx) {
                 s.chunks = hb.chunks.len();
@@ -247,7 +261,16 @@ impl Master {
                     }
                 }
             }
+            for &h in &hb.corrupt {
+                let v = m.corrupt.entry(h).or_default();
+                if !v.contains(&idx) {
+                    v.push(idx);
+                }
+            }
             m.stale.retain(|_, v| !v.is_empty());
+            let chunks = &m.state.chunks;
+            m.corrupt
+                .retain(|h, v| !v.is_empty() && chunks.get(*h).is_some());
             idx
         };
         for (h, v) in adopt {
@@ -277,13 +300,15 @@ impl Master {
         })
     }
 
-    /// A chunkserver found a corrupt block: stop sending clients to that replica.
+    /// A chunkserver found a corrupt block: send clients to other replicas first, and leave
+    /// it out of the next lease (re-replication will replace it).
     pub fn report_corrupt(&self, server: &str, handle: ChunkHandle) {
         let mut m = self.meta();
         if let Some(idx) = m.servers.index(server) {
             tracing::warn!(handle, %server, "corrupt replica reported");
-            if let Some(c) = m.state.chunks.get_mut(handle) {
-                c.remove_replica(idx);
+            let v = m.corrupt.entry(handle).or_default();
+            if !v.contains(&idx) {
+                v.push(idx);
             }
         }
     }
@@ -320,6 +345,7 @@ impl Master {
                     server: m.servers.addr(s),
                     version: c.version,
                     stale: false,
+                    corrupt: m.corrupt.get(&h).is_some_and(|v| v.contains(&s)),
                 })
                 .collect();
             for &(s, v) in m.stale.get(&h).map(|v| v.as_slice()).unwrap_or(&[]) {
@@ -327,6 +353,7 @@ impl Master {
                     server: m.servers.addr(s),
                     version: v,
                     stale: true,
+                    corrupt: false,
                 });
             }
             let primary = m

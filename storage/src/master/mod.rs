@@ -57,6 +57,8 @@ pub struct Meta {
     pub leases: HashMap<u64, Lease>,
     /// Replicas reported with an older version: (server, version).
     pub stale: HashMap<u64, Vec<(chunks::ServerIdx, u32)>>,
+    /// Replicas with a known corrupt block: served last, left out of new leases if possible.
+    pub corrupt: HashMap<u64, Vec<chunks::ServerIdx>>,
 }
 
 /// The master's shared core.
@@ -106,6 +108,7 @@ impl Master {
                 servers: Servers::default(),
                 leases: HashMap::new(),
                 stale: HashMap::new(),
+                corrupt: HashMap::new(),
             }),
             locks: PathLocks::default(),
             log,

@@ -173,6 +173,7 @@ mod tests {
                         fresh,
                         chunks,
                         extend: vec![],
+                        corrupt: vec![],
                     }
                 )),
         ]

@@ -97,6 +97,8 @@ pub struct ReplicaStat {
     pub server: String,
     pub version: Version,
     pub stale: bool,
+    /// The chunkserver found a corrupt block in it (still used for other blocks, last).
+    pub corrupt: bool,
 }
 
 /// Where a chunk lives and who holds its lease.
@@ -124,6 +126,8 @@ pub struct Heartbeat {
     pub chunks: Vec<(ChunkHandle, Version)>,
     /// Leases it holds and wants extended (it is primary and saw mutations).
     pub extend: Vec<(ChunkHandle, Version)>,
+    /// Replicas in which it found a corrupt block.
+    pub corrupt: Vec<ChunkHandle>,
 }
 
 /// Master's answer to a heartbeat.

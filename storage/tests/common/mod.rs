@@ -1,0 +1,214 @@
+//! Test harness: a master and chunkservers as real `gfs` processes on loopback.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use storage::Client;
+
+pub const GFS: &str = env!("CARGO_BIN_EXE_gfs");
+
+pub fn free_addr() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").to_string()
+}
+
+pub fn wait_listening(addr: &str) {
+    let t0 = Instant::now();
+    while TcpStream::connect(addr).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{addr} never started listening"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("gfs-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("create temp dir");
+    d
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+pub struct ChunkServerProc {
+    pub addr: String,
+    pub dir: PathBuf,
+    pub rack: String,
+    pub child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub master_addr: String,
+    pub master_args: Vec<String>,
+    pub master: Option<Child>,
+    pub cs: Vec<ChunkServerProc>,
+    pub heartbeat_ms: u64,
+}
+
+fn spawn(args: &[String], log: &Path) -> Child {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open log");
+    let f2 = f.try_clone().expect("clone log");
+    Command::new(GFS)
+        .args(args)
+        .arg("-v")
+        .stdout(Stdio::from(f))
+        .stderr(Stdio::from(f2))
+        .spawn()
+        .expect("spawn gfs")
+}
+
+impl Cluster {
+    /// Starts a master (with `master_args` added) and `n` chunkservers, and waits until they
+    /// have all registered.
+    pub fn start(name: &str, n: usize, master_args: &[&str]) -> Cluster {
+        let dir = temp_dir(name);
+        let mut c = Cluster {
+            master_addr: free_addr(),
+            master_args: master_args.iter().map(|s| s.to_string()).collect(),
+            master: None,
+            cs: Vec::new(),
+            heartbeat_ms: 100,
+            dir,
+        };
+        c.start_master();
+        for i in 0..n {
+            c.cs.push(ChunkServerProc {
+                addr: free_addr(),
+                dir: c.dir.join(format!("cs{i}")),
+                rack: format!("rack{i}"),
+                child: None,
+            });
+            c.start_cs(i);
+        }
+        c.settle();
+        c
+    }
+
+    pub fn master_dir(&self) -> PathBuf {
+        self.dir.join("master")
+    }
+
+    pub fn start_master(&mut self) {
+        let mut args: Vec<String> = vec![
+            "master".into(),
+            "--dir".into(),
+            self.master_dir().display().to_string(),
+            "--listen".into(),
+            self.master_addr.clone(),
+            "--dead-after-secs".into(),
+            "1".into(),
+        ];
+        args.extend(self.master_args.iter().cloned());
+        self.master = Some(spawn(&args, &self.dir.join("master.log")));
+        wait_listening(&self.master_addr);
+    }
+
+    /// kill -9 the master.
+    pub fn kill_master(&mut self) {
+        if let Some(mut c) = self.master.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn start_cs(&mut self, i: usize) {
+        let p = &self.cs[i];
+        let args: Vec<String> = vec![
+            "chunkserver".into(),
+            "--dir".into(),
+            p.dir.display().to_string(),
+            "--master".into(),
+            self.master_addr.clone(),
+            "--listen".into(),
+            p.addr.clone(),
+            "--rack".into(),
+            p.rack.clone(),
+            "--heartbeat-ms".into(),
+            self.heartbeat_ms.to_string(),
+        ];
+        let child = spawn(&args, &self.dir.join(format!("cs{i}.log")));
+        wait_listening(&self.cs[i].addr);
+        self.cs[i].child = Some(child);
+    }
+
+    /// kill -9 chunkserver `i`.
+    pub fn kill_cs(&mut self, i: usize) {
+        if let Some(mut c) = self.cs[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits a few heartbeats so the master knows every chunkserver.
+    pub fn settle(&self) {
+        std::thread::sleep(Duration::from_millis(self.heartbeat_ms * 4));
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.master_addr)
+    }
+
+    /// Runs the CLI against this cluster.
+    pub fn gfs(&self, args: &[&str]) -> Output {
+        Command::new(GFS)
+            .arg("--master")
+            .arg(&self.master_addr)
+            .args(args)
+            .output()
+            .expect("run gfs")
+    }
+
+    /// Runs the CLI and asserts success; returns stdout.
+    pub fn gfs_ok(&self, args: &[&str]) -> String {
+        let out = self.gfs(args);
+        assert!(
+            out.status.success(),
+            "gfs {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Chunk data files (`*.dat`) of chunkserver `i`.
+    pub fn chunk_files(&self, i: usize) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&self.cs[i].dir)
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        v.retain(|p| p.extension().is_some_and(|e| e == "dat"));
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill_master();
+        for i in 0..self.cs.len() {
+            self.kill_cs(i);
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
