@@ -12,7 +12,7 @@ use kvm_ioctls::VcpuExit;
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use vmm::{run, KernelSource, Machine, MachineConfig, NoObserver, RunOutcome};
+use vmm::{run, KernelSource, Machine, MachineConfig, RunOptions, RunOutcome};
 
 /// A kernel that writes to port 0x80 `count` times, then powers off:
 /// mov ecx, count; L: out 0x80, al; dec ecx; jnz L; mov dx, 0xf4; xor eax, eax; out dx, eax
@@ -61,7 +61,7 @@ fn machine(kernel: &std::path::Path) -> Machine {
 fn ftvm_loop(kernel: &std::path::Path) -> (Duration, u64) {
     let mut m = machine(kernel);
     let started = Instant::now();
-    let (outcome, stats) = run(&mut m, &mut HostWorld::new(), &mut NoObserver).expect("run");
+    let (outcome, stats) = run(&mut m, &mut HostWorld::new(), RunOptions::default()).expect("run");
     assert_eq!(outcome, RunOutcome::PowerOff(0));
     (started.elapsed(), stats.exits)
 }

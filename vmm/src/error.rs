@@ -24,6 +24,12 @@ pub enum VmmError {
     GuestMemory { addr: u64, reason: String },
     #[error("snapshot {path}: {reason}")]
     Snapshot { path: PathBuf, reason: String },
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    #[error("log: {0}")]
+    Log(#[from] ftlog::LogError),
+    #[error("{0}")]
+    Replay(#[from] ftlog::ReplayError),
     #[error("the vCPU stopped: {0}")]
     VcpuFailed(String),
     #[error("{0}")]

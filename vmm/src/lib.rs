@@ -7,12 +7,14 @@
 //! - [`digest`] hashes the whole machine state, so two runs can be compared.
 
 pub mod boot;
+pub mod checkpoint;
 pub mod cpuid;
 pub mod digest;
 pub mod error;
 pub mod kick;
 pub mod machine;
 pub mod memory;
+pub mod record_replay;
 pub mod snapshot;
 pub mod state;
 pub mod stats;
@@ -21,4 +23,4 @@ pub mod vcpu;
 pub use error::{Result, VmmError};
 pub use machine::{KernelSource, Machine, MachineConfig};
 pub use stats::ExitStats;
-pub use vcpu::{run, run_from, NoObserver, RunObserver, RunOutcome, RunPosition};
+pub use vcpu::{run, RunObserver, RunOptions, RunOutcome, RunPosition, Session, SnapshotRequest};

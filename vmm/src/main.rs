@@ -7,8 +7,12 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use vmm::snapshot::{self, SnapshotAt};
-use vmm::{digest, run, run_from, KernelSource, Machine, MachineConfig, NoObserver, RunOutcome};
+use ftlog::{RecordingWorld, ReplayWorld};
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use vmm::record_replay::{log_header, machine_for_log};
+use vmm::snapshot;
+use vmm::{digest, run, KernelSource, Machine, MachineConfig, RunOptions, RunOutcome, RunPosition, SnapshotRequest};
 
 #[derive(Parser)]
 #[command(name = "ftvm", version, about = "A fault-tolerant virtual machine monitor")]
@@ -24,6 +28,8 @@ struct Cli {
 enum Command {
     /// Boot a kernel (or our own guest) and run it until it powers off.
     Run(RunArgs),
+    /// Run a recorded guest again from its log alone and check every exit against it.
+    Replay(ReplayArgs),
     /// Continue a machine saved with `run --snapshot-at`, in this new process.
     Restore(RestoreArgs),
     /// Run each workload of our own guest on this machine, one after the other.
@@ -59,6 +65,19 @@ struct RunArgs {
     /// Where --snapshot-at writes the snapshot.
     #[arg(long, value_name = "FILE", requires = "snapshot_at")]
     snapshot: Option<PathBuf>,
+    /// Record every input from the world into LOG, for `ftvm replay`.
+    #[arg(long, value_name = "LOG")]
+    record: Option<PathBuf>,
+    /// With --record: log the running digest of exit signatures every K exits (1 names the
+    /// exact exit of a divergence; larger K makes the log smaller).
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    digest_every: u32,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// A log written by `ftvm run --record LOG`.
+    log: PathBuf,
 }
 
 #[derive(Args)]
@@ -100,6 +119,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run_command(&args),
         Command::Restore(args) => restore_command(&args),
+        Command::Replay(args) => replay_command(&args),
         Command::Demo => demo(),
     };
     match result {
@@ -130,20 +150,33 @@ fn init_logging(verbose: u8) {
 
 /// `ftvm run`: boots, runs to power-off (rebooting on reset), prints the exit statistics.
 fn run_command(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let config = args.machine_config();
+    let mut config = args.machine_config();
+    config.dirty_logging = args.record.is_some();
+    let options = RunOptions {
+        start: RunPosition::default(),
+        snapshot: args.snapshot_at.zip(args.snapshot.clone()).map(|(at_exits, path)| SnapshotRequest { at_exits, path }),
+    };
     loop {
         let mut machine = Machine::new(config.clone(), Box::new(std::io::stdout()))?;
-        let mut world = HostWorld::new();
-        let (outcome, stats) = match (&args.snapshot_at, &args.snapshot) {
-            (Some(exits), Some(path)) => {
-                let mut observer = SnapshotAt { exits: *exits, path: path.clone(), taken: false };
-                let result = run(&mut machine, &mut world, &mut observer)?;
-                if !observer.taken {
-                    eprintln!("ftvm: the guest stopped before exit {exits}: no snapshot was taken");
-                }
-                result
+        let (outcome, stats) = match &args.record {
+            Some(path) => {
+                let file = File::create(path).with_context(|| format!("log {}", path.display()))?;
+                let header = log_header(&machine, args.digest_every, 0);
+                let mut recorder = RecordingWorld::new(HostWorld::new(), BufWriter::new(file), &header)
+                    .with_context(|| format!("log {}", path.display()))?;
+                let (outcome, stats) = run(&mut machine, &mut recorder, options.clone())?;
+                let state_digest = *digest::state_digest(&machine)?.as_bytes();
+                let code = match outcome {
+                    RunOutcome::PowerOff(code) => code,
+                    _ => u32::MAX,
+                };
+                let recorded = recorder.finish(code, Some(state_digest)).with_context(|| format!("log {}", path.display()))?;
+                let file = recorded.writer.into_inner().map_err(|e| e.into_error())?;
+                file.sync_all().with_context(|| format!("log {}", path.display()))?;
+                tracing::info!(bytes = recorded.log_bytes, events = recorded.stats.events(), checkpoints = recorded.stats.checkpoints, "log written");
+                (outcome, stats)
             }
-            _ => run(&mut machine, &mut world, &mut NoObserver)?,
+            None => run(&mut machine, &mut HostWorld::new(), options.clone())?,
         };
         if outcome == RunOutcome::Reset {
             tracing::info!("the guest reset itself; rebooting");
@@ -153,6 +186,38 @@ fn run_command(args: &RunArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `ftvm replay`: builds the recorded machine and runs it from the log alone.
+fn replay_command(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
+    let file = File::open(&args.log).with_context(|| format!("log {}", args.log.display()))?;
+    let mut replayer = ReplayWorld::new(BufReader::with_capacity(1 << 20, file))
+        .with_context(|| format!("log {}", args.log.display()))?;
+    let mut machine = machine_for_log(replayer.header(), Box::new(std::io::stdout()))?;
+    let result = run(&mut machine, &mut replayer, RunOptions::default());
+    let (outcome, _stats) = match result {
+        Ok(done) => done,
+        Err(vmm::VmmError::Replay(error)) => return replay_failed(&error.to_string()),
+        Err(other) => return Err(other.into()),
+    };
+    let code = match &outcome {
+        RunOutcome::PowerOff(code) => Some(*code),
+        RunOutcome::Stopped(reason) if replayer.error().is_some() => return replay_failed(reason),
+        _ => None,
+    };
+    let state_digest = digest::state_digest(&machine)?;
+    if let Err(error) = replayer.finish(code, Some(*state_digest.as_bytes())) {
+        return replay_failed(&error.to_string());
+    }
+    let stats = replayer.stats();
+    println!("replay: ok, {} exits, {} events, {} checkpoints", stats.exits, stats.events(), stats.checkpoints);
+    println!("state-digest: {}", state_digest.to_hex());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn replay_failed(reason: &str) -> anyhow::Result<ExitCode> {
+    println!("replay: {reason}");
+    Ok(ExitCode::from(3))
+}
+
 /// `ftvm restore`: rebuilds the machine from a snapshot and runs it on.
 fn restore_command(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
@@ -160,7 +225,8 @@ fn restore_command(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
     let mut machine = snapshot::restore(&snapshot, Box::new(std::io::stdout()))?;
     tracing::info!(took = ?started.elapsed(), exits = snapshot.header.position.exits, "snapshot restored");
     let mut world = HostWorld::resuming_at(snapshot.header.monotonic_ns);
-    let (outcome, stats) = run_from(&mut machine, &mut world, &mut NoObserver, snapshot.header.position)?;
+    let options = RunOptions { start: snapshot.header.position, snapshot: None };
+    let (outcome, stats) = run(&mut machine, &mut world, options)?;
     if outcome == RunOutcome::Reset {
         bail!("the guest reset itself after the restore; run it again with `ftvm run`");
     }
@@ -210,7 +276,7 @@ fn demo() -> anyhow::Result<ExitCode> {
         };
         let mut machine = Machine::new(config, Box::new(std::io::stdout()))
             .with_context(|| format!("booting the guest for {}", words[0]))?;
-        let (outcome, stats) = run(&mut machine, &mut HostWorld::new(), &mut NoObserver)?;
+        let (outcome, stats) = run(&mut machine, &mut HostWorld::new(), RunOptions::default())?;
         println!("{stats}");
         println!("state-digest: {}", digest::state_digest(&machine)?.to_hex());
         if outcome != RunOutcome::PowerOff(0) {

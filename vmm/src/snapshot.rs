@@ -150,30 +150,6 @@ pub fn restore(snapshot: &Snapshot, serial_out: Box<dyn Write + Send>) -> Result
     Ok(machine)
 }
 
-/// Takes one snapshot when the run reaches a given exit, and lets the run go on.
-pub struct SnapshotAt {
-    pub exits: u64,
-    pub path: PathBuf,
-    pub taken: bool,
-}
-
-impl crate::vcpu::RunObserver for SnapshotAt {
-    fn at_boundary(
-        &mut self,
-        position: RunPosition,
-        machine: &mut Machine,
-        world: &dyn devices::EventSource,
-    ) -> Result<()> {
-        if !self.taken && position.exits >= self.exits {
-            let started = std::time::Instant::now();
-            save(machine, position, world.monotonic_now(), &self.path)?;
-            self.taken = true;
-            tracing::info!(exits = position.exits, path = %self.path.display(), took = ?started.elapsed(), "snapshot saved");
-        }
-        Ok(())
-    }
-}
-
 struct HashingWriter<W: Write> {
     inner: W,
     hasher: blake3::Hasher,

@@ -36,8 +36,11 @@ pub struct VcpuState {
     pub mp_state: kvm_mp_state,
     pub debugregs: kvm_debugregs,
     /// The interrupt-injection bookkeeping of the run page, which decides whether the loop may
-    /// inject at the next entry.
+    /// inject at the next entry. KVM refreshes these at every exit; a machine restored without
+    /// running needs them put back.
     pub request_interrupt_window: u8,
+    pub if_flag: u8,
+    pub ready_for_interrupt_injection: u8,
 }
 
 /// The machine's state apart from memory.
@@ -68,6 +71,8 @@ impl Machine {
             mp_state: vcpu.get_mp_state().map_err(kvm("read MP state"))?,
             debugregs: vcpu.get_debug_regs().map_err(kvm("read debug registers"))?,
             request_interrupt_window: self.vcpu.get_kvm_run().request_interrupt_window,
+            if_flag: self.vcpu.get_kvm_run().if_flag,
+            ready_for_interrupt_injection: self.vcpu.get_kvm_run().ready_for_interrupt_injection,
         };
         Ok(MachineState { vcpu: state, board: self.board.state() })
     }
@@ -91,7 +96,10 @@ impl Machine {
         vcpu.set_vcpu_events(&s.events).map_err(kvm("restore vCPU events"))?;
         vcpu.set_mp_state(s.mp_state).map_err(kvm("restore MP state"))?;
         vcpu.set_debug_regs(&s.debugregs).map_err(kvm("restore debug registers"))?;
-        self.vcpu.get_kvm_run().request_interrupt_window = s.request_interrupt_window;
+        let run = self.vcpu.get_kvm_run();
+        run.request_interrupt_window = s.request_interrupt_window;
+        run.if_flag = s.if_flag;
+        run.ready_for_interrupt_injection = s.ready_for_interrupt_injection;
         self.board.restore(&state.board);
         Ok(())
     }

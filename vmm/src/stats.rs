@@ -4,26 +4,38 @@ use std::fmt;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExitStats {
-    /// All exits the guest caused: io + mmio + hlt + irq-window + other.
+    /// All deterministic exits: io + mmio + hlt + irq-window.
     pub exits: u64,
     pub io: u64,
     pub mmio: u64,
     pub hlt: u64,
     /// Exits KVM took to tell us the guest can take an interrupt now.
     pub irq_window: u64,
-    /// Other deterministic exits (shutdown, debug, ...).
-    pub other: u64,
     pub interrupts_injected: u64,
     /// Times the vCPU was kicked out because an interrupt waited too long.
     pub preemptions: u64,
+}
+
+impl ExitStats {
+    /// Counts one deterministic exit.
+    pub fn count(&mut self, kind: crate::vcpu::ExitKind) {
+        use crate::vcpu::ExitKind;
+        self.exits += 1;
+        match kind {
+            ExitKind::IoIn | ExitKind::IoOut => self.io += 1,
+            ExitKind::MmioRead | ExitKind::MmioWrite => self.mmio += 1,
+            ExitKind::Hlt => self.hlt += 1,
+            ExitKind::IrqWindow => self.irq_window += 1,
+        }
+    }
 }
 
 impl fmt::Display for ExitStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "exits: {} (io {}, mmio {}, hlt {}, irq-window {}, other {}), interrupts injected: {}, preemptions: {}",
-            self.exits, self.io, self.mmio, self.hlt, self.irq_window, self.other, self.interrupts_injected, self.preemptions
+            "exits: {} (io {}, mmio {}, hlt {}, irq-window {}), interrupts injected: {}, preemptions: {}",
+            self.exits, self.io, self.mmio, self.hlt, self.irq_window, self.interrupts_injected, self.preemptions
         )
     }
 }
@@ -37,7 +49,7 @@ mod tests {
         let stats = ExitStats { exits: 10, io: 7, mmio: 2, hlt: 1, interrupts_injected: 3, preemptions: 4, ..Default::default() };
         assert_eq!(
             stats.to_string(),
-            "exits: 10 (io 7, mmio 2, hlt 1, irq-window 0, other 0), interrupts injected: 3, preemptions: 4"
+            "exits: 10 (io 7, mmio 2, hlt 1, irq-window 0), interrupts injected: 3, preemptions: 4"
         );
     }
 }

@@ -3,9 +3,10 @@
 //! Between two exits a single-vCPU guest is a deterministic function of its memory and
 //! registers. So everything the world chooses (clock values, timer expiry, device data) and
 //! every interrupt reaches the guest at an exit, stamped with the exit's [`Landmark`]. Exits the
-//! guest causes (I/O, MMIO, HLT) are counted: the n-th one is `Exit(n)` on every run. A kick out
-//! of `KVM_RUN` because an interrupt waited too long lands at an arbitrary instruction: that is
-//! `Preempt(n)`, which a recorder covers with a checkpoint.
+//! guest causes (I/O, MMIO, HLT, and interrupt windows it opens after we asked at an exit) are
+//! counted: the n-th one is `Exit(n)` on every run. A kick out of `KVM_RUN` because an interrupt
+//! waited too long lands at an arbitrary instruction: that is `Preempt(n)`, which a recorder
+//! covers with a checkpoint and a replayer restores instead of executing.
 
 use crate::error::{kvm, Result, VmmError};
 use crate::kick::Kicker;
@@ -14,6 +15,7 @@ use crate::stats::ExitStats;
 use devices::{EventSource, IoOutcome, Landmark};
 use kvm_bindings::kvm_interrupt;
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use std::path::PathBuf;
 use std::time::Duration;
 use vmm_sys_util::ioctl::ioctl_with_ref;
 use vmm_sys_util::ioctl_iow_nr;
@@ -22,7 +24,7 @@ use vmm_sys_util::ioctl_iow_nr;
 // needs.
 ioctl_iow_nr!(KVM_INTERRUPT, kvm_bindings::KVMIO, 0x86, kvm_interrupt);
 
-/// The kind of a deterministic exit and what the guest put on the bus.
+/// The kind of a deterministic exit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExitKind {
     IoIn,
@@ -30,16 +32,20 @@ pub enum ExitKind {
     MmioRead,
     MmioWrite,
     Hlt,
+    /// The guest became interruptible after the loop asked KVM to say so.
+    IrqWindow,
 }
 
 /// One deterministic exit, as a recorder or replayer checks it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExitInfo {
     pub kind: ExitKind,
-    /// Port or guest-physical address (0 for HLT).
+    /// Port or guest-physical address (0 for HLT and interrupt windows).
     pub address: u64,
+    /// Access size in bytes (of one element, for string I/O).
     pub len: u8,
-    /// For writes, the value written (little-endian, up to 8 bytes).
+    /// The value written, or for reads the value the guest got (little-endian, up to 8 bytes);
+    /// for string I/O of more than 8 bytes, a 64-bit FNV-1a hash of all of them.
     pub value: u64,
 }
 
@@ -64,17 +70,11 @@ pub struct RunPosition {
     pub halted: bool,
 }
 
-/// What a recorder or replayer needs to see of a run. All methods default to doing nothing, so
-/// a plain run passes [`NoObserver`].
+/// What a recorder or replayer needs to see of a run. All methods default to doing nothing.
 pub trait RunObserver {
-    /// A deterministic exit, before the board handles it.
+    /// A deterministic exit, after the board handled it: for reads, `exit.value` is what the
+    /// guest got, so a replayer notices a changed clock value at the very exit that read it.
     fn on_exit(&mut self, _count: u64, _exit: &ExitInfo, _vcpu: &VcpuFd) -> Result<()> {
-        Ok(())
-    }
-    /// At the top of the loop, after exit `position.exits` was handled and before the world
-    /// gets its say at that exit: the one point where the machine can be snapshotted and
-    /// later resumed exactly.
-    fn at_boundary(&mut self, _position: RunPosition, _machine: &mut Machine, _world: &dyn EventSource) -> Result<()> {
         Ok(())
     }
     /// An interrupt was injected at `at`.
@@ -98,201 +98,232 @@ pub trait RunObserver {
     }
 }
 
-/// The observer of a plain run.
-pub struct NoObserver;
-impl RunObserver for NoObserver {}
+/// The world and the observer of a run in one: a recorder answers the world's questions and
+/// logs every exit, so both roles need the same object.
+pub trait Session: EventSource + RunObserver {}
+impl<T: EventSource + RunObserver + ?Sized> Session for T {}
 
-/// Runs the machine from boot until it powers off, resets, faults or is stopped.
-pub fn run(
-    machine: &mut Machine,
-    world: &mut dyn EventSource,
-    observer: &mut dyn RunObserver,
-) -> Result<(RunOutcome, ExitStats)> {
-    run_from(machine, world, observer, RunPosition::default())
+/// A plain run on this host: nothing to record.
+impl RunObserver for devices::HostWorld {}
+
+/// Save a snapshot when the run reaches this many exits.
+#[derive(Clone, Debug)]
+pub struct SnapshotRequest {
+    pub at_exits: u64,
+    pub path: PathBuf,
 }
 
-/// Runs the machine from `start` (a restored snapshot's position).
-pub fn run_from(
-    machine: &mut Machine,
-    world: &mut dyn EventSource,
-    observer: &mut dyn RunObserver,
-    start: RunPosition,
-) -> Result<(RunOutcome, ExitStats)> {
-    let kicker = if observer.kicks() {
+/// How to run.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    pub start: RunPosition,
+    pub snapshot: Option<SnapshotRequest>,
+}
+
+/// Runs the machine until it powers off, resets, faults or is stopped.
+pub fn run(machine: &mut Machine, session: &mut dyn Session, options: RunOptions) -> Result<(RunOutcome, ExitStats)> {
+    let kicker = if session.kicks() {
         let immediate_exit = &mut machine.vcpu.get_kvm_run().immediate_exit as *mut u8;
         Some(Kicker::for_this_thread(immediate_exit)?)
     } else {
         None
     };
     let bound = machine.config.preempt_bound;
+    let mut snapshot = options.snapshot;
     let mut stats = ExitStats::default();
-    let mut count = start.exits;
+    let mut count = options.start.exits;
     let mut at = Landmark::Exit(count);
-    let mut halted = start.halted;
+    let mut halted = options.start.halted;
+    // String I/O moves up to a page per exit; one buffer serves every exit.
+    let mut payload = Vec::with_capacity(4096);
 
     loop {
-        if let Landmark::Exit(exits) = at {
-            observer.at_boundary(RunPosition { exits, halted }, machine, &*world)?;
+        if let (Some(request), Landmark::Exit(exits)) = (&snapshot, at) {
+            if exits >= request.at_exits {
+                let position = RunPosition { exits, halted };
+                crate::snapshot::save(machine, position, session.monotonic_now(), &request.path)?;
+                tracing::info!(exits, path = %request.path.display(), "snapshot saved");
+                snapshot = None;
+            }
         }
-        if let Some(reason) = world.stop_reason() {
+        if let Some(reason) = session.stop_reason() {
             return Ok((RunOutcome::Stopped(reason), stats));
         }
-        deliver_world_events(machine, world, at);
+        deliver_world_events(machine, session, at);
         if halted {
-            if let Some(outcome) = wait_for_interrupt(machine, world, at)? {
+            if let Some(outcome) = wait_for_interrupt(machine, session, at)? {
                 return Ok((outcome, stats));
             }
             halted = false;
         }
-        inject_pending_interrupt(machine, observer, at, &mut stats)?;
+        inject_pending_interrupt(machine, session, at, &mut stats)?;
 
-        if observer.replace_run(count, machine)? {
+        if session.replace_run(count, machine)? {
             at = Landmark::Preempt(count);
             stats.preemptions += 1;
             continue;
         }
         if let Some(kicker) = &kicker {
-            arm_kick(kicker, machine, world, bound)?;
+            arm_kick(kicker, machine, session, bound)?;
         }
 
-        let exit = machine.vcpu.run();
-        let (info, outcome) = match exit {
-            Err(e) if e.errno() == libc::EINTR => {
+        let info = match enter_guest(machine, &mut payload)? {
+            Entered::Exit(info) => info,
+            Entered::Kicked => {
                 machine.vcpu.set_kvm_immediate_exit(0);
                 stats.preemptions += 1;
                 at = Landmark::Preempt(count);
-                observer.on_preempt(at, machine)?;
+                session.on_preempt(at, machine)?;
                 continue;
             }
-            Err(e) => return Err(VmmError::Kvm { what: "run the vCPU", source: e }),
-            Ok(VcpuExit::Intr) => {
-                stats.preemptions += 1;
-                at = Landmark::Preempt(count);
-                observer.on_preempt(at, machine)?;
-                continue;
-            }
-            Ok(VcpuExit::IrqWindowOpen) => {
-                // The guest opened its interrupt window at an instruction we did not choose:
-                // treat it like a kick.
-                stats.irq_window += 1;
-                stats.exits += 1;
-                machine.vcpu.get_kvm_run().request_interrupt_window = 0;
-                at = Landmark::Preempt(count);
-                observer.on_preempt(at, machine)?;
-                continue;
-            }
-            Ok(VcpuExit::IoOut(port, data)) => {
-                let info = ExitInfo { kind: ExitKind::IoOut, address: port.into(), len: data.len() as u8, value: le_value(data) };
-                stats.io += 1;
-                (info, Some(port))
-            }
-            Ok(VcpuExit::IoIn(port, data)) => {
-                stats.io += 1;
-                count += 1;
-                at = Landmark::Exit(count);
-                let info = ExitInfo { kind: ExitKind::IoIn, address: port.into(), len: data.len() as u8, value: 0 };
-                // The data slice borrows the vCPU's run page; the observer needs the vCPU too,
-                // so answer into a local buffer and copy back.
-                let mut buf = [0u8; 8];
-                let len = data.len().min(8);
-                observer.on_exit(count, &info, &machine.vcpu)?;
-                machine.board.pio_read(port, &mut buf[..len], at, world);
-                copy_to_run(&mut machine.vcpu, &buf[..len]);
-                stats.exits += 1;
-                continue;
-            }
-            Ok(VcpuExit::MmioRead(addr, data)) => {
-                stats.mmio += 1;
-                count += 1;
-                at = Landmark::Exit(count);
-                let info = ExitInfo { kind: ExitKind::MmioRead, address: addr, len: data.len() as u8, value: 0 };
-                let mut buf = [0u8; 8];
-                let len = data.len().min(8);
-                observer.on_exit(count, &info, &machine.vcpu)?;
-                machine.board.mmio_read(addr, &mut buf[..len], at, world);
-                copy_to_run(&mut machine.vcpu, &buf[..len]);
-                stats.exits += 1;
-                continue;
-            }
-            Ok(VcpuExit::MmioWrite(addr, data)) => {
-                let info = ExitInfo { kind: ExitKind::MmioWrite, address: addr, len: data.len() as u8, value: le_value(data) };
-                stats.mmio += 1;
-                let value = info.value.to_le_bytes();
-                let value = &value[..usize::from(info.len).min(8)];
-                count += 1;
-                at = Landmark::Exit(count);
-                stats.exits += 1;
-                observer.on_exit(count, &info, &machine.vcpu)?;
-                match machine.board.mmio_write(addr, value, at, world) {
-                    IoOutcome::Continue => continue,
-                    other => return finish(machine, other, stats),
-                }
-            }
-            Ok(VcpuExit::Hlt) => {
-                stats.hlt += 1;
-                let info = ExitInfo { kind: ExitKind::Hlt, address: 0, len: 0, value: 0 };
-                halted = true;
-                (info, None)
-            }
-            Ok(VcpuExit::Shutdown) => {
-                let rip = machine.vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
-                return Ok((RunOutcome::Shutdown { rip }, stats));
-            }
-            Ok(VcpuExit::FailEntry(reason, cpu)) => {
-                return Err(VmmError::VcpuFailed(format!(
-                    "entry failed: hardware reason {reason:#x} on host cpu {cpu}"
-                )))
-            }
-            Ok(VcpuExit::InternalError) => {
-                let rip = machine.vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
-                return Err(VmmError::VcpuFailed(format!(
-                    "KVM internal error (its emulator could not run the guest) at rip {rip:#x}"
-                )));
-            }
-            Ok(other) => {
-                let what = format!("{other:?}");
-                let rip = machine.vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
-                return Err(VmmError::VcpuFailed(format!("unexpected exit {what} at rip {rip:#x}")));
-            }
+            Entered::Shutdown { rip } => return Ok((RunOutcome::Shutdown { rip }, stats)),
         };
 
-        // Port writes and HLT: count the exit, show it to the observer, then act on it.
         count += 1;
         at = Landmark::Exit(count);
-        stats.exits += 1;
-        observer.on_exit(count, &info, &machine.vcpu)?;
-        if let Some(port) = outcome {
-            // The bytes written are the little-endian value the exit signature already holds.
-            let value = info.value.to_le_bytes();
-            match machine.board.pio_write(port, &value[..usize::from(info.len).min(8)], at, world) {
-                IoOutcome::Continue => {}
-                other => return finish(machine, other, stats),
+        stats.count(info.kind);
+        let outcome = match info.kind {
+            ExitKind::IoIn => {
+                for element in payload.chunks_mut(usize::from(info.len.max(1))) {
+                    machine.board.pio_read(info.address as u16, element, at, session);
+                }
+                copy_to_run(&mut machine.vcpu, &payload);
+                IoOutcome::Continue
             }
+            ExitKind::IoOut => {
+                let mut outcome = IoOutcome::Continue;
+                for element in payload.chunks(usize::from(info.len.max(1))) {
+                    outcome = machine.board.pio_write(info.address as u16, element, at, session);
+                    if outcome != IoOutcome::Continue {
+                        break;
+                    }
+                }
+                outcome
+            }
+            ExitKind::MmioRead => {
+                machine.board.mmio_read(info.address, &mut payload, at, session);
+                copy_to_run(&mut machine.vcpu, &payload);
+                IoOutcome::Continue
+            }
+            ExitKind::MmioWrite => machine.board.mmio_write(info.address, &payload, at, session),
+            ExitKind::Hlt => {
+                halted = true;
+                IoOutcome::Continue
+            }
+            ExitKind::IrqWindow => {
+                machine.vcpu.get_kvm_run().request_interrupt_window = 0;
+                IoOutcome::Continue
+            }
+        };
+        let info = match info.kind {
+            ExitKind::IoIn | ExitKind::MmioRead => ExitInfo { value: summary(&payload), ..info },
+            _ => info,
+        };
+        session.on_exit(count, &info, &machine.vcpu)?;
+        if outcome != IoOutcome::Continue {
+            return Ok((finish(machine, outcome), stats));
         }
     }
 }
 
-fn finish(machine: &mut Machine, outcome: IoOutcome, stats: ExitStats) -> Result<(RunOutcome, ExitStats)> {
-    let outcome = match outcome {
+/// How one `KVM_RUN` ended.
+enum Entered {
+    /// A deterministic exit (its data in the payload buffer).
+    Exit(ExitInfo),
+    /// The vCPU was kicked out.
+    Kicked,
+    /// The guest triple-faulted.
+    Shutdown { rip: u64 },
+}
+
+/// One `KVM_RUN`.
+fn enter_guest(machine: &mut Machine, payload: &mut Vec<u8>) -> Result<Entered> {
+    payload.clear();
+    let exit = match machine.vcpu.run() {
+        Err(e) if e.errno() == libc::EINTR => return Ok(Entered::Kicked),
+        Err(e) => return Err(VmmError::Kvm { what: "run the vCPU", source: e }),
+        Ok(exit) => exit,
+    };
+    let info = match exit {
+        VcpuExit::Intr => return Ok(Entered::Kicked),
+        VcpuExit::Shutdown => {
+            let rip = machine.vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+            return Ok(Entered::Shutdown { rip });
+        }
+        VcpuExit::IoOut(port, data) => {
+            payload.extend_from_slice(data);
+            ExitInfo { kind: ExitKind::IoOut, address: port.into(), len: 0, value: 0 }
+        }
+        VcpuExit::IoIn(port, data) => {
+            payload.resize(data.len(), 0);
+            ExitInfo { kind: ExitKind::IoIn, address: port.into(), len: 0, value: 0 }
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            payload.resize(data.len(), 0);
+            ExitInfo { kind: ExitKind::MmioRead, address: addr, len: 0, value: 0 }
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            payload.extend_from_slice(data);
+            ExitInfo { kind: ExitKind::MmioWrite, address: addr, len: 0, value: 0 }
+        }
+        VcpuExit::Hlt => ExitInfo { kind: ExitKind::Hlt, address: 0, len: 0, value: 0 },
+        VcpuExit::IrqWindowOpen => ExitInfo { kind: ExitKind::IrqWindow, address: 0, len: 0, value: 0 },
+        other => {
+            let what = format!("{other:?}");
+            let rip = machine.vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+            return Err(VmmError::VcpuFailed(if what == "InternalError" {
+                format!("KVM internal error (its emulator could not run the guest) at rip {rip:#x}")
+            } else {
+                format!("unexpected exit {what} at rip {rip:#x}")
+            }));
+        }
+    };
+    Ok(Entered::Exit(ExitInfo { len: element_size(&mut machine.vcpu, payload.len()), value: summary(payload), ..info }))
+}
+
+/// The size of one element of the access: the I/O size for port I/O (string I/O moves several),
+/// the whole access for MMIO.
+fn element_size(vcpu: &mut VcpuFd, total: usize) -> u8 {
+    let run = vcpu.get_kvm_run();
+    if run.exit_reason == kvm_bindings::KVM_EXIT_IO {
+        // SAFETY: the exit reason says the io member of the union is the live one.
+        unsafe { run.__bindgen_anon_1.io.size }
+    } else {
+        total.min(255) as u8
+    }
+}
+
+/// The bytes written, as the exit signature holds them.
+fn summary(data: &[u8]) -> u64 {
+    if data.len() <= 8 {
+        let mut bytes = [0u8; 8];
+        bytes[..data.len()].copy_from_slice(data);
+        u64::from_le_bytes(bytes)
+    } else {
+        data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+    }
+}
+
+fn finish(machine: &mut Machine, outcome: IoOutcome) -> RunOutcome {
+    match outcome {
         IoOutcome::PowerOff(code) => RunOutcome::PowerOff(code),
         IoOutcome::Reset => RunOutcome::Reset,
         IoOutcome::GuestPanic(code) => {
             let rip = machine.vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
             RunOutcome::GuestPanic { code, rip }
         }
-        IoOutcome::Continue => unreachable!("finish is only called for outcomes that end the run"),
-    };
-    Ok((outcome, stats))
+        IoOutcome::Continue => RunOutcome::Stopped("the run ended without a reason".into()),
+    }
 }
 
-fn deliver_world_events(machine: &mut Machine, world: &mut dyn EventSource, at: Landmark) {
+fn deliver_world_events(machine: &mut Machine, world: &mut dyn Session, at: Landmark) {
     for event in world.poll(at, machine.board.deadlines()) {
         machine.board.apply(&event);
     }
 }
 
 /// The guest executed HLT: wait, as the CPU would, until an interrupt can wake it.
-fn wait_for_interrupt(machine: &mut Machine, world: &mut dyn EventSource, at: Landmark) -> Result<Option<RunOutcome>> {
+fn wait_for_interrupt(machine: &mut Machine, session: &mut dyn Session, at: Landmark) -> Result<Option<RunOutcome>> {
     while !machine.board.interrupt_pending() {
         if machine.vcpu.get_kvm_run().if_flag == 0 {
             let rip = machine.vcpu.get_regs().map_err(kvm("read registers"))?.rip;
@@ -300,11 +331,11 @@ fn wait_for_interrupt(machine: &mut Machine, world: &mut dyn EventSource, at: La
                 "the guest halted with interrupts disabled at rip {rip:#x}: it can never wake up"
             ))));
         }
-        world.wait_idle(at, machine.board.deadlines());
-        if let Some(reason) = world.stop_reason() {
+        session.wait_idle(at, machine.board.deadlines());
+        if let Some(reason) = session.stop_reason() {
             return Ok(Some(RunOutcome::Stopped(reason)));
         }
-        deliver_world_events(machine, world, at);
+        deliver_world_events(machine, session, at);
     }
     Ok(None)
 }
@@ -313,7 +344,7 @@ fn wait_for_interrupt(machine: &mut Machine, world: &mut dyn EventSource, at: La
 /// as it can.
 fn inject_pending_interrupt(
     machine: &mut Machine,
-    observer: &mut dyn RunObserver,
+    session: &mut dyn Session,
     at: Landmark,
     stats: &mut ExitStats,
 ) -> Result<()> {
@@ -337,12 +368,12 @@ fn inject_pending_interrupt(
         return Err(VmmError::Kvm { what: "inject an interrupt", source: kvm_ioctls::Error::last() });
     }
     stats.interrupts_injected += 1;
-    observer.on_interrupt(at, vector)
+    session.on_interrupt(at, vector)
 }
 
 /// Arms the kick for when the earliest timer is due plus the bound; or at once plus the bound if
 /// an interrupt already waits for the guest to open its window.
-fn arm_kick(kicker: &Kicker, machine: &Machine, world: &dyn EventSource, bound: Duration) -> Result<()> {
+fn arm_kick(kicker: &Kicker, machine: &Machine, world: &dyn Session, bound: Duration) -> Result<()> {
     let wait = if machine.board.interrupt_pending() {
         Some(Duration::ZERO)
     } else {
@@ -376,11 +407,4 @@ fn copy_to_run(vcpu: &mut VcpuFd, answer: &[u8]) {
         }
         _ => {}
     }
-}
-
-fn le_value(data: &[u8]) -> u64 {
-    let mut bytes = [0u8; 8];
-    let len = data.len().min(8);
-    bytes[..len].copy_from_slice(&data[..len]);
-    u64::from_le_bytes(bytes)
 }
