@@ -66,7 +66,9 @@ impl fmt::Display for ExitSignature {
     }
 }
 
-/// blake3 over the concatenated signatures of exits 1..=n.
+/// blake3 over the concatenated signatures of exits `start + 1..=n`, where `start` is 0 for a
+/// boot, or the exit count it was (re)started at ([`RunningDigest::starting_at`]: a log that
+/// starts from a snapshot, or a snapshot mark in the log).
 ///
 /// blake3 rather than a 64-bit chain: folding costs about a hundred nanoseconds per exit (the
 /// hasher buffers 64-byte blocks), negligible at tens of thousands of exits per second, and a
@@ -76,6 +78,7 @@ impl fmt::Display for ExitSignature {
 pub struct RunningDigest {
     hasher: blake3::Hasher,
     exits: u64,
+    start: u64,
 }
 
 impl RunningDigest {
@@ -89,7 +92,13 @@ impl RunningDigest {
         Self {
             hasher: blake3::Hasher::new(),
             exits,
+            start: exits,
         }
+    }
+
+    /// The exit count the digest started at: it covers exits `start() + 1..=exits()`.
+    pub fn start(&self) -> u64 {
+        self.start
     }
 
     /// Folds the next exit; returns its number (1 for the first exit).
@@ -104,7 +113,7 @@ impl RunningDigest {
         self.exits
     }
 
-    /// The digest over all exits folded so far.
+    /// The digest over all exits folded so far (since [`Self::start`]).
     pub fn digest(&self) -> [u8; 32] {
         *self.hasher.finalize().as_bytes()
     }
@@ -139,5 +148,19 @@ mod tests {
         c.fold(&sig(2));
         assert_eq!(a.digest(), c.digest());
         assert_eq!(c.exits(), 2);
+    }
+
+    #[test]
+    fn a_restarted_digest_covers_only_later_exits() {
+        let mut a = RunningDigest::new();
+        a.fold(&sig(1));
+        a.fold(&sig(2));
+        let mut b = RunningDigest::starting_at(1);
+        assert_eq!((b.start(), b.exits()), (1, 1));
+        assert_eq!(b.fold(&sig(2)), 2);
+        let mut c = RunningDigest::new();
+        c.fold(&sig(2));
+        assert_eq!(b.digest(), c.digest());
+        assert_ne!(a.digest(), b.digest());
     }
 }

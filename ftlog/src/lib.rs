@@ -7,6 +7,10 @@
 //!   injected interrupt and each preemption checkpoint;
 //! - replay/backup: pass a [`ReplayWorld`] instead and make the same calls on it
 //!   ([`ReplayWorld::check_exit`], [`ReplayWorld::expect_interrupt`], ...) at the same points.
+//! - snapshots: when the primary saves a snapshot at an exit boundary it calls
+//!   [`RecordingWorld::mark_snapshot`]; a replay from boot calls
+//!   [`ReplayWorld::pass_snapshot_mark`] at every exit boundary, and a replay that restores the
+//!   snapshot calls [`ReplayWorld::skip_to_snapshot`] first (see the `replay` module docs).
 
 pub mod checkpoint;
 pub mod digest;

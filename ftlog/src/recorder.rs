@@ -20,6 +20,21 @@ pub struct LogStats {
 }
 
 impl LogStats {
+    /// The counts of records after `earlier` (e.g. the recorder's stats when it wrote a snapshot
+    /// mark): what a replay from that mark counts. `exits` is a position, not a count of
+    /// records, and is kept as it is.
+    pub fn since(&self, earlier: &LogStats) -> LogStats {
+        LogStats {
+            exits: self.exits,
+            clock_reads: self.clock_reads.saturating_sub(earlier.clock_reads),
+            world_events: self.world_events.saturating_sub(earlier.world_events),
+            interrupts: self.interrupts.saturating_sub(earlier.interrupts),
+            inputs: self.inputs.saturating_sub(earlier.inputs),
+            checkpoints: self.checkpoints.saturating_sub(earlier.checkpoints),
+            exit_digests: self.exit_digests.saturating_sub(earlier.exit_digests),
+        }
+    }
+
     /// Inputs the world chose: clock values, world events, device inputs and interrupt
     /// injections.
     pub fn events(&self) -> u64 {
@@ -69,7 +84,9 @@ impl<S: EventSource, W: Write> RecordingWorld<S, W> {
     }
 
     /// Folds the next deterministic exit into the running digest and, every K exits, logs the
-    /// digest. Returns the exit's landmark `Exit(n)`. Call it at the same point of exit handling
+    /// digest. The cadence is absolute: an ExitDigest is written at every `Exit(n)` with `n` a
+    /// multiple of K, whatever the log's start or its snapshot marks; it covers the exits since
+    /// the digest last restarted (the log's start or the last mark). Returns the exit's landmark `Exit(n)`. Call it at the same point of exit handling
     /// as the replayer's `check_exit`, once per exit.
     pub fn record_exit(&mut self, sig: &ExitSignature) -> Result<Landmark, LogError> {
         self.check()?;
@@ -104,7 +121,45 @@ impl<S: EventSource, W: Write> RecordingWorld<S, W> {
         Ok(())
     }
 
-    /// Writes the End record and flushes.
+    /// Marks a snapshot the VMM saves now, at the exit boundary `Exit(exits)`: after exit
+    /// `exits` was handled (and recorded), before the world's events and interrupts at
+    /// `Exit(exits)`. `exits` must be the recorder's exit count ([`Self::exits`]) and nothing
+    /// may have been recorded past `Exit(exits)` yet; otherwise nothing is written and
+    /// [`LogError::MisplacedSnapshotMark`] is returned (the log stays good).
+    ///
+    /// Writes [`Record::SnapshotMark`] and restarts the running digest at `exits`
+    /// ([`RunningDigest::starting_at`]): the following ExitDigest records (still at absolute
+    /// multiples of K) and the End's `exit_digest` cover only exits after the mark, so a replay
+    /// that starts from the snapshot ([`crate::ReplayWorld::skip_to_snapshot`]) can check them.
+    /// The stats are not reset: they count the whole log. The mark is buffered like every
+    /// record; [`Self::flush`] (or `log_mut().sync()`) if the snapshot must not outlive the log.
+    pub fn mark_snapshot(&mut self, exits: u64) -> Result<(), LogError> {
+        self.check()?;
+        let recorded = self.digest.exits();
+        let here = Landmark::Exit(recorded);
+        let at = match self.last {
+            (n, 1) => Landmark::Preempt(n),
+            (n, _) => Landmark::Exit(n),
+        };
+        let at = if landmark_key(at) > landmark_key(here) {
+            at
+        } else {
+            here
+        };
+        if exits != recorded || at != here {
+            return Err(LogError::MisplacedSnapshotMark {
+                offset: self.log.offset(),
+                requested: exits,
+                at,
+            });
+        }
+        self.write(&Record::SnapshotMark { exits })?;
+        self.digest = RunningDigest::starting_at(exits);
+        Ok(())
+    }
+
+    /// Writes the End record and flushes. Its `exit_digest` is the running digest since it last
+    /// restarted (the log's start or the last snapshot mark), like the ExitDigest records.
     pub fn finish(
         mut self,
         exit_code: u32,

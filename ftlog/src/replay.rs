@@ -12,6 +12,21 @@
 //!   consumed; one left over is a divergence at *its* landmark (e.g. an interrupt the replayed
 //!   guest did not take where the primary's did).
 //!
+//! # Snapshots
+//! A [`Record::SnapshotMark`] says the primary saved a snapshot at the exit boundary
+//! `Exit(n)` (after exit n was handled, before the world's events and interrupts at `Exit(n)`),
+//! and restarted its running exit digest there. Both ways of replaying restart theirs at the
+//! same point, so every later ExitDigest and the End compare equal:
+//! - a replay from boot calls [`ReplayWorld::pass_snapshot_mark`] at every exit boundary (the
+//!   top of the vCPU loop, before polling); it consumes the mark when it is there. A mark left
+//!   unpassed is a divergence at its landmark when the replay moves on, like any record;
+//! - a replay that starts by restoring the snapshot calls [`ReplayWorld::skip_to_snapshot`]
+//!   first, then runs from `Exit(n)` exactly as the primary did after saving it (calling
+//!   `pass_snapshot_mark` at every boundary too, for later marks).
+//!
+//! ExitDigest records stay at absolute multiples of K (the recorder's cadence never depends on
+//! marks); each covers the exits since the last restart.
+//!
 //! # Errors
 //! `EventSource` methods cannot fail, so the first divergence or log error is latched: from then
 //! on the trait methods return benign values (clock 0, no events) and consume nothing, and every
@@ -61,13 +76,17 @@ pub enum ReplayError {
     Diverged(#[from] Divergence),
     #[error("bad log: {0}")]
     Log(#[from] LogError),
+    /// [`ReplayWorld::skip_to_snapshot`] did not find the mark; `found` says what it found
+    /// instead (a record past the boundary, or the end of the log).
+    #[error("no snapshot mark at exit {exits} in the log (found {found} first)")]
+    NoSnapshotMark { exits: u64, found: String },
 }
 
 impl ReplayError {
     pub fn divergence(&self) -> Option<&Divergence> {
         match self {
             ReplayError::Diverged(d) => Some(d),
-            ReplayError::Log(_) => None,
+            ReplayError::Log(_) | ReplayError::NoSnapshotMark { .. } => None,
         }
     }
 }
@@ -136,7 +155,10 @@ impl<R: Read> ReplayWorld<R> {
         self.error.as_ref()
     }
 
-    /// Counts of what has been replayed, comparable with the recorder's.
+    /// Counts of what has been replayed, comparable with the recorder's. After
+    /// [`Self::skip_to_snapshot`] the counters count only records after the mark (compare with
+    /// the recorder's final stats [`LogStats::since`] its stats at the mark), while `exits` is,
+    /// as always, the absolute exit count.
     pub fn stats(&self) -> LogStats {
         LogStats {
             exits: self.digest.exits(),
@@ -258,6 +280,107 @@ impl<R: Read> ReplayWorld<R> {
             Some(Record::End(end)) => Some(end),
             _ => None,
         }
+    }
+
+    /// At the exit boundary `Exit(exits)` of a replay (the top of the vCPU loop, where the
+    /// primary may have saved a snapshot: after exit `exits` was handled, before polling at
+    /// `Exit(exits)`): if the next record is the snapshot mark for `exits`, consumes it (and any
+    /// duplicate of it), restarts the running digest there as the recorder did, and returns
+    /// true. Returns false if the next record is anything else, including the mark of a later
+    /// boundary (nothing was recorded between here and there). A mark of an earlier exit count
+    /// is a divergence at that mark's landmark, and so is `exits` differing from the replayed
+    /// exit count ([`Self::exits`]) when a mark for it is next. Cheap: one comparison of the
+    /// lookahead record when there is no mark. Call it with the exit count at a `Preempt(n)`
+    /// boundary too if that is simpler: the mark of `Exit(n)` has been passed by then.
+    pub fn pass_snapshot_mark(&mut self, exits: u64) -> Result<bool, ReplayError> {
+        self.check()?;
+        let Some(Record::SnapshotMark { exits: mark }) = self.head else {
+            return Ok(false);
+        };
+        if mark > exits {
+            return Ok(false);
+        }
+        let replayed = self.digest.exits();
+        if mark < exits {
+            let at = Landmark::Exit(mark);
+            self.diverge(
+                at,
+                format!("snapshot mark at {at}"),
+                format!("nothing at {at} (replay at the exit boundary Exit({exits}))"),
+            );
+        } else if exits != replayed {
+            let expected = self.describe_head();
+            self.diverge(
+                Landmark::Exit(replayed),
+                expected,
+                format!("a snapshot mark check at Exit({exits}) after {replayed} replayed exits"),
+            );
+        }
+        self.check()?;
+        while matches!(self.head, Some(Record::SnapshotMark { exits: m }) if m == exits) {
+            self.consume();
+        }
+        self.restart_digest(exits);
+        self.check().map(|()| true)
+    }
+
+    /// Prepares a replay that starts from the snapshot saved at `Exit(exits)`: consumes every
+    /// record up to and including [`Record::SnapshotMark`] `{ exits }` without checking them
+    /// (they describe the run up to the snapshot, which the restored machine already is), and
+    /// then stands at the exit boundary `Exit(exits)` exactly as the primary did after saving:
+    /// the next calls are the poll and interrupts at `Exit(exits)`, then `check_exit` of
+    /// `Exit(exits + 1)`.
+    ///
+    /// The running digest restarts at `exits` like the recorder's did, so later ExitDigest
+    /// records and [`Self::finish`] (whose exit count stays absolute) are checked. The last
+    /// skipped monotonic clock value is kept for [`EventSource::monotonic_now`]. [`Self::stats`]
+    /// counts records from the mark on. Call it on a fresh replay, before anything else.
+    ///
+    /// If a record past `Exit(exits)`, the End or the end of the log comes first, returns (and
+    /// latches) [`ReplayError::NoSnapshotMark`]; a damaged log is reported as
+    /// [`ReplayError::Log`].
+    pub fn skip_to_snapshot(&mut self, exits: u64) -> Result<(), ReplayError> {
+        self.check()?;
+        let boundary = landmark_key(Landmark::Exit(exits));
+        loop {
+            let missing = match &self.head {
+                Some(Record::SnapshotMark { exits: mark }) if *mark == exits => break,
+                None => Some("the end of the log".to_string()),
+                Some(record @ Record::End(_)) => Some(record.to_string()),
+                Some(record)
+                    if record
+                        .landmark()
+                        .is_some_and(|at| landmark_key(at) > boundary) =>
+                {
+                    Some(record.to_string())
+                }
+                Some(Record::ClockRead {
+                    clock: ClockId::Monotonic,
+                    value,
+                    ..
+                }) => {
+                    self.last_monotonic = *value;
+                    None
+                }
+                Some(_) => None,
+            };
+            if let Some(found) = missing {
+                let error = ReplayError::NoSnapshotMark { exits, found };
+                self.error = Some(error.clone());
+                return Err(error);
+            }
+            self.consume();
+            self.check()?;
+        }
+        while matches!(self.head, Some(Record::SnapshotMark { exits: m }) if m == exits) {
+            self.consume();
+        }
+        self.check()?;
+        self.restart_digest(exits);
+        self.current = Some(Landmark::Exit(exits));
+        self.stats = LogStats::default();
+        self.idle_mark = None;
+        Ok(())
     }
 
     /// The replayed run ended: the log must end here too, after as many exits, with the same
@@ -396,6 +519,13 @@ impl<R: Read> ReplayWorld<R> {
         true
     }
 
+    /// Restarts the running digest at `exits`, as the recorder did at a snapshot mark.
+    fn restart_digest(&mut self, exits: u64) {
+        self.digest = RunningDigest::starting_at(exits);
+        self.verified = exits;
+        self.recent.clear();
+    }
+
     fn compare_digest(&mut self, at: Landmark, recorded: &[u8; 32]) {
         let replayed = self.digest.digest();
         let n = self.digest.exits();
@@ -407,7 +537,11 @@ impl<R: Read> ReplayWorld<R> {
         let recent: Vec<String> = self.recent.iter().map(ToString::to_string).collect();
         self.diverge(
             at,
-            format!("exit digest {} over Exit(1)..=Exit({n})", hex(recorded)),
+            format!(
+                "exit digest {} over Exit({})..=Exit({n})",
+                hex(recorded),
+                self.digest.start() + 1
+            ),
             format!(
                 "exit digest {} (a replayed exit in Exit({})..=Exit({n}) differs; last replayed: [{}])",
                 hex(&replayed),

@@ -46,6 +46,7 @@ fn record() -> impl Strategy<Value = Record> {
                 kind: InputKind::DiskRead { device },
                 data
             }),
+        any::<u64>().prop_map(|exits| Record::SnapshotMark { exits }),
     ]
 }
 
@@ -217,6 +218,7 @@ fn every_cut_and_every_flip_of_one_log() {
             exits: 64,
             digest: [9; 32],
         },
+        Record::SnapshotMark { exits: 64 },
     ];
     let e = End {
         exits: 64,
@@ -374,4 +376,81 @@ fn throughput() {
         mb / dec.as_secs_f64(),
         dec.as_nanos() as f64 / n as f64
     );
+}
+
+/// One record unit framed by hand: `len u32 | lchk u8 | body | crc32c u32`.
+fn frame(body: &[u8]) -> Vec<u8> {
+    let len = body.len() as u32;
+    let mut unit = len.to_le_bytes().to_vec();
+    unit.push(len.to_le_bytes().iter().fold(0xA5, |acc, b| acc ^ b));
+    unit.extend_from_slice(body);
+    let crc = crc32c::crc32c(&unit);
+    unit.extend_from_slice(&crc.to_le_bytes());
+    unit
+}
+
+#[test]
+fn a_snapshot_mark_has_the_documented_layout_and_is_checked() {
+    let h = LogHeader {
+        image_digest: [3; 32],
+        memory_size: 1 << 20,
+        cmdline: String::new(),
+        kernel_path: None,
+        preemption_bound_ns: 0,
+        exit_digest_interval: 8,
+        created_unix_ns: 0,
+        start_exits: 0,
+    };
+    let mark = Record::SnapshotMark {
+        exits: 0x0102_0304_0506_0708,
+    };
+    assert_eq!(mark.kind() as u8, 8);
+    assert_eq!(mark.landmark(), Some(Landmark::Exit(0x0102_0304_0506_0708)));
+    assert_eq!(
+        mark.to_string(),
+        format!("snapshot mark at Exit({})", 0x0102_0304_0506_0708u64)
+    );
+    let mut writer = LogWriter::new(Vec::new(), &h).unwrap();
+    let header_len = writer.offset() as usize;
+    writer.write(&mark).unwrap();
+    let bytes = writer.into_inner().unwrap();
+    // Still a version 1 log: kind 8 is an addition, not a format change.
+    assert_eq!(&bytes[8..10], &1u16.to_le_bytes());
+    let mut body = vec![8u8];
+    body.extend_from_slice(&0x0102_0304_0506_0708u64.to_le_bytes());
+    assert_eq!(&bytes[header_len..], &frame(&body)[..]);
+
+    // Well-framed bodies that are too short or too long are corruption at that record.
+    let header = h.encode().unwrap();
+    for bad in [vec![8u8], vec![8, 1, 2, 3, 4, 5, 6, 7], {
+        let mut long = body.clone();
+        long.push(0);
+        long
+    }] {
+        let mut log = header.clone();
+        log.extend_from_slice(&frame(&bad));
+        match LogReader::new(&log[..]).unwrap().open_ended().read_all() {
+            Err(LogError::Corrupt { offset, reason }) => {
+                assert_eq!(offset, header.len() as u64);
+                assert!(
+                    matches!(
+                        reason,
+                        ftlog::Corruption::Short("exits") | ftlog::Corruption::TrailingBytes(1)
+                    ),
+                    "{reason:?}"
+                );
+            }
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+    // An unknown kind (the next one after the mark) is still corruption, not a new record.
+    let mut log = header.clone();
+    log.extend_from_slice(&frame(&[9, 0]));
+    assert!(matches!(
+        LogReader::new(&log[..]).unwrap().open_ended().read_all(),
+        Err(LogError::Corrupt {
+            reason: ftlog::Corruption::UnknownKind(9),
+            ..
+        })
+    ));
 }

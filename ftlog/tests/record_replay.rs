@@ -52,6 +52,10 @@ trait Side: EventSource {
     fn preempted(&mut self, at: Landmark, acc: u64);
     /// Replayer: load the next preemption's checkpoint instead of running.
     fn replace_run(&mut self, count: u64, acc: &mut u64) -> bool;
+    /// At the exit boundary `Exit(count)`: the primary saves a snapshot if `snapshot`; the
+    /// replayer passes a mark if there is one. Returns whether a mark was written / passed.
+    fn boundary(&mut self, count: u64, snapshot: bool) -> bool;
+    fn counts(&self) -> ftlog::LogStats;
 }
 
 impl<W: std::io::Write> Side for RecordingWorld<FakeWorld, W> {
@@ -67,6 +71,15 @@ impl<W: std::io::Write> Side for RecordingWorld<FakeWorld, W> {
     }
     fn replace_run(&mut self, _count: u64, _acc: &mut u64) -> bool {
         false
+    }
+    fn boundary(&mut self, count: u64, snapshot: bool) -> bool {
+        if snapshot {
+            self.mark_snapshot(count).expect("mark snapshot");
+        }
+        snapshot
+    }
+    fn counts(&self) -> ftlog::LogStats {
+        self.stats()
     }
 }
 
@@ -91,6 +104,17 @@ impl<R: std::io::Read> Side for ReplayWorld<R> {
         }
         true
     }
+    fn boundary(&mut self, count: u64, _snapshot: bool) -> bool {
+        PASS_MARKS.with(|pass| pass.get()) && self.pass_snapshot_mark(count).unwrap_or(false)
+    }
+    fn counts(&self) -> ftlog::LogStats {
+        self.stats()
+    }
+}
+
+thread_local! {
+    /// Whether the model replayer passes snapshot marks (false: a VMM that ignores them).
+    static PASS_MARKS: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
 }
 
 fn mix(acc: u64, v: u64) -> u64 {
@@ -99,19 +123,80 @@ fn mix(acc: u64, v: u64) -> u64 {
         .rotate_left(17)
 }
 
+/// The model machine's whole state at the top of its loop: what a snapshot saves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Machine {
+    acc: u64,
+    count: u64,
+    at: Landmark,
+    pending: bool,
+    kicks_here: u32,
+}
+
+const BOOT: Machine = Machine {
+    acc: 1,
+    count: 0,
+    at: Landmark::Exit(0),
+    pending: false,
+    kicks_here: 0,
+};
+
+/// A snapshot saved (primary) or a mark passed (replay) at an exit boundary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Snapshot {
+    machine: Machine,
+    /// Trace entries before it.
+    trace_len: usize,
+    /// The side's stats when it was taken.
+    stats: ftlog::LogStats,
+}
+
 /// A model of the vCPU loop (the shape of vmm's `run_from`): world events and interrupts at the
 /// top of the loop, preemptions before entry, clock reads during exit handling. Returns the
 /// guest's final state and a trace of every answer the world gave.
 fn drive(side: &mut impl Side, exits: u64, primary: bool) -> (u64, Vec<String>) {
-    let mut acc = 1u64;
+    let (acc, trace, _) = drive_from(side, BOOT, exits, primary, &[]);
+    (acc, trace)
+}
+
+/// [`drive`] from `machine` (boot or a restored snapshot); the primary saves a snapshot at
+/// each exit boundary in `snapshots`, the replayer passes marks at every exit boundary.
+fn drive_from(
+    side: &mut impl Side,
+    machine: Machine,
+    exits: u64,
+    primary: bool,
+    snapshots: &[u64],
+) -> (u64, Vec<String>, Vec<Snapshot>) {
+    let Machine {
+        mut acc,
+        mut count,
+        mut at,
+        mut pending,
+        mut kicks_here,
+    } = machine;
     let mut trace = Vec::new();
-    let mut count = 0;
-    let mut at = Landmark::Exit(0);
-    let mut pending = false;
-    let mut kicks_here = 0;
+    let mut taken = Vec::new();
     loop {
         if side.stop_reason().is_some() {
             break;
+        }
+        if at == Landmark::Exit(count) {
+            let machine = Machine {
+                acc,
+                count,
+                at,
+                pending,
+                kicks_here,
+            };
+            let stats = side.counts();
+            if side.boundary(count, primary && snapshots.contains(&count)) {
+                taken.push(Snapshot {
+                    machine,
+                    trace_len: trace.len(),
+                    stats,
+                });
+            }
         }
         for event in side.poll(at, Deadlines::default()) {
             trace.push(format!("{at}: {event:?}"));
@@ -165,7 +250,7 @@ fn drive(side: &mut impl Side, exits: u64, primary: bool) -> (u64, Vec<String>) 
             acc = mix(acc, v);
         }
     }
-    (acc, trace)
+    (acc, trace, taken)
 }
 
 fn header(k: u32) -> LogHeader {
@@ -475,4 +560,394 @@ fn a_failed_log_write_stops_the_recording() {
         value: 0,
     };
     assert!(matches!(world.record_exit(&sig), Err(LogError::Io { .. })));
+}
+
+struct MarkedRecording {
+    rec: Recording,
+    end: End,
+    snapshots: Vec<Snapshot>,
+}
+
+/// A recording that saves snapshots at the exit boundaries in `marks`.
+fn record_with_marks(k: u32, marks: &[u64]) -> MarkedRecording {
+    let mut world =
+        RecordingWorld::new(FakeWorld { now: 0, polls: 0 }, Vec::new(), &header(k)).unwrap();
+    let (acc, trace, snapshots) = drive_from(&mut world, BOOT, EXITS, true, marks);
+    assert_eq!(
+        snapshots
+            .iter()
+            .map(|s| s.machine.count)
+            .collect::<Vec<_>>(),
+        marks
+    );
+    let recorded = world.finish(0, Some([acc as u8; 32])).unwrap();
+    MarkedRecording {
+        rec: Recording {
+            log: recorded.writer,
+            acc,
+            trace,
+            stats: recorded.stats,
+        },
+        end: recorded.end,
+        snapshots,
+    }
+}
+
+fn records(log: &[u8]) -> Vec<Record> {
+    LogReader::new(log).unwrap().map(|r| r.unwrap().1).collect()
+}
+
+/// Restores `snapshot` and replays the rest of the log from its mark.
+fn replay_from<'a>(
+    log: &'a [u8],
+    snapshot: &Snapshot,
+) -> (ReplayWorld<&'a [u8]>, u64, Vec<String>) {
+    let mut world = ReplayWorld::new(log).unwrap();
+    world
+        .skip_to_snapshot(snapshot.machine.count)
+        .expect("the mark is in the log");
+    let (acc, trace, _) = drive_from(&mut world, snapshot.machine, EXITS, false, &[]);
+    (world, acc, trace)
+}
+
+#[test]
+fn a_snapshot_replays_from_boot_and_from_its_mark_to_the_recorded_end() {
+    let mark_sets: &[&[u64]] = &[
+        &[0],
+        &[5],
+        &[13],
+        &[20],
+        &[EXITS],
+        &[5, 20],
+        &[0, 11, 12, 40],
+    ];
+    for k in [1, 4, 7, 64] {
+        for &marks in mark_sets {
+            let m = record_with_marks(k, marks);
+            let what = format!("K={k}, marks {marks:?}");
+            let in_log: Vec<u64> = records(&m.rec.log)
+                .iter()
+                .filter_map(|r| match r {
+                    Record::SnapshotMark { exits } => Some(*exits),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(in_log, marks, "{what}");
+            // The mark follows exit n's records (its digest at a K boundary) and precedes the
+            // events at Exit(n).
+            for r in records(&m.rec.log).windows(2) {
+                if let [Record::SnapshotMark { exits }, next] = r {
+                    assert!(
+                        !matches!(next, Record::ExitDigest { exits: e, .. } if e == exits),
+                        "{what}"
+                    );
+                }
+            }
+
+            // From boot, passing every mark: the same answers, counts and end.
+            let mut world = ReplayWorld::new(&m.rec.log[..]).unwrap();
+            let (acc, trace, passed) = drive_from(&mut world, BOOT, EXITS, false, &[]);
+            assert!(world.error().is_none(), "{what}: {:?}", world.error());
+            assert_eq!((acc, &trace), (m.rec.acc, &m.rec.trace), "{what}");
+            assert_eq!(
+                passed, m.snapshots,
+                "{what}: marks passed where they were written"
+            );
+            assert_eq!(world.stats(), m.rec.stats, "{what}");
+            let end = world.finish(Some(0), Some([acc as u8; 32])).expect(&what);
+            assert_eq!(end, m.end, "{what}");
+
+            // From each mark: the rest of the answers, the counts since the mark, the same end.
+            for snapshot in &m.snapshots {
+                let what = format!("{what}, from Exit({})", snapshot.machine.count);
+                let (mut world, acc, trace) = replay_from(&m.rec.log, snapshot);
+                assert!(world.error().is_none(), "{what}: {:?}", world.error());
+                assert_eq!(acc, m.rec.acc, "{what}");
+                assert_eq!(trace, m.rec.trace[snapshot.trace_len..], "{what}");
+                assert_eq!(world.stats(), m.rec.stats.since(&snapshot.stats), "{what}");
+                let end = world.finish(Some(0), Some([acc as u8; 32])).expect(&what);
+                assert_eq!(end, m.end, "{what}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_end_digest_covers_the_exits_since_the_last_mark() {
+    let with = record_with_marks(64, &[20]);
+    let without = record(64);
+    assert_eq!(with.end.exits, without_end(&without.log).exits);
+    assert_ne!(with.end.exit_digest, without_end(&without.log).exit_digest);
+    // A replay from the mark checks the End's digest: damage it and the end diverges.
+    let log = rewrite(&with.rec.log, |records| {
+        if let Some(Record::End(end)) = records.last_mut() {
+            end.exit_digest[0] ^= 1;
+        }
+    });
+    let (mut world, acc, _) = replay_from(&log, &with.snapshots[0]);
+    assert!(world.error().is_none());
+    let err = world.finish(Some(0), Some([acc as u8; 32])).unwrap_err();
+    let d = err.divergence().expect("a divergence");
+    assert_eq!(d.at, Landmark::Exit(EXITS));
+    assert!(d.expected.contains("over Exit(21)..=Exit(40)"), "{d}");
+}
+
+fn without_end(log: &[u8]) -> End {
+    match records(log).pop() {
+        Some(Record::End(end)) => end,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn exit_digests_after_the_mark_are_checked_by_a_replay_from_it() {
+    // K = 4, mark at 13: the first digest after the mark (Exit(16)) covers 14..=16 only.
+    let m = record_with_marks(4, &[13]);
+    let log = rewrite(&m.rec.log, |records| {
+        let mark = records
+            .iter()
+            .position(|r| matches!(r, Record::SnapshotMark { .. }))
+            .unwrap();
+        // Change the first clock value after the mark (read at Exit(15), taken after exit 15).
+        let i = mark
+            + records[mark..]
+                .iter()
+                .position(|r| matches!(r, Record::ClockRead { .. }))
+                .unwrap();
+        assert_eq!(records[i].landmark(), Some(Landmark::Exit(15)));
+        if let Record::ClockRead { value, .. } = &mut records[i] {
+            *value += 1;
+        }
+    });
+    let (world, _, _) = replay_from(&log, &m.snapshots[0]);
+    let d = divergence(&world);
+    assert_eq!(d.at, Landmark::Exit(16), "{d}");
+    assert!(d.expected.contains("over Exit(14)..=Exit(16)"), "{d}");
+    assert!(d.got.contains("in Exit(14)..=Exit(16) differs"), "{d}");
+
+    // A damaged value before the mark is not looked at by a replay from the mark, but
+    // monotonic_now continues from the last monotonic value before it.
+    let log = rewrite(&m.rec.log, |records| {
+        let (i, n) = first_clock_read(records);
+        assert!(n < 13);
+        if let Record::ClockRead { value, .. } = &mut records[i] {
+            *value += 1;
+        }
+    });
+    let last_monotonic = records(&log)
+        .iter()
+        .take_while(|r| !matches!(r, Record::SnapshotMark { .. }))
+        .filter_map(|r| match r {
+            Record::ClockRead {
+                clock: ClockId::Monotonic,
+                value,
+                ..
+            } => Some(*value),
+            _ => None,
+        })
+        .last()
+        .unwrap();
+    let mut world = ReplayWorld::new(&log[..]).unwrap();
+    world.skip_to_snapshot(13).unwrap();
+    assert_eq!(world.monotonic_now(), last_monotonic);
+    assert_eq!(world.stats().exits, 13);
+    assert_eq!(world.stats().events(), 0);
+    let (mut world, acc, _) = replay_from(&log, &m.snapshots[0]);
+    assert!(world.error().is_none(), "{:?}", world.error());
+    world.finish(Some(0), Some([acc as u8; 32])).unwrap();
+}
+
+#[test]
+fn a_mark_at_the_wrong_exit_count_diverges() {
+    let m = record_with_marks(1, &[20]);
+    let moved = |to: u64| {
+        rewrite(&m.rec.log, |records| {
+            for r in records.iter_mut() {
+                if let Record::SnapshotMark { exits } = r {
+                    *exits = to;
+                }
+            }
+        })
+    };
+    // Earlier than where it is: a mark the replay did not pass where the log says.
+    let log = moved(17);
+    let (world, _, _) = replay(&log);
+    let d = divergence(&world);
+    assert_eq!(d.at, Landmark::Exit(17), "{d}");
+    assert!(d.expected.contains("snapshot mark at Exit(17)"), "{d}");
+    // Later: the replay reaches Exit(21) with the mark still ahead of exit 21's digest.
+    let log = moved(23);
+    let (world, _, _) = replay(&log);
+    let d = divergence(&world);
+    assert_eq!(d.at, Landmark::Exit(21), "{d}");
+    assert_eq!(d.expected, "snapshot mark at Exit(23)");
+    // A replay from boot that never passes marks diverges at the mark when it moves on.
+    PASS_MARKS.with(|pass| pass.set(false));
+    let (world, _, _) = replay(&m.rec.log);
+    PASS_MARKS.with(|pass| pass.set(true));
+    let d = divergence(&world);
+    assert_eq!(d.at, Landmark::Exit(20), "{d}");
+    assert_eq!(d.expected, "snapshot mark at Exit(20)");
+    // After skip_to_snapshot the mark is behind: passing it again finds nothing.
+    let mut world = ReplayWorld::new(&m.rec.log[..]).unwrap();
+    world.skip_to_snapshot(20).unwrap();
+    assert!(!world.pass_snapshot_mark(20).unwrap());
+    // pass_snapshot_mark for a count other than the replayed one, with that count's mark next.
+    let log = rewrite(&m.rec.log, |records| {
+        let i = records
+            .iter()
+            .position(|r| matches!(r, Record::SnapshotMark { .. }))
+            .unwrap();
+        records.insert(0, records[i].clone());
+    });
+    let mut world = ReplayWorld::new(&log[..]).unwrap();
+    let err = world.pass_snapshot_mark(20).unwrap_err();
+    assert!(err.to_string().contains("after 0 replayed exits"), "{err}");
+}
+
+#[test]
+fn skipping_to_a_mark_the_log_does_not_have_is_an_error() {
+    let plain = record(4);
+    let mut world = ReplayWorld::new(&plain.log[..]).unwrap();
+    let err = world.skip_to_snapshot(20).unwrap_err();
+    assert!(matches!(err, ReplayError::NoSnapshotMark { exits: 20, .. }));
+    assert!(
+        err.to_string().starts_with("no snapshot mark at exit 20"),
+        "{err}"
+    );
+    assert!(err.divergence().is_none());
+    // Latched: the replay cannot go on.
+    assert!(world.error().is_some());
+    assert!(world
+        .stop_reason()
+        .is_some_and(|r| r.contains("no snapshot mark")));
+    assert!(world
+        .check_exit(&ExitSignature {
+            kind: ExitKind::Hlt,
+            rip: 0,
+            addr: 0,
+            len: 0,
+            value: 0
+        })
+        .is_err());
+
+    // A log with marks at other counts: found out at the first record past the boundary.
+    let m = record_with_marks(4, &[5, 20]);
+    let mut world = ReplayWorld::new(&m.rec.log[..]).unwrap();
+    match world.skip_to_snapshot(13).unwrap_err() {
+        ReplayError::NoSnapshotMark { exits: 13, found } => {
+            assert!(
+                found.contains("Exit(14)") || found.contains("Preempt(13)"),
+                "{found}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    // Past the last exit: found the End.
+    let mut world = ReplayWorld::new(&m.rec.log[..]).unwrap();
+    let err = world.skip_to_snapshot(EXITS + 1).unwrap_err();
+    assert!(
+        err.to_string().contains("found end after 40 exits"),
+        "{err}"
+    );
+    // A log cut before the mark: the log error, not a missing mark.
+    let mark_at = {
+        let reader = LogReader::new(&m.rec.log[..]).unwrap();
+        reader
+            .map(|r| r.unwrap())
+            .find(|(_, r)| *r == Record::SnapshotMark { exits: 20 })
+            .unwrap()
+            .0
+    };
+    let cut = &m.rec.log[..mark_at as usize + 3];
+    let mut world = ReplayWorld::new(cut).unwrap();
+    assert!(matches!(
+        world.skip_to_snapshot(20),
+        Err(ReplayError::Log(LogError::Truncated { offset })) if offset == mark_at
+    ));
+    // An open-ended log that stops before the mark (a live stream): missing mark.
+    let reader = LogReader::new(&m.rec.log[..mark_at as usize])
+        .unwrap()
+        .open_ended();
+    let mut world = ReplayWorld::from_reader(reader);
+    let err = world.skip_to_snapshot(20).unwrap_err();
+    assert!(
+        err.to_string().contains("found the end of the log"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_recorder_refuses_a_mark_away_from_its_exit_count() {
+    let mut world =
+        RecordingWorld::new(FakeWorld { now: 0, polls: 0 }, Vec::new(), &header(2)).unwrap();
+    let sig = |value| ExitSignature {
+        kind: ExitKind::PioOut,
+        rip: 0x10,
+        addr: 0x3f8,
+        len: 1,
+        value,
+    };
+    for v in 1..=3 {
+        world.record_exit(&sig(v)).unwrap();
+    }
+    let bytes = world.log_bytes();
+    for wrong in [0, 2, 4] {
+        match world.mark_snapshot(wrong) {
+            Err(LogError::MisplacedSnapshotMark {
+                requested,
+                at,
+                offset,
+            }) => {
+                assert_eq!((requested, at, offset), (wrong, Landmark::Exit(3), bytes));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Past the boundary: a preemption after exit 3 was already logged.
+    world
+        .record_checkpoint(Landmark::Preempt(3), &[1, 2, 3])
+        .unwrap();
+    let bytes = world.log_bytes();
+    let err = world.mark_snapshot(3).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LogError::MisplacedSnapshotMark {
+                at: Landmark::Preempt(3),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!("snapshot mark for exit 3 requested at byte {bytes}, but the recording is at Preempt(3)")
+    );
+    // Nothing was written and nothing is latched: the recording goes on and replays.
+    assert_eq!(world.log_bytes(), bytes);
+    assert!(world.error().is_none() && world.stop_reason().is_none());
+    world.record_exit(&sig(4)).unwrap();
+    world.mark_snapshot(4).unwrap();
+    world.mark_snapshot(4).unwrap(); // a second snapshot at the same boundary
+    world.record_exit(&sig(5)).unwrap();
+    let recorded = world.finish(0, None).unwrap();
+    let mut after_mark = ftlog::RunningDigest::starting_at(4);
+    after_mark.fold(&sig(5));
+    assert_eq!(recorded.end.exit_digest, after_mark.digest());
+    let mut replay = ReplayWorld::new(&recorded.writer[..]).unwrap();
+    for v in 1..=3 {
+        replay.check_exit(&sig(v)).unwrap();
+    }
+    assert!(!replay.pass_snapshot_mark(3).unwrap());
+    assert_eq!(replay.next_preemption(), Some(3));
+    replay.take_checkpoint(Landmark::Preempt(3)).unwrap();
+    replay.check_exit(&sig(4)).unwrap();
+    assert!(replay.pass_snapshot_mark(4).unwrap());
+    assert!(
+        !replay.pass_snapshot_mark(4).unwrap(),
+        "both marks passed at once"
+    );
+    replay.check_exit(&sig(5)).unwrap();
+    assert_eq!(replay.finish(Some(0), None).unwrap(), recorded.end);
 }

@@ -16,6 +16,12 @@
 //!
 //! A log written by a finished run ends with an [`Record::End`]; a reader treats end-of-file at a
 //! record boundary without it as [`LogError::Truncated`] unless told the stream is open-ended.
+//!
+//! Record kinds are added without a version bump (the version is for changes to framing, the
+//! header, or existing kinds): an older reader reports a newer kind as [`Corruption::UnknownKind`]
+//! at that record, and every log it could read is read the same way by this build. Kind 8,
+//! [`Record::SnapshotMark`] (body: `exits u64`), was added this way; a log without marks is
+//! byte-for-byte what version 1 always wrote.
 
 mod codec;
 mod header;
@@ -69,6 +75,9 @@ pub enum Corruption {
 }
 
 /// An error reading or writing a log; every variant names the byte offset it concerns.
+///
+/// [`LogError::MisplacedSnapshotMark`] is a misuse by the VMM, not damage: nothing was written
+/// and the log is still good.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum LogError {
     /// The log stops inside the unit (header or record) starting at `offset`, or, when a complete
@@ -87,6 +96,15 @@ pub enum LogError {
     /// A unit too large to be written (see [`MAX_RECORD_LEN`], [`MAX_HEADER_LEN`]).
     #[error("unit of {len} bytes at byte {offset} exceeds the maximum {max}")]
     TooLarge { offset: u64, len: u64, max: u32 },
+    /// [`crate::RecordingWorld::mark_snapshot`] was asked to mark exit `requested` while the
+    /// recording is at `at` (another exit count, or past `Exit(requested)`, e.g. a preemption
+    /// after it was already logged). Nothing was written: the log is still good.
+    #[error("snapshot mark for exit {requested} requested at byte {offset}, but the recording is at {at}")]
+    MisplacedSnapshotMark {
+        offset: u64,
+        requested: u64,
+        at: devices::Landmark,
+    },
     /// The underlying reader or writer failed at `offset`.
     #[error("log I/O error at byte {offset}: {source}")]
     Io {
@@ -105,6 +123,7 @@ impl LogError {
             | LogError::BadMagic { offset }
             | LogError::UnsupportedVersion { offset, .. }
             | LogError::TooLarge { offset, .. }
+            | LogError::MisplacedSnapshotMark { offset, .. }
             | LogError::Io { offset, .. } => *offset,
         }
     }

@@ -18,6 +18,7 @@ pub enum RecordKind {
     Checkpoint = 5,
     End = 6,
     Input = 7,
+    SnapshotMark = 8,
 }
 
 impl RecordKind {
@@ -30,6 +31,7 @@ impl RecordKind {
             5 => RecordKind::Checkpoint,
             6 => RecordKind::End,
             7 => RecordKind::Input,
+            8 => RecordKind::SnapshotMark,
             other => return Err(Corruption::UnknownKind(other)),
         })
     }
@@ -52,8 +54,9 @@ pub struct End {
 /// One log record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
-    /// The running digest over the signatures of exits 1..=`exits`; its landmark is
-    /// `Exit(exits)`.
+    /// The running digest over the signatures of the exits since the last restart of the
+    /// digest (the log's start, `start_exits + 1`, or the last [`Record::SnapshotMark`]) up to
+    /// `exits`; its landmark is `Exit(exits)`. Written when `exits` is a multiple of K.
     ExitDigest { exits: u64, digest: [u8; 32] },
     /// An interrupt injected with KVM_INTERRUPT at `at`.
     Interrupt { at: Landmark, vector: u8 },
@@ -70,6 +73,12 @@ pub enum Record {
     Checkpoint { at: Landmark, data: Vec<u8> },
     /// The run ended.
     End(End),
+    /// The VMM saved a snapshot of the machine here: after exit `exits` was handled (every
+    /// record that handling produced precedes the mark), before the world's events and
+    /// interrupts at `Exit(exits)` (which follow it). The running exit digest restarts here:
+    /// later ExitDigest records and the End cover only exits after `exits`. Its landmark is
+    /// `Exit(exits)`.
+    SnapshotMark { exits: u64 },
     /// Bytes a device took from the world synchronously at `at` (e.g. a disk read's data).
     Input {
         at: Landmark,
@@ -88,13 +97,16 @@ impl Record {
             Record::Checkpoint { .. } => RecordKind::Checkpoint,
             Record::End(_) => RecordKind::End,
             Record::Input { .. } => RecordKind::Input,
+            Record::SnapshotMark { .. } => RecordKind::SnapshotMark,
         }
     }
 
     /// The landmark the record belongs to; `None` for End, which follows every landmark.
     pub fn landmark(&self) -> Option<Landmark> {
         match self {
-            Record::ExitDigest { exits, .. } => Some(Landmark::Exit(*exits)),
+            Record::ExitDigest { exits, .. } | Record::SnapshotMark { exits } => {
+                Some(Landmark::Exit(*exits))
+            }
             Record::Interrupt { at, .. }
             | Record::ClockRead { at, .. }
             | Record::World { at, .. }
@@ -136,6 +148,7 @@ impl Record {
                 out.put_input_kind(*kind);
                 return data;
             }
+            Record::SnapshotMark { exits } => out.put_u64(*exits),
             Record::End(end) => {
                 out.put_u64(end.exits);
                 out.put_bytes(&end.exit_digest);
@@ -181,6 +194,9 @@ impl Record {
                 at: get.landmark()?,
                 kind: get.input_kind()?,
                 data: get.rest().to_vec(),
+            },
+            RecordKind::SnapshotMark => Record::SnapshotMark {
+                exits: get.u64("exits")?,
             },
             RecordKind::End => {
                 let exits = get.u64("exits")?;
@@ -241,6 +257,7 @@ impl fmt::Display for Record {
             Record::Checkpoint { at, data } => {
                 write!(f, "checkpoint of {} bytes at {at}", data.len())
             }
+            Record::SnapshotMark { exits } => write!(f, "snapshot mark at Exit({exits})"),
             Record::End(end) => write!(
                 f,
                 "end after {} exits (exit code {}, exit digest {})",
