@@ -6,15 +6,17 @@ use crate::pic::{PicPair, PicState};
 use crate::pit::{Pit, PitState};
 use crate::power::{Power, PowerAction};
 use crate::serial::{Serial, SerialState};
+use crate::virtio::{OutputStage, VirtioDevices, VirtioState};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
+use vm_memory::GuestMemoryMmap;
 
 /// IRQ lines of the legacy devices.
 pub const PIT_IRQ: u8 = 0;
 pub const SERIAL_IRQ: u8 = 4;
 
 /// What the vCPU loop must do after an I/O exit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IoOutcome {
     Continue,
     /// The guest powered off with this code.
@@ -23,6 +25,8 @@ pub enum IoOutcome {
     Reset,
     /// The guest reported a fatal fault with this code.
     GuestPanic(u32),
+    /// A backend failed in a way the VM cannot survive (a disk write that did not happen).
+    Fatal(String),
 }
 
 /// All device state, for checkpoints, snapshots and the state digest.
@@ -31,6 +35,7 @@ pub struct BoardState {
     pub pic: PicState,
     pub pit: PitState,
     pub serial: SerialState,
+    pub virtio: VirtioState,
 }
 
 /// The devices of one VM.
@@ -40,20 +45,38 @@ pub struct Board {
     serial: Serial,
     clock: Clock,
     power: Power,
+    virtio: VirtioDevices,
+    /// Guest memory, which virtio devices read and write (only at exits).
+    mem: GuestMemoryMmap,
+    /// Where transmitted frames and disk writes go.
+    output: Box<dyn OutputStage + Send>,
     /// Counts of accesses that no device claimed, for the exit statistics and debugging.
     pub unclaimed_accesses: u64,
 }
 
 impl Board {
-    pub fn new(serial_out: Box<dyn Write + Send>) -> Self {
+    pub fn new(
+        serial_out: Box<dyn Write + Send>,
+        mem: GuestMemoryMmap,
+        virtio: VirtioDevices,
+        output: Box<dyn OutputStage + Send>,
+    ) -> Self {
         Self {
             pic: PicPair::new(),
             pit: Pit::new(),
             serial: Serial::new(serial_out),
             clock: Clock,
             power: Power,
+            virtio,
+            mem,
+            output,
             unclaimed_accesses: 0,
         }
+    }
+
+    /// `virtio_mmio.device=...` words announcing the virtio devices on the kernel command line.
+    pub fn virtio_cmdline(&self) -> String {
+        self.virtio.cmdline_fragment()
     }
 
     pub fn pio_read(&mut self, port: u16, data: &mut [u8], at: Landmark, world: &mut dyn EventSource) {
@@ -108,6 +131,8 @@ impl Board {
     pub fn mmio_read(&mut self, addr: u64, data: &mut [u8], at: Landmark, world: &mut dyn EventSource) {
         if let Some(offset) = Clock::offset_of(addr) {
             self.clock.read(offset, data, at, world);
+        } else if self.virtio.mmio_read(addr, data) {
+            self.route_virtio_interrupts();
         } else {
             self.unclaimed_accesses += 1;
             tracing::trace!(addr, "read from unclaimed MMIO address");
@@ -115,10 +140,19 @@ impl Board {
         }
     }
 
-    pub fn mmio_write(&mut self, addr: u64, _data: &[u8], _at: Landmark, _world: &mut dyn EventSource) -> IoOutcome {
-        self.unclaimed_accesses += 1;
-        tracing::trace!(addr, "write to unclaimed or read-only MMIO address");
-        IoOutcome::Continue
+    pub fn mmio_write(&mut self, addr: u64, data: &[u8], at: Landmark, world: &mut dyn EventSource) -> IoOutcome {
+        match self.virtio.mmio_write(addr, data, &self.mem, at, world, self.output.as_mut()) {
+            Ok(true) => {
+                self.route_virtio_interrupts();
+                IoOutcome::Continue
+            }
+            Ok(false) => {
+                self.unclaimed_accesses += 1;
+                tracing::trace!(addr, "write to unclaimed or read-only MMIO address");
+                IoOutcome::Continue
+            }
+            Err(error) => IoOutcome::Fatal(error.to_string()),
+        }
     }
 
     /// Timers the devices have armed.
@@ -127,15 +161,16 @@ impl Board {
     }
 
     /// Applies something the world did.
-    pub fn apply(&mut self, event: &WorldEvent) {
+    pub fn apply(&mut self, event: WorldEvent) {
         match event {
             WorldEvent::PitExpired => {
                 if self.pit.expire() {
                     self.pic.pulse_irq(PIT_IRQ);
                 }
             }
-            WorldEvent::NetFrame { device, .. } => {
-                tracing::warn!(device, "frame for a net device this board does not have; dropped");
+            WorldEvent::NetFrame { device, frame } => {
+                self.virtio.apply_frame(device, frame, &self.mem);
+                self.route_virtio_interrupts();
             }
         }
     }
@@ -151,17 +186,32 @@ impl Board {
     }
 
     pub fn state(&self) -> BoardState {
-        BoardState { pic: self.pic.state(), pit: self.pit.state(), serial: self.serial.state() }
+        BoardState {
+            pic: self.pic.state(),
+            pit: self.pit.state(),
+            serial: self.serial.state(),
+            virtio: self.virtio.state(),
+        }
     }
 
-    pub fn restore(&mut self, state: &BoardState) {
+    /// Puts device state back; a state that does not fit this board's devices is refused.
+    pub fn restore(&mut self, state: &BoardState) -> Result<(), String> {
+        self.virtio.restore(&state.virtio).map_err(|e| e.to_string())?;
         self.pic.restore(&state.pic);
         self.pit.restore(&state.pit);
         self.serial.restore(&state.serial);
+        Ok(())
     }
 
     fn route_serial_interrupt(&mut self) {
         self.pic.set_irq(SERIAL_IRQ, self.serial.interrupt_line());
+    }
+
+    /// Virtio interrupts are level-triggered: the line follows the device's interrupt status.
+    fn route_virtio_interrupts(&mut self) {
+        for (irq, level) in self.virtio.interrupt_lines() {
+            self.pic.set_irq(irq, level);
+        }
     }
 }
 

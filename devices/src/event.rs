@@ -98,6 +98,10 @@ pub enum InputKind {
     DiskRead { device: u8 },
 }
 
+/// Rung by a device backend's thread when input arrives for the guest, so that a guest that
+/// does not exit by itself is kicked out to take it within the preemption bound.
+pub type Doorbell = std::sync::Arc<dyn Fn() + Send + Sync>;
+
 /// The world as the VM sees it. Called only from the vCPU thread, only at exits.
 pub trait EventSource {
     /// The value of a clock, for a guest read at `at`.
@@ -135,6 +139,12 @@ pub trait EventSource {
         0
     }
 
+    /// Whether input waits that the next [`EventSource::poll`] would deliver (a received frame),
+    /// so the vCPU loop kicks a guest that does not exit within the bound.
+    fn input_pending(&self) -> bool {
+        false
+    }
+
     /// How long from now until `deadline_ns` on the monotonic clock passes, so the vCPU loop
     /// can kick a guest that does not exit by itself. `None` means never kick: a replaying
     /// source takes preemptions from the log instead.
@@ -146,17 +156,28 @@ pub struct HostWorld {
     started: std::time::Instant,
     /// The monotonic clock's value at `started` (non-zero for a restored machine).
     offset_ns: u64,
+    /// Frames received by each net device's backend thread: (device index, frames).
+    nets: Vec<(u8, crossbeam_channel::Receiver<Vec<u8>>)>,
 }
+
+/// At most this many frames enter the guest at one exit, so a flood cannot stall the vCPU; the
+/// rest wait in the channel (and the device's own bounce queue is bounded too).
+const MAX_FRAMES_PER_POLL: usize = 64;
 
 impl HostWorld {
     pub fn new() -> Self {
-        Self { started: std::time::Instant::now(), offset_ns: 0 }
+        Self { started: std::time::Instant::now(), offset_ns: 0, nets: Vec::new() }
     }
 
     /// A world whose monotonic clock reads `ns` now: a restored machine's clock goes on from
     /// its snapshot.
     pub fn resuming_at(ns: u64) -> Self {
-        Self { started: std::time::Instant::now(), offset_ns: ns }
+        Self { started: std::time::Instant::now(), offset_ns: ns, nets: Vec::new() }
+    }
+
+    /// Delivers the frames arriving on `frames` to net device `device`.
+    pub fn attach_net(&mut self, device: u8, frames: crossbeam_channel::Receiver<Vec<u8>>) {
+        self.nets.push((device, frames));
     }
 
     fn monotonic_ns(&self) -> u64 {
@@ -183,10 +204,23 @@ impl EventSource for HostWorld {
     }
 
     fn poll(&mut self, _at: Landmark, armed: Deadlines) -> Vec<WorldEvent> {
-        match armed.pit {
-            Some(deadline) if self.monotonic_ns() >= deadline => vec![WorldEvent::PitExpired],
-            _ => Vec::new(),
+        let mut events = Vec::new();
+        if matches!(armed.pit, Some(deadline) if self.monotonic_ns() >= deadline) {
+            events.push(WorldEvent::PitExpired);
         }
+        for (device, frames) in &self.nets {
+            events.extend(
+                frames
+                    .try_iter()
+                    .take(MAX_FRAMES_PER_POLL)
+                    .map(|frame| WorldEvent::NetFrame { device: *device, frame }),
+            );
+        }
+        events
+    }
+
+    fn input_pending(&self) -> bool {
+        self.nets.iter().any(|(_, frames)| !frames.is_empty())
     }
 
     fn monotonic_now(&self) -> u64 {
@@ -198,13 +232,24 @@ impl EventSource for HostWorld {
     }
 
     fn wait_idle(&mut self, _at: Landmark, armed: Deadlines) {
-        // With nothing armed a halted guest can only be woken by device input, which does not
-        // exist yet; sleep in short steps so a stuck guest does not spin a core.
+        // Wake at the next deadline or when a frame arrives; with nothing armed, look again
+        // every 100 ms so that a caller's stop request is noticed.
         let now = self.monotonic_ns();
-        let until = armed.earliest().unwrap_or(now + 10_000_000);
-        if until > now {
-            std::thread::sleep(std::time::Duration::from_nanos(until - now));
+        let until = armed.earliest().unwrap_or(now + 100_000_000);
+        let timeout = std::time::Duration::from_nanos(until.saturating_sub(now));
+        if timeout.is_zero() || self.input_pending() {
+            return;
         }
+        if self.nets.is_empty() {
+            std::thread::sleep(timeout);
+            return;
+        }
+        let mut select = crossbeam_channel::Select::new();
+        for (_, frames) in &self.nets {
+            select.recv(frames);
+        }
+        // Ready or timed out, either way the loop polls next; nothing is taken here.
+        let _ = select.ready_timeout(timeout);
     }
 }
 

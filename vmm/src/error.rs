@@ -24,6 +24,8 @@ pub enum VmmError {
     GuestMemory { addr: u64, reason: String },
     #[error("snapshot {path}: {reason}")]
     Snapshot { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Device(String),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
     #[error("log: {0}")]

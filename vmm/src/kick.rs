@@ -8,6 +8,7 @@
 use std::io;
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The `immediate_exit` byte of the (single) vCPU's `kvm_run` page.
@@ -27,9 +28,69 @@ fn kick_signal() -> libc::c_int {
     libc::SIGRTMIN() + 1
 }
 
+/// A POSIX timer id. Timer ids are process-wide: any thread may arm the timer.
+#[derive(Clone, Copy)]
+struct TimerId(libc::timer_t);
+// SAFETY: a timer_t is an opaque process-wide id, not memory of the thread that created it.
+unsafe impl Send for TimerId {}
+
+/// Lets backend threads (a TAP reader with a frame for the guest) have the vCPU kicked within
+/// the preemption bound, while the loop runs the guest.
+#[derive(Clone, Default)]
+pub struct RemoteKick {
+    target: Arc<Mutex<Option<(TimerId, Duration)>>>,
+}
+
+impl RemoteKick {
+    /// A doorbell for a device backend.
+    pub fn doorbell(&self) -> devices::Doorbell {
+        let remote = self.clone();
+        Arc::new(move || remote.ring())
+    }
+
+    fn ring(&self) {
+        let Ok(target) = self.target.lock() else { return };
+        let Some((TimerId(timer), bound)) = *target else { return };
+        // Arm for `bound` unless the timer already fires sooner.
+        let mut current = libc::itimerspec {
+            it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+            it_value: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+        };
+        // SAFETY: the timer is live while it is attached (detached before deletion, under
+        // this lock); `current` is valid for the call.
+        if unsafe { libc::timer_gettime(timer, &mut current) } != 0 {
+            return;
+        }
+        let remaining = Duration::new(current.it_value.tv_sec as u64, current.it_value.tv_nsec as u32);
+        if remaining.is_zero() || remaining > bound {
+            let spec = libc::itimerspec { it_interval: current.it_interval, it_value: timespec(bound) };
+            // SAFETY: as above; `spec` is valid for the call.
+            unsafe { libc::timer_settime(timer, 0, &spec, ptr::null_mut()) };
+        }
+    }
+
+    fn attach(&self, timer: TimerId, bound: Duration) {
+        if let Ok(mut target) = self.target.lock() {
+            *target = Some((timer, bound));
+        }
+    }
+
+    fn detach(&self) {
+        if let Ok(mut target) = self.target.lock() {
+            *target = None;
+        }
+    }
+}
+
+fn timespec(duration: Duration) -> libc::timespec {
+    let duration = duration.max(Duration::from_nanos(1));
+    libc::timespec { tv_sec: duration.as_secs() as libc::time_t, tv_nsec: duration.subsec_nanos() as libc::c_long }
+}
+
 /// A one-shot timer that kicks the calling thread's vCPU.
 pub struct Kicker {
     timer: libc::timer_t,
+    remote: RemoteKick,
     /// Whether the timer may still fire; saves a syscall per exit when there is nothing to
     /// wait for.
     armed: std::cell::Cell<bool>,
@@ -37,8 +98,9 @@ pub struct Kicker {
 
 impl Kicker {
     /// Creates the timer for the calling thread, which must be the thread that runs the vCPU.
-    /// `immediate_exit` points into that vCPU's `kvm_run` page.
-    pub fn for_this_thread(immediate_exit: *mut u8) -> io::Result<Self> {
+    /// `immediate_exit` points into that vCPU's `kvm_run` page; `remote` lets backend threads
+    /// arm the same timer for `bound` while this kicker lives.
+    pub fn for_this_thread(immediate_exit: *mut u8, remote: &RemoteKick, bound: Duration) -> io::Result<Self> {
         IMMEDIATE_EXIT.store(immediate_exit, Ordering::Release);
         // SAFETY: a zeroed sigaction with a plain handler and an empty mask is valid; the
         // handler only performs a volatile byte store.
@@ -63,17 +125,14 @@ impl Kicker {
         if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Self { timer, armed: std::cell::Cell::new(false) })
+        remote.attach(TimerId(timer), bound);
+        Ok(Self { timer, remote: remote.clone(), armed: std::cell::Cell::new(false) })
     }
 
     /// Kicks the vCPU after `delay` unless re-armed or disarmed first.
     pub fn arm(&self, delay: Duration) -> io::Result<()> {
-        // A zero it_value would disarm the timer; kick as soon as possible instead.
-        let delay = delay.max(Duration::from_nanos(1));
-        self.set(libc::timespec {
-            tv_sec: delay.as_secs() as libc::time_t,
-            tv_nsec: delay.subsec_nanos() as libc::c_long,
-        })?;
+        // A zero it_value would disarm the timer; `timespec` kicks as soon as possible instead.
+        self.set(timespec(delay))?;
         self.armed.set(true);
         Ok(())
     }
@@ -98,7 +157,9 @@ impl Kicker {
 
 impl Drop for Kicker {
     fn drop(&mut self) {
-        // SAFETY: the timer was created in for_this_thread and is deleted once.
+        self.remote.detach();
+        // SAFETY: the timer was created in for_this_thread and is deleted once, after the
+        // remote kick let go of it.
         unsafe { libc::timer_delete(self.timer) };
         IMMEDIATE_EXIT.store(ptr::null_mut(), Ordering::Release);
     }

@@ -19,6 +19,7 @@ pub mod snapshot;
 pub mod state;
 pub mod stats;
 pub mod vcpu;
+pub mod virtio_setup;
 
 pub use error::{Result, VmmError};
 pub use machine::{KernelSource, Machine, MachineConfig};

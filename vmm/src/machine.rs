@@ -2,7 +2,10 @@
 
 use crate::boot::{self, layout, long_mode, LoadedKernel};
 use crate::error::{kvm, Result, VmmError};
+use crate::kick::RemoteKick;
 use crate::memory::GuestRam;
+use crate::virtio_setup::{self, DeviceDescription};
+use devices::virtio::{DiskSpec, NetSpec, TapReader};
 use devices::Board;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use std::io::Write;
@@ -48,6 +51,42 @@ pub struct MachineConfig {
     pub preempt_bound: Duration,
     /// Log dirty pages (needed for delta checkpoints while recording).
     pub dirty_logging: bool,
+    /// The virtio devices and where their backends are.
+    pub devices: DeviceSetup,
+}
+
+/// How the virtio devices get their backends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceSetup {
+    /// Real TAPs and disk files, from `--net` and `--disk`.
+    Live { nets: Vec<NetSpec>, disks: Vec<DiskSpec> },
+    /// The devices a recording had, without backends: inputs come from the log.
+    Replay(Vec<DeviceDescription>),
+}
+
+impl DeviceSetup {
+    /// The live backends a machine with these devices had: the same TAPs, MACs and disk files.
+    pub fn reopen(descriptions: &[DeviceDescription]) -> Self {
+        let mut nets = Vec::new();
+        let mut disks = Vec::new();
+        for description in descriptions {
+            match description {
+                DeviceDescription::Net { tap, mac } => {
+                    nets.push(NetSpec { tap: tap.clone(), mac: Some(devices::virtio::MacAddr(*mac)) })
+                }
+                DeviceDescription::Disk { path, readonly, .. } => {
+                    disks.push(DiskSpec { path: path.clone(), readonly: *readonly })
+                }
+            }
+        }
+        DeviceSetup::Live { nets, disks }
+    }
+}
+
+impl Default for DeviceSetup {
+    fn default() -> Self {
+        DeviceSetup::Live { nets: Vec::new(), disks: Vec::new() }
+    }
 }
 
 impl MachineConfig {
@@ -67,6 +106,13 @@ pub struct Machine {
     /// blake3 of the kernel image, so a log can name the guest it belongs to.
     pub image_digest: [u8; 32],
     pub config: MachineConfig,
+    /// The virtio devices as built, for logs and snapshots to describe them.
+    pub devices: Vec<DeviceDescription>,
+    /// Frames arriving on each net device's TAP, for the live world to deliver.
+    pub net_frames: Vec<(u8, crossbeam_channel::Receiver<Vec<u8>>)>,
+    /// Kicks the vCPU when a backend thread has input for the guest.
+    pub remote_kick: RemoteKick,
+    _tap_readers: Vec<TapReader>,
 }
 
 /// Address of the three pages KVM wants for its real-mode TSS on Intel hosts; they lie in the
@@ -77,7 +123,17 @@ impl Machine {
     pub fn new(config: MachineConfig, serial_out: Box<dyn Write + Send>) -> Result<Self> {
         let (image, name) = config.kernel.read()?;
         let ram = GuestRam::new(config.memory_mib)?;
-        let kernel = Self::load_kernel(&ram, &image, &name, &config)?;
+        let remote_kick = RemoteKick::default();
+        let built = match &config.devices {
+            DeviceSetup::Live { nets, disks } => virtio_setup::build_live(nets, disks, remote_kick.doorbell())?,
+            DeviceSetup::Replay(descriptions) => virtio_setup::build_for_replay(descriptions)?,
+        };
+        let guest_cmdline = match built.virtio.cmdline_fragment() {
+            fragment if fragment.is_empty() => config.cmdline.clone(),
+            fragment if config.cmdline.is_empty() => fragment,
+            fragment => format!("{} {fragment}", config.cmdline),
+        };
+        let kernel = Self::load_kernel(&ram, &image, &name, &config, &guest_cmdline)?;
 
         let kvm_fd = Kvm::new().map_err(VmmError::OpenKvm)?;
         let vm = kvm_fd.create_vm().map_err(kvm("create VM"))?;
@@ -89,19 +145,30 @@ impl Machine {
         long_mode::enter_long_mode(&vcpu, kernel.entry)?;
         tracing::debug!(entry = format_args!("{:#x}", kernel.entry), end = kernel.end, "kernel loaded");
 
+        let board = Board::new(serial_out, ram.mem.clone(), built.virtio, built.output);
         Ok(Self {
             vcpu,
             vm,
             kvm: kvm_fd,
             ram,
-            board: Board::new(serial_out),
+            board,
             kernel_entry: kernel.entry,
             image_digest: *blake3::hash(&image).as_bytes(),
             config,
+            devices: built.descriptions,
+            net_frames: built.net_frames,
+            remote_kick,
+            _tap_readers: built.tap_readers,
         })
     }
 
-    fn load_kernel(ram: &GuestRam, image: &[u8], name: &std::path::Path, config: &MachineConfig) -> Result<LoadedKernel> {
+    fn load_kernel(
+        ram: &GuestRam,
+        image: &[u8],
+        name: &std::path::Path,
+        config: &MachineConfig,
+        cmdline: &str,
+    ) -> Result<LoadedKernel> {
         long_mode::write_tables(&ram.mem)?;
         if boot::bzimage::is_bzimage(image) {
             let (kernel, header) = boot::bzimage::load(&ram.mem, image, name)?;
@@ -113,7 +180,7 @@ impl Machine {
                 }
                 None => None,
             };
-            layout::write_boot_info(&ram.mem, ram.size, &config.cmdline, Some(header), initrd)?;
+            layout::write_boot_info(&ram.mem, ram.size, cmdline, Some(header), initrd)?;
             Ok(kernel)
         } else {
             if let Some(path) = &config.initrd {
@@ -123,7 +190,7 @@ impl Machine {
                 });
             }
             let kernel = boot::elf::load(&ram.mem, image, name)?;
-            layout::write_boot_info(&ram.mem, ram.size, &config.cmdline, None, None)?;
+            layout::write_boot_info(&ram.mem, ram.size, cmdline, None, None)?;
             Ok(kernel)
         }
     }

@@ -12,6 +12,8 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use vmm::record_replay::{log_header, machine_for_log};
 use vmm::snapshot;
+use devices::virtio::{DiskSpec, NetSpec};
+use vmm::machine::DeviceSetup;
 use vmm::{digest, run, KernelSource, Machine, MachineConfig, RunOptions, RunOutcome, RunPosition, SnapshotRequest};
 
 #[derive(Parser)]
@@ -65,6 +67,12 @@ struct RunArgs {
     /// Where --snapshot-at writes the snapshot.
     #[arg(long, value_name = "FILE", requires = "snapshot_at")]
     snapshot: Option<PathBuf>,
+    /// A virtio-net device on a TAP (created if missing): tap=NAME[,mac=MAC]. Repeatable.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
+    net: Vec<NetSpec>,
+    /// A virtio-blk device on a file: PATH[,readonly]. Repeatable.
+    #[arg(long, value_name = "PATH[,readonly]")]
+    disk: Vec<DiskSpec>,
     /// Record every input from the world into LOG, for `ftvm replay`.
     #[arg(long, value_name = "LOG")]
     record: Option<PathBuf>,
@@ -109,6 +117,7 @@ impl RunArgs {
             initrd: self.initrd.clone(),
             preempt_bound: Duration::from_micros(self.preempt_us),
             dirty_logging: false,
+            devices: DeviceSetup::Live { nets: self.net.clone(), disks: self.disk.clone() },
         }
     }
 }
@@ -162,7 +171,7 @@ fn run_command(args: &RunArgs) -> anyhow::Result<ExitCode> {
             Some(path) => {
                 let file = File::create(path).with_context(|| format!("log {}", path.display()))?;
                 let header = log_header(&machine, args.digest_every, 0);
-                let mut recorder = RecordingWorld::new(HostWorld::new(), BufWriter::new(file), &header)
+                let mut recorder = RecordingWorld::new(host_world(&mut machine, 0), BufWriter::new(file), &header)
                     .with_context(|| format!("log {}", path.display()))?;
                 let (outcome, stats) = run(&mut machine, &mut recorder, options.clone())?;
                 let state_digest = *digest::state_digest(&machine)?.as_bytes();
@@ -176,7 +185,10 @@ fn run_command(args: &RunArgs) -> anyhow::Result<ExitCode> {
                 tracing::info!(bytes = recorded.log_bytes, events = recorded.stats.events(), checkpoints = recorded.stats.checkpoints, "log written");
                 (outcome, stats)
             }
-            None => run(&mut machine, &mut HostWorld::new(), options.clone())?,
+            None => {
+                let mut world = host_world(&mut machine, 0);
+                run(&mut machine, &mut world, options.clone())?
+            }
         };
         if outcome == RunOutcome::Reset {
             tracing::info!("the guest reset itself; rebooting");
@@ -184,6 +196,15 @@ fn run_command(args: &RunArgs) -> anyhow::Result<ExitCode> {
         }
         return report(&machine, outcome, &stats, args.state_digest);
     }
+}
+
+/// The live world of this host, its clock at `monotonic_ns`, with the machine's TAPs attached.
+fn host_world(machine: &mut Machine, monotonic_ns: u64) -> HostWorld {
+    let mut world = HostWorld::resuming_at(monotonic_ns);
+    for (device, frames) in machine.net_frames.drain(..) {
+        world.attach_net(device, frames);
+    }
+    world
 }
 
 /// `ftvm replay`: builds the recorded machine and runs it from the log alone.
@@ -224,7 +245,7 @@ fn restore_command(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
     let snapshot = snapshot::load(&args.snapshot)?;
     let mut machine = snapshot::restore(&snapshot, Box::new(std::io::stdout()))?;
     tracing::info!(took = ?started.elapsed(), exits = snapshot.header.position.exits, "snapshot restored");
-    let mut world = HostWorld::resuming_at(snapshot.header.monotonic_ns);
+    let mut world = host_world(&mut machine, snapshot.header.monotonic_ns);
     let options = RunOptions { start: snapshot.header.position, snapshot: None };
     let (outcome, stats) = run(&mut machine, &mut world, options)?;
     if outcome == RunOutcome::Reset {
@@ -258,6 +279,7 @@ fn exit_code_for(outcome: RunOutcome) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(102))
         }
         RunOutcome::Stopped(reason) => bail!("stopped: {reason}"),
+        RunOutcome::DeviceFailed(reason) => bail!("a device failed and the VM cannot go on: {reason}"),
         RunOutcome::Reset => unreachable!("resets reboot the guest"),
     }
 }
@@ -273,6 +295,7 @@ fn demo() -> anyhow::Result<ExitCode> {
             initrd: None,
             preempt_bound: MachineConfig::DEFAULT_PREEMPT_BOUND,
             dirty_logging: false,
+            devices: DeviceSetup::default(),
         };
         let mut machine = Machine::new(config, Box::new(std::io::stdout()))
             .with_context(|| format!("booting the guest for {}", words[0]))?;

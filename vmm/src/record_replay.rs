@@ -99,6 +99,8 @@ pub fn machine_for_log(header: &LogHeader, serial_out: Box<dyn Write + Send>) ->
         initrd: None,
         preempt_bound: Duration::from_nanos(header.preemption_bound_ns),
         dirty_logging: false,
+        // TODO(log header v2): the recorded virtio devices; until then a replay has none.
+        devices: crate::machine::DeviceSetup::Replay(Vec::new()),
     };
     let machine = Machine::new(config, serial_out)?;
     if machine.image_digest != header.image_digest {

@@ -7,7 +7,8 @@
 //! renamed, so a crash never leaves a half snapshot under the real name.
 
 use crate::error::{Result, VmmError};
-use crate::machine::{KernelSource, Machine, MachineConfig};
+use crate::machine::{DeviceSetup, KernelSource, Machine, MachineConfig};
+use crate::virtio_setup::DeviceDescription;
 use crate::state::MachineState;
 use crate::vcpu::RunPosition;
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,8 @@ pub struct SnapshotHeader {
     pub position: RunPosition,
     /// The world's monotonic clock when the snapshot was taken.
     pub monotonic_ns: u64,
+    /// The virtio devices; a restore opens the same TAPs and disk files again.
+    pub devices: Vec<DeviceDescription>,
     pub state: MachineState,
 }
 
@@ -52,6 +55,7 @@ impl Snapshot {
             initrd: None,
             preempt_bound: Duration::from_micros(self.header.preempt_bound_us),
             dirty_logging: false,
+            devices: DeviceSetup::reopen(&self.header.devices),
         }
     }
 }
@@ -73,6 +77,7 @@ pub fn save(machine: &mut Machine, position: RunPosition, monotonic_ns: u64, pat
         preempt_bound_us: machine.config.preempt_bound.as_micros() as u64,
         position,
         monotonic_ns,
+        devices: machine.devices.clone(),
         state: machine.capture_state()?,
     };
     let encoded = postcard::to_allocvec(&header).map_err(|e| corrupt(path, format!("encode header: {e}")))?;

@@ -100,7 +100,6 @@ impl Machine {
         run.request_interrupt_window = s.request_interrupt_window;
         run.if_flag = s.if_flag;
         run.ready_for_interrupt_injection = s.ready_for_interrupt_injection;
-        self.board.restore(&state.board);
-        Ok(())
+        self.board.restore(&state.board).map_err(|reason| VmmError::Checkpoint(format!("device state: {reason}")))
     }
 }

@@ -59,6 +59,8 @@ pub enum RunOutcome {
     Shutdown { rip: u64 },
     /// The world (e.g. a replaying log) or an observer stopped the run.
     Stopped(String),
+    /// A device backend failed in a way the VM cannot survive.
+    DeviceFailed(String),
 }
 
 /// Where a run starts: at boot, or where a snapshot or checkpoint left off.
@@ -124,7 +126,7 @@ pub struct RunOptions {
 pub fn run(machine: &mut Machine, session: &mut dyn Session, options: RunOptions) -> Result<(RunOutcome, ExitStats)> {
     let kicker = if session.kicks() {
         let immediate_exit = &mut machine.vcpu.get_kvm_run().immediate_exit as *mut u8;
-        Some(Kicker::for_this_thread(immediate_exit)?)
+        Some(Kicker::for_this_thread(immediate_exit, &machine.remote_kick, machine.config.preempt_bound)?)
     } else {
         None
     };
@@ -312,13 +314,14 @@ fn finish(machine: &mut Machine, outcome: IoOutcome) -> RunOutcome {
             let rip = machine.vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
             RunOutcome::GuestPanic { code, rip }
         }
+        IoOutcome::Fatal(reason) => RunOutcome::DeviceFailed(reason),
         IoOutcome::Continue => RunOutcome::Stopped("the run ended without a reason".into()),
     }
 }
 
 fn deliver_world_events(machine: &mut Machine, world: &mut dyn Session, at: Landmark) {
     for event in world.poll(at, machine.board.deadlines()) {
-        machine.board.apply(&event);
+        machine.board.apply(event);
     }
 }
 
@@ -374,7 +377,7 @@ fn inject_pending_interrupt(
 /// Arms the kick for when the earliest timer is due plus the bound; or at once plus the bound if
 /// an interrupt already waits for the guest to open its window.
 fn arm_kick(kicker: &Kicker, machine: &Machine, world: &dyn Session, bound: Duration) -> Result<()> {
-    let wait = if machine.board.interrupt_pending() {
+    let wait = if machine.board.interrupt_pending() || world.input_pending() {
         Some(Duration::ZERO)
     } else {
         machine.board.deadlines().earliest().and_then(|deadline| world.time_until(deadline))

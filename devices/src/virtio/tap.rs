@@ -103,9 +103,10 @@ impl Tap {
         TapWriter { name: self.name.clone(), file: Arc::clone(&self.file) }
     }
 
-    /// Starts a thread that reads frames from the TAP and sends each into `frames`, until the
-    /// receiver is dropped or the returned handle is stopped.
-    pub fn spawn_reader(&self, frames: Sender<Vec<u8>>) -> Result<TapReader, TapError> {
+    /// Starts a thread that reads frames from the TAP and sends each into `frames`, then rings
+    /// `doorbell` (so a running guest is kicked to take it), until the receiver is dropped or
+    /// the returned handle is stopped.
+    pub fn spawn_reader(&self, frames: Sender<Vec<u8>>, doorbell: crate::event::Doorbell) -> Result<TapReader, TapError> {
         let io_err = |what| move |source| TapError::Io { name: self.name.clone(), what, source };
         let file = self.file.try_clone().map_err(io_err("duplicating the descriptor"))?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -114,7 +115,7 @@ impl Tap {
             .name(format!("tap-{}", self.name))
             .spawn({
                 let stop = Arc::clone(&stop);
-                move || read_loop(&name, file, &frames, &stop)
+                move || read_loop(&name, file, &frames, &doorbell, &stop)
             })
             .map_err(io_err("starting the reader thread"))?;
         Ok(TapReader { stop, thread: Some(thread) })
@@ -170,7 +171,7 @@ impl Drop for TapReader {
     }
 }
 
-fn read_loop(name: &str, mut file: File, frames: &Sender<Vec<u8>>, stop: &AtomicBool) {
+fn read_loop(name: &str, mut file: File, frames: &Sender<Vec<u8>>, doorbell: &crate::event::Doorbell, stop: &AtomicBool) {
     let mut buf = vec![0u8; READ_BUF];
     while !stop.load(Ordering::Relaxed) {
         match wait_readable(file.as_raw_fd(), Duration::from_millis(100)) {
@@ -188,6 +189,7 @@ fn read_loop(name: &str, mut file: File, frames: &Sender<Vec<u8>>, stop: &Atomic
                 if frames.send(buf[..n].to_vec()).is_err() {
                     return; // Nobody listens any more.
                 }
+                doorbell();
             }
             Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) => {}
             Err(e) => {
@@ -312,7 +314,7 @@ mod tests {
 
         // Host -> TAP -> reader thread.
         let (tx, rx) = crossbeam_channel::unbounded();
-        let reader = tap.spawn_reader(tx).unwrap();
+        let reader = tap.spawn_reader(tx, std::sync::Arc::new(|| {})).unwrap();
         let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x88, 0xb5];
         frame.extend_from_slice(b"ftvm tap test");
         inject(ifindex(&name), &frame).unwrap();
