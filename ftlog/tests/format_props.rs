@@ -75,10 +75,22 @@ fn header() -> impl Strategy<Value = LogHeader> {
         1u32..,
         any::<u64>(),
         any::<u64>(),
+        proptest::collection::vec(any::<u8>(), 0..64),
     )
         .prop_map(
-            |(image_digest, memory_size, cmdline, kernel_path, bound, k, created, start)| {
+            |(
+                image_digest,
+                memory_size,
+                cmdline,
+                kernel_path,
+                bound,
+                k,
+                created,
+                start,
+                machine,
+            )| {
                 LogHeader {
+                    machine,
                     image_digest,
                     memory_size,
                     cmdline,
@@ -187,6 +199,7 @@ proptest! {
 #[test]
 fn every_cut_and_every_flip_of_one_log() {
     let h = LogHeader {
+        machine: Vec::new(),
         image_digest: [7; 32],
         memory_size: 64 << 20,
         cmdline: "console=ttyS0".into(),
@@ -253,6 +266,7 @@ fn every_cut_and_every_flip_of_one_log() {
 #[test]
 fn a_log_without_end_is_truncated_unless_open_ended() {
     let h = LogHeader {
+        machine: Vec::new(),
         image_digest: [0; 32],
         memory_size: 1 << 20,
         cmdline: String::new(),
@@ -282,6 +296,7 @@ fn a_log_without_end_is_truncated_unless_open_ended() {
 #[test]
 fn a_newer_version_and_records_after_end_are_reported() {
     let h = LogHeader {
+        machine: Vec::new(),
         image_digest: [0; 32],
         memory_size: 0,
         cmdline: "x".into(),
@@ -336,6 +351,7 @@ fn a_newer_version_and_records_after_end_are_reported() {
 #[ignore]
 fn throughput() {
     let h = LogHeader {
+        machine: Vec::new(),
         image_digest: [0; 32],
         memory_size: 0,
         cmdline: String::new(),
@@ -392,6 +408,7 @@ fn frame(body: &[u8]) -> Vec<u8> {
 #[test]
 fn a_snapshot_mark_has_the_documented_layout_and_is_checked() {
     let h = LogHeader {
+        machine: Vec::new(),
         image_digest: [3; 32],
         memory_size: 1 << 20,
         cmdline: String::new(),

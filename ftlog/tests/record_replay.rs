@@ -255,6 +255,7 @@ fn drive_from(
 
 fn header(k: u32) -> LogHeader {
     LogHeader {
+        machine: Vec::new(),
         image_digest: [1; 32],
         memory_size: 16 << 20,
         cmdline: "test".into(),

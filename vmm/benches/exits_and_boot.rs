@@ -54,6 +54,7 @@ fn machine(kernel: &std::path::Path) -> Machine {
         initrd: None,
         preempt_bound: MachineConfig::DEFAULT_PREEMPT_BOUND,
         dirty_logging: false,
+        devices: Default::default(),
     };
     Machine::new(config, Box::new(std::io::sink())).expect("machine builds")
 }

@@ -86,6 +86,10 @@ struct RunArgs {
 struct ReplayArgs {
     /// A log written by `ftvm run --record LOG`.
     log: PathBuf,
+    /// Start from this snapshot (taken by the recorded run with --snapshot-at) instead of from
+    /// boot, and replay the rest of the log.
+    #[arg(long, value_name = "SNAPSHOT")]
+    from: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -212,8 +216,22 @@ fn replay_command(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     let file = File::open(&args.log).with_context(|| format!("log {}", args.log.display()))?;
     let mut replayer = ReplayWorld::new(BufReader::with_capacity(1 << 20, file))
         .with_context(|| format!("log {}", args.log.display()))?;
-    let mut machine = machine_for_log(replayer.header(), Box::new(std::io::stdout()))?;
-    let result = run(&mut machine, &mut replayer, RunOptions::default());
+    let (mut machine, start) = match &args.from {
+        None => (machine_for_log(replayer.header(), Box::new(std::io::stdout()))?, RunPosition::default()),
+        Some(path) => {
+            let snapshot = snapshot::load(path)?;
+            let machine = snapshot::restore_for_replay(&snapshot, Box::new(std::io::stdout()))?;
+            if machine.image_digest != replayer.header().image_digest {
+                bail!("snapshot {} is of another guest than log {}", path.display(), args.log.display());
+            }
+            let position = snapshot.header.position;
+            if let Err(error) = replayer.skip_to_snapshot(position.exits) {
+                return replay_failed(&error.to_string());
+            }
+            (machine, position)
+        }
+    };
+    let result = run(&mut machine, &mut replayer, RunOptions { start, snapshot: None });
     let (outcome, _stats) = match result {
         Ok(done) => done,
         Err(vmm::VmmError::Replay(error)) => return replay_failed(&error.to_string()),

@@ -38,6 +38,11 @@ impl<S: EventSource, W: Write> RunObserver for RecordingWorld<S, W> {
         Ok(self.record_interrupt(at, vector)?)
     }
 
+    fn on_snapshot(&mut self, exits: u64) -> Result<()> {
+        self.mark_snapshot(exits)?;
+        Ok(self.flush()?)
+    }
+
     fn on_preempt(&mut self, at: Landmark, machine: &mut Machine) -> Result<()> {
         let bytes = checkpoint::capture(machine)?;
         Ok(self.record_checkpoint(at, &bytes)?)
@@ -54,6 +59,11 @@ impl<R: Read> RunObserver for ReplayWorld<R> {
 
     fn on_interrupt(&mut self, at: Landmark, vector: u8) -> Result<()> {
         Ok(self.expect_interrupt(at, vector)?)
+    }
+
+    fn at_boundary(&mut self, exits: u64) -> Result<()> {
+        self.pass_snapshot_mark(exits)?;
+        Ok(())
     }
 
     fn replace_run(&mut self, count: u64, machine: &mut Machine) -> Result<bool> {
@@ -83,11 +93,21 @@ pub fn log_header(machine: &Machine, exit_digest_interval: u32, start_exits: u64
         preemption_bound_ns: machine.config.preempt_bound.as_nanos() as u64,
         exit_digest_interval: exit_digest_interval.max(1),
         start_exits,
+        machine: postcard::to_allocvec(&machine.devices).unwrap_or_default(),
         created_unix_ns: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0),
     }
+}
+
+/// The virtio devices a log was recorded with (none for a log without a description).
+pub fn recorded_devices(header: &LogHeader) -> Result<Vec<crate::virtio_setup::DeviceDescription>> {
+    if header.machine.is_empty() {
+        return Ok(Vec::new());
+    }
+    postcard::from_bytes(&header.machine)
+        .map_err(|e| VmmError::Checkpoint(format!("the log's machine description does not decode: {e}")))
 }
 
 /// The machine a log was recorded on. Checks that the kernel is the recorded one.
@@ -99,8 +119,7 @@ pub fn machine_for_log(header: &LogHeader, serial_out: Box<dyn Write + Send>) ->
         initrd: None,
         preempt_bound: Duration::from_nanos(header.preemption_bound_ns),
         dirty_logging: false,
-        // TODO(log header v2): the recorded virtio devices; until then a replay has none.
-        devices: crate::machine::DeviceSetup::Replay(Vec::new()),
+        devices: crate::machine::DeviceSetup::Replay(recorded_devices(header)?),
     };
     let machine = Machine::new(config, serial_out)?;
     if machine.image_digest != header.image_digest {

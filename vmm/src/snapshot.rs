@@ -141,9 +141,20 @@ fn parse(bytes: &[u8]) -> std::result::Result<Snapshot, String> {
     Ok(Snapshot { header, memory })
 }
 
-/// Rebuilds a machine from a snapshot: a fresh VM with the snapshot's memory and state.
+/// Rebuilds a machine from a snapshot: a fresh VM with the snapshot's memory and state, its
+/// devices on the backends they had.
 pub fn restore(snapshot: &Snapshot, serial_out: Box<dyn Write + Send>) -> Result<Machine> {
-    let mut machine = Machine::new(snapshot.machine_config(), serial_out)?;
+    restore_with(snapshot, snapshot.machine_config(), serial_out)
+}
+
+/// Rebuilds a machine from a snapshot for a replay: the same devices, without backends.
+pub fn restore_for_replay(snapshot: &Snapshot, serial_out: Box<dyn Write + Send>) -> Result<Machine> {
+    let config = MachineConfig { devices: DeviceSetup::Replay(snapshot.header.devices.clone()), ..snapshot.machine_config() };
+    restore_with(snapshot, config, serial_out)
+}
+
+fn restore_with(snapshot: &Snapshot, config: MachineConfig, serial_out: Box<dyn Write + Send>) -> Result<Machine> {
+    let mut machine = Machine::new(config, serial_out)?;
     if machine.image_digest != snapshot.header.image_digest {
         return Err(VmmError::Snapshot {
             path: snapshot.header.kernel.clone().unwrap_or_else(|| "<ftvm guest>".into()),

@@ -79,6 +79,16 @@ pub trait RunObserver {
     fn on_exit(&mut self, _count: u64, _exit: &ExitInfo, _vcpu: &VcpuFd) -> Result<()> {
         Ok(())
     }
+    /// At the top of the loop after exit `exits` was handled, before the world's events there:
+    /// a replayer passes the recording's snapshot mark here.
+    fn at_boundary(&mut self, _exits: u64) -> Result<()> {
+        Ok(())
+    }
+    /// A snapshot of the machine was saved at this boundary: a recorder marks its log there, so
+    /// a replay can start from the snapshot.
+    fn on_snapshot(&mut self, _exits: u64) -> Result<()> {
+        Ok(())
+    }
     /// An interrupt was injected at `at`.
     fn on_interrupt(&mut self, _at: Landmark, _vector: u8) -> Result<()> {
         Ok(())
@@ -140,10 +150,12 @@ pub fn run(machine: &mut Machine, session: &mut dyn Session, options: RunOptions
     let mut payload = Vec::with_capacity(4096);
 
     loop {
-        if let (Some(request), Landmark::Exit(exits)) = (&snapshot, at) {
-            if exits >= request.at_exits {
+        if let Landmark::Exit(exits) = at {
+            session.at_boundary(exits)?;
+            if let Some(request) = snapshot.as_ref().filter(|request| exits >= request.at_exits) {
                 let position = RunPosition { exits, halted };
                 crate::snapshot::save(machine, position, session.monotonic_now(), &request.path)?;
+                session.on_snapshot(exits)?;
                 tracing::info!(exits, path = %request.path.display(), "snapshot saved");
                 snapshot = None;
             }

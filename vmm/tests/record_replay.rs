@@ -158,3 +158,31 @@ fn a_missing_log_is_a_one_line_error() {
     assert!(stderr.contains("/nonexistent/ftvm.log"), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 }
+
+#[test]
+fn a_snapshot_taken_while_recording_plus_the_rest_of_the_log_reaches_the_recorded_state() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("timer.log");
+    let snap = dir.path().join("timer.snap");
+    let output = ftvm(&[
+        "run",
+        "--state-digest",
+        "--record",
+        log.to_str().expect("utf-8"),
+        "--snapshot-at",
+        "120",
+        "--snapshot",
+        snap.to_str().expect("utf-8"),
+        "--guest",
+        "timer",
+        "40",
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let recorded = state_digest(&output);
+    let from_snapshot = ftvm(&["replay", log.to_str().expect("utf-8"), "--from", snap.to_str().expect("utf-8")]);
+    assert!(from_snapshot.status.success(), "{}", text(&from_snapshot));
+    assert_eq!(state_digest(&from_snapshot), recorded);
+    let from_boot = replay(&log);
+    assert!(from_boot.status.success(), "{}", text(&from_boot));
+    assert_eq!(state_digest(&from_boot), recorded);
+}

@@ -34,6 +34,9 @@ pub struct LogHeader {
     /// When recording started, nanoseconds since the Unix epoch (information only: replay takes
     /// all time from the clock records).
     pub created_unix_ns: u64,
+    /// The VMM's description of the machine's devices (opaque to the log), so a replayer builds
+    /// the same devices. Encoded as the header's last bytes: a log without it has none.
+    pub machine: Vec<u8>,
 }
 
 impl LogHeader {
@@ -59,6 +62,7 @@ impl LogHeader {
             }
             None => out.put_u8(0),
         }
+        out.put_bytes(&self.machine);
         let body_len = out.len() - PREFIX_LEN;
         let len = match u32::try_from(body_len) {
             Ok(len) if len <= MAX_HEADER_LEN => len,
@@ -157,8 +161,9 @@ fn decode_body(body: &[u8]) -> Result<LogHeader, Corruption> {
             })
         }
     };
-    get.finish()?;
+    let machine = get.rest().to_vec();
     Ok(LogHeader {
+        machine,
         image_digest,
         memory_size,
         cmdline,
