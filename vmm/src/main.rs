@@ -302,26 +302,61 @@ fn exit_code_for(outcome: RunOutcome) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// `ftvm demo`: each workload of our guest, on this machine, with its statistics.
+/// `ftvm demo`: each workload of our guest on this machine, recorded, then replayed from its
+/// log alone, and the two final states compared.
 fn demo() -> anyhow::Result<ExitCode> {
-    for words in [&["hello"][..], &["timer", "200"], &["compute", "500"], &["clock", "200"]] {
-        println!("== ftvm run --guest {}", words.join(" "));
+    let dir = tempfile::tempdir().context("a temporary directory for the demo's logs")?;
+    for words in [&["hello"][..], &["timer", "200"], &["compute", "300"], &["clock", "200"]] {
+        let line = words.join(" ");
+        println!("== ftvm run --guest {line} --record LOG");
         let config = MachineConfig {
             kernel: KernelSource::Embedded,
             memory_mib: MachineConfig::DEFAULT_MEMORY_MIB,
-            cmdline: words.join(" "),
+            cmdline: line.clone(),
             initrd: None,
             preempt_bound: MachineConfig::DEFAULT_PREEMPT_BOUND,
-            dirty_logging: false,
+            dirty_logging: true,
             devices: DeviceSetup::default(),
         };
+        let log = dir.path().join(format!("{}.log", words[0]));
         let mut machine = Machine::new(config, Box::new(std::io::stdout()))
-            .with_context(|| format!("booting the guest for {}", words[0]))?;
-        let (outcome, stats) = run(&mut machine, &mut HostWorld::new(), RunOptions::default())?;
+            .with_context(|| format!("booting the guest for {line}"))?;
+        let header = log_header(&machine, 1, 0);
+        let file = File::create(&log).with_context(|| format!("log {}", log.display()))?;
+        let mut recorder = RecordingWorld::new(HostWorld::new(), BufWriter::new(file), &header)?;
+        let started = std::time::Instant::now();
+        let (outcome, stats) = run(&mut machine, &mut recorder, RunOptions::default())?;
+        let recorded_in = started.elapsed();
+        let recorded_digest = digest::state_digest(&machine)?;
+        let code = if let RunOutcome::PowerOff(code) = outcome { code } else { u32::MAX };
+        let done = recorder.finish(code, Some(*recorded_digest.as_bytes()))?;
+        done.writer.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         println!("{stats}");
-        println!("state-digest: {}", digest::state_digest(&machine)?.to_hex());
+        println!("state-digest: {}", recorded_digest.to_hex());
         if outcome != RunOutcome::PowerOff(0) {
-            bail!("workload {} ended with {outcome:?}", words[0]);
+            bail!("workload {line} ended with {outcome:?}");
+        }
+
+        let file = File::open(&log).with_context(|| format!("log {}", log.display()))?;
+        let mut replayer = ReplayWorld::new(BufReader::new(file))?;
+        let mut replica = machine_for_log(replayer.header(), Box::new(std::io::sink()))?;
+        let started = std::time::Instant::now();
+        run(&mut replica, &mut replayer, RunOptions::default())?;
+        let replayed_in = started.elapsed();
+        let replayed_digest = digest::state_digest(&replica)?;
+        replayer.finish(Some(code), Some(*replayed_digest.as_bytes()))?;
+        let log_stats = replayer.stats();
+        println!(
+            "replayed from its log ({} bytes, {} events, {} checkpoints) in {:.0} ms (recorded in {:.0} ms): state-digest {}",
+            done.log_bytes,
+            log_stats.events(),
+            log_stats.checkpoints,
+            replayed_in.as_secs_f64() * 1e3,
+            recorded_in.as_secs_f64() * 1e3,
+            if replayed_digest == recorded_digest { "identical" } else { "DIFFERENT" }
+        );
+        if replayed_digest != recorded_digest {
+            bail!("the replay of {line} did not reach the recorded state");
         }
     }
     Ok(ExitCode::SUCCESS)
