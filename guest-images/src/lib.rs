@@ -14,6 +14,7 @@
 //! | `compute [M]` (M=300) | M million rounds of integer mixing in ring 3 (~1-1.5 s natively, no exits) while the PIT interrupts at 1000 Hz; prints `compute: checksum <hex>` (independent of interrupt timing) and the number of timer interrupts | 0 |
 //! | `clock [N]` (N=1000) | N reads of the monotonic clock between two wall-clock reads; prints `clock: <n> reads, <ns> ns elapsed` and the wall time | 0 |
 //! | `fault` | prints a line, then executes `ud2` in ring 3: the guest reports `(rip & 0xffffff) << 8 \| 6` on the panic port | ftvm's guest-panic code (101) |
+//! | `kv ip=A.B.C.D/N [port=P] [gw=A.B.C.D]` | a key-value server on TCP (port 7000) over the first virtio-net device, logging every SET/DEL to the first virtio disk before replying; prints `kv: listening on A.B.C.D:P, N keys loaded` and serves until killed (no digest) | 2 without its devices or with bad parameters, 3 if a disk write fails |
 //! | anything else, or a bad argument | prints an error | 2 |
 //!
 //! Digests: `hello` over the banner, `timer` over N and the tick count seen after each
@@ -36,7 +37,7 @@ pub fn ftvm_guest_elf() -> &'static [u8] {
 }
 
 /// The workloads the guest knows (the first word of its command line).
-pub const WORKLOADS: &[&str] = &["hello", "timer", "compute", "clock", "fault"];
+pub const WORKLOADS: &[&str] = &["hello", "timer", "compute", "clock", "fault", "kv"];
 
 /// The guest's exit code for an unknown workload or a bad argument.
 pub const EXIT_USAGE: u8 = 2;

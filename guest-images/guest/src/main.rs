@@ -3,11 +3,14 @@
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
 mod boot;
 mod bootinfo;
 mod clock;
 mod cmdline;
 mod digest;
+mod heap;
 mod interrupts;
 mod mem;
 mod pic;
@@ -16,6 +19,7 @@ mod port;
 mod power;
 #[macro_use]
 mod serial;
+mod virtio;
 mod workloads;
 
 use bootinfo::BootInfo;

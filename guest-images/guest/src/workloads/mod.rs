@@ -4,6 +4,7 @@
 mod clock;
 mod compute;
 mod hello;
+mod kv;
 mod timer;
 
 use crate::bootinfo::BootInfo;
@@ -12,7 +13,8 @@ use crate::cmdline::{parse_u64, CmdLine};
 /// Power-off code for a bad command line.
 pub const EXIT_USAGE: u32 = 2;
 
-const USAGE: &str = "workloads: hello | timer [N] | compute [M] | clock [N]";
+const USAGE: &str =
+    "workloads: hello | timer [N] | compute [M] | clock [N] | kv ip=A.B.C.D/N [port=P] [gw=A.B.C.D]";
 
 pub fn run(boot: &BootInfo, cmdline: CmdLine) -> u32 {
     let mut words = cmdline.words();
@@ -23,6 +25,7 @@ pub fn run(boot: &BootInfo, cmdline: CmdLine) -> u32 {
         "compute" => number_arg(&mut words, compute::DEFAULT_MILLIONS).and_then(compute::run),
         "clock" => number_arg(&mut words, 1000).and_then(clock::run),
         "fault" => fault(),
+        "kv" => no_more_args(&mut words).and_then(|()| kv::run(boot, cmdline)),
         _ => {
             println!("ftvm guest: unknown workload '{}'; {}", name, USAGE);
             return EXIT_USAGE;
@@ -58,4 +61,11 @@ fn number_arg<'a>(
         return Err("too many arguments");
     }
     Ok(value)
+}
+
+fn no_more_args<'a>(words: &mut impl Iterator<Item = &'a str>) -> Result<(), &'static str> {
+    match words.next() {
+        None => Ok(()),
+        Some(_) => Err("too many arguments"),
+    }
 }
