@@ -129,6 +129,9 @@ impl RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    if let Err(error) = vmm::kick::stop_on_signals() {
+        eprintln!("ftvm: cannot handle SIGINT/SIGTERM: {error}");
+    }
     let result = match cli.command {
         Command::Run(args) => run_command(&args),
         Command::Restore(args) => restore_command(&args),
@@ -296,7 +299,7 @@ fn exit_code_for(outcome: RunOutcome) -> anyhow::Result<ExitCode> {
             eprintln!("ftvm: the guest triple-faulted (shutdown) at rip {rip:#x}");
             Ok(ExitCode::from(102))
         }
-        RunOutcome::Stopped(reason) => bail!("stopped: {reason}"),
+        RunOutcome::Stopped(reason) => bail!("{reason}"),
         RunOutcome::DeviceFailed(reason) => bail!("a device failed and the VM cannot go on: {reason}"),
         RunOutcome::Reset => unreachable!("resets reboot the guest"),
     }

@@ -163,6 +163,9 @@ pub fn run(machine: &mut Machine, session: &mut dyn Session, options: RunOptions
         if let Some(reason) = session.stop_reason() {
             return Ok((RunOutcome::Stopped(reason), stats));
         }
+        if crate::kick::stop_requested() {
+            return Ok((RunOutcome::Stopped("stopped by a signal".into()), stats));
+        }
         deliver_world_events(machine, session, at);
         if halted {
             if let Some(outcome) = wait_for_interrupt(machine, session, at)? {
@@ -349,6 +352,9 @@ fn wait_for_interrupt(machine: &mut Machine, session: &mut dyn Session, at: Land
         session.wait_idle(at, machine.board.deadlines());
         if let Some(reason) = session.stop_reason() {
             return Ok(Some(RunOutcome::Stopped(reason)));
+        }
+        if crate::kick::stop_requested() {
+            return Ok(Some(RunOutcome::Stopped("stopped by a signal".into())));
         }
         deliver_world_events(machine, session, at);
     }
