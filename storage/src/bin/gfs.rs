@@ -85,6 +85,11 @@ enum Cmd {
         #[arg(long)]
         offset: u64,
     },
+    /// Measure loopback TCP throughput (one stream), for comparison with gfs.
+    BenchNet {
+        #[arg(long, default_value_t = 2048)]
+        mib: u64,
+    },
     /// Measure master metadata operations per second.
     BenchMeta {
         #[arg(long, default_value_t = 4)]
@@ -254,6 +259,7 @@ fn run(cli: Cli) -> Result<()> {
             c.write_at(&remote, offset, &data)?;
             Ok(())
         }
+        Cmd::BenchNet { mib } => bench_net(mib),
         Cmd::BenchMeta { threads, ops, dir } => {
             bench_meta(&client(&cli.master)?, threads, ops, &dir)
         }
@@ -304,5 +310,41 @@ fn bench_meta(c: &Client, threads: usize, ops: usize, dir: &str) -> Result<()> {
         };
     run("create", &|c, p| c.create(&p))?;
     run("lookup", &|c, p| c.stat(&p).map(|_| ()))?;
+    Ok(())
+}
+
+fn bench_net(mib: u64) -> Result<()> {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding loopback")?;
+    let addr = l.local_addr().context("local address")?;
+    let rx = std::thread::spawn(move || -> std::io::Result<u64> {
+        let (mut s, _) = l.accept()?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n as u64;
+        }
+    });
+    let mut s = std::net::TcpStream::connect(addr).context("connecting over loopback")?;
+    let buf = vec![7u8; 1 << 20];
+    let t0 = Instant::now();
+    for _ in 0..mib {
+        s.write_all(&buf).context("sending")?;
+    }
+    drop(s);
+    let got = rx
+        .join()
+        .map_err(|_| anyhow::anyhow!("receiver panicked"))?
+        .context("receiving")?;
+    let el = t0.elapsed().as_secs_f64();
+    println!(
+        "loopback tcp: {} MiB in {el:.3} s = {:.0} MB/s",
+        got >> 20,
+        got as f64 / el / 1e6
+    );
     Ok(())
 }

@@ -327,15 +327,18 @@ fn read(
     let end = offset + len;
     while pos < end {
         let n = (end - pos).min(READ_PIECE - pos % READ_PIECE);
-        if let Err(e) = cs.store.read(&chunk, version, pos, n, &mut buf) {
-            if e.kind() == Some(ErrorKind::Corrupt) {
-                tracing::warn!(handle, "{e}");
-                report_corrupt(cs, handle);
+        let range = match cs.store.read(&chunk, version, pos, n, &mut buf) {
+            Ok(r) => r,
+            Err(e) => {
+                if e.kind() == Some(ErrorKind::Corrupt) {
+                    tracing::warn!(handle, "{e}");
+                    report_corrupt(cs, handle);
+                }
+                // Cut the stream short with the error; the client resumes on another replica.
+                return conn.send(&Reply::<ChunkReply>::Err(to_remote(&e))).is_ok();
             }
-            // Cut the stream short with the error; the client resumes on another replica.
-            return conn.send(&Reply::<ChunkReply>::Err(to_remote(&e))).is_ok();
-        }
-        for piece in buf.chunks(crate::DATA_FRAME) {
+        };
+        for piece in buf[range].chunks(crate::DATA_FRAME) {
             if conn.queue_data(piece).is_err() {
                 return false;
             }

@@ -321,8 +321,9 @@ impl Store {
         Ok(())
     }
 
-    /// Reads `[offset, offset + len)` (at most [`READ_PIECE`]) into `out`, verifying every block
-    /// touched. Never-written ranges read as zeros.
+    /// Reads the blocks covering `[offset, offset + len)` (at most [`READ_PIECE`]) into `out`,
+    /// verifying each, and returns where the requested bytes are in `out`. Never-written ranges
+    /// read as zeros.
     pub fn read(
         &self,
         chunk: &Chunk,
@@ -330,7 +331,7 @@ impl Store {
         offset: u64,
         len: u64,
         out: &mut Vec<u8>,
-    ) -> Result<()> {
+    ) -> Result<std::ops::Range<usize>> {
         let end = offset
             .checked_add(len)
             .filter(|&e| e <= CHUNK_SIZE && len <= READ_PIECE)
@@ -340,18 +341,19 @@ impl Store {
                     format!("read at {offset}+{len} past the chunk end"),
                 )
             })?;
-        out.clear();
         if len == 0 {
-            return Ok(());
+            return Ok(0..0);
         }
         let s = lock(&chunk.state);
         check_version(chunk.handle, &s, version)?;
         let first = (offset / BLOCK_SIZE) as usize;
         let last = ((end - 1) / BLOCK_SIZE) as usize;
         let base = first as u64 * BLOCK_SIZE;
-        let mut buf = vec![0u8; (last - first + 1) * BLOCK_SIZE as usize];
+        let buf = out;
+        buf.clear();
+        buf.resize((last - first + 1) * BLOCK_SIZE as usize, 0);
         if let Some(f) = &s.data {
-            read_full_at(f, &mut buf, base).ctx(|| format!("reading chunk {}", chunk.handle))?;
+            read_full_at(f, buf, base).ctx(|| format!("reading chunk {}", chunk.handle))?;
         }
         for (i, b) in (first..=last).enumerate() {
             let blk = &buf[i * BLOCK_SIZE as usize..(i + 1) * BLOCK_SIZE as usize];
@@ -364,8 +366,7 @@ impl Store {
                 ));
             }
         }
-        out.extend_from_slice(&buf[(offset - base) as usize..(end - base) as usize]);
-        Ok(())
+        Ok((offset - base) as usize..(end - base) as usize)
     }
 }
 
@@ -442,11 +443,11 @@ mod tests {
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         s.write(&c, 2, 1000, &data).unwrap();
         let mut out = Vec::new();
-        s.read(&c, 2, 1000, 100_000, &mut out).unwrap();
-        assert_eq!(&out[..], &data[..100_000]);
+        let r = s.read(&c, 2, 1000, 100_000, &mut out).unwrap();
+        assert_eq!(&out[r], &data[..100_000]);
         // Unwritten ranges read as zeros; the old version is refused.
-        s.read(&c, 2, 10 * BLOCK_SIZE, 10, &mut out).unwrap();
-        assert_eq!(out, vec![0u8; 10]);
+        let r = s.read(&c, 2, 10 * BLOCK_SIZE, 10, &mut out).unwrap();
+        assert_eq!(&out[r], &[0u8; 10]);
         assert!(s.read(&c, 1, 0, 10, &mut out).is_err());
         assert!(s.read(&c, 2, CHUNK_SIZE - 1, 2, &mut out).is_err());
         // Reopen: checksums and versions persist.
@@ -454,8 +455,8 @@ mod tests {
         let s = Store::open(&d, false).unwrap();
         assert_eq!(s.report(), (vec![(7, 2)], vec![]));
         let c = s.get(7).unwrap();
-        s.read(&c, 2, 1000, 50, &mut out).unwrap();
-        assert_eq!(&out[..], &data[..50]);
+        let r = s.read(&c, 2, 1000, 50, &mut out).unwrap();
+        assert_eq!(&out[r], &data[..50]);
         // Flip a byte on disk: the block fails verification.
         let dp = d.join(format!("{:016x}.dat", 7));
         let mut bytes = std::fs::read(&dp).unwrap();

@@ -10,8 +10,24 @@ use crate::{CHUNK_SIZE, DATA_FRAME, MAX_MUTATION};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-/// Buffer size used by the streaming helpers.
-const STREAM_BUF: usize = 8 * 1024 * 1024;
+/// Piece size used by the streaming helpers (one mutation per piece).
+const STREAM_PIECE: usize = MAX_MUTATION as usize;
+/// Pieces in flight at once in the streaming helpers.
+pub const STREAM_WINDOW: usize = 8;
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn fill(r: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(GfsError::io("reading input", e)),
+        }
+    }
+    Ok(filled)
+}
 
 impl Client {
     /// Writes all of `data` at `offset` of `path`, then raises the file size if needed.
@@ -38,7 +54,13 @@ impl Client {
         let mut done = 0usize;
         while done < buf.len() {
             let pos = offset + done as u64;
-            let (size, loc) = self.get_chunk(path, pos / CHUNK_SIZE, false)?;
+            let idx = pos / CHUNK_SIZE;
+            let cached = self.inner.cache.get_read(path, idx);
+            let fresh = cached.is_none();
+            let (size, loc) = match cached {
+                Some(c) => c,
+                None => self.get_chunk(path, idx, false)?,
+            };
             if pos >= size {
                 break;
             }
@@ -49,47 +71,110 @@ impl Client {
             let out = &mut buf[done..done + n];
             match loc {
                 None => out.fill(0),
-                Some(l) => self.read_chunk(&l, coff, out)?,
+                Some(l) => {
+                    if let Err(e) = self.read_chunk(&l, coff, out) {
+                        // Perhaps only the cached location was stale: ask the master again.
+                        self.inner.cache.forget(path, idx);
+                        if fresh {
+                            return Err(e);
+                        }
+                        continue;
+                    }
+                }
             }
             done += n;
         }
         Ok(done)
     }
 
-    /// Copies the whole file to `w`; returns the bytes copied.
+    /// Copies the whole file to `w`; returns the bytes copied. Reads [`STREAM_WINDOW`] pieces
+    /// in parallel (spread over replicas) and writes them out in order.
     pub fn read_to(&self, path: &str, w: &mut impl Write) -> Result<u64> {
-        let mut buf = vec![0u8; STREAM_BUF];
+        let mut bufs: Vec<Vec<u8>> = (0..STREAM_WINDOW)
+            .map(|_| vec![0u8; STREAM_PIECE])
+            .collect();
         let mut off = 0u64;
         loop {
-            let n = self.read_at(path, off, &mut buf)?;
-            if n == 0 {
-                return Ok(off);
+            let results: Vec<Result<usize>> = std::thread::scope(|s| {
+                let jobs: Vec<_> = bufs
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(i, b)| {
+                        let at = off + (i * STREAM_PIECE) as u64;
+                        s.spawn(move || self.read_at(path, at, b))
+                    })
+                    .collect();
+                jobs.into_iter()
+                    .map(|j| {
+                        j.join().unwrap_or_else(|_| {
+                            Err(GfsError::ReadFailed("reader thread panicked".into()))
+                        })
+                    })
+                    .collect()
+            });
+            for (b, r) in bufs.iter().zip(results) {
+                let n = r?;
+                w.write_all(&b[..n])
+                    .map_err(|e| GfsError::io("writing output", e))?;
+                off += n as u64;
+                if n < STREAM_PIECE {
+                    return Ok(off);
+                }
             }
-            w.write_all(&buf[..n])
-                .map_err(|e| GfsError::io("writing output", e))?;
-            off += n as u64;
         }
     }
 
     /// Writes everything from `r` into `path` starting at offset 0; returns the bytes written.
+    /// Up to [`STREAM_WINDOW`] mutations are in flight at once, so pushing one piece overlaps
+    /// committing another.
     pub fn write_from(&self, path: &str, r: &mut impl Read) -> Result<u64> {
-        let mut buf = vec![0u8; STREAM_BUF];
+        let mut bufs: Vec<Vec<u8>> = (0..STREAM_WINDOW)
+            .map(|_| vec![0u8; STREAM_PIECE])
+            .collect();
         let mut off = 0u64;
         loop {
-            let mut filled = 0;
-            while filled < buf.len() {
-                match r.read(&mut buf[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(GfsError::io("reading input", e)),
+            let mut lens = Vec::with_capacity(STREAM_WINDOW);
+            for b in bufs.iter_mut() {
+                let n = fill(r, b)?;
+                lens.push(n);
+                if n < STREAM_PIECE {
+                    break;
                 }
             }
-            if filled == 0 {
+            let total: usize = lens.iter().sum();
+            if total == 0 {
                 return Ok(off);
             }
-            self.write_at(path, off, &buf[..filled])?;
-            off += filled as u64;
+            let results: Vec<Result<()>> = std::thread::scope(|s| {
+                let mut at = off;
+                let jobs: Vec<_> = bufs
+                    .iter()
+                    .zip(&lens)
+                    .filter(|(_, &n)| n > 0)
+                    .map(|(b, &n)| {
+                        let here = at;
+                        at += n as u64;
+                        s.spawn(move || self.write_at(path, here, &b[..n]))
+                    })
+                    .collect();
+                jobs.into_iter()
+                    .map(|j| {
+                        j.join().unwrap_or_else(|_| {
+                            Err(GfsError::WriteFailed {
+                                attempts: 0,
+                                last: "writer thread panicked".into(),
+                            })
+                        })
+                    })
+                    .collect()
+            });
+            for r in results {
+                r?;
+            }
+            off += total as u64;
+            if lens.len() < STREAM_WINDOW || lens.last().is_some_and(|&n| n < STREAM_PIECE) {
+                return Ok(off);
+            }
         }
     }
 
@@ -134,35 +219,20 @@ impl Client {
     }
 
     fn write_location(&self, path: &str, idx: u64) -> Result<ChunkLocation> {
-        let key = (path.to_string(), idx);
-        if let Some((loc, until)) = self.leases().get(&key) {
-            if Instant::now() < *until {
-                return Ok(loc.clone());
-            }
+        if let Some(loc) = self.inner.cache.get_write(path, idx) {
+            return Ok(loc);
         }
         let (_, loc) = self.get_chunk(path, idx, true)?;
-        let loc = loc.ok_or_else(|| {
+        loc.ok_or_else(|| {
             GfsError::fs(
                 ErrorKind::NoReplicas,
                 "master returned no chunk for a write",
             )
-        })?;
-        // Trust the lease for a little less than it has left.
-        let until = Instant::now()
-            + Duration::from_millis(loc.lease_ms.saturating_sub(loc.lease_ms / 4 + 500));
-        self.leases().insert(key, (loc.clone(), until));
-        Ok(loc)
-    }
-
-    fn leases(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, u64), (ChunkLocation, Instant)>>
-    {
-        self.inner.leases.lock().unwrap_or_else(|p| p.into_inner())
+        })
     }
 
     fn forget_lease(&self, path: &str, idx: u64) {
-        self.leases().remove(&(path.to_string(), idx));
+        self.inner.cache.forget(path, idx);
     }
 
     /// One attempt: push the data along the chain, then ask the primary to commit it.

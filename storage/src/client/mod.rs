@@ -9,13 +9,13 @@
 //! # Ok::<(), storage::GfsError>(())
 //! ```
 
+mod cache;
 mod data;
 
 use crate::error::{ErrorKind, GfsError, Result};
 use crate::protocol::{ChunkLocation, Conn, MasterReply, MasterRequest, Pool, Reply};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 pub use crate::protocol::{ChunkStat, DirEntry, FileStat, ReplicaStat};
 
@@ -40,8 +40,7 @@ impl Default for RetryPolicy {
 struct Inner {
     master: String,
     pool: Pool,
-    /// Write locations with valid leases, by (path, chunk index).
-    leases: Mutex<HashMap<(String, u64), (ChunkLocation, Instant)>>,
+    cache: cache::Cache,
     retry: RetryPolicy,
 }
 
@@ -69,7 +68,7 @@ impl Client {
             inner: Arc::new(Inner {
                 master: master.to_string(),
                 pool: Pool::default(),
-                leases: Mutex::new(HashMap::new()),
+                cache: cache::Cache::default(),
                 retry,
             }),
         }
@@ -91,6 +90,10 @@ impl Client {
     }
 
     fn done(&self, req: MasterRequest) -> Result<()> {
+        if !matches!(req, MasterRequest::ExtendSize { .. }) {
+            // Namespace changes can make cached chunk locations wrong for a path.
+            self.inner.cache.clear();
+        }
         match self.master(&req)? {
             MasterReply::Done => Ok(()),
             other => Err(unexpected(&self.inner.master, other)),
@@ -153,10 +156,15 @@ impl Client {
 
     /// Raises the recorded size of `path` to at least `size`.
     fn extend_size(&self, path: &str, size: u64) -> Result<()> {
+        if self.inner.cache.known_size(path).is_some_and(|s| s >= size) {
+            return Ok(());
+        }
         self.done(MasterRequest::ExtendSize {
             path: path.into(),
             size,
-        })
+        })?;
+        self.inner.cache.raise_size(path, size);
+        Ok(())
     }
 
     fn get_chunk(
@@ -170,7 +178,18 @@ impl Client {
             index,
             for_write,
         })? {
-            MasterReply::Chunk { size, location } => Ok((size, location)),
+            MasterReply::Chunk { size, location } => {
+                match &location {
+                    Some(l) if for_write => {
+                        self.inner.cache.put_write(path, index, size, l.clone())
+                    }
+                    _ => self
+                        .inner
+                        .cache
+                        .put_read(path, index, size, location.clone()),
+                }
+                Ok((size, location))
+            }
             other => Err(unexpected(&self.inner.master, other)),
         }
     }

@@ -117,7 +117,7 @@ impl Cluster {
             "--listen".into(),
             self.master_addr.clone(),
             "--dead-after-secs".into(),
-            "1".into(),
+            "3".into(),
         ];
         args.extend(self.master_args.iter().cloned());
         self.master = Some(spawn(&args, &self.dir.join("master.log")));
