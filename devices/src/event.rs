@@ -118,12 +118,7 @@ pub trait EventSource {
     /// Bytes a device takes from the world at `at`: `live` reads them from the real backend.
     /// A recording source records what `live` returned; a replaying source returns the
     /// recorded bytes and never calls `live`.
-    fn device_input(
-        &mut self,
-        _at: Landmark,
-        _kind: InputKind,
-        live: &mut dyn FnMut() -> Vec<u8>,
-    ) -> Vec<u8> {
+    fn device_input(&mut self, _at: Landmark, _kind: InputKind, live: &mut dyn FnMut() -> Vec<u8>) -> Vec<u8> {
         live()
     }
 

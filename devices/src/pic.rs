@@ -99,9 +99,7 @@ impl ChipState {
 
     /// The rank of the highest-priority line set in `mask`, or `LINES` if none.
     fn best_rank(&self, mask: u8) -> u8 {
-        (0..LINES)
-            .find(|&rank| mask & bit(self.line_at_rank(rank)) != 0)
-            .unwrap_or(LINES)
+        (0..LINES).find(|&rank| mask & bit(self.line_at_rank(rank)) != 0).unwrap_or(LINES)
     }
 
     /// The input this chip would signal to the CPU (or to the master), if any.
@@ -235,11 +233,7 @@ impl ChipState {
                 };
             }
             InitStep::Icw3 => {
-                self.init_step = if self.icw4_expected {
-                    InitStep::Icw4
-                } else {
-                    InitStep::Ready
-                };
+                self.init_step = if self.icw4_expected { InitStep::Icw4 } else { InitStep::Ready };
             }
             InitStep::Icw4 => {
                 self.auto_eoi = value & 0x02 != 0;
@@ -280,10 +274,7 @@ pub struct PicState {
 
 impl Default for PicState {
     fn default() -> Self {
-        Self {
-            master: ChipState::reset(RESET_VECTOR_BASE[0]),
-            slave: ChipState::reset(RESET_VECTOR_BASE[1]),
-        }
+        Self { master: ChipState::reset(RESET_VECTOR_BASE[0]), slave: ChipState::reset(RESET_VECTOR_BASE[1]) }
     }
 }
 
@@ -404,11 +395,7 @@ impl PicPair {
         let master = &self.state.master;
         let master_line = master.requested_line(true)?;
         if master_line != CASCADE_LINE || !self.cascaded() {
-            return Some(Delivery {
-                master_line,
-                slave_line: None,
-                vector: vector(master.vector_base, master_line),
-            });
+            return Some(Delivery { master_line, slave_line: None, vector: vector(master.vector_base, master_line) });
         }
         let slave = &self.state.slave;
         let slave_line = slave.requested_line(false);
@@ -480,17 +467,9 @@ mod tests {
         pic.pulse_irq(3);
         assert_eq!(pic.acknowledge(), Some(0x23));
         pic.pulse_irq(5);
-        assert_eq!(
-            pic.pending_vector(),
-            None,
-            "IRQ 3 in service blocks lower priorities"
-        );
+        assert_eq!(pic.pending_vector(), None, "IRQ 3 in service blocks lower priorities");
         pic.pulse_irq(12);
-        assert_eq!(
-            pic.acknowledge(),
-            Some(0x2c),
-            "the slave sits at IR2, above IRQ 3"
-        );
+        assert_eq!(pic.acknowledge(), Some(0x2c), "the slave sits at IR2, above IRQ 3");
     }
 
     #[test]

@@ -98,10 +98,7 @@ pub struct ChannelState {
 
 impl ChannelState {
     fn new(gate: bool) -> Self {
-        Self {
-            gate,
-            ..Self::default()
-        }
+        Self { gate, ..Self::default() }
     }
 
     fn modulus(&self) -> u64 {
@@ -114,11 +111,7 @@ impl ChannelState {
 
     /// The count in ticks (the reload value, with 0 meaning the full modulus).
     fn count_ticks(&self) -> u64 {
-        let count = if self.bcd {
-            from_bcd(self.reload)
-        } else {
-            u64::from(self.reload)
-        };
+        let count = if self.bcd { from_bcd(self.reload) } else { u64::from(self.reload) };
         if count == 0 {
             self.modulus()
         } else {
@@ -205,10 +198,7 @@ impl ChannelState {
     fn latch_count(&mut self, now_ns: u64) {
         if self.latched_count.is_none() {
             let value = self.encode(self.current_count(now_ns));
-            self.latched_count = Some(LatchedCount {
-                value,
-                low_read: false,
-            });
+            self.latched_count = Some(LatchedCount { value, low_read: false });
         }
     }
 
@@ -335,11 +325,7 @@ pub struct PitState {
 impl Default for PitState {
     fn default() -> Self {
         Self {
-            channels: [
-                ChannelState::new(true),
-                ChannelState::new(true),
-                ChannelState::new(false),
-            ],
+            channels: [ChannelState::new(true), ChannelState::new(true), ChannelState::new(false)],
             speaker_data: false,
         }
     }
@@ -489,10 +475,7 @@ mod tests {
                 let deadline = pit.next_deadline().expect("armed");
                 assert_eq!(deadline, start + ns_for_ticks(k * 1193));
                 let gap = deadline - previous;
-                assert!(
-                    (999_847..=999_848).contains(&gap) || k == 1,
-                    "gap {gap} at {k}"
-                );
+                assert!((999_847..=999_848).contains(&gap) || k == 1, "gap {gap} at {k}");
                 previous = deadline;
                 assert!(pit.expire());
             }
@@ -604,11 +587,7 @@ mod tests {
         let mut pit = Pit::new();
         program(&mut pit, 3, 1000, 0);
         pit.write(0x43, 0xc2, 0); // latch count and status of channel 0
-        assert_eq!(
-            pit.read(0x40, 0),
-            0x80 | 0x30 | 3 << 1,
-            "OUT high, lohi, mode 3"
-        );
+        assert_eq!(pit.read(0x40, 0), 0x80 | 0x30 | 3 << 1, "OUT high, lohi, mode 3");
         assert_eq!(pit.read(0x40, 0), 0xe8);
         assert_eq!(pit.read(0x40, 0), 0x03);
     }
@@ -621,10 +600,7 @@ mod tests {
         pit.write(0x40, 0x10, 0); // 1000 decimal
         assert_eq!(pit.next_deadline(), Some(ns_for_ticks(1000)));
         pit.write(0x43, 0x00, ns_for_ticks(1));
-        assert_eq!(
-            u16::from_le_bytes([pit.read(0x40, 0), pit.read(0x40, 0)]),
-            0x0999
-        );
+        assert_eq!(u16::from_le_bytes([pit.read(0x40, 0), pit.read(0x40, 0)]), 0x0999);
     }
 
     #[test]

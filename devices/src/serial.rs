@@ -115,10 +115,7 @@ pub struct Serial {
 impl Serial {
     /// A UART in its reset state whose transmitted bytes go to `out`.
     pub fn new(out: Box<dyn Write + Send>) -> Self {
-        Self {
-            uart: Uart::new(IrqLine, out),
-            output_error_logged: false,
-        }
+        Self { uart: Uart::new(IrqLine, out), output_error_logged: false }
     }
 
     /// A read of register `offset` (0-7; others read as 0).
@@ -183,9 +180,7 @@ impl PartialEq for Serial {
 
 impl std::fmt::Debug for Serial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Serial")
-            .field("state", &self.state())
-            .finish_non_exhaustive()
+        f.debug_struct("Serial").field("state", &self.state()).finish_non_exhaustive()
     }
 }
 
@@ -273,22 +268,13 @@ mod tests {
         serial.write(THR, b'a');
         assert!(!serial.interrupt_line(), "THRE interrupt not enabled");
         serial.write(IER, IER_THRE);
-        assert!(
-            serial.interrupt_line(),
-            "enabling THRE with an empty THR interrupts"
-        );
+        assert!(serial.interrupt_line(), "enabling THRE with an empty THR interrupts");
         assert_eq!(serial.read(IIR) & 0x0f, IIR_THRE);
         assert!(!serial.interrupt_line(), "reading IIR acknowledges THRE");
         serial.write(THR, b'b');
-        assert!(
-            serial.interrupt_line(),
-            "the next byte leaves THR empty again"
-        );
+        assert!(serial.interrupt_line(), "the next byte leaves THR empty again");
         serial.write(IER, 0);
-        assert!(
-            !serial.interrupt_line(),
-            "disabling the interrupt lowers the line"
-        );
+        assert!(!serial.interrupt_line(), "disabling the interrupt lowers the line");
     }
 
     #[test]
@@ -343,10 +329,7 @@ mod tests {
     #[test]
     fn restore_tolerates_an_oversized_fifo() {
         let (mut serial, _) = capturing();
-        let state = SerialState {
-            in_buffer: vec![0; 1000],
-            ..SerialState::default()
-        };
+        let state = SerialState { in_buffer: vec![0; 1000], ..SerialState::default() };
         serial.restore(&state);
         assert_eq!(serial.state().in_buffer.len(), FIFO_SIZE);
     }

@@ -58,8 +58,7 @@ impl<'a> DeltaCheckpoint<'a> {
         let mut out = Vec::with_capacity(1 + 12 + vcpu.len() + devices.len());
         out.push(VERSION);
         for part in [vcpu, devices] {
-            let len = u32::try_from(part.len())
-                .map_err(|_| CheckpointError::TooLarge { len: part.len() })?;
+            let len = u32::try_from(part.len()).map_err(|_| CheckpointError::TooLarge { len: part.len() })?;
             out.extend_from_slice(&len.to_le_bytes());
             out.extend_from_slice(part);
         }
@@ -71,14 +70,9 @@ impl<'a> DeltaCheckpoint<'a> {
                 return Err(CheckpointError::Unaligned { gpa });
             }
             if bytes.len() != PAGE_SIZE {
-                return Err(CheckpointError::PageSize {
-                    gpa,
-                    len: bytes.len(),
-                });
+                return Err(CheckpointError::PageSize { gpa, len: bytes.len() });
             }
-            count = count
-                .checked_add(1)
-                .ok_or(CheckpointError::TooLarge { len: out.len() })?;
+            count = count.checked_add(1).ok_or(CheckpointError::TooLarge { len: out.len() })?;
             if bytes.iter().all(|&b| b == 0) {
                 out.extend_from_slice(&(gpa | ZERO_PAGE).to_le_bytes());
             } else {
@@ -96,10 +90,7 @@ impl<'a> DeltaCheckpoint<'a> {
         let mut cursor = Cursor { bytes, pos: 0 };
         let version = cursor.take(1, "version")?[0];
         if version != VERSION {
-            return Err(cursor.error(Corruption::BadField {
-                field: "checkpoint version",
-                value: version.into(),
-            }));
+            return Err(cursor.error(Corruption::BadField { field: "checkpoint version", value: version.into() }));
         }
         let vcpu_len = cursor.u32("vcpu length")? as usize;
         let vcpu = cursor.take(vcpu_len, "vcpu state")?;
@@ -114,23 +105,13 @@ impl<'a> DeltaCheckpoint<'a> {
                     cursor.take(PAGE_SIZE, "page bytes")?;
                 }
                 ZERO_PAGE => {}
-                other => {
-                    return Err(cursor.error(Corruption::BadField {
-                        field: "page flags",
-                        value: other,
-                    }))
-                }
+                other => return Err(cursor.error(Corruption::BadField { field: "page flags", value: other })),
             }
         }
         if cursor.pos != bytes.len() {
             return Err(cursor.error(Corruption::TrailingBytes(bytes.len() - cursor.pos)));
         }
-        Ok(Self {
-            vcpu,
-            devices,
-            page_count,
-            pages: &bytes[pages_start..],
-        })
+        Ok(Self { vcpu, devices, page_count, pages: &bytes[pages_start..] })
     }
 
     pub fn page_count(&self) -> u32 {
@@ -163,10 +144,7 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn error(&self, reason: Corruption) -> CheckpointError {
-        CheckpointError::Malformed {
-            offset: self.pos,
-            reason,
-        }
+        CheckpointError::Malformed { offset: self.pos, reason }
     }
 
     fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], CheckpointError> {
@@ -206,10 +184,7 @@ mod tests {
         assert_eq!(cp.vcpu, b"regs");
         assert_eq!(cp.devices, b"board");
         let got: Vec<_> = cp.pages().collect();
-        assert_eq!(
-            got,
-            vec![(0x1000, PageData::Zero), (0x7000, PageData::Bytes(&data))]
-        );
+        assert_eq!(got, vec![(0x1000, PageData::Zero), (0x7000, PageData::Bytes(&data))]);
     }
 
     #[test]
@@ -217,10 +192,7 @@ mod tests {
         let data = [1u8; PAGE_SIZE];
         let bytes = DeltaCheckpoint::encode(b"r", b"d", [(0x2000, &data[..])]).expect("encode");
         for cut in 0..bytes.len() {
-            assert!(
-                DeltaCheckpoint::decode(&bytes[..cut]).is_err(),
-                "cut at {cut}"
-            );
+            assert!(DeltaCheckpoint::decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
         assert_eq!(
             DeltaCheckpoint::encode(b"", b"", [(0x2001, &data[..])]).err(),

@@ -89,11 +89,7 @@ impl RunningDigest {
     /// A digest whose next exit is `Exit(exits + 1)`: a run resumed from a snapshot. The digest
     /// then covers only the exits from there on.
     pub fn starting_at(exits: u64) -> Self {
-        Self {
-            hasher: blake3::Hasher::new(),
-            exits,
-            start: exits,
-        }
+        Self { hasher: blake3::Hasher::new(), exits, start: exits }
     }
 
     /// The exit count the digest started at: it covers exits `start() + 1..=exits()`.
@@ -124,13 +120,7 @@ mod tests {
     use super::*;
 
     fn sig(value: u64) -> ExitSignature {
-        ExitSignature {
-            kind: ExitKind::PioOut,
-            rip: 0x1000,
-            addr: 0x3f8,
-            len: 1,
-            value,
-        }
+        ExitSignature { kind: ExitKind::PioOut, rip: 0x1000, addr: 0x3f8, len: 1, value }
     }
 
     #[test]

@@ -20,8 +20,6 @@ pub mod replay;
 
 pub use checkpoint::{CheckpointError, DeltaCheckpoint, PageData, PAGE_SIZE};
 pub use digest::{ExitKind, ExitSignature, RunningDigest};
-pub use format::{
-    landmark_key, Corruption, End, LogError, LogHeader, LogReader, LogWriter, Record, RecordKind,
-};
+pub use format::{landmark_key, Corruption, End, LogError, LogHeader, LogReader, LogWriter, Record, RecordKind};
 pub use recorder::{LogStats, Recorded, RecordingWorld};
 pub use replay::{Divergence, ReplayError, ReplayWorld};

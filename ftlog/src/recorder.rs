@@ -93,10 +93,7 @@ impl<S: EventSource, W: Write> RecordingWorld<S, W> {
         let n = self.digest.fold(sig);
         self.stats.exits = n;
         if n.checked_rem(self.interval) == Some(0) {
-            let record = Record::ExitDigest {
-                exits: n,
-                digest: self.digest.digest(),
-            };
+            let record = Record::ExitDigest { exits: n, digest: self.digest.digest() };
             self.write(&record)?;
             self.stats.exit_digests += 1;
         }
@@ -141,17 +138,9 @@ impl<S: EventSource, W: Write> RecordingWorld<S, W> {
             (n, 1) => Landmark::Preempt(n),
             (n, _) => Landmark::Exit(n),
         };
-        let at = if landmark_key(at) > landmark_key(here) {
-            at
-        } else {
-            here
-        };
+        let at = if landmark_key(at) > landmark_key(here) { at } else { here };
         if exits != recorded || at != here {
-            return Err(LogError::MisplacedSnapshotMark {
-                offset: self.log.offset(),
-                requested: exits,
-                at,
-            });
+            return Err(LogError::MisplacedSnapshotMark { offset: self.log.offset(), requested: exits, at });
         }
         self.write(&Record::SnapshotMark { exits })?;
         self.digest = RunningDigest::starting_at(exits);
@@ -160,27 +149,13 @@ impl<S: EventSource, W: Write> RecordingWorld<S, W> {
 
     /// Writes the End record and flushes. Its `exit_digest` is the running digest since it last
     /// restarted (the log's start or the last snapshot mark), like the ExitDigest records.
-    pub fn finish(
-        mut self,
-        exit_code: u32,
-        state_digest: Option<[u8; 32]>,
-    ) -> Result<Recorded<W>, LogError> {
+    pub fn finish(mut self, exit_code: u32, state_digest: Option<[u8; 32]>) -> Result<Recorded<W>, LogError> {
         self.check()?;
-        let end = End {
-            exits: self.digest.exits(),
-            exit_digest: self.digest.digest(),
-            exit_code,
-            state_digest,
-        };
+        let end = End { exits: self.digest.exits(), exit_digest: self.digest.digest(), exit_code, state_digest };
         self.log.write(&Record::End(end.clone()))?;
         let log_bytes = self.log.offset();
         let writer = self.log.into_inner()?;
-        Ok(Recorded {
-            end,
-            stats: self.stats,
-            log_bytes,
-            writer,
-        })
+        Ok(Recorded { end, stats: self.stats, log_bytes, writer })
     }
 
     /// Pushes buffered records out (e.g. before releasing output that depends on them).
@@ -263,10 +238,7 @@ impl<S: EventSource, W: Write> EventSource for RecordingWorld<S, W> {
     fn poll(&mut self, at: Landmark, armed: Deadlines) -> Vec<WorldEvent> {
         let events = self.inner.poll(at, armed);
         for event in &events {
-            self.write_latched(&Record::World {
-                at,
-                event: event.clone(),
-            });
+            self.write_latched(&Record::World { at, event: event.clone() });
             self.stats.world_events += 1;
         }
         events
@@ -277,12 +249,7 @@ impl<S: EventSource, W: Write> EventSource for RecordingWorld<S, W> {
         self.inner.wait_idle(at, armed);
     }
 
-    fn device_input(
-        &mut self,
-        at: Landmark,
-        kind: InputKind,
-        live: &mut dyn FnMut() -> Vec<u8>,
-    ) -> Vec<u8> {
+    fn device_input(&mut self, at: Landmark, kind: InputKind, live: &mut dyn FnMut() -> Vec<u8>) -> Vec<u8> {
         let data = self.inner.device_input(at, kind, live);
         if self.error.is_none() {
             self.note(at);

@@ -59,11 +59,7 @@ pub struct Divergence {
 
 impl fmt::Display for Divergence {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "diverged at {}: expected {}, got {}",
-            self.at, self.expected, self.got
-        )
+        write!(f, "diverged at {}: expected {}, got {}", self.at, self.expected, self.got)
     }
 }
 
@@ -160,10 +156,7 @@ impl<R: Read> ReplayWorld<R> {
     /// the recorder's final stats [`LogStats::since`] its stats at the mark), while `exits` is,
     /// as always, the absolute exit count.
     pub fn stats(&self) -> LogStats {
-        LogStats {
-            exits: self.digest.exits(),
-            ..self.stats
-        }
+        LogStats { exits: self.digest.exits(), ..self.stats }
     }
 
     /// Exits replayed so far.
@@ -219,10 +212,7 @@ impl<R: Read> ReplayWorld<R> {
     pub fn expect_interrupt(&mut self, at: Landmark, vector: u8) -> Result<(), ReplayError> {
         if self.advance(at) {
             match self.head {
-                Some(Record::Interrupt {
-                    at: rec_at,
-                    vector: v,
-                }) if rec_at == at && v == vector => {
+                Some(Record::Interrupt { at: rec_at, vector: v }) if rec_at == at && v == vector => {
                     self.consume();
                     self.stats.interrupts += 1;
                 }
@@ -244,10 +234,7 @@ impl<R: Read> ReplayWorld<R> {
             return None;
         }
         match self.head {
-            Some(Record::Checkpoint {
-                at: Landmark::Preempt(n),
-                ..
-            }) => Some(n),
+            Some(Record::Checkpoint { at: Landmark::Preempt(n), .. }) => Some(n),
             _ => None,
         }
     }
@@ -347,18 +334,10 @@ impl<R: Read> ReplayWorld<R> {
                 Some(Record::SnapshotMark { exits: mark }) if *mark == exits => break,
                 None => Some("the end of the log".to_string()),
                 Some(record @ Record::End(_)) => Some(record.to_string()),
-                Some(record)
-                    if record
-                        .landmark()
-                        .is_some_and(|at| landmark_key(at) > boundary) =>
-                {
+                Some(record) if record.landmark().is_some_and(|at| landmark_key(at) > boundary) => {
                     Some(record.to_string())
                 }
-                Some(Record::ClockRead {
-                    clock: ClockId::Monotonic,
-                    value,
-                    ..
-                }) => {
+                Some(Record::ClockRead { clock: ClockId::Monotonic, value, .. }) => {
                     self.last_monotonic = *value;
                     None
                 }
@@ -386,25 +365,14 @@ impl<R: Read> ReplayWorld<R> {
     /// The replayed run ended: the log must end here too, after as many exits, with the same
     /// exit digest, exit code (if given: a run stopped by the log has none of its own) and
     /// state digest (when both are known). Returns the recorded End.
-    pub fn finish(
-        &mut self,
-        exit_code: Option<u32>,
-        state_digest: Option<[u8; 32]>,
-    ) -> Result<End, ReplayError> {
+    pub fn finish(&mut self, exit_code: Option<u32>, state_digest: Option<[u8; 32]>) -> Result<End, ReplayError> {
         self.check()?;
         let exits = self.digest.exits();
         let at = self.current.unwrap_or(Landmark::Exit(exits));
         let Some(Record::End(end)) = self.head.clone() else {
             let expected = self.describe_head();
-            self.diverge(
-                at,
-                expected,
-                format!("the end of the run after {exits} exits"),
-            );
-            return Err(self
-                .check()
-                .err()
-                .unwrap_or_else(|| ReplayError::Log(self.truncated())));
+            self.diverge(at, expected, format!("the end of the run after {exits} exits"));
+            return Err(self.check().err().unwrap_or_else(|| ReplayError::Log(self.truncated())));
         };
         let hex = crate::format::short_hex;
         if end.exits != exits {
@@ -418,11 +386,7 @@ impl<R: Read> ReplayWorld<R> {
             self.compare_digest(Landmark::Exit(exits), &end.exit_digest);
         }
         if let Some(code) = exit_code.filter(|&code| code != end.exit_code) {
-            self.diverge(
-                at,
-                format!("exit code {}", end.exit_code),
-                format!("exit code {code}"),
-            );
+            self.diverge(at, format!("exit code {}", end.exit_code), format!("exit code {code}"));
         }
         if let (Some(recorded), Some(replayed)) = (end.state_digest, state_digest) {
             if recorded != replayed {
@@ -456,9 +420,7 @@ impl<R: Read> ReplayWorld<R> {
     }
 
     fn truncated(&self) -> LogError {
-        LogError::Truncated {
-            offset: self.reader.offset(),
-        }
+        LogError::Truncated { offset: self.reader.offset() }
     }
 
     fn describe_head(&self) -> String {
@@ -493,11 +455,7 @@ impl<R: Read> ReplayWorld<R> {
         let key = landmark_key(at);
         if let Some(current) = self.current {
             if key < landmark_key(current) {
-                self.diverge(
-                    at,
-                    format!("a landmark at or after {current}"),
-                    format!("a request at {at}"),
-                );
+                self.diverge(at, format!("a landmark at or after {current}"), format!("a request at {at}"));
                 return false;
             }
             if key == landmark_key(current) {
@@ -507,11 +465,7 @@ impl<R: Read> ReplayWorld<R> {
         if let Some(pending) = self.head.as_ref().and_then(Record::landmark) {
             if landmark_key(pending) < key {
                 let expected = self.describe_head();
-                self.diverge(
-                    pending,
-                    expected,
-                    format!("nothing at {pending} (replay moved on to {at})"),
-                );
+                self.diverge(pending, expected, format!("nothing at {pending} (replay moved on to {at})"));
                 return false;
             }
         }
@@ -537,11 +491,7 @@ impl<R: Read> ReplayWorld<R> {
         let recent: Vec<String> = self.recent.iter().map(ToString::to_string).collect();
         self.diverge(
             at,
-            format!(
-                "exit digest {} over Exit({})..=Exit({n})",
-                hex(recorded),
-                self.digest.start() + 1
-            ),
+            format!("exit digest {} over Exit({})..=Exit({n})", hex(recorded), self.digest.start() + 1),
             format!(
                 "exit digest {} (a replayed exit in Exit({})..=Exit({n}) differs; last replayed: [{}])",
                 hex(&replayed),
@@ -558,11 +508,7 @@ impl<R: Read> EventSource for ReplayWorld<R> {
             return 0;
         }
         match self.head {
-            Some(Record::ClockRead {
-                at: rec_at,
-                clock: rec_clock,
-                value,
-            }) if rec_at == at && rec_clock == clock => {
+            Some(Record::ClockRead { at: rec_at, clock: rec_clock, value }) if rec_at == at && rec_clock == clock => {
                 self.consume();
                 self.stats.clock_reads += 1;
                 if clock == ClockId::Monotonic {
@@ -602,22 +548,13 @@ impl<R: Read> EventSource for ReplayWorld<R> {
         let mark = (at, self.consumed);
         if self.idle_mark == Some(mark) && !matches!(self.head, Some(Record::End(_))) {
             let expected = self.describe_head();
-            self.diverge(
-                at,
-                expected,
-                format!("guest idle at {at} with nothing recorded to wake it"),
-            );
+            self.diverge(at, expected, format!("guest idle at {at} with nothing recorded to wake it"));
         }
         self.idle_mark = Some(mark);
     }
 
     /// The recorded bytes; `live` is never called (the backend is not touched on replay).
-    fn device_input(
-        &mut self,
-        at: Landmark,
-        kind: InputKind,
-        _live: &mut dyn FnMut() -> Vec<u8>,
-    ) -> Vec<u8> {
+    fn device_input(&mut self, at: Landmark, kind: InputKind, _live: &mut dyn FnMut() -> Vec<u8>) -> Vec<u8> {
         if !self.advance(at) {
             return Vec::new();
         }
@@ -642,10 +579,9 @@ impl<R: Read> EventSource for ReplayWorld<R> {
             return Some(e.to_string());
         }
         match &self.head {
-            Some(Record::End(end)) if end.exits == self.digest.exits() => Some(format!(
-                "the recording ends here, after {} exits",
-                end.exits
-            )),
+            Some(Record::End(end)) if end.exits == self.digest.exits() => {
+                Some(format!("the recording ends here, after {} exits", end.exits))
+            }
             _ => None,
         }
     }

@@ -5,10 +5,7 @@ use ftlog::{End, LogError, LogHeader, LogReader, LogWriter, Record};
 use proptest::prelude::*;
 
 fn landmark() -> impl Strategy<Value = Landmark> {
-    prop_oneof![
-        any::<u64>().prop_map(Landmark::Exit),
-        any::<u64>().prop_map(Landmark::Preempt)
-    ]
+    prop_oneof![any::<u64>().prop_map(Landmark::Exit), any::<u64>().prop_map(Landmark::Preempt)]
 }
 
 fn clock() -> impl Strategy<Value = ClockId> {
@@ -25,44 +22,21 @@ fn world_event() -> impl Strategy<Value = WorldEvent> {
 
 fn record() -> impl Strategy<Value = Record> {
     prop_oneof![
-        (any::<u64>(), any::<[u8; 32]>())
-            .prop_map(|(exits, digest)| Record::ExitDigest { exits, digest }),
+        (any::<u64>(), any::<[u8; 32]>()).prop_map(|(exits, digest)| Record::ExitDigest { exits, digest }),
         (landmark(), any::<u8>()).prop_map(|(at, vector)| Record::Interrupt { at, vector }),
-        (landmark(), clock(), any::<u64>()).prop_map(|(at, clock, value)| Record::ClockRead {
-            at,
-            clock,
-            value
-        }),
+        (landmark(), clock(), any::<u64>()).prop_map(|(at, clock, value)| Record::ClockRead { at, clock, value }),
         (landmark(), world_event()).prop_map(|(at, event)| Record::World { at, event }),
         (landmark(), proptest::collection::vec(any::<u8>(), 0..200))
             .prop_map(|(at, data)| Record::Checkpoint { at, data }),
-        (
-            landmark(),
-            any::<u8>(),
-            proptest::collection::vec(any::<u8>(), 0..100)
-        )
-            .prop_map(|(at, device, data)| Record::Input {
-                at,
-                kind: InputKind::DiskRead { device },
-                data
-            }),
+        (landmark(), any::<u8>(), proptest::collection::vec(any::<u8>(), 0..100))
+            .prop_map(|(at, device, data)| Record::Input { at, kind: InputKind::DiskRead { device }, data }),
         any::<u64>().prop_map(|exits| Record::SnapshotMark { exits }),
     ]
 }
 
 fn end() -> impl Strategy<Value = End> {
-    (
-        any::<u64>(),
-        any::<[u8; 32]>(),
-        any::<u32>(),
-        any::<Option<[u8; 32]>>(),
-    )
-        .prop_map(|(exits, exit_digest, exit_code, state_digest)| End {
-            exits,
-            exit_digest,
-            exit_code,
-            state_digest,
-        })
+    (any::<u64>(), any::<[u8; 32]>(), any::<u32>(), any::<Option<[u8; 32]>>())
+        .prop_map(|(exits, exit_digest, exit_code, state_digest)| End { exits, exit_digest, exit_code, state_digest })
 }
 
 fn header() -> impl Strategy<Value = LogHeader> {
@@ -77,41 +51,26 @@ fn header() -> impl Strategy<Value = LogHeader> {
         any::<u64>(),
         proptest::collection::vec(any::<u8>(), 0..64),
     )
-        .prop_map(
-            |(
+        .prop_map(|(image_digest, memory_size, cmdline, kernel_path, bound, k, created, start, machine)| {
+            LogHeader {
+                machine,
                 image_digest,
                 memory_size,
                 cmdline,
                 kernel_path,
-                bound,
-                k,
-                created,
-                start,
-                machine,
-            )| {
-                LogHeader {
-                    machine,
-                    image_digest,
-                    memory_size,
-                    cmdline,
-                    kernel_path,
-                    preemption_bound_ns: bound,
-                    exit_digest_interval: k,
-                    created_unix_ns: created,
-                    start_exits: start,
-                }
-            },
-        )
+                preemption_bound_ns: bound,
+                exit_digest_interval: k,
+                created_unix_ns: created,
+                start_exits: start,
+            }
+        })
 }
 
 /// A complete log and the offsets where its units start (0 = header, then every record).
 fn encode(header: &LogHeader, records: &[Record], end: &End) -> (Vec<u8>, Vec<u64>) {
     let mut writer = LogWriter::new(Vec::new(), header).expect("header");
     let mut starts = vec![0];
-    for record in records
-        .iter()
-        .chain(std::iter::once(&Record::End(end.clone())))
-    {
+    for record in records.iter().chain(std::iter::once(&Record::End(end.clone()))) {
         starts.push(writer.offset());
         writer.write(record).expect("write");
     }
@@ -126,12 +85,7 @@ fn read(bytes: &[u8]) -> Result<(LogHeader, Vec<(u64, Record)>), LogError> {
 
 /// The start of the unit holding byte `pos`.
 fn unit_of(starts: &[u64], pos: u64) -> u64 {
-    starts
-        .iter()
-        .copied()
-        .filter(|&s| s <= pos)
-        .max()
-        .unwrap_or(0)
+    starts.iter().copied().filter(|&s| s <= pos).max().unwrap_or(0)
 }
 
 proptest! {
@@ -210,35 +164,14 @@ fn every_cut_and_every_flip_of_one_log() {
         start_exits: 0,
     };
     let records = vec![
-        Record::ClockRead {
-            at: Landmark::Exit(1),
-            clock: ClockId::Monotonic,
-            value: 12345,
-        },
-        Record::World {
-            at: Landmark::Exit(1),
-            event: WorldEvent::PitExpired,
-        },
-        Record::Interrupt {
-            at: Landmark::Exit(1),
-            vector: 0x20,
-        },
-        Record::Checkpoint {
-            at: Landmark::Preempt(1),
-            data: vec![1, 2, 3],
-        },
-        Record::ExitDigest {
-            exits: 64,
-            digest: [9; 32],
-        },
+        Record::ClockRead { at: Landmark::Exit(1), clock: ClockId::Monotonic, value: 12345 },
+        Record::World { at: Landmark::Exit(1), event: WorldEvent::PitExpired },
+        Record::Interrupt { at: Landmark::Exit(1), vector: 0x20 },
+        Record::Checkpoint { at: Landmark::Preempt(1), data: vec![1, 2, 3] },
+        Record::ExitDigest { exits: 64, digest: [9; 32] },
         Record::SnapshotMark { exits: 64 },
     ];
-    let e = End {
-        exits: 64,
-        exit_digest: [9; 32],
-        exit_code: 0,
-        state_digest: None,
-    };
+    let e = End { exits: 64, exit_digest: [9; 32], exit_code: 0, state_digest: None };
     let (bytes, starts) = encode(&h, &records, &e);
     for cut in 0..bytes.len() {
         match read(&bytes[..cut]) {
@@ -277,12 +210,7 @@ fn a_log_without_end_is_truncated_unless_open_ended() {
         start_exits: 0,
     };
     let mut writer = LogWriter::new(Vec::new(), &h).unwrap();
-    writer
-        .write(&Record::Interrupt {
-            at: Landmark::Exit(3),
-            vector: 8,
-        })
-        .unwrap();
+    writer.write(&Record::Interrupt { at: Landmark::Exit(3), vector: 8 }).unwrap();
     let end_offset = writer.offset();
     let bytes = writer.into_inner().unwrap();
     match read(&bytes) {
@@ -312,36 +240,18 @@ fn a_newer_version_and_records_after_end_are_reported() {
     let crc_at = header.len() - 4;
     let crc = crc32c::crc32c(&header[..crc_at]);
     header[crc_at..].copy_from_slice(&crc.to_le_bytes());
-    assert!(matches!(
-        LogReader::new(&header[..]),
-        Err(LogError::UnsupportedVersion {
-            offset: 8,
-            found: 2
-        })
-    ));
+    assert!(matches!(LogReader::new(&header[..]), Err(LogError::UnsupportedVersion { offset: 8, found: 2 })));
 
-    let e = End {
-        exits: 0,
-        exit_digest: [0; 32],
-        exit_code: 0,
-        state_digest: None,
-    };
+    let e = End { exits: 0, exit_digest: [0; 32], exit_code: 0, state_digest: None };
     let (mut bytes, _) = encode(&h, &[], &e);
     let after = bytes.len() as u64;
     let mut more = LogWriter::new(Vec::new(), &h).unwrap();
-    more.write(&Record::Interrupt {
-        at: Landmark::Exit(1),
-        vector: 1,
-    })
-    .unwrap();
+    more.write(&Record::Interrupt { at: Landmark::Exit(1), vector: 1 }).unwrap();
     let more = more.into_inner().unwrap();
     let header_len = h.encode().unwrap().len();
     bytes.extend_from_slice(&more[header_len..]);
     match read(&bytes) {
-        Err(LogError::Corrupt {
-            offset,
-            reason: ftlog::Corruption::AfterEnd,
-        }) => assert_eq!(offset, after),
+        Err(LogError::Corrupt { offset, reason: ftlog::Corruption::AfterEnd }) => assert_eq!(offset, after),
         other => panic!("{other:?}"),
     }
 }
@@ -365,13 +275,7 @@ fn throughput() {
     let t = std::time::Instant::now();
     let mut writer = LogWriter::new(Vec::with_capacity(128 << 20), &h).unwrap();
     for i in 0..n {
-        writer
-            .write(&Record::ClockRead {
-                at: Landmark::Exit(i),
-                clock: ClockId::Monotonic,
-                value: i,
-            })
-            .unwrap();
+        writer.write(&Record::ClockRead { at: Landmark::Exit(i), clock: ClockId::Monotonic, value: i }).unwrap();
     }
     let bytes = writer.into_inner().unwrap();
     let enc = t.elapsed();
@@ -418,15 +322,10 @@ fn a_snapshot_mark_has_the_documented_layout_and_is_checked() {
         created_unix_ns: 0,
         start_exits: 0,
     };
-    let mark = Record::SnapshotMark {
-        exits: 0x0102_0304_0506_0708,
-    };
+    let mark = Record::SnapshotMark { exits: 0x0102_0304_0506_0708 };
     assert_eq!(mark.kind() as u8, 8);
     assert_eq!(mark.landmark(), Some(Landmark::Exit(0x0102_0304_0506_0708)));
-    assert_eq!(
-        mark.to_string(),
-        format!("snapshot mark at Exit({})", 0x0102_0304_0506_0708u64)
-    );
+    assert_eq!(mark.to_string(), format!("snapshot mark at Exit({})", 0x0102_0304_0506_0708u64));
     let mut writer = LogWriter::new(Vec::new(), &h).unwrap();
     let header_len = writer.offset() as usize;
     writer.write(&mark).unwrap();
@@ -450,10 +349,7 @@ fn a_snapshot_mark_has_the_documented_layout_and_is_checked() {
             Err(LogError::Corrupt { offset, reason }) => {
                 assert_eq!(offset, header.len() as u64);
                 assert!(
-                    matches!(
-                        reason,
-                        ftlog::Corruption::Short("exits") | ftlog::Corruption::TrailingBytes(1)
-                    ),
+                    matches!(reason, ftlog::Corruption::Short("exits") | ftlog::Corruption::TrailingBytes(1)),
                     "{reason:?}"
                 );
             }
@@ -465,9 +361,6 @@ fn a_snapshot_mark_has_the_documented_layout_and_is_checked() {
     log.extend_from_slice(&frame(&[9, 0]));
     assert!(matches!(
         LogReader::new(&log[..]).unwrap().open_ended().read_all(),
-        Err(LogError::Corrupt {
-            reason: ftlog::Corruption::UnknownKind(9),
-            ..
-        })
+        Err(LogError::Corrupt { reason: ftlog::Corruption::UnknownKind(9), .. })
     ));
 }

@@ -6,8 +6,8 @@
 
 use devices::{ClockId, Deadlines, EventSource, Landmark, WorldEvent};
 use ftlog::{
-    Divergence, End, ExitKind, ExitSignature, LogError, LogHeader, LogReader, LogWriter, Record,
-    RecordingWorld, ReplayError, ReplayWorld,
+    Divergence, End, ExitKind, ExitSignature, LogError, LogHeader, LogReader, LogWriter, Record, RecordingWorld,
+    ReplayError, ReplayWorld,
 };
 
 /// A live world that is deterministic, so the test knows what it answered.
@@ -28,13 +28,9 @@ impl EventSource for FakeWorld {
         self.polls += 1;
         match self.polls % 5 {
             0 => vec![WorldEvent::PitExpired],
-            3 if self.polls % 2 == 0 => vec![
-                WorldEvent::NetFrame {
-                    device: 0,
-                    frame: vec![1, 2, 3],
-                },
-                WorldEvent::PitExpired,
-            ],
+            3 if self.polls % 2 == 0 => {
+                vec![WorldEvent::NetFrame { device: 0, frame: vec![1, 2, 3] }, WorldEvent::PitExpired]
+            }
             _ => Vec::new(),
         }
     }
@@ -66,8 +62,7 @@ impl<W: std::io::Write> Side for RecordingWorld<FakeWorld, W> {
         self.record_interrupt(at, vector).expect("record interrupt");
     }
     fn preempted(&mut self, at: Landmark, acc: u64) {
-        self.record_checkpoint(at, &acc.to_le_bytes())
-            .expect("record checkpoint");
+        self.record_checkpoint(at, &acc.to_le_bytes()).expect("record checkpoint");
     }
     fn replace_run(&mut self, _count: u64, _acc: &mut u64) -> bool {
         false
@@ -118,9 +113,7 @@ thread_local! {
 }
 
 fn mix(acc: u64, v: u64) -> u64 {
-    (acc ^ v)
-        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        .rotate_left(17)
+    (acc ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17)
 }
 
 /// The model machine's whole state at the top of its loop: what a snapshot saves.
@@ -133,13 +126,7 @@ struct Machine {
     kicks_here: u32,
 }
 
-const BOOT: Machine = Machine {
-    acc: 1,
-    count: 0,
-    at: Landmark::Exit(0),
-    pending: false,
-    kicks_here: 0,
-};
+const BOOT: Machine = Machine { acc: 1, count: 0, at: Landmark::Exit(0), pending: false, kicks_here: 0 };
 
 /// A snapshot saved (primary) or a mark passed (replay) at an exit boundary.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -168,13 +155,7 @@ fn drive_from(
     primary: bool,
     snapshots: &[u64],
 ) -> (u64, Vec<String>, Vec<Snapshot>) {
-    let Machine {
-        mut acc,
-        mut count,
-        mut at,
-        mut pending,
-        mut kicks_here,
-    } = machine;
+    let Machine { mut acc, mut count, mut at, mut pending, mut kicks_here } = machine;
     let mut trace = Vec::new();
     let mut taken = Vec::new();
     loop {
@@ -182,20 +163,10 @@ fn drive_from(
             break;
         }
         if at == Landmark::Exit(count) {
-            let machine = Machine {
-                acc,
-                count,
-                at,
-                pending,
-                kicks_here,
-            };
+            let machine = Machine { acc, count, at, pending, kicks_here };
             let stats = side.counts();
             if side.boundary(count, primary && snapshots.contains(&count)) {
-                taken.push(Snapshot {
-                    machine,
-                    trace_len: trace.len(),
-                    stats,
-                });
+                taken.push(Snapshot { machine, trace_len: trace.len(), stats });
             }
         }
         for event in side.poll(at, Deadlines::default()) {
@@ -227,24 +198,10 @@ fn drive_from(
         kicks_here = 0;
         count += 1;
         at = Landmark::Exit(count);
-        let kind = if count % 2 == 0 {
-            ExitKind::PioIn
-        } else {
-            ExitKind::PioOut
-        };
-        side.exit(&ExitSignature {
-            kind,
-            rip: acc & 0xffff,
-            addr: 0x40,
-            len: 1,
-            value: acc,
-        });
+        let kind = if count % 2 == 0 { ExitKind::PioIn } else { ExitKind::PioOut };
+        side.exit(&ExitSignature { kind, rip: acc & 0xffff, addr: 0x40, len: 1, value: acc });
         if count % 3 == 0 {
-            let clock = if count % 9 == 0 {
-                ClockId::Wall
-            } else {
-                ClockId::Monotonic
-            };
+            let clock = if count % 9 == 0 { ClockId::Wall } else { ClockId::Monotonic };
             let v = side.read_clock(at, clock);
             trace.push(format!("{at}: {clock:?}={v}"));
             acc = mix(acc, v);
@@ -277,17 +234,11 @@ struct Recording {
 }
 
 fn record(k: u32) -> Recording {
-    let mut world =
-        RecordingWorld::new(FakeWorld { now: 0, polls: 0 }, Vec::new(), &header(k)).unwrap();
+    let mut world = RecordingWorld::new(FakeWorld { now: 0, polls: 0 }, Vec::new(), &header(k)).unwrap();
     let (acc, trace) = drive(&mut world, EXITS, true);
     let recorded = world.finish(0, Some([acc as u8; 32])).unwrap();
     assert_eq!(recorded.end.exits, EXITS);
-    Recording {
-        log: recorded.writer,
-        acc,
-        trace,
-        stats: recorded.stats,
-    }
+    Recording { log: recorded.writer, acc, trace, stats: recorded.stats }
 }
 
 fn replay(log: &[u8]) -> (ReplayWorld<&[u8]>, u64, Vec<String>) {
@@ -320,16 +271,12 @@ fn rewrite(log: &[u8], edit: impl FnOnce(&mut Vec<Record>)) -> Vec<u8> {
 fn replay_gives_identical_answers_and_counts() {
     for k in [1, 4, 64] {
         let rec = record(k);
-        assert!(
-            rec.stats.checkpoints == 3 && rec.stats.interrupts > 0 && rec.stats.world_events > 0
-        );
+        assert!(rec.stats.checkpoints == 3 && rec.stats.interrupts > 0 && rec.stats.world_events > 0);
         let (mut world, acc, trace) = replay(&rec.log);
         assert!(world.error().is_none(), "{:?}", world.error());
         assert_eq!(trace, rec.trace);
         assert_eq!(acc, rec.acc);
-        let end = world
-            .finish(Some(0), Some([acc as u8; 32]))
-            .expect("replay ends like the recording");
+        let end = world.finish(Some(0), Some([acc as u8; 32])).expect("replay ends like the recording");
         assert_eq!(end.exits, EXITS);
         assert_eq!(world.stats(), rec.stats);
         assert_eq!(world.stats().events(), rec.stats.events());
@@ -342,16 +289,9 @@ fn a_moved_interrupt_diverges_at_its_landmark() {
     let mut moved_from = None;
     let log = rewrite(&rec.log, |records| {
         for r in records.iter_mut() {
-            if let Record::Interrupt {
-                at: Landmark::Exit(n),
-                ..
-            } = r
-            {
+            if let Record::Interrupt { at: Landmark::Exit(n), .. } = r {
                 moved_from = Some(Landmark::Exit(*n));
-                *r = Record::Interrupt {
-                    at: Landmark::Exit(*n + 1),
-                    vector: 0x20,
-                };
+                *r = Record::Interrupt { at: Landmark::Exit(*n + 1), vector: 0x20 };
                 break;
             }
         }
@@ -360,10 +300,7 @@ fn a_moved_interrupt_diverges_at_its_landmark() {
     let d = divergence(&world);
     assert_eq!(Some(d.at), moved_from);
     assert!(d.got.contains("interrupt 0x20"), "{d}");
-    assert!(d.to_string().starts_with(&format!(
-        "diverged at {}: expected interrupt 0x20 at Exit(",
-        d.at
-    )));
+    assert!(d.to_string().starts_with(&format!("diverged at {}: expected interrupt 0x20 at Exit(", d.at)));
 }
 
 #[test]
@@ -372,10 +309,7 @@ fn an_interrupt_the_replay_does_not_take_is_reported_at_its_landmark() {
     let mut extra_at = None;
     let log = rewrite(&rec.log, |records| {
         // An interrupt the model never injects (at the first clock read's landmark).
-        let i = records
-            .iter()
-            .position(|r| matches!(r, Record::ClockRead { .. }))
-            .unwrap();
+        let i = records.iter().position(|r| matches!(r, Record::ClockRead { .. })).unwrap();
         let at = records[i].landmark().unwrap();
         extra_at = Some(at);
         records.insert(i + 1, Record::Interrupt { at, vector: 0x99 });
@@ -387,10 +321,7 @@ fn an_interrupt_the_replay_does_not_take_is_reported_at_its_landmark() {
 }
 
 fn first_clock_read(records: &[Record]) -> (usize, u64) {
-    let i = records
-        .iter()
-        .position(|r| matches!(r, Record::ClockRead { .. }))
-        .unwrap();
+    let i = records.iter().position(|r| matches!(r, Record::ClockRead { .. })).unwrap();
     (i, records[i].landmark().unwrap().exit_count())
 }
 
@@ -410,17 +341,9 @@ fn a_changed_clock_value_diverges_at_the_next_digest() {
         let d = divergence(&world);
         // The value is taken after exit n's signature; exit n + 1 is the first to differ.
         let first_bad = read_at + 1;
-        assert_eq!(
-            d.at,
-            Landmark::Exit(first_bad.div_ceil(k) * k),
-            "K={k}: {d}"
-        );
+        assert_eq!(d.at, Landmark::Exit(first_bad.div_ceil(k) * k), "K={k}: {d}");
         assert!(d.expected.starts_with("exit digest"), "{d}");
-        assert!(
-            d.got
-                .contains(&format!("Exit({})..=", (first_bad.div_ceil(k) - 1) * k + 1)),
-            "{d}"
-        );
+        assert!(d.got.contains(&format!("Exit({})..=", (first_bad.div_ceil(k) - 1) * k + 1)), "{d}");
     }
 }
 
@@ -439,18 +362,14 @@ fn a_read_of_another_clock_diverges_at_that_landmark() {
     let d = divergence(&world);
     assert_eq!(d.at, Landmark::Exit(read_at));
     assert_eq!(d.got, format!("Monotonic clock read at Exit({read_at})"));
-    assert!(world
-        .stop_reason()
-        .is_some_and(|r| r.starts_with("diverged at")));
+    assert!(world.stop_reason().is_some_and(|r| r.starts_with("diverged at")));
 }
 
 #[test]
 fn a_different_end_state_is_a_divergence() {
     let rec = record(4);
     let (mut world, acc, _) = replay(&rec.log);
-    let err = world
-        .finish(Some(0), Some([acc as u8 ^ 1; 32]))
-        .unwrap_err();
+    let err = world.finish(Some(0), Some([acc as u8 ^ 1; 32])).unwrap_err();
     assert!(err.to_string().contains("state digest"), "{err}");
 }
 
@@ -468,20 +387,8 @@ fn a_truncated_log_stops_the_replay_with_its_position() {
 #[test]
 fn an_idle_guest_with_nothing_to_wake_it_diverges() {
     let mut writer = LogWriter::new(Vec::new(), &header(64)).unwrap();
-    writer
-        .write(&Record::Interrupt {
-            at: Landmark::Exit(9),
-            vector: 0x20,
-        })
-        .unwrap();
-    writer
-        .write(&Record::End(End {
-            exits: 9,
-            exit_digest: [0; 32],
-            exit_code: 0,
-            state_digest: None,
-        }))
-        .unwrap();
+    writer.write(&Record::Interrupt { at: Landmark::Exit(9), vector: 0x20 }).unwrap();
+    writer.write(&Record::End(End { exits: 9, exit_digest: [0; 32], exit_code: 0, state_digest: None })).unwrap();
     let log = writer.into_inner().unwrap();
     let mut world = ReplayWorld::new(&log[..]).unwrap();
     let at = Landmark::Exit(0);
@@ -495,23 +402,14 @@ fn an_idle_guest_with_nothing_to_wake_it_diverges() {
 
 #[test]
 fn the_end_of_a_stopped_recording_is_a_stop_reason() {
-    let mut rec =
-        RecordingWorld::new(FakeWorld { now: 0, polls: 0 }, Vec::new(), &header(64)).unwrap();
-    let sig = ExitSignature {
-        kind: ExitKind::Hlt,
-        rip: 0x10,
-        addr: 0,
-        len: 0,
-        value: 0,
-    };
+    let mut rec = RecordingWorld::new(FakeWorld { now: 0, polls: 0 }, Vec::new(), &header(64)).unwrap();
+    let sig = ExitSignature { kind: ExitKind::Hlt, rip: 0x10, addr: 0, len: 0, value: 0 };
     rec.record_exit(&sig).unwrap();
     let log = rec.finish(130, None).unwrap().writer;
     let mut world = ReplayWorld::new(&log[..]).unwrap();
     assert_eq!(world.stop_reason(), None);
     world.check_exit(&sig).unwrap();
-    assert!(world
-        .stop_reason()
-        .is_some_and(|r| r.contains("recording ends here")));
+    assert!(world.stop_reason().is_some_and(|r| r.contains("recording ends here")));
     assert_eq!(world.finish(None, None).unwrap().exit_code, 130);
 }
 
@@ -535,12 +433,8 @@ impl std::io::Write for Failing {
 
 #[test]
 fn a_failed_log_write_stops_the_recording() {
-    let mut world = RecordingWorld::new(
-        FakeWorld { now: 0, polls: 0 },
-        Failing { budget: 100_000 },
-        &header(1),
-    )
-    .unwrap();
+    let mut world =
+        RecordingWorld::new(FakeWorld { now: 0, polls: 0 }, Failing { budget: 100_000 }, &header(1)).unwrap();
     // The buffered writer holds 64 KiB, so the failure shows once enough has been written.
     let mut failed = false;
     for n in 1..100_000u64 {
@@ -553,13 +447,7 @@ fn a_failed_log_write_stops_the_recording() {
     }
     assert!(failed);
     assert!(world.stop_reason().is_some_and(|r| r.contains("disk full")));
-    let sig = ExitSignature {
-        kind: ExitKind::Hlt,
-        rip: 0,
-        addr: 0,
-        len: 0,
-        value: 0,
-    };
+    let sig = ExitSignature { kind: ExitKind::Hlt, rip: 0, addr: 0, len: 0, value: 0 };
     assert!(matches!(world.record_exit(&sig), Err(LogError::Io { .. })));
 }
 
@@ -571,24 +459,12 @@ struct MarkedRecording {
 
 /// A recording that saves snapshots at the exit boundaries in `marks`.
 fn record_with_marks(k: u32, marks: &[u64]) -> MarkedRecording {
-    let mut world =
-        RecordingWorld::new(FakeWorld { now: 0, polls: 0 }, Vec::new(), &header(k)).unwrap();
+    let mut world = RecordingWorld::new(FakeWorld { now: 0, polls: 0 }, Vec::new(), &header(k)).unwrap();
     let (acc, trace, snapshots) = drive_from(&mut world, BOOT, EXITS, true, marks);
-    assert_eq!(
-        snapshots
-            .iter()
-            .map(|s| s.machine.count)
-            .collect::<Vec<_>>(),
-        marks
-    );
+    assert_eq!(snapshots.iter().map(|s| s.machine.count).collect::<Vec<_>>(), marks);
     let recorded = world.finish(0, Some([acc as u8; 32])).unwrap();
     MarkedRecording {
-        rec: Recording {
-            log: recorded.writer,
-            acc,
-            trace,
-            stats: recorded.stats,
-        },
+        rec: Recording { log: recorded.writer, acc, trace, stats: recorded.stats },
         end: recorded.end,
         snapshots,
     }
@@ -599,29 +475,16 @@ fn records(log: &[u8]) -> Vec<Record> {
 }
 
 /// Restores `snapshot` and replays the rest of the log from its mark.
-fn replay_from<'a>(
-    log: &'a [u8],
-    snapshot: &Snapshot,
-) -> (ReplayWorld<&'a [u8]>, u64, Vec<String>) {
+fn replay_from<'a>(log: &'a [u8], snapshot: &Snapshot) -> (ReplayWorld<&'a [u8]>, u64, Vec<String>) {
     let mut world = ReplayWorld::new(log).unwrap();
-    world
-        .skip_to_snapshot(snapshot.machine.count)
-        .expect("the mark is in the log");
+    world.skip_to_snapshot(snapshot.machine.count).expect("the mark is in the log");
     let (acc, trace, _) = drive_from(&mut world, snapshot.machine, EXITS, false, &[]);
     (world, acc, trace)
 }
 
 #[test]
 fn a_snapshot_replays_from_boot_and_from_its_mark_to_the_recorded_end() {
-    let mark_sets: &[&[u64]] = &[
-        &[0],
-        &[5],
-        &[13],
-        &[20],
-        &[EXITS],
-        &[5, 20],
-        &[0, 11, 12, 40],
-    ];
+    let mark_sets: &[&[u64]] = &[&[0], &[5], &[13], &[20], &[EXITS], &[5, 20], &[0, 11, 12, 40]];
     for k in [1, 4, 7, 64] {
         for &marks in mark_sets {
             let m = record_with_marks(k, marks);
@@ -638,10 +501,7 @@ fn a_snapshot_replays_from_boot_and_from_its_mark_to_the_recorded_end() {
             // events at Exit(n).
             for r in records(&m.rec.log).windows(2) {
                 if let [Record::SnapshotMark { exits }, next] = r {
-                    assert!(
-                        !matches!(next, Record::ExitDigest { exits: e, .. } if e == exits),
-                        "{what}"
-                    );
+                    assert!(!matches!(next, Record::ExitDigest { exits: e, .. } if e == exits), "{what}");
                 }
             }
 
@@ -650,10 +510,7 @@ fn a_snapshot_replays_from_boot_and_from_its_mark_to_the_recorded_end() {
             let (acc, trace, passed) = drive_from(&mut world, BOOT, EXITS, false, &[]);
             assert!(world.error().is_none(), "{what}: {:?}", world.error());
             assert_eq!((acc, &trace), (m.rec.acc, &m.rec.trace), "{what}");
-            assert_eq!(
-                passed, m.snapshots,
-                "{what}: marks passed where they were written"
-            );
+            assert_eq!(passed, m.snapshots, "{what}: marks passed where they were written");
             assert_eq!(world.stats(), m.rec.stats, "{what}");
             let end = world.finish(Some(0), Some([acc as u8; 32])).expect(&what);
             assert_eq!(end, m.end, "{what}");
@@ -705,16 +562,9 @@ fn exit_digests_after_the_mark_are_checked_by_a_replay_from_it() {
     // K = 4, mark at 13: the first digest after the mark (Exit(16)) covers 14..=16 only.
     let m = record_with_marks(4, &[13]);
     let log = rewrite(&m.rec.log, |records| {
-        let mark = records
-            .iter()
-            .position(|r| matches!(r, Record::SnapshotMark { .. }))
-            .unwrap();
+        let mark = records.iter().position(|r| matches!(r, Record::SnapshotMark { .. })).unwrap();
         // Change the first clock value after the mark (read at Exit(15), taken after exit 15).
-        let i = mark
-            + records[mark..]
-                .iter()
-                .position(|r| matches!(r, Record::ClockRead { .. }))
-                .unwrap();
+        let i = mark + records[mark..].iter().position(|r| matches!(r, Record::ClockRead { .. })).unwrap();
         assert_eq!(records[i].landmark(), Some(Landmark::Exit(15)));
         if let Record::ClockRead { value, .. } = &mut records[i] {
             *value += 1;
@@ -739,11 +589,7 @@ fn exit_digests_after_the_mark_are_checked_by_a_replay_from_it() {
         .iter()
         .take_while(|r| !matches!(r, Record::SnapshotMark { .. }))
         .filter_map(|r| match r {
-            Record::ClockRead {
-                clock: ClockId::Monotonic,
-                value,
-                ..
-            } => Some(*value),
+            Record::ClockRead { clock: ClockId::Monotonic, value, .. } => Some(*value),
             _ => None,
         })
         .last()
@@ -795,10 +641,7 @@ fn a_mark_at_the_wrong_exit_count_diverges() {
     assert!(!world.pass_snapshot_mark(20).unwrap());
     // pass_snapshot_mark for a count other than the replayed one, with that count's mark next.
     let log = rewrite(&m.rec.log, |records| {
-        let i = records
-            .iter()
-            .position(|r| matches!(r, Record::SnapshotMark { .. }))
-            .unwrap();
+        let i = records.iter().position(|r| matches!(r, Record::SnapshotMark { .. })).unwrap();
         records.insert(0, records[i].clone());
     });
     let mut world = ReplayWorld::new(&log[..]).unwrap();
@@ -812,53 +655,30 @@ fn skipping_to_a_mark_the_log_does_not_have_is_an_error() {
     let mut world = ReplayWorld::new(&plain.log[..]).unwrap();
     let err = world.skip_to_snapshot(20).unwrap_err();
     assert!(matches!(err, ReplayError::NoSnapshotMark { exits: 20, .. }));
-    assert!(
-        err.to_string().starts_with("no snapshot mark at exit 20"),
-        "{err}"
-    );
+    assert!(err.to_string().starts_with("no snapshot mark at exit 20"), "{err}");
     assert!(err.divergence().is_none());
     // Latched: the replay cannot go on.
     assert!(world.error().is_some());
-    assert!(world
-        .stop_reason()
-        .is_some_and(|r| r.contains("no snapshot mark")));
-    assert!(world
-        .check_exit(&ExitSignature {
-            kind: ExitKind::Hlt,
-            rip: 0,
-            addr: 0,
-            len: 0,
-            value: 0
-        })
-        .is_err());
+    assert!(world.stop_reason().is_some_and(|r| r.contains("no snapshot mark")));
+    assert!(world.check_exit(&ExitSignature { kind: ExitKind::Hlt, rip: 0, addr: 0, len: 0, value: 0 }).is_err());
 
     // A log with marks at other counts: found out at the first record past the boundary.
     let m = record_with_marks(4, &[5, 20]);
     let mut world = ReplayWorld::new(&m.rec.log[..]).unwrap();
     match world.skip_to_snapshot(13).unwrap_err() {
         ReplayError::NoSnapshotMark { exits: 13, found } => {
-            assert!(
-                found.contains("Exit(14)") || found.contains("Preempt(13)"),
-                "{found}"
-            )
+            assert!(found.contains("Exit(14)") || found.contains("Preempt(13)"), "{found}")
         }
         other => panic!("{other:?}"),
     }
     // Past the last exit: found the End.
     let mut world = ReplayWorld::new(&m.rec.log[..]).unwrap();
     let err = world.skip_to_snapshot(EXITS + 1).unwrap_err();
-    assert!(
-        err.to_string().contains("found end after 40 exits"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("found end after 40 exits"), "{err}");
     // A log cut before the mark: the log error, not a missing mark.
     let mark_at = {
         let reader = LogReader::new(&m.rec.log[..]).unwrap();
-        reader
-            .map(|r| r.unwrap())
-            .find(|(_, r)| *r == Record::SnapshotMark { exits: 20 })
-            .unwrap()
-            .0
+        reader.map(|r| r.unwrap()).find(|(_, r)| *r == Record::SnapshotMark { exits: 20 }).unwrap().0
     };
     let cut = &m.rec.log[..mark_at as usize + 3];
     let mut world = ReplayWorld::new(cut).unwrap();
@@ -867,60 +687,33 @@ fn skipping_to_a_mark_the_log_does_not_have_is_an_error() {
         Err(ReplayError::Log(LogError::Truncated { offset })) if offset == mark_at
     ));
     // An open-ended log that stops before the mark (a live stream): missing mark.
-    let reader = LogReader::new(&m.rec.log[..mark_at as usize])
-        .unwrap()
-        .open_ended();
+    let reader = LogReader::new(&m.rec.log[..mark_at as usize]).unwrap().open_ended();
     let mut world = ReplayWorld::from_reader(reader);
     let err = world.skip_to_snapshot(20).unwrap_err();
-    assert!(
-        err.to_string().contains("found the end of the log"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("found the end of the log"), "{err}");
 }
 
 #[test]
 fn the_recorder_refuses_a_mark_away_from_its_exit_count() {
-    let mut world =
-        RecordingWorld::new(FakeWorld { now: 0, polls: 0 }, Vec::new(), &header(2)).unwrap();
-    let sig = |value| ExitSignature {
-        kind: ExitKind::PioOut,
-        rip: 0x10,
-        addr: 0x3f8,
-        len: 1,
-        value,
-    };
+    let mut world = RecordingWorld::new(FakeWorld { now: 0, polls: 0 }, Vec::new(), &header(2)).unwrap();
+    let sig = |value| ExitSignature { kind: ExitKind::PioOut, rip: 0x10, addr: 0x3f8, len: 1, value };
     for v in 1..=3 {
         world.record_exit(&sig(v)).unwrap();
     }
     let bytes = world.log_bytes();
     for wrong in [0, 2, 4] {
         match world.mark_snapshot(wrong) {
-            Err(LogError::MisplacedSnapshotMark {
-                requested,
-                at,
-                offset,
-            }) => {
+            Err(LogError::MisplacedSnapshotMark { requested, at, offset }) => {
                 assert_eq!((requested, at, offset), (wrong, Landmark::Exit(3), bytes));
             }
             other => panic!("{other:?}"),
         }
     }
     // Past the boundary: a preemption after exit 3 was already logged.
-    world
-        .record_checkpoint(Landmark::Preempt(3), &[1, 2, 3])
-        .unwrap();
+    world.record_checkpoint(Landmark::Preempt(3), &[1, 2, 3]).unwrap();
     let bytes = world.log_bytes();
     let err = world.mark_snapshot(3).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            LogError::MisplacedSnapshotMark {
-                at: Landmark::Preempt(3),
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, LogError::MisplacedSnapshotMark { at: Landmark::Preempt(3), .. }), "{err}");
     assert_eq!(
         err.to_string(),
         format!("snapshot mark for exit 3 requested at byte {bytes}, but the recording is at Preempt(3)")
@@ -945,10 +738,7 @@ fn the_recorder_refuses_a_mark_away_from_its_exit_count() {
     replay.take_checkpoint(Landmark::Preempt(3)).unwrap();
     replay.check_exit(&sig(4)).unwrap();
     assert!(replay.pass_snapshot_mark(4).unwrap());
-    assert!(
-        !replay.pass_snapshot_mark(4).unwrap(),
-        "both marks passed at once"
-    );
+    assert!(!replay.pass_snapshot_mark(4).unwrap(), "both marks passed at once");
     replay.check_exit(&sig(5)).unwrap();
     assert_eq!(replay.finish(Some(0), None).unwrap(), recorded.end);
 }

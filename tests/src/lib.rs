@@ -13,28 +13,17 @@ use std::time::{Duration, Instant};
 /// A binary of this workspace (`ftvm`, `gfs`), next to the test executable's `deps/` folder.
 pub fn binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("the test's own path")?;
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .context("the target directory")?;
+    let dir = exe.parent().and_then(|deps| deps.parent()).context("the target directory")?;
     let path = dir.join(name);
     if !path.exists() {
-        bail!(
-            "{} is not built; run the tests with `cargo test --workspace`",
-            path.display()
-        );
+        bail!("{} is not built; run the tests with `cargo test --workspace`", path.display());
     }
     Ok(path)
 }
 
 /// Whether this process may create network namespaces (root with iproute2).
 pub fn can_use_namespaces() -> bool {
-    Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-        && unsafe_is_root()
+    Command::new("ip").args(["netns", "list"]).output().map(|o| o.status.success()).unwrap_or(false) && unsafe_is_root()
 }
 
 fn unsafe_is_root() -> bool {
@@ -78,18 +67,14 @@ impl NetNs {
     }
 
     /// Runs `work` on a thread that has entered the namespace (sockets it opens live there).
-    pub fn within<T: Send + 'static>(
-        &self,
-        work: impl FnOnce() -> Result<T> + Send + 'static,
-    ) -> Result<T> {
+    pub fn within<T: Send + 'static>(&self, work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
         let path = format!("/var/run/netns/{}", self.name);
         std::thread::spawn(move || -> Result<T> {
             let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
             // SAFETY: setns on a namespace fd we hold open; it changes only this thread's network
             // namespace, and this thread ends with `work`.
             if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error())
-                    .context("setns into the test namespace");
+                return Err(std::io::Error::last_os_error()).context("setns into the test namespace");
             }
             work()
         })
@@ -100,21 +85,14 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
     }
 }
 
 fn run(command: &mut Command) -> Result<()> {
-    let output = command
-        .output()
-        .with_context(|| format!("run {command:?}"))?;
+    let output = command.output().with_context(|| format!("run {command:?}"))?;
     if !output.status.success() {
-        bail!(
-            "{command:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+        bail!("{command:?} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
     }
     Ok(())
 }
@@ -134,14 +112,8 @@ impl Process {
             .with_context(|| format!("start {command:?}"))?;
         let output = Arc::new(Mutex::new(String::new()));
         for stream in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -172,16 +144,10 @@ impl Process {
                 return Ok(());
             }
             if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "exited ({status}) before printing {needle:?}:\n{}",
-                    self.output()
-                );
+                bail!("exited ({status}) before printing {needle:?}:\n{}", self.output());
             }
             if Instant::now() > deadline {
-                bail!(
-                    "{needle:?} not printed within {timeout:?}:\n{}",
-                    self.output()
-                );
+                bail!("{needle:?} not printed within {timeout:?}:\n{}", self.output());
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -30,15 +30,7 @@ fn disk(dir: &Path) -> Result<PathBuf> {
 /// Boots the kv guest in `ns` and waits until it listens.
 fn boot(ns: &NetNs, disk: &Path, extra: &[&str]) -> Result<Process> {
     let mut command = ns.command(&binary("ftvm")?);
-    command.args([
-        "run",
-        "--guest",
-        "kv",
-        &format!("ip={GUEST_IP}/24"),
-        "--net",
-        "tap=tap0",
-        "--disk",
-    ]);
+    command.args(["run", "--guest", "kv", &format!("ip={GUEST_IP}/24"), "--net", "tap=tap0", "--disk"]);
     command.arg(disk).args(extra);
     let mut vm = Process::spawn(command)?;
     vm.wait_for("kv: listening on", BOOT_TIMEOUT)?;
@@ -60,19 +52,13 @@ impl Client {
                 Ok(stream) => {
                     stream.set_read_timeout(Some(Duration::from_secs(20)))?;
                     stream.set_nodelay(true)?;
-                    return Ok(Self {
-                        reader: BufReader::new(stream.try_clone()?),
-                        writer: stream,
-                    });
+                    return Ok(Self { reader: BufReader::new(stream.try_clone()?), writer: stream });
                 }
                 Err(e) => last = Some(e),
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Err(last
-            .map(anyhow::Error::from)
-            .unwrap_or_else(|| anyhow::anyhow!("no connection")))
-        .context(address)
+        Err(last.map(anyhow::Error::from).unwrap_or_else(|| anyhow::anyhow!("no connection"))).context(address)
     }
 
     fn request(&mut self, line: &str) -> Result<String> {
@@ -127,11 +113,7 @@ fn set_in_parallel(ns: &NetNs, count: usize, connections: usize) -> Result<Vec<u
             .collect();
         let mut all = Vec::new();
         for worker in workers {
-            all.extend(
-                worker
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("a client thread panicked"))??,
-            );
+            all.extend(worker.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??);
         }
         Ok(all)
     })
@@ -157,10 +139,7 @@ fn ten_thousand_keys_set_over_eight_connections_read_back() -> Result<()> {
     assert_eq!(acknowledged.len(), 10_000);
     ns.within(move || check_keys(acknowledged))?;
     let stats = ns.within(|| Client::connect()?.request("STATS"))?;
-    assert!(
-        stats.starts_with("STATS ") && stats.contains("keys=10000"),
-        "{stats}"
-    );
+    assert!(stats.starts_with("STATS ") && stats.contains("keys=10000"), "{stats}");
     Ok(())
 }
 
@@ -172,11 +151,7 @@ fn a_restarted_vm_holds_every_acknowledged_key() -> Result<()> {
     let disk = disk(dir.path())?;
     let mut vm = boot(&ns, &disk, &[])?;
     let acknowledged = set_in_parallel(&ns, 1_000, 4)?;
-    let deleted: Vec<usize> = acknowledged
-        .iter()
-        .copied()
-        .filter(|i| i % 10 == 0)
-        .collect();
+    let deleted: Vec<usize> = acknowledged.iter().copied().filter(|i| i % 10 == 0).collect();
     let to_delete = deleted.clone();
     ns.within(move || {
         let mut client = Client::connect()?;
@@ -218,9 +193,7 @@ fn last_record_sector(disk: &Path) -> Result<u64> {
         .context("the disk log has no records")?;
     // Walk back to the sector where that record starts (its magic "KVR1").
     let mut sector = last;
-    while sector > 1
-        && bytes[sector as usize * 512..sector as usize * 512 + 4] != 0x3152_564bu32.to_le_bytes()
-    {
+    while sector > 1 && bytes[sector as usize * 512..sector as usize * 512 + 4] != 0x3152_564bu32.to_le_bytes() {
         sector -= 1;
     }
     Ok(sector * 512)
@@ -243,14 +216,8 @@ fn a_corrupted_record_at_the_log_tail_is_detected_and_only_it_is_dropped() -> Re
 
     let vm = boot(&ns, &disk, &[])?;
     let output = vm.output();
-    assert!(
-        output.contains("kv: dropped 1 corrupt record(s) at the log tail"),
-        "{output}"
-    );
-    assert!(
-        output.contains("kv: listening on 10.0.0.2:7000, 49 keys loaded"),
-        "{output}"
-    );
+    assert!(output.contains("kv: dropped 1 corrupt record(s) at the log tail"), "{output}");
+    assert!(output.contains("kv: listening on 10.0.0.2:7000, 49 keys loaded"), "{output}");
     ns.within(|| {
         check_keys((0..49).collect())?;
         let answer = Client::connect()?.request(&format!("GET {}", key(49)))?;
@@ -268,15 +235,7 @@ fn a_recorded_kv_session_replays_to_the_recorded_state() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let disk = disk(dir.path())?;
     let log = dir.path().join("kv.log");
-    let mut vm = boot(
-        &ns,
-        &disk,
-        &[
-            "--record",
-            log.to_str().context("utf-8 path")?,
-            "--state-digest",
-        ],
-    )?;
+    let mut vm = boot(&ns, &disk, &["--record", log.to_str().context("utf-8 path")?, "--state-digest"])?;
     ns.within(|| {
         set_keys(0..200)?;
         check_keys((0..200).collect())
@@ -286,24 +245,12 @@ fn a_recorded_kv_session_replays_to_the_recorded_state() -> Result<()> {
     unsafe { libc::kill(vm.pid() as i32, libc::SIGTERM) };
     vm.wait(Duration::from_secs(30))?;
     let recorded = vm.output();
-    let digest = |text: &str| {
-        text.lines()
-            .find(|l| l.starts_with("state-digest: "))
-            .map(str::to_owned)
-    };
-    let recorded_digest =
-        digest(&recorded).with_context(|| format!("no state digest in:\n{recorded}"))?;
+    let digest = |text: &str| text.lines().find(|l| l.starts_with("state-digest: ")).map(str::to_owned);
+    let recorded_digest = digest(&recorded).with_context(|| format!("no state digest in:\n{recorded}"))?;
 
-    let replay = std::process::Command::new(binary("ftvm")?)
-        .arg("replay")
-        .arg(&log)
-        .output()?;
+    let replay = std::process::Command::new(binary("ftvm")?).arg("replay").arg(&log).output()?;
     let replayed = String::from_utf8_lossy(&replay.stdout).into_owned();
-    assert!(
-        replay.status.success(),
-        "{replayed}\n{}",
-        String::from_utf8_lossy(&replay.stderr)
-    );
+    assert!(replay.status.success(), "{replayed}\n{}", String::from_utf8_lossy(&replay.stderr));
     assert!(replayed.contains("replay: ok, "), "{replayed}");
     assert_eq!(digest(&replayed), Some(recorded_digest));
     Ok(())

@@ -137,7 +137,10 @@ fn main() {
     }
     let (first, end, base) = (median(firsts), median(ends), median(bases));
     println!("first serial byte: {first:.1} ms; power-off (process exit): {end:.1} ms");
-    println!("process start-up baseline (ftvm --version): {base:.1} ms; boot-to-power-off beyond it: {:.1} ms", end - base);
+    println!(
+        "process start-up baseline (ftvm --version): {base:.1} ms; boot-to-power-off beyond it: {:.1} ms",
+        end - base
+    );
 
     println!("== memory");
     let output = Command::new(env!("CARGO_BIN_EXE_ftvm"))
@@ -146,7 +149,10 @@ fn main() {
         .expect("ftvm runs");
     let log = String::from_utf8_lossy(&output.stderr);
     match log.lines().find_map(|l| l.split("vmm_rss_kib=").nth(1)) {
-        Some(kib) => println!("VMM resident memory beyond a 128 MiB guest's RAM: {} KiB", kib.split_whitespace().next().unwrap_or("?")),
+        Some(kib) => println!(
+            "VMM resident memory beyond a 128 MiB guest's RAM: {} KiB",
+            kib.split_whitespace().next().unwrap_or("?")
+        ),
         None => println!("VMM resident memory: not reported ({})", log.trim()),
     }
 }

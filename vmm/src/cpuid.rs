@@ -11,9 +11,7 @@ const LEAF_EXTENDED_FEATURES: u32 = 7;
 const EBX_RDSEED: u32 = 1 << 18;
 
 pub fn guest_cpuid(kvm_fd: &Kvm) -> Result<CpuId> {
-    let mut cpuid = kvm_fd
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm("read supported CPUID"))?;
+    let mut cpuid = kvm_fd.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm("read supported CPUID"))?;
     hide_randomness(&mut cpuid);
     Ok(cpuid)
 }

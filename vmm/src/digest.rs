@@ -21,8 +21,8 @@ pub fn state_digest(machine: &Machine) -> Result<blake3::Hash> {
 
 fn hash_regs(hasher: &mut blake3::Hasher, r: &kvm_regs) {
     for value in [
-        r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rsp, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14,
-        r.r15, r.rip, r.rflags,
+        r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rsp, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15,
+        r.rip, r.rflags,
     ] {
         hasher.update(&value.to_le_bytes());
     }

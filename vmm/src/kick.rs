@@ -49,8 +49,12 @@ impl RemoteKick {
     }
 
     fn ring(&self) {
-        let Ok(target) = self.target.lock() else { return };
-        let Some((TimerId(timer), bound)) = *target else { return };
+        let Ok(target) = self.target.lock() else {
+            return;
+        };
+        let Some((TimerId(timer), bound)) = *target else {
+            return;
+        };
         // Arm for `bound` unless the timer already fires sooner.
         let mut current = libc::itimerspec {
             it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },

@@ -2,18 +2,18 @@
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use devices::virtio::{DiskSpec, NetSpec};
 use devices::HostWorld;
+use ftlog::{RecordingWorld, ReplayWorld};
+use std::fs::File;
 use std::io::Write;
+use std::io::{BufReader, BufWriter};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use ftlog::{RecordingWorld, ReplayWorld};
-use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use vmm::machine::DeviceSetup;
 use vmm::record_replay::{log_header, machine_for_log};
 use vmm::snapshot;
-use devices::virtio::{DiskSpec, NetSpec};
-use vmm::machine::DeviceSetup;
 use vmm::{digest, run, KernelSource, Machine, MachineConfig, RunOptions, RunOutcome, RunPosition, SnapshotRequest};
 
 #[derive(Parser)]
@@ -170,7 +170,10 @@ fn run_command(args: &RunArgs) -> anyhow::Result<ExitCode> {
     config.dirty_logging = args.record.is_some();
     let options = RunOptions {
         start: RunPosition::default(),
-        snapshot: args.snapshot_at.zip(args.snapshot.clone()).map(|(at_exits, path)| SnapshotRequest { at_exits, path }),
+        snapshot: args
+            .snapshot_at
+            .zip(args.snapshot.clone())
+            .map(|(at_exits, path)| SnapshotRequest { at_exits, path }),
     };
     loop {
         let mut machine = Machine::new(config.clone(), Box::new(std::io::stdout()))?;
@@ -186,10 +189,16 @@ fn run_command(args: &RunArgs) -> anyhow::Result<ExitCode> {
                     RunOutcome::PowerOff(code) => code,
                     _ => u32::MAX,
                 };
-                let recorded = recorder.finish(code, Some(state_digest)).with_context(|| format!("log {}", path.display()))?;
+                let recorded =
+                    recorder.finish(code, Some(state_digest)).with_context(|| format!("log {}", path.display()))?;
                 let file = recorded.writer.into_inner().map_err(|e| e.into_error())?;
                 file.sync_all().with_context(|| format!("log {}", path.display()))?;
-                tracing::info!(bytes = recorded.log_bytes, events = recorded.stats.events(), checkpoints = recorded.stats.checkpoints, "log written");
+                tracing::info!(
+                    bytes = recorded.log_bytes,
+                    events = recorded.stats.events(),
+                    checkpoints = recorded.stats.checkpoints,
+                    "log written"
+                );
                 (outcome, stats)
             }
             None => {
@@ -276,7 +285,12 @@ fn restore_command(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Prints the power-off lines and turns the outcome into ftvm's exit status.
-fn report(machine: &Machine, outcome: RunOutcome, stats: &vmm::ExitStats, state_digest: bool) -> anyhow::Result<ExitCode> {
+fn report(
+    machine: &Machine,
+    outcome: RunOutcome,
+    stats: &vmm::ExitStats,
+    state_digest: bool,
+) -> anyhow::Result<ExitCode> {
     if let Some(kib) = vmm::memory::vmm_resident_kib(&machine.ram) {
         tracing::info!(vmm_rss_kib = kib, guest_mib = machine.config.memory_mib, "memory of the VMM beyond guest RAM");
     }
@@ -300,7 +314,9 @@ fn exit_code_for(outcome: RunOutcome) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(102))
         }
         RunOutcome::Stopped(reason) => bail!("{reason}"),
-        RunOutcome::DeviceFailed(reason) => bail!("a device failed and the VM cannot go on: {reason}"),
+        RunOutcome::DeviceFailed(reason) => {
+            bail!("a device failed and the VM cannot go on: {reason}")
+        }
         RunOutcome::Reset => unreachable!("resets reboot the guest"),
     }
 }

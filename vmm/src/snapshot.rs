@@ -8,9 +8,9 @@
 
 use crate::error::{Result, VmmError};
 use crate::machine::{DeviceSetup, KernelSource, Machine, MachineConfig};
-use crate::virtio_setup::DeviceDescription;
 use crate::state::MachineState;
 use crate::vcpu::RunPosition;
+use crate::virtio_setup::DeviceDescription;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -149,7 +149,8 @@ pub fn restore(snapshot: &Snapshot, serial_out: Box<dyn Write + Send>) -> Result
 
 /// Rebuilds a machine from a snapshot for a replay: the same devices, without backends.
 pub fn restore_for_replay(snapshot: &Snapshot, serial_out: Box<dyn Write + Send>) -> Result<Machine> {
-    let config = MachineConfig { devices: DeviceSetup::Replay(snapshot.header.devices.clone()), ..snapshot.machine_config() };
+    let config =
+        MachineConfig { devices: DeviceSetup::Replay(snapshot.header.devices.clone()), ..snapshot.machine_config() };
     restore_with(snapshot, config, serial_out)
 }
 

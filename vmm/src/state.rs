@@ -56,7 +56,10 @@ impl Machine {
     pub fn capture_state(&mut self) -> Result<MachineState> {
         let vcpu = &self.vcpu;
         let mut msrs = Msrs::from_entries(
-            &GUEST_MSRS.iter().map(|(index, _)| kvm_msr_entry { index: *index, ..Default::default() }).collect::<Vec<_>>(),
+            &GUEST_MSRS
+                .iter()
+                .map(|(index, _)| kvm_msr_entry { index: *index, ..Default::default() })
+                .collect::<Vec<_>>(),
         )
         .map_err(|e| VmmError::VcpuFailed(format!("MSR list: {e:?}")))?;
         let read = vcpu.get_msrs(&mut msrs).map_err(kvm("read MSRs"))?;

@@ -46,7 +46,15 @@ mod tests {
 
     #[test]
     fn the_power_off_line_has_the_documented_shape() {
-        let stats = ExitStats { exits: 10, io: 7, mmio: 2, hlt: 1, interrupts_injected: 3, preemptions: 4, ..Default::default() };
+        let stats = ExitStats {
+            exits: 10,
+            io: 7,
+            mmio: 2,
+            hlt: 1,
+            interrupts_injected: 3,
+            preemptions: 4,
+            ..Default::default()
+        };
         assert_eq!(
             stats.to_string(),
             "exits: 10 (io 7, mmio 2, hlt 1, irq-window 0), interrupts injected: 3, preemptions: 4"

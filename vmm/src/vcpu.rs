@@ -54,9 +54,14 @@ pub struct ExitInfo {
 pub enum RunOutcome {
     PowerOff(u32),
     Reset,
-    GuestPanic { code: u32, rip: u64 },
+    GuestPanic {
+        code: u32,
+        rip: u64,
+    },
     /// The guest triple-faulted.
-    Shutdown { rip: u64 },
+    Shutdown {
+        rip: u64,
+    },
     /// The world (e.g. a replaying log) or an observer stopped the run.
     Stopped(String),
     /// A device backend failed in a way the VM cannot survive.

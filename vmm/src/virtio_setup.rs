@@ -3,8 +3,7 @@
 
 use crate::error::{Result, VmmError};
 use devices::virtio::{
-    DirectOutput, DiskFile, DiskSpec, MacAddr, NetSpec, Output, OutputError, OutputStage, Tap, TapReader,
-    VirtioDevices,
+    DirectOutput, DiskFile, DiskSpec, MacAddr, NetSpec, Output, OutputError, OutputStage, Tap, TapReader, VirtioDevices,
 };
 use devices::{Doorbell, Landmark};
 use serde::{Deserialize, Serialize};
@@ -51,10 +50,13 @@ pub fn build_live(nets: &[NetSpec], disks: &[DiskSpec], doorbell: Doorbell) -> R
     }
     let mut files = Vec::new();
     for spec in disks {
-        let file = DiskFile::open(&spec.path, spec.readonly)
-            .map_err(|e| VmmError::Device(format!("--disk: {e}")))?;
+        let file = DiskFile::open(&spec.path, spec.readonly).map_err(|e| VmmError::Device(format!("--disk: {e}")))?;
         virtio.add_blk(file.size(), spec.readonly).map_err(|e| VmmError::Device(e.to_string()))?;
-        descriptions.push(DeviceDescription::Disk { path: spec.path.clone(), size: file.size(), readonly: spec.readonly });
+        descriptions.push(DeviceDescription::Disk {
+            path: spec.path.clone(),
+            size: file.size(),
+            readonly: spec.readonly,
+        });
         files.push(Arc::new(file));
     }
     Ok(BuiltDevices {

@@ -147,14 +147,16 @@ const RAMDISK_IMAGE: u32 = 0x218;
 
 #[test]
 fn a_bzimage_is_entered_at_its_64_bit_entry_with_the_zero_page_and_command_line() {
-    let (_dir, kernel) = write_temp("bzImage", &bzimage_with_entry(&power_off_with_byte_at_zero_page_field(CMD_LINE_PTR)));
+    let (_dir, kernel) =
+        write_temp("bzImage", &bzimage_with_entry(&power_off_with_byte_at_zero_page_field(CMD_LINE_PTR)));
     let output = ftvm(&["run", "--kernel", path_str(&kernel), "--cmdline", "Zconsole=ttyS0"]);
     assert_eq!(output.status.code(), Some(i32::from(b'Z')), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
 #[test]
 fn a_bzimage_finds_its_initrd_through_the_zero_page() {
-    let (_dir, kernel) = write_temp("bzImage", &bzimage_with_entry(&power_off_with_byte_at_zero_page_field(RAMDISK_IMAGE)));
+    let (_dir, kernel) =
+        write_temp("bzImage", &bzimage_with_entry(&power_off_with_byte_at_zero_page_field(RAMDISK_IMAGE)));
     let (_dir2, initrd) = write_temp("initrd", b"!initrd contents");
     let output = ftvm(&["run", "--kernel", path_str(&kernel), "--initrd", path_str(&initrd), "--memory-mib", "32"]);
     assert_eq!(output.status.code(), Some(i32::from(b'!')), "{}", String::from_utf8_lossy(&output.stderr));
@@ -179,7 +181,16 @@ fn a_linux_kernel_is_loaded_and_entered() {
         panic!("set FTVM_LINUX_BZIMAGE to a Linux bzImage");
     };
     let mut child = Command::new(env!("CARGO_BIN_EXE_ftvm"))
-        .args(["-vv", "run", "--kernel", &kernel, "--memory-mib", "512", "--cmdline", "console=ttyS0 earlyprintk=serial,ttyS0,115200"])
+        .args([
+            "-vv",
+            "run",
+            "--kernel",
+            &kernel,
+            "--memory-mib",
+            "512",
+            "--cmdline",
+            "console=ttyS0 earlyprintk=serial,ttyS0,115200",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -13,12 +13,7 @@ fn stdout(output: &Output) -> String {
 
 fn expect_success(output: &Output) -> String {
     let text = stdout(output);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "stdout:\n{text}\nstderr:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_eq!(output.status.code(), Some(0), "stdout:\n{text}\nstderr:\n{}", String::from_utf8_lossy(&output.stderr));
     text
 }
 
@@ -109,7 +104,16 @@ fn a_snapshot_restored_in_a_new_process_finishes_in_the_same_state() {
     let dir = tempfile::tempdir().expect("temp dir");
     let snapshot = dir.path().join("timer.snap");
     let snapshot = snapshot.to_str().expect("utf-8");
-    let whole = expect_success(&ftvm(&["run", "--guest", "hello", "--state-digest", "--snapshot-at", "40", "--snapshot", snapshot]));
+    let whole = expect_success(&ftvm(&[
+        "run",
+        "--guest",
+        "hello",
+        "--state-digest",
+        "--snapshot-at",
+        "40",
+        "--snapshot",
+        snapshot,
+    ]));
     let restored = expect_success(&ftvm(&["restore", snapshot, "--state-digest"]));
     let digest = |text: &str| text.lines().find(|l| l.starts_with("state-digest: ")).map(str::to_owned);
     assert!(digest(&whole).is_some());

@@ -125,7 +125,9 @@ impl VirtioDevices {
 
     /// A guest MMIO read; false if no device claims `addr`.
     pub fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> bool {
-        let Some((slot, offset)) = self.locate(addr) else { return false };
+        let Some((slot, offset)) = self.locate(addr) else {
+            return false;
+        };
         match &mut self.slots[slot] {
             Slot::Net(t) => t.mmio_read(offset, data),
             Slot::Blk(t) => t.mmio_read(offset, data),
@@ -144,7 +146,9 @@ impl VirtioDevices {
         world: &mut dyn EventSource,
         out: &mut dyn OutputStage,
     ) -> Result<bool, OutputError> {
-        let Some((slot, offset)) = self.locate(addr) else { return Ok(false) };
+        let Some((slot, offset)) = self.locate(addr) else {
+            return Ok(false);
+        };
         match &mut self.slots[slot] {
             Slot::Net(t) => t.mmio_write(offset, data, mem, at, world, out)?,
             Slot::Blk(t) => t.mmio_write(offset, data, mem, at, world, out)?,

@@ -106,7 +106,11 @@ impl Tap {
     /// Starts a thread that reads frames from the TAP and sends each into `frames`, then rings
     /// `doorbell` (so a running guest is kicked to take it), until the receiver is dropped or
     /// the returned handle is stopped.
-    pub fn spawn_reader(&self, frames: Sender<Vec<u8>>, doorbell: crate::event::Doorbell) -> Result<TapReader, TapError> {
+    pub fn spawn_reader(
+        &self,
+        frames: Sender<Vec<u8>>,
+        doorbell: crate::event::Doorbell,
+    ) -> Result<TapReader, TapError> {
         let io_err = |what| move |source| TapError::Io { name: self.name.clone(), what, source };
         let file = self.file.try_clone().map_err(io_err("duplicating the descriptor"))?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -171,7 +175,13 @@ impl Drop for TapReader {
     }
 }
 
-fn read_loop(name: &str, mut file: File, frames: &Sender<Vec<u8>>, doorbell: &crate::event::Doorbell, stop: &AtomicBool) {
+fn read_loop(
+    name: &str,
+    mut file: File,
+    frames: &Sender<Vec<u8>>,
+    doorbell: &crate::event::Doorbell,
+    stop: &AtomicBool,
+) {
     let mut buf = vec![0u8; READ_BUF];
     while !stop.load(Ordering::Relaxed) {
         match wait_readable(file.as_raw_fd(), Duration::from_millis(100)) {

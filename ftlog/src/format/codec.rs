@@ -95,10 +95,7 @@ impl<'a> Get<'a> {
         Ok(head)
     }
 
-    pub(crate) fn array<const N: usize>(
-        &mut self,
-        field: &'static str,
-    ) -> Result<[u8; N], Corruption> {
+    pub(crate) fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], Corruption> {
         let mut out = [0u8; N];
         out.copy_from_slice(self.take(N, field)?);
         Ok(out)
@@ -119,9 +116,7 @@ impl<'a> Get<'a> {
     pub(crate) fn string(&mut self, field: &'static str) -> Result<String, Corruption> {
         let len = self.u32(field)? as usize;
         let bytes = self.take(len, field)?;
-        std::str::from_utf8(bytes)
-            .map(str::to_owned)
-            .map_err(|_| Corruption::BadUtf8(field))
+        std::str::from_utf8(bytes).map(str::to_owned).map_err(|_| Corruption::BadUtf8(field))
     }
 
     pub(crate) fn landmark(&mut self) -> Result<Landmark, Corruption> {
@@ -130,10 +125,7 @@ impl<'a> Get<'a> {
         match tag {
             LANDMARK_EXIT => Ok(Landmark::Exit(n)),
             LANDMARK_PREEMPT => Ok(Landmark::Preempt(n)),
-            other => Err(Corruption::BadField {
-                field: "landmark",
-                value: other.into(),
-            }),
+            other => Err(Corruption::BadField { field: "landmark", value: other.into() }),
         }
     }
 
@@ -141,10 +133,7 @@ impl<'a> Get<'a> {
         match self.u8("clock")? {
             0 => Ok(ClockId::Monotonic),
             1 => Ok(ClockId::Wall),
-            other => Err(Corruption::BadField {
-                field: "clock",
-                value: other.into(),
-            }),
+            other => Err(Corruption::BadField { field: "clock", value: other.into() }),
         }
     }
 
@@ -154,27 +143,16 @@ impl<'a> Get<'a> {
             1 => {
                 let device = self.u8("frame device")?;
                 let len = self.u32("frame length")? as usize;
-                Ok(WorldEvent::NetFrame {
-                    device,
-                    frame: self.take(len, "frame")?.to_vec(),
-                })
+                Ok(WorldEvent::NetFrame { device, frame: self.take(len, "frame")?.to_vec() })
             }
-            other => Err(Corruption::BadField {
-                field: "world event",
-                value: other.into(),
-            }),
+            other => Err(Corruption::BadField { field: "world event", value: other.into() }),
         }
     }
 
     pub(crate) fn input_kind(&mut self) -> Result<InputKind, Corruption> {
         match self.u8("input kind")? {
-            0 => Ok(InputKind::DiskRead {
-                device: self.u8("input device")?,
-            }),
-            other => Err(Corruption::BadField {
-                field: "input kind",
-                value: other.into(),
-            }),
+            0 => Ok(InputKind::DiskRead { device: self.u8("input device")? }),
+            other => Err(Corruption::BadField { field: "input kind", value: other.into() }),
         }
     }
 
@@ -194,10 +172,7 @@ impl<'a> Get<'a> {
 
 /// Reads until `buf` is full or the reader ends; returns how many bytes were read, so that the
 /// caller can tell a clean end (0) from a truncated unit.
-pub(crate) fn read_full<R: std::io::Read>(
-    reader: &mut R,
-    buf: &mut [u8],
-) -> std::io::Result<usize> {
+pub(crate) fn read_full<R: std::io::Read>(reader: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match reader.read(&mut buf[filled..]) {
@@ -212,11 +187,7 @@ pub(crate) fn read_full<R: std::io::Read>(
 
 /// Appends exactly `n` bytes from `reader` to `out`, growing `out` only as data arrives so that a
 /// damaged length cannot allocate more than the stream holds. Returns whether all `n` arrived.
-pub(crate) fn read_exact_into<R: std::io::Read>(
-    reader: &mut R,
-    n: usize,
-    out: &mut Vec<u8>,
-) -> std::io::Result<bool> {
+pub(crate) fn read_exact_into<R: std::io::Read>(reader: &mut R, n: usize, out: &mut Vec<u8>) -> std::io::Result<bool> {
     use std::io::Read;
     let start = out.len();
     out.reserve(n.min(64 * 1024));

@@ -66,13 +66,7 @@ impl LogHeader {
         let body_len = out.len() - PREFIX_LEN;
         let len = match u32::try_from(body_len) {
             Ok(len) if len <= MAX_HEADER_LEN => len,
-            _ => {
-                return Err(LogError::TooLarge {
-                    offset: 0,
-                    len: body_len as u64,
-                    max: MAX_HEADER_LEN,
-                })
-            }
+            _ => return Err(LogError::TooLarge { offset: 0, len: body_len as u64, max: MAX_HEADER_LEN }),
         };
         out[10..14].copy_from_slice(&len.to_le_bytes());
         out[14] = length_check(len);
@@ -101,13 +95,10 @@ impl LogHeader {
             return Err(corrupt(Corruption::LengthCheck));
         }
         if len == 0 || len > MAX_HEADER_LEN {
-            return Err(corrupt(Corruption::BadLength {
-                len,
-                max: MAX_HEADER_LEN,
-            }));
+            return Err(corrupt(Corruption::BadLength { len, max: MAX_HEADER_LEN }));
         }
-        let complete = read_exact_into(reader, len as usize + 4, &mut unit)
-            .map_err(|e| LogError::io(PREFIX_LEN as u64, e))?;
+        let complete =
+            read_exact_into(reader, len as usize + 4, &mut unit).map_err(|e| LogError::io(PREFIX_LEN as u64, e))?;
         if !complete {
             return Err(LogError::Truncated { offset: 0 });
         }
@@ -120,10 +111,7 @@ impl LogHeader {
         // Only now is the version trusted: a damaged version byte is corruption, not a new format.
         let version = u16::from_le_bytes([unit[8], unit[9]]);
         if version != FORMAT_VERSION {
-            return Err(LogError::UnsupportedVersion {
-                offset: 8,
-                found: version,
-            });
+            return Err(LogError::UnsupportedVersion { offset: 8, found: version });
         }
         let header = decode_body(&covered[PREFIX_LEN..]).map_err(corrupt)?;
         Ok((header, unit.len() as u64))
@@ -143,10 +131,7 @@ fn decode_body(body: &[u8]) -> Result<LogHeader, Corruption> {
     let preemption_bound_ns = get.u64("preemption bound")?;
     let exit_digest_interval = get.u32("exit digest interval")?;
     if exit_digest_interval == 0 {
-        return Err(Corruption::BadField {
-            field: "exit digest interval",
-            value: 0,
-        });
+        return Err(Corruption::BadField { field: "exit digest interval", value: 0 });
     }
     let created_unix_ns = get.u64("creation time")?;
     let start_exits = get.u64("start exits")?;
@@ -154,12 +139,7 @@ fn decode_body(body: &[u8]) -> Result<LogHeader, Corruption> {
     let kernel_path = match get.u8("kernel path flag")? {
         0 => None,
         1 => Some(get.string("kernel path")?),
-        other => {
-            return Err(Corruption::BadField {
-                field: "kernel path flag",
-                value: other.into(),
-            })
-        }
+        other => return Err(Corruption::BadField { field: "kernel path flag", value: other.into() }),
     };
     let machine = get.rest().to_vec();
     Ok(LogHeader {

@@ -100,11 +100,7 @@ pub enum LogError {
     /// recording is at `at` (another exit count, or past `Exit(requested)`, e.g. a preemption
     /// after it was already logged). Nothing was written: the log is still good.
     #[error("snapshot mark for exit {requested} requested at byte {offset}, but the recording is at {at}")]
-    MisplacedSnapshotMark {
-        offset: u64,
-        requested: u64,
-        at: devices::Landmark,
-    },
+    MisplacedSnapshotMark { offset: u64, requested: u64, at: devices::Landmark },
     /// The underlying reader or writer failed at `offset`.
     #[error("log I/O error at byte {offset}: {source}")]
     Io {
@@ -129,9 +125,6 @@ impl LogError {
     }
 
     pub(crate) fn io(offset: u64, source: std::io::Error) -> Self {
-        LogError::Io {
-            offset,
-            source: Arc::new(source),
-        }
+        LogError::Io { offset, source: Arc::new(source) }
     }
 }

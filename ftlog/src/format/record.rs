@@ -61,11 +61,7 @@ pub enum Record {
     /// An interrupt injected with KVM_INTERRUPT at `at`.
     Interrupt { at: Landmark, vector: u8 },
     /// The value a world-dependent clock read returned at `at`.
-    ClockRead {
-        at: Landmark,
-        clock: ClockId,
-        value: u64,
-    },
+    ClockRead { at: Landmark, clock: ClockId, value: u64 },
     /// Something the world did (a poll result), applied to the board at `at`.
     World { at: Landmark, event: WorldEvent },
     /// Opaque VMM state to load at `at` instead of executing up to it (a preemption's delta
@@ -80,11 +76,7 @@ pub enum Record {
     /// `Exit(exits)`.
     SnapshotMark { exits: u64 },
     /// Bytes a device took from the world synchronously at `at` (e.g. a disk read's data).
-    Input {
-        at: Landmark,
-        kind: InputKind,
-        data: Vec<u8>,
-    },
+    Input { at: Landmark, kind: InputKind, data: Vec<u8> },
 }
 
 impl Record {
@@ -104,9 +96,7 @@ impl Record {
     /// The landmark the record belongs to; `None` for End, which follows every landmark.
     pub fn landmark(&self) -> Option<Landmark> {
         match self {
-            Record::ExitDigest { exits, .. } | Record::SnapshotMark { exits } => {
-                Some(Landmark::Exit(*exits))
-            }
+            Record::ExitDigest { exits, .. } | Record::SnapshotMark { exits } => Some(Landmark::Exit(*exits)),
             Record::Interrupt { at, .. }
             | Record::ClockRead { at, .. }
             | Record::World { at, .. }
@@ -169,35 +159,17 @@ impl Record {
     pub(crate) fn decode(unit: &[u8]) -> Result<Record, Corruption> {
         let mut get = Get::new(unit);
         let record = match RecordKind::from_tag(get.u8("kind")?)? {
-            RecordKind::ExitDigest => Record::ExitDigest {
-                exits: get.u64("exits")?,
-                digest: get.array("digest")?,
-            },
-            RecordKind::Interrupt => Record::Interrupt {
-                at: get.landmark()?,
-                vector: get.u8("vector")?,
-            },
-            RecordKind::ClockRead => Record::ClockRead {
-                at: get.landmark()?,
-                clock: get.clock()?,
-                value: get.u64("value")?,
-            },
-            RecordKind::World => Record::World {
-                at: get.landmark()?,
-                event: get.world_event()?,
-            },
-            RecordKind::Checkpoint => Record::Checkpoint {
-                at: get.landmark()?,
-                data: get.rest().to_vec(),
-            },
-            RecordKind::Input => Record::Input {
-                at: get.landmark()?,
-                kind: get.input_kind()?,
-                data: get.rest().to_vec(),
-            },
-            RecordKind::SnapshotMark => Record::SnapshotMark {
-                exits: get.u64("exits")?,
-            },
+            RecordKind::ExitDigest => Record::ExitDigest { exits: get.u64("exits")?, digest: get.array("digest")? },
+            RecordKind::Interrupt => Record::Interrupt { at: get.landmark()?, vector: get.u8("vector")? },
+            RecordKind::ClockRead => {
+                Record::ClockRead { at: get.landmark()?, clock: get.clock()?, value: get.u64("value")? }
+            }
+            RecordKind::World => Record::World { at: get.landmark()?, event: get.world_event()? },
+            RecordKind::Checkpoint => Record::Checkpoint { at: get.landmark()?, data: get.rest().to_vec() },
+            RecordKind::Input => {
+                Record::Input { at: get.landmark()?, kind: get.input_kind()?, data: get.rest().to_vec() }
+            }
+            RecordKind::SnapshotMark => Record::SnapshotMark { exits: get.u64("exits")? },
             RecordKind::End => {
                 let exits = get.u64("exits")?;
                 let exit_digest = get.array("exit digest")?;
@@ -205,19 +177,9 @@ impl Record {
                 let state_digest = match get.u8("state digest flag")? {
                     0 => None,
                     1 => Some(get.array("state digest")?),
-                    other => {
-                        return Err(Corruption::BadField {
-                            field: "state digest flag",
-                            value: other.into(),
-                        })
-                    }
+                    other => return Err(Corruption::BadField { field: "state digest flag", value: other.into() }),
                 };
-                Record::End(End {
-                    exits,
-                    exit_digest,
-                    exit_code,
-                    state_digest,
-                })
+                Record::End(End { exits, exit_digest, exit_code, state_digest })
             }
         };
         get.finish()?;
@@ -240,15 +202,8 @@ impl fmt::Display for Record {
             Record::ClockRead { at, clock, value } => {
                 write!(f, "{clock:?} clock read = {value} at {at}")
             }
-            Record::World {
-                at,
-                event: WorldEvent::NetFrame { device, frame },
-            } => {
-                write!(
-                    f,
-                    "frame of {} bytes for net device {device} at {at}",
-                    frame.len()
-                )
+            Record::World { at, event: WorldEvent::NetFrame { device, frame } } => {
+                write!(f, "frame of {} bytes for net device {device} at {at}", frame.len())
             }
             Record::World { at, event } => write!(f, "world event {event:?} at {at}"),
             Record::Input { at, kind, data } => {

@@ -1,9 +1,7 @@
 //! Streaming writer and reader of a log.
 
 use super::codec::{read_exact_into, read_full};
-use super::{
-    length_check, Corruption, LogError, LogHeader, Record, FRAME_OVERHEAD, MAX_RECORD_LEN,
-};
+use super::{length_check, Corruption, LogError, LogHeader, Record, FRAME_OVERHEAD, MAX_RECORD_LEN};
 use devices::{InputKind, Landmark};
 use std::io::{BufReader, BufWriter, Read, Write};
 
@@ -70,10 +68,7 @@ impl<W: Write> LogWriter<W> {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         scratch.extend_from_slice(&[0; 5]);
-        let empty = Record::Checkpoint {
-            at,
-            data: Vec::new(),
-        };
+        let empty = Record::Checkpoint { at, data: Vec::new() };
         let _ = empty.encode_head(&mut scratch);
         let result = self.write_frame(&mut scratch, data);
         self.scratch = scratch;
@@ -81,20 +76,11 @@ impl<W: Write> LogWriter<W> {
     }
 
     /// Appends a device input record without copying `data`.
-    pub fn write_input(
-        &mut self,
-        at: Landmark,
-        kind: InputKind,
-        data: &[u8],
-    ) -> Result<(), LogError> {
+    pub fn write_input(&mut self, at: Landmark, kind: InputKind, data: &[u8]) -> Result<(), LogError> {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         scratch.extend_from_slice(&[0; 5]);
-        let empty = Record::Input {
-            at,
-            kind,
-            data: Vec::new(),
-        };
+        let empty = Record::Input { at, kind, data: Vec::new() };
         let _ = empty.encode_head(&mut scratch);
         let result = self.write_frame(&mut scratch, data);
         self.scratch = scratch;
@@ -109,13 +95,7 @@ impl<W: Write> LogWriter<W> {
         let body_len = (head.len() - 5) as u64 + tail.len() as u64;
         let len = match u32::try_from(body_len) {
             Ok(len) if len <= MAX_RECORD_LEN => len,
-            _ => {
-                return Err(LogError::TooLarge {
-                    offset: self.offset,
-                    len: body_len,
-                    max: MAX_RECORD_LEN,
-                })
-            }
+            _ => return Err(LogError::TooLarge { offset: self.offset, len: body_len, max: MAX_RECORD_LEN }),
         };
         head[..4].copy_from_slice(&len.to_le_bytes());
         head[4] = length_check(len);
@@ -146,9 +126,7 @@ impl<W: Write> LogWriter<W> {
     /// Flushes and returns the underlying writer.
     pub fn into_inner(self) -> Result<W, LogError> {
         let offset = self.offset;
-        self.out
-            .into_inner()
-            .map_err(|e| LogError::io(offset, e.into_error()))
+        self.out.into_inner().map_err(|e| LogError::io(offset, e.into_error()))
     }
 }
 
@@ -157,10 +135,7 @@ impl LogWriter<std::fs::File> {
     /// backup is a file.
     pub fn sync(&mut self) -> Result<(), LogError> {
         self.flush()?;
-        self.out
-            .get_ref()
-            .sync_data()
-            .map_err(|e| LogError::io(self.offset, e))
+        self.out.get_ref().sync_data().map_err(|e| LogError::io(self.offset, e))
     }
 }
 
@@ -229,10 +204,7 @@ impl<R: Read> LogReader<R> {
                 Err(LogError::Truncated { offset: start })
             };
         }
-        let corrupt = |reason| LogError::Corrupt {
-            offset: start,
-            reason,
-        };
+        let corrupt = |reason| LogError::Corrupt { offset: start, reason };
         if self.end_seen {
             return Err(corrupt(Corruption::AfterEnd));
         }
@@ -244,10 +216,7 @@ impl<R: Read> LogReader<R> {
             return Err(corrupt(Corruption::LengthCheck));
         }
         if len == 0 || len > MAX_RECORD_LEN {
-            return Err(corrupt(Corruption::BadLength {
-                len,
-                max: MAX_RECORD_LEN,
-            }));
+            return Err(corrupt(Corruption::BadLength { len, max: MAX_RECORD_LEN }));
         }
         self.scratch.clear();
         let complete = read_exact_into(&mut self.input, len as usize + 4, &mut self.scratch)

@@ -70,6 +70,5 @@ pub fn write_boot_info(
 }
 
 pub(crate) fn write(mem: &GuestMemoryMmap, addr: u64, bytes: &[u8]) -> Result<()> {
-    mem.write_slice(bytes, GuestAddress(addr))
-        .map_err(|e| VmmError::GuestMemory { addr, reason: e.to_string() })
+    mem.write_slice(bytes, GuestAddress(addr)).map_err(|e| VmmError::GuestMemory { addr, reason: e.to_string() })
 }

@@ -51,8 +51,7 @@ pub fn write_tables(mem: &GuestMemoryMmap) -> Result<()> {
 }
 
 fn put(mem: &GuestMemoryMmap, addr: u64, value: u64) -> Result<()> {
-    mem.write_obj(value, GuestAddress(addr))
-        .map_err(|e| VmmError::GuestMemory { addr, reason: e.to_string() })
+    mem.write_obj(value, GuestAddress(addr)).map_err(|e| VmmError::GuestMemory { addr, reason: e.to_string() })
 }
 
 fn segment(selector: u16, code: bool) -> kvm_segment {
@@ -91,14 +90,8 @@ pub fn enter_long_mode(vcpu: &VcpuFd, entry: u64) -> Result<()> {
     sregs.efer = EFER_LME | EFER_LMA | EFER_SCE | EFER_NX;
     vcpu.set_sregs(&sregs).map_err(kvm("enter 64-bit mode"))?;
 
-    let regs = kvm_regs {
-        rip: entry,
-        rflags: 0x2,
-        rsp: BOOT_STACK_TOP,
-        rsi: ZERO_PAGE,
-        rdi: CMDLINE,
-        ..Default::default()
-    };
+    let regs =
+        kvm_regs { rip: entry, rflags: 0x2, rsp: BOOT_STACK_TOP, rsi: ZERO_PAGE, rdi: CMDLINE, ..Default::default() };
     vcpu.set_regs(&regs).map_err(kvm("set entry registers"))?;
     Ok(())
 }
