@@ -187,9 +187,8 @@ fn last_record_sector(disk: &Path) -> Result<u64> {
         .chunks(512)
         .enumerate()
         .skip(1)
-        .filter(|(_, sector)| sector.iter().any(|b| *b != 0))
+        .rfind(|(_, sector)| sector.iter().any(|b| *b != 0))
         .map(|(i, _)| i as u64)
-        .last()
         .context("the disk log has no records")?;
     // Walk back to the sector where that record starts (its magic "KVR1").
     let mut sector = last;
