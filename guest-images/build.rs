@@ -31,18 +31,10 @@ const REMOVED_VARS: &[&str] = &[
 ];
 
 fn main() {
-    let manifest_dir =
-        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let guest_dir = manifest_dir.join("guest");
-    for path in [
-        "Cargo.toml",
-        "Cargo.lock",
-        "build.rs",
-        "link.ld",
-        ".cargo/config.toml",
-        "src",
-    ] {
+    for path in ["Cargo.toml", "Cargo.lock", "build.rs", "link.ld", ".cargo/config.toml", "src"] {
         println!("cargo:rerun-if-changed={}", guest_dir.join(path).display());
     }
 
@@ -73,17 +65,10 @@ fn main() {
         ));
     }
 
-    let built = target_dir
-        .join(GUEST_TARGET)
-        .join("release")
-        .join(GUEST_BIN);
+    let built = target_dir.join(GUEST_TARGET).join("release").join(GUEST_BIN);
     let dest = out_dir.join("ftvm-guest.elf");
     if let Err(e) = std::fs::copy(&built, &dest) {
-        fail(&format!(
-            "guest built but {} could not be copied to {}: {e}",
-            built.display(),
-            dest.display()
-        ));
+        fail(&format!("guest built but {} could not be copied to {}: {e}", built.display(), dest.display()));
     }
 }
 

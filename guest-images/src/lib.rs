@@ -48,9 +48,7 @@ pub fn ftvm_guest_digest() -> u64 {
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// The value of the last `digest: <16 hex digits>` line in the guest's serial output.
@@ -84,19 +82,12 @@ mod tests {
         assert_eq!(u16_at(elf, 16), 2, "ET_EXEC");
         assert_eq!(u16_at(elf, 18), 62, "EM_X86_64");
         assert_eq!(u64_at(elf, 24), 0x10_0000, "entry at 1 MiB");
-        let (phoff, phentsize, phnum) = (
-            u64_at(elf, 32) as usize,
-            u16_at(elf, 54) as usize,
-            u16_at(elf, 56),
-        );
+        let (phoff, phentsize, phnum) = (u64_at(elf, 32) as usize, u16_at(elf, 54) as usize, u16_at(elf, 56));
         let mut loads = 0;
         for i in 0..phnum as usize {
             let ph = &elf[phoff + i * phentsize..];
             let kind = u32_at(ph, 0);
-            assert!(
-                ![2, 3, 7].contains(&kind),
-                "PT_DYNAMIC, PT_INTERP or PT_TLS present"
-            );
+            assert!(![2, 3, 7].contains(&kind), "PT_DYNAMIC, PT_INTERP or PT_TLS present");
             if kind == 1 {
                 loads += 1;
                 let (paddr, filesz, memsz) = (u64_at(ph, 24), u64_at(ph, 32), u64_at(ph, 40));

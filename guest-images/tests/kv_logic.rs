@@ -12,9 +12,7 @@ mod kv {
     pub mod store;
 }
 
-use kv::disklog::{
-    self, Decoded, Record, MAX_KEY, MAX_RECORD_SECTORS, MAX_VALUE, OP_DEL, OP_SET, SECTOR,
-};
+use kv::disklog::{self, Decoded, Record, MAX_KEY, MAX_RECORD_SECTORS, MAX_VALUE, OP_DEL, OP_SET, SECTOR};
 use kv::replay::{replay, Replayed, Sectors};
 use kv::store::{parse, LogSink, Request, Store, MAX_LINE};
 
@@ -29,12 +27,7 @@ struct MemDisk {
 
 impl MemDisk {
     fn new(sectors: usize) -> Self {
-        MemDisk {
-            data: vec![0; sectors * SECTOR],
-            next: 1,
-            seq: 0,
-            reads: 0,
-        }
+        MemDisk { data: vec![0; sectors * SECTOR], next: 1, seq: 0, reads: 0 }
     }
     fn format(&mut self) {
         self.data[..SECTOR].copy_from_slice(&disklog::header());
@@ -52,15 +45,7 @@ impl MemDisk {
         let mut starts = Vec::new();
         for &(op, key, value) in records {
             starts.push(self.next + (buf.len() / SECTOR) as u64);
-            disklog::encode(
-                &Record {
-                    seq: self.seq,
-                    op,
-                    key,
-                    value,
-                },
-                &mut buf,
-            );
+            disklog::encode(&Record { seq: self.seq, op, key, value }, &mut buf);
             self.seq += 1;
         }
         let sectors = (buf.len() / SECTOR) as u64;
@@ -119,38 +104,20 @@ fn crc32_matches_the_standard_check_value() {
 
 #[test]
 fn records_round_trip_padded_to_sectors() {
-    for (k, v) in [
-        (1, 0),
-        (1, 1),
-        (MAX_KEY, MAX_VALUE),
-        (10, 488),
-        (10, 479),
-        (100, 4000),
-    ] {
+    for (k, v) in [(1, 0), (1, 1), (MAX_KEY, MAX_VALUE), (10, 488), (10, 479), (100, 4000)] {
         let (key, value) = (vec![b'k'; k], vec![b'v'; v]);
-        let rec = Record {
-            seq: 42,
-            op: if v == 0 { OP_DEL } else { OP_SET },
-            key: &key,
-            value: &value,
-        };
+        let rec = Record { seq: 42, op: if v == 0 { OP_DEL } else { OP_SET }, key: &key, value: &value };
         let mut buf = Vec::new();
         disklog::encode(&rec, &mut buf);
         assert_eq!(buf.len() % SECTOR, 0);
         assert_eq!(buf.len() / SECTOR, disklog::record_sectors(k, v));
         assert!(buf.len() / SECTOR <= MAX_RECORD_SECTORS);
-        assert_eq!(
-            disklog::decode(&buf, 42),
-            Decoded::Record(rec, buf.len() / SECTOR)
-        );
+        assert_eq!(disklog::decode(&buf, 42), Decoded::Record(rec, buf.len() / SECTOR));
         // Another sequence number: an older record, the end of the log.
         assert_eq!(disklog::decode(&buf, 43), Decoded::End);
         // Too short a buffer asks for the whole record.
         if buf.len() > SECTOR {
-            assert_eq!(
-                disklog::decode(&buf[..SECTOR], 42),
-                Decoded::NeedSectors(buf.len() / SECTOR)
-            );
+            assert_eq!(disklog::decode(&buf[..SECTOR], 42), Decoded::NeedSectors(buf.len() / SECTOR));
         }
     }
     assert_eq!(disklog::decode(&[0; SECTOR], 0), Decoded::End);
@@ -160,15 +127,7 @@ fn records_round_trip_padded_to_sectors() {
 fn every_flipped_byte_of_a_record_is_detected() {
     let (key, value) = (b"some-key".to_vec(), vec![b'x'; 700]);
     let mut buf = Vec::new();
-    disklog::encode(
-        &Record {
-            seq: 7,
-            op: OP_SET,
-            key: &key,
-            value: &value,
-        },
-        &mut buf,
-    );
+    disklog::encode(&Record { seq: 7, op: OP_SET, key: &key, value: &value }, &mut buf);
     let used = disklog::RECORD_HEADER + key.len() + value.len();
     for i in 0..used {
         for bit in [0x01u8, 0x80] {
@@ -195,10 +154,7 @@ fn header_states() {
     assert_eq!(disklog::check_header(&h), Foreign);
     let mut disk = MemDisk::new(16);
     disk.data[..4].copy_from_slice(b"MBR!");
-    assert!(
-        replay(&mut disk, |_| {}).is_err(),
-        "a foreign disk is not overwritten"
-    );
+    assert!(replay(&mut disk, |_| {}).is_err(), "a foreign disk is not overwritten");
 }
 
 #[test]
@@ -222,28 +178,13 @@ fn replay_restores_every_write_across_restarts() {
         store.execute(&line, &mut disk, "", &mut out);
     }
     for i in (0..10_000).step_by(7) {
-        store.execute(
-            &[b"DEL ".as_slice(), &key(i)].concat(),
-            &mut disk,
-            "",
-            &mut out,
-        );
+        store.execute(&[b"DEL ".as_slice(), &key(i)].concat(), &mut disk, "", &mut out);
     }
-    let batch: Vec<(Vec<u8>, Vec<u8>)> = (0..50)
-        .map(|i| (key(i * 3 + 1), b"batched".to_vec()))
-        .collect();
-    let recs: Vec<(u8, &[u8], &[u8])> = batch
-        .iter()
-        .map(|(k, v)| (OP_SET, &k[..], &v[..]))
-        .collect();
+    let batch: Vec<(Vec<u8>, Vec<u8>)> = (0..50).map(|i| (key(i * 3 + 1), b"batched".to_vec())).collect();
+    let recs: Vec<(u8, &[u8], &[u8])> = batch.iter().map(|(k, v)| (OP_SET, &k[..], &v[..])).collect();
     disk.write_batch(&recs);
     for (k, v) in &batch {
-        store.apply(&Record {
-            seq: 0,
-            op: OP_SET,
-            key: k,
-            value: v,
-        });
+        store.apply(&Record { seq: 0, op: OP_SET, key: k, value: v });
     }
 
     let (replayed, r) = load(&mut disk);
@@ -253,11 +194,7 @@ fn replay_restores_every_write_across_restarts() {
     for i in 0..10_000 {
         assert_eq!(replayed.get(&key(i)), store.get(&key(i)), "key {i}");
     }
-    assert!(
-        disk.reads < 2_000,
-        "reads in chunks, not sector by sector ({} reads)",
-        disk.reads
-    );
+    assert!(disk.reads < 2_000, "reads in chunks, not sector by sector ({} reads)", disk.reads);
 
     // Restart, write more, restart again.
     disk.resume(&r);
@@ -312,12 +249,7 @@ fn a_torn_tail_at_any_sector_loses_only_the_last_record() {
     };
     // Garbage written over the last record's sectors one by one (a torn write).
     for torn in four.next_sector..full.next_sector {
-        let mut d = MemDisk {
-            data: base.data.clone(),
-            next: 0,
-            seq: 0,
-            reads: 0,
-        };
+        let mut d = MemDisk { data: base.data.clone(), next: 0, seq: 0, reads: 0 };
         let at = torn as usize * SECTOR;
         d.data[at..at + SECTOR].fill(0xa5);
         let (store, r) = load(&mut d);
@@ -354,16 +286,9 @@ fn a_full_log_answers_disk_full() {
     store.execute(b"SET c 3", &mut disk, "", &mut out);
     store.execute(b"SET d 4", &mut disk, "", &mut out);
     store.execute(b"DEL a", &mut disk, "", &mut out);
-    assert_eq!(
-        String::from_utf8(out).unwrap(),
-        "OK\nOK\nOK\nERR disk full\nERR disk full\n"
-    );
+    assert_eq!(String::from_utf8(out).unwrap(), "OK\nOK\nOK\nERR disk full\nERR disk full\n");
     assert_eq!(store.get(b"d"), None, "a refused SET changes nothing");
-    assert_eq!(
-        store.get(b"a"),
-        Some(&b"1"[..]),
-        "a refused DEL changes nothing"
-    );
+    assert_eq!(store.get(b"a"), Some(&b"1"[..]), "a refused DEL changes nothing");
     let (replayed, r) = load(&mut disk);
     assert_eq!((replayed.len(), r.records, r.next_sector), (3, 3, 4));
 }
@@ -384,18 +309,8 @@ fn requests_parse_and_answer() {
     assert_eq!(parse(b"SET k\tx v"), Err("key is not printable ASCII"));
     assert_eq!(parse(b"SET k v\x7f"), Err("value is not printable ASCII"));
     let long_key = vec![b'k'; MAX_KEY + 1];
-    assert_eq!(
-        parse(&[b"GET ".as_slice(), &long_key].concat()),
-        Err("key too long")
-    );
-    let max = [
-        b"SET ".as_slice(),
-        &[b'k'; MAX_KEY],
-        b" ",
-        &[b'v'; MAX_VALUE],
-        b"\r",
-    ]
-    .concat();
+    assert_eq!(parse(&[b"GET ".as_slice(), &long_key].concat()), Err("key too long"));
+    let max = [b"SET ".as_slice(), &[b'k'; MAX_KEY], b" ", &[b'v'; MAX_VALUE], b"\r"].concat();
     assert!(max.len() < MAX_LINE);
     assert!(matches!(parse(&max), Ok(Request::Set(..))));
     let too_long = [b"SET k ".as_slice(), &[b'v'; MAX_VALUE + 1]].concat();
@@ -405,9 +320,7 @@ fn requests_parse_and_answer() {
     disk.format();
     let mut store = Store::new();
     let mut out = Vec::new();
-    for line in [
-        "SET a 1", "GET a", "SET a 22", "GET a", "DEL a", "DEL a", "GET a", "NOPE", "STATS",
-    ] {
+    for line in ["SET a 1", "GET a", "SET a 22", "GET a", "DEL a", "DEL a", "GET a", "NOPE", "STATS"] {
         store.execute(line.as_bytes(), &mut disk, "extra=1", &mut out);
     }
     assert_eq!(

@@ -93,8 +93,7 @@ static mut FTVM_USTACK: Stack<USTACK_SIZE> = Stack([0; USTACK_SIZE]);
 
 /// Per-IRQ interrupt counts (IRQ n = vector 0x20 + n), incremented by the ring-0 stubs.
 #[no_mangle]
-pub static FTVM_IRQ_COUNTS: [core::sync::atomic::AtomicU64; 16] =
-    [const { core::sync::atomic::AtomicU64::new(0) }; 16];
+pub static FTVM_IRQ_COUNTS: [core::sync::atomic::AtomicU64; 16] = [const { core::sync::atomic::AtomicU64::new(0) }; 16];
 
 extern "C" {
     /// Addresses of the exception stubs (0-31), IRQ stubs (0x20-0x2f) and the gate.

@@ -60,19 +60,12 @@ impl BootInfo {
         let n = (self.read::<u8>(E820_ENTRIES) as usize).min(E820_MAX);
         (0..n).map(move |i| {
             let base = E820_TABLE + 20 * i;
-            E820Entry {
-                addr: self.read(base),
-                size: self.read(base + 8),
-                kind: self.read(base + 16),
-            }
+            E820Entry { addr: self.read(base), size: self.read(base + 8), kind: self.read(base + 16) }
         })
     }
 
     /// Total bytes of RAM in the e820 map.
     pub fn ram_bytes(&self) -> u64 {
-        self.e820()
-            .filter(|e| e.kind == E820_RAM)
-            .map(|e| e.size)
-            .sum()
+        self.e820().filter(|e| e.kind == E820_RAM).map(|e| e.size).sum()
     }
 }

@@ -12,9 +12,7 @@ fn read64(addr: u64) -> u64 {
     let value: u64;
     // SAFETY: the clock page is identity-mapped user-accessible by the VMM; one 8-byte load
     // exits to the device. Not `pure`: every call must perform its own read.
-    unsafe {
-        asm!("mov {v}, qword ptr [{a}]", a = in(reg) addr, v = out(reg) value, options(nostack, preserves_flags))
-    }
+    unsafe { asm!("mov {v}, qword ptr [{a}]", a = in(reg) addr, v = out(reg) value, options(nostack, preserves_flags)) }
     value
 }
 

@@ -30,8 +30,7 @@ impl CmdLine {
     /// Values of parameter `key` (`key=value` words), in order.
     #[allow(dead_code)] // for the virtio drivers (issue 4)
     pub fn params(&self, key: &'static str) -> impl Iterator<Item = &'static str> {
-        self.all_words()
-            .filter_map(move |w| w.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v))
+        self.all_words().filter_map(move |w| w.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v))
     }
 }
 
@@ -46,9 +45,7 @@ pub fn parse_u64(word: &str) -> Option<u64> {
     }
     let mut value: u64 = 0;
     for c in digits.chars() {
-        value = value
-            .checked_mul(radix)?
-            .checked_add(c.to_digit(radix as u32)? as u64)?;
+        value = value.checked_mul(radix)?.checked_add(c.to_digit(radix as u32)? as u64)?;
     }
     Some(value)
 }

@@ -30,12 +30,7 @@ pub struct Heap(UnsafeCell<State>);
 unsafe impl Sync for Heap {}
 
 #[global_allocator]
-static HEAP: Heap = Heap(UnsafeCell::new(State {
-    next: 0,
-    end: 0,
-    free: [0; CLASSES],
-    in_use: 0,
-}));
+static HEAP: Heap = Heap(UnsafeCell::new(State { next: 0, end: 0, free: [0; CLASSES], in_use: 0 }));
 
 /// Hands `[start, end)` to the allocator. Call once, before the first allocation.
 ///

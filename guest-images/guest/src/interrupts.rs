@@ -25,10 +25,7 @@ pub fn init() {
 /// A 64-bit interrupt gate (IF cleared on entry) to `handler` in the kernel code segment.
 fn gate(handler: u64, dpl: u8) -> [u64; 2] {
     let type_attr = 0x8e | ((dpl as u64 & 3) << 5); // present, DPL, 64-bit interrupt gate
-    let low = (handler & 0xffff)
-        | ((KERNEL_CS as u64) << 16)
-        | (type_attr << 40)
-        | (((handler >> 16) & 0xffff) << 48);
+    let low = (handler & 0xffff) | ((KERNEL_CS as u64) << 16) | (type_attr << 40) | (((handler >> 16) & 0xffff) << 48);
     [low, handler >> 32]
 }
 

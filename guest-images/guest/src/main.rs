@@ -43,12 +43,7 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
     interrupts::disable();
     let line = info.location().map_or(0, |l| l.line());
     match info.location() {
-        Some(l) => println!(
-            "guest panic at {}:{}: {}",
-            l.file(),
-            l.line(),
-            info.message()
-        ),
+        Some(l) => println!("guest panic at {}:{}: {}", l.file(), l.line(), info.message()),
         None => println!("guest panic: {}", info.message()),
     }
     power::panic_report(power::RUST_PANIC | (line << 8))

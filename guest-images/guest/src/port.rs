@@ -5,17 +5,13 @@ use core::arch::asm;
 #[inline(always)]
 pub fn outb(port: u16, value: u8) {
     // SAFETY: we run with IOPL=3; port writes to the board's devices have no memory effects.
-    unsafe {
-        asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
-    }
+    unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) }
 }
 
 #[inline(always)]
 pub fn outl(port: u16, value: u32) {
     // SAFETY: as in `outb`.
-    unsafe {
-        asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags))
-    }
+    unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags)) }
 }
 
 #[allow(dead_code)] // for the drivers to come
@@ -23,8 +19,6 @@ pub fn outl(port: u16, value: u32) {
 pub fn inb(port: u16) -> u8 {
     let value: u8;
     // SAFETY: as in `outb`; a port read has no memory effects in the guest.
-    unsafe {
-        asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags))
-    }
+    unsafe { asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags)) }
     value
 }

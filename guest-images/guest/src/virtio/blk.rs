@@ -46,14 +46,15 @@ pub struct Blk {
     irqs_seen: u64,
     pub requests: u64,
     pub kicks: u64,
+    /// InterruptACK writes and halts while waiting for a completion.
+    pub acks: u64,
+    pub waits: u64,
 }
 
 impl Blk {
     pub fn new(mmio: Mmio, irq: u8) -> Result<Blk, &'static str> {
-        let features = mmio.negotiate(
-            F_VERSION_1 | F_EVENT_IDX | F_FLUSH | F_RO | F_SEG_MAX | F_SIZE_MAX,
-            F_VERSION_1,
-        )?;
+        let features =
+            mmio.negotiate(F_VERSION_1 | F_EVENT_IDX | F_FLUSH | F_RO | F_SEG_MAX | F_SIZE_MAX, F_VERSION_1)?;
         let size = QUEUE_SIZE.min(mmio.queue_max(0));
         if size == 0 || !size.is_power_of_two() {
             return Err("bad queue size");
@@ -78,6 +79,8 @@ impl Blk {
             irqs_seen: interrupts::count(irq),
             requests: 0,
             kicks: 0,
+            acks: 0,
+            waits: 0,
         };
         mmio.setup_queue(0, &blk.q);
         mmio.driver_ok()?;
@@ -143,42 +146,19 @@ impl Blk {
     }
 
     /// One request (and a FLUSH after it if `flush`), one notification, wait for both.
-    fn submit(
-        &mut self,
-        kind: u32,
-        sector: u64,
-        data: *mut u8,
-        len: usize,
-        flush: bool,
-    ) -> Result<(), BlkError> {
-        let mut bufs = [Buf {
-            addr: 0,
-            len: 0,
-            write: false,
-        }; MAX_CHAIN];
+    fn submit(&mut self, kind: u32, sector: u64, data: *mut u8, len: usize, flush: bool) -> Result<(), BlkError> {
+        let mut bufs = [Buf { addr: 0, len: 0, write: false }; MAX_CHAIN];
         let mut n = 0;
-        bufs[n] = Buf {
-            addr: self.header(0, kind, sector),
-            len: 16,
-            write: false,
-        };
+        bufs[n] = Buf { addr: self.header(0, kind, sector), len: 16, write: false };
         n += 1;
         let mut off = 0;
         while off < len {
             let piece = (len - off).min(self.seg);
-            bufs[n] = Buf {
-                addr: data as u64 + off as u64,
-                len: piece as u32,
-                write: kind == T_IN,
-            };
+            bufs[n] = Buf { addr: data as u64 + off as u64, len: piece as u32, write: kind == T_IN };
             n += 1;
             off += piece;
         }
-        bufs[n] = Buf {
-            addr: self.scratch as u64 + 32,
-            len: 1,
-            write: true,
-        };
+        bufs[n] = Buf { addr: self.scratch as u64 + 32, len: 1, write: true };
         n += 1;
         let mut chains = 1;
         self.q.add(&bufs[..n]).ok_or(BlkError::Range)?;
@@ -186,16 +166,8 @@ impl Blk {
             let flush_hdr = self.header(1, T_FLUSH, 0);
             self.q
                 .add(&[
-                    Buf {
-                        addr: flush_hdr,
-                        len: 16,
-                        write: false,
-                    },
-                    Buf {
-                        addr: self.scratch as u64 + 33,
-                        len: 1,
-                        write: true,
-                    },
+                    Buf { addr: flush_hdr, len: 16, write: false },
+                    Buf { addr: self.scratch as u64 + 33, len: 1, write: true },
                 ])
                 .ok_or(BlkError::Range)?;
             chains += 1;
@@ -229,9 +201,11 @@ impl Blk {
             let seen = interrupts::count(self.irq);
             if seen != self.irqs_seen {
                 self.irqs_seen = seen;
+                self.acks += 1;
                 self.mmio.ack_interrupt();
             }
             if !self.q.arm() {
+                self.waits += 1;
                 interrupts::wait();
             }
         }

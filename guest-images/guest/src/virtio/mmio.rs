@@ -44,9 +44,7 @@ impl Mmio {
     /// # Safety
     /// `base` must be the address of a virtio-mmio window that only this driver uses.
     pub unsafe fn new(base: u64) -> Self {
-        Mmio {
-            base: base as usize as *mut u32,
-        }
+        Mmio { base: base as usize as *mut u32 }
     }
 
     pub fn read(&self, offset: usize) -> u32 {

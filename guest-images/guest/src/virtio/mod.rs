@@ -27,10 +27,7 @@ pub fn parse_announcement(value: &str) -> Option<Announced> {
         None => parse_u64(size).is_some(),
     };
     let irq = parse_u64(irq)?;
-    (size_ok && irq < 16).then_some(Announced {
-        base: parse_u64(base)?,
-        irq: irq as u8,
-    })
+    (size_ok && irq < 16).then_some(Announced { base: parse_u64(base)?, irq: irq as u8 })
 }
 
 /// The devices on the command line with their device IDs, in order (IDs read from the

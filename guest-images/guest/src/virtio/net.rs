@@ -27,10 +27,7 @@ pub struct Ring {
 
 impl Ring {
     fn new(size: u16) -> Ring {
-        Ring {
-            q: Queue::new(size),
-            bufs: dma_buffer(BUF * size as usize),
-        }
+        Ring { q: Queue::new(size), bufs: dma_buffer(BUF * size as usize) }
     }
 
     fn buf(&self, id: u16) -> *mut u8 {
@@ -48,15 +45,13 @@ pub struct Net {
     pub frames_in: u64,
     pub frames_out: u64,
     pub kicks: u64,
+    pub acks: u64,
 }
 
 impl Net {
     /// Initialises the device behind `mmio` (on `irq`) and posts every receive buffer.
     pub fn new(mmio: Mmio, irq: u8) -> Result<Net, &'static str> {
-        let features = mmio.negotiate(
-            F_VERSION_1 | F_EVENT_IDX | F_MAC | F_STATUS,
-            F_VERSION_1 | F_EVENT_IDX,
-        )?;
+        let features = mmio.negotiate(F_VERSION_1 | F_EVENT_IDX | F_MAC | F_STATUS, F_VERSION_1 | F_EVENT_IDX)?;
         let size = QUEUE_SIZE.min(mmio.queue_max(RX)).min(mmio.queue_max(TX));
         if size == 0 || !size.is_power_of_two() {
             return Err("bad queue size");
@@ -70,6 +65,7 @@ impl Net {
             frames_in: 0,
             frames_out: 0,
             kicks: 0,
+            acks: 0,
         };
         if features & F_MAC != 0 {
             let (a, b) = (mmio.config32(0), mmio.config32(4));
@@ -92,11 +88,7 @@ impl Net {
     /// queue has chosen the descriptor: single-descriptor chains, buffer i behind descriptor i).
     fn refill_rx(&mut self) {
         let rx = &mut self.rx;
-        while let Some(id) = rx.q.add(&[Buf {
-            addr: 0,
-            len: BUF as u32,
-            write: true,
-        }]) {
+        while let Some(id) = rx.q.add(&[Buf { addr: 0, len: BUF as u32, write: true }]) {
             rx.q.set_addr(id, rx.buf(id) as u64);
         }
     }
@@ -132,7 +124,8 @@ impl Net {
     }
 
     /// Lowers the interrupt line (one exit).
-    pub fn ack(&self) {
+    pub fn ack(&mut self) {
+        self.acks += 1;
         self.mmio.ack_interrupt();
     }
 }
@@ -162,11 +155,7 @@ impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let len = len.min(MTU);
         let ring = self.net_tx;
-        let id = match ring.q.add(&[Buf {
-            addr: 0,
-            len: (HDR + len) as u32,
-            write: false,
-        }]) {
+        let id = match ring.q.add(&[Buf { addr: 0, len: (HDR + len) as u32, write: false }]) {
             Some(id) => id,
             None => {
                 // Checked by `Device::transmit`; cannot happen.
@@ -176,12 +165,8 @@ impl phy::TxToken for TxToken<'_> {
         let buf = ring.buf(id);
         ring.q.set_addr(id, buf as u64);
         // SAFETY: buffer `id` is ours until the device uses it; HDR + len <= BUF.
-        let (hdr, frame) = unsafe {
-            (
-                core::slice::from_raw_parts_mut(buf, HDR),
-                core::slice::from_raw_parts_mut(buf.add(HDR), len),
-            )
-        };
+        let (hdr, frame) =
+            unsafe { (core::slice::from_raw_parts_mut(buf, HDR), core::slice::from_raw_parts_mut(buf.add(HDR), len)) };
         hdr.fill(0);
         *self.frames_out += 1;
         f(frame)
@@ -215,15 +200,8 @@ impl phy::Device for Net {
         let (id, len) = self.rx.q.pop_used()?;
         self.frames_in += 1;
         Some((
-            RxToken {
-                ring: &self.rx,
-                id,
-                len: len as usize,
-            },
-            TxToken {
-                net_tx: &mut self.tx,
-                frames_out: &mut self.frames_out,
-            },
+            RxToken { ring: &self.rx, id, len: len as usize },
+            TxToken { net_tx: &mut self.tx, frames_out: &mut self.frames_out },
         ))
     }
 
@@ -231,10 +209,7 @@ impl phy::Device for Net {
         if !self.tx_room() {
             return None;
         }
-        Some(TxToken {
-            net_tx: &mut self.tx,
-            frames_out: &mut self.frames_out,
-        })
+        Some(TxToken { net_tx: &mut self.tx, frames_out: &mut self.frames_out })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {

@@ -131,9 +131,7 @@ impl Queue {
     pub fn set_addr(&mut self, id: u16, addr: u64) {
         if id < self.size {
             // SAFETY: id < size, inside the descriptor table.
-            unsafe {
-                core::ptr::addr_of_mut!((*self.desc.add(id as usize)).addr).write_volatile(addr)
-            };
+            unsafe { core::ptr::addr_of_mut!((*self.desc.add(id as usize)).addr).write_volatile(addr) };
         }
     }
 
@@ -161,12 +159,7 @@ impl Queue {
 
     fn read_avail_event(&self) -> u16 {
         // SAFETY: avail_event follows the used ring's `size` 8-byte entries.
-        unsafe {
-            self.used
-                .add(4 + 8 * self.size as usize)
-                .cast::<u16>()
-                .read_volatile()
-        }
+        unsafe { self.used.add(4 + 8 * self.size as usize).cast::<u16>().read_volatile() }
     }
 
     fn write_used_event(&self, value: u16) {

@@ -27,12 +27,7 @@ pub fn run(n: u64) -> Result<(), &'static str> {
     digest.u64(wall_end);
 
     let elapsed = last - first;
-    println!(
-        "clock: {} reads, {} ns elapsed ({} ns per read)",
-        n,
-        elapsed,
-        elapsed / n.max(2).saturating_sub(1)
-    );
+    println!("clock: {} reads, {} ns elapsed ({} ns per read)", n, elapsed, elapsed / n.max(2).saturating_sub(1));
     let (y, mo, d) = civil_from_days((wall_end / 1_000_000_000 / 86400) as i64);
     let secs_of_day = wall_end / 1_000_000_000 % 86400;
     println!(
@@ -46,15 +41,9 @@ pub fn run(n: u64) -> Result<(), &'static str> {
         secs_of_day / 60 % 60,
         secs_of_day % 60
     );
-    println!(
-        "clock: wall advanced {} ns during the reads",
-        wall_end.wrapping_sub(wall_start) as i64
-    );
+    println!("clock: wall advanced {} ns during the reads", wall_end.wrapping_sub(wall_start) as i64);
     if backwards != 0 {
-        println!(
-            "clock: ERROR: monotonic clock went backwards {} times",
-            backwards
-        );
+        println!("clock: ERROR: monotonic clock went backwards {} times", backwards);
         digest.print();
         return Err("monotonic clock went backwards");
     }

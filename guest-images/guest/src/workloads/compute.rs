@@ -42,11 +42,7 @@ pub fn run(millions: u64) -> Result<(), &'static str> {
     interrupts::enable();
 
     println!("compute: checksum {:016x}", checksum);
-    println!(
-        "compute: {} timer interrupts, {} ms",
-        ticks,
-        elapsed_ns / 1_000_000
-    );
+    println!("compute: {} timer interrupts, {} ms", ticks, elapsed_ns / 1_000_000);
     Digest::new().u64(checksum).print();
     Ok(())
 }

@@ -8,11 +8,7 @@ const BANNER: &str = "ftvm guest: hello from ring 3";
 
 pub fn run(boot: &BootInfo, cmdline: CmdLine) -> Result<(), &'static str> {
     println!("{}", BANNER);
-    println!(
-        "ftvm guest: {} MiB RAM, cmdline '{}'",
-        boot.ram_bytes() >> 20,
-        cmdline.as_str()
-    );
+    println!("ftvm guest: {} MiB RAM, cmdline '{}'", boot.ram_bytes() >> 20, cmdline.as_str());
     Digest::new().bytes(BANNER.as_bytes()).print();
     Ok(())
 }

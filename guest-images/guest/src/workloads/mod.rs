@@ -13,8 +13,7 @@ use crate::cmdline::{parse_u64, CmdLine};
 /// Power-off code for a bad command line.
 pub const EXIT_USAGE: u32 = 2;
 
-const USAGE: &str =
-    "workloads: hello | timer [N] | compute [M] | clock [N] | kv ip=A.B.C.D/N [port=P] [gw=A.B.C.D]";
+const USAGE: &str = "workloads: hello | timer [N] | compute [M] | clock [N] | kv ip=A.B.C.D/N [port=P] [gw=A.B.C.D]";
 
 pub fn run(boot: &BootInfo, cmdline: CmdLine) -> u32 {
     let mut words = cmdline.words();
@@ -49,10 +48,7 @@ fn fault() -> Result<(), &'static str> {
 }
 
 /// The next argument as a number, `default` if there is none.
-fn number_arg<'a>(
-    words: &mut impl Iterator<Item = &'a str>,
-    default: u64,
-) -> Result<u64, &'static str> {
+fn number_arg<'a>(words: &mut impl Iterator<Item = &'a str>, default: u64) -> Result<u64, &'static str> {
     let value = match words.next() {
         None => default,
         Some(word) => parse_u64(word).ok_or("bad number")?,

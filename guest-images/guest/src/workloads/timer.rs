@@ -40,12 +40,7 @@ pub fn run(n: u64) -> Result<(), &'static str> {
     let elapsed_ns = clock::monotonic_ns() - start_ns;
     interrupts::enable();
 
-    println!(
-        "timer: {} ticks, {} waits, {} us",
-        seen,
-        waits,
-        elapsed_ns / 1000
-    );
+    println!("timer: {} ticks, {} waits, {} us", seen, waits, elapsed_ns / 1000);
     digest.print();
     Ok(())
 }

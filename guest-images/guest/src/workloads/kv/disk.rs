@@ -38,20 +38,16 @@ impl DiskLog {
         if blk.readonly() {
             return Err("the disk is read-only");
         }
-        let found =
-            replay::replay(&mut Source(&mut blk), |rec| store.apply(rec)).map_err(|e| match e {
-                replay::ReplayError::Read(_) => "disk read failed",
-                replay::ReplayError::Foreign => {
-                    "sector 0 of the disk is not a kv log header (refusing to overwrite it)"
-                }
-                replay::ReplayError::TooSmall => "the disk is too small (2 sectors at least)",
-            })?;
+        let found = replay::replay(&mut Source(&mut blk), |rec| store.apply(rec)).map_err(|e| match e {
+            replay::ReplayError::Read(_) => "disk read failed",
+            replay::ReplayError::Foreign => "sector 0 of the disk is not a kv log header (refusing to overwrite it)",
+            replay::ReplayError::TooSmall => "the disk is too small (2 sectors at least)",
+        })?;
         if found.blank {
             let mut first = Vec::with_capacity(2 * SECTOR);
             first.extend_from_slice(&disklog::header());
             first.resize(2 * SECTOR, 0);
-            blk.write(0, &first)
-                .map_err(|_| "formatting the disk failed")?;
+            blk.write(0, &first).map_err(|_| "formatting the disk failed")?;
         }
         let log = DiskLog {
             blk,
@@ -67,14 +63,16 @@ impl DiskLog {
 
     /// Sectors used (header included) and the capacity.
     pub fn usage(&self) -> (u64, u64) {
-        (
-            self.next_sector + (self.batch.len() / SECTOR) as u64,
-            self.blk.capacity(),
-        )
+        (self.next_sector + (self.batch.len() / SECTOR) as u64, self.blk.capacity())
     }
 
     pub fn disk_requests(&self) -> u64 {
         self.blk.requests
+    }
+
+    /// Exits the disk caused: notifications, interrupt acknowledgements, waits.
+    pub fn disk_exits(&self) -> u64 {
+        self.blk.kicks + self.blk.acks + self.blk.waits
     }
 
     /// Writes the pending batch and one zero sector after it (if the disk has room), flushed.
@@ -88,10 +86,7 @@ impl DiskLog {
             self.batch.resize(self.batch.len() + SECTOR, 0);
         }
         if let Err(e) = self.blk.write(self.next_sector, &self.batch) {
-            println!(
-                "kv: FATAL: disk write at sector {} failed: {:?}",
-                self.next_sector, e
-            );
+            println!("kv: FATAL: disk write at sector {} failed: {:?}", self.next_sector, e);
             crate::power::off(3);
         }
         self.next_sector += sectors;
@@ -112,12 +107,7 @@ impl LogSink for DiskLog {
         if used + need as u64 > self.blk.capacity() * SECTOR as u64 {
             return Err(());
         }
-        let rec = Record {
-            seq: self.next_seq,
-            op,
-            key,
-            value,
-        };
+        let rec = Record { seq: self.next_seq, op, key, value };
         disklog::encode(&rec, &mut self.batch);
         self.next_seq += 1;
         self.batch_records += 1;

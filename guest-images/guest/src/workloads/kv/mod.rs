@@ -27,10 +27,7 @@ fn parse_ipv4(s: &str) -> Option<Ipv4Address> {
         let v = parse_u64(parts.next()?)?;
         *o = u8::try_from(v).ok()?;
     }
-    parts
-        .next()
-        .is_none()
-        .then_some(Ipv4Address::from_octets(octets))
+    parts.next().is_none().then_some(Ipv4Address::from_octets(octets))
 }
 
 fn parse_cidr(s: &str) -> Option<IpCidr> {
@@ -62,9 +59,7 @@ pub fn run(boot: &BootInfo, cmdline: CmdLine) -> Result<(), &'static str> {
         .and_then(|s| parse_cidr(s).ok_or("bad ip=A.B.C.D/N"))?;
     let port = match cmdline.params("port").next() {
         None => DEFAULT_PORT,
-        Some(p) => parse_u64(p)
-            .filter(|p| (1..=65535).contains(p))
-            .ok_or("bad port=P")? as u16,
+        Some(p) => parse_u64(p).filter(|p| (1..=65535).contains(p)).ok_or("bad port=P")? as u16,
     };
     let gateway = match cmdline.params("gw").next() {
         None => None,
@@ -93,34 +88,17 @@ pub fn run(boot: &BootInfo, cmdline: CmdLine) -> Result<(), &'static str> {
     if found.blank {
         println!("kv: blank disk, new log written");
     }
-    println!(
-        "kv: replayed {} record(s), log ends at sector {}",
-        found.records, found.next_sector
-    );
+    println!("kv: replayed {} record(s), log ends at sector {}", found.records, found.next_sector);
     if found.skipped > 0 {
-        println!(
-            "kv: skipped {} corrupt record(s) inside the log",
-            found.skipped
-        );
+        println!("kv: skipped {} corrupt record(s) inside the log", found.skipped);
     }
     if found.dropped_tail > 0 {
-        println!(
-            "kv: dropped {} corrupt record(s) at the log tail",
-            found.dropped_tail
-        );
+        println!("kv: dropped {} corrupt record(s) at the log tail", found.dropped_tail);
     }
     let keys = store.len();
     let mac = net.mac();
-    println!(
-        "kv: mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
-    );
+    println!("kv: mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]);
     let mut server = server::Server::new(net, log, store, cidr, gateway, port);
-    println!(
-        "kv: listening on {}:{}, {} keys loaded",
-        cidr.address(),
-        port,
-        keys
-    );
+    println!("kv: listening on {}:{}, {} keys loaded", cidr.address(), port, keys);
     server.run()
 }

@@ -1,9 +1,7 @@
 //! Replaying the log at boot (pure over a [`Sectors`] source; host-tested in
 //! guest-images/tests): see `disklog` for the format and the rules.
 
-use super::disklog::{
-    check_header, decode, Decoded, HeaderState, Record, MAX_RECORD_SECTORS, SECTOR,
-};
+use super::disklog::{check_header, decode, Decoded, HeaderState, Record, MAX_RECORD_SECTORS, SECTOR};
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -51,19 +49,13 @@ struct Window {
 impl Window {
     /// Makes sure sectors `[s, s + n)` (cut at the capacity) are in the window; returns the
     /// bytes from `s` to the end of the window.
-    fn at<'a, S: Sectors>(
-        &'a mut self,
-        src: &mut S,
-        s: u64,
-        n: usize,
-    ) -> Result<&'a [u8], ReplayError> {
+    fn at<'a, S: Sectors>(&'a mut self, src: &mut S, s: u64, n: usize) -> Result<&'a [u8], ReplayError> {
         let cap = src.capacity();
         let want = (n as u64).min(cap - s) as usize;
         let inside = s >= self.start && s + want as u64 <= self.start + self.sectors as u64;
         if !inside {
             let count = (CHUNK_SECTORS as u64).min(cap - s) as usize;
-            src.read(s, &mut self.data[..count * SECTOR])
-                .map_err(|()| ReplayError::Read(s))?;
+            src.read(s, &mut self.data[..count * SECTOR]).map_err(|()| ReplayError::Read(s))?;
             self.start = s;
             self.sectors = count;
         }
@@ -73,19 +65,12 @@ impl Window {
 }
 
 /// Replays the log, calling `apply` for each good record in order.
-pub fn replay<S: Sectors>(
-    src: &mut S,
-    mut apply: impl FnMut(&Record<'_>),
-) -> Result<Replayed, ReplayError> {
+pub fn replay<S: Sectors>(src: &mut S, mut apply: impl FnMut(&Record<'_>)) -> Result<Replayed, ReplayError> {
     let cap = src.capacity();
     if cap < 2 {
         return Err(ReplayError::TooSmall);
     }
-    let mut win = Window {
-        start: 0,
-        sectors: 0,
-        data: vec![0; CHUNK_SECTORS * SECTOR],
-    };
+    let mut win = Window { start: 0, sectors: 0, data: vec![0; CHUNK_SECTORS * SECTOR] };
     let mut out = Replayed::default();
     match check_header(win.at(src, 0, 1)?) {
         HeaderState::Blank => {
@@ -111,9 +96,7 @@ pub fn replay<S: Sectors>(
                 let mut resumed = None;
                 let last = (s + MAX_RECORD_SECTORS as u64).min(cap - 1);
                 for t in s + 1..=last {
-                    if let Decoded::Record(..) =
-                        decode(win.at(src, t, MAX_RECORD_SECTORS)?, seq + 1)
-                    {
+                    if let Decoded::Record(..) = decode(win.at(src, t, MAX_RECORD_SECTORS)?, seq + 1) {
                         resumed = Some(t);
                         break;
                     }

@@ -56,7 +56,7 @@ pub struct Server<'a> {
     pit_deadline: Option<u64>,
     waits: u64,
     clock_reads: u64,
-    accepted: u64,
+    pit_arms: u64,
 }
 
 fn now(clock_reads: &mut u64) -> u64 {
@@ -122,7 +122,7 @@ impl Server<'static> {
             pit_deadline: None,
             waits: 0,
             clock_reads,
-            accepted: 0,
+            pit_arms: 0,
         }
     }
 
@@ -132,14 +132,17 @@ impl Server<'static> {
         loop {
             let ts = instant(now_ns);
             self.iface.poll(ts, &mut self.net, &mut self.sockets);
-            if self.serve() {
+            let (replied, more) = self.serve();
+            if replied {
                 self.iface.poll(ts, &mut self.net, &mut self.sockets);
             }
             self.net.flush();
             self.housekeeping();
 
             let delay = self.iface.poll_delay(ts, &self.sockets);
-            if self.net.rx_pending() || delay == Some(Duration::ZERO) {
+            if more || self.net.rx_pending() || delay == Some(Duration::ZERO) {
+                // More to do at once: the same timestamp serves a few iterations of received
+                // frames; a timer that is due needs the time to move on.
                 busy += 1;
                 if busy >= CLOCK_EVERY || delay == Some(Duration::ZERO) {
                     busy = 0;
@@ -163,10 +166,9 @@ impl Server<'static> {
         if let Some(d) = delay {
             let want = now_ns + d.total_micros() * 1000;
             if self.pit_deadline.is_none_or(|t| t > want || t < now_ns) {
-                let units = (d.total_micros() * 1000)
-                    .div_ceil(PIT_NS_PER_UNIT)
-                    .clamp(1, 255);
+                let units = (d.total_micros() * 1000).div_ceil(PIT_NS_PER_UNIT).clamp(1, 255);
                 outb(0x40, units as u8);
+                self.pit_arms += 1;
                 self.pit_deadline = Some(now_ns + units * PIT_NS_PER_UNIT);
             }
         }
@@ -182,15 +184,17 @@ impl Server<'static> {
         self.net.disarm();
     }
 
-    /// Reads and answers requests; returns whether any reply was queued.
-    fn serve(&mut self) -> bool {
+    /// Reads and answers requests. Returns whether any reply was queued, and whether complete
+    /// requests still wait in a connection's buffer (its output was too large to take more).
+    fn serve(&mut self) -> (bool, bool) {
         let extra = self.extra_stats();
         let mut any = false;
         for conn in &mut self.conns {
             let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
-            while conn.out.len() - conn.sent < OUT_HIGH && socket.can_recv() {
+            loop {
+                any |= Self::lines(conn, &mut self.store, &mut self.log, &extra);
                 let room = (2 * MAX_LINE).saturating_sub(conn.inbuf.len());
-                if room == 0 {
+                if conn.out.len() - conn.sent >= OUT_HIGH || room == 0 || !socket.can_recv() {
                     break;
                 }
                 let inbuf = &mut conn.inbuf;
@@ -199,11 +203,11 @@ impl Server<'static> {
                     inbuf.extend_from_slice(&data[..n]);
                     (n, ())
                 });
-                any |= Self::lines(conn, &mut self.store, &mut self.log, &extra);
             }
         }
         // Every SET/DEL of this iteration reaches the disk before any reply leaves.
         self.log.commit();
+        let mut more = false;
         for conn in &mut self.conns {
             if conn.sent < conn.out.len() {
                 let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
@@ -215,8 +219,9 @@ impl Server<'static> {
                     conn.sent = 0;
                 }
             }
+            more |= conn.out.len() - conn.sent < OUT_HIGH && conn.inbuf.contains(&b'\n');
         }
-        any
+        (any, more)
     }
 
     /// Answers the complete lines in `conn.inbuf` (while its output is not too large).
@@ -254,36 +259,34 @@ impl Server<'static> {
         for conn in &mut self.conns {
             let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
             match socket.state() {
-                tcp::State::CloseWait if conn.sent == conn.out.len() && !socket.can_recv() => {
-                    socket.close()
-                }
+                tcp::State::CloseWait if conn.sent == conn.out.len() && !socket.can_recv() => socket.close(),
                 tcp::State::Closed => {
                     conn.inbuf.clear();
                     conn.out.clear();
                     conn.sent = 0;
                     conn.discarding = false;
-                    if socket.listen(self.port).is_ok() {
-                        self.accepted += 1;
-                    }
+                    let _ = socket.listen(self.port);
                 }
                 _ => {}
             }
         }
     }
 
+    /// Exits the serving loop caused since the start (serial output and initialisation not
+    /// counted): halts, clock reads, notifications, interrupt acknowledgements, PIT writes.
+    fn exits(&self) -> u64 {
+        self.waits + self.clock_reads + self.net.kicks + self.net.acks + self.pit_arms + self.log.disk_exits()
+    }
+
     fn extra_stats(&self) -> alloc::string::String {
         use core::fmt::Write;
         let (used, cap) = self.log.usage();
         let (heap_used, heap_free) = crate::heap::usage();
-        let open = self
-            .conns
-            .iter()
-            .filter(|c| self.sockets.get::<tcp::Socket>(c.handle).is_active())
-            .count();
+        let open = self.conns.iter().filter(|c| self.sockets.get::<tcp::Socket>(c.handle).is_active()).count();
         let mut s = alloc::string::String::new();
         let _ = write!(
             s,
-            "connections={} log_records={} log_sectors={}/{} commits={} disk_requests={} frames_in={} frames_out={} notifies={} waits={} clock_reads={} heap_used={} heap_free={}",
+            "connections={} log_records={} log_sectors={}/{} commits={} disk_requests={} frames_in={} frames_out={} net_notifies={} net_acks={} waits={} clock_reads={} pit_arms={} exits={} heap_used={} heap_free={}",
             open,
             self.log.records,
             used,
@@ -293,8 +296,11 @@ impl Server<'static> {
             self.net.frames_in,
             self.net.frames_out,
             self.net.kicks,
+            self.net.acks,
             self.waits,
             self.clock_reads,
+            self.pit_arms,
+            self.exits(),
             heap_used,
             heap_free
         );

@@ -129,13 +129,7 @@ impl Store {
     }
 
     /// Answers one request line into `out`; `stats_extra` is appended to the STATS line.
-    pub fn execute(
-        &mut self,
-        line: &[u8],
-        log: &mut dyn LogSink,
-        stats_extra: &str,
-        out: &mut Vec<u8>,
-    ) {
+    pub fn execute(&mut self, line: &[u8], log: &mut dyn LogSink, stats_extra: &str, out: &mut Vec<u8>) {
         let answer = match parse(line) {
             Ok(Request::Set(key, value)) => {
                 self.sets += 1;
