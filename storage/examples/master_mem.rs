@@ -48,12 +48,7 @@ fn main() {
     };
     apply(&mut s, Record::Mkdir { path: "/vm".into() });
     for f in 0..files {
-        apply(
-            &mut s,
-            Record::CreateFile {
-                path: format!("/vm/disk{f:06}"),
-            },
-        );
+        apply(&mut s, Record::CreateFile { path: format!("/vm/disk{f:06}") });
     }
     let before = LIVE.load(Ordering::Relaxed);
     let mut handle = 0u64;
@@ -61,14 +56,7 @@ fn main() {
         for i in 0..per_file {
             handle += 1;
             let path = format!("/vm/disk{f:06}");
-            apply(
-                &mut s,
-                Record::AddChunk {
-                    path: path.clone(),
-                    index: i,
-                    handle,
-                },
-            );
+            apply(&mut s, Record::AddChunk { path: path.clone(), index: i, handle });
             apply(&mut s, Record::SetVersion { handle, version: 2 });
             if let Some(c) = s.chunks.get_mut(handle) {
                 c.set_replicas(&[0, 1, 2]);

@@ -26,6 +26,10 @@ pub enum ErrorKind {
     Unavailable,
     Io,
     Protocol,
+    /// A compare-and-set found another generation than expected.
+    Conflict,
+    /// A write carried an older (or no) fencing generation.
+    Fenced,
 }
 
 /// An error reported by a remote peer.
@@ -38,10 +42,7 @@ pub struct RemoteError {
 
 impl RemoteError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        RemoteError {
-            kind,
-            message: message.into(),
-        }
+        RemoteError { kind, message: message.into() }
     }
 }
 
@@ -77,10 +78,7 @@ pub enum GfsError {
 impl GfsError {
     /// Wraps an I/O error with a description of what was being done.
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
-        GfsError::Io {
-            context: context.into(),
-            source,
-        }
+        GfsError::Io { context: context.into(), source }
     }
 
     /// The remote error kind, if this error came from a peer.

@@ -10,12 +10,7 @@ pub fn random_id() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut h = RandomState::new().build_hasher();
     h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
     h.write_u32(std::process::id());
     h.finish()
 }
@@ -24,9 +19,7 @@ pub fn random_id() -> u64 {
 pub fn to_remote(e: &GfsError) -> RemoteError {
     match e {
         GfsError::Remote { error, .. } | GfsError::Fs(error) => error.clone(),
-        GfsError::Io { source, .. } if is_disk_full(source) => {
-            RemoteError::new(ErrorKind::DiskFull, e.to_string())
-        }
+        GfsError::Io { source, .. } if is_disk_full(source) => RemoteError::new(ErrorKind::DiskFull, e.to_string()),
         GfsError::Io { .. } => RemoteError::new(ErrorKind::Io, e.to_string()),
         GfsError::Frame(_) | GfsError::Codec(_) | GfsError::UnexpectedReply { .. } => {
             RemoteError::new(ErrorKind::Protocol, e.to_string())

@@ -26,21 +26,15 @@ fn servers_survive_malformed_and_truncated_requests() {
     client.create("/f").unwrap();
     let data = pattern(300_000, 9);
     client.write_at("/f", 0, &data).unwrap();
-    let targets: Vec<String> = std::iter::once(c.master_addr.clone())
-        .chain(c.cs.iter().map(|p| p.addr.clone()))
-        .collect();
+    let targets: Vec<String> =
+        std::iter::once(c.master_addr.clone()).chain(c.cs.iter().map(|p| p.addr.clone())).collect();
     for addr in &targets {
         garbage(addr, b"GET / HTTP/1.1\r\n\r\n");
         garbage(addr, &[0xff; 64]);
         garbage(addr, &[10, 0, 0, 0, 1, 2]); // truncated header and body
         garbage(addr, &[0, 0, 0x80, 0]); // absurd length, truncated
         let mut framed = Vec::new();
-        storage::protocol::frame::encode(
-            storage::protocol::frame::Kind::Msg,
-            &[200, 1, 2, 3],
-            &mut framed,
-        )
-        .unwrap();
+        storage::protocol::frame::encode(storage::protocol::frame::Kind::Msg, &[200, 1, 2, 3], &mut framed).unwrap();
         garbage(addr, &framed); // valid frame, undecodable message
     }
     // Everyone still serves, and the data is intact.
@@ -66,60 +60,23 @@ fn unknown_handles_reads_past_end_and_vanishing_writers() {
         conn.send(&req).unwrap();
         conn.recv().unwrap()
     };
-    let e = ask(ChunkRequest::Read {
-        handle: 999_999,
-        version: 1,
-        offset: 0,
-        len: 10,
-    })
-    .unwrap_err();
+    let e = ask(ChunkRequest::Read { handle: 999_999, version: 1, offset: 0, len: 10 }).unwrap_err();
     assert_eq!(e.kind, ErrorKind::UnknownChunk);
-    let e = ask(ChunkRequest::Read {
-        handle,
-        version,
-        offset: 64 * 1024 * 1024 - 5,
-        len: 10,
-    })
-    .unwrap_err();
+    let e = ask(ChunkRequest::Read { handle, version, offset: 64 * 1024 * 1024 - 5, len: 10 }).unwrap_err();
     assert_eq!(e.kind, ErrorKind::ReadPastEnd);
-    let e = ask(ChunkRequest::Read {
-        handle,
-        version,
-        offset: u64::MAX,
-        len: u64::MAX,
-    })
-    .unwrap_err();
+    let e = ask(ChunkRequest::Read { handle, version, offset: u64::MAX, len: u64::MAX }).unwrap_err();
     assert_eq!(e.kind, ErrorKind::ReadPastEnd);
-    let e = ask(ChunkRequest::Write {
-        handle,
-        version,
-        offset: 0,
-        id: 12345,
-        secondaries: vec![],
-    })
-    .unwrap_err();
-    assert!(
-        matches!(e.kind, ErrorKind::NoLease | ErrorKind::NotFound),
-        "{e:?}"
-    );
-    let e = ask(ChunkRequest::Push {
-        id: 1,
-        len: u64::MAX,
-        chain: vec![],
-    })
-    .unwrap_err();
+    let e = ask(ChunkRequest::Write { handle, version, offset: 0, id: 12345, secondaries: vec![], fence: None })
+        .unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::NoLease | ErrorKind::NotFound), "{e:?}");
+    let e = ask(ChunkRequest::Push { id: 1, len: u64::MAX, chain: vec![] }).unwrap_err();
     assert_eq!(e.kind, ErrorKind::InvalidArgument);
 
     // A client that disconnects mid-push: nothing is applied, the servers carry on.
     {
         let mut conn = Conn::connect(cs, Duration::from_secs(5)).unwrap();
         let rest: Vec<String> = c.cs[1..].iter().map(|p| p.addr.clone()).collect();
-        conn.send(&ChunkRequest::Push {
-            id: 77,
-            len: 1024 * 1024,
-            chain: rest,
-        })
-        .unwrap();
+        conn.send(&ChunkRequest::Push { id: 77, len: 1024 * 1024, chain: rest }).unwrap();
         conn.queue_data(&[1u8; 100_000]).unwrap();
         conn.flush().unwrap();
     }
@@ -135,10 +92,7 @@ fn unknown_handles_reads_past_end_and_vanishing_writers() {
     // Library: reads past the end of a file are short.
     let mut buf = [0u8; 16];
     assert_eq!(client.read_at("/f", 5_000_000, &mut buf).unwrap(), 0);
-    assert_eq!(
-        client.read_at("/nope", 0, &mut buf).unwrap_err().kind(),
-        Some(ErrorKind::NotFound)
-    );
+    assert_eq!(client.read_at("/nope", 0, &mut buf).unwrap_err().kind(), Some(ErrorKind::NotFound));
 }
 
 #[test]
@@ -163,18 +117,11 @@ fn cli_errors_are_one_line_and_non_zero() {
         assert!(err.starts_with("gfs: "), "{err}");
     }
     // No master given at all.
-    let out = std::process::Command::new(common::GFS)
-        .args(["ls", "/"])
-        .env_remove("GFS_MASTER")
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(common::GFS).args(["ls", "/"]).env_remove("GFS_MASTER").output().unwrap();
     assert!(!out.status.success());
     // GFS_MASTER in the environment works.
-    let out = std::process::Command::new(common::GFS)
-        .args(["ls", "/"])
-        .env("GFS_MASTER", &c.master_addr)
-        .output()
-        .unwrap();
+    let out =
+        std::process::Command::new(common::GFS).args(["ls", "/"]).env("GFS_MASTER", &c.master_addr).output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("a/"));
     // Namespace operations through the CLI.

@@ -26,13 +26,7 @@ fn put_then_get_200_mib_with_three_replicas() {
     let st = c.client().stat("/big").unwrap();
     for ch in &st.chunks {
         let fresh: Vec<_> = ch.replicas.iter().filter(|r| !r.stale).collect();
-        assert_eq!(
-            fresh.len(),
-            3,
-            "chunk {} has replicas {:?}",
-            ch.index,
-            ch.replicas
-        );
+        assert_eq!(fresh.len(), 3, "chunk {} has replicas {:?}", ch.index, ch.replicas);
         assert!(fresh.iter().all(|r| r.version == ch.version));
     }
     // Each chunkserver holds one replica of each chunk.
@@ -56,14 +50,7 @@ fn overwrite_a_range_in_the_middle() {
     model[off..off + patch.len()].copy_from_slice(&patch);
     // A small overwrite through the CLI too.
     let out = std::process::Command::new(common::GFS)
-        .args([
-            "--master",
-            &c.master_addr,
-            "write",
-            "/f",
-            "--offset",
-            "1000",
-        ])
+        .args(["--master", &c.master_addr, "write", "/f", "--offset", "1000"])
         .stdin(std::process::Stdio::piped())
         .spawn()
         .and_then(|mut ch| {
@@ -83,18 +70,8 @@ fn overwrite_a_range_in_the_middle() {
     assert_eq!(&mid[5..5 + patch.len()], &patch[..]);
     // Reads past the end are short, not errors.
     let mut tail = vec![0u8; 100];
-    assert_eq!(
-        client
-            .read_at("/f", model.len() as u64 - 10, &mut tail)
-            .unwrap(),
-        10
-    );
-    assert_eq!(
-        client
-            .read_at("/f", model.len() as u64 + 10, &mut tail)
-            .unwrap(),
-        0
-    );
+    assert_eq!(client.read_at("/f", model.len() as u64 - 10, &mut tail).unwrap(), 10);
+    assert_eq!(client.read_at("/f", model.len() as u64 + 10, &mut tail).unwrap(), 0);
 }
 
 #[test]
@@ -126,11 +103,7 @@ fn flipped_bytes_in_chunk_files_are_detected_and_reads_stay_correct() {
     // The chunkservers told the master: it no longer lists those replicas as good.
     std::thread::sleep(Duration::from_millis(300));
     let st = client.stat("/f").unwrap();
-    assert_eq!(
-        st.chunks[0].replicas.iter().filter(|r| r.corrupt).count(),
-        3,
-        "{st:?}"
-    );
+    assert_eq!(st.chunks[0].replicas.iter().filter(|r| r.corrupt).count(), 3, "{st:?}");
     assert!(c.gfs_ok(&["stat", "/f"]).contains("(corrupt)"));
 }
 
@@ -158,11 +131,7 @@ fn restarted_chunkserver_with_an_old_copy_is_not_served() {
     let st = client.stat("/f").unwrap();
     let v_new = st.chunks[0].version;
     assert!(v_new > v_old);
-    assert_eq!(
-        st.chunks[0].replicas.iter().filter(|r| !r.stale).count(),
-        3,
-        "{st:?}"
-    );
+    assert_eq!(st.chunks[0].replicas.iter().filter(|r| !r.stale).count(), 3, "{st:?}");
 
     // Restart chunkserver 2 with the old copy.
     c.kill_cs(2);
@@ -173,11 +142,7 @@ fn restarted_chunkserver_with_an_old_copy_is_not_served() {
     c.start_cs(2);
     c.settle();
     let st = client.stat("/f").unwrap();
-    let r2: Vec<_> = st.chunks[0]
-        .replicas
-        .iter()
-        .filter(|r| r.server == c.cs[2].addr)
-        .collect();
+    let r2: Vec<_> = st.chunks[0].replicas.iter().filter(|r| r.server == c.cs[2].addr).collect();
     assert_eq!(r2.len(), 1, "{st:?}");
     assert!(r2[0].stale && r2[0].version == v_old, "{st:?}");
     assert!(c.gfs_ok(&["stat", "/f"]).contains("(stale)"));
@@ -188,13 +153,7 @@ fn restarted_chunkserver_with_an_old_copy_is_not_served() {
     }
     // Asked directly at the current version, the stale replica refuses.
     let mut conn = Conn::connect(&c.cs[2].addr, Duration::from_secs(5)).unwrap();
-    conn.send(&ChunkRequest::Read {
-        handle: st.chunks[0].handle,
-        version: v_new,
-        offset: 0,
-        len: 10,
-    })
-    .unwrap();
+    conn.send(&ChunkRequest::Read { handle: st.chunks[0].handle, version: v_new, offset: 0, len: 10 }).unwrap();
     let r: Reply<ChunkReply> = conn.recv().unwrap();
     assert_eq!(r.unwrap_err().kind, ErrorKind::StaleVersion);
 }
@@ -215,12 +174,7 @@ fn full_disk_is_a_clear_error_and_loses_nothing_acknowledged() {
             eprintln!("skipping: cannot mount a small tmpfs here (needs root)");
             return;
         }
-        c.cs.push(common::ChunkServerProc {
-            addr: common::free_addr(),
-            dir,
-            rack: format!("r{i}"),
-            child: None,
-        });
+        c.cs.push(common::ChunkServerProc { addr: common::free_addr(), dir, rack: format!("r{i}"), child: None });
         c.start_cs(i);
     }
     c.settle();
@@ -238,17 +192,12 @@ fn full_disk_is_a_clear_error_and_loses_nothing_acknowledged() {
     let out = c.gfs(&["put", src.to_str().unwrap(), "/huge2"]);
     let _ = std::fs::remove_file(&src);
     assert!(!out.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr).trim().lines().count(),
-        1
-    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim().lines().count(), 1);
     let mut back = vec![0u8; small.len()];
     client.read_at("/small", 0, &mut back).unwrap();
     assert!(back == small);
     for i in 0..3 {
         c.kill_cs(i);
-        let _ = std::process::Command::new("umount")
-            .arg(&c.cs[i].dir)
-            .status();
+        let _ = std::process::Command::new("umount").arg(&c.cs[i].dir).status();
     }
 }

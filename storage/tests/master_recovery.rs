@@ -14,10 +14,7 @@ fn names(c: &Cluster, dir: &str) -> BTreeSet<String> {
         match c.client().list(dir) {
             Ok(v) => return v.into_iter().map(|e| e.name).collect(),
             Err(e) => {
-                assert!(
-                    t0.elapsed() < Duration::from_secs(20),
-                    "master did not come back: {e}"
-                );
+                assert!(t0.elapsed() < Duration::from_secs(20), "master did not come back: {e}");
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
@@ -58,11 +55,7 @@ fn kill_9_during_a_stream_of_creates_loses_no_acknowledged_create() {
         w.join().unwrap();
     }
     let acked: Vec<String> = acked.lock().unwrap().clone();
-    assert!(
-        acked.len() >= 100,
-        "only {} creates acknowledged",
-        acked.len()
-    );
+    assert!(acked.len() >= 100, "only {} creates acknowledged", acked.len());
 
     c.start_master();
     let present = names(&c, "/c");
@@ -105,12 +98,7 @@ fn restart_from_checkpoint_plus_log_tail_and_torn_tail() {
     assert!(!ckpts.is_empty(), "no checkpoint written");
     let newest: u64 = ckpts
         .iter()
-        .filter_map(|n| {
-            n.trim_start_matches("ckpt-")
-                .trim_end_matches(".ckpt")
-                .parse()
-                .ok()
-        })
+        .filter_map(|n| n.trim_start_matches("ckpt-").trim_end_matches(".ckpt").parse().ok())
         .max()
         .unwrap();
     // Some records come after the newest checkpoint: there is a log tail to replay.
@@ -119,29 +107,20 @@ fn restart_from_checkpoint_plus_log_tail_and_torn_tail() {
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let n = e.file_name().to_string_lossy().into_owned();
-            n.strip_prefix("log-")
-                .and_then(|s| s.parse().ok())
-                .map(|l| (l, e.path()))
+            n.strip_prefix("log-").and_then(|s| s.parse().ok()).map(|l| (l, e.path()))
         })
         .collect();
     segs.sort();
     let (last_first, last_path) = segs.last().cloned().unwrap();
     assert!(last_first > newest);
-    assert!(
-        std::fs::metadata(&last_path).unwrap().len() > 0,
-        "no log tail after the checkpoint"
-    );
+    assert!(std::fs::metadata(&last_path).unwrap().len() > 0, "no log tail after the checkpoint");
 
     c.kill_master();
     // Tear the tail: half a record of garbage at the end of the log.
     {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&last_path)
-            .unwrap();
-        f.write_all(&[0x40, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 0, 1, 2])
-            .unwrap();
+        let mut f = std::fs::OpenOptions::new().append(true).open(&last_path).unwrap();
+        f.write_all(&[0x40, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 0, 1, 2]).unwrap();
     }
     c.start_master();
     let present = names(&c, "/d");

@@ -9,11 +9,7 @@ use storage::master::{service, Master, MasterConfig};
 use storage::Client;
 
 #[derive(Parser)]
-#[command(
-    name = "gfs",
-    version,
-    about = "gfs: a GFS-style distributed file system"
-)]
+#[command(name = "gfs", version, about = "gfs: a GFS-style distributed file system")]
 struct Cli {
     /// Log more (repeat for even more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -79,12 +75,26 @@ enum Cmd {
     Mv { from: String, to: String },
     /// Show size, chunks, replicas and their versions.
     Stat { path: String },
-    /// Write stdin (or a pattern) at an offset of an existing file.
+    /// Write stdin at an offset of an existing file.
     Write {
         remote: String,
         #[arg(long)]
         offset: u64,
+        /// Fencing token NAME:GENERATION to stamp on the write.
+        #[arg(long)]
+        fence: Option<String>,
     },
+    /// Show a test-and-set register, or set it with --expect and --holder (prints the new
+    /// generation; fails naming the current holder and generation if --expect is not current).
+    Lock {
+        name: String,
+        #[arg(long, requires = "holder")]
+        expect: Option<u64>,
+        #[arg(long, requires = "expect")]
+        holder: Option<String>,
+    },
+    /// Fence writes to an empty file by a register.
+    Bind { path: String, register: String },
     /// Measure loopback TCP throughput (one stream), for comparison with gfs.
     BenchNet {
         #[arg(long, default_value_t = 2048)]
@@ -109,13 +119,9 @@ fn main() {
         2 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("storage={level},gfs={level}"))
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("storage={level},gfs={level}")));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     if let Err(e) = run(cli) {
         eprintln!("gfs: {e:#}");
         std::process::exit(1);
@@ -131,14 +137,7 @@ fn client(master: &Option<String>) -> Result<Client> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Master {
-            dir,
-            listen,
-            lease_secs,
-            checkpoint_every,
-            dead_after_secs,
-            replicas,
-        } => {
+        Cmd::Master { dir, listen, lease_secs, checkpoint_every, dead_after_secs, replicas } => {
             let mut cfg = MasterConfig::new(dir, listen);
             cfg.lease = secs(lease_secs)?;
             cfg.checkpoint_every = checkpoint_every.max(1);
@@ -149,16 +148,8 @@ fn run(cli: Cli) -> Result<()> {
             println!("gfs master listening on {addr}");
             park()
         }
-        Cmd::Chunkserver {
-            dir,
-            listen,
-            rack,
-            heartbeat_ms,
-            no_sync,
-        } => {
-            let master = cli
-                .master
-                .context("chunkserver needs --master ADDR (or GFS_MASTER)")?;
+        Cmd::Chunkserver { dir, listen, rack, heartbeat_ms, no_sync } => {
+            let master = cli.master.context("chunkserver needs --master ADDR (or GFS_MASTER)")?;
             let mut cfg = ChunkServerConfig::new(dir, master, listen);
             cfg.rack = rack;
             cfg.heartbeat = Duration::from_millis(heartbeat_ms.max(10));
@@ -181,8 +172,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Touch { path } => Ok(client(&cli.master)?.create(&path)?),
         Cmd::Put { local, remote } => {
             let c = client(&cli.master)?;
-            let mut f = std::fs::File::open(&local)
-                .with_context(|| format!("opening {}", local.display()))?;
+            let mut f = std::fs::File::open(&local).with_context(|| format!("opening {}", local.display()))?;
             match c.create(&remote) {
                 Ok(()) => {}
                 Err(e) if e.kind() == Some(storage::error::ErrorKind::AlreadyExists) => {
@@ -195,13 +185,11 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Get { remote, local } => {
             let c = client(&cli.master)?;
-            let f = std::fs::File::create(&local)
-                .with_context(|| format!("creating {}", local.display()))?;
+            let f = std::fs::File::create(&local).with_context(|| format!("creating {}", local.display()))?;
             let mut w = std::io::BufWriter::new(f);
             c.read_to(&remote, &mut w)?;
             use std::io::Write;
-            w.flush()
-                .with_context(|| format!("writing {}", local.display()))?;
+            w.flush().with_context(|| format!("writing {}", local.display()))?;
             Ok(())
         }
         Cmd::Cat { remote } => {
@@ -239,30 +227,41 @@ fn run(cli: Cli) -> Result<()> {
                         ch.handle,
                         ch.version,
                         ch.primary.as_deref().unwrap_or("-"),
-                        if reps.is_empty() {
-                            "-".to_string()
-                        } else {
-                            reps.join(" ")
-                        }
+                        if reps.is_empty() { "-".to_string() } else { reps.join(" ") }
                     );
                 }
             }
             Ok(())
         }
-        Cmd::Write { remote, offset } => {
-            let c = client(&cli.master)?;
+        Cmd::Write { remote, offset, fence } => {
+            let mut c = client(&cli.master)?;
+            if let Some(f) = fence {
+                let (name, generation) = f
+                    .rsplit_once(':')
+                    .and_then(|(n, g)| Some((n.to_string(), g.parse::<u64>().ok()?)))
+                    .context("--fence wants NAME:GENERATION")?;
+                c = c.fenced(&name, generation);
+            }
             let mut data = Vec::new();
             use std::io::Read;
-            std::io::stdin()
-                .read_to_end(&mut data)
-                .context("reading stdin")?;
+            std::io::stdin().read_to_end(&mut data).context("reading stdin")?;
             c.write_at(&remote, offset, &data)?;
             Ok(())
         }
-        Cmd::BenchNet { mib } => bench_net(mib),
-        Cmd::BenchMeta { threads, ops, dir } => {
-            bench_meta(&client(&cli.master)?, threads, ops, &dir)
+        Cmd::Lock { name, expect, holder } => {
+            let c = client(&cli.master)?;
+            match (expect, holder) {
+                (Some(e), Some(h)) => println!("{}", c.compare_and_set(&name, e, &h)?),
+                _ => {
+                    let (generation, holder) = c.register(&name)?;
+                    println!("{name} generation {generation} holder {holder}");
+                }
+            }
+            Ok(())
         }
+        Cmd::Bind { path, register } => Ok(client(&cli.master)?.bind(&path, &register)?),
+        Cmd::BenchNet { mib } => bench_net(mib),
+        Cmd::BenchMeta { threads, ops, dir } => bench_meta(&client(&cli.master)?, threads, ops, &dir),
     }
 }
 
@@ -279,35 +278,33 @@ fn park() -> Result<()> {
 fn bench_meta(c: &Client, threads: usize, ops: usize, dir: &str) -> Result<()> {
     let _ = c.mkdir(dir);
     let per = ops / threads.max(1);
-    let run =
-        |what: &str, f: &(dyn Fn(&Client, String) -> storage::Result<()> + Sync)| -> Result<()> {
-            let t0 = Instant::now();
-            std::thread::scope(|s| -> Result<()> {
-                let hs: Vec<_> = (0..threads)
-                    .map(|t| {
-                        let c = c.clone();
-                        s.spawn(move || -> storage::Result<()> {
-                            for i in 0..per {
-                                f(&c, format!("{dir}/f{t}-{i}"))?;
-                            }
-                            Ok(())
-                        })
+    let run = |what: &str, f: &(dyn Fn(&Client, String) -> storage::Result<()> + Sync)| -> Result<()> {
+        let t0 = Instant::now();
+        std::thread::scope(|s| -> Result<()> {
+            let hs: Vec<_> = (0..threads)
+                .map(|t| {
+                    let c = c.clone();
+                    s.spawn(move || -> storage::Result<()> {
+                        for i in 0..per {
+                            f(&c, format!("{dir}/f{t}-{i}"))?;
+                        }
+                        Ok(())
                     })
-                    .collect();
-                for h in hs {
-                    h.join()
-                        .map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
-                }
-                Ok(())
-            })?;
-            let el = t0.elapsed().as_secs_f64();
-            println!(
-                "{what}: {} ops in {el:.3} s = {:.0} ops/s ({threads} threads)",
-                per * threads,
-                (per * threads) as f64 / el
-            );
+                })
+                .collect();
+            for h in hs {
+                h.join().map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
+            }
             Ok(())
-        };
+        })?;
+        let el = t0.elapsed().as_secs_f64();
+        println!(
+            "{what}: {} ops in {el:.3} s = {:.0} ops/s ({threads} threads)",
+            per * threads,
+            (per * threads) as f64 / el
+        );
+        Ok(())
+    };
     run("create", &|c, p| c.create(&p))?;
     run("lookup", &|c, p| c.stat(&p).map(|_| ()))?;
     Ok(())
@@ -336,15 +333,8 @@ fn bench_net(mib: u64) -> Result<()> {
         s.write_all(&buf).context("sending")?;
     }
     drop(s);
-    let got = rx
-        .join()
-        .map_err(|_| anyhow::anyhow!("receiver panicked"))?
-        .context("receiving")?;
+    let got = rx.join().map_err(|_| anyhow::anyhow!("receiver panicked"))?.context("receiving")?;
     let el = t0.elapsed().as_secs_f64();
-    println!(
-        "loopback tcp: {} MiB in {el:.3} s = {:.0} MB/s",
-        got >> 20,
-        got as f64 / el / 1e6
-    );
+    println!("loopback tcp: {} MiB in {el:.3} s = {:.0} MB/s", got >> 20, got as f64 / el / 1e6);
     Ok(())
 }

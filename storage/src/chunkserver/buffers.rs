@@ -20,14 +20,7 @@ struct Inner {
 
 impl Buffers {
     pub fn new(limit: usize, ttl: Duration) -> Buffers {
-        Buffers {
-            inner: Mutex::new(Inner {
-                map: HashMap::new(),
-                bytes: 0,
-            }),
-            limit,
-            ttl,
-        }
+        Buffers { inner: Mutex::new(Inner { map: HashMap::new(), bytes: 0 }), limit, ttl }
     }
 
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -48,10 +41,7 @@ impl Buffers {
         });
         g.bytes -= freed;
         if g.bytes + len > self.limit {
-            return Err(GfsError::fs(
-                ErrorKind::Unavailable,
-                "push buffers full; retry later",
-            ));
+            return Err(GfsError::fs(ErrorKind::Unavailable, "push buffers full; retry later"));
         }
         Ok(())
     }
@@ -72,10 +62,7 @@ impl Buffers {
                 g.bytes -= d.len();
                 Ok(d)
             }
-            None => Err(GfsError::fs(
-                ErrorKind::NotFound,
-                format!("no pushed data with id {id:x}"),
-            )),
+            None => Err(GfsError::fs(ErrorKind::NotFound, format!("no pushed data with id {id:x}"))),
         }
     }
 }

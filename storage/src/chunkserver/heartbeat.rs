@@ -35,6 +35,7 @@ fn run(cs: &ChunkServer) {
             Ok(reply) => {
                 fresh = false;
                 cs.extend(&reply.extended, sent, Duration::from_millis(reply.lease_ms));
+                cs.sync_fences(&reply.registers);
                 for h in reply.garbage {
                     tracing::info!(handle = h, "deleting a chunk the master no longer knows");
                     cs.store.delete(h);
@@ -49,11 +50,7 @@ fn run(cs: &ChunkServer) {
     }
 }
 
-fn beat(
-    cs: &ChunkServer,
-    conn: &mut Option<Conn>,
-    hb: Heartbeat,
-) -> Result<crate::protocol::HeartbeatReply> {
+fn beat(cs: &ChunkServer, conn: &mut Option<Conn>, hb: Heartbeat) -> Result<crate::protocol::HeartbeatReply> {
     if conn.is_none() {
         let c = Conn::connect(&cs.cfg.master, TIMEOUT)?;
         c.set_read_timeout(TIMEOUT)?;
@@ -65,32 +62,21 @@ fn beat(
     c.send(&MasterRequest::Heartbeat(hb))?;
     match c.recv::<Reply<MasterReply>>()? {
         Ok(MasterReply::Heartbeat(r)) => Ok(r),
-        Ok(other) => Err(GfsError::UnexpectedReply {
-            peer: cs.cfg.master.clone(),
-            what: format!("{other:?}"),
-        }),
-        Err(error) => Err(GfsError::Remote {
-            peer: cs.cfg.master.clone(),
-            error,
-        }),
+        Ok(other) => Err(GfsError::UnexpectedReply { peer: cs.cfg.master.clone(), what: format!("{other:?}") }),
+        Err(error) => Err(GfsError::Remote { peer: cs.cfg.master.clone(), error }),
     }
 }
 
 /// Tells the master, in the background, that our replica of `handle` is corrupt.
 pub fn report_corrupt(cs: &Arc<ChunkServer>, handle: ChunkHandle) {
     let cs = cs.clone();
-    let _ = std::thread::Builder::new()
-        .name("report-corrupt".into())
-        .spawn(move || {
-            let r = Conn::connect(&cs.cfg.master, TIMEOUT).and_then(|mut c| {
-                c.send(&MasterRequest::ReportCorrupt {
-                    server: cs.addr.clone(),
-                    handle,
-                })?;
-                c.recv::<Reply<MasterReply>>().map(|_| ())
-            });
-            if let Err(e) = r {
-                tracing::warn!(handle, "could not report a corrupt replica: {e}");
-            }
+    let _ = std::thread::Builder::new().name("report-corrupt".into()).spawn(move || {
+        let r = Conn::connect(&cs.cfg.master, TIMEOUT).and_then(|mut c| {
+            c.send(&MasterRequest::ReportCorrupt { server: cs.addr.clone(), handle })?;
+            c.recv::<Reply<MasterReply>>().map(|_| ())
         });
+        if let Err(e) = r {
+            tracing::warn!(handle, "could not report a corrupt replica: {e}");
+        }
+    });
 }

@@ -4,15 +4,17 @@
 
 pub mod buffers;
 pub mod heartbeat;
+pub mod mutation;
 pub mod service;
 pub mod store;
 
-use crate::error::{GfsError, Result};
-use crate::protocol::{ChunkHandle, Pool, Version};
+use crate::error::{ErrorKind, GfsError, Result};
+use crate::protocol::{ChunkHandle, Fence, Pool, Version};
 use buffers::Buffers;
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use store::Store;
@@ -32,11 +34,7 @@ pub struct ChunkServerConfig {
 }
 
 impl ChunkServerConfig {
-    pub fn new(
-        dir: impl Into<PathBuf>,
-        master: impl Into<String>,
-        listen: impl Into<String>,
-    ) -> Self {
+    pub fn new(dir: impl Into<PathBuf>, master: impl Into<String>, listen: impl Into<String>) -> Self {
         ChunkServerConfig {
             dir: dir.into(),
             master: master.into(),
@@ -66,18 +64,19 @@ pub struct ChunkServer {
     pub buffers: Buffers,
     pub peers: Pool,
     leases: Mutex<HashMap<ChunkHandle, HeldLease>>,
+    /// Register generations known from the master, for fencing.
+    fences: Mutex<HashMap<String, u64>>,
+    /// Whether the register table has been received since start.
+    fences_synced: AtomicBool,
 }
 
 impl ChunkServer {
     /// Opens the store, binds the listener and starts serving and heartbeating.
     pub fn start(cfg: ChunkServerConfig) -> Result<Arc<ChunkServer>> {
         let store = Store::open(&cfg.dir, cfg.sync)?;
-        let listener = TcpListener::bind(&cfg.listen)
-            .map_err(|e| GfsError::io(format!("binding {}", cfg.listen), e))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| GfsError::io("reading the bound address", e))?
-            .to_string();
+        let listener =
+            TcpListener::bind(&cfg.listen).map_err(|e| GfsError::io(format!("binding {}", cfg.listen), e))?;
+        let addr = listener.local_addr().map_err(|e| GfsError::io("reading the bound address", e))?.to_string();
         let cs = Arc::new(ChunkServer {
             buffers: Buffers::new(cfg.buffer_limit, Duration::from_secs(120)),
             cfg,
@@ -85,6 +84,8 @@ impl ChunkServer {
             store,
             peers: Pool::default(),
             leases: Mutex::new(HashMap::new()),
+            fences: Mutex::new(HashMap::new()),
+            fences_synced: AtomicBool::new(false),
         });
         tracing::info!(addr = %cs.addr, chunks = cs.store.report().0.len(), "chunkserver started");
         service::spawn_accept(cs.clone(), listener)?;
@@ -98,14 +99,7 @@ impl ChunkServer {
 
     /// Records a lease granted by the master at `granted` (when the grant arrived).
     pub fn grant(&self, handle: ChunkHandle, version: Version, granted: Instant, len: Duration) {
-        self.leases().insert(
-            handle,
-            HeldLease {
-                version,
-                expires: granted + len,
-                mutated: false,
-            },
-        );
+        self.leases().insert(handle, HeldLease { version, expires: granted + len, mutated: false });
     }
 
     /// Drops any lease on `handle` (its version changed).
@@ -147,5 +141,51 @@ impl ChunkServer {
                 lease.expires = lease.expires.max(sent + len);
             }
         }
+    }
+
+    /// Register `name` is at least at `generation`.
+    pub fn learn_fence(&self, name: &str, generation: u64) {
+        let mut f = self.fences.lock().unwrap_or_else(|p| p.into_inner());
+        let g = f.entry(name.to_string()).or_insert(0);
+        *g = (*g).max(generation);
+    }
+
+    /// The master's full register table arrived (heartbeat reply).
+    pub fn sync_fences(&self, table: &[(String, u64)]) {
+        for (n, g) in table {
+            self.learn_fence(n, *g);
+        }
+        self.fences_synced.store(true, Ordering::Release);
+    }
+
+    /// Checks a write against fencing: a chunk bound to a register only takes writes carrying
+    /// that register's current generation.
+    pub fn check_fence(&self, bound: Option<&str>, fence: Option<&Fence>) -> Result<()> {
+        let fenced = |m: String| Err(GfsError::fs(ErrorKind::Fenced, m));
+        let f = match (bound, fence) {
+            (None, None) => return Ok(()),
+            (Some(b), None) => return fenced(format!("writes are fenced by register {b}; none given")),
+            (Some(b), Some(f)) if f.name != b => {
+                return fenced(format!("writes are fenced by register {b}, not {}", f.name))
+            }
+            (_, Some(f)) => f,
+        };
+        if !self.fences_synced.load(Ordering::Acquire) {
+            return Err(GfsError::fs(ErrorKind::Unavailable, "register generations not known yet"));
+        }
+        let cur = self.fences.lock().unwrap_or_else(|p| p.into_inner()).get(&f.name).copied().unwrap_or(0);
+        if f.generation < cur {
+            return fenced(format!(
+                "write carries generation {} of register {}, which is at {cur}",
+                f.generation, f.name
+            ));
+        }
+        if f.generation > cur {
+            return Err(GfsError::fs(
+                ErrorKind::Unavailable,
+                format!("generation {} of register {} not known here yet", f.generation, f.name),
+            ));
+        }
+        Ok(())
     }
 }

@@ -2,6 +2,7 @@
 //! frame), writes as primary, applies as secondary, verified streaming reads, version changes.
 
 use super::heartbeat::report_corrupt;
+use super::mutation::Mutation;
 use super::store::READ_PIECE;
 use super::ChunkServer;
 use crate::error::{ErrorKind, GfsError, Result};
@@ -25,16 +26,14 @@ pub fn spawn_accept(cs: Arc<ChunkServer>, listener: TcpListener) -> Result<()> {
                         continue;
                     }
                 };
-                let peer = stream
-                    .peer_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default();
+                let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
                 let cs = cs.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("cs-conn".into())
-                    .spawn(move || match Conn::from_stream(stream, peer.clone()) {
-                        Ok(conn) => handle_conn(&cs, conn),
-                        Err(e) => tracing::warn!("{peer}: {e}"),
+                let spawned =
+                    std::thread::Builder::new().name("cs-conn".into()).spawn(move || {
+                        match Conn::from_stream(stream, peer.clone()) {
+                            Ok(conn) => handle_conn(&cs, conn),
+                            Err(e) => tracing::warn!("{peer}: {e}"),
+                        }
                     });
                 if let Err(e) = spawned {
                     tracing::error!("cannot spawn a connection thread: {e}");
@@ -58,12 +57,7 @@ fn handle_conn(cs: &Arc<ChunkServer>, mut conn: Conn) {
         };
         let keep = match req {
             ChunkRequest::Push { id, len, chain } => push(cs, &mut conn, id, len, chain),
-            ChunkRequest::Read {
-                handle,
-                version,
-                offset,
-                len,
-            } => read(cs, &mut conn, handle, version, offset, len),
+            ChunkRequest::Read { handle, version, offset, len } => read(cs, &mut conn, handle, version, offset, len),
             other => {
                 let r = simple(cs, other).map_err(|e| to_remote(&e));
                 conn.send(&r).is_ok()
@@ -77,145 +71,40 @@ fn handle_conn(cs: &Arc<ChunkServer>, mut conn: Conn) {
 
 fn simple(cs: &Arc<ChunkServer>, req: ChunkRequest) -> Result<ChunkReply> {
     match req {
-        ChunkRequest::SetVersion {
-            handle,
-            version,
-            lease_ms,
-        } => {
+        ChunkRequest::SetVersion { handle, version, lease_ms, register } => {
             let granted = Instant::now();
             cs.revoke(handle);
             cs.store.set_version(handle, version)?;
+            if let Ok(chunk) = cs.store.get(handle) {
+                *chunk.register.lock().unwrap_or_else(|p| p.into_inner()) = register;
+            }
             if let Some(ms) = lease_ms {
                 cs.grant(handle, version, granted, Duration::from_millis(ms));
             }
             tracing::debug!(handle, version, primary = lease_ms.is_some(), "version set");
             Ok(ChunkReply::VersionSet)
         }
-        ChunkRequest::Write {
-            handle,
-            version,
-            offset,
-            id,
-            secondaries,
-        } => write_primary(cs, handle, version, offset, id, &secondaries),
-        ChunkRequest::Apply {
-            handle,
-            version,
-            serial,
-            offset,
-            id,
-        } => {
-            let data = cs.buffers.take(id)?;
-            let chunk = cs.store.get(handle)?;
-            {
-                let mut s = chunk.state.lock().unwrap_or_else(|p| p.into_inner());
-                if s.version == version && serial <= s.last_serial {
-                    return Err(GfsError::fs(
-                        ErrorKind::InvalidArgument,
-                        format!("chunk {handle}: serial {serial} after {}", s.last_serial),
-                    ));
-                }
-                s.last_serial = serial;
-            }
-            cs.store
-                .write(&chunk, version, offset, &data)
-                .inspect_err(|e| {
-                    if e.kind() == Some(ErrorKind::Corrupt) {
-                        report_corrupt(cs, handle);
-                    }
-                })?;
-            Ok(ChunkReply::Applied)
+        ChunkRequest::Write { handle, version, offset, id, secondaries, fence } => {
+            let m = Mutation { handle, version, offset, id, fence };
+            m.write_primary(cs, &secondaries)
         }
-        ChunkRequest::Push { .. } | ChunkRequest::Read { .. } => {
-            Err(GfsError::fs(ErrorKind::Protocol, "unreachable"))
+        ChunkRequest::Apply { handle, version, serial, offset, id, fence } => {
+            let m = Mutation { handle, version, offset, id, fence };
+            m.apply_secondary(cs, serial)
         }
+        ChunkRequest::Fence(f) => {
+            cs.learn_fence(&f.name, f.generation);
+            Ok(ChunkReply::Fenced)
+        }
+        ChunkRequest::Push { .. } | ChunkRequest::Read { .. } => Err(GfsError::fs(ErrorKind::Protocol, "unreachable")),
     }
-}
-
-/// As primary: order the mutation, apply it locally, then on every secondary.
-fn write_primary(
-    cs: &Arc<ChunkServer>,
-    handle: ChunkHandle,
-    version: Version,
-    offset: u64,
-    id: u64,
-    secondaries: &[String],
-) -> Result<ChunkReply> {
-    if !cs.check_lease(handle, version) {
-        return Err(GfsError::fs(
-            ErrorKind::NoLease,
-            format!("chunk {handle}: no valid lease at version {version}"),
-        ));
-    }
-    let chunk = cs.store.get(handle)?;
-    let data = cs.buffers.take(id)?;
-    // One mutation at a time per chunk: serial order is application order everywhere.
-    let mut order = chunk.order.lock().unwrap_or_else(|p| p.into_inner());
-    if order.0 != version {
-        *order = (version, 1);
-    }
-    let serial = order.1;
-    order.1 += 1;
-    cs.store
-        .write(&chunk, version, offset, &data)
-        .inspect_err(|e| {
-            if e.kind() == Some(ErrorKind::Corrupt) {
-                report_corrupt(cs, handle);
-            }
-        })?;
-    let failed: Vec<String> = std::thread::scope(|s| {
-        let jobs: Vec<_> = secondaries
-            .iter()
-            .map(|addr| {
-                s.spawn(move || {
-                    let req = ChunkRequest::Apply {
-                        handle,
-                        version,
-                        serial,
-                        offset,
-                        id,
-                    };
-                    match call(cs, addr, &req) {
-                        Ok(ChunkReply::Applied) => None,
-                        Ok(other) => {
-                            tracing::warn!(%addr, "unexpected apply reply {other:?}");
-                            Some(addr.clone())
-                        }
-                        Err(e) => {
-                            tracing::warn!(%addr, handle, serial, "apply failed: {e}");
-                            Some(addr.clone())
-                        }
-                    }
-                })
-            })
-            .collect();
-        jobs.into_iter()
-            .zip(secondaries)
-            .filter_map(|(j, addr)| j.join().unwrap_or_else(|_| Some(addr.clone())))
-            .collect()
-    });
-    Ok(ChunkReply::Written { failed })
-}
-
-fn call(cs: &ChunkServer, addr: &str, req: &ChunkRequest) -> Result<ChunkReply> {
-    let mut c = cs.peers.get(addr)?;
-    c.send(req)?;
-    let r = c.recv::<Reply<ChunkReply>>()?;
-    cs.peers.put(c);
-    r.map_err(|error| GfsError::Remote {
-        peer: addr.to_string(),
-        error,
-    })
 }
 
 /// Receives pushed data, forwarding each frame down the chain as it arrives. Returns whether
 /// the connection is still usable.
 fn push(cs: &Arc<ChunkServer>, conn: &mut Conn, id: u64, len: u64, chain: Vec<String>) -> bool {
     if len > MAX_MUTATION {
-        let e = GfsError::fs(
-            ErrorKind::InvalidArgument,
-            format!("push of {len} bytes exceeds {MAX_MUTATION}"),
-        );
+        let e = GfsError::fs(ErrorKind::InvalidArgument, format!("push of {len} bytes exceeds {MAX_MUTATION}"));
         let _ = conn.send(&Reply::<ChunkReply>::Err(to_remote(&e)));
         return false; // the data frames that follow cannot be skipped safely
     }
@@ -227,11 +116,7 @@ fn push(cs: &Arc<ChunkServer>, conn: &mut Conn, id: u64, len: u64, chain: Vec<St
     let mut failed: Vec<String> = Vec::new();
     if let Some((next, rest)) = chain.split_first() {
         let opened = cs.peers.get(next).and_then(|mut c| {
-            c.send(&ChunkRequest::Push {
-                id,
-                len,
-                chain: rest.to_vec(),
-            })?;
+            c.send(&ChunkRequest::Push { id, len, chain: rest.to_vec() })?;
             Ok(c)
         });
         match opened {
@@ -277,20 +162,12 @@ fn push(cs: &Arc<ChunkServer>, conn: &mut Conn, id: u64, len: u64, chain: Vec<St
         }
     }
     cs.buffers.put(id, data);
-    conn.send(&Reply::<ChunkReply>::Ok(ChunkReply::Pushed { failed }))
-        .is_ok()
+    conn.send(&Reply::<ChunkReply>::Ok(ChunkReply::Pushed { failed })).is_ok()
 }
 
 /// Streams `[offset, offset+len)` of a chunk, verified piece by piece. Returns whether the
 /// connection is still usable.
-fn read(
-    cs: &Arc<ChunkServer>,
-    conn: &mut Conn,
-    handle: ChunkHandle,
-    version: Version,
-    offset: u64,
-    len: u64,
-) -> bool {
+fn read(cs: &Arc<ChunkServer>, conn: &mut Conn, handle: ChunkHandle, version: Version, offset: u64, len: u64) -> bool {
     let start = (|| {
         if offset.checked_add(len).is_none_or(|e| e > CHUNK_SIZE) {
             return Err(GfsError::fs(
@@ -299,11 +176,7 @@ fn read(
             ));
         }
         let chunk = cs.store.get(handle)?;
-        let v = chunk
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .version;
+        let v = chunk.state.lock().unwrap_or_else(|p| p.into_inner()).version;
         if v != version {
             return Err(GfsError::fs(
                 ErrorKind::StaleVersion,
@@ -316,10 +189,7 @@ fn read(
         Ok(c) => c,
         Err(e) => return conn.send(&Reply::<ChunkReply>::Err(to_remote(&e))).is_ok(),
     };
-    if conn
-        .queue(&Reply::<ChunkReply>::Ok(ChunkReply::Reading { len }))
-        .is_err()
-    {
+    if conn.queue(&Reply::<ChunkReply>::Ok(ChunkReply::Reading { len })).is_err() {
         return false;
     }
     let mut buf = Vec::new();

@@ -44,6 +44,8 @@ pub struct Chunk {
     pub state: Mutex<ChunkState>,
     /// Held by the primary while it orders and applies one mutation: (version, next serial).
     pub order: Mutex<(Version, u64)>,
+    /// Register fencing writes to this chunk (told by the master with each version change).
+    pub register: Mutex<Option<String>>,
 }
 
 /// All chunks of one chunkserver.
@@ -61,11 +63,7 @@ impl Store {
     /// Opens (or creates) the store in `dir`, loading every chunk's version and checksums.
     pub fn open(dir: &Path, sync: bool) -> Result<Store> {
         std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
-        let store = Store {
-            dir: dir.to_path_buf(),
-            sync,
-            chunks: Mutex::new(HashMap::new()),
-        };
+        let store = Store { dir: dir.to_path_buf(), sync, chunks: Mutex::new(HashMap::new()) };
         let rd = std::fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))?;
         for ent in rd {
             let ent = ent.ctx(|| format!("listing {}", dir.display()))?;
@@ -100,20 +98,11 @@ impl Store {
         let cp = self.path(handle, "crc");
         let cb = std::fs::read(&cp).ctx(|| format!("reading {}", cp.display()))?;
         if cb.len() != BLOCKS_PER_CHUNK * 4 {
-            return Err(GfsError::Frame(format!(
-                "{} has the wrong size",
-                cp.display()
-            )));
+            return Err(GfsError::Frame(format!("{} has the wrong size", cp.display())));
         }
-        let crcs = cb
-            .chunks_exact(4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        let crc_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&cp)
-            .ctx(|| format!("opening {}", cp.display()))?;
+        let crcs = cb.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let crc_file =
+            OpenOptions::new().read(true).write(true).open(&cp).ctx(|| format!("opening {}", cp.display()))?;
         let dp = self.path(handle, "dat");
         let data = match OpenOptions::new().read(true).write(true).open(&dp) {
             Ok(f) => Some(f),
@@ -131,16 +120,15 @@ impl Store {
                 last_serial: 0,
             }),
             order: Mutex::new((version, 1)),
+            register: Mutex::new(None),
         })
     }
 
     pub fn get(&self, handle: ChunkHandle) -> Result<Arc<Chunk>> {
-        lock(&self.chunks).get(&handle).cloned().ok_or_else(|| {
-            err(
-                ErrorKind::UnknownChunk,
-                format!("unknown chunk handle {handle}"),
-            )
-        })
+        lock(&self.chunks)
+            .get(&handle)
+            .cloned()
+            .ok_or_else(|| err(ErrorKind::UnknownChunk, format!("unknown chunk handle {handle}")))
     }
 
     /// Every chunk with its version (the chunk report), and those known to be corrupt.
@@ -168,9 +156,7 @@ impl Store {
         f.write_all(&b).ctx(ctx)?;
         f.sync_all().ctx(ctx)?;
         std::fs::rename(&tmp, &dst).ctx(|| format!("renaming {}", dst.display()))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .ctx(|| format!("syncing {}", self.dir.display()))
+        File::open(&self.dir).and_then(|d| d.sync_all()).ctx(|| format!("syncing {}", self.dir.display()))
     }
 
     /// Sets a chunk's version, creating the chunk (empty) if it is new. Versions only rise.
@@ -181,10 +167,7 @@ impl Store {
             if version < s.version {
                 return Err(err(
                     ErrorKind::StaleVersion,
-                    format!(
-                        "chunk {handle}: version {version} is older than {}",
-                        s.version
-                    ),
+                    format!("chunk {handle}: version {version} is older than {}", s.version),
                 ));
             }
             self.write_version(handle, version)?;
@@ -193,17 +176,9 @@ impl Store {
             return Ok(());
         }
         let cp = self.path(handle, "crc");
-        let table: Vec<u8> = std::iter::repeat_n(zero_block_crc().to_le_bytes(), BLOCKS_PER_CHUNK)
-            .flatten()
-            .collect();
+        let table: Vec<u8> = std::iter::repeat_n(zero_block_crc().to_le_bytes(), BLOCKS_PER_CHUNK).flatten().collect();
         let ctx = || format!("creating {}", cp.display());
-        let mut crc_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&cp)
-            .ctx(ctx)?;
+        let mut crc_file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&cp).ctx(ctx)?;
         crc_file.write_all(&table).ctx(ctx)?;
         crc_file.sync_all().ctx(ctx)?;
         self.write_version(handle, version)?;
@@ -218,10 +193,9 @@ impl Store {
                 last_serial: 0,
             }),
             order: Mutex::new((version, 1)),
+            register: Mutex::new(None),
         };
-        lock(&self.chunks)
-            .entry(handle)
-            .or_insert_with(|| Arc::new(chunk));
+        lock(&self.chunks).entry(handle).or_insert_with(|| Arc::new(chunk));
         Ok(())
     }
 
@@ -242,15 +216,9 @@ impl Store {
     /// Writes `data` at `offset` of the chunk at `version`, updating block checksums. Blocks
     /// only partly overwritten are verified first.
     pub fn write(&self, chunk: &Chunk, version: Version, offset: u64, data: &[u8]) -> Result<()> {
-        let end = offset
-            .checked_add(data.len() as u64)
-            .filter(|&e| e <= CHUNK_SIZE)
-            .ok_or_else(|| {
-                err(
-                    ErrorKind::ReadPastEnd,
-                    format!("write at {offset}+{} past the chunk end", data.len()),
-                )
-            })?;
+        let end = offset.checked_add(data.len() as u64).filter(|&e| e <= CHUNK_SIZE).ok_or_else(|| {
+            err(ErrorKind::ReadPastEnd, format!("write at {offset}+{} past the chunk end", data.len()))
+        })?;
         if data.is_empty() {
             return Ok(());
         }
@@ -282,10 +250,7 @@ impl Store {
                 if crc32c::crc32c(&block) != s.crcs[b] {
                     drop(s);
                     self.mark_corrupt(chunk);
-                    return Err(err(
-                        ErrorKind::Corrupt,
-                        format!("chunk {}: block {b} is corrupt", chunk.handle),
-                    ));
+                    return Err(err(ErrorKind::Corrupt, format!("chunk {}: block {b} is corrupt", chunk.handle)));
                 }
                 block[(lo - bs) as usize..(hi - bs) as usize].copy_from_slice(piece);
                 new_crcs.push(crc32c::crc32c(&block));
@@ -296,26 +261,18 @@ impl Store {
         };
         let io_err = |what: &str, e: std::io::Error| {
             if is_disk_full(&e) {
-                err(
-                    ErrorKind::DiskFull,
-                    format!("chunk {}: {what}: disk full", chunk.handle),
-                )
+                err(ErrorKind::DiskFull, format!("chunk {}: {what}: disk full", chunk.handle))
             } else {
                 GfsError::io(format!("chunk {}: {what}", chunk.handle), e)
             }
         };
         reserve(f, offset, data.len() as u64).map_err(|e| io_err("reserving space", e))?;
-        f.write_all_at(data, offset)
-            .map_err(|e| io_err("writing data", e))?;
+        f.write_all_at(data, offset).map_err(|e| io_err("writing data", e))?;
         let crc_bytes: Vec<u8> = new_crcs.iter().flat_map(|c| c.to_le_bytes()).collect();
-        s.crc_file
-            .write_all_at(&crc_bytes, first as u64 * 4)
-            .map_err(|e| io_err("writing checksums", e))?;
+        s.crc_file.write_all_at(&crc_bytes, first as u64 * 4).map_err(|e| io_err("writing checksums", e))?;
         if self.sync {
             f.sync_data().map_err(|e| io_err("syncing data", e))?;
-            s.crc_file
-                .sync_data()
-                .map_err(|e| io_err("syncing checksums", e))?;
+            s.crc_file.sync_data().map_err(|e| io_err("syncing checksums", e))?;
         }
         s.crcs[first..=last].copy_from_slice(&new_crcs);
         Ok(())
@@ -335,12 +292,7 @@ impl Store {
         let end = offset
             .checked_add(len)
             .filter(|&e| e <= CHUNK_SIZE && len <= READ_PIECE)
-            .ok_or_else(|| {
-                err(
-                    ErrorKind::ReadPastEnd,
-                    format!("read at {offset}+{len} past the chunk end"),
-                )
-            })?;
+            .ok_or_else(|| err(ErrorKind::ReadPastEnd, format!("read at {offset}+{len} past the chunk end")))?;
         if len == 0 {
             return Ok(0..0);
         }
@@ -360,10 +312,7 @@ impl Store {
             if crc32c::crc32c(blk) != s.crcs[b] {
                 drop(s);
                 self.mark_corrupt(chunk);
-                return Err(err(
-                    ErrorKind::Corrupt,
-                    format!("chunk {}: block {b} is corrupt", chunk.handle),
-                ));
+                return Err(err(ErrorKind::Corrupt, format!("chunk {}: block {b} is corrupt", chunk.handle)));
             }
         }
         Ok((offset - base) as usize..(end - base) as usize)
@@ -374,10 +323,7 @@ fn check_version(handle: ChunkHandle, s: &ChunkState, version: Version) -> Resul
     if s.version != version {
         return Err(err(
             ErrorKind::StaleVersion,
-            format!(
-                "chunk {handle}: replica has version {}, request has {version}",
-                s.version
-            ),
+            format!("chunk {handle}: replica has version {}, request has {version}", s.version),
         ));
     }
     Ok(())

@@ -39,28 +39,16 @@ impl Cache {
     pub fn get_write(&self, path: &str, idx: u64) -> Option<ChunkLocation> {
         let m = self.map();
         let e = m.get(&(path.to_string(), idx))?;
-        (e.lease && Instant::now() < e.until)
-            .then(|| e.loc.clone())
-            .flatten()
+        (e.lease && Instant::now() < e.until).then(|| e.loc.clone()).flatten()
     }
 
     pub fn put_read(&self, path: &str, idx: u64, size: u64, loc: Option<ChunkLocation>) {
         let mut m = self.map();
         let key = (path.to_string(), idx);
-        if m.get(&key)
-            .is_some_and(|e| e.lease && Instant::now() < e.until)
-        {
+        if m.get(&key).is_some_and(|e| e.lease && Instant::now() < e.until) {
             return; // keep the lease entry
         }
-        m.insert(
-            key,
-            Entry {
-                size,
-                loc,
-                until: Instant::now() + READ_TTL,
-                lease: false,
-            },
-        );
+        m.insert(key, Entry { size, loc, until: Instant::now() + READ_TTL, lease: false });
     }
 
     pub fn put_write(&self, path: &str, idx: u64, size: u64, loc: ChunkLocation) {
@@ -68,23 +56,14 @@ impl Cache {
         let ms = loc.lease_ms.saturating_sub(loc.lease_ms / 4 + 500);
         self.map().insert(
             (path.to_string(), idx),
-            Entry {
-                size,
-                loc: Some(loc),
-                until: Instant::now() + Duration::from_millis(ms),
-                lease: true,
-            },
+            Entry { size, loc: Some(loc), until: Instant::now() + Duration::from_millis(ms), lease: true },
         );
     }
 
     /// Largest size known for `path` from valid entries.
     pub fn known_size(&self, path: &str) -> Option<u64> {
         let now = Instant::now();
-        self.map()
-            .iter()
-            .filter(|((p, _), e)| p == path && now < e.until)
-            .map(|(_, e)| e.size)
-            .max()
+        self.map().iter().filter(|((p, _), e)| p == path && now < e.until).map(|(_, e)| e.size).max()
     }
 
     /// The file is now at least `size` long.

@@ -65,9 +65,7 @@ impl Client {
                 break;
             }
             let coff = pos % CHUNK_SIZE;
-            let n = ((buf.len() - done) as u64)
-                .min(CHUNK_SIZE - coff)
-                .min(size - pos) as usize;
+            let n = ((buf.len() - done) as u64).min(CHUNK_SIZE - coff).min(size - pos) as usize;
             let out = &mut buf[done..done + n];
             match loc {
                 None => out.fill(0),
@@ -90,9 +88,7 @@ impl Client {
     /// Copies the whole file to `w`; returns the bytes copied. Reads [`STREAM_WINDOW`] pieces
     /// in parallel (spread over replicas) and writes them out in order.
     pub fn read_to(&self, path: &str, w: &mut impl Write) -> Result<u64> {
-        let mut bufs: Vec<Vec<u8>> = (0..STREAM_WINDOW)
-            .map(|_| vec![0u8; STREAM_PIECE])
-            .collect();
+        let mut bufs: Vec<Vec<u8>> = (0..STREAM_WINDOW).map(|_| vec![0u8; STREAM_PIECE]).collect();
         let mut off = 0u64;
         loop {
             let results: Vec<Result<usize>> = std::thread::scope(|s| {
@@ -105,17 +101,12 @@ impl Client {
                     })
                     .collect();
                 jobs.into_iter()
-                    .map(|j| {
-                        j.join().unwrap_or_else(|_| {
-                            Err(GfsError::ReadFailed("reader thread panicked".into()))
-                        })
-                    })
+                    .map(|j| j.join().unwrap_or_else(|_| Err(GfsError::ReadFailed("reader thread panicked".into()))))
                     .collect()
             });
             for (b, r) in bufs.iter().zip(results) {
                 let n = r?;
-                w.write_all(&b[..n])
-                    .map_err(|e| GfsError::io("writing output", e))?;
+                w.write_all(&b[..n]).map_err(|e| GfsError::io("writing output", e))?;
                 off += n as u64;
                 if n < STREAM_PIECE {
                     return Ok(off);
@@ -128,9 +119,7 @@ impl Client {
     /// Up to [`STREAM_WINDOW`] mutations are in flight at once, so pushing one piece overlaps
     /// committing another.
     pub fn write_from(&self, path: &str, r: &mut impl Read) -> Result<u64> {
-        let mut bufs: Vec<Vec<u8>> = (0..STREAM_WINDOW)
-            .map(|_| vec![0u8; STREAM_PIECE])
-            .collect();
+        let mut bufs: Vec<Vec<u8>> = (0..STREAM_WINDOW).map(|_| vec![0u8; STREAM_PIECE]).collect();
         let mut off = 0u64;
         loop {
             let mut lens = Vec::with_capacity(STREAM_WINDOW);
@@ -160,10 +149,7 @@ impl Client {
                 jobs.into_iter()
                     .map(|j| {
                         j.join().unwrap_or_else(|_| {
-                            Err(GfsError::WriteFailed {
-                                attempts: 0,
-                                last: "writer thread panicked".into(),
-                            })
+                            Err(GfsError::WriteFailed { attempts: 0, last: "writer thread panicked".into() })
                         })
                     })
                     .collect()
@@ -183,19 +169,15 @@ impl Client {
         let mut failures = 0u32;
         let mut backoff = Duration::from_millis(50);
         loop {
-            let result = self
-                .write_location(path, idx)
-                .and_then(|loc| self.mutate(&loc, coff, data));
+            let result = self.write_location(path, idx).and_then(|loc| self.mutate(&loc, coff, data));
             let e = match result {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             };
             self.forget_lease(path, idx);
-            let waiting = matches!(
-                e.kind(),
-                Some(ErrorKind::Unavailable | ErrorKind::NoReplicas)
-            ) && Instant::now() < deadline;
-            let fatal = e.kind() == Some(ErrorKind::DiskFull)
+            let waiting =
+                matches!(e.kind(), Some(ErrorKind::Unavailable | ErrorKind::NoReplicas)) && Instant::now() < deadline;
+            let fatal = matches!(e.kind(), Some(ErrorKind::DiskFull | ErrorKind::Fenced))
                 || matches!(&e, GfsError::Fs(r) if matches!(
                     r.kind,
                     ErrorKind::NotFound | ErrorKind::IsADirectory | ErrorKind::InvalidPath | ErrorKind::InvalidArgument
@@ -206,10 +188,7 @@ impl Client {
             if !waiting {
                 failures += 1;
                 if failures >= self.inner.retry.attempts {
-                    return Err(GfsError::WriteFailed {
-                        attempts: failures,
-                        last: e.to_string(),
-                    });
+                    return Err(GfsError::WriteFailed { attempts: failures, last: e.to_string() });
                 }
             }
             tracing::debug!(path, idx, "mutation failed, retrying: {e}");
@@ -223,12 +202,7 @@ impl Client {
             return Ok(loc);
         }
         let (_, loc) = self.get_chunk(path, idx, true)?;
-        loc.ok_or_else(|| {
-            GfsError::fs(
-                ErrorKind::NoReplicas,
-                "master returned no chunk for a write",
-            )
-        })
+        loc.ok_or_else(|| GfsError::fs(ErrorKind::NoReplicas, "master returned no chunk for a write"))
     }
 
     fn forget_lease(&self, path: &str, idx: u64) {
@@ -237,10 +211,7 @@ impl Client {
 
     /// One attempt: push the data along the chain, then ask the primary to commit it.
     fn mutate(&self, loc: &ChunkLocation, coff: u64, data: &[u8]) -> Result<()> {
-        let primary = loc
-            .primary
-            .clone()
-            .ok_or_else(|| GfsError::fs(ErrorKind::NoLease, "no primary"))?;
+        let primary = loc.primary.clone().ok_or_else(|| GfsError::fs(ErrorKind::NoLease, "no primary"))?;
         let mut chain = loc.replicas.clone();
         if !chain.contains(&primary) {
             chain.push(primary.clone());
@@ -248,10 +219,7 @@ impl Client {
         let id = random_id();
         let failed = self.push(&chain, id, data)?;
         if !failed.is_empty() {
-            return Err(GfsError::fs(
-                ErrorKind::Unavailable,
-                format!("push failed on {}", failed.join(", ")),
-            ));
+            return Err(GfsError::fs(ErrorKind::Unavailable, format!("push failed on {}", failed.join(", "))));
         }
         let secondaries: Vec<String> = chain.into_iter().filter(|a| *a != primary).collect();
         let req = ChunkRequest::Write {
@@ -260,13 +228,13 @@ impl Client {
             offset: coff,
             id,
             secondaries,
+            fence: self.fence.clone(),
         };
         match self.call(&primary, &req)? {
             ChunkReply::Written { failed } if failed.is_empty() => Ok(()),
-            ChunkReply::Written { failed } => Err(GfsError::fs(
-                ErrorKind::Unavailable,
-                format!("mutation failed on {}", failed.join(", ")),
-            )),
+            ChunkReply::Written { failed } => {
+                Err(GfsError::fs(ErrorKind::Unavailable, format!("mutation failed on {}", failed.join(", "))))
+            }
             other => Err(unexpected(&primary, other)),
         }
     }
@@ -276,10 +244,7 @@ impl Client {
         c.send(req)?;
         let r = c.recv::<Reply<ChunkReply>>()?;
         self.inner.pool.put(c);
-        r.map_err(|error| GfsError::Remote {
-            peer: addr.to_string(),
-            error,
-        })
+        r.map_err(|error| GfsError::Remote { peer: addr.to_string(), error })
     }
 
     /// Streams `data` to the first replica, which forwards along the chain while it receives.
@@ -292,11 +257,7 @@ impl Client {
             Err(_) => return Ok(chain.to_vec()),
         };
         let sent = (|| {
-            c.queue(&ChunkRequest::Push {
-                id,
-                len: data.len() as u64,
-                chain: rest.to_vec(),
-            })?;
+            c.queue(&ChunkRequest::Push { id, len: data.len() as u64, chain: rest.to_vec() })?;
             for piece in data.chunks(DATA_FRAME) {
                 c.queue_data(piece)?;
             }
@@ -309,10 +270,7 @@ impl Client {
                 Ok(failed)
             }
             Ok(Ok(other)) => Err(unexpected(first, other)),
-            Ok(Err(error)) => Err(GfsError::Remote {
-                peer: first.clone(),
-                error,
-            }),
+            Ok(Err(error)) => Err(GfsError::Remote { peer: first.clone(), error }),
             Err(e) => {
                 tracing::debug!(%first, "push failed: {e}");
                 self.inner.pool.forget(first);
@@ -326,10 +284,7 @@ impl Client {
     fn read_chunk(&self, loc: &ChunkLocation, coff: u64, out: &mut [u8]) -> Result<()> {
         let n = loc.replicas.len();
         if n == 0 {
-            return Err(GfsError::fs(
-                ErrorKind::NoReplicas,
-                format!("chunk {}: no replica available", loc.handle),
-            ));
+            return Err(GfsError::fs(ErrorKind::NoReplicas, format!("chunk {}: no replica available", loc.handle)));
         }
         let mut r = (random_id() % n as u64) as usize;
         let mut got = 0usize;
@@ -354,14 +309,7 @@ impl Client {
         Ok(())
     }
 
-    fn read_from(
-        &self,
-        addr: &str,
-        loc: &ChunkLocation,
-        coff: u64,
-        out: &mut [u8],
-        got: &mut usize,
-    ) -> Result<()> {
+    fn read_from(&self, addr: &str, loc: &ChunkLocation, coff: u64, out: &mut [u8], got: &mut usize) -> Result<()> {
         let mut c = self.inner.pool.get(addr)?;
         let want = (out.len() - *got) as u64;
         c.send(&ChunkRequest::Read {
@@ -370,10 +318,7 @@ impl Client {
             offset: coff + *got as u64,
             len: want,
         })?;
-        let remote = |error| GfsError::Remote {
-            peer: addr.to_string(),
-            error,
-        };
+        let remote = |error| GfsError::Remote { peer: addr.to_string(), error };
         match c.recv::<Reply<ChunkReply>>()? {
             Ok(ChunkReply::Reading { len }) if len == want => {}
             Ok(other) => return Err(unexpected(addr, other)),

@@ -13,7 +13,7 @@ mod cache;
 mod data;
 
 use crate::error::{ErrorKind, GfsError, Result};
-use crate::protocol::{ChunkLocation, Conn, MasterReply, MasterRequest, Pool, Reply};
+use crate::protocol::{ChunkLocation, Conn, Fence, MasterReply, MasterRequest, Pool, Reply};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,10 +30,7 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy {
-            attempts: 8,
-            unavailable_wait: Duration::from_secs(120),
-        }
+        RetryPolicy { attempts: 8, unavailable_wait: Duration::from_secs(120) }
     }
 }
 
@@ -48,6 +45,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// Fencing token stamped on every write (see [`Client::fenced`]).
+    fence: Option<Fence>,
 }
 
 /// An open file: a path bound to a client.
@@ -71,19 +70,24 @@ impl Client {
                 cache: cache::Cache::default(),
                 retry,
             }),
+            fence: None,
         }
     }
 
-    /// Sends one request to the master. A request is re-sent only if it could not be sent at
-    /// all, so a mutation is never applied twice by the library.
+    /// Sends one request to the master. An idle pooled connection may have been closed by
+    /// the master (say, it restarted); if such a connection fails before any reply arrives,
+    /// the request is sent once more on a fresh connection.
     fn master(&self, req: &MasterRequest) -> Result<MasterReply> {
         let addr = &self.inner.master;
-        let mut conn = self.inner.pool.get(addr)?;
-        if conn.send(req).is_err() {
-            // A pooled connection may have gone stale; try once on a fresh one.
-            conn = Conn::connect(addr, Duration::from_secs(5))?;
-            conn.send(req)?;
+        if let Some(mut conn) = self.inner.pool.take_idle(addr) {
+            if let Ok(reply) = conn.send(req).and_then(|_| conn.recv::<Reply<MasterReply>>()) {
+                self.inner.pool.put(conn);
+                return reply.map_err(GfsError::Fs);
+            }
+            self.inner.pool.forget(addr);
         }
+        let mut conn = Conn::connect(addr, Duration::from_secs(5))?;
+        conn.send(req)?;
         let reply = conn.recv::<Reply<MasterReply>>()?;
         self.inner.pool.put(conn);
         reply.map_err(GfsError::Fs)
@@ -117,10 +121,7 @@ impl Client {
 
     /// Renames a file or directory.
     pub fn rename(&self, from: &str, to: &str) -> Result<()> {
-        self.done(MasterRequest::Rename {
-            from: from.into(),
-            to: to.into(),
-        })
+        self.done(MasterRequest::Rename { from: from.into(), to: to.into() })
     }
 
     /// Lists a directory (or describes one file).
@@ -139,19 +140,43 @@ impl Client {
         }
     }
 
+    /// Test-and-set on register `name`: if it is at generation `expected`, it moves to
+    /// `expected + 1` held by `holder`, durably, and the new generation is returned. Otherwise
+    /// the error (kind `Conflict`) names the current holder and generation.
+    pub fn compare_and_set(&self, name: &str, expected: u64, holder: &str) -> Result<u64> {
+        match self.master(&MasterRequest::CompareAndSet { name: name.into(), expected, holder: holder.into() })? {
+            MasterReply::Register { generation, .. } => Ok(generation),
+            other => Err(unexpected(&self.inner.master, other)),
+        }
+    }
+
+    /// Current generation and holder of register `name` (0 and "" if never set).
+    pub fn register(&self, name: &str) -> Result<(u64, String)> {
+        match self.master(&MasterRequest::GetRegister { name: name.into() })? {
+            MasterReply::Register { generation, holder } => Ok((generation, holder)),
+            other => Err(unexpected(&self.inner.master, other)),
+        }
+    }
+
+    /// Fences writes to `path` (an empty file) by register `register`: from then on
+    /// chunkservers only accept writes carrying the register's current generation.
+    pub fn bind(&self, path: &str, register: &str) -> Result<()> {
+        self.done(MasterRequest::Bind { path: path.into(), register: register.into() })
+    }
+
+    /// A client sharing connections and caches with this one whose writes carry generation
+    /// `generation` of register `name` as their fencing token.
+    pub fn fenced(&self, name: &str, generation: u64) -> Client {
+        Client { inner: self.inner.clone(), fence: Some(Fence { name: name.into(), generation }) }
+    }
+
     /// Opens an existing file.
     pub fn open(&self, path: &str) -> Result<File> {
         let st = self.stat(path)?;
         if st.is_dir {
-            return Err(GfsError::fs(
-                ErrorKind::IsADirectory,
-                format!("{path}: is a directory"),
-            ));
+            return Err(GfsError::fs(ErrorKind::IsADirectory, format!("{path}: is a directory")));
         }
-        Ok(File {
-            client: self.clone(),
-            path: st.path,
-        })
+        Ok(File { client: self.clone(), path: st.path })
     }
 
     /// Raises the recorded size of `path` to at least `size`.
@@ -159,34 +184,17 @@ impl Client {
         if self.inner.cache.known_size(path).is_some_and(|s| s >= size) {
             return Ok(());
         }
-        self.done(MasterRequest::ExtendSize {
-            path: path.into(),
-            size,
-        })?;
+        self.done(MasterRequest::ExtendSize { path: path.into(), size })?;
         self.inner.cache.raise_size(path, size);
         Ok(())
     }
 
-    fn get_chunk(
-        &self,
-        path: &str,
-        index: u64,
-        for_write: bool,
-    ) -> Result<(u64, Option<ChunkLocation>)> {
-        match self.master(&MasterRequest::GetChunk {
-            path: path.into(),
-            index,
-            for_write,
-        })? {
+    fn get_chunk(&self, path: &str, index: u64, for_write: bool) -> Result<(u64, Option<ChunkLocation>)> {
+        match self.master(&MasterRequest::GetChunk { path: path.into(), index, for_write })? {
             MasterReply::Chunk { size, location } => {
                 match &location {
-                    Some(l) if for_write => {
-                        self.inner.cache.put_write(path, index, size, l.clone())
-                    }
-                    _ => self
-                        .inner
-                        .cache
-                        .put_read(path, index, size, location.clone()),
+                    Some(l) if for_write => self.inner.cache.put_write(path, index, size, l.clone()),
+                    _ => self.inner.cache.put_read(path, index, size, location.clone()),
                 }
                 Ok((size, location))
             }
@@ -221,8 +229,5 @@ impl File {
 }
 
 fn unexpected(peer: &str, what: impl std::fmt::Debug) -> GfsError {
-    GfsError::UnexpectedReply {
-        peer: peer.to_string(),
-        what: format!("{what:?}"),
-    }
+    GfsError::UnexpectedReply { peer: peer.to_string(), what: format!("{what:?}") }
 }

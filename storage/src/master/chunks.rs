@@ -23,10 +23,7 @@ pub struct ChunkMeta {
 
 impl Default for ChunkMeta {
     fn default() -> Self {
-        ChunkMeta {
-            version: 0,
-            replicas: [NONE; MAX_REPLICAS],
-        }
+        ChunkMeta { version: 0, replicas: [NONE; MAX_REPLICAS] }
     }
 }
 
@@ -79,9 +76,7 @@ pub struct ChunkTable {
 impl Default for ChunkTable {
     fn default() -> Self {
         // Handle 0 is reserved to mark holes in files.
-        ChunkTable {
-            chunks: vec![ChunkMeta::default()],
-        }
+        ChunkTable { chunks: vec![ChunkMeta::default()] }
     }
 }
 
@@ -93,15 +88,11 @@ impl ChunkTable {
     }
 
     pub fn get(&self, h: ChunkHandle) -> Option<&ChunkMeta> {
-        self.chunks
-            .get(usize::try_from(h).ok()?)
-            .filter(|c| c.version != 0)
+        self.chunks.get(usize::try_from(h).ok()?).filter(|c| c.version != 0)
     }
 
     pub fn get_mut(&mut self, h: ChunkHandle) -> Option<&mut ChunkMeta> {
-        self.chunks
-            .get_mut(usize::try_from(h).ok()?)
-            .filter(|c| c.version != 0)
+        self.chunks.get_mut(usize::try_from(h).ok()?).filter(|c| c.version != 0)
     }
 
     /// Marks `h` allocated at `version`, growing the table if needed (replay).
@@ -138,13 +129,8 @@ impl ChunkTable {
     }
 
     pub fn from_versions(v: Vec<Version>) -> ChunkTable {
-        let mut chunks: Vec<ChunkMeta> = v
-            .into_iter()
-            .map(|version| ChunkMeta {
-                version,
-                ..Default::default()
-            })
-            .collect();
+        let mut chunks: Vec<ChunkMeta> =
+            v.into_iter().map(|version| ChunkMeta { version, ..Default::default() }).collect();
         if chunks.is_empty() {
             chunks.push(ChunkMeta::default());
         }
@@ -188,12 +174,7 @@ impl Servers {
             return None;
         }
         let i = self.list.len() as ServerIdx;
-        self.list.push(Server {
-            addr: addr.to_string(),
-            rack: rack.to_string(),
-            last_seen: Instant::now(),
-            chunks: 0,
-        });
+        self.list.push(Server { addr: addr.to_string(), rack: rack.to_string(), last_seen: Instant::now(), chunks: 0 });
         self.by_addr.insert(addr.to_string(), i);
         Some(i)
     }
@@ -211,25 +192,23 @@ impl Servers {
     }
 
     pub fn is_live(&self, i: ServerIdx, dead_after: Duration) -> bool {
-        self.get(i)
-            .is_some_and(|s| s.last_seen.elapsed() < dead_after)
+        self.get(i).is_some_and(|s| s.last_seen.elapsed() < dead_after)
     }
 
     pub fn addr(&self, i: ServerIdx) -> String {
         self.get(i).map(|s| s.addr.clone()).unwrap_or_default()
     }
 
+    /// Every live server.
+    pub fn live(&self, dead_after: Duration) -> Vec<ServerIdx> {
+        (0..self.list.len() as ServerIdx).filter(|&i| self.is_live(i, dead_after)).collect()
+    }
+
     /// Picks up to `n` live servers for a new chunk: least loaded first, spread over racks.
     pub fn place(&self, n: usize, dead_after: Duration) -> Vec<ServerIdx> {
-        let mut live: Vec<ServerIdx> = (0..self.list.len() as ServerIdx)
-            .filter(|&i| self.is_live(i, dead_after))
-            .collect();
-        live.sort_by_key(|&i| {
-            (
-                self.list[i as usize].chunks,
-                self.list[i as usize].addr.clone(),
-            )
-        });
+        let mut live: Vec<ServerIdx> =
+            (0..self.list.len() as ServerIdx).filter(|&i| self.is_live(i, dead_after)).collect();
+        live.sort_by_key(|&i| (self.list[i as usize].chunks, self.list[i as usize].addr.clone()));
         let mut chosen: Vec<ServerIdx> = Vec::new();
         let mut racks: Vec<&str> = Vec::new();
         for &i in &live {
@@ -273,10 +252,7 @@ mod tests {
 
     #[test]
     fn replicas_and_placement() {
-        let mut c = ChunkMeta {
-            version: 1,
-            ..Default::default()
-        };
+        let mut c = ChunkMeta { version: 1, ..Default::default() };
         assert!(c.add_replica(3));
         assert!(c.add_replica(3));
         assert_eq!(c.replicas().collect::<Vec<_>>(), vec![3]);

@@ -9,8 +9,8 @@ use super::Master;
 use crate::error::{ErrorKind, GfsError, Result};
 use crate::oplog::Record;
 use crate::protocol::{
-    ChunkHandle, ChunkLocation, ChunkReply, ChunkRequest, ChunkStat, Conn, FileStat, Heartbeat,
-    HeartbeatReply, ReplicaStat, Reply, Version,
+    ChunkHandle, ChunkLocation, ChunkReply, ChunkRequest, ChunkStat, Conn, FileStat, Heartbeat, HeartbeatReply,
+    ReplicaStat, Reply, Version,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,27 +37,19 @@ impl Master {
         }
         // The write lock on the file serializes allocation and lease grants for it.
         let _l = self.locks.lock(&[], &[path]);
-        let existing = self
-            .meta()
-            .state
-            .ns
-            .file(path)?
-            .chunks
-            .get(index as usize)
-            .copied()
-            .unwrap_or(0);
+        let (existing, register) = {
+            let m = self.meta();
+            let f = m.state.ns.file(path)?;
+            (f.chunks.get(index as usize).copied().unwrap_or(0), f.register.clone())
+        };
         let handle = if existing != 0 {
             existing
         } else {
             let handle = self.meta().state.chunks.reserve();
-            self.commit(Record::AddChunk {
-                path: path.to_string(),
-                index,
-                handle,
-            })?;
+            self.commit(Record::AddChunk { path: path.to_string(), index, handle })?;
             handle
         };
-        self.ensure_lease(handle)?;
+        self.ensure_lease(handle, register)?;
         let m = self.meta();
         let size = m.state.ns.file(path)?.size;
         Ok((size, Some(self.location(&m, handle, true))))
@@ -68,42 +60,32 @@ impl Master {
         let bad = m.corrupt.get(&h).map(|v| v.as_slice()).unwrap_or(&[]);
         let (version, replicas) = match m.state.chunks.get(h) {
             Some(c) => {
-                let mut live: Vec<ServerIdx> = c
-                    .replicas()
-                    .filter(|&s| m.servers.is_live(s, dead))
-                    .collect();
+                let mut live: Vec<ServerIdx> = c.replicas().filter(|&s| m.servers.is_live(s, dead)).collect();
                 // Healthy replicas first; corrupt ones still serve their good blocks.
                 live.sort_by_key(|s| bad.contains(s));
-                (
-                    c.version,
-                    live.into_iter().map(|s| m.servers.addr(s)).collect(),
-                )
+                (c.version, live.into_iter().map(|s| m.servers.addr(s)).collect())
             }
             None => (0, Vec::new()),
         };
-        let lease = m
-            .leases
-            .get(&h)
-            .filter(|l| l.version == version && l.expires > Instant::now());
+        let lease = m.leases.get(&h).filter(|l| l.version == version && l.expires > Instant::now());
         ChunkLocation {
             handle: h,
             version,
             replicas,
-            primary: lease
-                .filter(|_| with_lease)
-                .map(|l| m.servers.addr(l.primary)),
+            primary: lease.filter(|_| with_lease).map(|l| m.servers.addr(l.primary)),
             lease_ms: lease.map(|l| l.remaining().as_millis() as u64).unwrap_or(0),
         }
     }
 
-    fn ensure_lease(self: &Arc<Self>, handle: ChunkHandle) -> Result<()> {
+    fn ensure_lease(self: &Arc<Self>, handle: ChunkHandle, register: Option<String>) -> Result<()> {
         let dead = self.cfg.dead_after;
         let (version, targets) = {
             let m = self.meta();
-            let c =
-                m.state.chunks.get(handle).ok_or_else(|| {
-                    GfsError::fs(ErrorKind::UnknownChunk, format!("chunk {handle}"))
-                })?;
+            let c = m
+                .state
+                .chunks
+                .get(handle)
+                .ok_or_else(|| GfsError::fs(ErrorKind::UnknownChunk, format!("chunk {handle}")))?;
             let now = Instant::now();
             if let Some(l) = m.leases.get(&handle) {
                 if l.version == c.version && l.expires > now {
@@ -112,10 +94,7 @@ impl Master {
                     }
                     return Err(GfsError::fs(
                         ErrorKind::Unavailable,
-                        format!(
-                            "chunk {handle}: lease held by an unreachable primary for {:?}",
-                            l.remaining()
-                        ),
+                        format!("chunk {handle}: lease held by an unreachable primary for {:?}", l.remaining()),
                     ));
                 }
             }
@@ -129,10 +108,7 @@ impl Master {
                 ));
             }
             let bad = m.corrupt.get(&handle).map(|v| v.as_slice()).unwrap_or(&[]);
-            let mut live: Vec<ServerIdx> = c
-                .replicas()
-                .filter(|&s| m.servers.is_live(s, dead))
-                .collect();
+            let mut live: Vec<ServerIdx> = c.replicas().filter(|&s| m.servers.is_live(s, dead)).collect();
             if live.iter().any(|s| !bad.contains(s)) {
                 // A corrupt replica misses the new version and so drops out.
                 live.retain(|s| !bad.contains(s));
@@ -146,20 +122,12 @@ impl Master {
                 Vec::new()
             };
             if targets.is_empty() {
-                return Err(GfsError::fs(
-                    ErrorKind::NoReplicas,
-                    format!("chunk {handle}: no live up-to-date replica"),
-                ));
+                return Err(GfsError::fs(ErrorKind::NoReplicas, format!("chunk {handle}: no live up-to-date replica")));
             }
             (c.version, targets)
         };
-        let new_version = version
-            .checked_add(1)
-            .ok_or_else(|| GfsError::fs(ErrorKind::Io, "version overflow"))?;
-        self.commit(Record::SetVersion {
-            handle,
-            version: new_version,
-        })?;
+        let new_version = version.checked_add(1).ok_or_else(|| GfsError::fs(ErrorKind::Io, "version overflow"))?;
+        self.commit(Record::SetVersion { handle, version: new_version })?;
         let addrs: Vec<String> = {
             let m = self.meta();
             targets.iter().map(|&s| m.servers.addr(s)).collect()
@@ -169,7 +137,7 @@ impl Master {
         let mut primary: Option<(ServerIdx, Instant)> = None;
         for (i, &s) in targets.iter().enumerate() {
             let lease = primary.is_none().then_some(self.cfg.lease);
-            if send_version(&addrs[i], handle, new_version, lease).is_ok() {
+            if send_version(&addrs[i], handle, new_version, lease, register.clone()).is_ok() {
                 ok.push(s);
                 if primary.is_none() {
                     primary = Some((s, Instant::now()));
@@ -182,21 +150,11 @@ impl Master {
         }
         match primary {
             Some((p, acked)) => {
-                m.leases.insert(
-                    handle,
-                    Lease {
-                        primary: p,
-                        version: new_version,
-                        expires: acked + self.cfg.lease,
-                    },
-                );
+                m.leases.insert(handle, Lease { primary: p, version: new_version, expires: acked + self.cfg.lease });
                 tracing::debug!(handle, version = new_version, primary = %m.servers.addr(p), "lease granted");
                 Ok(())
             }
-            None => Err(GfsError::fs(
-                ErrorKind::NoReplicas,
-                format!("chunk {handle}: no replica accepted the lease"),
-            )),
+            None => Err(GfsError::fs(ErrorKind::NoReplicas, format!("chunk {handle}: no replica accepted the lease"))),
         }
     }
 
@@ -269,24 +227,13 @@ impl Master {
             }
             m.stale.retain(|_, v| !v.is_empty());
             let chunks = &m.state.chunks;
-            m.corrupt
-                .retain(|h, v| !v.is_empty() && chunks.get(*h).is_some());
+            m.corrupt.retain(|h, v| !v.is_empty() && chunks.get(*h).is_some());
             idx
         };
         for (h, v) in adopt {
             // A replica ahead of us: the log lost nothing we acknowledged, so take its version.
-            tracing::warn!(
-                handle = h,
-                version = v,
-                "adopting a newer version from a chunk report"
-            );
-            if self
-                .commit(Record::SetVersion {
-                    handle: h,
-                    version: v,
-                })
-                .is_ok()
-            {
+            tracing::warn!(handle = h, version = v, "adopting a newer version from a chunk report");
+            if self.commit(Record::SetVersion { handle: h, version: v }).is_ok() {
                 let mut m = self.meta();
                 if let Some(c) = m.state.chunks.get_mut(h) {
                     c.set_replicas(&[idx]);
@@ -297,6 +244,7 @@ impl Master {
             extended,
             lease_ms: self.cfg.lease.as_millis() as u64,
             garbage,
+            registers: self.meta().state.registers.iter().map(|(k, r)| (k.clone(), r.generation)).collect(),
         })
     }
 
@@ -316,20 +264,14 @@ impl Master {
     /// Size, chunks, replicas and their versions.
     pub fn stat(&self, path: &str) -> Result<FileStat> {
         let m = self.meta();
-        let node = m.state.ns.get(path).ok_or_else(|| {
-            GfsError::fs(
-                ErrorKind::NotFound,
-                format!("{path}: no such file or directory"),
-            )
-        })?;
+        let node = m
+            .state
+            .ns
+            .get(path)
+            .ok_or_else(|| GfsError::fs(ErrorKind::NotFound, format!("{path}: no such file or directory")))?;
         let f = match node {
             super::namespace::Node::Dir => {
-                return Ok(FileStat {
-                    path: path.to_string(),
-                    is_dir: true,
-                    size: 0,
-                    chunks: Vec::new(),
-                })
+                return Ok(FileStat { path: path.to_string(), is_dir: true, size: 0, chunks: Vec::new() })
             }
             super::namespace::Node::File(f) => f,
         };
@@ -349,32 +291,16 @@ impl Master {
                 })
                 .collect();
             for &(s, v) in m.stale.get(&h).map(|v| v.as_slice()).unwrap_or(&[]) {
-                replicas.push(ReplicaStat {
-                    server: m.servers.addr(s),
-                    version: v,
-                    stale: true,
-                    corrupt: false,
-                });
+                replicas.push(ReplicaStat { server: m.servers.addr(s), version: v, stale: true, corrupt: false });
             }
             let primary = m
                 .leases
                 .get(&h)
                 .filter(|l| l.version == c.version && l.expires > now)
                 .map(|l| m.servers.addr(l.primary));
-            chunks.push(ChunkStat {
-                index: i as u64,
-                handle: h,
-                version: c.version,
-                primary,
-                replicas,
-            });
+            chunks.push(ChunkStat { index: i as u64, handle: h, version: c.version, primary, replicas });
         }
-        Ok(FileStat {
-            path: path.to_string(),
-            is_dir: false,
-            size: f.size,
-            chunks,
-        })
+        Ok(FileStat { path: path.to_string(), is_dir: false, size: f.size, chunks })
     }
 }
 
@@ -383,26 +309,17 @@ fn send_version(
     handle: ChunkHandle,
     version: Version,
     lease: Option<Duration>,
+    register: Option<String>,
 ) -> Result<()> {
     let mut conn = Conn::connect(addr, RPC_TIMEOUT)?;
     conn.set_read_timeout(RPC_TIMEOUT)?;
-    conn.send(&ChunkRequest::SetVersion {
-        handle,
-        version,
-        lease_ms: lease.map(|d| d.as_millis() as u64),
-    })?;
+    conn.send(&ChunkRequest::SetVersion { handle, version, lease_ms: lease.map(|d| d.as_millis() as u64), register })?;
     match conn.recv::<Reply<ChunkReply>>()? {
         Ok(ChunkReply::VersionSet) => Ok(()),
-        Ok(other) => Err(GfsError::UnexpectedReply {
-            peer: addr.to_string(),
-            what: format!("{other:?}"),
-        }),
+        Ok(other) => Err(GfsError::UnexpectedReply { peer: addr.to_string(), what: format!("{other:?}") }),
         Err(error) => {
             tracing::warn!(%addr, handle, "set version refused: {error}");
-            Err(GfsError::Remote {
-                peer: addr.to_string(),
-                error,
-            })
+            Err(GfsError::Remote { peer: addr.to_string(), error })
         }
     }
 }

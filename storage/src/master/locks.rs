@@ -20,11 +20,7 @@ impl LockState {
         let mut g = lock(&self.inner);
         loop {
             let (readers, writer) = *g;
-            let free = if write {
-                readers == 0 && !writer
-            } else {
-                !writer
-            };
+            let free = if write { readers == 0 && !writer } else { !writer };
             if free {
                 if write {
                     g.1 = true;
@@ -127,10 +123,7 @@ mod tests {
 
     #[test]
     fn ancestors_of_paths() {
-        assert_eq!(
-            ancestors("/a/b/c"),
-            vec!["/a".to_string(), "/a/b".to_string()]
-        );
+        assert_eq!(ancestors("/a/b/c"), vec!["/a".to_string(), "/a/b".to_string()]);
         assert!(ancestors("/a").is_empty());
     }
 

@@ -10,6 +10,7 @@ pub mod chunks;
 pub mod lease;
 pub mod locks;
 pub mod namespace;
+pub mod register;
 pub mod service;
 pub mod state;
 
@@ -71,6 +72,8 @@ pub struct Master {
     barrier: RwLock<()>,
     since_checkpoint: AtomicU64,
     checkpointing: AtomicBool,
+    /// Serializes compare-and-set operations.
+    registers: Mutex<()>,
     started: Instant,
     /// Set after a restart: no lease may be granted before old ones have surely expired.
     lease_grace_until: Instant,
@@ -80,22 +83,14 @@ impl Master {
     /// Recovers state from `cfg.dir` (newest valid checkpoint plus the log after it) and opens
     /// a new log segment.
     pub fn open(cfg: MasterConfig) -> Result<Arc<Master>> {
-        std::fs::create_dir_all(&cfg.dir)
-            .map_err(|e| GfsError::io(format!("creating {}", cfg.dir.display()), e))?;
+        std::fs::create_dir_all(&cfg.dir).map_err(|e| GfsError::io(format!("creating {}", cfg.dir.display()), e))?;
         let (mut state, ckpt_lsn) = load_checkpoint(&cfg)?;
         let mut replayed = 0u64;
         let last = oplog::replay::replay(&cfg.dir, ckpt_lsn, |e| {
             replayed += 1;
-            state
-                .apply(&e.record)
-                .map_err(|err| GfsError::OpLog(format!("replaying LSN {}: {err}", e.lsn)))
+            state.apply(&e.record).map_err(|err| GfsError::OpLog(format!("replaying LSN {}: {err}", e.lsn)))
         })?;
-        tracing::info!(
-            checkpoint_lsn = ckpt_lsn,
-            replayed,
-            last_lsn = last,
-            "master state recovered"
-        );
+        tracing::info!(checkpoint_lsn = ckpt_lsn, replayed, last_lsn = last, "master state recovered");
         let log = OpLog::open(&cfg.dir, last + 1)?;
         let now = Instant::now();
         // Old leases may still be held if this is a restart of a master that granted some.
@@ -115,6 +110,7 @@ impl Master {
             barrier: RwLock::new(()),
             since_checkpoint: AtomicU64::new(replayed),
             checkpointing: AtomicBool::new(false),
+            registers: Mutex::new(()),
             started: now,
         }))
     }
@@ -160,10 +156,7 @@ impl Master {
             let lsn = self.log.rotate()?;
             let img = self.meta().state.image();
             self.since_checkpoint.store(0, Ordering::Relaxed);
-            (
-                lsn,
-                postcard::to_stdvec(&img).map_err(|e| GfsError::Codec(e.to_string()))?,
-            )
+            (lsn, postcard::to_stdvec(&img).map_err(|e| GfsError::Codec(e.to_string()))?)
         };
         let path = checkpoint::write(&self.cfg.dir, lsn, &bytes)?;
         tracing::info!(lsn, bytes = bytes.len(), "checkpoint written");
@@ -175,8 +168,8 @@ fn load_checkpoint(cfg: &MasterConfig) -> Result<(State, u64)> {
     let cands = checkpoint::candidates(&cfg.dir)?;
     for (_, path) in &cands {
         match checkpoint::read(path).and_then(|(lsn, bytes)| {
-            let img: StateImage = postcard::from_bytes(&bytes)
-                .map_err(|e| GfsError::Checkpoint(format!("{}: {e}", path.display())))?;
+            let img: StateImage =
+                postcard::from_bytes(&bytes).map_err(|e| GfsError::Checkpoint(format!("{}: {e}", path.display())))?;
             Ok((State::from_image(img), lsn))
         }) {
             Ok(r) => {

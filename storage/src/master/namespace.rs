@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 pub struct FileMeta {
     pub size: u64,
     pub chunks: Vec<ChunkHandle>,
+    /// Register whose generation fences writes to this file.
+    pub register: Option<String>,
 }
 
 /// A namespace node.
@@ -51,10 +53,7 @@ pub fn parent(path: &str) -> &str {
 }
 
 fn not_found(path: &str) -> GfsError {
-    GfsError::fs(
-        ErrorKind::NotFound,
-        format!("{path}: no such file or directory"),
-    )
+    GfsError::fs(ErrorKind::NotFound, format!("{path}: no such file or directory"))
 }
 
 /// The namespace tree.
@@ -74,10 +73,7 @@ impl Namespace {
     pub fn file(&self, path: &str) -> Result<&FileMeta> {
         match self.get(path) {
             Some(Node::File(f)) => Ok(f),
-            Some(Node::Dir) => Err(GfsError::fs(
-                ErrorKind::IsADirectory,
-                format!("{path}: is a directory"),
-            )),
+            Some(Node::Dir) => Err(GfsError::fs(ErrorKind::IsADirectory, format!("{path}: is a directory"))),
             None => Err(not_found(path)),
         }
     }
@@ -85,10 +81,7 @@ impl Namespace {
     pub fn file_mut(&mut self, path: &str) -> Result<&mut FileMeta> {
         match self.nodes.get_mut(path) {
             Some(Node::File(f)) => Ok(f),
-            Some(Node::Dir) => Err(GfsError::fs(
-                ErrorKind::IsADirectory,
-                format!("{path}: is a directory"),
-            )),
+            Some(Node::Dir) => Err(GfsError::fs(ErrorKind::IsADirectory, format!("{path}: is a directory"))),
             None => Err(not_found(path)),
         }
     }
@@ -96,18 +89,12 @@ impl Namespace {
     /// Checks that `path` can be created: its parent is a directory and it does not exist.
     pub fn check_create(&self, path: &str) -> Result<()> {
         if path == "/" || self.get(path).is_some() {
-            return Err(GfsError::fs(
-                ErrorKind::AlreadyExists,
-                format!("{path}: already exists"),
-            ));
+            return Err(GfsError::fs(ErrorKind::AlreadyExists, format!("{path}: already exists")));
         }
         let p = parent(path);
         match self.get(p) {
             Some(Node::Dir) => Ok(()),
-            Some(Node::File(_)) => Err(GfsError::fs(
-                ErrorKind::NotADirectory,
-                format!("{p}: not a directory"),
-            )),
+            Some(Node::File(_)) => Err(GfsError::fs(ErrorKind::NotADirectory, format!("{p}: not a directory"))),
             None => Err(not_found(p)),
         }
     }
@@ -119,11 +106,7 @@ impl Namespace {
     }
 
     fn children<'a>(&'a self, dir: &str) -> impl Iterator<Item = (&'a String, &'a Node)> + 'a {
-        let prefix = if dir == "/" {
-            "/".to_string()
-        } else {
-            format!("{dir}/")
-        };
+        let prefix = if dir == "/" { "/".to_string() } else { format!("{dir}/") };
         let plen = prefix.len();
         self.nodes
             .range(prefix.clone()..)
@@ -161,10 +144,9 @@ impl Namespace {
         }
         match self.get(path) {
             None => Err(not_found(path)),
-            Some(Node::Dir) if self.children(path).next().is_some() => Err(GfsError::fs(
-                ErrorKind::NotEmpty,
-                format!("{path}: directory not empty"),
-            )),
+            Some(Node::Dir) if self.children(path).next().is_some() => {
+                Err(GfsError::fs(ErrorKind::NotEmpty, format!("{path}: directory not empty")))
+            }
             Some(_) => Ok(()),
         }
     }
@@ -184,10 +166,7 @@ impl Namespace {
             return Err(not_found(from));
         }
         if to.starts_with(&format!("{from}/")) || to == from {
-            return Err(GfsError::fs(
-                ErrorKind::InvalidArgument,
-                format!("cannot move {from} into itself"),
-            ));
+            return Err(GfsError::fs(ErrorKind::InvalidArgument, format!("cannot move {from} into itself")));
         }
         self.check_create(to)
     }

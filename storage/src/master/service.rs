@@ -11,11 +11,9 @@ use std::sync::Arc;
 
 /// Binds `cfg.listen` and serves forever on background threads; returns the bound address.
 pub fn serve(master: Arc<Master>) -> Result<std::net::SocketAddr> {
-    let listener = TcpListener::bind(&master.cfg.listen)
-        .map_err(|e| GfsError::io(format!("binding {}", master.cfg.listen), e))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| GfsError::io("reading the bound address", e))?;
+    let listener =
+        TcpListener::bind(&master.cfg.listen).map_err(|e| GfsError::io(format!("binding {}", master.cfg.listen), e))?;
+    let addr = listener.local_addr().map_err(|e| GfsError::io("reading the bound address", e))?;
     std::thread::Builder::new()
         .name("master-accept".into())
         .spawn(move || {
@@ -27,17 +25,14 @@ pub fn serve(master: Arc<Master>) -> Result<std::net::SocketAddr> {
                         continue;
                     }
                 };
-                let peer = stream
-                    .peer_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default();
+                let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
                 let m = master.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("master-conn".into())
-                    .spawn(move || match Conn::from_stream(stream, peer.clone()) {
+                let spawned = std::thread::Builder::new().name("master-conn".into()).spawn(move || {
+                    match Conn::from_stream(stream, peer.clone()) {
                         Ok(conn) => handle_conn(&m, conn),
                         Err(e) => tracing::warn!("{peer}: {e}"),
-                    });
+                    }
+                });
                 if let Err(e) = spawned {
                     tracing::error!("cannot spawn a connection thread: {e}");
                 }
@@ -105,17 +100,10 @@ pub fn handle(master: &Arc<Master>, req: MasterRequest) -> Result<MasterReply> {
             let _l = master.locks.lock(&[&path], &[]);
             Ok(MasterReply::Stat(master.stat(&path)?))
         }
-        MasterRequest::GetChunk {
-            path,
-            index,
-            for_write,
-        } => {
+        MasterRequest::GetChunk { path, index, for_write } => {
             let path = normalize(&path)?;
             if index >= u32::MAX as u64 {
-                return Err(GfsError::fs(
-                    ErrorKind::InvalidArgument,
-                    "chunk index too large",
-                ));
+                return Err(GfsError::fs(ErrorKind::InvalidArgument, "chunk index too large"));
             }
             let (size, location) = master.get_chunk(&path, index, for_write)?;
             Ok(MasterReply::Chunk { size, location })
@@ -130,6 +118,19 @@ pub fn handle(master: &Arc<Master>, req: MasterRequest) -> Result<MasterReply> {
             Ok(MasterReply::Done)
         }
         MasterRequest::Heartbeat(hb) => Ok(MasterReply::Heartbeat(master.heartbeat(hb)?)),
+        MasterRequest::CompareAndSet { name, expected, holder } => {
+            let (generation, holder) = master.compare_and_set(&name, expected, &holder)?;
+            Ok(MasterReply::Register { generation, holder })
+        }
+        MasterRequest::GetRegister { name } => {
+            let r = master.register(&name)?;
+            Ok(MasterReply::Register { generation: r.generation, holder: r.holder })
+        }
+        MasterRequest::Bind { path, register } => {
+            let path = normalize(&path)?;
+            master.bind(&path, &register)?;
+            Ok(MasterReply::Done)
+        }
         MasterRequest::ReportCorrupt { server, handle } => {
             master.report_corrupt(&server, handle);
             Ok(MasterReply::Done)

@@ -7,20 +7,47 @@ use crate::error::{ErrorKind, GfsError, Result};
 use crate::oplog::Record;
 use crate::protocol::{ChunkHandle, Version};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
-/// Namespace plus chunk table.
+/// A test-and-set register: its generation (0 = never set) and holder.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Register {
+    pub generation: u64,
+    pub holder: String,
+}
+
+/// Namespace, chunk table and registers.
 #[derive(Debug, Default, Clone)]
 pub struct State {
     pub ns: Namespace,
     pub chunks: ChunkTable,
+    pub registers: BTreeMap<String, Register>,
+}
+
+/// One file in a checkpoint.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FileImage {
+    pub path: String,
+    pub size: u64,
+    pub chunks: Vec<ChunkHandle>,
+    pub register: Option<String>,
 }
 
 /// What a checkpoint stores.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct StateImage {
     pub dirs: Vec<String>,
-    pub files: Vec<(String, u64, Vec<ChunkHandle>)>,
+    pub files: Vec<FileImage>,
     pub versions: Vec<Version>,
+    pub registers: Vec<(String, Register)>,
+}
+
+/// Checks a register name: non-empty, printable, at most 255 bytes.
+pub fn check_register_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 255 || name.chars().any(|c| c.is_control()) {
+        return Err(GfsError::fs(ErrorKind::InvalidArgument, format!("bad register name {name:?}")));
+    }
+    Ok(())
 }
 
 impl State {
@@ -33,21 +60,27 @@ impl State {
             Record::AddChunk { path, index, .. } => {
                 let f = self.ns.file(path)?;
                 if f.chunks.get(*index as usize).is_some_and(|&h| h != 0) {
-                    return Err(GfsError::fs(
-                        ErrorKind::AlreadyExists,
-                        "chunk already allocated",
-                    ));
+                    return Err(GfsError::fs(ErrorKind::AlreadyExists, "chunk already allocated"));
                 }
                 Ok(())
             }
             Record::SetVersion { handle, .. } => match self.chunks.get(*handle) {
                 Some(_) => Ok(()),
-                None => Err(GfsError::fs(
-                    ErrorKind::UnknownChunk,
-                    format!("chunk {handle}"),
-                )),
+                None => Err(GfsError::fs(ErrorKind::UnknownChunk, format!("chunk {handle}"))),
             },
             Record::ExtendSize { path, .. } => self.ns.file(path).map(|_| ()),
+            Record::CompareAndSet { name, generation, .. } => {
+                check_register_name(name)?;
+                let cur = self.registers.get(name).map(|r| r.generation).unwrap_or(0);
+                if cur.checked_add(1) != Some(*generation) {
+                    return Err(GfsError::fs(ErrorKind::Conflict, format!("register {name} is at generation {cur}")));
+                }
+                Ok(())
+            }
+            Record::Bind { path, register } => {
+                check_register_name(register)?;
+                self.ns.file(path).map(|_| ())
+            }
         }
     }
 
@@ -68,15 +101,10 @@ impl State {
                 Ok(())
             }
             Record::Rename { from, to } => self.ns.rename(from, to),
-            Record::AddChunk {
-                path,
-                index,
-                handle,
-            } => {
+            Record::AddChunk { path, index, handle } => {
                 let f = self.ns.file_mut(path)?;
-                let i = usize::try_from(*index).map_err(|_| {
-                    GfsError::fs(ErrorKind::InvalidArgument, "chunk index too large")
-                })?;
+                let i = usize::try_from(*index)
+                    .map_err(|_| GfsError::fs(ErrorKind::InvalidArgument, "chunk index too large"))?;
                 if f.chunks.len() <= i {
                     f.chunks.resize(i + 1, 0);
                 }
@@ -89,14 +117,20 @@ impl State {
                     c.version = *version;
                     Ok(())
                 }
-                None => Err(GfsError::fs(
-                    ErrorKind::UnknownChunk,
-                    format!("chunk {handle}"),
-                )),
+                None => Err(GfsError::fs(ErrorKind::UnknownChunk, format!("chunk {handle}"))),
             },
             Record::ExtendSize { path, size } => {
                 let f = self.ns.file_mut(path)?;
                 f.size = f.size.max(*size);
+                Ok(())
+            }
+            Record::CompareAndSet { name, generation, holder } => {
+                self.check(rec)?;
+                self.registers.insert(name.clone(), Register { generation: *generation, holder: holder.clone() });
+                Ok(())
+            }
+            Record::Bind { path, register } => {
+                self.ns.file_mut(path)?.register = Some(register.clone());
                 Ok(())
             }
         }
@@ -108,13 +142,19 @@ impl State {
         for (p, n) in self.ns.iter() {
             match n {
                 Node::Dir => dirs.push(p.clone()),
-                Node::File(f) => files.push((p.clone(), f.size, f.chunks.clone())),
+                Node::File(f) => files.push(FileImage {
+                    path: p.clone(),
+                    size: f.size,
+                    chunks: f.chunks.clone(),
+                    register: f.register.clone(),
+                }),
             }
         }
         StateImage {
             dirs,
             files,
             versions: self.chunks.versions(),
+            registers: self.registers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         }
     }
 
@@ -123,13 +163,10 @@ impl State {
         for d in img.dirs {
             ns.insert_unchecked(d, Node::Dir);
         }
-        for (p, size, chunks) in img.files {
-            ns.insert_unchecked(p, Node::File(FileMeta { size, chunks }));
+        for f in img.files {
+            ns.insert_unchecked(f.path, Node::File(FileMeta { size: f.size, chunks: f.chunks, register: f.register }));
         }
-        State {
-            ns,
-            chunks: ChunkTable::from_versions(img.versions),
-        }
+        State { ns, chunks: ChunkTable::from_versions(img.versions), registers: img.registers.into_iter().collect() }
     }
 }
 
@@ -142,26 +179,13 @@ mod tests {
         let mut s = State::default();
         let recs = vec![
             Record::Mkdir { path: "/d".into() },
-            Record::CreateFile {
-                path: "/d/f".into(),
-            },
-            Record::AddChunk {
-                path: "/d/f".into(),
-                index: 2,
-                handle: 1,
-            },
-            Record::SetVersion {
-                handle: 1,
-                version: 5,
-            },
-            Record::ExtendSize {
-                path: "/d/f".into(),
-                size: 100,
-            },
-            Record::Rename {
-                from: "/d".into(),
-                to: "/e".into(),
-            },
+            Record::CreateFile { path: "/d/f".into() },
+            Record::AddChunk { path: "/d/f".into(), index: 2, handle: 1 },
+            Record::SetVersion { handle: 1, version: 5 },
+            Record::ExtendSize { path: "/d/f".into(), size: 100 },
+            Record::Rename { from: "/d".into(), to: "/e".into() },
+            Record::CompareAndSet { name: "vm".into(), generation: 1, holder: "a".into() },
+            Record::Bind { path: "/e/f".into(), register: "vm".into() },
         ];
         for r in &recs {
             s.check(r).unwrap();
@@ -174,11 +198,11 @@ mod tests {
         let back = State::from_image(postcard::from_bytes(&img).unwrap());
         assert_eq!(back.ns.file("/e/f").unwrap().size, 100);
         assert_eq!(back.chunks.get(1).unwrap().version, 5);
+        assert_eq!(back.registers["vm"].generation, 1);
+        assert_eq!(back.ns.file("/e/f").unwrap().register.as_deref(), Some("vm"));
+        assert!(back.check(&Record::CompareAndSet { name: "vm".into(), generation: 1, holder: "b".into() }).is_err());
         let mut back = back;
-        back.apply(&Record::Delete {
-            path: "/e/f".into(),
-        })
-        .unwrap();
+        back.apply(&Record::Delete { path: "/e/f".into() }).unwrap();
         assert!(back.chunks.is_garbage(1));
     }
 }

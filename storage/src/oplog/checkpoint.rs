@@ -61,24 +61,17 @@ pub fn candidates(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 
 /// Reads and verifies one checkpoint file; returns its LSN and image bytes.
 pub fn read(path: &Path) -> Result<(u64, Vec<u8>)> {
-    let bytes =
-        std::fs::read(path).map_err(|e| GfsError::io(format!("reading {}", path.display()), e))?;
+    let bytes = std::fs::read(path).map_err(|e| GfsError::io(format!("reading {}", path.display()), e))?;
     if bytes.len() < 8 {
-        return Err(GfsError::Checkpoint(format!(
-            "{} is truncated",
-            path.display()
-        )));
+        return Err(GfsError::Checkpoint(format!("{} is truncated", path.display())));
     }
     let mut l = [0u8; 8];
     l.copy_from_slice(&bytes[..8]);
     let lsn = u64::from_le_bytes(l);
-    let (kind, payload, used) = frame::decode(&bytes[8..])
-        .map_err(|e| GfsError::Checkpoint(format!("{}: {e}", path.display())))?;
+    let (kind, payload, used) =
+        frame::decode(&bytes[8..]).map_err(|e| GfsError::Checkpoint(format!("{}: {e}", path.display())))?;
     if kind != Kind::Msg || used != bytes.len() - 8 {
-        return Err(GfsError::Checkpoint(format!(
-            "{} is malformed",
-            path.display()
-        )));
+        return Err(GfsError::Checkpoint(format!("{} is malformed", path.display())));
     }
     Ok((lsn, payload.to_vec()))
 }

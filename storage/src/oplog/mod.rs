@@ -47,6 +47,17 @@ pub enum Record {
         path: String,
         size: u64,
     },
+    /// Register `name` moved to `generation` (one more than before), held by `holder`.
+    CompareAndSet {
+        name: String,
+        generation: u64,
+        holder: String,
+    },
+    /// Writes to `path` are fenced by register `register`.
+    Bind {
+        path: String,
+        register: String,
+    },
 }
 
 /// A record with its log sequence number.
@@ -82,17 +93,13 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 }
 
 pub(crate) fn list_numbered(dir: &Path, prefix: &str, suffix: &str) -> Result<Vec<(u64, PathBuf)>> {
-    let rd = std::fs::read_dir(dir)
-        .map_err(|e| GfsError::io(format!("listing {}", dir.display()), e))?;
+    let rd = std::fs::read_dir(dir).map_err(|e| GfsError::io(format!("listing {}", dir.display()), e))?;
     let mut out = Vec::new();
     for ent in rd {
         let ent = ent.map_err(|e| GfsError::io(format!("listing {}", dir.display()), e))?;
         let name = ent.file_name();
         let Some(name) = name.to_str() else { continue };
-        let Some(rest) = name
-            .strip_prefix(prefix)
-            .and_then(|r| r.strip_suffix(suffix))
-        else {
+        let Some(rest) = name.strip_prefix(prefix).and_then(|r| r.strip_suffix(suffix)) else {
             continue;
         };
         if let Ok(n) = rest.parse::<u64>() {
@@ -122,28 +129,19 @@ mod tests {
             p.prop_map(|path| Record::CreateFile { path }),
             p.prop_map(|path| Record::Delete { path }),
             (p, p).prop_map(|(from, to)| Record::Rename { from, to }),
-            (p, any::<u64>(), any::<u64>()).prop_map(|(path, index, handle)| Record::AddChunk {
-                path,
-                index,
-                handle
-            }),
-            (any::<u64>(), any::<u32>())
-                .prop_map(|(handle, version)| Record::SetVersion { handle, version }),
+            (p, any::<u64>(), any::<u64>()).prop_map(|(path, index, handle)| Record::AddChunk { path, index, handle }),
+            (any::<u64>(), any::<u32>()).prop_map(|(handle, version)| Record::SetVersion { handle, version }),
             (p, any::<u64>()).prop_map(|(path, size)| Record::ExtendSize { path, size }),
+            ("[a-z]{1,8}", any::<u64>(), "[a-z0-9]{0,8}")
+                .prop_map(|(name, generation, holder)| { Record::CompareAndSet { name, generation, holder } }),
+            (p, "[a-z]{1,8}").prop_map(|(path, register)| Record::Bind { path, register }),
         ]
     }
 
     fn encode_all(records: &[Record]) -> Vec<u8> {
         let mut out = Vec::new();
         for (i, r) in records.iter().enumerate() {
-            encode_entry(
-                &Entry {
-                    lsn: i as u64 + 1,
-                    record: r.clone(),
-                },
-                &mut out,
-            )
-            .unwrap();
+            encode_entry(&Entry { lsn: i as u64 + 1, record: r.clone() }, &mut out).unwrap();
         }
         out
     }

@@ -7,11 +7,7 @@ use std::path::Path;
 /// Replays every entry with an LSN above `after_lsn`, in order, through `apply`. A torn or
 /// corrupt tail of the last non-empty segment is cut off (the file is truncated); damage
 /// anywhere else is an error. Returns the last LSN seen (`after_lsn` if none).
-pub fn replay(
-    dir: &Path,
-    after_lsn: u64,
-    mut apply: impl FnMut(Entry) -> Result<()>,
-) -> Result<u64> {
+pub fn replay(dir: &Path, after_lsn: u64, mut apply: impl FnMut(Entry) -> Result<()>) -> Result<u64> {
     let segments = list_segments(dir)?;
     let mut last = after_lsn;
     let n = segments.len();
@@ -19,8 +15,7 @@ pub fn replay(
         if i + 1 < n && segments[i + 1].0 <= after_lsn + 1 {
             continue; // wholly covered by the checkpoint
         }
-        let bytes = std::fs::read(path)
-            .map_err(|e| GfsError::io(format!("reading {}", path.display()), e))?;
+        let bytes = std::fs::read(path).map_err(|e| GfsError::io(format!("reading {}", path.display()), e))?;
         let mut off = 0usize;
         let mut expect = *first;
         while off < bytes.len() {
@@ -37,10 +32,7 @@ pub fn replay(
                     off += used;
                     if entry.lsn > after_lsn {
                         if entry.lsn != last + 1 {
-                            return Err(GfsError::OpLog(format!(
-                                "gap in the log: LSN {} follows {last}",
-                                entry.lsn
-                            )));
+                            return Err(GfsError::OpLog(format!("gap in the log: LSN {} follows {last}", entry.lsn)));
                         }
                         last = entry.lsn;
                         apply(entry)?;
@@ -82,9 +74,7 @@ mod tests {
     use super::*;
 
     fn rec(i: u64) -> Record {
-        Record::Mkdir {
-            path: format!("/d{i}"),
-        }
+        Record::Mkdir { path: format!("/d{i}") }
     }
 
     fn collect(dir: &Path, after: u64) -> Vec<Entry> {

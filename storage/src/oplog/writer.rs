@@ -37,13 +37,7 @@ impl OpLog {
     /// Opens a new segment starting at `next_lsn` in `dir` and starts the writer thread.
     pub fn open(dir: &Path, next_lsn: u64) -> Result<OpLog> {
         let file = create_segment(dir, next_lsn)?;
-        let mut w = Writer {
-            dir: dir.to_path_buf(),
-            file,
-            good_len: 0,
-            next_lsn,
-            failed: None,
-        };
+        let mut w = Writer { dir: dir.to_path_buf(), file, good_len: 0, next_lsn, failed: None };
         let (tx, rx) = mpsc::channel();
         thread::Builder::new()
             .name("oplog".into())
@@ -55,21 +49,15 @@ impl OpLog {
     /// Appends `record`; returns its LSN once it is on disk.
     pub fn append(&self, record: Record) -> Result<u64> {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.tx
-            .send(Cmd::Append(record, tx))
-            .map_err(|_| GfsError::OpLog("log writer stopped".into()))?;
-        rx.recv()
-            .map_err(|_| GfsError::OpLog("log writer stopped".into()))?
+        self.tx.send(Cmd::Append(record, tx)).map_err(|_| GfsError::OpLog("log writer stopped".into()))?;
+        rx.recv().map_err(|_| GfsError::OpLog("log writer stopped".into()))?
     }
 
     /// Starts a new segment; returns the last LSN of the previous one.
     pub fn rotate(&self) -> Result<u64> {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.tx
-            .send(Cmd::Rotate(tx))
-            .map_err(|_| GfsError::OpLog("log writer stopped".into()))?;
-        rx.recv()
-            .map_err(|_| GfsError::OpLog("log writer stopped".into()))?
+        self.tx.send(Cmd::Rotate(tx)).map_err(|_| GfsError::OpLog("log writer stopped".into()))?;
+        rx.recv().map_err(|_| GfsError::OpLog("log writer stopped".into()))?
     }
 }
 
@@ -139,17 +127,11 @@ impl Writer {
         let mut buf = Vec::new();
         let mut lsn = self.next_lsn;
         for r in records {
-            let entry = Entry {
-                lsn,
-                record: r.clone(),
-            };
+            let entry = Entry { lsn, record: r.clone() };
             encode_entry(&entry, &mut buf).map_err(|e| e.to_string())?;
             lsn += 1;
         }
-        let res = self
-            .file
-            .write_all(&buf)
-            .and_then(|_| self.file.sync_data());
+        let res = self.file.write_all(&buf).and_then(|_| self.file.sync_data());
         match res {
             Ok(()) => {
                 self.good_len += buf.len() as u64;

@@ -36,10 +36,7 @@ impl Conn {
                 Err(e) => last = Some(e),
             }
         }
-        Err(GfsError::io(
-            format!("connecting to {addr}"),
-            last.unwrap_or_else(|| std::io::Error::other("no address")),
-        ))
+        Err(GfsError::io(format!("connecting to {addr}"), last.unwrap_or_else(|| std::io::Error::other("no address"))))
     }
 
     /// Wraps an accepted or connected stream.
@@ -64,10 +61,7 @@ impl Conn {
 
     /// Changes the read timeout (e.g. for long waits).
     pub fn set_read_timeout(&self, t: Duration) -> Result<()> {
-        self.reader
-            .get_ref()
-            .set_read_timeout(Some(t))
-            .ctx(|| format!("configuring connection to {}", self.peer))
+        self.reader.get_ref().set_read_timeout(Some(t)).ctx(|| format!("configuring connection to {}", self.peer))
     }
 
     /// Queues a message without flushing.
@@ -99,9 +93,7 @@ impl Conn {
         let out = match r {
             Ok(None) => Ok(None),
             Ok(Some(Kind::Msg)) => decode(&buf).map(Some),
-            Ok(Some(Kind::Data)) => Err(GfsError::Frame(
-                "data frame where a message was expected".into(),
-            )),
+            Ok(Some(Kind::Data)) => Err(GfsError::Frame("data frame where a message was expected".into())),
             Err(e) => Err(e),
         };
         self.scratch = buf;
@@ -112,10 +104,7 @@ impl Conn {
     pub fn recv<T: DeserializeOwned>(&mut self) -> Result<T> {
         match self.recv_opt()? {
             Some(m) => Ok(m),
-            None => Err(GfsError::Frame(format!(
-                "{} closed the connection",
-                self.peer
-            ))),
+            None => Err(GfsError::Frame(format!("{} closed the connection", self.peer))),
         }
     }
 
@@ -124,10 +113,7 @@ impl Conn {
         match frame::read(&mut self.reader, buf)? {
             Some(Kind::Data) => Ok(Incoming::Data),
             Some(Kind::Msg) => Ok(Incoming::Msg),
-            None => Err(GfsError::Frame(format!(
-                "{} closed the connection mid-stream",
-                self.peer
-            ))),
+            None => Err(GfsError::Frame(format!("{} closed the connection mid-stream", self.peer))),
         }
     }
 
@@ -154,28 +140,18 @@ mod tests {
         prop_oneof![
             arb_string().prop_map(|path| MasterRequest::Mkdir { path }),
             (arb_string(), arb_string()).prop_map(|(from, to)| MasterRequest::Rename { from, to }),
-            (arb_string(), any::<u64>(), any::<bool>()).prop_map(|(path, index, for_write)| {
-                MasterRequest::GetChunk {
-                    path,
-                    index,
-                    for_write,
-                }
-            }),
-            (
-                arb_string(),
-                proptest::collection::vec((any::<u64>(), any::<u32>()), 0..10),
-                any::<bool>()
-            )
-                .prop_map(|(server, chunks, fresh)| MasterRequest::Heartbeat(
-                    Heartbeat {
-                        server,
-                        rack: "r".into(),
-                        fresh,
-                        chunks,
-                        extend: vec![],
-                        corrupt: vec![],
-                    }
-                )),
+            (arb_string(), any::<u64>(), any::<bool>())
+                .prop_map(|(path, index, for_write)| { MasterRequest::GetChunk { path, index, for_write } }),
+            (arb_string(), proptest::collection::vec((any::<u64>(), any::<u32>()), 0..10), any::<bool>()).prop_map(
+                |(server, chunks, fresh)| MasterRequest::Heartbeat(Heartbeat {
+                    server,
+                    rack: "r".into(),
+                    fresh,
+                    chunks,
+                    extend: vec![],
+                    corrupt: vec![],
+                })
+            ),
         ]
     }
 

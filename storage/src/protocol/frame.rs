@@ -37,9 +37,7 @@ fn checksum(kind: Kind, payload: &[u8]) -> u32 {
 fn header(kind: Kind, payload: &[u8]) -> Result<[u8; HEADER]> {
     let body_len = payload.len() + 1;
     if body_len > MAX_BODY {
-        return Err(GfsError::Frame(format!(
-            "frame body of {body_len} bytes is too large"
-        )));
+        return Err(GfsError::Frame(format!("frame body of {body_len} bytes is too large")));
     }
     let mut h = [0u8; HEADER];
     h[..4].copy_from_slice(&(body_len as u32).to_le_bytes());
@@ -63,10 +61,7 @@ pub fn decode(buf: &[u8]) -> Result<(Kind, &[u8], usize)> {
     let (len, crc) = parse_header(buf)?;
     let end = HEADER + len;
     if buf.len() < end {
-        return Err(GfsError::Frame(format!(
-            "truncated body: have {} of {len} bytes",
-            buf.len() - HEADER
-        )));
+        return Err(GfsError::Frame(format!("truncated body: have {} of {len} bytes", buf.len() - HEADER)));
     }
     let body = &buf[HEADER..end];
     let kind = verify(body, crc)?;

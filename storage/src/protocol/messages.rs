@@ -47,6 +47,23 @@ pub enum MasterRequest {
         server: String,
         handle: ChunkHandle,
     },
+    /// Test-and-set: if register `name` is at `expected`, move it to `expected + 1` held by
+    /// `holder` (persisted before the answer). Answered with the new state, or a `Conflict`
+    /// error naming the current holder and generation.
+    CompareAndSet {
+        name: String,
+        expected: u64,
+        holder: String,
+    },
+    /// Current state of a register (generation 0 if never set).
+    GetRegister {
+        name: String,
+    },
+    /// Fence writes to `path` with register `register`.
+    Bind {
+        path: String,
+        register: String,
+    },
 }
 
 /// Replies of the master.
@@ -62,6 +79,17 @@ pub enum MasterReply {
         location: Option<ChunkLocation>,
     },
     Heartbeat(HeartbeatReply),
+    Register {
+        generation: u64,
+        holder: String,
+    },
+}
+
+/// A fencing token: writes must carry the register's current generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    pub name: String,
+    pub generation: u64,
 }
 
 /// One entry of a directory listing.
@@ -138,6 +166,8 @@ pub struct HeartbeatReply {
     pub lease_ms: u64,
     /// Chunks the master no longer knows (their file was deleted): the replica may go.
     pub garbage: Vec<ChunkHandle>,
+    /// Current generation of every register, for fencing.
+    pub registers: Vec<(String, u64)>,
 }
 
 /// Requests served by a chunkserver.
@@ -145,11 +175,7 @@ pub struct HeartbeatReply {
 pub enum ChunkRequest {
     /// Followed by `len` bytes in data frames; the receiver forwards to `chain[0]` with the
     /// rest of the chain while it receives.
-    Push {
-        id: u64,
-        len: u64,
-        chain: Vec<String>,
-    },
+    Push { id: u64, len: u64, chain: Vec<String> },
     /// Sent by the client to the primary: commit pushed data `id` at `offset`.
     Write {
         handle: ChunkHandle,
@@ -157,29 +183,23 @@ pub enum ChunkRequest {
         offset: u64,
         id: u64,
         secondaries: Vec<String>,
+        fence: Option<Fence>,
     },
     /// Sent by the primary to each secondary, in serial order.
-    Apply {
-        handle: ChunkHandle,
-        version: Version,
-        serial: u64,
-        offset: u64,
-        id: u64,
-    },
+    Apply { handle: ChunkHandle, version: Version, serial: u64, offset: u64, id: u64, fence: Option<Fence> },
     /// Answered by `ChunkReply::Reading` and data frames.
-    Read {
-        handle: ChunkHandle,
-        version: Version,
-        offset: u64,
-        len: u64,
-    },
+    Read { handle: ChunkHandle, version: Version, offset: u64, len: u64 },
     /// From the master: set the version (creating the chunk's metadata if needed), and
     /// optionally make this server primary for `lease_ms`.
     SetVersion {
         handle: ChunkHandle,
         version: Version,
         lease_ms: Option<u64>,
+        /// The register fencing the chunk's file, if any.
+        register: Option<String>,
     },
+    /// From the master: register `name` is now at `generation`.
+    Fence(Fence),
 }
 
 /// Replies of a chunkserver.
@@ -197,6 +217,7 @@ pub enum ChunkReply {
         len: u64,
     },
     VersionSet,
+    Fenced,
 }
 
 /// Every reply on the wire is a result.

@@ -18,16 +18,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 impl Pool {
     /// An idle connection to `addr`, or a new one.
     pub fn get(&self, addr: &str) -> Result<Conn> {
-        let reused = self
-            .idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(addr)
-            .and_then(|v| v.pop());
+        let reused = self.idle.lock().unwrap_or_else(|p| p.into_inner()).get_mut(addr).and_then(|v| v.pop());
         match reused {
             Some(c) => Ok(c),
             None => Conn::connect(addr, CONNECT_TIMEOUT),
         }
+    }
+
+    /// An idle connection to `addr`, if there is one.
+    pub fn take_idle(&self, addr: &str) -> Option<Conn> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).get_mut(addr).and_then(|v| v.pop())
     }
 
     /// Returns a connection after a complete exchange (never after an error).
@@ -41,9 +41,6 @@ impl Pool {
 
     /// Drops idle connections to `addr` (after it failed).
     pub fn forget(&self, addr: &str) {
-        self.idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(addr);
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).remove(addr);
     }
 }

@@ -17,10 +17,7 @@ pub fn free_addr() -> String {
 pub fn wait_listening(addr: &str) {
     let t0 = Instant::now();
     while TcpStream::connect(addr).is_err() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "{addr} never started listening"
-        );
+        assert!(t0.elapsed() < Duration::from_secs(20), "{addr} never started listening");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -63,19 +60,9 @@ pub struct Cluster {
 }
 
 fn spawn(args: &[String], log: &Path) -> Child {
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("open log");
+    let f = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open log");
     let f2 = f.try_clone().expect("clone log");
-    Command::new(GFS)
-        .args(args)
-        .arg("-v")
-        .stdout(Stdio::from(f))
-        .stderr(Stdio::from(f2))
-        .spawn()
-        .expect("spawn gfs")
+    Command::new(GFS).args(args).arg("-v").stdout(Stdio::from(f)).stderr(Stdio::from(f2)).spawn().expect("spawn gfs")
 }
 
 impl Cluster {
@@ -171,22 +158,13 @@ impl Cluster {
 
     /// Runs the CLI against this cluster.
     pub fn gfs(&self, args: &[&str]) -> Output {
-        Command::new(GFS)
-            .arg("--master")
-            .arg(&self.master_addr)
-            .args(args)
-            .output()
-            .expect("run gfs")
+        Command::new(GFS).arg("--master").arg(&self.master_addr).args(args).output().expect("run gfs")
     }
 
     /// Runs the CLI and asserts success; returns stdout.
     pub fn gfs_ok(&self, args: &[&str]) -> String {
         let out = self.gfs(args);
-        assert!(
-            out.status.success(),
-            "gfs {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "gfs {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
