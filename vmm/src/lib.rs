@@ -10,6 +10,7 @@ pub mod boot;
 pub mod checkpoint;
 pub mod cpuid;
 pub mod digest;
+pub mod dirty;
 pub mod error;
 pub mod kick;
 pub mod machine;

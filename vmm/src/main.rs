@@ -193,10 +193,14 @@ fn run_command(args: &RunArgs) -> anyhow::Result<ExitCode> {
                     recorder.finish(code, Some(state_digest)).with_context(|| format!("log {}", path.display()))?;
                 let file = recorded.writer.into_inner().map_err(|e| e.into_error())?;
                 file.sync_all().with_context(|| format!("log {}", path.display()))?;
+                let (_, pages, bytes, nanos) = vmm::checkpoint::capture_totals();
                 tracing::info!(
-                    bytes = recorded.log_bytes,
+                    log_bytes = recorded.log_bytes,
                     events = recorded.stats.events(),
                     checkpoints = recorded.stats.checkpoints,
+                    checkpoint_pages = pages,
+                    checkpoint_bytes = bytes,
+                    checkpoint_ms = nanos / 1_000_000,
                     "log written"
                 );
                 (outcome, stats)

@@ -2,19 +2,17 @@
 //! and replaying world (backup, `ftvm replay`).
 
 use crate::checkpoint;
-use crate::error::{kvm, Result, VmmError};
+use crate::error::{Result, VmmError};
 use crate::machine::{KernelSource, Machine, MachineConfig};
 use crate::vcpu::{ExitInfo, ExitKind, RunObserver};
 use devices::{EventSource, Landmark};
 use ftlog::{ExitSignature, LogHeader, RecordingWorld, ReplayWorld};
-use kvm_ioctls::VcpuFd;
 use std::io::{Read, Write};
 use std::time::Duration;
 
 /// The signature of an exit as both sides fold it: what the exit was, where the guest was, and
 /// what crossed the bus.
-fn signature(exit: &ExitInfo, vcpu: &VcpuFd) -> Result<ExitSignature> {
-    let rip = vcpu.get_regs().map_err(kvm("read registers"))?.rip;
+fn signature(exit: &ExitInfo, rip: u64) -> ExitSignature {
     let kind = match exit.kind {
         ExitKind::IoIn => ftlog::ExitKind::PioIn,
         ExitKind::IoOut => ftlog::ExitKind::PioOut,
@@ -23,15 +21,19 @@ fn signature(exit: &ExitInfo, vcpu: &VcpuFd) -> Result<ExitSignature> {
         ExitKind::Hlt => ftlog::ExitKind::Hlt,
         ExitKind::IrqWindow => ftlog::ExitKind::IrqWindow,
     };
-    Ok(ExitSignature { kind, rip, addr: exit.address, len: exit.len, value: exit.value })
+    ExitSignature { kind, rip, addr: exit.address, len: exit.len, value: exit.value }
 }
 
 /// The primary: every exit folded into the digest, every interrupt and every preemption
 /// checkpoint written to the log.
 impl<S: EventSource, W: Write> RunObserver for RecordingWorld<S, W> {
-    fn on_exit(&mut self, _count: u64, exit: &ExitInfo, vcpu: &VcpuFd) -> Result<()> {
-        self.record_exit(&signature(exit, vcpu)?)?;
+    fn on_exit(&mut self, _count: u64, exit: &ExitInfo, rip: u64) -> Result<()> {
+        self.record_exit(&signature(exit, rip))?;
         Ok(())
+    }
+
+    fn wants_rip(&self) -> bool {
+        true
     }
 
     fn on_interrupt(&mut self, at: Landmark, vector: u8) -> Result<()> {
@@ -52,9 +54,13 @@ impl<S: EventSource, W: Write> RunObserver for RecordingWorld<S, W> {
 /// The replayer: every exit checked against the recording, preempted stretches loaded from
 /// their checkpoints, never a kick of its own.
 impl<R: Read> RunObserver for ReplayWorld<R> {
-    fn on_exit(&mut self, _count: u64, exit: &ExitInfo, vcpu: &VcpuFd) -> Result<()> {
-        self.check_exit(&signature(exit, vcpu)?)?;
+    fn on_exit(&mut self, _count: u64, exit: &ExitInfo, rip: u64) -> Result<()> {
+        self.check_exit(&signature(exit, rip))?;
         Ok(())
+    }
+
+    fn wants_rip(&self) -> bool {
+        true
     }
 
     fn on_interrupt(&mut self, at: Landmark, vector: u8) -> Result<()> {

@@ -54,6 +54,7 @@ impl Machine {
     /// Captures the vCPU and the devices. The vCPU must not be running (it never is outside
     /// `KVM_RUN` in our single-threaded loop).
     pub fn capture_state(&mut self) -> Result<MachineState> {
+        let (regs, sregs, events) = self.synced_state()?;
         let vcpu = &self.vcpu;
         let mut msrs = Msrs::from_entries(
             &GUEST_MSRS
@@ -64,13 +65,13 @@ impl Machine {
         .map_err(|e| VmmError::VcpuFailed(format!("MSR list: {e:?}")))?;
         let read = vcpu.get_msrs(&mut msrs).map_err(kvm("read MSRs"))?;
         let state = VcpuState {
-            regs: vcpu.get_regs().map_err(kvm("read registers"))?,
-            sregs: vcpu.get_sregs().map_err(kvm("read special registers"))?,
+            regs,
+            sregs,
             xsave: vcpu.get_xsave().map_err(kvm("read XSAVE state"))?,
             xcrs: vcpu.get_xcrs().map_err(kvm("read XCRs"))?,
             // KVM stops at the first MSR it cannot read; keep those it read.
             msrs: msrs.as_slice()[..read].to_vec(),
-            events: vcpu.get_vcpu_events().map_err(kvm("read vCPU events"))?,
+            events,
             mp_state: vcpu.get_mp_state().map_err(kvm("read MP state"))?,
             debugregs: vcpu.get_debug_regs().map_err(kvm("read debug registers"))?,
             request_interrupt_window: self.vcpu.get_kvm_run().request_interrupt_window,
@@ -82,6 +83,8 @@ impl Machine {
 
     /// Puts captured state back into the vCPU and the devices.
     pub fn restore_state(&mut self, state: &MachineState) -> Result<()> {
+        // The run page's register copies no longer describe the vCPU.
+        self.regs_synced = false;
         let s = &state.vcpu;
         let vcpu = &self.vcpu;
         vcpu.set_sregs(&s.sregs).map_err(kvm("restore special registers"))?;

@@ -81,8 +81,13 @@ pub struct RunPosition {
 pub trait RunObserver {
     /// A deterministic exit, after the board handled it: for reads, `exit.value` is what the
     /// guest got, so a replayer notices a changed clock value at the very exit that read it.
-    fn on_exit(&mut self, _count: u64, _exit: &ExitInfo, _vcpu: &VcpuFd) -> Result<()> {
+    /// `rip` is the guest's instruction pointer (0 unless [`RunObserver::wants_rip`]).
+    fn on_exit(&mut self, _count: u64, _exit: &ExitInfo, _rip: u64) -> Result<()> {
         Ok(())
+    }
+    /// Whether `on_exit` needs the instruction pointer (one register read per exit).
+    fn wants_rip(&self) -> bool {
+        false
     }
     /// At the top of the loop after exit `exits` was handled, before the world's events there:
     /// a replayer passes the recording's snapshot mark here.
@@ -159,6 +164,7 @@ pub fn run(machine: &mut Machine, session: &mut dyn Session, options: RunOptions
             session.at_boundary(exits)?;
             if let Some(request) = snapshot.as_ref().filter(|request| exits >= request.at_exits) {
                 let position = RunPosition { exits, halted };
+                machine.complete_pending_io()?;
                 crate::snapshot::save(machine, position, session.monotonic_now(), &request.path)?;
                 session.on_snapshot(exits)?;
                 tracing::info!(exits, path = %request.path.display(), "snapshot saved");
@@ -241,7 +247,8 @@ pub fn run(machine: &mut Machine, session: &mut dyn Session, options: RunOptions
             ExitKind::IoIn | ExitKind::MmioRead => ExitInfo { value: summary(&payload), ..info },
             _ => info,
         };
-        session.on_exit(count, &info, &machine.vcpu)?;
+        let rip = if session.wants_rip() { machine.rip()? } else { 0 };
+        session.on_exit(count, &info, rip)?;
         if outcome != IoOutcome::Continue {
             return Ok((finish(machine, outcome), stats));
         }
@@ -261,7 +268,9 @@ enum Entered {
 /// One `KVM_RUN`.
 fn enter_guest(machine: &mut Machine, payload: &mut Vec<u8>) -> Result<Entered> {
     payload.clear();
-    let exit = match machine.vcpu.run() {
+    let result = machine.vcpu.run();
+    machine.regs_synced = true;
+    let exit = match result {
         Err(e) if e.errno() == libc::EINTR => return Ok(Entered::Kicked),
         Err(e) => return Err(VmmError::Kvm { what: "run the vCPU", source: e }),
         Ok(exit) => exit,
@@ -397,11 +406,15 @@ fn inject_pending_interrupt(
     session.on_interrupt(at, vector)
 }
 
-/// Arms the kick for when the earliest timer is due plus the bound; or at once plus the bound if
-/// an interrupt already waits for the guest to open its window.
+/// Arms the kick for when the earliest timer is due plus the bound, or for the bound from now
+/// when a backend has input waiting. An interrupt already pending needs no kick: it is injected
+/// at this entry, or KVM exits by itself when the guest opens its interrupt window (kicking a
+/// guest with interrupts off would only cost preemptions).
 fn arm_kick(kicker: &Kicker, machine: &Machine, world: &dyn Session, bound: Duration) -> Result<()> {
-    let wait = if machine.board.interrupt_pending() || world.input_pending() {
+    let wait = if world.input_pending() {
         Some(Duration::ZERO)
+    } else if machine.board.interrupt_pending() {
+        None
     } else {
         machine.board.deadlines().earliest().and_then(|deadline| world.time_until(deadline))
     };
