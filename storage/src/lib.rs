@@ -28,5 +28,7 @@ pub const BLOCKS_PER_CHUNK: usize = (CHUNK_SIZE / BLOCK_SIZE) as usize;
 /// Largest mutation a client sends in one push + commit. Writes are split at this size and at
 /// chunk boundaries, so no request ever buffers a whole chunk.
 pub const MAX_MUTATION: u64 = 4 * 1024 * 1024;
+/// Largest record for record append: a quarter of a chunk (one push, one mutation).
+pub const MAX_RECORD: u64 = CHUNK_SIZE / 4;
 /// Size of one data frame on the wire.
 pub const DATA_FRAME: usize = 256 * 1024;

@@ -93,6 +93,13 @@ enum Cmd {
         #[arg(long, requires = "expect")]
         holder: Option<String>,
     },
+    /// Append stdin as one record (created if missing); prints the record's offset.
+    Append {
+        remote: String,
+        /// Fencing token NAME:GENERATION to stamp on the append.
+        #[arg(long)]
+        fence: Option<String>,
+    },
     /// Fence writes to an empty file by a register.
     Bind { path: String, register: String },
     /// Measure loopback TCP throughput (one stream), for comparison with gfs.
@@ -236,10 +243,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Write { remote, offset, fence } => {
             let mut c = client(&cli.master)?;
             if let Some(f) = fence {
-                let (name, generation) = f
-                    .rsplit_once(':')
-                    .and_then(|(n, g)| Some((n.to_string(), g.parse::<u64>().ok()?)))
-                    .context("--fence wants NAME:GENERATION")?;
+                let (name, generation) = parse_fence(&f)?;
                 c = c.fenced(&name, generation);
             }
             let mut data = Vec::new();
@@ -259,10 +263,36 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Append { remote, fence } => {
+            let mut c = client(&cli.master)?;
+            if let Some(f) = fence {
+                let (name, generation) = parse_fence(&f)?;
+                c = c.fenced(&name, generation);
+            }
+            let mut data = Vec::new();
+            use std::io::Read;
+            std::io::stdin().take(storage::MAX_RECORD + 1).read_to_end(&mut data).context("reading stdin")?;
+            if data.len() as u64 > storage::MAX_RECORD {
+                bail!("a record holds at most {} bytes", storage::MAX_RECORD);
+            }
+            match c.create(&remote) {
+                Ok(()) => {}
+                Err(e) if e.kind() == Some(storage::error::ErrorKind::AlreadyExists) => {}
+                Err(e) => return Err(e.into()),
+            }
+            println!("{}", c.append(&remote, &data)?);
+            Ok(())
+        }
         Cmd::Bind { path, register } => Ok(client(&cli.master)?.bind(&path, &register)?),
         Cmd::BenchNet { mib } => bench_net(mib),
         Cmd::BenchMeta { threads, ops, dir } => bench_meta(&client(&cli.master)?, threads, ops, &dir),
     }
+}
+
+fn parse_fence(f: &str) -> Result<(String, u64)> {
+    f.rsplit_once(':')
+        .and_then(|(n, g)| Some((n.to_string(), g.parse::<u64>().ok()?)))
+        .context("--fence wants NAME:GENERATION")
 }
 
 fn secs(s: f64) -> Result<Duration> {

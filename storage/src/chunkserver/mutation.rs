@@ -5,6 +5,7 @@ use super::heartbeat::report_corrupt;
 use super::ChunkServer;
 use crate::error::{ErrorKind, GfsError, Result};
 use crate::protocol::{ChunkHandle, ChunkReply, ChunkRequest, Fence, Reply, Version};
+use crate::{CHUNK_SIZE, MAX_RECORD};
 use std::sync::Arc;
 
 /// One mutation as the primary or a secondary receives it.
@@ -60,29 +61,7 @@ impl Mutation {
             id: self.id,
             fence: self.fence.clone(),
         };
-        let failed: Vec<String> = std::thread::scope(|s| {
-            let jobs: Vec<_> = secondaries
-                .iter()
-                .map(|addr| {
-                    let req = &req;
-                    s.spawn(move || match call(cs, addr, req) {
-                        Ok(ChunkReply::Applied) => None,
-                        Ok(other) => {
-                            tracing::warn!(%addr, "unexpected apply reply {other:?}");
-                            Some(addr.clone())
-                        }
-                        Err(e) => {
-                            tracing::warn!(%addr, handle, serial, "apply failed: {e}");
-                            Some(addr.clone())
-                        }
-                    })
-                })
-                .collect();
-            jobs.into_iter()
-                .zip(secondaries)
-                .filter_map(|(j, addr)| j.join().unwrap_or_else(|_| Some(addr.clone())))
-                .collect()
-        });
+        let failed = fan_out(cs, secondaries, &req, serial);
         Ok(ChunkReply::Written { failed })
     }
 
@@ -91,19 +70,97 @@ impl Mutation {
         let data = cs.buffers.take(self.id)?;
         let chunk = cs.store.get(self.handle)?;
         self.check_fence(cs, &chunk)?;
-        {
-            let mut s = chunk.state.lock().unwrap_or_else(|p| p.into_inner());
-            if s.version == self.version && serial <= s.last_serial {
-                return Err(GfsError::fs(
-                    ErrorKind::InvalidArgument,
-                    format!("chunk {}: serial {serial} after {}", self.handle, s.last_serial),
-                ));
-            }
-            s.last_serial = serial;
-        }
+        next_serial(&chunk, self.version, serial)?;
         self.apply_local(cs, &chunk, &data)?;
         Ok(ChunkReply::Applied)
     }
+}
+
+/// As primary: append the pushed record at the end of the chunk, or pad the chunk (on every
+/// replica) if the record does not fit, so the client moves on to the next chunk.
+pub fn append_primary(cs: &Arc<ChunkServer>, m: Mutation, len: u64, secondaries: &[String]) -> Result<ChunkReply> {
+    if len > MAX_RECORD {
+        return Err(GfsError::fs(ErrorKind::InvalidArgument, format!("record of {len} bytes exceeds {MAX_RECORD}")));
+    }
+    let handle = m.handle;
+    if !cs.check_lease(handle, m.version) {
+        return Err(GfsError::fs(
+            ErrorKind::NoLease,
+            format!("chunk {handle}: no valid lease at version {}", m.version),
+        ));
+    }
+    let chunk = cs.store.get(handle)?;
+    m.check_fence(cs, &chunk)?;
+    let data = cs.buffers.take(m.id)?;
+    if data.len() as u64 != len {
+        return Err(GfsError::fs(ErrorKind::InvalidArgument, "record length does not match the pushed data"));
+    }
+    let mut order = chunk.order.lock().unwrap_or_else(|p| p.into_inner());
+    if order.0 != m.version {
+        *order = (m.version, 1);
+    }
+    let serial = order.1;
+    order.1 += 1;
+    let at = cs.store.chunk_len(&chunk);
+    if at + len > CHUNK_SIZE {
+        cs.store.pad(&chunk, m.version)?;
+        let req = ChunkRequest::Pad { handle, version: m.version, serial, fence: m.fence.clone() };
+        let failed = fan_out(cs, secondaries, &req, serial);
+        return Ok(ChunkReply::ChunkFull { failed });
+    }
+    let m = Mutation { offset: at, ..m };
+    m.apply_local(cs, &chunk, &data)?;
+    let req = ChunkRequest::Apply { handle, version: m.version, serial, offset: at, id: m.id, fence: m.fence.clone() };
+    let failed = fan_out(cs, secondaries, &req, serial);
+    Ok(ChunkReply::Appended { offset: at, failed })
+}
+
+/// As secondary: pad the chunk, in serial order.
+pub fn pad_secondary(cs: &Arc<ChunkServer>, m: Mutation, serial: u64) -> Result<ChunkReply> {
+    let chunk = cs.store.get(m.handle)?;
+    m.check_fence(cs, &chunk)?;
+    next_serial(&chunk, m.version, serial)?;
+    cs.store.pad(&chunk, m.version)?;
+    Ok(ChunkReply::Applied)
+}
+
+/// Secondaries apply mutations in increasing serial order; an old serial is refused.
+fn next_serial(chunk: &super::store::Chunk, version: Version, serial: u64) -> Result<()> {
+    let mut s = chunk.state.lock().unwrap_or_else(|p| p.into_inner());
+    if s.version == version && serial <= s.last_serial {
+        return Err(GfsError::fs(
+            ErrorKind::InvalidArgument,
+            format!("chunk {}: serial {serial} after {}", chunk.handle, s.last_serial),
+        ));
+    }
+    s.last_serial = serial;
+    Ok(())
+}
+
+/// Sends `req` to every secondary in parallel; returns those that failed.
+fn fan_out(cs: &Arc<ChunkServer>, secondaries: &[String], req: &ChunkRequest, serial: u64) -> Vec<String> {
+    std::thread::scope(|s| {
+        let jobs: Vec<_> = secondaries
+            .iter()
+            .map(|addr| {
+                s.spawn(move || match call(cs, addr, req) {
+                    Ok(ChunkReply::Applied) => None,
+                    Ok(other) => {
+                        tracing::warn!(%addr, "unexpected reply {other:?}");
+                        Some(addr.clone())
+                    }
+                    Err(e) => {
+                        tracing::warn!(%addr, serial, "secondary failed: {e}");
+                        Some(addr.clone())
+                    }
+                })
+            })
+            .collect();
+        jobs.into_iter()
+            .zip(secondaries)
+            .filter_map(|(j, addr)| j.join().unwrap_or_else(|_| Some(addr.clone())))
+            .collect()
+    })
 }
 
 fn call(cs: &ChunkServer, addr: &str, req: &ChunkRequest) -> Result<ChunkReply> {

@@ -2,13 +2,13 @@
 //! frame), writes as primary, applies as secondary, verified streaming reads, version changes.
 
 use super::heartbeat::report_corrupt;
-use super::mutation::Mutation;
+use super::mutation::{append_primary, pad_secondary, Mutation};
 use super::store::READ_PIECE;
 use super::ChunkServer;
 use crate::error::{ErrorKind, GfsError, Result};
 use crate::protocol::{ChunkHandle, ChunkReply, ChunkRequest, Conn, Incoming, Reply, Version};
 use crate::util::to_remote;
-use crate::{CHUNK_SIZE, MAX_MUTATION};
+use crate::{CHUNK_SIZE, MAX_RECORD};
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -92,6 +92,14 @@ fn simple(cs: &Arc<ChunkServer>, req: ChunkRequest) -> Result<ChunkReply> {
             let m = Mutation { handle, version, offset, id, fence };
             m.apply_secondary(cs, serial)
         }
+        ChunkRequest::Append { handle, version, id, len, secondaries, fence } => {
+            let m = Mutation { handle, version, offset: 0, id, fence };
+            append_primary(cs, m, len, &secondaries)
+        }
+        ChunkRequest::Pad { handle, version, serial, fence } => {
+            let m = Mutation { handle, version, offset: 0, id: 0, fence };
+            pad_secondary(cs, m, serial)
+        }
         ChunkRequest::Fence(f) => {
             cs.learn_fence(&f.name, f.generation);
             Ok(ChunkReply::Fenced)
@@ -103,8 +111,8 @@ fn simple(cs: &Arc<ChunkServer>, req: ChunkRequest) -> Result<ChunkReply> {
 /// Receives pushed data, forwarding each frame down the chain as it arrives. Returns whether
 /// the connection is still usable.
 fn push(cs: &Arc<ChunkServer>, conn: &mut Conn, id: u64, len: u64, chain: Vec<String>) -> bool {
-    if len > MAX_MUTATION {
-        let e = GfsError::fs(ErrorKind::InvalidArgument, format!("push of {len} bytes exceeds {MAX_MUTATION}"));
+    if len > MAX_RECORD {
+        let e = GfsError::fs(ErrorKind::InvalidArgument, format!("push of {len} bytes exceeds {MAX_RECORD}"));
         let _ = conn.send(&Reply::<ChunkReply>::Err(to_remote(&e)));
         return false; // the data frames that follow cannot be skipped safely
     }

@@ -36,6 +36,8 @@ pub struct ChunkState {
     pub corrupt: bool,
     /// Last serial applied as a secondary, for the current version.
     pub last_serial: u64,
+    /// End of the highest byte written (the data file's size); appends go here.
+    pub len: u64,
 }
 
 /// One chunk replica.
@@ -109,6 +111,10 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(GfsError::io(format!("opening {}", dp.display()), e)),
         };
+        let len = match &data {
+            Some(f) => f.metadata().ctx(|| format!("reading {}", dp.display()))?.len().min(CHUNK_SIZE),
+            None => 0,
+        };
         Ok(Chunk {
             handle,
             state: Mutex::new(ChunkState {
@@ -118,6 +124,7 @@ impl Store {
                 crc_file,
                 corrupt: self.path(handle, "bad").exists(),
                 last_serial: 0,
+                len,
             }),
             order: Mutex::new((version, 1)),
             register: Mutex::new(None),
@@ -191,6 +198,7 @@ impl Store {
                 crc_file,
                 corrupt: false,
                 last_serial: 0,
+                len: 0,
             }),
             order: Mutex::new((version, 1)),
             register: Mutex::new(None),
@@ -275,6 +283,38 @@ impl Store {
             s.crc_file.sync_data().map_err(|e| io_err("syncing checksums", e))?;
         }
         s.crcs[first..=last].copy_from_slice(&new_crcs);
+        s.len = s.len.max(end);
+        Ok(())
+    }
+
+    /// Current length of a replica (where the next record append goes).
+    pub fn chunk_len(&self, chunk: &Chunk) -> u64 {
+        lock(&chunk.state).len
+    }
+
+    /// Pads a replica to the full chunk size (the rest reads as zeros), so a record append
+    /// that does not fit moves on to the next chunk.
+    pub fn pad(&self, chunk: &Chunk, version: Version) -> Result<()> {
+        let mut s = lock(&chunk.state);
+        check_version(chunk.handle, &s, version)?;
+        if s.data.is_none() {
+            let dp = self.path(chunk.handle, "dat");
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&dp)
+                .ctx(|| format!("creating {}", dp.display()))?;
+            s.data = Some(f);
+        }
+        if let Some(f) = &s.data {
+            f.set_len(CHUNK_SIZE).ctx(|| format!("padding chunk {}", chunk.handle))?;
+            if self.sync {
+                f.sync_all().ctx(|| format!("padding chunk {}", chunk.handle))?;
+            }
+        }
+        s.len = CHUNK_SIZE;
         Ok(())
     }
 

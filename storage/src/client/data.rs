@@ -239,7 +239,7 @@ impl Client {
         }
     }
 
-    fn call(&self, addr: &str, req: &ChunkRequest) -> Result<ChunkReply> {
+    pub(super) fn call(&self, addr: &str, req: &ChunkRequest) -> Result<ChunkReply> {
         let mut c = self.inner.pool.get(addr)?;
         c.send(req)?;
         let r = c.recv::<Reply<ChunkReply>>()?;
@@ -248,7 +248,7 @@ impl Client {
     }
 
     /// Streams `data` to the first replica, which forwards along the chain while it receives.
-    fn push(&self, chain: &[String], id: u64, data: &[u8]) -> Result<Vec<String>> {
+    pub(super) fn push(&self, chain: &[String], id: u64, data: &[u8]) -> Result<Vec<String>> {
         let Some((first, rest)) = chain.split_first() else {
             return Err(GfsError::fs(ErrorKind::NoReplicas, "empty replica chain"));
         };

@@ -9,6 +9,7 @@
 //! # Ok::<(), storage::GfsError>(())
 //! ```
 
+mod append;
 mod cache;
 mod data;
 

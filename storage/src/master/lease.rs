@@ -37,6 +37,24 @@ impl Master {
         }
         // The write lock on the file serializes allocation and lease grants for it.
         let _l = self.locks.lock(&[], &[path]);
+        self.writable_chunk(path, index)
+    }
+
+    /// The chunk to record-append to: the last chunk if its index is at least `min_index`,
+    /// else a new one at `min_index`; allocated and leased.
+    pub fn append_chunk(self: &Arc<Self>, path: &str, min_index: u64) -> Result<(u64, ChunkLocation)> {
+        let _l = self.locks.lock(&[], &[path]);
+        let last = self.meta().state.ns.file(path)?.chunks.len() as u64;
+        let index = if last == 0 || last - 1 < min_index { min_index } else { last - 1 };
+        match self.writable_chunk(path, index)? {
+            (_, Some(loc)) => Ok((index, loc)),
+            (_, None) => Err(GfsError::fs(ErrorKind::NoReplicas, "no chunk to append to")),
+        }
+    }
+
+    /// Allocates chunk `index` of `path` if needed and makes sure it has a lease. The caller
+    /// holds the file's write lock.
+    fn writable_chunk(self: &Arc<Self>, path: &str, index: u64) -> Result<(u64, Option<ChunkLocation>)> {
         let (existing, register) = {
             let m = self.meta();
             let f = m.state.ns.file(path)?;

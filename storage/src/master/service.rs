@@ -131,6 +131,14 @@ pub fn handle(master: &Arc<Master>, req: MasterRequest) -> Result<MasterReply> {
             master.bind(&path, &register)?;
             Ok(MasterReply::Done)
         }
+        MasterRequest::AppendChunk { path, min_index } => {
+            let path = normalize(&path)?;
+            if min_index >= u32::MAX as u64 {
+                return Err(GfsError::fs(ErrorKind::InvalidArgument, "chunk index too large"));
+            }
+            let (index, location) = master.append_chunk(&path, min_index)?;
+            Ok(MasterReply::AppendChunk { index, location })
+        }
         MasterRequest::ReportCorrupt { server, handle } => {
             master.report_corrupt(&server, handle);
             Ok(MasterReply::Done)

@@ -64,6 +64,12 @@ pub enum MasterRequest {
         path: String,
         register: String,
     },
+    /// The chunk to record-append to: the file's last chunk if its index is at least
+    /// `min_index`, else a new chunk at `min_index`; with a lease.
+    AppendChunk {
+        path: String,
+        min_index: u64,
+    },
 }
 
 /// Replies of the master.
@@ -82,6 +88,10 @@ pub enum MasterReply {
     Register {
         generation: u64,
         holder: String,
+    },
+    AppendChunk {
+        index: u64,
+        location: ChunkLocation,
     },
 }
 
@@ -200,6 +210,11 @@ pub enum ChunkRequest {
     },
     /// From the master: register `name` is now at `generation`.
     Fence(Fence),
+    /// Sent by the client to the primary: append pushed data `id` (`len` bytes) as one record
+    /// at an offset the primary chooses.
+    Append { handle: ChunkHandle, version: Version, id: u64, len: u64, secondaries: Vec<String>, fence: Option<Fence> },
+    /// Sent by the primary to each secondary, in serial order: pad to the chunk's end.
+    Pad { handle: ChunkHandle, version: Version, serial: u64, fence: Option<Fence> },
 }
 
 /// Replies of a chunkserver.
@@ -218,6 +233,15 @@ pub enum ChunkReply {
     },
     VersionSet,
     Fenced,
+    /// The record was appended at `offset` within the chunk.
+    Appended {
+        offset: u64,
+        failed: Vec<String>,
+    },
+    /// The record did not fit: the chunk was padded; retry on the next chunk.
+    ChunkFull {
+        failed: Vec<String>,
+    },
 }
 
 /// Every reply on the wire is a result.
