@@ -24,27 +24,6 @@ fn exit_loop_code(count: u32) -> Vec<u8> {
     code
 }
 
-fn elf_with_code(addr: u64, code: &[u8]) -> Vec<u8> {
-    let mut elf = Vec::new();
-    elf.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
-    elf.extend_from_slice(&2u16.to_le_bytes());
-    elf.extend_from_slice(&0x3eu16.to_le_bytes());
-    elf.extend_from_slice(&1u32.to_le_bytes());
-    elf.extend_from_slice(&addr.to_le_bytes());
-    elf.extend_from_slice(&64u64.to_le_bytes());
-    elf.extend_from_slice(&0u64.to_le_bytes());
-    elf.extend_from_slice(&0u32.to_le_bytes());
-    for half in [64u16, 56, 1, 64, 0, 0] {
-        elf.extend_from_slice(&half.to_le_bytes());
-    }
-    elf.extend_from_slice(&1u32.to_le_bytes());
-    elf.extend_from_slice(&5u32.to_le_bytes());
-    for word in [120u64, addr, addr, code.len() as u64, code.len() as u64, 0x1000] {
-        elf.extend_from_slice(&word.to_le_bytes());
-    }
-    elf.extend_from_slice(code);
-    elf
-}
 
 fn machine(kernel: &std::path::Path) -> Machine {
     let config = MachineConfig {
@@ -112,7 +91,7 @@ fn main() {
     let count: u32 = std::env::var("FTVM_BENCH_EXITS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let dir = tempfile::tempdir().expect("temp dir");
     let kernel = dir.path().join("exit-loop.elf");
-    std::fs::write(&kernel, elf_with_code(0x10_0000, &exit_loop_code(count))).expect("write kernel");
+    std::fs::write(&kernel, vmm::boot::elf::minimal_image(0x10_0000, &exit_loop_code(count))).expect("write kernel");
 
     println!("== exits per second ({count} port writes, rounds alternate ftvm / bare)");
     let (mut ftvm_rates, mut bare_rates) = (Vec::new(), Vec::new());

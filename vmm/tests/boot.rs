@@ -9,31 +9,6 @@ fn ftvm(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ftvm")).args(args).output().expect("ftvm starts")
 }
 
-/// A minimal ELF64 executable: one PT_LOAD segment holding `code`, loaded and entered at `addr`.
-fn elf_with_code(addr: u64, code: &[u8]) -> Vec<u8> {
-    const EHDR: usize = 64;
-    const PHDR: usize = 56;
-    let offset = (EHDR + PHDR) as u64;
-    let mut elf = Vec::new();
-    elf.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
-    elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    elf.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
-    elf.extend_from_slice(&1u32.to_le_bytes());
-    elf.extend_from_slice(&addr.to_le_bytes()); // entry
-    elf.extend_from_slice(&(EHDR as u64).to_le_bytes()); // phoff
-    elf.extend_from_slice(&0u64.to_le_bytes()); // shoff
-    elf.extend_from_slice(&0u32.to_le_bytes()); // flags
-    for half in [EHDR as u16, PHDR as u16, 1, 64, 0, 0] {
-        elf.extend_from_slice(&half.to_le_bytes());
-    }
-    elf.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-    elf.extend_from_slice(&5u32.to_le_bytes()); // R+X
-    for word in [offset, addr, addr, code.len() as u64, code.len() as u64, 0x1000] {
-        elf.extend_from_slice(&word.to_le_bytes());
-    }
-    elf.extend_from_slice(code);
-    elf
-}
 
 /// mov dx, 0xf4; mov eax, code; out dx, eax; hlt — powers off at once with `code`.
 fn power_off_code(code: u32) -> Vec<u8> {
@@ -66,7 +41,7 @@ fn path_str(path: &Path) -> &str {
 
 #[test]
 fn an_elf_kernel_is_entered_in_64_bit_mode_and_its_power_off_code_is_the_exit_status() {
-    let (_dir, kernel) = write_temp("poweroff.elf", &elf_with_code(0x10_0000, &power_off_code(42)));
+    let (_dir, kernel) = write_temp("poweroff.elf", &vmm::boot::elf::minimal_image(0x10_0000, &power_off_code(42)));
     let output = ftvm(&["run", "--kernel", path_str(&kernel), "--memory-mib", "16"]);
     assert_eq!(output.status.code(), Some(42), "{}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -88,21 +63,21 @@ fn a_file_that_is_not_elf_is_a_one_line_error() {
 
 #[test]
 fn an_elf_linked_outside_guest_memory_is_a_one_line_error() {
-    let (_dir, kernel) = write_temp("far.elf", &elf_with_code(0x4000_0000, &power_off_code(0)));
+    let (_dir, kernel) = write_temp("far.elf", &vmm::boot::elf::minimal_image(0x4000_0000, &power_off_code(0)));
     let output = ftvm(&["run", "--kernel", path_str(&kernel), "--memory-mib", "64"]);
     assert_one_line_error(&output, "does not fit in guest memory");
 }
 
 #[test]
 fn an_elf_linked_over_the_boot_structures_is_a_one_line_error() {
-    let (_dir, kernel) = write_temp("low.elf", &elf_with_code(0x1000, &power_off_code(0)));
+    let (_dir, kernel) = write_temp("low.elf", &vmm::boot::elf::minimal_image(0x1000, &power_off_code(0)));
     let output = ftvm(&["run", "--kernel", path_str(&kernel)]);
     assert_one_line_error(&output, "linked below 0x100000");
 }
 
 #[test]
 fn a_truncated_elf_is_a_one_line_error() {
-    let elf = elf_with_code(0x10_0000, &power_off_code(0));
+    let elf = vmm::boot::elf::minimal_image(0x10_0000, &power_off_code(0));
     let (_dir, kernel) = write_temp("truncated.elf", &elf[..70]);
     let output = ftvm(&["run", "--kernel", path_str(&kernel)]);
     assert_one_line_error(&output, "truncated.elf");
@@ -110,7 +85,7 @@ fn a_truncated_elf_is_a_one_line_error() {
 
 #[test]
 fn guest_memory_outside_the_supported_range_is_a_one_line_error() {
-    let (_dir, kernel) = write_temp("ok.elf", &elf_with_code(0x10_0000, &power_off_code(0)));
+    let (_dir, kernel) = write_temp("ok.elf", &vmm::boot::elf::minimal_image(0x10_0000, &power_off_code(0)));
     let output = ftvm(&["run", "--kernel", path_str(&kernel), "--memory-mib", "1"]);
     assert_one_line_error(&output, "guest memory of 1 MiB");
 }
@@ -164,7 +139,7 @@ fn a_bzimage_finds_its_initrd_through_the_zero_page() {
 
 #[test]
 fn an_initrd_with_an_elf_kernel_is_a_one_line_error() {
-    let (_dir, kernel) = write_temp("ok.elf", &elf_with_code(0x10_0000, &power_off_code(0)));
+    let (_dir, kernel) = write_temp("ok.elf", &vmm::boot::elf::minimal_image(0x10_0000, &power_off_code(0)));
     let (_dir2, initrd) = write_temp("initrd", b"data");
     let output = ftvm(&["run", "--kernel", path_str(&kernel), "--initrd", path_str(&initrd)]);
     assert_one_line_error(&output, "needs a bzImage");
