@@ -7,6 +7,7 @@ use crate::machine::Machine;
 use crate::memory::PAGE_SIZE;
 use crate::state::MachineState;
 use ftlog::{DeltaCheckpoint, PageData};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Checkpoints captured by this process, their pages, bytes and time, for `-v` and benchmarks.
@@ -25,11 +26,72 @@ pub fn capture_totals() -> (u64, u64, u64, u64) {
     )
 }
 
+/// The encoding of [`capture`]'s output: a version byte, then the LZ4 block (size prepended) of
+/// a [`DeltaCheckpoint`] whose pages are XORed with their [`PageBases`].
+const FORMAT: u8 = 2;
+
+/// At most this many pages (32 MiB) are kept as bases; past it both sides start afresh.
+const MAX_BASE_PAGES: usize = 8192;
+
+/// The content of each page as the last checkpoint that carried it left it. The recorder and
+/// the replayer keep identical sets (the replayer's bases are what it applied), so a checkpoint
+/// carries a page as its XOR with the base: a stack page of which a few bytes changed becomes a
+/// page of zeros that LZ4 shrinks to almost nothing.
+#[derive(Default)]
+pub struct PageBases {
+    pages: HashMap<u64, Box<[u8; PAGE]>>,
+}
+
+const PAGE: usize = PAGE_SIZE as usize;
+
+impl PageBases {
+    /// Forgets every base: at a snapshot mark, where a replay may start with none.
+    pub fn clear(&mut self) {
+        self.pages.clear();
+    }
+
+    /// Makes room for `incoming` pages by the same rule on both sides.
+    fn make_room(&mut self, incoming: usize) {
+        if self.pages.len() + incoming > MAX_BASE_PAGES {
+            self.pages.clear();
+        }
+    }
+
+    /// `content` XOR its base (or `content` itself without one), and `content` becomes the base.
+    fn encode_page(&mut self, gpa: u64, content: &[u8; PAGE], out: &mut [u8; PAGE]) {
+        match self.pages.get_mut(&gpa) {
+            Some(base) => {
+                for ((o, c), b) in out.iter_mut().zip(content).zip(base.iter()) {
+                    *o = c ^ b;
+                }
+                base.copy_from_slice(content);
+            }
+            None => {
+                out.copy_from_slice(content);
+                self.pages.insert(gpa, Box::new(*content));
+            }
+        }
+    }
+
+    /// The page a delta stands for, which becomes the base.
+    fn decode_page(&mut self, gpa: u64, delta: Option<&[u8; PAGE]>) -> &[u8; PAGE] {
+        let zero = [0u8; PAGE];
+        let delta = delta.unwrap_or(&zero);
+        let base = self.pages.entry(gpa).or_insert_with(|| Box::new([0u8; PAGE]));
+        // Without a base the delta is the page itself: XOR with the zero page just inserted.
+        for (b, d) in base.iter_mut().zip(delta) {
+            *b ^= d;
+        }
+        base
+    }
+}
+
 /// Captures the pages dirtied since the previous capture (a superset: see [`crate::dirty`]) and
 /// the machine's state. Needs `dirty_logging` in the machine's configuration.
 ///
-/// Pages the VMM itself writes (device DMA) are not in KVM's log; the devices of this board
-/// write guest memory only through paths that also mark it (see devices::virtio).
+/// Pages that devices write (received frames, disk reads) are not in KVM's dirty log and need
+/// not be: devices write guest memory only at exits, with data from the event source, so a
+/// replay writes the same bytes at the same exits.
 pub fn capture(machine: &mut Machine) -> Result<Vec<u8>> {
     let started = std::time::Instant::now();
     let state = machine.capture_state()?;
@@ -38,38 +100,67 @@ pub fn capture(machine: &mut Machine) -> Result<Vec<u8>> {
         return Err(VmmError::Checkpoint("this machine was built without dirty-page logging".into()));
     };
     let bitmap = dirty_log.take(&machine.vm)?;
+    let dirty: Vec<usize> = dirty_pages(&bitmap).collect();
     let memory = machine.ram.as_slice()?;
-    let mut count = 0u64;
-    let pages = dirty_pages(&bitmap).map(|page| {
-        count += 1;
-        let start = page * PAGE_SIZE as usize;
-        (start as u64, &memory[start..start + PAGE_SIZE as usize])
-    });
+    let bases = &mut machine.checkpoint_bases;
+    bases.make_room(dirty.len());
+    let mut deltas = vec![[0u8; PAGE]; dirty.len()];
+    for (page, delta) in dirty.iter().zip(deltas.iter_mut()) {
+        let start = page * PAGE;
+        let content: &[u8; PAGE] = memory[start..start + PAGE].try_into().map_err(|_| {
+            VmmError::Checkpoint(format!("dirty page {page} lies outside guest memory"))
+        })?;
+        bases.encode_page(start as u64, content, delta);
+    }
+    let pages = dirty.iter().zip(deltas.iter()).map(|(page, delta)| ((page * PAGE) as u64, &delta[..]));
     let encoded = DeltaCheckpoint::encode(&state, &[], pages).map_err(|e| VmmError::Checkpoint(e.to_string()))?;
+    let mut out = vec![FORMAT];
+    out.extend_from_slice(&lz4_flex::block::compress_prepend_size(&encoded));
     CAPTURED.fetch_add(1, Ordering::Relaxed);
-    CAPTURED_PAGES.fetch_add(count, Ordering::Relaxed);
-    CAPTURED_BYTES.fetch_add(encoded.len() as u64, Ordering::Relaxed);
+    CAPTURED_PAGES.fetch_add(dirty.len() as u64, Ordering::Relaxed);
+    CAPTURED_BYTES.fetch_add(out.len() as u64, Ordering::Relaxed);
     CAPTURE_NANOS.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    Ok(encoded)
+    Ok(out)
 }
 
 /// Loads a checkpoint taken by [`capture`] into the machine.
 pub fn apply(machine: &mut Machine, bytes: &[u8]) -> Result<()> {
-    let checkpoint = DeltaCheckpoint::decode(bytes).map_err(|e| VmmError::Checkpoint(e.to_string()))?;
+    let encoded = decompress(bytes, machine.ram.size)?;
+    let checkpoint = DeltaCheckpoint::decode(&encoded).map_err(|e| VmmError::Checkpoint(e.to_string()))?;
     let state: MachineState =
         postcard::from_bytes(checkpoint.vcpu).map_err(|e| VmmError::Checkpoint(format!("decode state: {e}")))?;
+    let bases = &mut machine.checkpoint_bases;
+    bases.make_room(checkpoint.page_count() as usize);
     let memory = machine.ram.as_mut_slice()?;
     for (gpa, data) in checkpoint.pages() {
         let start = usize::try_from(gpa).unwrap_or(usize::MAX);
-        let Some(page) = start.checked_add(PAGE_SIZE as usize).and_then(|end| memory.get_mut(start..end)) else {
+        let Some(page) = start.checked_add(PAGE).and_then(|end| memory.get_mut(start..end)) else {
             return Err(VmmError::Checkpoint(format!("page {gpa:#x} lies outside guest memory")));
         };
-        match data {
-            PageData::Zero => page.fill(0),
-            PageData::Bytes(bytes) => page.copy_from_slice(bytes),
-        }
+        let delta = match data {
+            PageData::Zero => None,
+            PageData::Bytes(bytes) => Some(bytes),
+        };
+        page.copy_from_slice(bases.decode_page(gpa, delta));
     }
     machine.restore_state(&state)
+}
+
+/// Undoes the compression, refusing a stated size no checkpoint of this machine can have (a
+/// corrupt log must not make us allocate gigabytes).
+fn decompress(bytes: &[u8], memory_size: u64) -> Result<Vec<u8>> {
+    let (&format, compressed) = bytes.split_first().ok_or_else(|| VmmError::Checkpoint("empty checkpoint".into()))?;
+    if format != FORMAT {
+        return Err(VmmError::Checkpoint(format!("checkpoint format {format} is not {FORMAT}")));
+    }
+    let stated = compressed.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64);
+    let limit = memory_size + (memory_size / PAGE_SIZE) * 8 + (1 << 20);
+    match stated {
+        Some(size) if size <= limit => lz4_flex::block::decompress_size_prepended(compressed)
+            .map_err(|e| VmmError::Checkpoint(format!("decompress: {e}"))),
+        Some(size) => Err(VmmError::Checkpoint(format!("a checkpoint of {size} bytes is larger than this machine"))),
+        None => Err(VmmError::Checkpoint("truncated checkpoint".into())),
+    }
 }
 
 /// Page numbers whose bit is set in a KVM dirty bitmap.
@@ -88,7 +179,34 @@ fn dirty_pages(bitmap: &[u64]) -> impl Iterator<Item = usize> + '_ {
 
 #[cfg(test)]
 mod tests {
-    use super::dirty_pages;
+    use super::*;
+
+    #[test]
+    fn a_page_round_trips_through_bases_on_both_sides() {
+        let (mut recorder, mut replayer) = (PageBases::default(), PageBases::default());
+        let mut page = [7u8; PAGE];
+        for round in 0..3u8 {
+            page[100] = round;
+            let mut delta = [0u8; PAGE];
+            recorder.encode_page(0x1000, &page, &mut delta);
+            if round > 0 {
+                assert_eq!(delta.iter().filter(|b| **b != 0).count(), 1, "only the changed byte remains");
+            }
+            let all_zero = delta.iter().all(|b| *b == 0);
+            let restored = replayer.decode_page(0x1000, (!all_zero).then_some(&delta));
+            assert_eq!(restored, &page);
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_stating_an_impossible_size_is_refused() {
+        let mut bytes = vec![FORMAT];
+        bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+        bytes.extend_from_slice(&[0; 16]);
+        assert!(decompress(&bytes, 16 << 20).is_err());
+        assert!(decompress(&[], 16 << 20).is_err());
+        assert!(decompress(&[9, 0, 0, 0, 0], 16 << 20).is_err());
+    }
 
     #[test]
     fn dirty_pages_lists_every_set_bit_in_order() {

@@ -115,6 +115,8 @@ pub struct Machine {
     pub remote_kick: RemoteKick,
     /// Pages the guest dirtied, when the configuration asks for dirty logging.
     pub dirty_log: Option<DirtyLog>,
+    /// Page contents the last checkpoints carried, which the next ones are encoded against.
+    pub checkpoint_bases: crate::checkpoint::PageBases,
     /// KVM fills the run page's register copies at every exit.
     sync_regs: bool,
     /// Those copies are current: the vCPU exited and nothing was written to it since.
@@ -215,6 +217,7 @@ impl Machine {
             dirty_log,
             sync_regs,
             regs_synced: false,
+            checkpoint_bases: Default::default(),
             net_frames: built.net_frames,
             remote_kick,
             _tap_readers: built.tap_readers,

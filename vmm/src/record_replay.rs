@@ -67,9 +67,8 @@ impl<R: Read> RunObserver for ReplayWorld<R> {
         Ok(self.expect_interrupt(at, vector)?)
     }
 
-    fn at_boundary(&mut self, exits: u64) -> Result<()> {
-        self.pass_snapshot_mark(exits)?;
-        Ok(())
+    fn at_boundary(&mut self, exits: u64) -> Result<bool> {
+        Ok(self.pass_snapshot_mark(exits)?)
     }
 
     fn replace_run(&mut self, count: u64, machine: &mut Machine) -> Result<bool> {

@@ -90,9 +90,9 @@ pub trait RunObserver {
         false
     }
     /// At the top of the loop after exit `exits` was handled, before the world's events there:
-    /// a replayer passes the recording's snapshot mark here.
-    fn at_boundary(&mut self, _exits: u64) -> Result<()> {
-        Ok(())
+    /// a replayer passes the recording's snapshot mark here, and says so.
+    fn at_boundary(&mut self, _exits: u64) -> Result<bool> {
+        Ok(false)
     }
     /// A snapshot of the machine was saved at this boundary: a recorder marks its log there, so
     /// a replay can start from the snapshot.
@@ -161,12 +161,16 @@ pub fn run(machine: &mut Machine, session: &mut dyn Session, options: RunOptions
 
     loop {
         if let Landmark::Exit(exits) = at {
-            session.at_boundary(exits)?;
+            if session.at_boundary(exits)? {
+                // Where the recording took a snapshot, its checkpoints start from no bases.
+                machine.checkpoint_bases.clear();
+            }
             if let Some(request) = snapshot.as_ref().filter(|request| exits >= request.at_exits) {
                 let position = RunPosition { exits, halted };
                 machine.complete_pending_io()?;
                 crate::snapshot::save(machine, position, session.monotonic_now(), &request.path)?;
                 session.on_snapshot(exits)?;
+                machine.checkpoint_bases.clear();
                 tracing::info!(exits, path = %request.path.display(), "snapshot saved");
                 snapshot = None;
             }
