@@ -24,7 +24,6 @@ fn exit_loop_code(count: u32) -> Vec<u8> {
     code
 }
 
-
 fn machine(kernel: &std::path::Path) -> Machine {
     let config = MachineConfig {
         kernel: KernelSource::File(kernel.to_path_buf()),

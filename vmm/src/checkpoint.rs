@@ -107,9 +107,9 @@ pub fn capture(machine: &mut Machine) -> Result<Vec<u8>> {
     let mut deltas = vec![[0u8; PAGE]; dirty.len()];
     for (page, delta) in dirty.iter().zip(deltas.iter_mut()) {
         let start = page * PAGE;
-        let content: &[u8; PAGE] = memory[start..start + PAGE].try_into().map_err(|_| {
-            VmmError::Checkpoint(format!("dirty page {page} lies outside guest memory"))
-        })?;
+        let content: &[u8; PAGE] = memory[start..start + PAGE]
+            .try_into()
+            .map_err(|_| VmmError::Checkpoint(format!("dirty page {page} lies outside guest memory")))?;
         bases.encode_page(start as u64, content, delta);
     }
     let pages = dirty.iter().zip(deltas.iter()).map(|(page, delta)| ((page * PAGE) as u64, &delta[..]));

@@ -1,8 +1,8 @@
 //! A machine: the KVM VM with its memory, its one vCPU and its board, ready to run.
 
 use crate::boot::{self, layout, long_mode, LoadedKernel};
-use crate::error::{kvm, Result, VmmError};
 use crate::dirty::DirtyLog;
+use crate::error::{kvm, Result, VmmError};
 use crate::kick::RemoteKick;
 use crate::memory::GuestRam;
 use crate::virtio_setup::{self, DeviceDescription};

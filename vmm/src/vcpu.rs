@@ -161,19 +161,7 @@ pub fn run(machine: &mut Machine, session: &mut dyn Session, options: RunOptions
 
     loop {
         if let Landmark::Exit(exits) = at {
-            if session.at_boundary(exits)? {
-                // Where the recording took a snapshot, its checkpoints start from no bases.
-                machine.checkpoint_bases.clear();
-            }
-            if let Some(request) = snapshot.as_ref().filter(|request| exits >= request.at_exits) {
-                let position = RunPosition { exits, halted };
-                machine.complete_pending_io()?;
-                crate::snapshot::save(machine, position, session.monotonic_now(), &request.path)?;
-                session.on_snapshot(exits)?;
-                machine.checkpoint_bases.clear();
-                tracing::info!(exits, path = %request.path.display(), "snapshot saved");
-                snapshot = None;
-            }
+            at_boundary(machine, session, RunPosition { exits, halted }, &mut snapshot)?;
         }
         if let Some(reason) = session.stop_reason() {
             return Ok((RunOutcome::Stopped(reason), stats));
@@ -214,49 +202,81 @@ pub fn run(machine: &mut Machine, session: &mut dyn Session, options: RunOptions
         count += 1;
         at = Landmark::Exit(count);
         stats.count(info.kind);
-        let outcome = match info.kind {
-            ExitKind::IoIn => {
-                for element in payload.chunks_mut(usize::from(info.len.max(1))) {
-                    machine.board.pio_read(info.address as u16, element, at, session);
-                }
-                copy_to_run(&mut machine.vcpu, &payload);
-                IoOutcome::Continue
-            }
-            ExitKind::IoOut => {
-                let mut outcome = IoOutcome::Continue;
-                for element in payload.chunks(usize::from(info.len.max(1))) {
-                    outcome = machine.board.pio_write(info.address as u16, element, at, session);
-                    if outcome != IoOutcome::Continue {
-                        break;
-                    }
-                }
-                outcome
-            }
-            ExitKind::MmioRead => {
-                machine.board.mmio_read(info.address, &mut payload, at, session);
-                copy_to_run(&mut machine.vcpu, &payload);
-                IoOutcome::Continue
-            }
-            ExitKind::MmioWrite => machine.board.mmio_write(info.address, &payload, at, session),
-            ExitKind::Hlt => {
-                halted = true;
-                IoOutcome::Continue
-            }
-            ExitKind::IrqWindow => {
-                machine.vcpu.get_kvm_run().request_interrupt_window = 0;
-                IoOutcome::Continue
-            }
-        };
-        let info = match info.kind {
-            ExitKind::IoIn | ExitKind::MmioRead => ExitInfo { value: summary(&payload), ..info },
-            _ => info,
-        };
+        let (outcome, info) = handle_exit(machine, session, info, at, &mut payload, &mut halted);
         let rip = if session.wants_rip() { machine.rip()? } else { 0 };
         session.on_exit(count, &info, rip)?;
         if outcome != IoOutcome::Continue {
             return Ok((finish(machine, outcome), stats));
         }
     }
+}
+
+/// The exit boundary: where a replayer passes the recording's snapshot marks and where a
+/// requested snapshot is taken.
+fn at_boundary(
+    machine: &mut Machine,
+    session: &mut dyn Session,
+    position: RunPosition,
+    snapshot: &mut Option<SnapshotRequest>,
+) -> Result<()> {
+    if session.at_boundary(position.exits)? {
+        // Where the recording took a snapshot, its checkpoints start from no bases.
+        machine.checkpoint_bases.clear();
+    }
+    if let Some(request) = snapshot.take_if(|request| position.exits >= request.at_exits) {
+        machine.complete_pending_io()?;
+        crate::snapshot::save(machine, position, session.monotonic_now(), &request.path)?;
+        session.on_snapshot(position.exits)?;
+        machine.checkpoint_bases.clear();
+        tracing::info!(exits = position.exits, path = %request.path.display(), "snapshot saved");
+    }
+    Ok(())
+}
+
+/// Hands a deterministic exit to the board. Returns what the run must do next and the exit as
+/// a recorder or replayer sees it (for reads, with the value the guest got).
+fn handle_exit(
+    machine: &mut Machine,
+    session: &mut dyn Session,
+    info: ExitInfo,
+    at: Landmark,
+    payload: &mut [u8],
+    halted: &mut bool,
+) -> (IoOutcome, ExitInfo) {
+    let element = usize::from(info.len.max(1));
+    let outcome = match info.kind {
+        ExitKind::IoIn => {
+            for chunk in payload.chunks_mut(element) {
+                machine.board.pio_read(info.address as u16, chunk, at, session);
+            }
+            copy_to_run(&mut machine.vcpu, payload);
+            IoOutcome::Continue
+        }
+        ExitKind::IoOut => payload
+            .chunks(element)
+            .map(|chunk| machine.board.pio_write(info.address as u16, chunk, at, session))
+            .find(|outcome| *outcome != IoOutcome::Continue)
+            .unwrap_or(IoOutcome::Continue),
+        ExitKind::MmioRead => {
+            machine.board.mmio_read(info.address, payload, at, session);
+            copy_to_run(&mut machine.vcpu, payload);
+            IoOutcome::Continue
+        }
+        ExitKind::MmioWrite => machine.board.mmio_write(info.address, payload, at, session),
+        ExitKind::Hlt => {
+            *halted = true;
+            IoOutcome::Continue
+        }
+        ExitKind::IrqWindow => {
+            machine.vcpu.get_kvm_run().request_interrupt_window = 0;
+            IoOutcome::Continue
+        }
+    };
+    let info = match info.kind {
+        ExitKind::IoIn | ExitKind::MmioRead => ExitInfo { value: summary(payload), ..info },
+        _ => info,
+    };
+    (outcome, info)
 }
 
 /// How one `KVM_RUN` ended.

@@ -9,7 +9,6 @@ fn ftvm(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ftvm")).args(args).output().expect("ftvm starts")
 }
 
-
 /// mov dx, 0xf4; mov eax, code; out dx, eax; hlt — powers off at once with `code`.
 fn power_off_code(code: u32) -> Vec<u8> {
     let mut bytes = vec![0x66, 0xba, 0xf4, 0x00, 0xb8];
