@@ -193,6 +193,7 @@ pub fn run(machine: &mut Machine, session: &mut dyn Session, options: RunOptions
                 machine.vcpu.set_kvm_immediate_exit(0);
                 stats.preemptions += 1;
                 at = Landmark::Preempt(count);
+                tracing::debug!(%at, "vCPU kicked out: an event waited longer than the bound");
                 session.on_preempt(at, machine)?;
                 continue;
             }
@@ -204,6 +205,7 @@ pub fn run(machine: &mut Machine, session: &mut dyn Session, options: RunOptions
         stats.count(info.kind);
         let (outcome, info) = handle_exit(machine, session, info, at, &mut payload, &mut halted);
         let rip = if session.wants_rip() { machine.rip()? } else { 0 };
+        tracing::trace!(%at, kind = ?info.kind, address = format_args!("{:#x}", info.address), len = info.len, value = format_args!("{:#x}", info.value), "exit");
         session.on_exit(count, &info, rip)?;
         if outcome != IoOutcome::Continue {
             return Ok((finish(machine, outcome), stats));
@@ -412,6 +414,9 @@ fn inject_pending_interrupt(
     }
     let run = machine.vcpu.get_kvm_run();
     if run.ready_for_interrupt_injection == 0 || run.if_flag == 0 {
+        if run.request_interrupt_window == 0 {
+            tracing::trace!(%at, "interrupt pending, guest not interruptible: interrupt window requested");
+        }
         run.request_interrupt_window = 1;
         return Ok(());
     }
@@ -427,6 +432,7 @@ fn inject_pending_interrupt(
         return Err(VmmError::Kvm { what: "inject an interrupt", source: kvm_ioctls::Error::last() });
     }
     stats.interrupts_injected += 1;
+    tracing::debug!(%at, vector = format_args!("{vector:#x}"), "interrupt injected");
     session.on_interrupt(at, vector)
 }
 
