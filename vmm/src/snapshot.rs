@@ -39,10 +39,15 @@ pub struct SnapshotHeader {
     pub state: MachineState,
 }
 
-/// A snapshot read back from disk.
+/// A snapshot opened from disk: its header read and checked, its memory still in the file
+/// (read straight into guest memory by [`restore`], and verified as it is read).
 pub struct Snapshot {
     pub header: SnapshotHeader,
-    pub memory: Vec<u8>,
+    path: PathBuf,
+    /// Where guest memory starts in the file.
+    memory_offset: u64,
+    /// The hash of everything before the memory.
+    prefix_hash: blake3::Hasher,
 }
 
 impl Snapshot {
@@ -101,44 +106,83 @@ pub fn save(machine: &mut Machine, position: RunPosition, monotonic_ns: u64, pat
     Ok(())
 }
 
-/// Reads and verifies a snapshot.
+const FIXED: usize = 8 + 2 + 4;
+
+/// Opens a snapshot and checks its header; the memory and the whole-file checksum are checked
+/// by [`restore`] as it reads them.
 pub fn load(path: &Path) -> Result<Snapshot> {
     let mut file = File::open(path).map_err(|e| {
         corrupt(path, if e.kind() == std::io::ErrorKind::NotFound { "no such file".into() } else { e.to_string() })
     })?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).map_err(|e| corrupt(path, e.to_string()))?;
-    parse(&bytes).map_err(|reason| corrupt(path, reason))
+    let file_len = file.metadata().map_err(|e| corrupt(path, e.to_string()))?.len();
+    let mut prefix = vec![0u8; FIXED];
+    let got = read_up_to(&mut file, &mut prefix).map_err(|e| corrupt(path, e.to_string()))?;
+    let header_len = check_prefix(&prefix[..got], file_len).map_err(|reason| corrupt(path, reason))?;
+    prefix.resize(FIXED + header_len, 0);
+    file.read_exact(&mut prefix[FIXED..]).map_err(|e| corrupt(path, format!("header: {e}")))?;
+    let header: SnapshotHeader =
+        postcard::from_bytes(&prefix[FIXED..]).map_err(|e| corrupt(path, format!("header does not decode: {e}")))?;
+    let memory_offset = prefix.len() as u64;
+    let expected = memory_offset + (header.memory_mib << 20) + 32;
+    if file_len != expected {
+        return Err(corrupt(
+            path,
+            format!("{file_len} bytes, but the header describes {expected}: truncated or corrupt"),
+        ));
+    }
+    let mut prefix_hash = blake3::Hasher::new();
+    prefix_hash.update(&prefix);
+    Ok(Snapshot { header, path: path.to_path_buf(), memory_offset, prefix_hash })
 }
 
-fn parse(bytes: &[u8]) -> std::result::Result<Snapshot, String> {
-    const FIXED: usize = 8 + 2 + 4;
-    if bytes.len() < FIXED + 32 {
-        return Err(format!("truncated: {} bytes is shorter than any snapshot", bytes.len()));
+/// Checks magic, version and header length; returns the header length.
+fn check_prefix(prefix: &[u8], file_len: u64) -> std::result::Result<usize, String> {
+    if file_len < (FIXED + 32) as u64 || prefix.len() < FIXED {
+        return Err(format!("truncated: {file_len} bytes is shorter than any snapshot"));
     }
-    if &bytes[..8] != MAGIC {
+    if &prefix[..8] != MAGIC {
         return Err("not an ftvm snapshot (bad magic)".into());
     }
-    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+    let version = u16::from_le_bytes([prefix[8], prefix[9]]);
     if version != VERSION {
         return Err(format!("snapshot format version {version} is not supported (this ftvm reads {VERSION})"));
     }
-    let (body, trailer) = bytes.split_at(bytes.len() - 32);
-    if blake3::hash(body).as_bytes() != trailer {
-        return Err("checksum mismatch: the file is corrupt or truncated".into());
-    }
-    let header_len = u32::from_le_bytes([bytes[10], bytes[11], bytes[12], bytes[13]]);
-    if header_len > MAX_HEADER || FIXED + header_len as usize > body.len() {
+    let header_len = u32::from_le_bytes([prefix[10], prefix[11], prefix[12], prefix[13]]);
+    if header_len > MAX_HEADER || (FIXED as u64 + u64::from(header_len) + 32) > file_len {
         return Err(format!("header length {header_len} does not fit in the file"));
     }
-    let header_end = FIXED + header_len as usize;
-    let header: SnapshotHeader =
-        postcard::from_bytes(&body[FIXED..header_end]).map_err(|e| format!("header does not decode: {e}"))?;
-    let memory = body[header_end..].to_vec();
-    if memory.len() as u64 != header.memory_mib << 20 {
-        return Err(format!("memory is {} bytes, header says {} MiB", memory.len(), header.memory_mib));
+    Ok(header_len as usize)
+}
+
+fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read(&mut buf[got..])? {
+            0 => break,
+            n => got += n,
+        }
     }
-    Ok(Snapshot { header, memory })
+    Ok(got)
+}
+
+/// Reads the snapshot's memory straight into `memory`, then checks the whole-file checksum.
+fn read_memory(snapshot: &Snapshot, memory: &mut [u8]) -> Result<()> {
+    use std::io::Seek;
+    let path = &snapshot.path;
+    let io = |e: std::io::Error| corrupt(path, e.to_string());
+    let mut file = File::open(path).map_err(io)?;
+    file.seek(std::io::SeekFrom::Start(snapshot.memory_offset)).map_err(io)?;
+    let mut hasher = snapshot.prefix_hash.clone();
+    for chunk in memory.chunks_mut(8 << 20) {
+        file.read_exact(chunk).map_err(io)?;
+        hasher.update(chunk);
+    }
+    let mut trailer = [0u8; 32];
+    file.read_exact(&mut trailer).map_err(io)?;
+    if hasher.finalize().as_bytes() != &trailer {
+        return Err(corrupt(path, "checksum mismatch: the file is corrupt"));
+    }
+    Ok(())
 }
 
 /// Rebuilds a machine from a snapshot: a fresh VM with the snapshot's memory and state, its
@@ -162,7 +206,7 @@ fn restore_with(snapshot: &Snapshot, config: MachineConfig, serial_out: Box<dyn 
             reason: "the kernel image is not the one the snapshot was taken with".into(),
         });
     }
-    machine.ram.as_mut_slice()?.copy_from_slice(&snapshot.memory);
+    read_memory(snapshot, machine.ram.as_mut_slice()?)?;
     machine.restore_state(&snapshot.header.state)?;
     Ok(machine)
 }
@@ -185,12 +229,15 @@ impl<W: Write> Write for HashingWriter<W> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use super::*;
 
     fn error_of(bytes: &[u8]) -> String {
-        match parse(bytes) {
-            Ok(_) => panic!("garbage parsed as a snapshot"),
-            Err(reason) => reason,
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("bad.snap");
+        std::fs::write(&path, bytes).expect("write");
+        match load(&path) {
+            Ok(_) => panic!("garbage opened as a snapshot"),
+            Err(error) => error.to_string(),
         }
     }
 
@@ -198,11 +245,11 @@ mod tests {
     fn garbage_and_truncation_are_errors_not_panics() {
         assert!(error_of(b"").contains("truncated"));
         assert!(error_of(&[0u8; 100]).contains("bad magic"));
-        let mut bytes = b"FTVMSNAP\x01\x00".to_vec();
-        bytes.extend_from_slice(&[0xff; 40]);
-        assert!(error_of(&bytes).contains("checksum"));
         let mut bytes = b"FTVMSNAP\x09\x00".to_vec();
         bytes.extend_from_slice(&[0; 40]);
         assert!(error_of(&bytes).contains("version 9"));
+        let mut bytes = b"FTVMSNAP\x01\x00".to_vec();
+        bytes.extend_from_slice(&[0xff; 40]);
+        assert!(error_of(&bytes).contains("does not fit"));
     }
 }
