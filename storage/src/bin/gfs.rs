@@ -100,6 +100,8 @@ enum Cmd {
         #[arg(long)]
         fence: Option<String>,
     },
+    /// Copy-on-write snapshot of a file or directory tree.
+    Snapshot { src: String, dst: String },
     /// Fence writes to an empty file by a register.
     Bind { path: String, register: String },
     /// Measure loopback TCP throughput (one stream), for comparison with gfs.
@@ -283,6 +285,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", c.append(&remote, &data)?);
             Ok(())
         }
+        Cmd::Snapshot { src, dst } => Ok(client(&cli.master)?.snapshot(&src, &dst)?),
         Cmd::Bind { path, register } => Ok(client(&cli.master)?.bind(&path, &register)?),
         Cmd::BenchNet { mib } => bench_net(mib),
         Cmd::BenchMeta { threads, ops, dir } => bench_meta(&client(&cli.master)?, threads, ops, &dir),

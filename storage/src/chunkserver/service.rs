@@ -100,6 +100,20 @@ fn simple(cs: &Arc<ChunkServer>, req: ChunkRequest) -> Result<ChunkReply> {
             let m = Mutation { handle, version, offset: 0, id: 0, fence };
             pad_secondary(cs, m, serial)
         }
+        ChunkRequest::Revoke { handle } => {
+            if let Ok(chunk) = cs.store.get(handle) {
+                // Wait for a mutation in flight to finish before giving the lease up.
+                let _order = chunk.order.lock().unwrap_or_else(|p| p.into_inner());
+                cs.revoke(handle);
+            } else {
+                cs.revoke(handle);
+            }
+            Ok(ChunkReply::Revoked)
+        }
+        ChunkRequest::CopyChunk { from, to, version } => {
+            cs.store.copy_chunk(from, to, version)?;
+            Ok(ChunkReply::Copied)
+        }
         ChunkRequest::Fence(f) => {
             cs.learn_fence(&f.name, f.generation);
             Ok(ChunkReply::Fenced)

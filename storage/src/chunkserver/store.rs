@@ -207,6 +207,33 @@ impl Store {
         Ok(())
     }
 
+    /// Makes a local copy of chunk `from` (which must be at `version`) named `to`.
+    pub fn copy_chunk(&self, from: ChunkHandle, to: ChunkHandle, version: Version) -> Result<()> {
+        let src = self.get(from)?;
+        let s = lock(&src.state);
+        check_version(from, &s, version)?;
+        if lock(&self.chunks).contains_key(&to) {
+            return Ok(()); // already copied (a retry)
+        }
+        if s.data.is_some() {
+            let (a, b) = (self.path(from, "dat"), self.path(to, "dat"));
+            std::fs::copy(&a, &b).ctx(|| format!("copying {} to {}", a.display(), b.display()))?;
+            if self.sync {
+                File::open(&b).and_then(|f| f.sync_all()).ctx(|| format!("syncing {}", b.display()))?;
+            }
+        }
+        let table: Vec<u8> = s.crcs.iter().flat_map(|c| c.to_le_bytes()).collect();
+        let cp = self.path(to, "crc");
+        let ctx = || format!("creating {}", cp.display());
+        let mut crc_file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&cp).ctx(ctx)?;
+        crc_file.write_all(&table).ctx(ctx)?;
+        crc_file.sync_all().ctx(ctx)?;
+        self.write_version(to, version)?;
+        let chunk = self.load(to)?;
+        lock(&self.chunks).insert(to, Arc::new(chunk));
+        Ok(())
+    }
+
     /// Deletes a chunk's files (the master no longer knows it).
     pub fn delete(&self, handle: ChunkHandle) {
         lock(&self.chunks).remove(&handle);

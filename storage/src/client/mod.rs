@@ -171,6 +171,11 @@ impl Client {
         Client { inner: self.inner.clone(), fence: Some(Fence { name: name.into(), generation }) }
     }
 
+    /// Copy-on-write snapshot of a file or directory tree.
+    pub fn snapshot(&self, src: &str, dst: &str) -> Result<()> {
+        self.done(MasterRequest::Snapshot { src: src.into(), dst: dst.into() })
+    }
+
     /// Opens an existing file.
     pub fn open(&self, path: &str) -> Result<File> {
         let st = self.stat(path)?;

@@ -5,7 +5,7 @@
 //! bytes per chunk (version plus up to six replica slots).
 
 use crate::protocol::{ChunkHandle, Version};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// Index of a chunkserver in [`Servers`].
@@ -71,12 +71,14 @@ impl ChunkMeta {
 #[derive(Debug, Clone)]
 pub struct ChunkTable {
     chunks: Vec<ChunkMeta>,
+    /// Handles reserved but not yet allocated in the log (replicas may already exist).
+    pending: HashSet<ChunkHandle>,
 }
 
 impl Default for ChunkTable {
     fn default() -> Self {
         // Handle 0 is reserved to mark holes in files.
-        ChunkTable { chunks: vec![ChunkMeta::default()] }
+        ChunkTable { chunks: vec![ChunkMeta::default()], pending: HashSet::new() }
     }
 }
 
@@ -84,7 +86,14 @@ impl ChunkTable {
     /// Reserves a fresh handle (not yet allocated: version stays 0 until `AddChunk` applies).
     pub fn reserve(&mut self) -> ChunkHandle {
         self.chunks.push(ChunkMeta::default());
-        (self.chunks.len() - 1) as ChunkHandle
+        let h = (self.chunks.len() - 1) as ChunkHandle;
+        self.pending.insert(h);
+        h
+    }
+
+    /// Gives up a reservation that will not be logged.
+    pub fn release(&mut self, h: ChunkHandle) {
+        self.pending.remove(&h);
     }
 
     pub fn get(&self, h: ChunkHandle) -> Option<&ChunkMeta> {
@@ -102,6 +111,7 @@ impl ChunkTable {
             self.chunks.resize(i + 1, ChunkMeta::default());
         }
         self.chunks[i].version = version;
+        self.pending.remove(&h);
     }
 
     pub fn free(&mut self, h: ChunkHandle) {
@@ -112,7 +122,7 @@ impl ChunkTable {
 
     /// Whether `h` was allocated once and has since been freed.
     pub fn is_garbage(&self, h: ChunkHandle) -> bool {
-        h != 0 && (h as usize) < self.chunks.len() && self.chunks[h as usize].version == 0
+        h != 0 && (h as usize) < self.chunks.len() && self.chunks[h as usize].version == 0 && !self.pending.contains(&h)
     }
 
     /// Number of slots, including free ones.
@@ -134,7 +144,7 @@ impl ChunkTable {
         if chunks.is_empty() {
             chunks.push(ChunkMeta::default());
         }
-        ChunkTable { chunks }
+        ChunkTable { chunks, pending: HashSet::new() }
     }
 
     /// Drops server `s` from every chunk (it restarted or died).

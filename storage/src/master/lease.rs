@@ -60,11 +60,17 @@ impl Master {
             let f = m.state.ns.file(path)?;
             (f.chunks.get(index as usize).copied().unwrap_or(0), f.register.clone())
         };
-        let handle = if existing != 0 {
+        let handle = if existing != 0 && self.meta().state.is_shared(existing) {
+            // Shared with a snapshot: write to a private copy.
+            self.copy_on_write(path, index, existing)?
+        } else if existing != 0 {
             existing
         } else {
             let handle = self.meta().state.chunks.reserve();
-            self.commit(Record::AddChunk { path: path.to_string(), index, handle })?;
+            if let Err(e) = self.commit(Record::AddChunk { path: path.to_string(), index, handle }) {
+                self.meta().state.chunks.release(handle);
+                return Err(e);
+            }
             handle
         };
         self.ensure_lease(handle, register)?;

@@ -12,6 +12,7 @@ pub mod locks;
 pub mod namespace;
 pub mod register;
 pub mod service;
+pub mod snapshot;
 pub mod state;
 
 use crate::error::{GfsError, Result};

@@ -192,6 +192,41 @@ impl Namespace {
         Ok(())
     }
 
+    /// Copies `from` (and everything below it) to `to`; returns the chunk handles copied.
+    pub fn copy_tree(&mut self, from: &str, to: &str) -> Result<Vec<ChunkHandle>> {
+        self.check_rename(from, to)?;
+        let prefix = format!("{from}/");
+        let mut copies: Vec<(String, Node)> = Vec::new();
+        if let Some(n) = self.get(from) {
+            copies.push((to.to_string(), n.clone()));
+        }
+        for (k, n) in self.nodes.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)) {
+            copies.push((format!("{to}{}", &k[from.len()..]), n.clone()));
+        }
+        let mut handles = Vec::new();
+        for (k, n) in copies {
+            if let Node::File(f) = &n {
+                handles.extend(f.chunks.iter().copied().filter(|&h| h != 0));
+            }
+            self.nodes.insert(k, n);
+        }
+        Ok(handles)
+    }
+
+    /// Chunk handles of every file at or below `path`.
+    pub fn handles_below(&self, path: &str) -> Vec<ChunkHandle> {
+        let prefix = if path == "/" { "/".to_string() } else { format!("{path}/") };
+        let own = self.get(path).into_iter();
+        let below = self.nodes.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)).map(|(_, n)| n);
+        own.chain(below)
+            .filter_map(|n| match n {
+                Node::File(f) => Some(f.chunks.iter().copied().filter(|&h| h != 0)),
+                Node::Dir => None,
+            })
+            .flatten()
+            .collect()
+    }
+
     /// Every node, in path order (for checkpoints).
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Node)> {
         self.nodes.iter()

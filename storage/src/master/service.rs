@@ -139,6 +139,11 @@ pub fn handle(master: &Arc<Master>, req: MasterRequest) -> Result<MasterReply> {
             let (index, location) = master.append_chunk(&path, min_index)?;
             Ok(MasterReply::AppendChunk { index, location })
         }
+        MasterRequest::Snapshot { src, dst } => {
+            let (src, dst) = (normalize(&src)?, normalize(&dst)?);
+            master.snapshot(&src, &dst)?;
+            Ok(MasterReply::Done)
+        }
         MasterRequest::ReportCorrupt { server, handle } => {
             master.report_corrupt(&server, handle);
             Ok(MasterReply::Done)

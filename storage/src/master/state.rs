@@ -7,7 +7,7 @@ use crate::error::{ErrorKind, GfsError, Result};
 use crate::oplog::Record;
 use crate::protocol::{ChunkHandle, Version};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// A test-and-set register: its generation (0 = never set) and holder.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +22,9 @@ pub struct State {
     pub ns: Namespace,
     pub chunks: ChunkTable,
     pub registers: BTreeMap<String, Register>,
+    /// Chunks referenced by more than one file (after snapshots): handle -> extra references.
+    /// Rebuilt from the namespace when a checkpoint is loaded.
+    pub shared: HashMap<ChunkHandle, u32>,
 }
 
 /// One file in a checkpoint.
@@ -81,6 +84,14 @@ impl State {
                 check_register_name(register)?;
                 self.ns.file(path).map(|_| ())
             }
+            Record::Snapshot { src, dst } => self.ns.check_rename(src, dst),
+            Record::ReplaceChunk { path, index, old, .. } => {
+                let f = self.ns.file(path)?;
+                if f.chunks.get(*index as usize) != Some(old) {
+                    return Err(GfsError::fs(ErrorKind::InvalidArgument, "chunk changed"));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -93,11 +104,23 @@ impl State {
             Record::Delete { path } => {
                 if let Node::File(f) = self.ns.remove(path)? {
                     for h in f.chunks {
-                        if h != 0 {
-                            self.chunks.free(h);
-                        }
+                        self.drop_ref(h);
                     }
                 }
+                Ok(())
+            }
+            Record::Snapshot { src, dst } => {
+                for h in self.ns.copy_tree(src, dst)? {
+                    *self.shared.entry(h).or_insert(0) += 1;
+                }
+                Ok(())
+            }
+            Record::ReplaceChunk { path, index, old, new, version } => {
+                self.check(rec)?;
+                let f = self.ns.file_mut(path)?;
+                f.chunks[*index as usize] = *new;
+                self.chunks.allocate(*new, *version);
+                self.drop_ref(*old);
                 Ok(())
             }
             Record::Rename { from, to } => self.ns.rename(from, to),
@@ -166,7 +189,42 @@ impl State {
         for f in img.files {
             ns.insert_unchecked(f.path, Node::File(FileMeta { size: f.size, chunks: f.chunks, register: f.register }));
         }
-        State { ns, chunks: ChunkTable::from_versions(img.versions), registers: img.registers.into_iter().collect() }
+        let mut state = State {
+            ns,
+            chunks: ChunkTable::from_versions(img.versions),
+            registers: img.registers.into_iter().collect(),
+            shared: HashMap::new(),
+        };
+        state.rebuild_shared();
+        state
+    }
+
+    /// Recounts chunks referenced by several files.
+    fn rebuild_shared(&mut self) {
+        let mut refs: HashMap<ChunkHandle, u32> = HashMap::new();
+        for h in self.ns.handles_below("/") {
+            *refs.entry(h).or_insert(0) += 1;
+        }
+        self.shared = refs.into_iter().filter(|&(_, n)| n > 1).map(|(h, n)| (h, n - 1)).collect();
+    }
+
+    /// Whether a chunk is referenced by more than one file.
+    pub fn is_shared(&self, h: ChunkHandle) -> bool {
+        self.shared.contains_key(&h)
+    }
+
+    /// Drops one reference to `h`, freeing it when none is left.
+    fn drop_ref(&mut self, h: ChunkHandle) {
+        if h == 0 {
+            return;
+        }
+        match self.shared.get_mut(&h) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                self.shared.remove(&h);
+            }
+            None => self.chunks.free(h),
+        }
     }
 }
 

@@ -58,6 +58,19 @@ pub enum Record {
         path: String,
         register: String,
     },
+    /// Copy-on-write snapshot: `dst` (file or tree) shares `src`'s chunks.
+    Snapshot {
+        src: String,
+        dst: String,
+    },
+    /// Chunk `index` of `path` moves from shared chunk `old` to its private copy `new`.
+    ReplaceChunk {
+        path: String,
+        index: u64,
+        old: ChunkHandle,
+        new: ChunkHandle,
+        version: Version,
+    },
 }
 
 /// A record with its log sequence number.
@@ -135,6 +148,10 @@ mod tests {
             ("[a-z]{1,8}", any::<u64>(), "[a-z0-9]{0,8}")
                 .prop_map(|(name, generation, holder)| { Record::CompareAndSet { name, generation, holder } }),
             (p, "[a-z]{1,8}").prop_map(|(path, register)| Record::Bind { path, register }),
+            (p, p).prop_map(|(src, dst)| Record::Snapshot { src, dst }),
+            (p, any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(path, index, old, new, version)| {
+                Record::ReplaceChunk { path, index, old, new, version }
+            }),
         ]
     }
 

@@ -70,6 +70,11 @@ pub enum MasterRequest {
         path: String,
         min_index: u64,
     },
+    /// Copy-on-write snapshot of a file or directory tree.
+    Snapshot {
+        src: String,
+        dst: String,
+    },
 }
 
 /// Replies of the master.
@@ -213,6 +218,10 @@ pub enum ChunkRequest {
     /// Sent by the client to the primary: append pushed data `id` (`len` bytes) as one record
     /// at an offset the primary chooses.
     Append { handle: ChunkHandle, version: Version, id: u64, len: u64, secondaries: Vec<String>, fence: Option<Fence> },
+    /// From the master: give up the lease on `handle` (after in-flight mutations finish).
+    Revoke { handle: ChunkHandle },
+    /// From the master: make a local copy of chunk `from` (at `version`) named `to`.
+    CopyChunk { from: ChunkHandle, to: ChunkHandle, version: Version },
     /// Sent by the primary to each secondary, in serial order: pad to the chunk's end.
     Pad { handle: ChunkHandle, version: Version, serial: u64, fence: Option<Fence> },
 }
@@ -242,6 +251,8 @@ pub enum ChunkReply {
     ChunkFull {
         failed: Vec<String>,
     },
+    Revoked,
+    Copied,
 }
 
 /// Every reply on the wire is a result.
