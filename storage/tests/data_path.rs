@@ -76,7 +76,7 @@ fn overwrite_a_range_in_the_middle() {
 
 #[test]
 fn flipped_bytes_in_chunk_files_are_detected_and_reads_stay_correct() {
-    let c = Cluster::start("corrupt", 3, &[]);
+    let c = Cluster::start("corrupt", 3, &["--repair-interval-secs", "0"]);
     let client = c.client();
     client.create("/f").unwrap();
     let data = pattern(3 * 1024 * 1024, 4);
@@ -109,7 +109,7 @@ fn flipped_bytes_in_chunk_files_are_detected_and_reads_stay_correct() {
 
 #[test]
 fn restarted_chunkserver_with_an_old_copy_is_not_served() {
-    let c0 = Cluster::start("stale", 3, &["--lease-secs", "1"]);
+    let c0 = Cluster::start("stale", 3, &["--lease-secs", "1", "--repair-interval-secs", "0"]);
     let mut c = c0;
     let client = c.client();
     client.create("/f").unwrap();

@@ -41,6 +41,9 @@ enum Cmd {
         /// Replicas per chunk.
         #[arg(long, default_value_t = 3)]
         replicas: usize,
+        /// Look for under-replicated chunks this often (0: never).
+        #[arg(long, default_value_t = 1.0)]
+        repair_interval_secs: f64,
     },
     /// Run a chunkserver.
     Chunkserver {
@@ -102,6 +105,10 @@ enum Cmd {
     },
     /// Copy-on-write snapshot of a file or directory tree.
     Snapshot { src: String, dst: String },
+    /// Chunkservers and overall counts.
+    Status,
+    /// Check every chunk for live, healthy replicas (exit 1 if any chunk has none).
+    Fsck,
     /// Fence writes to an empty file by a register.
     Bind { path: String, register: String },
     /// Measure loopback TCP throughput (one stream), for comparison with gfs.
@@ -146,12 +153,13 @@ fn client(master: &Option<String>) -> Result<Client> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Master { dir, listen, lease_secs, checkpoint_every, dead_after_secs, replicas } => {
+        Cmd::Master { dir, listen, lease_secs, checkpoint_every, dead_after_secs, replicas, repair_interval_secs } => {
             let mut cfg = MasterConfig::new(dir, listen);
             cfg.lease = secs(lease_secs)?;
             cfg.checkpoint_every = checkpoint_every.max(1);
             cfg.dead_after = secs(dead_after_secs)?;
             cfg.replicas = replicas.max(1);
+            cfg.repair_interval = (repair_interval_secs > 0.0).then(|| secs(repair_interval_secs)).transpose()?;
             let m = Master::open(cfg).context("starting the master")?;
             let addr = service::serve(m).context("starting the master")?;
             println!("gfs master listening on {addr}");
@@ -286,6 +294,35 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Snapshot { src, dst } => Ok(client(&cli.master)?.snapshot(&src, &dst)?),
+        Cmd::Status => {
+            let s = client(&cli.master)?.status()?;
+            println!("files {} dirs {} chunks {}", s.files, s.dirs, s.chunks);
+            for cs in &s.servers {
+                println!(
+                    "chunkserver {} rack {} {} chunks {} last heartbeat {} ms ago",
+                    cs.addr,
+                    cs.rack,
+                    if cs.live { "up" } else { "DOWN" },
+                    cs.chunks,
+                    cs.last_seen_ms
+                );
+            }
+            Ok(())
+        }
+        Cmd::Fsck => {
+            let r = client(&cli.master)?.fsck()?;
+            for p in &r.problems {
+                println!("{p}");
+            }
+            println!(
+                "files {} chunks {}: {} healthy, {} under-replicated, {} missing",
+                r.files, r.chunks, r.healthy, r.under_replicated, r.missing
+            );
+            if r.missing > 0 {
+                bail!("{} chunks have no live healthy replica", r.missing);
+            }
+            Ok(())
+        }
         Cmd::Bind { path, register } => Ok(client(&cli.master)?.bind(&path, &register)?),
         Cmd::BenchNet { mib } => bench_net(mib),
         Cmd::BenchMeta { threads, ops, dir } => bench_meta(&client(&cli.master)?, threads, ops, &dir),

@@ -5,6 +5,7 @@
 pub mod buffers;
 pub mod heartbeat;
 pub mod mutation;
+pub mod replicate;
 pub mod service;
 pub mod store;
 

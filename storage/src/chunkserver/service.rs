@@ -110,6 +110,20 @@ fn simple(cs: &Arc<ChunkServer>, req: ChunkRequest) -> Result<ChunkReply> {
             }
             Ok(ChunkReply::Revoked)
         }
+        ChunkRequest::Info { handle } => {
+            let chunk = cs.store.get(handle)?;
+            let version = chunk.state.lock().unwrap_or_else(|p| p.into_inner()).version;
+            Ok(ChunkReply::Info { version, len: cs.store.chunk_len(&chunk) })
+        }
+        ChunkRequest::Replicate { handle, version, source } => {
+            super::replicate::replicate(cs, handle, version, &source)?;
+            Ok(ChunkReply::Copied)
+        }
+        ChunkRequest::Delete { handle } => {
+            cs.revoke(handle);
+            cs.store.delete(handle);
+            Ok(ChunkReply::Deleted)
+        }
         ChunkRequest::CopyChunk { from, to, version } => {
             cs.store.copy_chunk(from, to, version)?;
             Ok(ChunkReply::Copied)

@@ -70,6 +70,10 @@ impl Store {
         for ent in rd {
             let ent = ent.ctx(|| format!("listing {}", dir.display()))?;
             let name = ent.file_name();
+            if name.to_str().is_some_and(|n| n.ends_with(".tmp")) {
+                let _ = std::fs::remove_file(ent.path()); // an interrupted copy
+                continue;
+            }
             let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".ver")) else {
                 continue;
             };
@@ -205,6 +209,34 @@ impl Store {
         };
         lock(&self.chunks).entry(handle).or_insert_with(|| Arc::new(chunk));
         Ok(())
+    }
+
+    /// Installs a replica built elsewhere: `data` (a file in this directory, already synced)
+    /// becomes the chunk's data with checksums `crcs`, at `version`, replacing any local copy.
+    /// The version file is written last, so a crash leaves at worst an older version.
+    pub fn install(&self, handle: ChunkHandle, version: Version, data: &Path, crcs: &[u32]) -> Result<()> {
+        if crcs.len() != BLOCKS_PER_CHUNK {
+            return Err(err(ErrorKind::InvalidArgument, "checksum table has the wrong size"));
+        }
+        let mut chunks = lock(&self.chunks);
+        chunks.remove(&handle);
+        let _ = std::fs::remove_file(self.path(handle, "bad"));
+        let dp = self.path(handle, "dat");
+        std::fs::rename(data, &dp).ctx(|| format!("installing {}", dp.display()))?;
+        let table: Vec<u8> = crcs.iter().flat_map(|c| c.to_le_bytes()).collect();
+        let cp = self.path(handle, "crc");
+        let ctx = || format!("writing {}", cp.display());
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&cp).ctx(ctx)?;
+        f.write_all(&table).ctx(ctx)?;
+        f.sync_all().ctx(ctx)?;
+        self.write_version(handle, version)?;
+        chunks.insert(handle, Arc::new(self.load(handle)?));
+        Ok(())
+    }
+
+    /// Path for a temporary file in the store's directory.
+    pub fn temp_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.tmp"))
     }
 
     /// Makes a local copy of chunk `from` (which must be at `version`) named `to`.

@@ -176,6 +176,22 @@ impl Client {
         self.done(MasterRequest::Snapshot { src: src.into(), dst: dst.into() })
     }
 
+    /// Chunkservers and overall counts.
+    pub fn status(&self) -> Result<crate::protocol::ClusterStatus> {
+        match self.master(&MasterRequest::Status)? {
+            MasterReply::Status(s) => Ok(s),
+            other => Err(unexpected(&self.inner.master, other)),
+        }
+    }
+
+    /// Replica health of every chunk.
+    pub fn fsck(&self) -> Result<crate::protocol::FsckReport> {
+        match self.master(&MasterRequest::Fsck)? {
+            MasterReply::Fsck(r) => Ok(r),
+            other => Err(unexpected(&self.inner.master, other)),
+        }
+    }
+
     /// Opens an existing file.
     pub fn open(&self, path: &str) -> Result<File> {
         let st = self.stat(path)?;

@@ -147,6 +147,11 @@ impl ChunkTable {
         ChunkTable { chunks, pending: HashSet::new() }
     }
 
+    /// Allocated chunks with their handles.
+    pub fn iter(&self) -> impl Iterator<Item = (ChunkHandle, &ChunkMeta)> {
+        self.chunks.iter().enumerate().filter(|(_, c)| c.version != 0).map(|(h, c)| (h as ChunkHandle, c))
+    }
+
     /// Drops server `s` from every chunk (it restarted or died).
     pub fn forget_server(&mut self, s: ServerIdx) {
         for c in self.chunks.iter_mut() {
@@ -189,6 +194,11 @@ impl Servers {
         Some(i)
     }
 
+    /// Every server ever registered, with its index.
+    pub fn all(&self) -> impl Iterator<Item = (ServerIdx, &Server)> {
+        self.list.iter().enumerate().map(|(i, s)| (i as ServerIdx, s))
+    }
+
     pub fn get(&self, i: ServerIdx) -> Option<&Server> {
         self.list.get(i as usize)
     }
@@ -215,9 +225,10 @@ impl Servers {
     }
 
     /// Picks up to `n` live servers for a new chunk: least loaded first, spread over racks.
-    pub fn place(&self, n: usize, dead_after: Duration) -> Vec<ServerIdx> {
-        let mut live: Vec<ServerIdx> =
-            (0..self.list.len() as ServerIdx).filter(|&i| self.is_live(i, dead_after)).collect();
+    pub fn place(&self, n: usize, dead_after: Duration, exclude: &[ServerIdx]) -> Vec<ServerIdx> {
+        let mut live: Vec<ServerIdx> = (0..self.list.len() as ServerIdx)
+            .filter(|&i| self.is_live(i, dead_after) && !exclude.contains(&i))
+            .collect();
         live.sort_by_key(|&i| (self.list[i as usize].chunks, self.list[i as usize].addr.clone()));
         let mut chosen: Vec<ServerIdx> = Vec::new();
         let mut racks: Vec<&str> = Vec::new();
@@ -273,9 +284,9 @@ mod tests {
         let a = s.upsert("a:1", "r1").unwrap();
         let b = s.upsert("b:1", "r1").unwrap();
         let c2 = s.upsert("c:1", "r2").unwrap();
-        let p = s.place(2, Duration::from_secs(10));
+        let p = s.place(2, Duration::from_secs(10), &[]);
         assert_eq!(p, vec![a, c2]); // spread over racks first
-        assert_eq!(s.place(5, Duration::from_secs(10)).len(), 3);
+        assert_eq!(s.place(5, Duration::from_secs(10), &[]).len(), 3);
         let _ = b;
     }
 }

@@ -141,7 +141,7 @@ impl Master {
                 live
             } else if c.version == 1 {
                 // Never written anywhere: place it now.
-                m.servers.place(self.cfg.replicas, dead)
+                m.servers.place(self.cfg.replicas, dead, &[])
             } else {
                 Vec::new()
             };

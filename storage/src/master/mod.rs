@@ -7,10 +7,12 @@
 //! never across disk or network I/O.
 
 pub mod chunks;
+pub mod health;
 pub mod lease;
 pub mod locks;
 pub mod namespace;
 pub mod register;
+pub mod repair;
 pub mod service;
 pub mod snapshot;
 pub mod state;
@@ -37,6 +39,8 @@ pub struct MasterConfig {
     /// A chunkserver silent for this long is considered down.
     pub dead_after: Duration,
     pub replicas: usize,
+    /// How often to look for under-replicated chunks (`None`: never).
+    pub repair_interval: Option<Duration>,
 }
 
 impl MasterConfig {
@@ -48,6 +52,7 @@ impl MasterConfig {
             checkpoint_every: 10_000,
             dead_after: Duration::from_secs(10),
             replicas: 3,
+            repair_interval: Some(Duration::from_secs(1)),
         }
     }
 }

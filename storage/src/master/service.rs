@@ -14,6 +14,7 @@ pub fn serve(master: Arc<Master>) -> Result<std::net::SocketAddr> {
     let listener =
         TcpListener::bind(&master.cfg.listen).map_err(|e| GfsError::io(format!("binding {}", master.cfg.listen), e))?;
     let addr = listener.local_addr().map_err(|e| GfsError::io("reading the bound address", e))?;
+    master.spawn_repair();
     std::thread::Builder::new()
         .name("master-accept".into())
         .spawn(move || {
@@ -144,6 +145,8 @@ pub fn handle(master: &Arc<Master>, req: MasterRequest) -> Result<MasterReply> {
             master.snapshot(&src, &dst)?;
             Ok(MasterReply::Done)
         }
+        MasterRequest::Status => Ok(MasterReply::Status(master.status())),
+        MasterRequest::Fsck => Ok(MasterReply::Fsck(master.fsck())),
         MasterRequest::ReportCorrupt { server, handle } => {
             master.report_corrupt(&server, handle);
             Ok(MasterReply::Done)

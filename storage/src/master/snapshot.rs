@@ -31,7 +31,7 @@ impl Master {
 
     /// Ends any lease on `h`: the primary is told to stop taking mutations; if it cannot be
     /// reached the lease must run out first.
-    fn revoke_lease(&self, h: ChunkHandle) -> Result<()> {
+    pub(super) fn revoke_lease(&self, h: ChunkHandle) -> Result<()> {
         let lease = {
             let m = self.meta();
             m.leases.get(&h).filter(|l| l.expires > Instant::now()).map(|l| (m.servers.addr(l.primary), *l))

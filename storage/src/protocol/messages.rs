@@ -75,6 +75,10 @@ pub enum MasterRequest {
         src: String,
         dst: String,
     },
+    /// Chunkservers and overall counts.
+    Status,
+    /// Every file's chunks checked for live, healthy replicas.
+    Fsck,
 }
 
 /// Replies of the master.
@@ -98,6 +102,39 @@ pub enum MasterReply {
         index: u64,
         location: ChunkLocation,
     },
+    Status(ClusterStatus),
+    Fsck(FsckReport),
+}
+
+/// What `gfs status` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub servers: Vec<ServerStatus>,
+    pub files: u64,
+    pub dirs: u64,
+    pub chunks: u64,
+}
+
+/// One chunkserver in `gfs status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub addr: String,
+    pub rack: String,
+    pub live: bool,
+    pub chunks: u64,
+    pub last_seen_ms: u64,
+}
+
+/// What `gfs fsck` finds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsckReport {
+    pub files: u64,
+    pub chunks: u64,
+    pub healthy: u64,
+    pub under_replicated: u64,
+    pub missing: u64,
+    /// One line per chunk with a problem.
+    pub problems: Vec<String>,
 }
 
 /// A fencing token: writes must carry the register's current generation.
@@ -220,6 +257,12 @@ pub enum ChunkRequest {
     Append { handle: ChunkHandle, version: Version, id: u64, len: u64, secondaries: Vec<String>, fence: Option<Fence> },
     /// From the master: give up the lease on `handle` (after in-flight mutations finish).
     Revoke { handle: ChunkHandle },
+    /// Version and length of a replica.
+    Info { handle: ChunkHandle },
+    /// From the master: fetch chunk `handle` at `version` from `source` and keep a replica.
+    Replicate { handle: ChunkHandle, version: Version, source: String },
+    /// From the master: drop this replica (it was replaced).
+    Delete { handle: ChunkHandle },
     /// From the master: make a local copy of chunk `from` (at `version`) named `to`.
     CopyChunk { from: ChunkHandle, to: ChunkHandle, version: Version },
     /// Sent by the primary to each secondary, in serial order: pad to the chunk's end.
@@ -253,6 +296,11 @@ pub enum ChunkReply {
     },
     Revoked,
     Copied,
+    Info {
+        version: Version,
+        len: u64,
+    },
+    Deleted,
 }
 
 /// Every reply on the wire is a result.

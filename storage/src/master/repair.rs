@@ -1,0 +1,144 @@
+//! Background repair: chunks with fewer healthy live replicas than wanted are copied to other
+//! chunkservers (fewest replicas first); once a chunk is whole again, its corrupt and stale
+//! replicas are deleted.
+
+use super::chunks::ServerIdx;
+use super::Master;
+use crate::error::{GfsError, Result};
+use crate::protocol::{ChunkHandle, ChunkReply, ChunkRequest, Conn, Reply, Version};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most copies started per round.
+const PER_ROUND: usize = 8;
+
+struct Copy {
+    handle: ChunkHandle,
+    version: Version,
+    source: String,
+    dest: ServerIdx,
+    dest_addr: String,
+    live: usize,
+}
+
+impl Master {
+    /// Starts the repair thread (if enabled).
+    pub fn spawn_repair(self: &Arc<Self>) {
+        let Some(every) = self.cfg.repair_interval else { return };
+        let me = self.clone();
+        let _ = std::thread::Builder::new().name("repair".into()).spawn(move || loop {
+            std::thread::sleep(every);
+            // Wait until chunkservers have had time to report after a (re)start.
+            if me.uptime() > me.cfg.dead_after {
+                me.repair_round();
+            }
+        });
+    }
+
+    /// One pass: plans copies and deletions under the lock, carries them out without it.
+    /// Returns the number of replicas copied.
+    pub fn repair_round(&self) -> usize {
+        let (mut copies, drops) = self.plan_repairs();
+        copies.sort_by_key(|c| c.live);
+        let mut done = 0;
+        for c in copies.into_iter().take(PER_ROUND) {
+            // A copy taken while mutations go on could miss some: end the lease first (the
+            // next writer gets a new version, which a late copy would then lack).
+            if let Err(e) = self.revoke_lease(c.handle) {
+                tracing::debug!(handle = c.handle, "repair waits for the lease: {e}");
+                continue;
+            }
+            let t0 = Instant::now();
+            let req = ChunkRequest::Replicate { handle: c.handle, version: c.version, source: c.source.clone() };
+            match call(&c.dest_addr, &req) {
+                Ok(ChunkReply::Copied) => {
+                    let mut m = self.meta();
+                    let m = &mut *m;
+                    if m.state.chunks.get(c.handle).is_some_and(|x| x.version == c.version) {
+                        if let Some(x) = m.state.chunks.get_mut(c.handle) {
+                            // Forget replicas on dead servers (they re-report if they return).
+                            let dead: Vec<ServerIdx> =
+                                x.replicas().filter(|&s| !m.servers.is_live(s, self.cfg.dead_after)).collect();
+                            for s in dead {
+                                x.remove_replica(s);
+                            }
+                            x.add_replica(c.dest);
+                        }
+                        if let Some(v) = m.stale.get_mut(&c.handle) {
+                            v.retain(|(s, _)| *s != c.dest);
+                        }
+                    }
+                    done += 1;
+                    tracing::info!(handle = c.handle, dest = %c.dest_addr, ms = t0.elapsed().as_millis() as u64, "re-replicated");
+                }
+                other => tracing::warn!(handle = c.handle, dest = %c.dest_addr, "re-replication failed: {other:?}"),
+            }
+        }
+        for (h, s, addr) in drops {
+            if matches!(call(&addr, &ChunkRequest::Delete { handle: h }), Ok(ChunkReply::Deleted)) {
+                let mut m = self.meta();
+                if let Some(c) = m.state.chunks.get_mut(h) {
+                    c.remove_replica(s);
+                }
+                if let Some(v) = m.corrupt.get_mut(&h) {
+                    v.retain(|x| *x != s);
+                }
+                if let Some(v) = m.stale.get_mut(&h) {
+                    v.retain(|(x, _)| *x != s);
+                }
+                tracing::info!(handle = h, server = %addr, "dropped a corrupt or stale replica");
+            }
+        }
+        done
+    }
+
+    fn plan_repairs(&self) -> (Vec<Copy>, Vec<(ChunkHandle, ServerIdx, String)>) {
+        let m = self.meta();
+        let dead = self.cfg.dead_after;
+        let now = Instant::now();
+        let mut copies = Vec::new();
+        let mut drops = Vec::new();
+        for (h, c) in m.state.chunks.iter() {
+            if c.version <= 1 {
+                continue; // never written
+            }
+            let leased = m.leases.get(&h).is_some_and(|l| l.expires > now);
+            let bad = m.corrupt.get(&h).map(|v| v.as_slice()).unwrap_or(&[]);
+            let live: Vec<ServerIdx> = c.replicas().filter(|&s| m.servers.is_live(s, dead)).collect();
+            let healthy: Vec<ServerIdx> = live.iter().copied().filter(|s| !bad.contains(s)).collect();
+            if healthy.len() >= self.cfg.replicas {
+                if leased {
+                    continue;
+                }
+                for &s in live.iter().filter(|s| bad.contains(s)) {
+                    drops.push((h, s, m.servers.addr(s)));
+                }
+                for &(s, _) in m.stale.get(&h).map(|v| v.as_slice()).unwrap_or(&[]) {
+                    if m.servers.is_live(s, dead) {
+                        drops.push((h, s, m.servers.addr(s)));
+                    }
+                }
+                continue;
+            }
+            let Some(&source) = healthy.first() else { continue };
+            if let Some(&dest) = m.servers.place(1, dead, &live).first() {
+                copies.push(Copy {
+                    handle: h,
+                    version: c.version,
+                    source: m.servers.addr(source),
+                    dest,
+                    dest_addr: m.servers.addr(dest),
+                    live: healthy.len(),
+                });
+            }
+        }
+        (copies, drops)
+    }
+}
+
+fn call(addr: &str, req: &ChunkRequest) -> Result<ChunkReply> {
+    let mut c = Conn::connect(addr, Duration::from_secs(5))?;
+    c.set_read_timeout(Duration::from_secs(120))?;
+    c.send(req)?;
+    c.recv::<Reply<ChunkReply>>()?.map_err(|error| GfsError::Remote { peer: addr.to_string(), error })
+}
