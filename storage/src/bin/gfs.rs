@@ -41,6 +41,9 @@ enum Cmd {
         /// Replicas per chunk.
         #[arg(long, default_value_t = 3)]
         replicas: usize,
+        /// Keep deleted files in /.trash this long before collecting them (0: delete at once).
+        #[arg(long, default_value_t = 259_200.0)]
+        gc_delay_secs: f64,
         /// Look for under-replicated chunks this often (0: never).
         #[arg(long, default_value_t = 1.0)]
         repair_interval_secs: f64,
@@ -153,13 +156,23 @@ fn client(master: &Option<String>) -> Result<Client> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Master { dir, listen, lease_secs, checkpoint_every, dead_after_secs, replicas, repair_interval_secs } => {
+        Cmd::Master {
+            dir,
+            listen,
+            lease_secs,
+            checkpoint_every,
+            dead_after_secs,
+            replicas,
+            repair_interval_secs,
+            gc_delay_secs,
+        } => {
             let mut cfg = MasterConfig::new(dir, listen);
             cfg.lease = secs(lease_secs)?;
             cfg.checkpoint_every = checkpoint_every.max(1);
             cfg.dead_after = secs(dead_after_secs)?;
             cfg.replicas = replicas.max(1);
             cfg.repair_interval = (repair_interval_secs > 0.0).then(|| secs(repair_interval_secs)).transpose()?;
+            cfg.gc_delay = (gc_delay_secs > 0.0).then(|| secs(gc_delay_secs)).transpose()?;
             let m = Master::open(cfg).context("starting the master")?;
             let addr = service::serve(m).context("starting the master")?;
             println!("gfs master listening on {addr}");

@@ -16,6 +16,7 @@ pub mod repair;
 pub mod service;
 pub mod snapshot;
 pub mod state;
+pub mod trash;
 
 use crate::error::{GfsError, Result};
 use crate::oplog::{self, checkpoint, OpLog, Record};
@@ -41,6 +42,8 @@ pub struct MasterConfig {
     pub replicas: usize,
     /// How often to look for under-replicated chunks (`None`: never).
     pub repair_interval: Option<Duration>,
+    /// Deleted files stay in `/.trash` this long (`None`: delete at once).
+    pub gc_delay: Option<Duration>,
 }
 
 impl MasterConfig {
@@ -53,6 +56,7 @@ impl MasterConfig {
             dead_after: Duration::from_secs(10),
             replicas: 3,
             repair_interval: Some(Duration::from_secs(1)),
+            gc_delay: Some(Duration::from_secs(3 * 24 * 3600)),
         }
     }
 }

@@ -15,6 +15,7 @@ pub fn serve(master: Arc<Master>) -> Result<std::net::SocketAddr> {
         TcpListener::bind(&master.cfg.listen).map_err(|e| GfsError::io(format!("binding {}", master.cfg.listen), e))?;
     let addr = listener.local_addr().map_err(|e| GfsError::io("reading the bound address", e))?;
     master.spawn_repair();
+    master.spawn_gc();
     std::thread::Builder::new()
         .name("master-accept".into())
         .spawn(move || {
@@ -81,8 +82,7 @@ pub fn handle(master: &Arc<Master>, req: MasterRequest) -> Result<MasterReply> {
         }
         MasterRequest::Delete { path } => {
             let path = normalize(&path)?;
-            let _l = master.locks.lock(&[], &[&path]);
-            master.commit(Record::Delete { path })?;
+            master.delete(&path)?;
             Ok(MasterReply::Done)
         }
         MasterRequest::Rename { from, to } => {
