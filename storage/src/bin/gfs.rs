@@ -41,6 +41,9 @@ enum Cmd {
         /// Replicas per chunk.
         #[arg(long, default_value_t = 3)]
         replicas: usize,
+        /// Run as a read-only shadow that tails the master at this address.
+        #[arg(long)]
+        shadow_of: Option<String>,
         /// Keep deleted files in /.trash this long before collecting them (0: delete at once).
         #[arg(long, default_value_t = 259_200.0)]
         gc_delay_secs: f64,
@@ -165,6 +168,7 @@ fn run(cli: Cli) -> Result<()> {
             replicas,
             repair_interval_secs,
             gc_delay_secs,
+            shadow_of,
         } => {
             let mut cfg = MasterConfig::new(dir, listen);
             cfg.lease = secs(lease_secs)?;
@@ -173,6 +177,7 @@ fn run(cli: Cli) -> Result<()> {
             cfg.replicas = replicas.max(1);
             cfg.repair_interval = (repair_interval_secs > 0.0).then(|| secs(repair_interval_secs)).transpose()?;
             cfg.gc_delay = (gc_delay_secs > 0.0).then(|| secs(gc_delay_secs)).transpose()?;
+            cfg.shadow_of = shadow_of;
             let m = Master::open(cfg).context("starting the master")?;
             let addr = service::serve(m).context("starting the master")?;
             println!("gfs master listening on {addr}");

@@ -8,16 +8,20 @@ use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Starts the heartbeat thread.
+/// Starts one heartbeat thread per master: the first is the master proper (it extends
+/// leases); any others are read-only shadows that only learn chunk locations.
 pub fn spawn(cs: Arc<ChunkServer>) -> Result<()> {
-    std::thread::Builder::new()
-        .name("heartbeat".into())
-        .spawn(move || run(&cs))
-        .map(|_| ())
-        .map_err(|e| GfsError::io("starting the heartbeat thread", e))
+    for (i, master) in cs.masters().into_iter().enumerate() {
+        let cs = cs.clone();
+        std::thread::Builder::new()
+            .name("heartbeat".into())
+            .spawn(move || run(&cs, &master, i == 0))
+            .map_err(|e| GfsError::io("starting a heartbeat thread", e))?;
+    }
+    Ok(())
 }
 
-fn run(cs: &ChunkServer) {
+fn run(cs: &ChunkServer, master: &str, primary: bool) {
     let mut conn: Option<Conn> = None;
     let mut fresh = true;
     loop {
@@ -28,10 +32,10 @@ fn run(cs: &ChunkServer) {
             rack: cs.cfg.rack.clone(),
             fresh,
             chunks,
-            extend: cs.leases_to_extend(),
+            extend: if primary { cs.leases_to_extend() } else { Vec::new() },
             corrupt,
         };
-        match beat(cs, &mut conn, hb) {
+        match beat(master, &mut conn, hb) {
             Ok(reply) => {
                 fresh = false;
                 cs.extend(&reply.extended, sent, Duration::from_millis(reply.lease_ms));
@@ -42,7 +46,7 @@ fn run(cs: &ChunkServer) {
                 }
             }
             Err(e) => {
-                tracing::debug!("heartbeat to {} failed: {e}", cs.cfg.master);
+                tracing::debug!("heartbeat to {master} failed: {e}");
                 conn = None;
             }
         }
@@ -50,9 +54,9 @@ fn run(cs: &ChunkServer) {
     }
 }
 
-fn beat(cs: &ChunkServer, conn: &mut Option<Conn>, hb: Heartbeat) -> Result<crate::protocol::HeartbeatReply> {
+fn beat(master: &str, conn: &mut Option<Conn>, hb: Heartbeat) -> Result<crate::protocol::HeartbeatReply> {
     if conn.is_none() {
-        let c = Conn::connect(&cs.cfg.master, TIMEOUT)?;
+        let c = Conn::connect(master, TIMEOUT)?;
         c.set_read_timeout(TIMEOUT)?;
         *conn = Some(c);
     }
@@ -62,8 +66,8 @@ fn beat(cs: &ChunkServer, conn: &mut Option<Conn>, hb: Heartbeat) -> Result<crat
     c.send(&MasterRequest::Heartbeat(hb))?;
     match c.recv::<Reply<MasterReply>>()? {
         Ok(MasterReply::Heartbeat(r)) => Ok(r),
-        Ok(other) => Err(GfsError::UnexpectedReply { peer: cs.cfg.master.clone(), what: format!("{other:?}") }),
-        Err(error) => Err(GfsError::Remote { peer: cs.cfg.master.clone(), error }),
+        Ok(other) => Err(GfsError::UnexpectedReply { peer: master.to_string(), what: format!("{other:?}") }),
+        Err(error) => Err(GfsError::Remote { peer: master.to_string(), error }),
     }
 }
 

@@ -98,6 +98,11 @@ impl ChunkServer {
         self.leases.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The master, then any shadow masters (`--master` is a comma-separated list).
+    pub fn masters(&self) -> Vec<String> {
+        self.cfg.master.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+    }
+
     /// Records a lease granted by the master at `granted` (when the grant arrived).
     pub fn grant(&self, handle: ChunkHandle, version: Version, granted: Instant, len: Duration) {
         self.leases().insert(handle, HeldLease { version, expires: granted + len, mutated: false });

@@ -208,15 +208,17 @@ impl Master {
                 s.chunks = hb.chunks.len();
             }
             let m = &mut *m;
+            let shadow = self.is_shadow();
             for &(h, v) in &hb.chunks {
-                if m.state.chunks.is_garbage(h) {
+                if m.state.chunks.is_garbage(h) && !shadow {
                     garbage.push(h);
                     continue;
                 }
                 let Some(c) = m.state.chunks.get_mut(h) else {
                     continue;
                 };
-                if v == c.version {
+                // A shadow may lag the master: a newer replica is simply current.
+                if v == c.version || (shadow && v > c.version) {
                     if !c.add_replica(idx) {
                         tracing::warn!(handle = h, "too many replicas to track");
                     }

@@ -14,6 +14,7 @@ pub mod namespace;
 pub mod register;
 pub mod repair;
 pub mod service;
+pub mod shadow;
 pub mod snapshot;
 pub mod state;
 pub mod trash;
@@ -44,6 +45,8 @@ pub struct MasterConfig {
     pub repair_interval: Option<Duration>,
     /// Deleted files stay in `/.trash` this long (`None`: delete at once).
     pub gc_delay: Option<Duration>,
+    /// Run as a read-only shadow of the master at this address.
+    pub shadow_of: Option<String>,
 }
 
 impl MasterConfig {
@@ -57,6 +60,7 @@ impl MasterConfig {
             replicas: 3,
             repair_interval: Some(Duration::from_secs(1)),
             gc_delay: Some(Duration::from_secs(3 * 24 * 3600)),
+            shadow_of: None,
         }
     }
 }
@@ -87,6 +91,8 @@ pub struct Master {
     started: Instant,
     /// Set after a restart: no lease may be granted before old ones have surely expired.
     lease_grace_until: Instant,
+    /// Shadow only: the last LSN applied from the master.
+    pub shadow_lsn: AtomicU64,
 }
 
 impl Master {
@@ -94,6 +100,9 @@ impl Master {
     /// a new log segment.
     pub fn open(cfg: MasterConfig) -> Result<Arc<Master>> {
         std::fs::create_dir_all(&cfg.dir).map_err(|e| GfsError::io(format!("creating {}", cfg.dir.display()), e))?;
+        if cfg.shadow_of.is_some() {
+            return Ok(Arc::new(Master::new(cfg.clone(), State::default(), OpLog::detached(), 0, false)));
+        }
         let (mut state, ckpt_lsn) = load_checkpoint(&cfg)?;
         let mut replayed = 0u64;
         let last = oplog::replay::replay(&cfg.dir, ckpt_lsn, |e| {
@@ -102,10 +111,14 @@ impl Master {
         })?;
         tracing::info!(checkpoint_lsn = ckpt_lsn, replayed, last_lsn = last, "master state recovered");
         let log = OpLog::open(&cfg.dir, last + 1)?;
-        let now = Instant::now();
         // Old leases may still be held if this is a restart of a master that granted some.
         let restarted = last > 0 || ckpt_lsn > 0;
-        Ok(Arc::new(Master {
+        Ok(Arc::new(Master::new(cfg, state, log, replayed, restarted)))
+    }
+
+    fn new(cfg: MasterConfig, state: State, log: OpLog, replayed: u64, restarted: bool) -> Master {
+        let now = Instant::now();
+        Master {
             lease_grace_until: if restarted { now + cfg.lease } else { now },
             cfg,
             meta: Mutex::new(Meta {
@@ -122,7 +135,13 @@ impl Master {
             checkpointing: AtomicBool::new(false),
             registers: Mutex::new(()),
             started: now,
-        }))
+            shadow_lsn: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether this is a read-only shadow.
+    pub fn is_shadow(&self) -> bool {
+        self.cfg.shadow_of.is_some()
     }
 
     /// Locks the in-memory metadata.

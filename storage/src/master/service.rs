@@ -14,8 +14,12 @@ pub fn serve(master: Arc<Master>) -> Result<std::net::SocketAddr> {
     let listener =
         TcpListener::bind(&master.cfg.listen).map_err(|e| GfsError::io(format!("binding {}", master.cfg.listen), e))?;
     let addr = listener.local_addr().map_err(|e| GfsError::io("reading the bound address", e))?;
-    master.spawn_repair();
-    master.spawn_gc();
+    if master.is_shadow() {
+        master.spawn_shadow_sync();
+    } else {
+        master.spawn_repair();
+        master.spawn_gc();
+    }
     std::thread::Builder::new()
         .name("master-accept".into())
         .spawn(move || {
@@ -67,7 +71,9 @@ fn handle_conn(master: &Arc<Master>, mut conn: Conn) {
 
 /// Answers one request.
 pub fn handle(master: &Arc<Master>, req: MasterRequest) -> Result<MasterReply> {
+    master.check_writable(&req)?;
     match req {
+        MasterRequest::FetchLog { after_lsn, max } => master.fetch_log(after_lsn, max),
         MasterRequest::Mkdir { path } => {
             let path = normalize(&path)?;
             let _l = master.locks.lock(&[], &[&path]);

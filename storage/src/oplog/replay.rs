@@ -68,6 +68,31 @@ pub fn replay(dir: &Path, after_lsn: u64, mut apply: impl FnMut(Entry) -> Result
     Ok(last)
 }
 
+/// Reads (without changing anything) up to `max` entries after `after_lsn`, stopping at the
+/// first damaged or incomplete record. `None` if the log no longer reaches back that far.
+pub fn read_after(dir: &Path, after_lsn: u64, max: usize) -> Result<Option<Vec<Entry>>> {
+    let segments = list_segments(dir)?;
+    if segments.first().is_some_and(|(first, _)| *first > after_lsn + 1) {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    for (i, (_, path)) in segments.iter().enumerate() {
+        if i + 1 < segments.len() && segments[i + 1].0 <= after_lsn + 1 {
+            continue;
+        }
+        let bytes = std::fs::read(path).map_err(|e| GfsError::io(format!("reading {}", path.display()), e))?;
+        let mut off = 0;
+        while off < bytes.len() && out.len() < max {
+            let Ok((entry, used)) = decode_entry(&bytes[off..]) else { break };
+            off += used;
+            if entry.lsn > after_lsn {
+                out.push(entry);
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{OpLog, Record};

@@ -46,6 +46,13 @@ impl OpLog {
         Ok(OpLog { tx })
     }
 
+    /// A log that refuses every append (for read-only shadow masters).
+    pub fn detached() -> OpLog {
+        let (tx, rx) = mpsc::channel::<Cmd>();
+        drop(rx);
+        OpLog { tx }
+    }
+
     /// Appends `record`; returns its LSN once it is on disk.
     pub fn append(&self, record: Record) -> Result<u64> {
         let (tx, rx) = mpsc::sync_channel(1);

@@ -79,6 +79,11 @@ pub enum MasterRequest {
     Status,
     /// Every file's chunks checked for live, healthy replicas.
     Fsck,
+    /// For shadow masters: log entries after `after_lsn` (at most `max`).
+    FetchLog {
+        after_lsn: u64,
+        max: u32,
+    },
 }
 
 /// Replies of the master.
@@ -104,6 +109,13 @@ pub enum MasterReply {
     },
     Status(ClusterStatus),
     Fsck(FsckReport),
+    /// Log entries, in order (empty: nothing new).
+    Log(Vec<crate::oplog::Entry>),
+    /// The log no longer reaches back far enough: the newest checkpoint instead.
+    Checkpoint {
+        lsn: u64,
+        image: Vec<u8>,
+    },
 }
 
 /// What `gfs status` shows.

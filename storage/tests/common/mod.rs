@@ -57,6 +57,8 @@ pub struct Cluster {
     pub master: Option<Child>,
     pub cs: Vec<ChunkServerProc>,
     pub heartbeat_ms: u64,
+    /// Shadow masters chunkservers also report to.
+    pub shadows: Vec<String>,
 }
 
 fn spawn(args: &[String], log: &Path) -> Child {
@@ -76,6 +78,7 @@ impl Cluster {
             master: None,
             cs: Vec::new(),
             heartbeat_ms: 100,
+            shadows: Vec::new(),
             dir,
         };
         c.start_master();
@@ -126,7 +129,7 @@ impl Cluster {
             "--dir".into(),
             p.dir.display().to_string(),
             "--master".into(),
-            self.master_addr.clone(),
+            std::iter::once(self.master_addr.clone()).chain(self.shadows.iter().cloned()).collect::<Vec<_>>().join(","),
             "--listen".into(),
             p.addr.clone(),
             "--rack".into(),
