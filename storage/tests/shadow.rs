@@ -39,7 +39,11 @@ fn shadow_serves_reads_after_the_master_dies() {
 
     let via_shadow = storage::Client::new(&shadow_addr);
     let t0 = Instant::now();
-    while via_shadow.stat("/d/f").map(|s| s.size).unwrap_or(0) != data.len() as u64 {
+    // Caught up with the log, and told by every chunkserver where the replicas are.
+    let ready = |s: storage::FileStat| {
+        s.size == data.len() as u64 && s.chunks.iter().all(|ch| ch.replicas.iter().filter(|r| !r.stale).count() == 3)
+    };
+    while !via_shadow.stat("/d/f").map(ready).unwrap_or(false) {
         assert!(t0.elapsed() < Duration::from_secs(20), "shadow never caught up");
         std::thread::sleep(Duration::from_millis(100));
     }
