@@ -66,13 +66,14 @@ echo "== cluster: master + 3 chunkservers on loopback, 3 replicas"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 MP=$(port)
 export GFS_MASTER="127.0.0.1:$MP"
-"$GFS" master --dir "$BENCH_DIR/master" --listen "$GFS_MASTER" >"$BENCH_DIR/master.log" 2>&1 &
+"$GFS" master --dir "$BENCH_DIR/master" --listen "$GFS_MASTER" --dead-after-secs 2 >"$BENCH_DIR/master.log" 2>&1 &
 PIDS+=($!); MASTER_PID=$!
 sleep 0.3
+CS_PIDS=()
 for i in 1 2 3; do
     "$GFS" chunkserver --dir "$BENCH_DIR/cs$i" --listen "127.0.0.1:$(port)" --rack "r$i" \
         --heartbeat-ms 200 >"$BENCH_DIR/cs$i.log" 2>&1 &
-    PIDS+=($!)
+    PIDS+=($!); CS_PIDS+=($!)
 done
 sleep 1
 
@@ -115,6 +116,23 @@ printf "%-34s %8s %10s %10s %10s\n" "write, 4 clients" "$W4" "$(ratio "$W4" "$DI
 printf "%-34s %8s %10s %10s %10s\n" "read, 1 client"   "$R1" "$(ratio "$R1" "$DISK_R")" "$(ratio "$R1" "$NET")" "$(ratio "$R1" "$RLIM")"
 printf "%-34s %8s %10s %10s %10s\n" "read, 4 clients"  "$R4" "$(ratio "$R4" "$DISK_R")" "$(ratio "$R4" "$NET")" "$(ratio "$R4" "$RLIM")"
 echo "(write limit = min(disk write, loopback) / 3 = $WLIM MB/s; read limit = min(disk read, loopback) = $RLIM MB/s)"
+
+echo "== record append (3 replicas)"
+"$GFS" bench-append --threads 1 --records 64 --size 1048576 --path /append1
+"$GFS" bench-append --threads 4 --records 32 --size 1048576 --path /append4
+
+echo "== re-replication: a fourth chunkserver joins, one of the first three is killed"
+"$GFS" chunkserver --dir "$BENCH_DIR/cs4" --listen "127.0.0.1:$(port)" --rack r4 \
+    --heartbeat-ms 200 >"$BENCH_DIR/cs4.log" 2>&1 &
+PIDS+=($!)
+sleep 1
+LOST=$(du -sb --apparent-size "$BENCH_DIR/cs1" | awk '{ print $1 }')
+kill -9 "${CS_PIDS[0]}"
+until "$GFS" status | grep -q DOWN; do sleep 0.05; done
+t0=$(now)
+until "$GFS" fsck | grep -q " 0 under-replicated, 0 missing"; do sleep 0.1; done
+t1=$(now)
+echo "re-replicated $((LOST / 1048576)) MiB (all chunks of the dead server) in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }') s = $(mbps "$LOST" "$t0" "$t1") MB/s (from the server being marked down)"
 
 echo "== master metadata operations (op log fsynced before every reply, group commit)"
 "$GFS" bench-meta --threads 1 --ops "$((META_OPS / 4))" --dir /meta1

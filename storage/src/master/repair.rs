@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Most copies started per round.
-const PER_ROUND: usize = 8;
+const PER_ROUND: usize = 16;
+/// Copies in flight at once.
+const PARALLEL: usize = 4;
 
 struct Copy {
     handle: ChunkHandle,
@@ -27,10 +29,10 @@ impl Master {
         let Some(every) = self.cfg.repair_interval else { return };
         let me = self.clone();
         let _ = std::thread::Builder::new().name("repair".into()).spawn(move || loop {
-            std::thread::sleep(every);
-            // Wait until chunkservers have had time to report after a (re)start.
-            if me.uptime() > me.cfg.dead_after {
-                me.repair_round();
+            // Wait until chunkservers have had time to report after a (re)start; go straight
+            // on while there is work.
+            if me.uptime() <= me.cfg.dead_after || me.repair_round() == 0 {
+                std::thread::sleep(every);
             }
         });
     }
@@ -41,38 +43,12 @@ impl Master {
         let (mut copies, drops) = self.plan_repairs();
         copies.sort_by_key(|c| c.live);
         let mut done = 0;
-        for c in copies.into_iter().take(PER_ROUND) {
-            // A copy taken while mutations go on could miss some: end the lease first (the
-            // next writer gets a new version, which a late copy would then lack).
-            if let Err(e) = self.revoke_lease(c.handle) {
-                tracing::debug!(handle = c.handle, "repair waits for the lease: {e}");
-                continue;
-            }
-            let t0 = Instant::now();
-            let req = ChunkRequest::Replicate { handle: c.handle, version: c.version, source: c.source.clone() };
-            match call(&c.dest_addr, &req) {
-                Ok(ChunkReply::Copied) => {
-                    let mut m = self.meta();
-                    let m = &mut *m;
-                    if m.state.chunks.get(c.handle).is_some_and(|x| x.version == c.version) {
-                        if let Some(x) = m.state.chunks.get_mut(c.handle) {
-                            // Forget replicas on dead servers (they re-report if they return).
-                            let dead: Vec<ServerIdx> =
-                                x.replicas().filter(|&s| !m.servers.is_live(s, self.cfg.dead_after)).collect();
-                            for s in dead {
-                                x.remove_replica(s);
-                            }
-                            x.add_replica(c.dest);
-                        }
-                        if let Some(v) = m.stale.get_mut(&c.handle) {
-                            v.retain(|(s, _)| *s != c.dest);
-                        }
-                    }
-                    done += 1;
-                    tracing::info!(handle = c.handle, dest = %c.dest_addr, ms = t0.elapsed().as_millis() as u64, "re-replicated");
-                }
-                other => tracing::warn!(handle = c.handle, dest = %c.dest_addr, "re-replication failed: {other:?}"),
-            }
+        // Copies run a few at a time, in parallel.
+        for batch in copies.chunks(PARALLEL).take(PER_ROUND.div_ceil(PARALLEL)) {
+            done += std::thread::scope(|s| {
+                let hs: Vec<_> = batch.iter().map(|c| s.spawn(move || self.copy_one(c))).collect();
+                hs.into_iter().map(|h| h.join().unwrap_or(false)).filter(|&ok| ok).count()
+            });
         }
         for (h, s, addr) in drops {
             if matches!(call(&addr, &ChunkRequest::Delete { handle: h }), Ok(ChunkReply::Deleted)) {
@@ -90,6 +66,45 @@ impl Master {
             }
         }
         done
+    }
+
+    /// Carries out one planned copy; returns whether it succeeded.
+    fn copy_one(&self, c: &Copy) -> bool {
+        // A copy taken while mutations go on could miss some: end the lease first (the
+        // next writer gets a new version, which a late copy would then lack).
+        if let Err(e) = self.revoke_lease(c.handle) {
+            tracing::debug!(handle = c.handle, "repair waits for the lease: {e}");
+            return false;
+        }
+        let t0 = Instant::now();
+        let req = ChunkRequest::Replicate { handle: c.handle, version: c.version, source: c.source.clone() };
+        let ok = match call(&c.dest_addr, &req) {
+            Ok(ChunkReply::Copied) => {
+                let mut m = self.meta();
+                let m = &mut *m;
+                if m.state.chunks.get(c.handle).is_some_and(|x| x.version == c.version) {
+                    if let Some(x) = m.state.chunks.get_mut(c.handle) {
+                        // Forget replicas on dead servers (they re-report if they return).
+                        let dead: Vec<ServerIdx> =
+                            x.replicas().filter(|&s| !m.servers.is_live(s, self.cfg.dead_after)).collect();
+                        for s in dead {
+                            x.remove_replica(s);
+                        }
+                        x.add_replica(c.dest);
+                    }
+                    if let Some(v) = m.stale.get_mut(&c.handle) {
+                        v.retain(|(s, _)| *s != c.dest);
+                    }
+                }
+                tracing::info!(handle = c.handle, dest = %c.dest_addr, ms = t0.elapsed().as_millis() as u64, "re-replicated");
+                true
+            }
+            other => {
+                tracing::warn!(handle = c.handle, dest = %c.dest_addr, "re-replication failed: {other:?}");
+                false
+            }
+        };
+        ok
     }
 
     fn plan_repairs(&self) -> (Vec<Copy>, Vec<(ChunkHandle, ServerIdx, String)>) {

@@ -3,10 +3,12 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use storage::chunkserver::{ChunkServer, ChunkServerConfig};
 use storage::master::{service, Master, MasterConfig};
 use storage::Client;
+
+mod bench;
 
 #[derive(Parser)]
 #[command(name = "gfs", version, about = "gfs: a GFS-style distributed file system")]
@@ -121,6 +123,17 @@ enum Cmd {
     BenchNet {
         #[arg(long, default_value_t = 2048)]
         mib: u64,
+    },
+    /// Measure record append throughput.
+    BenchAppend {
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+        #[arg(long, default_value_t = 64)]
+        records: usize,
+        #[arg(long, default_value_t = 1 << 20)]
+        size: usize,
+        #[arg(long, default_value = "/bench-append")]
+        path: String,
     },
     /// Measure master metadata operations per second.
     BenchMeta {
@@ -342,8 +355,11 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Bind { path, register } => Ok(client(&cli.master)?.bind(&path, &register)?),
-        Cmd::BenchNet { mib } => bench_net(mib),
-        Cmd::BenchMeta { threads, ops, dir } => bench_meta(&client(&cli.master)?, threads, ops, &dir),
+        Cmd::BenchNet { mib } => bench::net(mib),
+        Cmd::BenchAppend { threads, records, size, path } => {
+            bench::append(&client(&cli.master)?, threads, records, size, &path)
+        }
+        Cmd::BenchMeta { threads, ops, dir } => bench::meta(&client(&cli.master)?, threads, ops, &dir),
     }
 }
 
@@ -361,68 +377,4 @@ fn park() -> Result<()> {
     loop {
         std::thread::park();
     }
-}
-
-fn bench_meta(c: &Client, threads: usize, ops: usize, dir: &str) -> Result<()> {
-    let _ = c.mkdir(dir);
-    let per = ops / threads.max(1);
-    let run = |what: &str, f: &(dyn Fn(&Client, String) -> storage::Result<()> + Sync)| -> Result<()> {
-        let t0 = Instant::now();
-        std::thread::scope(|s| -> Result<()> {
-            let hs: Vec<_> = (0..threads)
-                .map(|t| {
-                    let c = c.clone();
-                    s.spawn(move || -> storage::Result<()> {
-                        for i in 0..per {
-                            f(&c, format!("{dir}/f{t}-{i}"))?;
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
-            for h in hs {
-                h.join().map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
-            }
-            Ok(())
-        })?;
-        let el = t0.elapsed().as_secs_f64();
-        println!(
-            "{what}: {} ops in {el:.3} s = {:.0} ops/s ({threads} threads)",
-            per * threads,
-            (per * threads) as f64 / el
-        );
-        Ok(())
-    };
-    run("create", &|c, p| c.create(&p))?;
-    run("lookup", &|c, p| c.stat(&p).map(|_| ()))?;
-    Ok(())
-}
-
-fn bench_net(mib: u64) -> Result<()> {
-    use std::io::{Read, Write};
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding loopback")?;
-    let addr = l.local_addr().context("local address")?;
-    let rx = std::thread::spawn(move || -> std::io::Result<u64> {
-        let (mut s, _) = l.accept()?;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut total = 0u64;
-        loop {
-            let n = s.read(&mut buf)?;
-            if n == 0 {
-                return Ok(total);
-            }
-            total += n as u64;
-        }
-    });
-    let mut s = std::net::TcpStream::connect(addr).context("connecting over loopback")?;
-    let buf = vec![7u8; 1 << 20];
-    let t0 = Instant::now();
-    for _ in 0..mib {
-        s.write_all(&buf).context("sending")?;
-    }
-    drop(s);
-    let got = rx.join().map_err(|_| anyhow::anyhow!("receiver panicked"))?.context("receiving")?;
-    let el = t0.elapsed().as_secs_f64();
-    println!("loopback tcp: {} MiB in {el:.3} s = {:.0} MB/s", got >> 20, got as f64 / el / 1e6);
-    Ok(())
 }
