@@ -56,7 +56,13 @@ fn corrupt_replica_is_replaced_then_dropped() {
     let mut bytes = std::fs::read(&file).unwrap();
     bytes[100_000] ^= 0xff;
     std::fs::write(&file, bytes).unwrap();
-    // Reads still succeed; the bad replica gets reported, replaced and deleted.
+    // Read straight from the damaged replica: it refuses the block and reports itself.
+    let (handle, version) = (st.chunks[0].handle, st.chunks[0].version);
+    assert_eq!(
+        common::read_replica(&holders[0], handle, version, data.len() as u64),
+        Some(storage::error::ErrorKind::Corrupt)
+    );
+    // Reads through the client still succeed; the bad replica gets replaced and deleted.
     for _ in 0..5 {
         let mut back = vec![0u8; data.len()];
         client.read_at("/f", 0, &mut back).unwrap();
@@ -64,7 +70,8 @@ fn corrupt_replica_is_replaced_then_dropped() {
     }
     wait_until("the corrupt replica to be replaced", || {
         let ch = &client.stat("/f").unwrap().chunks[0];
-        ch.replicas.iter().filter(|r| !r.corrupt && !r.stale).count() == 3 && ch.replicas.iter().all(|r| !r.corrupt)
+        ch.replicas.iter().filter(|r| !r.corrupt && !r.stale).count() == 3
+            && ch.replicas.iter().all(|r| r.server != holders[0])
     });
     let st = client.stat("/f").unwrap();
     assert!(st.chunks[0].replicas.iter().all(|r| r.server != holders[0]), "{st:?}");
