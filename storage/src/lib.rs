@@ -30,5 +30,9 @@ pub const BLOCKS_PER_CHUNK: usize = (CHUNK_SIZE / BLOCK_SIZE) as usize;
 pub const MAX_MUTATION: u64 = 4 * 1024 * 1024;
 /// Largest record for record append: a quarter of a chunk (one push, one mutation).
 pub const MAX_RECORD: u64 = CHUNK_SIZE / 4;
+/// Most chunks in one file (64 TiB), so no request can make the master allocate without bound.
+pub const MAX_FILE_CHUNKS: u64 = 1 << 20;
+/// Largest file size.
+pub const MAX_FILE_SIZE: u64 = MAX_FILE_CHUNKS * CHUNK_SIZE;
 /// Size of one data frame on the wire.
 pub const DATA_FRAME: usize = 256 * 1024;

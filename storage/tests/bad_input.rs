@@ -89,6 +89,20 @@ fn unknown_handles_reads_past_end_and_vanishing_writers() {
     client.read_at("/f", 0, &mut back).unwrap();
     assert_eq!(&back[10..20], b"still fine");
 
+    // The master refuses absurd chunk indexes and sizes instead of allocating for them.
+    let ask_master = |req: storage::protocol::MasterRequest| -> Reply<storage::protocol::MasterReply> {
+        let mut conn = Conn::connect(&c.master_addr, Duration::from_secs(5)).unwrap();
+        conn.send(&req).unwrap();
+        conn.recv().unwrap()
+    };
+    let e =
+        ask_master(storage::protocol::MasterRequest::GetChunk { path: "/f".into(), index: 1 << 40, for_write: true })
+            .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument);
+    let e = ask_master(storage::protocol::MasterRequest::ExtendSize { path: "/f".into(), size: u64::MAX }).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument);
+    assert!(client.write_at("/f", u64::MAX - 3, b"overflow").is_err());
+
     // Library: reads past the end of a file are short.
     let mut buf = [0u8; 16];
     assert_eq!(client.read_at("/f", 5_000_000, &mut buf).unwrap(), 0);

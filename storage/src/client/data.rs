@@ -34,7 +34,8 @@ impl Client {
     pub fn write_at(&self, path: &str, offset: u64, data: &[u8]) -> Result<()> {
         let end = offset
             .checked_add(data.len() as u64)
-            .ok_or_else(|| GfsError::fs(ErrorKind::InvalidArgument, "offset overflow"))?;
+            .filter(|&e| e <= crate::MAX_FILE_SIZE)
+            .ok_or_else(|| GfsError::fs(ErrorKind::InvalidArgument, "write beyond the largest file size"))?;
         let mut pos = offset;
         while pos < end {
             let (idx, coff) = (pos / CHUNK_SIZE, pos % CHUNK_SIZE);

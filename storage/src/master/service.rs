@@ -109,7 +109,7 @@ pub fn handle(master: &Arc<Master>, req: MasterRequest) -> Result<MasterReply> {
         }
         MasterRequest::GetChunk { path, index, for_write } => {
             let path = normalize(&path)?;
-            if index >= u32::MAX as u64 {
+            if index >= crate::MAX_FILE_CHUNKS {
                 return Err(GfsError::fs(ErrorKind::InvalidArgument, "chunk index too large"));
             }
             let (size, location) = master.get_chunk(&path, index, for_write)?;
@@ -117,6 +117,9 @@ pub fn handle(master: &Arc<Master>, req: MasterRequest) -> Result<MasterReply> {
         }
         MasterRequest::ExtendSize { path, size } => {
             let path = normalize(&path)?;
+            if size > crate::MAX_FILE_SIZE {
+                return Err(GfsError::fs(ErrorKind::InvalidArgument, "size beyond the largest file"));
+            }
             let _l = master.locks.lock(&[], &[&path]);
             let current = master.meta().state.ns.file(&path)?.size;
             if size > current {
@@ -140,7 +143,7 @@ pub fn handle(master: &Arc<Master>, req: MasterRequest) -> Result<MasterReply> {
         }
         MasterRequest::AppendChunk { path, min_index } => {
             let path = normalize(&path)?;
-            if min_index >= u32::MAX as u64 {
+            if min_index >= crate::MAX_FILE_CHUNKS {
                 return Err(GfsError::fs(ErrorKind::InvalidArgument, "chunk index too large"));
             }
             let (index, location) = master.append_chunk(&path, min_index)?;

@@ -233,6 +233,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Get { remote, local } => {
             let c = client(&cli.master)?;
+            c.open(&remote)?; // fail before creating the local file if the remote one is missing
             let f = std::fs::File::create(&local).with_context(|| format!("creating {}", local.display()))?;
             let mut w = std::io::BufWriter::new(f);
             c.read_to(&remote, &mut w)?;
