@@ -194,26 +194,32 @@ impl Drop for Cluster {
     }
 }
 
-/// Reads `[0, len)` of a chunk straight from one chunkserver; returns the error kind that cut
-/// the stream short, if any.
-pub fn read_replica(addr: &str, handle: u64, version: u32, len: u64) -> Option<storage::error::ErrorKind> {
+/// Reads `[0, len)` of a chunk straight from one chunkserver: its bytes, or the error kind
+/// that cut the stream short.
+pub fn fetch_replica(addr: &str, handle: u64, version: u32, len: u64) -> Result<Vec<u8>, storage::error::ErrorKind> {
     use storage::protocol::{ChunkReply, ChunkRequest, Conn, Incoming, Reply};
     let mut conn = Conn::connect(addr, Duration::from_secs(5)).expect("connect");
     conn.send(&ChunkRequest::Read { handle, version, offset: 0, len }).expect("send");
     match conn.recv::<Reply<ChunkReply>>().expect("reply") {
         Ok(ChunkReply::Reading { .. }) => {}
         Ok(other) => panic!("unexpected {other:?}"),
-        Err(e) => return Some(e.kind),
+        Err(e) => return Err(e.kind),
     }
     let mut frame = Vec::new();
-    let mut got = 0u64;
-    while got < len {
+    let mut out = Vec::with_capacity(len as usize);
+    while (out.len() as u64) < len {
         match conn.recv_frame(&mut frame).expect("frame") {
-            Incoming::Data => got += frame.len() as u64,
+            Incoming::Data => out.extend_from_slice(&frame),
             Incoming::Msg => {
-                return Conn::decode_msg::<Reply<ChunkReply>>(&frame).expect("decode").err().map(|e| e.kind);
+                let r = Conn::decode_msg::<Reply<ChunkReply>>(&frame).expect("decode");
+                return Err(r.err().map(|e| e.kind).unwrap_or(storage::error::ErrorKind::Protocol));
             }
         }
     }
-    None
+    Ok(out)
+}
+
+/// Reads a chunk straight from one chunkserver; returns the error kind that cut it short.
+pub fn read_replica(addr: &str, handle: u64, version: u32, len: u64) -> Option<storage::error::ErrorKind> {
+    fetch_replica(addr, handle, version, len).err()
 }
