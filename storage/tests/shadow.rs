@@ -11,14 +11,16 @@ fn shadow_serves_reads_after_the_master_dies() {
     let mut c = Cluster::start("shadow", 0, &[]);
     let shadow_addr = common::free_addr();
     let log = std::fs::File::create(c.dir.join("shadow.log")).unwrap();
-    let mut shadow = Command::new(common::GFS)
-        .args(["master", "--dir"])
-        .arg(c.dir.join("shadow"))
-        .args(["--listen", &shadow_addr, "--shadow-of", &c.master_addr, "-v"])
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
+    let _shadow = common::KillOnDrop(
+        Command::new(common::GFS)
+            .args(["master", "--dir"])
+            .arg(c.dir.join("shadow"))
+            .args(["--listen", &shadow_addr, "--shadow-of", &c.master_addr, "-v"])
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap(),
+    );
     common::wait_listening(&shadow_addr);
     c.shadows.push(shadow_addr.clone());
     for i in 0..3 {
@@ -56,6 +58,4 @@ fn shadow_serves_reads_after_the_master_dies() {
     let out = Command::new(common::GFS).args(["--master", &shadow_addr, "mkdir", "/x"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("read-only shadow"));
-    let _ = shadow.kill();
-    let _ = shadow.wait();
 }

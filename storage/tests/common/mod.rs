@@ -43,6 +43,16 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
+/// A child process killed when dropped (also when a test panics).
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub struct ChunkServerProc {
     pub addr: String,
     pub dir: PathBuf,
@@ -59,6 +69,8 @@ pub struct Cluster {
     pub heartbeat_ms: u64,
     /// Shadow masters chunkservers also report to.
     pub shadows: Vec<String>,
+    /// File systems mounted for the test, unmounted on drop.
+    pub mounts: Vec<PathBuf>,
 }
 
 fn spawn(args: &[String], log: &Path) -> Child {
@@ -79,6 +91,7 @@ impl Cluster {
             cs: Vec::new(),
             heartbeat_ms: 100,
             shadows: Vec::new(),
+            mounts: Vec::new(),
             dir,
         };
         c.start_master();
@@ -187,6 +200,9 @@ impl Drop for Cluster {
         self.kill_master();
         for i in 0..self.cs.len() {
             self.kill_cs(i);
+        }
+        for m in self.mounts.drain(..) {
+            let _ = Command::new("umount").arg(&m).status();
         }
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
