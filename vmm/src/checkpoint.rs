@@ -113,7 +113,11 @@ pub fn capture(machine: &mut Machine) -> Result<Vec<u8>> {
         bases.encode_page(start as u64, content, delta);
     }
     let pages = dirty.iter().zip(deltas.iter()).map(|(page, delta)| ((page * PAGE) as u64, &delta[..]));
-    let encoded = DeltaCheckpoint::encode(&state, &[], pages).map_err(|e| VmmError::Checkpoint(e.to_string()))?;
+    // With verification on, the checkpoint's spare part carries a hash of every page of guest
+    // memory, which a replay compares with its own memory after loading the checkpoint.
+    let page_hashes = if machine.verify_checkpoints { hash_pages(memory) } else { Vec::new() };
+    let encoded =
+        DeltaCheckpoint::encode(&state, &page_hashes, pages).map_err(|e| VmmError::Checkpoint(e.to_string()))?;
     let mut out = vec![FORMAT];
     out.extend_from_slice(&lz4_flex::block::compress_prepend_size(&encoded));
     CAPTURED.fetch_add(1, Ordering::Relaxed);
@@ -124,7 +128,13 @@ pub fn capture(machine: &mut Machine) -> Result<Vec<u8>> {
 }
 
 /// Loads a checkpoint taken by [`capture`] into the machine.
+///
+/// The recorder took the checkpoint in a `KVM_RUN` that began by completing the I/O or MMIO
+/// access of the exit before it; this vCPU has not made that run, so its completion is still
+/// pending in KVM and would be applied on top of the loaded state at the next entry (a register
+/// written, RIP advanced a second time). Complete it first, then overwrite.
 pub fn apply(machine: &mut Machine, bytes: &[u8]) -> Result<()> {
+    machine.complete_pending_io()?;
     let encoded = decompress(bytes, machine.ram.size)?;
     let checkpoint = DeltaCheckpoint::decode(&encoded).map_err(|e| VmmError::Checkpoint(e.to_string()))?;
     let state: MachineState =
@@ -143,7 +153,69 @@ pub fn apply(machine: &mut Machine, bytes: &[u8]) -> Result<()> {
         };
         page.copy_from_slice(bases.decode_page(gpa, delta));
     }
+    if !checkpoint.devices.is_empty() {
+        verify_pages(machine.ram.as_slice()?, checkpoint.devices, &checkpoint)?;
+    }
     machine.restore_state(&state)
+}
+
+/// One line about a checkpoint's vCPU, for `ftvm log`: where the guest was and what decides
+/// whether it can take an interrupt.
+pub fn describe(bytes: &[u8], memory_size: u64) -> Result<String> {
+    let encoded = decompress(bytes, memory_size)?;
+    let checkpoint = DeltaCheckpoint::decode(&encoded).map_err(|e| VmmError::Checkpoint(e.to_string()))?;
+    let state: MachineState =
+        postcard::from_bytes(checkpoint.vcpu).map_err(|e| VmmError::Checkpoint(format!("decode state: {e}")))?;
+    let v = &state.vcpu;
+    Ok(format!(
+        "rip {:#x} rflags {:#x} cpl {} mp_state {} | shadow {} injected {} nr {:#x} | exception injected {} pending {} nr {} flags {:#x} | run: if {} ready {} window {} | {} page(s)",
+        v.regs.rip,
+        v.regs.rflags,
+        v.sregs.cs.dpl,
+        v.mp_state.mp_state,
+        v.events.interrupt.shadow,
+        v.events.interrupt.injected,
+        v.events.interrupt.nr,
+        v.events.exception.injected,
+        v.events.exception.pending,
+        v.events.exception.nr,
+        v.events.flags,
+        v.if_flag,
+        v.ready_for_interrupt_injection,
+        v.request_interrupt_window,
+        checkpoint.page_count()
+    ))
+}
+
+/// A 64-bit hash of each page, for `--verify-checkpoints`.
+fn hash_pages(memory: &[u8]) -> Vec<u8> {
+    memory.chunks(PAGE).flat_map(|page| blake3::hash(page).as_bytes()[..8].to_vec()).collect()
+}
+
+/// Compares memory after a checkpoint was loaded with the recorder's page hashes; names the
+/// pages that differ (and whether the checkpoint carried them) so a divergence can be traced to
+/// memory the dirty log missed.
+fn verify_pages(memory: &[u8], recorded: &[u8], checkpoint: &DeltaCheckpoint) -> Result<()> {
+    let ours = hash_pages(memory);
+    if ours == recorded {
+        return Ok(());
+    }
+    let carried: std::collections::HashSet<u64> = checkpoint.pages().map(|(gpa, _)| gpa).collect();
+    let differing: Vec<String> = ours
+        .chunks(8)
+        .zip(recorded.chunks(8))
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(page, _)| {
+            let gpa = (page * PAGE) as u64;
+            format!("{gpa:#x}{}", if carried.contains(&gpa) { " (carried)" } else { "" })
+        })
+        .collect();
+    Err(VmmError::Checkpoint(format!(
+        "after loading, {} page(s) differ from the recording: {}",
+        differing.len(),
+        differing.iter().take(16).cloned().collect::<Vec<_>>().join(", ")
+    )))
 }
 
 /// Undoes the compression, refusing a stated size no checkpoint of this machine can have (a
