@@ -115,6 +115,8 @@ pub struct Machine {
     pub remote_kick: RemoteKick,
     /// Pages the guest dirtied, when the configuration asks for dirty logging.
     pub dirty_log: Option<DirtyLog>,
+    /// Put a hash of every page into each checkpoint (slow; for tracing a divergence).
+    pub verify_checkpoints: bool,
     /// Page contents the last checkpoints carried, which the next ones are encoded against.
     pub checkpoint_bases: crate::checkpoint::PageBases,
     /// KVM fills the run page's register copies at every exit.
@@ -136,6 +138,24 @@ impl Machine {
             return Ok(self.vcpu.sync_regs().regs.rip);
         }
         Ok(self.vcpu.get_regs().map_err(kvm("read registers"))?.rip)
+    }
+
+    /// Whether the vCPU was kicked out just after a ring-3 `int3`: PVM hosts deliver that trap
+    /// to the guest's IDT on the next entry and keep it in state that `KVM_GET_VCPU_EVENTS` does
+    /// not report, so a checkpoint taken now would lose it. A false positive (another
+    /// instruction ending in 0xcc) only delays a kick.
+    pub fn stopped_after_int3(&mut self) -> Result<bool> {
+        const INT3: u8 = 0xcc;
+        let (regs, sregs, _) = self.synced_state()?;
+        if sregs.cs.dpl != 3 || regs.rip == 0 {
+            return Ok(false);
+        }
+        let Ok(translation) = self.vcpu.translate_gva(regs.rip - 1) else { return Ok(false) };
+        if translation.valid == 0 {
+            return Ok(false);
+        }
+        let byte = self.ram.as_slice()?.get(translation.physical_address as usize).copied();
+        Ok(byte == Some(INT3))
     }
 
     /// Registers, special registers and events, from the run page when it is current.
@@ -218,6 +238,7 @@ impl Machine {
             sync_regs,
             regs_synced: false,
             checkpoint_bases: Default::default(),
+            verify_checkpoints: false,
             net_frames: built.net_frames,
             remote_kick,
             _tap_readers: built.tap_readers,

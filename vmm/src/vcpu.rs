@@ -187,7 +187,7 @@ pub fn run(machine: &mut Machine, session: &mut dyn Session, options: RunOptions
             arm_kick(kicker, machine, session, bound)?;
         }
 
-        let info = match enter_guest(machine, &mut payload)? {
+        let info = match enter_guest_settled(machine, &mut payload, kicker.as_ref())? {
             Entered::Exit(info) => info,
             Entered::Kicked => {
                 machine.vcpu.set_kvm_immediate_exit(0);
@@ -289,6 +289,27 @@ enum Entered {
     Kicked,
     /// The guest triple-faulted.
     Shutdown { rip: u64 },
+}
+
+/// After a kick that landed where the vCPU state is incomplete (see
+/// [`Machine::stopped_after_int3`]) the guest is re-entered at once, as if the kick had not
+/// happened: no landmark, no event, nothing a replay could see. It is kicked again shortly.
+const RETRY_KICK_AFTER: Duration = Duration::from_micros(50);
+
+/// `KVM_RUN` until an exit, a kick at a point that can be checkpointed, or a shutdown.
+fn enter_guest_settled(machine: &mut Machine, payload: &mut Vec<u8>, kicker: Option<&Kicker>) -> Result<Entered> {
+    loop {
+        let entered = enter_guest(machine, payload)?;
+        if let (Entered::Kicked, Some(kicker)) = (&entered, kicker) {
+            if machine.stopped_after_int3()? {
+                machine.vcpu.set_kvm_immediate_exit(0);
+                kicker.arm(RETRY_KICK_AFTER)?;
+                tracing::trace!("kick landed just after an int3; re-entering");
+                continue;
+            }
+        }
+        return Ok(entered);
+    }
 }
 
 /// One `KVM_RUN`.
