@@ -230,11 +230,26 @@ fn a_corrupted_record_at_the_log_tail_is_detected_and_only_it_is_dropped() -> Re
 #[test]
 fn a_recorded_kv_session_replays_to_the_recorded_state() -> Result<()> {
     require_namespaces!();
-    let ns = network("kvreplay")?;
+    record_and_replay_a_kv_session("kvreplay", &[])
+}
+
+/// With a 100 µs bound the recorder preempts the guest constantly, also right after I/O and
+/// MMIO exits whose completion KVM still holds: the replay must load those checkpoints over a
+/// vCPU whose own completion is flushed first.
+#[test]
+fn a_kv_session_recorded_with_constant_preemptions_replays_to_the_recorded_state() -> Result<()> {
+    require_namespaces!();
+    record_and_replay_a_kv_session("kvpreempt", &["--preempt-us", "100"])
+}
+
+fn record_and_replay_a_kv_session(tag: &str, extra: &[&str]) -> Result<()> {
+    let ns = network(tag)?;
     let dir = tempfile::tempdir()?;
     let disk = disk(dir.path())?;
     let log = dir.path().join("kv.log");
-    let mut vm = boot(&ns, &disk, &["--record", log.to_str().context("utf-8 path")?, "--state-digest"])?;
+    let mut args = vec!["--record", log.to_str().context("utf-8 path")?, "--state-digest"];
+    args.extend_from_slice(extra);
+    let mut vm = boot(&ns, &disk, &args)?;
     ns.within(|| {
         set_keys(0..200)?;
         check_keys((0..200).collect())

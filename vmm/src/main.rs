@@ -32,6 +32,8 @@ enum Command {
     Run(RunArgs),
     /// Run a recorded guest again from its log alone and check every exit against it.
     Replay(ReplayArgs),
+    /// Print the records of a log, one a line (for reading a divergence).
+    Log(LogArgs),
     /// Continue a machine saved with `run --snapshot-at`, in this new process.
     Restore(RestoreArgs),
     /// Run each workload of our own guest on this machine, one after the other.
@@ -80,6 +82,11 @@ struct RunArgs {
     /// exact exit of a divergence; larger K makes the log smaller).
     #[arg(long, value_name = "K", default_value_t = 1)]
     digest_every: u32,
+    /// With --record: put a hash of every guest page into each checkpoint; `ftvm replay` then
+    /// checks its memory after loading each one and names the pages that differ (slow: for
+    /// tracing a divergence).
+    #[arg(long, requires = "record")]
+    verify_checkpoints: bool,
 }
 
 #[derive(Args)]
@@ -90,6 +97,18 @@ struct ReplayArgs {
     /// boot, and replay the rest of the log.
     #[arg(long, value_name = "SNAPSHOT")]
     from: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct LogArgs {
+    /// A log written by `ftvm run --record LOG`.
+    log: PathBuf,
+    /// Only records at landmarks from this exit count on.
+    #[arg(long, default_value_t = 0)]
+    from: u64,
+    /// Only records at landmarks up to this exit count.
+    #[arg(long, default_value_t = u64::MAX)]
+    to: u64,
 }
 
 #[derive(Args)]
@@ -136,6 +155,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run_command(&args),
         Command::Restore(args) => restore_command(&args),
         Command::Replay(args) => replay_command(&args),
+        Command::Log(args) => log_command(&args),
         Command::Demo => demo(),
     };
     match result {
@@ -177,6 +197,7 @@ fn run_command(args: &RunArgs) -> anyhow::Result<ExitCode> {
     };
     loop {
         let mut machine = Machine::new(config.clone(), Box::new(std::io::stdout()))?;
+        machine.verify_checkpoints = args.verify_checkpoints;
         let (outcome, stats) = match &args.record {
             Some(path) => {
                 let file = File::create(path).with_context(|| format!("log {}", path.display()))?;
@@ -266,6 +287,52 @@ fn replay_command(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     println!("replay: ok, {} exits, {} events, {} checkpoints", stats.exits, stats.events(), stats.checkpoints);
     println!("state-digest: {}", state_digest.to_hex());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ftvm log`: the header, then each record with its byte offset.
+fn log_command(args: &LogArgs) -> anyhow::Result<ExitCode> {
+    let file = File::open(&args.log).with_context(|| format!("log {}", args.log.display()))?;
+    let reader = ftlog::LogReader::new(BufReader::new(file)).with_context(|| format!("log {}", args.log.display()))?;
+    let header = reader.header().clone();
+    println!(
+        "header: memory {} MiB, cmdline {:?}, kernel {}, digest every {} exits, starts after {} exits, {} device(s)",
+        header.memory_size >> 20,
+        header.cmdline,
+        header.kernel_path.as_deref().unwrap_or("<ftvm guest>"),
+        header.exit_digest_interval,
+        header.start_exits,
+        vmm::record_replay::recorded_devices(&header)?.len()
+    );
+    for item in reader {
+        let (offset, record) = item.with_context(|| format!("log {}", args.log.display()))?;
+        let exits = record_exits(&record);
+        if exits.is_some_and(|n| n < args.from || n > args.to) {
+            continue;
+        }
+        match &record {
+            ftlog::Record::Checkpoint { data, .. } => {
+                let detail = vmm::checkpoint::describe(data, header.memory_size)
+                    .unwrap_or_else(|e| format!("does not decode: {e}"));
+                println!("{offset:>10}  {record}: {detail}");
+            }
+            _ => println!("{offset:>10}  {record}"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The exit count a record belongs to, for filtering.
+fn record_exits(record: &ftlog::Record) -> Option<u64> {
+    use ftlog::Record;
+    match record {
+        Record::Interrupt { at, .. }
+        | Record::ClockRead { at, .. }
+        | Record::World { at, .. }
+        | Record::Checkpoint { at, .. }
+        | Record::Input { at, .. } => Some(at.exit_count()),
+        Record::ExitDigest { exits, .. } | Record::SnapshotMark { exits } => Some(*exits),
+        Record::End(end) => Some(end.exits),
+    }
 }
 
 fn replay_failed(reason: &str) -> anyhow::Result<ExitCode> {
