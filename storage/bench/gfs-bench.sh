@@ -12,7 +12,7 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-gfs}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 SIZE_MIB="${SIZE_MIB:-1024}"
 PER4_MIB="${PER4_MIB:-256}"
 BENCH_DIR="${BENCH_DIR:-/tmp/gfs-bench}"
@@ -120,6 +120,9 @@ echo "(write limit = min(disk write, loopback) / 3 = $WLIM MB/s; read limit = mi
 echo "== record append (3 replicas)"
 "$GFS" bench-append --threads 1 --records 64 --size 1048576 --path /append1
 "$GFS" bench-append --threads 4 --records 32 --size 1048576 --path /append4
+"$GFS" bench-append --threads 8 --records 16 --size 1048576 --path /append8
+echo "== compare_and_set (the go-live test-and-set)"
+"$GFS" bench-lock --ops 500
 
 echo "== re-replication: a fourth chunkserver joins, one of the first three is killed"
 "$GFS" chunkserver --dir "$BENCH_DIR/cs4" --listen "127.0.0.1:$(port)" --rack r4 \

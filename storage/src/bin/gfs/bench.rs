@@ -100,3 +100,29 @@ pub fn append(c: &Client, threads: usize, records: usize, size: usize, path: &st
     );
     Ok(())
 }
+
+/// `ops` compare_and_set calls in a row on register `name`, each expecting the generation the
+/// previous one returned: prints the latency percentiles of the test-and-set used at go-live.
+pub fn lock(c: &Client, ops: usize, name: &str) -> Result<()> {
+    let (mut generation, _) = c.register(name).context("reading the register")?;
+    let mut latencies = Vec::with_capacity(ops);
+    for i in 0..ops {
+        let t0 = Instant::now();
+        generation = c.compare_and_set(name, generation, &format!("bench-{i}")).context("compare_and_set")?;
+        latencies.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    println!(
+        "compare_and_set: {ops} calls, latency p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms",
+        at(0.5),
+        at(0.9),
+        at(0.99)
+    );
+    Ok(())
+}

@@ -135,6 +135,13 @@ enum Cmd {
         #[arg(long, default_value = "/bench-append")]
         path: String,
     },
+    /// Measure compare_and_set latency (each one logged and fsynced before the answer).
+    BenchLock {
+        #[arg(long, default_value_t = 500)]
+        ops: usize,
+        #[arg(long, default_value = "bench-lock")]
+        name: String,
+    },
     /// Measure master metadata operations per second.
     BenchMeta {
         #[arg(long, default_value_t = 4)]
@@ -360,6 +367,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::BenchAppend { threads, records, size, path } => {
             bench::append(&client(&cli.master)?, threads, records, size, &path)
         }
+        Cmd::BenchLock { ops, name } => bench::lock(&client(&cli.master)?, ops, &name),
         Cmd::BenchMeta { threads, ops, dir } => bench::meta(&client(&cli.master)?, threads, ops, &dir),
     }
 }
