@@ -291,17 +291,7 @@ impl Store {
         }
         let mut s = lock(&chunk.state);
         check_version(chunk.handle, &s, version)?;
-        if s.data.is_none() {
-            let dp = self.path(chunk.handle, "dat");
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&dp)
-                .ctx(|| format!("creating {}", dp.display()))?;
-            s.data = Some(f);
-        }
+        self.open_data(chunk.handle, &mut s)?;
         let first = (offset / BLOCK_SIZE) as usize;
         let last = ((end - 1) / BLOCK_SIZE) as usize;
         let mut new_crcs = Vec::with_capacity(last - first + 1);
@@ -351,13 +341,10 @@ impl Store {
         lock(&chunk.state).len
     }
 
-    /// Pads a replica to the full chunk size (the rest reads as zeros), so a record append
-    /// that does not fit moves on to the next chunk.
-    pub fn pad(&self, chunk: &Chunk, version: Version) -> Result<()> {
-        let mut s = lock(&chunk.state);
-        check_version(chunk.handle, &s, version)?;
+    /// Opens (creating it, sparse) the replica's data file on its first write.
+    fn open_data(&self, handle: ChunkHandle, s: &mut ChunkState) -> Result<()> {
         if s.data.is_none() {
-            let dp = self.path(chunk.handle, "dat");
+            let dp = self.path(handle, "dat");
             let f = OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -367,6 +354,15 @@ impl Store {
                 .ctx(|| format!("creating {}", dp.display()))?;
             s.data = Some(f);
         }
+        Ok(())
+    }
+
+    /// Pads a replica to the full chunk size (the rest reads as zeros), so a record append
+    /// that does not fit moves on to the next chunk.
+    pub fn pad(&self, chunk: &Chunk, version: Version) -> Result<()> {
+        let mut s = lock(&chunk.state);
+        check_version(chunk.handle, &s, version)?;
+        self.open_data(chunk.handle, &mut s)?;
         if let Some(f) = &s.data {
             f.set_len(CHUNK_SIZE).ctx(|| format!("padding chunk {}", chunk.handle))?;
             if self.sync {

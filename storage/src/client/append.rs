@@ -4,7 +4,6 @@
 use super::{unexpected, Client};
 use crate::error::{ErrorKind, GfsError, Result};
 use crate::protocol::{ChunkReply, ChunkRequest, MasterReply, MasterRequest};
-use crate::util::random_id;
 use crate::{CHUNK_SIZE, MAX_RECORD};
 use std::time::{Duration, Instant};
 
@@ -61,16 +60,7 @@ impl Client {
                 MasterReply::AppendChunk { index, location } => (index, location),
                 other => return Err(unexpected(&self.inner.master, other)),
             };
-        let primary = loc.primary.clone().ok_or_else(|| GfsError::fs(ErrorKind::NoLease, "no primary"))?;
-        let mut chain = loc.replicas.clone();
-        if !chain.contains(&primary) {
-            chain.push(primary.clone());
-        }
-        let id = random_id();
-        let failed = self.push(&chain, id, data)?;
-        if !failed.is_empty() {
-            return Err(GfsError::fs(ErrorKind::Unavailable, format!("push failed on {}", failed.join(", "))));
-        }
+        let (primary, chain, id) = self.push_to_replicas(&loc, data)?;
         let req = ChunkRequest::Append {
             handle: loc.handle,
             version: loc.version,

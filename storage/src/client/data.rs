@@ -212,16 +212,7 @@ impl Client {
 
     /// One attempt: push the data along the chain, then ask the primary to commit it.
     fn mutate(&self, loc: &ChunkLocation, coff: u64, data: &[u8]) -> Result<()> {
-        let primary = loc.primary.clone().ok_or_else(|| GfsError::fs(ErrorKind::NoLease, "no primary"))?;
-        let mut chain = loc.replicas.clone();
-        if !chain.contains(&primary) {
-            chain.push(primary.clone());
-        }
-        let id = random_id();
-        let failed = self.push(&chain, id, data)?;
-        if !failed.is_empty() {
-            return Err(GfsError::fs(ErrorKind::Unavailable, format!("push failed on {}", failed.join(", "))));
-        }
+        let (primary, chain, id) = self.push_to_replicas(loc, data)?;
         let secondaries: Vec<String> = chain.into_iter().filter(|a| *a != primary).collect();
         let req = ChunkRequest::Write {
             handle: loc.handle,
@@ -249,6 +240,22 @@ impl Client {
     }
 
     /// Streams `data` to the first replica, which forwards along the chain while it receives.
+    /// Pushes `data` along the chain of the chunk's replicas (the primary included), as the first
+    /// step of a mutation; returns the primary, the chain and the id the data is buffered under.
+    pub(super) fn push_to_replicas(&self, loc: &ChunkLocation, data: &[u8]) -> Result<(String, Vec<String>, u64)> {
+        let primary = loc.primary.clone().ok_or_else(|| GfsError::fs(ErrorKind::NoLease, "no primary"))?;
+        let mut chain = loc.replicas.clone();
+        if !chain.contains(&primary) {
+            chain.push(primary.clone());
+        }
+        let id = random_id();
+        let failed = self.push(&chain, id, data)?;
+        if !failed.is_empty() {
+            return Err(GfsError::fs(ErrorKind::Unavailable, format!("push failed on {}", failed.join(", "))));
+        }
+        Ok((primary, chain, id))
+    }
+
     pub(super) fn push(&self, chain: &[String], id: u64, data: &[u8]) -> Result<Vec<String>> {
         let Some((first, rest)) = chain.split_first() else {
             return Err(GfsError::fs(ErrorKind::NoReplicas, "empty replica chain"));
