@@ -269,3 +269,96 @@ fn record_and_replay_a_kv_session(tag: &str, extra: &[&str]) -> Result<()> {
     assert_eq!(digest(&replayed), Some(recorded_digest));
     Ok(())
 }
+
+/// The Internet checksum of `data`.
+fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 =
+        data.chunks(2).map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]))).sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Sends one ICMP echo request to the guest on a raw socket and waits for its reply.
+fn ping_guest(sequence: u16) -> Result<()> {
+    // SAFETY: plain socket(2); the descriptor is owned by the File below and closed with it.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("raw ICMP socket");
+    }
+    // SAFETY: fd is a fresh descriptor that nothing else owns.
+    let socket = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let timeout = libc::timeval { tv_sec: 2, tv_usec: 0 };
+    // SAFETY: setsockopt with a timeval of the size given.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    let id: u16 = (std::process::id() & 0xffff) as u16;
+    let mut request = vec![8u8, 0, 0, 0];
+    request.extend_from_slice(&id.to_be_bytes());
+    request.extend_from_slice(&sequence.to_be_bytes());
+    request.extend_from_slice(b"ftvm ping payload");
+    let checksum = internet_checksum(&request);
+    request[2..4].copy_from_slice(&checksum.to_be_bytes());
+    let guest: std::net::Ipv4Addr = GUEST_IP.parse()?;
+    let address = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(guest.octets()) },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: the buffer and the address are valid for the call.
+    let sent = unsafe {
+        libc::sendto(
+            fd,
+            request.as_ptr().cast(),
+            request.len(),
+            0,
+            (&address as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        return Err(std::io::Error::last_os_error()).context("sending the echo request");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut buffer = [0u8; 1500];
+    while std::time::Instant::now() < deadline {
+        let got = match std::io::Read::read(&mut &socket, &mut buffer) {
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(e) => return Err(e).context("reading ICMP"),
+        };
+        // A raw IPv4 socket hands over the IP header too.
+        let header = usize::from(buffer[0] & 0x0f) * 4;
+        let (ip, icmp) = buffer[..got].split_at(header.min(got));
+        let from = std::net::Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+        if from == guest
+            && icmp.len() >= 8
+            && icmp[0] == 0
+            && icmp[4..6] == id.to_be_bytes()
+            && icmp[6..8] == sequence.to_be_bytes()
+        {
+            return Ok(());
+        }
+    }
+    bail!("no echo reply from {GUEST_IP} for sequence {sequence}")
+}
+
+#[test]
+fn the_guest_answers_arp_and_ping() -> Result<()> {
+    require_namespaces!();
+    let ns = network("kvping")?;
+    let dir = tempfile::tempdir()?;
+    let disk = disk(dir.path())?;
+    let _vm = boot(&ns, &disk, &[])?;
+    // The first echo request makes the host resolve the guest's MAC: the guest answers ARP too.
+    ns.within(|| (1..=3).try_for_each(ping_guest))
+}
