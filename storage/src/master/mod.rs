@@ -11,6 +11,7 @@ pub mod health;
 pub mod lease;
 pub mod locks;
 pub mod namespace;
+pub mod rebalance;
 pub mod register;
 pub mod repair;
 pub mod service;
@@ -43,6 +44,8 @@ pub struct MasterConfig {
     pub replicas: usize,
     /// How often to look for under-replicated chunks (`None`: never).
     pub repair_interval: Option<Duration>,
+    /// How often to even out replica counts across chunkservers (`None`: never).
+    pub rebalance_interval: Option<Duration>,
     /// Deleted files stay in `/.trash` this long (`None`: delete at once).
     pub gc_delay: Option<Duration>,
     /// Run as a read-only shadow of the master at this address.
@@ -59,6 +62,7 @@ impl MasterConfig {
             dead_after: Duration::from_secs(10),
             replicas: 3,
             repair_interval: Some(Duration::from_secs(1)),
+            rebalance_interval: Some(Duration::from_secs(60)),
             gc_delay: Some(Duration::from_secs(3 * 24 * 3600)),
             shadow_of: None,
         }

@@ -18,6 +18,7 @@ pub fn serve(master: Arc<Master>) -> Result<std::net::SocketAddr> {
         master.spawn_shadow_sync();
     } else {
         master.spawn_repair();
+        master.spawn_rebalance();
         master.spawn_gc();
     }
     std::thread::Builder::new()

@@ -52,6 +52,9 @@ enum Cmd {
         /// Look for under-replicated chunks this often (0: never).
         #[arg(long, default_value_t = 1.0)]
         repair_interval_secs: f64,
+        /// Move replicas from the fullest to the emptiest chunkservers this often (0: never).
+        #[arg(long, default_value_t = 60.0)]
+        rebalance_interval_secs: f64,
     },
     /// Run a chunkserver.
     Chunkserver {
@@ -67,9 +70,6 @@ enum Cmd {
         /// Do not fdatasync chunk data before acknowledging a mutation.
         #[arg(long)]
         no_sync: bool,
-        /// Seconds between full background scrub passes over every replica (0: never).
-        #[arg(long, default_value_t = 3600.0)]
-        scrub_interval_secs: f64,
     },
     /// List a directory.
     Ls { path: String },
@@ -190,6 +190,7 @@ fn run(cli: Cli) -> Result<()> {
             dead_after_secs,
             replicas,
             repair_interval_secs,
+            rebalance_interval_secs,
             gc_delay_secs,
             shadow_of,
         } => {
@@ -199,6 +200,8 @@ fn run(cli: Cli) -> Result<()> {
             cfg.dead_after = secs(dead_after_secs)?;
             cfg.replicas = replicas.max(1);
             cfg.repair_interval = (repair_interval_secs > 0.0).then(|| secs(repair_interval_secs)).transpose()?;
+            cfg.rebalance_interval =
+                (rebalance_interval_secs > 0.0).then(|| secs(rebalance_interval_secs)).transpose()?;
             cfg.gc_delay = (gc_delay_secs > 0.0).then(|| secs(gc_delay_secs)).transpose()?;
             cfg.shadow_of = shadow_of;
             let m = Master::open(cfg).context("starting the master")?;
@@ -206,13 +209,12 @@ fn run(cli: Cli) -> Result<()> {
             println!("gfs master listening on {addr}");
             park()
         }
-        Cmd::Chunkserver { dir, listen, rack, heartbeat_ms, no_sync, scrub_interval_secs } => {
+        Cmd::Chunkserver { dir, listen, rack, heartbeat_ms, no_sync } => {
             let master = cli.master.context("chunkserver needs --master ADDR (or GFS_MASTER)")?;
             let mut cfg = ChunkServerConfig::new(dir, master, listen);
             cfg.rack = rack;
             cfg.heartbeat = Duration::from_millis(heartbeat_ms.max(10));
             cfg.sync = !no_sync;
-            cfg.scrub_interval = Some(secs(scrub_interval_secs)?).filter(|d| !d.is_zero());
             let cs = ChunkServer::start(cfg).context("starting the chunkserver")?;
             println!("gfs chunkserver listening on {}", cs.addr);
             park()
