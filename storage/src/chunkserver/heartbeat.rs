@@ -75,7 +75,9 @@ fn beat(master: &str, conn: &mut Option<Conn>, hb: Heartbeat) -> Result<crate::p
 pub fn report_corrupt(cs: &Arc<ChunkServer>, handle: ChunkHandle) {
     let cs = cs.clone();
     let _ = std::thread::Builder::new().name("report-corrupt".into()).spawn(move || {
-        let r = Conn::connect(&cs.cfg.master, TIMEOUT).and_then(|mut c| {
+        // The master proper (`--master` may also list shadows, which ignore reports).
+        let Some(master) = cs.masters().into_iter().next() else { return };
+        let r = Conn::connect(&master, TIMEOUT).and_then(|mut c| {
             c.send(&MasterRequest::ReportCorrupt { server: cs.addr.clone(), handle })?;
             c.recv::<Reply<MasterReply>>().map(|_| ())
         });

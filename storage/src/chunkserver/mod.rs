@@ -1,11 +1,13 @@
 //! A chunkserver: stores chunk replicas ([`store`]), receives pushed data and forwards it down
 //! the chain ([`service`]), applies mutations in the primary's serial order, serves verified
-//! reads, and reports to the master ([`heartbeat`]).
+//! reads, reports to the master ([`heartbeat`]) and scrubs its replicas in the background
+//! ([`scrub`]).
 
 pub mod buffers;
 pub mod heartbeat;
 pub mod mutation;
 pub mod replicate;
+pub mod scrub;
 pub mod service;
 pub mod store;
 
@@ -32,6 +34,12 @@ pub struct ChunkServerConfig {
     pub sync: bool,
     /// Most bytes of pushed, not yet applied data held in memory.
     pub buffer_limit: usize,
+    /// Time between full scrub passes over every replica ([`scrub`]); `None` disables it.
+    pub scrub_interval: Option<Duration>,
+    /// Pause between two chunks of a scrub pass.
+    pub scrub_pause: Duration,
+    /// Most bytes a second the scrubber reads (0: no limit).
+    pub scrub_rate: u64,
 }
 
 impl ChunkServerConfig {
@@ -44,6 +52,9 @@ impl ChunkServerConfig {
             heartbeat: Duration::from_millis(1000),
             sync: true,
             buffer_limit: 512 * 1024 * 1024,
+            scrub_interval: Some(Duration::from_secs(3600)),
+            scrub_pause: Duration::from_millis(20),
+            scrub_rate: 32 * 1024 * 1024,
         }
     }
 }
@@ -91,6 +102,7 @@ impl ChunkServer {
         tracing::info!(addr = %cs.addr, chunks = cs.store.report().0.len(), "chunkserver started");
         service::spawn_accept(cs.clone(), listener)?;
         heartbeat::spawn(cs.clone())?;
+        scrub::spawn(cs.clone())?;
         Ok(cs)
     }
 

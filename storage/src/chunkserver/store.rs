@@ -13,7 +13,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 
 /// Largest piece read and verified at once.
 pub const READ_PIECE: u64 = 1024 * 1024;
@@ -140,6 +140,11 @@ impl Store {
             .get(&handle)
             .cloned()
             .ok_or_else(|| err(ErrorKind::UnknownChunk, format!("unknown chunk handle {handle}")))
+    }
+
+    /// Handles of every chunk stored (without touching any chunk's lock).
+    pub fn handles(&self) -> Vec<ChunkHandle> {
+        lock(&self.chunks).keys().copied().collect()
     }
 
     /// Every chunk with its version (the chunk report), and those known to be corrupt.
@@ -412,6 +417,71 @@ impl Store {
         }
         Ok((offset - base) as usize..(end - base) as usize)
     }
+
+    /// Whether `chunk` is still the store's replica of its handle (not deleted or replaced).
+    fn is_current(&self, chunk: &Chunk) -> bool {
+        lock(&self.chunks).get(&chunk.handle).is_some_and(|c| std::ptr::eq(&**c, chunk))
+    }
+
+    /// Scrubs blocks `[first, first + count)` of a replica: verifies each against its stored
+    /// checksum, as a read would. Holds the chunk's lock only for this piece, and only if it is
+    /// free (a mutation holding it makes this return [`Scrubbed::Busy`]). Blocks past the end
+    /// of the data file read as zeros, so their checksum must be that of zeros (no I/O needed).
+    /// A bad block marks the replica corrupt, exactly as a failed read does.
+    pub fn scrub(&self, chunk: &Chunk, first: usize, count: usize, buf: &mut Vec<u8>) -> Result<Scrubbed> {
+        let s = match chunk.state.try_lock() {
+            Ok(s) => s,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return Ok(Scrubbed::Busy),
+        };
+        if s.corrupt {
+            return Ok(Scrubbed::AlreadyCorrupt);
+        }
+        let end = first.saturating_add(count).min(BLOCKS_PER_CHUNK);
+        let ctx = || format!("scrubbing chunk {}", chunk.handle);
+        let file_len = match &s.data {
+            Some(f) => f.metadata().ctx(ctx)?.len().min(CHUNK_SIZE),
+            None => 0,
+        };
+        let io_end = end.min(file_len.div_ceil(BLOCK_SIZE) as usize);
+        let mut read = 0;
+        let mut bad = None;
+        if let (Some(f), true) = (&s.data, first < io_end) {
+            buf.clear();
+            buf.resize((io_end - first) * BLOCK_SIZE as usize, 0);
+            read_full_at(f, buf, first as u64 * BLOCK_SIZE).ctx(ctx)?;
+            read = buf.len() as u64;
+            bad = (first..io_end)
+                .zip(buf.chunks_exact(BLOCK_SIZE as usize))
+                .find_map(|(b, blk)| (crc32c::crc32c(blk) != s.crcs[b]).then_some(b));
+        }
+        if bad.is_none() {
+            bad = (io_end.max(first)..end).find(|&b| s.crcs[b] != zero_block_crc());
+        }
+        drop(s);
+        match bad {
+            Some(block) if self.is_current(chunk) => {
+                self.mark_corrupt(chunk);
+                Ok(Scrubbed::Corrupt { block, read })
+            }
+            // Deleted or replaced while we looked: nothing to report.
+            Some(_) => Ok(Scrubbed::AlreadyCorrupt),
+            None => Ok(Scrubbed::Clean { read }),
+        }
+    }
+}
+
+/// What scrubbing a piece of a replica found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scrubbed {
+    /// Every block matched its checksum; `read` bytes came from disk.
+    Clean { read: u64 },
+    /// A mutation holds the chunk: try again later.
+    Busy,
+    /// The replica is already known corrupt (or is no longer stored): nothing to do.
+    AlreadyCorrupt,
+    /// `block` does not match its checksum; the replica is now marked corrupt.
+    Corrupt { block: usize, read: u64 },
 }
 
 fn check_version(handle: ChunkHandle, s: &ChunkState, version: Version) -> Result<()> {
@@ -506,6 +576,40 @@ mod tests {
         let e = s.read(&c, 2, 65_536, 10, &mut out).unwrap_err();
         assert_eq!(e.kind(), Some(ErrorKind::Corrupt));
         assert_eq!(s.report().1, vec![7]);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn scrub_finds_corruption_nobody_read_and_skips_busy_chunks() {
+        let (s, d) = store("scrub");
+        s.set_version(9, 2).unwrap();
+        let c = s.get(9).unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        s.write(&c, 2, 0, &data).unwrap();
+        let mut buf = Vec::new();
+        let all = BLOCKS_PER_CHUNK;
+        assert_eq!(s.scrub(&c, 0, all, &mut buf).unwrap(), Scrubbed::Clean { read: 5 * BLOCK_SIZE });
+        // A mutation holding the chunk: the scrubber backs off instead of waiting.
+        {
+            let _held = lock(&c.state);
+            assert_eq!(s.scrub(&c, 0, all, &mut buf).unwrap(), Scrubbed::Busy);
+        }
+        // Flip a byte on disk: found without any read, and the replica is marked corrupt.
+        let dp = d.join(format!("{:016x}.dat", 9));
+        let mut bytes = std::fs::read(&dp).unwrap();
+        bytes[200_000] ^= 1;
+        std::fs::write(&dp, bytes).unwrap();
+        assert_eq!(s.scrub(&c, 0, 2, &mut buf).unwrap(), Scrubbed::Clean { read: 2 * BLOCK_SIZE });
+        assert!(matches!(s.scrub(&c, 2, all, &mut buf).unwrap(), Scrubbed::Corrupt { block: 3, .. }));
+        assert_eq!(s.report().1, vec![9]);
+        assert_eq!(s.scrub(&c, 0, all, &mut buf).unwrap(), Scrubbed::AlreadyCorrupt);
+        // A truncated data file: blocks past its end must have the checksum of zeros.
+        s.set_version(10, 2).unwrap();
+        let c2 = s.get(10).unwrap();
+        s.write(&c2, 2, 0, &data).unwrap();
+        let dp2 = d.join(format!("{:016x}.dat", 10));
+        std::fs::OpenOptions::new().write(true).open(&dp2).unwrap().set_len(BLOCK_SIZE).unwrap();
+        assert!(matches!(s.scrub(&c2, 0, all, &mut buf).unwrap(), Scrubbed::Corrupt { block: 1, .. }));
         let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -70,6 +70,9 @@ enum Cmd {
         /// Do not fdatasync chunk data before acknowledging a mutation.
         #[arg(long)]
         no_sync: bool,
+        /// Seconds between full background scrub passes over every replica (0: never).
+        #[arg(long, default_value_t = 3600.0)]
+        scrub_interval_secs: f64,
     },
     /// List a directory.
     Ls { path: String },
@@ -209,12 +212,13 @@ fn run(cli: Cli) -> Result<()> {
             println!("gfs master listening on {addr}");
             park()
         }
-        Cmd::Chunkserver { dir, listen, rack, heartbeat_ms, no_sync } => {
+        Cmd::Chunkserver { dir, listen, rack, heartbeat_ms, no_sync, scrub_interval_secs } => {
             let master = cli.master.context("chunkserver needs --master ADDR (or GFS_MASTER)")?;
             let mut cfg = ChunkServerConfig::new(dir, master, listen);
             cfg.rack = rack;
             cfg.heartbeat = Duration::from_millis(heartbeat_ms.max(10));
             cfg.sync = !no_sync;
+            cfg.scrub_interval = Some(secs(scrub_interval_secs)?).filter(|d| !d.is_zero());
             let cs = ChunkServer::start(cfg).context("starting the chunkserver")?;
             println!("gfs chunkserver listening on {}", cs.addr);
             park()
