@@ -15,33 +15,7 @@ use std::time::{Duration, Instant};
 
 /// Starts the accept loop on a background thread.
 pub fn spawn_accept(cs: Arc<ChunkServer>, listener: TcpListener) -> Result<()> {
-    std::thread::Builder::new()
-        .name("cs-accept".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                let stream = match stream {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!("accept: {e}");
-                        continue;
-                    }
-                };
-                let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-                let cs = cs.clone();
-                let spawned =
-                    std::thread::Builder::new().name("cs-conn".into()).spawn(move || {
-                        match Conn::from_stream(stream, peer.clone()) {
-                            Ok(conn) => handle_conn(&cs, conn),
-                            Err(e) => tracing::warn!("{peer}: {e}"),
-                        }
-                    });
-                if let Err(e) = spawned {
-                    tracing::error!("cannot spawn a connection thread: {e}");
-                }
-            }
-        })
-        .map(|_| ())
-        .map_err(|e| GfsError::io("starting the accept thread", e))
+    crate::protocol::conn::serve(listener, "cs", move |conn| handle_conn(&cs, conn))
 }
 
 fn handle_conn(cs: &Arc<ChunkServer>, mut conn: Conn) {

@@ -21,31 +21,7 @@ pub fn serve(master: Arc<Master>) -> Result<std::net::SocketAddr> {
         master.spawn_rebalance();
         master.spawn_gc();
     }
-    std::thread::Builder::new()
-        .name("master-accept".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                let stream = match stream {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!("accept: {e}");
-                        continue;
-                    }
-                };
-                let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-                let m = master.clone();
-                let spawned = std::thread::Builder::new().name("master-conn".into()).spawn(move || {
-                    match Conn::from_stream(stream, peer.clone()) {
-                        Ok(conn) => handle_conn(&m, conn),
-                        Err(e) => tracing::warn!("{peer}: {e}"),
-                    }
-                });
-                if let Err(e) = spawned {
-                    tracing::error!("cannot spawn a connection thread: {e}");
-                }
-            }
-        })
-        .map_err(|e| GfsError::io("starting the accept thread", e))?;
+    crate::protocol::conn::serve(listener, "master", move |conn| handle_conn(&master, conn))?;
     Ok(addr)
 }
 

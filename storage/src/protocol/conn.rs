@@ -127,6 +127,43 @@ fn decode<T: DeserializeOwned>(buf: &[u8]) -> Result<T> {
     postcard::from_bytes(buf).map_err(|e| GfsError::Codec(e.to_string()))
 }
 
+/// Accepts connections on `listener` on a thread named `name`-accept and serves each on a thread
+/// of its own with `handle` (the master's and the chunkservers' servers are alike in this).
+pub fn serve(
+    listener: std::net::TcpListener,
+    name: &str,
+    handle: impl Fn(Conn) + Clone + Send + 'static,
+) -> Result<()> {
+    let conn_name = format!("{name}-conn");
+    std::thread::Builder::new()
+        .name(format!("{name}-accept"))
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let stream = match stream {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!("accept: {e}");
+                        continue;
+                    }
+                };
+                let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                let handle = handle.clone();
+                let spawned =
+                    std::thread::Builder::new().name(conn_name.clone()).spawn(move || {
+                        match Conn::from_stream(stream, peer.clone()) {
+                            Ok(conn) => handle(conn),
+                            Err(e) => tracing::warn!("{peer}: {e}"),
+                        }
+                    });
+                if let Err(e) = spawned {
+                    tracing::error!("cannot spawn a connection thread: {e}");
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| GfsError::io("starting the accept thread", e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::messages::*;
