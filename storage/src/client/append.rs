@@ -1,6 +1,7 @@
 //! Record append: the primary picks the offset, so concurrent appenders never overwrite each
 //! other. At least once: a failed attempt is retried and may leave a duplicate or padding.
 
+use super::data::is_permanent;
 use super::{unexpected, Client};
 use crate::error::{ErrorKind, GfsError, Result};
 use crate::protocol::{ChunkReply, ChunkRequest, MasterReply, MasterRequest};
@@ -31,12 +32,7 @@ impl Client {
                 Ok(None) => continue, // the chunk was full; go on to the next one
                 Err(e) => e,
             };
-            let fatal = matches!(e.kind(), Some(ErrorKind::DiskFull | ErrorKind::Fenced))
-                || matches!(&e, GfsError::Fs(r) if matches!(
-                    r.kind,
-                    ErrorKind::NotFound | ErrorKind::IsADirectory | ErrorKind::InvalidPath | ErrorKind::InvalidArgument
-                ));
-            if fatal {
+            if is_permanent(&e) {
                 return Err(e);
             }
             let waiting =

@@ -178,12 +178,7 @@ impl Client {
             self.forget_lease(path, idx);
             let waiting =
                 matches!(e.kind(), Some(ErrorKind::Unavailable | ErrorKind::NoReplicas)) && Instant::now() < deadline;
-            let fatal = matches!(e.kind(), Some(ErrorKind::DiskFull | ErrorKind::Fenced))
-                || matches!(&e, GfsError::Fs(r) if matches!(
-                    r.kind,
-                    ErrorKind::NotFound | ErrorKind::IsADirectory | ErrorKind::InvalidPath | ErrorKind::InvalidArgument
-                ));
-            if fatal {
+            if is_permanent(&e) {
                 return Err(e);
             }
             if !waiting {
@@ -359,4 +354,14 @@ impl Client {
         self.inner.pool.put(c);
         Ok(())
     }
+}
+
+/// Whether a mutation's error is final: retrying against other replicas or a new lease cannot
+/// help (a full disk, a fenced writer, a bad path or argument).
+pub(super) fn is_permanent(e: &GfsError) -> bool {
+    matches!(e.kind(), Some(ErrorKind::DiskFull | ErrorKind::Fenced))
+        || matches!(e, GfsError::Fs(r) if matches!(
+            r.kind,
+            ErrorKind::NotFound | ErrorKind::IsADirectory | ErrorKind::InvalidPath | ErrorKind::InvalidArgument
+        ))
 }
