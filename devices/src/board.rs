@@ -6,9 +6,9 @@ use crate::pic::{PicPair, PicState};
 use crate::pit::{Pit, PitState};
 use crate::power::{Power, PowerAction};
 use crate::serial::{Serial, SerialState};
-use crate::virtio::{OutputStage, VirtioDevices, VirtioState};
+use crate::virtio::{DiscardOutput, Output, OutputError, OutputStage, VirtioDevices, VirtioState};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
+use std::sync::{Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
 
 /// IRQ lines of the legacy devices.
@@ -16,7 +16,7 @@ pub const PIT_IRQ: u8 = 0;
 pub const SERIAL_IRQ: u8 = 4;
 
 /// What the vCPU loop must do after an I/O exit.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum IoOutcome {
     Continue,
     /// The guest powered off with this code.
@@ -26,7 +26,7 @@ pub enum IoOutcome {
     /// The guest reported a fatal fault with this code.
     GuestPanic(u32),
     /// A backend failed in a way the VM cannot survive (a disk write that did not happen).
-    Fatal(String),
+    Fatal(Arc<OutputError>),
 }
 
 /// All device state, for checkpoints, snapshots and the state digest.
@@ -48,30 +48,42 @@ pub struct Board {
     virtio: VirtioDevices,
     /// Guest memory, which virtio devices read and write (only at exits).
     mem: GuestMemoryMmap,
-    /// Where transmitted frames and disk writes go.
+    /// Where transmitted frames, disk writes and console bytes go.
     output: Box<dyn OutputStage + Send>,
+    /// What the UART transmitted at the current exit, on its way to the output stage.
+    console: ConsoleBuffer,
     /// Counts of accesses that no device claimed, for the exit statistics and debugging.
     pub unclaimed_accesses: u64,
 }
 
 impl Board {
-    pub fn new(
-        serial_out: Box<dyn Write + Send>,
-        mem: GuestMemoryMmap,
-        virtio: VirtioDevices,
-        output: Box<dyn OutputStage + Send>,
-    ) -> Self {
+    /// The board with these virtio device models and no backends: its outputs are dropped until
+    /// [`Board::attach_output`] gives it a stage.
+    pub fn new(mem: GuestMemoryMmap, virtio: VirtioDevices) -> Self {
+        let console = ConsoleBuffer::default();
         Self {
             pic: PicPair::new(),
             pit: Pit::new(),
-            serial: Serial::new(serial_out),
+            serial: Serial::new(Box::new(console.clone())),
             clock: Clock,
             power: Power,
             virtio,
             mem,
-            output,
+            output: Box::new(DiscardOutput::default()),
+            console,
             unclaimed_accesses: 0,
         }
+    }
+
+    /// Makes `output` the stage every later output goes to (at a landmark: between two exits),
+    /// and returns the stage it replaces, with whatever that one still holds.
+    pub fn attach_output(&mut self, output: Box<dyn OutputStage + Send>) -> Box<dyn OutputStage + Send> {
+        std::mem::replace(&mut self.output, output)
+    }
+
+    /// The stage outputs go to now.
+    pub fn output_mut(&mut self) -> &mut (dyn OutputStage + Send) {
+        self.output.as_mut()
     }
 
     /// `virtio_mmio.device=...` words announcing the virtio devices on the kernel command line.
@@ -110,7 +122,7 @@ impl Board {
             }
             0x3f8..=0x3ff => {
                 self.serial.write((port - 0x3f8) as u8, byte);
-                IoOutcome::Continue
+                self.emit_console(at)
             }
             0xf4 | 0xf5 | 0xcf9 => match self.power.write(port, data) {
                 Some(PowerAction::Off(code)) => IoOutcome::PowerOff(code),
@@ -151,7 +163,7 @@ impl Board {
                 tracing::trace!(addr, "write to unclaimed or read-only MMIO address");
                 IoOutcome::Continue
             }
-            Err(error) => IoOutcome::Fatal(error.to_string()),
+            Err(error) => IoOutcome::Fatal(Arc::new(error)),
         }
     }
 
@@ -203,6 +215,18 @@ impl Board {
         Ok(())
     }
 
+    /// Hands what the UART transmitted at this exit to the output stage.
+    fn emit_console(&mut self, at: Landmark) -> IoOutcome {
+        let bytes = self.console.take();
+        if bytes.is_empty() {
+            return IoOutcome::Continue;
+        }
+        match self.output.emit(at, Output::Console { bytes }) {
+            Ok(()) => IoOutcome::Continue,
+            Err(error) => IoOutcome::Fatal(Arc::new(error)),
+        }
+    }
+
     fn route_serial_interrupt(&mut self) {
         self.pic.set_irq(SERIAL_IRQ, self.serial.interrupt_line());
     }
@@ -212,6 +236,34 @@ impl Board {
         for (irq, level) in self.virtio.interrupt_lines() {
             self.pic.set_irq(irq, level);
         }
+    }
+}
+
+/// Where the UART's transmitted bytes wait until the board hands them to the output stage, at
+/// the same exit.
+#[derive(Clone, Default)]
+struct ConsoleBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl ConsoleBuffer {
+    fn take(&self) -> Vec<u8> {
+        match self.0.lock() {
+            Ok(mut bytes) => std::mem::take(&mut *bytes),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        }
+    }
+}
+
+impl std::io::Write for ConsoleBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.lock() {
+            Ok(mut bytes) => bytes.extend_from_slice(buf),
+            Err(poisoned) => poisoned.into_inner().extend_from_slice(buf),
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -98,6 +98,30 @@ pub enum InputKind {
     DiskRead { device: u8 },
 }
 
+/// Why a world stops a run.
+#[derive(Clone, Debug)]
+pub enum WorldStop {
+    /// The recording being replayed ends here: the recorded run was stopped at this point.
+    RecordingEnds { exits: u64 },
+    /// No more input will come (a stream closed, or its sender was lost) and everything that
+    /// came has been delivered: the run stands at a landmark where another world can carry on
+    /// (a backup going live).
+    InputEnded { lost: bool, reason: String },
+    /// The world cannot go on: the replayed guest diverged, or its log is damaged.
+    Failed(std::sync::Arc<dyn std::error::Error + Send + Sync>),
+}
+
+impl fmt::Display for WorldStop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WorldStop::RecordingEnds { exits } => write!(f, "the recording ends here, after {exits} exits"),
+            WorldStop::InputEnded { lost: false, reason } => write!(f, "the input ended: {reason}"),
+            WorldStop::InputEnded { lost: true, reason } => write!(f, "the input was lost: {reason}"),
+            WorldStop::Failed(error) => write!(f, "{error}"),
+        }
+    }
+}
+
 /// Rung by a device backend's thread when input arrives for the guest, so that a guest that
 /// does not exit by itself is kicked out to take it within the preemption bound.
 pub type Doorbell = std::sync::Arc<dyn Fn() + Send + Sync>;
@@ -124,7 +148,7 @@ pub trait EventSource {
 
     /// Why the run must stop, if it must: a replaying source that ran out of log or saw the
     /// guest diverge says so here, and the vCPU loop checks after every exit.
-    fn stop_reason(&self) -> Option<String> {
+    fn stop_reason(&self) -> Option<WorldStop> {
         None
     }
 

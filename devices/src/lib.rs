@@ -15,4 +15,4 @@ pub mod serial;
 pub mod virtio;
 
 pub use board::{Board, BoardState, IoOutcome};
-pub use event::{ClockId, Deadlines, Doorbell, EventSource, HostWorld, InputKind, Landmark, WorldEvent};
+pub use event::{ClockId, Deadlines, Doorbell, EventSource, HostWorld, InputKind, Landmark, WorldEvent, WorldStop};

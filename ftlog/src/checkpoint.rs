@@ -1,17 +1,21 @@
-//! A compact encoding for delta checkpoints: vCPU state, device state and dirty pages.
+//! A compact layout for delta checkpoints: the machine's state (vCPU and devices, encoded by the
+//! VMM), optional page hashes, and dirty pages.
 //!
-//! Optional for the VMM (a Checkpoint record's data is opaque to the log), but it gives the
-//! checkpoint a checked layout. Layout, little-endian:
+//! A Checkpoint record's data is opaque to the log; this gives it a checked layout, which the
+//! VMM then compresses (LZ4) and prefixes with its own format byte (`vmm/src/checkpoint.rs`).
+//! Layout, little-endian:
 //!
 //! ```text
-//! version u8 (=1) | vcpu_len u32 | vcpu | devices_len u32 | devices | page_count u32 |
-//! page_count × ( gpa_flags u64 | 4096 bytes unless the zero flag is set )
+//! version u8 (=1) | state_len u32 | machine state | hashes_len u32 | page hashes |
+//! page_count u32 | page_count × ( gpa_flags u64 | 4096 bytes unless the zero flag is set )
 //! ```
 //!
 //! `gpa_flags` is the page-aligned guest-physical address with bit 0 set for an all-zero page
-//! (common after boot and cheap to detect), whose bytes are then omitted. No compression: pages
-//! are copied at memory speed and the log is not bandwidth-bound by them yet.
+//! (common after boot and cheap to detect), whose bytes are then omitted. The page hashes are
+//! empty unless the recording verifies checkpoints (`ftvm run --verify-checkpoints`): then they
+//! hold an 8-byte hash of every guest page, which the replay compares after loading.
 
+use crate::format::codec::Get;
 use crate::format::Corruption;
 
 pub const PAGE_SIZE: usize = 4096;
@@ -42,8 +46,10 @@ pub enum PageData<'a> {
 /// A decoded checkpoint, borrowing from the record's bytes (pages are not copied).
 #[derive(Clone, Debug)]
 pub struct DeltaCheckpoint<'a> {
-    pub vcpu: &'a [u8],
-    pub devices: &'a [u8],
+    /// The machine's state (vCPU and devices), as the VMM encoded it.
+    pub machine_state: &'a [u8],
+    /// 8 bytes per guest page, or empty (see the module docs).
+    pub page_hashes: &'a [u8],
     page_count: u32,
     pages: &'a [u8],
 }
@@ -51,13 +57,13 @@ pub struct DeltaCheckpoint<'a> {
 impl<'a> DeltaCheckpoint<'a> {
     /// Encodes a checkpoint. `pages` yields (page-aligned gpa, 4096 bytes).
     pub fn encode<'p>(
-        vcpu: &[u8],
-        devices: &[u8],
+        machine_state: &[u8],
+        page_hashes: &[u8],
         pages: impl IntoIterator<Item = (u64, &'p [u8])>,
     ) -> Result<Vec<u8>, CheckpointError> {
-        let mut out = Vec::with_capacity(1 + 12 + vcpu.len() + devices.len());
+        let mut out = Vec::with_capacity(1 + 12 + machine_state.len() + page_hashes.len());
         out.push(VERSION);
-        for part in [vcpu, devices] {
+        for part in [machine_state, page_hashes] {
             let len = u32::try_from(part.len()).map_err(|_| CheckpointError::TooLarge { len: part.len() })?;
             out.extend_from_slice(&len.to_le_bytes());
             out.extend_from_slice(part);
@@ -87,17 +93,17 @@ impl<'a> DeltaCheckpoint<'a> {
     /// Decodes and validates the whole checkpoint up front, so that loading it cannot fail half
     /// way through.
     pub fn decode(bytes: &'a [u8]) -> Result<Self, CheckpointError> {
-        let mut cursor = Cursor { bytes, pos: 0 };
+        let mut cursor = Cursor(Get::new(bytes));
         let version = cursor.take(1, "version")?[0];
         if version != VERSION {
             return Err(cursor.error(Corruption::BadField { field: "checkpoint version", value: version.into() }));
         }
-        let vcpu_len = cursor.u32("vcpu length")? as usize;
-        let vcpu = cursor.take(vcpu_len, "vcpu state")?;
-        let devices_len = cursor.u32("devices length")? as usize;
-        let devices = cursor.take(devices_len, "device state")?;
+        let state_len = cursor.u32("machine state length")? as usize;
+        let machine_state = cursor.take(state_len, "machine state")?;
+        let hashes_len = cursor.u32("page hashes length")? as usize;
+        let page_hashes = cursor.take(hashes_len, "page hashes")?;
         let page_count = cursor.u32("page count")?;
-        let pages_start = cursor.pos;
+        let pages_start = cursor.0.offset();
         for _ in 0..page_count {
             let gpa_flags = cursor.u64("page address")?;
             match gpa_flags & FLAG_MASK {
@@ -108,10 +114,10 @@ impl<'a> DeltaCheckpoint<'a> {
                 other => return Err(cursor.error(Corruption::BadField { field: "page flags", value: other })),
             }
         }
-        if cursor.pos != bytes.len() {
-            return Err(cursor.error(Corruption::TrailingBytes(bytes.len() - cursor.pos)));
+        if cursor.0.offset() != bytes.len() {
+            return Err(cursor.error(Corruption::TrailingBytes(bytes.len() - cursor.0.offset())));
         }
-        Ok(Self { vcpu, devices, page_count, pages: &bytes[pages_start..] })
+        Ok(Self { machine_state, page_hashes, page_count, pages: &bytes[pages_start..] })
     }
 
     pub fn page_count(&self) -> u32 {
@@ -137,34 +143,27 @@ impl<'a> DeltaCheckpoint<'a> {
     }
 }
 
-struct Cursor<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
+/// Reads through the log's byte cursor, naming the offset of a malformed field.
+struct Cursor<'a>(Get<'a>);
 
 impl<'a> Cursor<'a> {
     fn error(&self, reason: Corruption) -> CheckpointError {
-        CheckpointError::Malformed { offset: self.pos, reason }
+        CheckpointError::Malformed { offset: self.0.offset(), reason }
     }
 
     fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], CheckpointError> {
-        if n > self.bytes.len() - self.pos {
-            return Err(self.error(Corruption::Short(field)));
-        }
-        let out = &self.bytes[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(out)
+        let offset = self.0.offset();
+        self.0.take(n, field).map_err(|reason| CheckpointError::Malformed { offset, reason })
     }
 
     fn u32(&mut self, field: &'static str) -> Result<u32, CheckpointError> {
-        let b = self.take(4, field)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        let offset = self.0.offset();
+        self.0.u32(field).map_err(|reason| CheckpointError::Malformed { offset, reason })
     }
 
     fn u64(&mut self, field: &'static str) -> Result<u64, CheckpointError> {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(self.take(8, field)?);
-        Ok(u64::from_le_bytes(a))
+        let offset = self.0.offset();
+        self.0.u64(field).map_err(|reason| CheckpointError::Malformed { offset, reason })
     }
 }
 
@@ -181,8 +180,8 @@ mod tests {
         let bytes = DeltaCheckpoint::encode(b"regs", b"board", pages).expect("encode");
         assert_eq!(bytes.len(), 1 + 4 + 4 + 4 + 5 + 4 + 8 + 8 + PAGE_SIZE);
         let cp = DeltaCheckpoint::decode(&bytes).expect("decode");
-        assert_eq!(cp.vcpu, b"regs");
-        assert_eq!(cp.devices, b"board");
+        assert_eq!(cp.machine_state, b"regs");
+        assert_eq!(cp.page_hashes, b"board");
         let got: Vec<_> = cp.pages().collect();
         assert_eq!(got, vec![(0x1000, PageData::Zero), (0x7000, PageData::Bytes(&data))]);
     }

@@ -6,7 +6,9 @@
 
 use std::fmt;
 
-/// What kind of exit a signature describes.
+/// The kind of a deterministic exit: the one exit type of the VMM's loop and of the log.
+/// (Kind 7 was a shutdown and 255 any other exit; neither is deterministic, so neither is
+/// folded.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum ExitKind {
@@ -15,11 +17,8 @@ pub enum ExitKind {
     MmioRead = 3,
     MmioWrite = 4,
     Hlt = 5,
-    /// An interrupt-window exit (the guest became interruptible).
+    /// The guest became interruptible after the loop asked KVM to say so.
     IrqWindow = 6,
-    Shutdown = 7,
-    /// Any other exit reason; put the KVM reason in `addr` if it matters.
-    Other = 255,
 }
 
 /// The deterministic facts of one exit. Fill what the exit has; leave the rest 0.

@@ -14,12 +14,16 @@
 
 pub mod checkpoint;
 pub mod digest;
+pub mod feed;
 pub mod format;
+pub mod machine;
 pub mod recorder;
 pub mod replay;
 
 pub use checkpoint::{CheckpointError, DeltaCheckpoint, PageData, PAGE_SIZE};
 pub use digest::{ExitKind, ExitSignature, RunningDigest};
+pub use feed::{ChannelFeed, FeedItem, FeedSender, RecordFeed};
 pub use format::{landmark_key, Corruption, End, LogError, LogHeader, LogReader, LogWriter, Record, RecordKind};
+pub use machine::MachineDescription;
 pub use recorder::{LogStats, Recorded, RecordingWorld};
 pub use replay::{Divergence, ReplayError, ReplayWorld};

@@ -262,9 +262,9 @@ impl<S: EventSource, W: Write> EventSource for RecordingWorld<S, W> {
     }
 
     /// A failed log stops the run: an unrecorded run cannot be replayed or failed over.
-    fn stop_reason(&self) -> Option<String> {
+    fn stop_reason(&self) -> Option<devices::WorldStop> {
         match &self.error {
-            Some(e) => Some(format!("recording failed: {e}")),
+            Some(e) => Some(devices::WorldStop::Failed(std::sync::Arc::new(RecordingFailed(e.clone())))),
             None => self.inner.stop_reason(),
         }
     }
@@ -277,3 +277,8 @@ impl<S: EventSource, W: Write> EventSource for RecordingWorld<S, W> {
         self.inner.time_until(deadline_ns)
     }
 }
+
+/// The recording could not be written: the run stops rather than run on unrecorded.
+#[derive(Debug, thiserror::Error)]
+#[error("recording failed: {0}")]
+pub struct RecordingFailed(#[source] pub LogError);

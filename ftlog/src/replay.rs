@@ -35,12 +35,14 @@
 //! `replay: {error}`, which reads `replay: diverged at Exit(n): expected ..., got ...`.
 
 use crate::digest::{ExitSignature, RunningDigest};
+use crate::feed::{FeedItem, RecordFeed};
 use crate::format::{landmark_key, End, LogError, LogHeader, LogReader, Record};
 use crate::recorder::LogStats;
-use devices::{ClockId, Deadlines, EventSource, InputKind, Landmark, WorldEvent};
+use devices::{ClockId, Deadlines, EventSource, InputKind, Landmark, WorldEvent, WorldStop};
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::Read;
+use std::sync::Arc;
 
 /// Replayed exits remembered to explain a digest mismatch.
 const RECENT_EXITS: usize = 4;
@@ -88,10 +90,12 @@ impl ReplayError {
 }
 
 /// Answers every question of the VM from a log; see the module docs for the ordering rules.
-pub struct ReplayWorld<R: Read> {
-    reader: LogReader<R>,
-    /// One record of lookahead; `None` once the reader is exhausted or failed.
+pub struct ReplayWorld<F: RecordFeed> {
+    feed: F,
+    /// One record of lookahead; `None` once the feed is exhausted or failed.
     head: Option<Record>,
+    /// Why the feed has no more records, once it said so (closed or lost).
+    feed_ended: Option<(bool, String)>,
     current: Option<Landmark>,
     digest: RunningDigest,
     interval: u64,
@@ -107,28 +111,23 @@ pub struct ReplayWorld<R: Read> {
     error: Option<ReplayError>,
 }
 
-impl<R: Read> ReplayWorld<R> {
+impl<R: Read> ReplayWorld<LogReader<R>> {
     /// Opens a complete log (it must end with an End record).
     pub fn new(input: R) -> Result<Self, LogError> {
-        Ok(Self::from_reader(LogReader::new(input)?))
+        Ok(Self::from_feed(LogReader::new(input)?))
     }
+}
 
-    /// Replays from an already opened reader (e.g. [`LogReader::open_ended`] for a live stream).
-    pub fn from_reader(mut reader: LogReader<R>) -> Self {
-        let interval = u64::from(reader.header().exit_digest_interval.max(1));
-        let start = reader.header().start_exits;
-        let mut error = None;
-        let head = match reader.next() {
-            Some(Ok((_, record))) => Some(record),
-            Some(Err(e)) => {
-                error = Some(ReplayError::Log(e));
-                None
-            }
-            None => None,
-        };
-        Self {
-            reader,
-            head,
+impl<F: RecordFeed> ReplayWorld<F> {
+    /// Replays from a feed: an opened [`LogReader`] (e.g. [`LogReader::open_ended`] for a log
+    /// still being written), or a [`crate::ChannelFeed`] filled from the network.
+    pub fn from_feed(feed: F) -> Self {
+        let interval = u64::from(feed.header().exit_digest_interval.max(1));
+        let start = feed.header().start_exits;
+        let mut world = Self {
+            feed,
+            head: None,
+            feed_ended: None,
             current: None,
             digest: RunningDigest::starting_at(start),
             interval,
@@ -138,12 +137,29 @@ impl<R: Read> ReplayWorld<R> {
             idle_mark: None,
             consumed: 0,
             last_monotonic: 0,
-            error,
-        }
+            error: None,
+        };
+        world.head = world.pull();
+        world
     }
 
     pub fn header(&self) -> &LogHeader {
-        self.reader.header()
+        self.feed.header()
+    }
+
+    /// The stream position after the last record consumed... or, precisely, after the lookahead
+    /// record: what has been taken from the feed.
+    pub fn position(&self) -> u64 {
+        self.feed.position()
+    }
+
+    /// Whether the feed said no record will ever come again and every record it gave has been
+    /// consumed: the replay stands where another world can take over.
+    pub fn input_ended(&self) -> Option<(bool, &str)> {
+        match (&self.head, &self.feed_ended, &self.error) {
+            (None, Some((lost, reason)), None) => Some((*lost, reason.as_str())),
+            _ => None,
+        }
     }
 
     /// The first divergence or log error, latched.
@@ -208,8 +224,14 @@ impl<R: Read> ReplayWorld<R> {
         }
     }
 
-    /// The replayed board injects `vector` at `at`: the log must say the same, next.
+    /// The replayed board injects `vector` at `at`: the log must say the same, next. Once the
+    /// input has ended (see [`Self::input_ended`]) there is nothing to compare with: the
+    /// injection follows from the device state alone, and the run stops before the guest runs
+    /// on, where another world takes over.
     pub fn expect_interrupt(&mut self, at: Landmark, vector: u8) -> Result<(), ReplayError> {
+        if self.input_ended().is_some() {
+            return Ok(());
+        }
         if self.advance(at) {
             match self.head {
                 Some(Record::Interrupt { at: rec_at, vector: v }) if rec_at == at && v == vector => {
@@ -399,8 +421,8 @@ impl<R: Read> ReplayWorld<R> {
         }
         self.check()?;
         self.consume();
-        // Let the reader report anything after End.
-        if let Some(Err(e)) = self.reader.next() {
+        // Let the feed report anything after End.
+        if let FeedItem::Failed(e) = self.feed.next_item() {
             self.error = Some(ReplayError::Log(e));
         }
         self.check().map(|()| end)
@@ -420,7 +442,7 @@ impl<R: Read> ReplayWorld<R> {
     }
 
     fn truncated(&self) -> LogError {
-        LogError::Truncated { offset: self.reader.offset() }
+        LogError::Truncated { offset: self.feed.position() }
     }
 
     fn describe_head(&self) -> String {
@@ -432,18 +454,37 @@ impl<R: Read> ReplayWorld<R> {
 
     /// Takes the head record and reads the next one (a read error is latched).
     fn consume(&mut self) -> Option<Record> {
-        let next = match self.reader.next() {
-            Some(Ok((_, record))) => Some(record),
-            Some(Err(e)) => {
-                if self.error.is_none() {
-                    self.error = Some(ReplayError::Log(e));
-                }
-                None
-            }
-            None => None,
-        };
+        let next = self.pull();
         self.consumed += 1;
         std::mem::replace(&mut self.head, next)
+    }
+
+    /// The next record from the feed, waiting while it says `Wait`; `None` once it has no more
+    /// (why is kept in `feed_ended`, or latched as an error).
+    fn pull(&mut self) -> Option<Record> {
+        if self.feed_ended.is_some() {
+            return None;
+        }
+        loop {
+            match self.feed.next_item() {
+                FeedItem::Record { record, .. } => return Some(record),
+                FeedItem::Wait => continue,
+                FeedItem::Closed => {
+                    self.feed_ended = Some((false, "the log ended".into()));
+                    return None;
+                }
+                FeedItem::Lost(reason) => {
+                    self.feed_ended = Some((true, reason));
+                    return None;
+                }
+                FeedItem::Failed(error) => {
+                    if self.error.is_none() {
+                        self.error = Some(ReplayError::Log(error));
+                    }
+                    return None;
+                }
+            }
+        }
     }
 
     /// Moves the replay to `at`: records of earlier landmarks must all have been consumed.
@@ -502,7 +543,7 @@ impl<R: Read> ReplayWorld<R> {
     }
 }
 
-impl<R: Read> EventSource for ReplayWorld<R> {
+impl<F: RecordFeed> EventSource for ReplayWorld<F> {
     fn read_clock(&mut self, at: Landmark, clock: ClockId) -> u64 {
         if !self.advance(at) {
             return 0;
@@ -574,13 +615,16 @@ impl<R: Read> EventSource for ReplayWorld<R> {
     /// many exits as the recording, the end of the recording (the recorded run was stopped
     /// here, e.g. while its guest idled). A run that ends on its own (power-off) ends before
     /// the vCPU loop asks. Either way the VMM then calls [`ReplayWorld::finish`].
-    fn stop_reason(&self) -> Option<String> {
+    fn stop_reason(&self) -> Option<WorldStop> {
         if let Some(e) = &self.error {
-            return Some(e.to_string());
+            return Some(WorldStop::Failed(Arc::new(e.clone())));
+        }
+        if let Some((lost, reason)) = self.input_ended() {
+            return Some(WorldStop::InputEnded { lost, reason: reason.to_string() });
         }
         match &self.head {
             Some(Record::End(end)) if end.exits == self.digest.exits() => {
-                Some(format!("the recording ends here, after {} exits", end.exits))
+                Some(WorldStop::RecordingEnds { exits: end.exits })
             }
             _ => None,
         }

@@ -1,7 +1,8 @@
 //! Property tests of the log format: round trips, truncation and corruption detection.
 
+use devices::virtio::DeviceDescription;
 use devices::{ClockId, InputKind, Landmark, WorldEvent};
-use ftlog::{End, LogError, LogHeader, LogReader, LogWriter, Record};
+use ftlog::{End, LogError, LogHeader, LogReader, LogWriter, MachineDescription, Record};
 use proptest::prelude::*;
 
 fn landmark() -> impl Strategy<Value = Landmark> {
@@ -49,20 +50,23 @@ fn header() -> impl Strategy<Value = LogHeader> {
         1u32..,
         any::<u64>(),
         any::<u64>(),
-        proptest::collection::vec(any::<u8>(), 0..64),
+        proptest::collection::vec(any::<u8>(), 0..4),
     )
-        .prop_map(|(image_digest, memory_size, cmdline, kernel_path, bound, k, created, start, machine)| {
-            LogHeader {
-                machine,
+        .prop_map(|(image_digest, memory_size, cmdline, kernel_path, bound, k, created, start, taps)| LogHeader {
+            machine: MachineDescription {
                 image_digest,
                 memory_size,
                 cmdline,
                 kernel_path,
                 preemption_bound_ns: bound,
-                exit_digest_interval: k,
-                created_unix_ns: created,
-                start_exits: start,
-            }
+                devices: taps
+                    .into_iter()
+                    .map(|byte| DeviceDescription::Net { tap: format!("tap{byte}"), mac: [2, 0, 0, 0, 0, byte] })
+                    .collect(),
+            },
+            exit_digest_interval: k,
+            created_unix_ns: created,
+            start_exits: start,
         })
 }
 
@@ -153,12 +157,14 @@ proptest! {
 #[test]
 fn every_cut_and_every_flip_of_one_log() {
     let h = LogHeader {
-        machine: Vec::new(),
-        image_digest: [7; 32],
-        memory_size: 64 << 20,
-        cmdline: "console=ttyS0".into(),
-        kernel_path: Some("guest.elf".into()),
-        preemption_bound_ns: 2_000_000,
+        machine: MachineDescription {
+            image_digest: [7; 32],
+            memory_size: 64 << 20,
+            cmdline: "console=ttyS0".into(),
+            kernel_path: Some("guest.elf".into()),
+            preemption_bound_ns: 2_000_000,
+            devices: Vec::new(),
+        },
         exit_digest_interval: 64,
         created_unix_ns: 1,
         start_exits: 0,
@@ -199,12 +205,14 @@ fn every_cut_and_every_flip_of_one_log() {
 #[test]
 fn a_log_without_end_is_truncated_unless_open_ended() {
     let h = LogHeader {
-        machine: Vec::new(),
-        image_digest: [0; 32],
-        memory_size: 1 << 20,
-        cmdline: String::new(),
-        kernel_path: None,
-        preemption_bound_ns: 0,
+        machine: MachineDescription {
+            image_digest: [0; 32],
+            memory_size: 1 << 20,
+            cmdline: String::new(),
+            kernel_path: None,
+            preemption_bound_ns: 0,
+            devices: Vec::new(),
+        },
         exit_digest_interval: 1,
         created_unix_ns: 0,
         start_exits: 0,
@@ -224,12 +232,14 @@ fn a_log_without_end_is_truncated_unless_open_ended() {
 #[test]
 fn a_newer_version_and_records_after_end_are_reported() {
     let h = LogHeader {
-        machine: Vec::new(),
-        image_digest: [0; 32],
-        memory_size: 0,
-        cmdline: "x".into(),
-        kernel_path: None,
-        preemption_bound_ns: 0,
+        machine: MachineDescription {
+            image_digest: [0; 32],
+            memory_size: 0,
+            cmdline: "x".into(),
+            kernel_path: None,
+            preemption_bound_ns: 0,
+            devices: Vec::new(),
+        },
         exit_digest_interval: 4,
         created_unix_ns: 0,
         start_exits: 0,
@@ -261,12 +271,14 @@ fn a_newer_version_and_records_after_end_are_reported() {
 #[ignore]
 fn throughput() {
     let h = LogHeader {
-        machine: Vec::new(),
-        image_digest: [0; 32],
-        memory_size: 0,
-        cmdline: String::new(),
-        kernel_path: None,
-        preemption_bound_ns: 0,
+        machine: MachineDescription {
+            image_digest: [0; 32],
+            memory_size: 0,
+            cmdline: String::new(),
+            kernel_path: None,
+            preemption_bound_ns: 0,
+            devices: Vec::new(),
+        },
         exit_digest_interval: 64,
         created_unix_ns: 0,
         start_exits: 0,
@@ -312,12 +324,14 @@ fn frame(body: &[u8]) -> Vec<u8> {
 #[test]
 fn a_snapshot_mark_has_the_documented_layout_and_is_checked() {
     let h = LogHeader {
-        machine: Vec::new(),
-        image_digest: [3; 32],
-        memory_size: 1 << 20,
-        cmdline: String::new(),
-        kernel_path: None,
-        preemption_bound_ns: 0,
+        machine: MachineDescription {
+            image_digest: [3; 32],
+            memory_size: 1 << 20,
+            cmdline: String::new(),
+            kernel_path: None,
+            preemption_bound_ns: 0,
+            devices: Vec::new(),
+        },
         exit_digest_interval: 8,
         created_unix_ns: 0,
         start_exits: 0,

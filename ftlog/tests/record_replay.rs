@@ -78,7 +78,7 @@ impl<W: std::io::Write> Side for RecordingWorld<FakeWorld, W> {
     }
 }
 
-impl<R: std::io::Read> Side for ReplayWorld<R> {
+impl<F: ftlog::RecordFeed> Side for ReplayWorld<F> {
     fn exit(&mut self, sig: &ExitSignature) {
         let _ = self.check_exit(sig);
     }
@@ -212,12 +212,14 @@ fn drive_from(
 
 fn header(k: u32) -> LogHeader {
     LogHeader {
-        machine: Vec::new(),
-        image_digest: [1; 32],
-        memory_size: 16 << 20,
-        cmdline: "test".into(),
-        kernel_path: None,
-        preemption_bound_ns: 2_000_000,
+        machine: ftlog::MachineDescription {
+            image_digest: [1; 32],
+            memory_size: 16 << 20,
+            cmdline: "test".into(),
+            kernel_path: None,
+            preemption_bound_ns: 2_000_000,
+            devices: Vec::new(),
+        },
         exit_digest_interval: k,
         created_unix_ns: 0,
         start_exits: 0,
@@ -241,13 +243,13 @@ fn record(k: u32) -> Recording {
     Recording { log: recorded.writer, acc, trace, stats: recorded.stats }
 }
 
-fn replay(log: &[u8]) -> (ReplayWorld<&[u8]>, u64, Vec<String>) {
+fn replay(log: &[u8]) -> (ReplayWorld<ftlog::LogReader<&[u8]>>, u64, Vec<String>) {
     let mut world = ReplayWorld::new(log).unwrap();
     let (acc, trace) = drive(&mut world, EXITS, false);
     (world, acc, trace)
 }
 
-fn divergence(world: &ReplayWorld<&[u8]>) -> Divergence {
+fn divergence(world: &ReplayWorld<ftlog::LogReader<&[u8]>>) -> Divergence {
     match world.error() {
         Some(ReplayError::Diverged(d)) => d.clone(),
         other => panic!("expected a divergence, got {other:?}"),
@@ -362,7 +364,7 @@ fn a_read_of_another_clock_diverges_at_that_landmark() {
     let d = divergence(&world);
     assert_eq!(d.at, Landmark::Exit(read_at));
     assert_eq!(d.got, format!("Monotonic clock read at Exit({read_at})"));
-    assert!(world.stop_reason().is_some_and(|r| r.starts_with("diverged at")));
+    assert!(world.stop_reason().is_some_and(|r| r.to_string().starts_with("diverged at")));
 }
 
 #[test]
@@ -407,9 +409,9 @@ fn the_end_of_a_stopped_recording_is_a_stop_reason() {
     rec.record_exit(&sig).unwrap();
     let log = rec.finish(130, None).unwrap().writer;
     let mut world = ReplayWorld::new(&log[..]).unwrap();
-    assert_eq!(world.stop_reason(), None);
+    assert!(world.stop_reason().is_none());
     world.check_exit(&sig).unwrap();
-    assert!(world.stop_reason().is_some_and(|r| r.contains("recording ends here")));
+    assert!(matches!(world.stop_reason(), Some(devices::WorldStop::RecordingEnds { .. })));
     assert_eq!(world.finish(None, None).unwrap().exit_code, 130);
 }
 
@@ -446,7 +448,7 @@ fn a_failed_log_write_stops_the_recording() {
         }
     }
     assert!(failed);
-    assert!(world.stop_reason().is_some_and(|r| r.contains("disk full")));
+    assert!(world.stop_reason().is_some_and(|r| r.to_string().contains("disk full")));
     let sig = ExitSignature { kind: ExitKind::Hlt, rip: 0, addr: 0, len: 0, value: 0 };
     assert!(matches!(world.record_exit(&sig), Err(LogError::Io { .. })));
 }
@@ -475,7 +477,7 @@ fn records(log: &[u8]) -> Vec<Record> {
 }
 
 /// Restores `snapshot` and replays the rest of the log from its mark.
-fn replay_from<'a>(log: &'a [u8], snapshot: &Snapshot) -> (ReplayWorld<&'a [u8]>, u64, Vec<String>) {
+fn replay_from<'a>(log: &'a [u8], snapshot: &Snapshot) -> (ReplayWorld<ftlog::LogReader<&'a [u8]>>, u64, Vec<String>) {
     let mut world = ReplayWorld::new(log).unwrap();
     world.skip_to_snapshot(snapshot.machine.count).expect("the mark is in the log");
     let (acc, trace, _) = drive_from(&mut world, snapshot.machine, EXITS, false, &[]);
@@ -659,7 +661,7 @@ fn skipping_to_a_mark_the_log_does_not_have_is_an_error() {
     assert!(err.divergence().is_none());
     // Latched: the replay cannot go on.
     assert!(world.error().is_some());
-    assert!(world.stop_reason().is_some_and(|r| r.contains("no snapshot mark")));
+    assert!(world.stop_reason().is_some_and(|r| r.to_string().contains("no snapshot mark")));
     assert!(world.check_exit(&ExitSignature { kind: ExitKind::Hlt, rip: 0, addr: 0, len: 0, value: 0 }).is_err());
 
     // A log with marks at other counts: found out at the first record past the boundary.
@@ -688,7 +690,7 @@ fn skipping_to_a_mark_the_log_does_not_have_is_an_error() {
     ));
     // An open-ended log that stops before the mark (a live stream): missing mark.
     let reader = LogReader::new(&m.rec.log[..mark_at as usize]).unwrap().open_ended();
-    let mut world = ReplayWorld::from_reader(reader);
+    let mut world = ReplayWorld::from_feed(reader);
     let err = world.skip_to_snapshot(20).unwrap_err();
     assert!(err.to_string().contains("found the end of the log"), "{err}");
 }

@@ -12,7 +12,7 @@ use kvm_ioctls::VcpuExit;
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use vmm::{run, KernelSource, Machine, MachineConfig, RunOptions, RunOutcome};
+use vmm::{run, KernelSource, Machine, MachineConfig, RunOptions, StopReason, VcpuControl};
 
 /// A kernel that writes to port 0x80 `count` times, then powers off:
 /// mov ecx, count; L: out 0x80, al; dec ecx; jnz L; mov dx, 0xf4; xor eax, eax; out dx, eax
@@ -28,21 +28,17 @@ fn machine(kernel: &std::path::Path) -> Machine {
     let config = MachineConfig {
         kernel: KernelSource::File(kernel.to_path_buf()),
         memory_mib: 16,
-        cmdline: String::new(),
-        initrd: None,
-        preempt_bound: MachineConfig::DEFAULT_PREEMPT_BOUND,
-        dirty_logging: false,
-        devices: Default::default(),
+        ..MachineConfig::embedded("")
     };
-    Machine::new(config, Box::new(std::io::sink())).expect("machine builds")
+    Machine::new(config, VcpuControl::new()).expect("machine builds")
 }
 
 fn ftvm_loop(kernel: &std::path::Path) -> (Duration, u64) {
     let mut m = machine(kernel);
     let started = Instant::now();
-    let (outcome, stats) = run(&mut m, &mut HostWorld::new(), RunOptions::default()).expect("run");
-    assert_eq!(outcome, RunOutcome::PowerOff(0));
-    (started.elapsed(), stats.exits)
+    let end = run(&mut m, &mut HostWorld::new(), RunOptions::default()).expect("run");
+    assert!(matches!(end.reason, StopReason::PowerOff(0)), "{}", end.reason);
+    (started.elapsed(), end.stats.exits)
 }
 
 fn bare_loop(kernel: &std::path::Path) -> (Duration, u64) {

@@ -8,55 +8,45 @@
 //! Run: `cargo bench -p vmm --bench record_replay`.
 
 use devices::HostWorld;
-use ftlog::{RecordingWorld, ReplayWorld};
-use std::io::{BufReader, BufWriter};
+use ftlog::ReplayWorld;
+use std::io::BufReader;
 use std::time::{Duration, Instant};
-use vmm::record_replay::{log_header, machine_for_log};
-use vmm::{checkpoint, run, snapshot, KernelSource, Machine, MachineConfig, RunOptions, RunOutcome, RunPosition};
+use vmm::session::record::record_to_file;
+use vmm::session::replay::machine_for_log;
+use vmm::{checkpoint, run, snapshot, Machine, MachineConfig, RunOptions, RunPosition, StopReason, VcpuControl};
 
 fn config(words: &[&str], memory_mib: u64, dirty_logging: bool) -> MachineConfig {
-    MachineConfig {
-        kernel: KernelSource::Embedded,
-        memory_mib,
-        cmdline: words.join(" "),
-        initrd: None,
-        preempt_bound: MachineConfig::DEFAULT_PREEMPT_BOUND,
-        dirty_logging,
-        devices: Default::default(),
-    }
+    MachineConfig { memory_mib, dirty_logging, ..MachineConfig::embedded(words.join(" ")) }
+}
+
+fn build(config: MachineConfig) -> Machine {
+    Machine::new(config, VcpuControl::new()).expect("machine")
 }
 
 fn plain(words: &[&str]) -> Duration {
-    let mut machine = Machine::new(config(words, 128, false), Box::new(std::io::sink())).expect("machine");
+    let mut machine = build(config(words, 128, false));
     let started = Instant::now();
-    let (outcome, _) = run(&mut machine, &mut HostWorld::new(), RunOptions::default()).expect("run");
-    assert_eq!(outcome, RunOutcome::PowerOff(0));
+    let end = run(&mut machine, &mut HostWorld::new(), RunOptions::default()).expect("run");
+    assert!(matches!(end.reason, StopReason::PowerOff(0)), "{}", end.reason);
     started.elapsed()
 }
 
-/// Records into `log`; returns the wall time and the log's size.
+/// Records into `log`; returns the wall time of the run alone (as for the plain one: the state
+/// digest and closing the log come after) and the log's size.
 fn recorded(words: &[&str], log: &std::path::Path) -> (Duration, u64) {
-    let mut machine = Machine::new(config(words, 128, true), Box::new(std::io::sink())).expect("machine");
-    let header = log_header(&machine, 1, 0);
-    let file = std::fs::File::create(log).expect("log");
-    let mut recorder = RecordingWorld::new(HostWorld::new(), BufWriter::new(file), &header).expect("recorder");
-    let started = Instant::now();
-    let (outcome, _) = run(&mut machine, &mut recorder, RunOptions::default()).expect("run");
-    // The run alone, as for the plain one: the state digest and closing the log come after.
-    let elapsed = started.elapsed();
-    assert_eq!(outcome, RunOutcome::PowerOff(0));
-    let digest = *vmm::digest::state_digest(&machine).expect("digest").as_bytes();
-    let done = recorder.finish(0, Some(digest)).expect("finish");
-    (elapsed, done.log_bytes)
+    let mut machine = build(config(words, 128, true));
+    let recording = record_to_file(&mut machine, HostWorld::new(), log, 1, RunOptions::default()).expect("record");
+    assert!(matches!(recording.end.reason, StopReason::PowerOff(0)), "{}", recording.end.reason);
+    (recording.run_time, recording.log_bytes)
 }
 
 fn replayed(log: &std::path::Path) -> Duration {
     let file = std::fs::File::open(log).expect("log");
     let mut replayer = ReplayWorld::new(BufReader::with_capacity(1 << 20, file)).expect("replayer");
-    let mut machine = machine_for_log(replayer.header(), Box::new(std::io::sink())).expect("machine");
+    let mut machine = machine_for_log(replayer.header(), VcpuControl::new()).expect("machine");
     let started = Instant::now();
-    let (outcome, _) = run(&mut machine, &mut replayer, RunOptions::default()).expect("replay");
-    assert_eq!(outcome, RunOutcome::PowerOff(0), "replay must finish like the recording");
+    let end = run(&mut machine, &mut replayer, RunOptions::default()).expect("replay");
+    assert!(matches!(end.reason, StopReason::PowerOff(0)), "replay must finish like the recording: {}", end.reason);
     started.elapsed()
 }
 
@@ -91,7 +81,7 @@ fn main() {
     }
 
     println!("== preemption checkpoint (compute workload, 128 MiB guest)");
-    let mut machine = Machine::new(config(&["compute", "100"], 128, true), Box::new(std::io::sink())).expect("machine");
+    let mut machine = build(config(&["compute", "100"], 128, true));
     run(&mut machine, &mut HostWorld::new(), RunOptions::default()).expect("run");
     let started = Instant::now();
     let first = checkpoint::capture(&mut machine).expect("checkpoint");
@@ -108,15 +98,14 @@ fn main() {
     );
 
     println!("== snapshot and restore of a 512 MiB guest");
-    let mut machine = Machine::new(config(&["hello"], 512, false), Box::new(std::io::sink())).expect("machine");
+    let mut machine = build(config(&["hello"], 512, false));
     run(&mut machine, &mut HostWorld::new(), RunOptions::default()).expect("run");
     let path = dir.path().join("bench.snap");
     let started = Instant::now();
     snapshot::save(&mut machine, RunPosition::default(), 0, &path).expect("save");
     let save = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    let loaded = snapshot::load(&path).expect("load");
-    let restored = snapshot::restore(&loaded, Box::new(std::io::sink())).expect("restore");
+    let restored = snapshot::load(&path).expect("load").restore(VcpuControl::new()).expect("restore");
     let restore = started.elapsed().as_secs_f64();
     drop(restored);
     let per = |seconds: f64| seconds / 5.12 * 1e3;

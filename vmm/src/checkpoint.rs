@@ -2,7 +2,7 @@
 //! the whole vCPU and device state. A recorder takes one at each preemption; a replayer loads it
 //! there instead of executing the stretch the primary ran without an exit.
 
-use crate::error::{Result, VmmError};
+use crate::error::Result;
 use crate::machine::Machine;
 use crate::memory::PAGE_SIZE;
 use crate::state::MachineState;
@@ -24,6 +24,33 @@ pub fn capture_totals() -> (u64, u64, u64, u64) {
         CAPTURED_BYTES.load(Ordering::Relaxed),
         CAPTURE_NANOS.load(Ordering::Relaxed),
     )
+}
+
+/// Why a checkpoint cannot be taken or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("encode the machine state: {0}")]
+    Encode(#[source] postcard::Error),
+    #[error("decode the machine state: {0}")]
+    Decode(#[source] postcard::Error),
+    #[error("this machine was built without dirty-page logging")]
+    NoDirtyLog,
+    #[error("page {gpa:#x} lies outside guest memory")]
+    PageOutside { gpa: u64 },
+    #[error(transparent)]
+    Layout(#[from] ftlog::CheckpointError),
+    #[error("checkpoint format {found} is not {FORMAT}")]
+    Format { found: u8 },
+    #[error("decompress: {0}")]
+    Decompress(#[from] lz4_flex::block::DecompressError),
+    #[error("a checkpoint of {0} bytes is larger than this machine")]
+    TooLarge(u64),
+    #[error("truncated checkpoint")]
+    Truncated,
+    #[error("after loading, {count} page(s) differ from the recording: {pages}")]
+    PagesDiffer { count: usize, pages: String },
+    #[error("device state: {0}")]
+    DeviceState(String),
 }
 
 /// The encoding of [`capture`]'s output: a version byte, then the LZ4 block (size prepended) of
@@ -95,9 +122,9 @@ impl PageBases {
 pub fn capture(machine: &mut Machine) -> Result<Vec<u8>> {
     let started = std::time::Instant::now();
     let state = machine.capture_state()?;
-    let state = postcard::to_allocvec(&state).map_err(|e| VmmError::Checkpoint(format!("encode state: {e}")))?;
+    let state = postcard::to_allocvec(&state).map_err(CheckpointError::Encode)?;
     let Some(dirty_log) = machine.dirty_log.as_mut() else {
-        return Err(VmmError::Checkpoint("this machine was built without dirty-page logging".into()));
+        return Err(CheckpointError::NoDirtyLog.into());
     };
     let bitmap = dirty_log.take(&machine.vm)?;
     let dirty: Vec<usize> = dirty_pages(&bitmap).collect();
@@ -107,17 +134,15 @@ pub fn capture(machine: &mut Machine) -> Result<Vec<u8>> {
     let mut deltas = vec![[0u8; PAGE]; dirty.len()];
     for (page, delta) in dirty.iter().zip(deltas.iter_mut()) {
         let start = page * PAGE;
-        let content: &[u8; PAGE] = memory[start..start + PAGE]
-            .try_into()
-            .map_err(|_| VmmError::Checkpoint(format!("dirty page {page} lies outside guest memory")))?;
+        let content: &[u8; PAGE] =
+            memory[start..start + PAGE].try_into().map_err(|_| CheckpointError::PageOutside { gpa: start as u64 })?;
         bases.encode_page(start as u64, content, delta);
     }
     let pages = dirty.iter().zip(deltas.iter()).map(|(page, delta)| ((page * PAGE) as u64, &delta[..]));
     // With verification on, the checkpoint's spare part carries a hash of every page of guest
     // memory, which a replay compares with its own memory after loading the checkpoint.
     let page_hashes = if machine.verify_checkpoints { hash_pages(memory) } else { Vec::new() };
-    let encoded =
-        DeltaCheckpoint::encode(&state, &page_hashes, pages).map_err(|e| VmmError::Checkpoint(e.to_string()))?;
+    let encoded = DeltaCheckpoint::encode(&state, &page_hashes, pages).map_err(CheckpointError::Layout)?;
     let mut out = vec![FORMAT];
     out.extend_from_slice(&lz4_flex::block::compress_prepend_size(&encoded));
     CAPTURED.fetch_add(1, Ordering::Relaxed);
@@ -136,16 +161,15 @@ pub fn capture(machine: &mut Machine) -> Result<Vec<u8>> {
 pub fn apply(machine: &mut Machine, bytes: &[u8]) -> Result<()> {
     machine.complete_pending_io()?;
     let encoded = decompress(bytes, machine.ram.size)?;
-    let checkpoint = DeltaCheckpoint::decode(&encoded).map_err(|e| VmmError::Checkpoint(e.to_string()))?;
-    let state: MachineState =
-        postcard::from_bytes(checkpoint.vcpu).map_err(|e| VmmError::Checkpoint(format!("decode state: {e}")))?;
+    let checkpoint = DeltaCheckpoint::decode(&encoded).map_err(CheckpointError::Layout)?;
+    let state: MachineState = postcard::from_bytes(checkpoint.machine_state).map_err(CheckpointError::Decode)?;
     let bases = &mut machine.checkpoint_bases;
     bases.make_room(checkpoint.page_count() as usize);
     let memory = machine.ram.as_mut_slice()?;
     for (gpa, data) in checkpoint.pages() {
         let start = usize::try_from(gpa).unwrap_or(usize::MAX);
         let Some(page) = start.checked_add(PAGE).and_then(|end| memory.get_mut(start..end)) else {
-            return Err(VmmError::Checkpoint(format!("page {gpa:#x} lies outside guest memory")));
+            return Err(CheckpointError::PageOutside { gpa }.into());
         };
         let delta = match data {
             PageData::Zero => None,
@@ -153,19 +177,54 @@ pub fn apply(machine: &mut Machine, bytes: &[u8]) -> Result<()> {
         };
         page.copy_from_slice(bases.decode_page(gpa, delta));
     }
-    if !checkpoint.devices.is_empty() {
-        verify_pages(machine.ram.as_slice()?, checkpoint.devices, &checkpoint)?;
+    if !checkpoint.page_hashes.is_empty() {
+        verify_pages(machine.ram.as_slice()?, checkpoint.page_hashes, &checkpoint)?;
     }
     machine.restore_state(&state)
+}
+
+/// Captures a checkpoint ([`capture`]) and writes it to `out`, framed: its length (u32,
+/// little-endian), then its bytes, which begin with their format version. Returns the bytes
+/// written.
+pub fn capture_to<W: std::io::Write>(machine: &mut Machine, out: &mut W) -> Result<u64> {
+    let bytes = capture(machine)?;
+    let len = u32::try_from(bytes.len()).map_err(|_| CheckpointError::TooLarge(bytes.len() as u64))?;
+    out.write_all(&len.to_le_bytes())?;
+    out.write_all(&bytes)?;
+    Ok(4 + u64::from(len))
+}
+
+/// Reads one checkpoint framed by [`capture_to`] from `input` and loads it ([`apply`]). A
+/// length no checkpoint of this machine can have is refused before anything is allocated, and
+/// the buffer grows only with the bytes that arrive.
+pub fn apply_from<R: std::io::Read>(machine: &mut Machine, input: &mut R) -> Result<()> {
+    use std::io::Read as _;
+    let mut len = [0u8; 4];
+    input.read_exact(&mut len)?;
+    let len = u64::from(u32::from_le_bytes(len));
+    if len > checkpoint_limit(machine.ram.size) {
+        return Err(CheckpointError::TooLarge(len).into());
+    }
+    let mut bytes = Vec::new();
+    input.by_ref().take(len).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 != len {
+        return Err(CheckpointError::Truncated.into());
+    }
+    apply(machine, &bytes)
+}
+
+/// The most bytes a checkpoint of a machine with `memory_size` bytes of RAM can take: every page
+/// with its address, and the state.
+fn checkpoint_limit(memory_size: u64) -> u64 {
+    memory_size + (memory_size / PAGE_SIZE) * 8 + (1 << 20)
 }
 
 /// One line about a checkpoint's vCPU, for `ftvm log`: where the guest was and what decides
 /// whether it can take an interrupt.
 pub fn describe(bytes: &[u8], memory_size: u64) -> Result<String> {
     let encoded = decompress(bytes, memory_size)?;
-    let checkpoint = DeltaCheckpoint::decode(&encoded).map_err(|e| VmmError::Checkpoint(e.to_string()))?;
-    let state: MachineState =
-        postcard::from_bytes(checkpoint.vcpu).map_err(|e| VmmError::Checkpoint(format!("decode state: {e}")))?;
+    let checkpoint = DeltaCheckpoint::decode(&encoded).map_err(CheckpointError::Layout)?;
+    let state: MachineState = postcard::from_bytes(checkpoint.machine_state).map_err(CheckpointError::Decode)?;
     let v = &state.vcpu;
     Ok(format!(
         "rip {:#x} rflags {:#x} cpl {} mp_state {} | shadow {} injected {} nr {:#x} | exception injected {} pending {} nr {} flags {:#x} | run: if {} ready {} window {} | {} page(s)",
@@ -211,27 +270,28 @@ fn verify_pages(memory: &[u8], recorded: &[u8], checkpoint: &DeltaCheckpoint) ->
             format!("{gpa:#x}{}", if carried.contains(&gpa) { " (carried)" } else { "" })
         })
         .collect();
-    Err(VmmError::Checkpoint(format!(
-        "after loading, {} page(s) differ from the recording: {}",
-        differing.len(),
-        differing.iter().take(16).cloned().collect::<Vec<_>>().join(", ")
-    )))
+    Err(CheckpointError::PagesDiffer {
+        count: differing.len(),
+        pages: differing.iter().take(16).cloned().collect::<Vec<_>>().join(", "),
+    }
+    .into())
 }
 
 /// Undoes the compression, refusing a stated size no checkpoint of this machine can have (a
 /// corrupt log must not make us allocate gigabytes).
 fn decompress(bytes: &[u8], memory_size: u64) -> Result<Vec<u8>> {
-    let (&format, compressed) = bytes.split_first().ok_or_else(|| VmmError::Checkpoint("empty checkpoint".into()))?;
+    let (&format, compressed) = bytes.split_first().ok_or(CheckpointError::Truncated)?;
     if format != FORMAT {
-        return Err(VmmError::Checkpoint(format!("checkpoint format {format} is not {FORMAT}")));
+        return Err(CheckpointError::Format { found: format }.into());
     }
     let stated = compressed.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64);
-    let limit = memory_size + (memory_size / PAGE_SIZE) * 8 + (1 << 20);
+    let limit = checkpoint_limit(memory_size);
     match stated {
-        Some(size) if size <= limit => lz4_flex::block::decompress_size_prepended(compressed)
-            .map_err(|e| VmmError::Checkpoint(format!("decompress: {e}"))),
-        Some(size) => Err(VmmError::Checkpoint(format!("a checkpoint of {size} bytes is larger than this machine"))),
-        None => Err(VmmError::Checkpoint("truncated checkpoint".into())),
+        Some(size) if size <= limit => {
+            Ok(lz4_flex::block::decompress_size_prepended(compressed).map_err(CheckpointError::Decompress)?)
+        }
+        Some(size) => Err(CheckpointError::TooLarge(size).into()),
+        None => Err(CheckpointError::Truncated.into()),
     }
 }
 

@@ -24,18 +24,33 @@ pub enum VmmError {
     GuestMemory { addr: u64, reason: String },
     #[error("snapshot {path}: {reason}")]
     Snapshot { path: PathBuf, reason: String },
-    #[error("{0}")]
-    Device(String),
+    #[error(transparent)]
+    Device(#[from] crate::backends::BackendError),
     #[error("checkpoint: {0}")]
-    Checkpoint(String),
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    #[error("{what} is of another guest: {reason}")]
+    WrongGuest { what: String, reason: String },
     #[error("log: {0}")]
     Log(#[from] ftlog::LogError),
     #[error("{0}")]
     Replay(#[from] ftlog::ReplayError),
     #[error("the vCPU stopped: {0}")]
-    VcpuFailed(String),
+    VcpuFailed(#[from] VcpuFailure),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Why the vCPU cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuFailure {
+    #[error("KVM internal error (its emulator could not run the guest) at rip {rip:#x}")]
+    InternalError { rip: u64 },
+    #[error("unexpected exit {what} at rip {rip:#x}")]
+    UnexpectedExit { what: String, rip: u64 },
+    #[error("the MSR list does not fit KVM's structure")]
+    MsrList,
+    #[error("this host refused to restore MSR {index:#x} ({name})")]
+    MsrRefused { index: u32, name: &'static str },
 }
 
 /// Wraps a KVM ioctl error with what the VMM was doing.

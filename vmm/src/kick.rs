@@ -2,26 +2,33 @@
 //!
 //! A guest computing in ring 3 may run for seconds without a VM exit, while its timer interrupt
 //! is due. Before each `KVM_RUN` the loop arms a POSIX timer aimed at its own thread; when it
-//! fires, a signal handler sets `immediate_exit` in the shared `kvm_run` page, so `KVM_RUN`
-//! returns `EINTR` whether the signal lands inside the run or just before it.
+//! fires, a signal handler sets `immediate_exit` in the thread's `kvm_run` page, so `KVM_RUN`
+//! returns `EINTR` whether the signal lands inside the run or just before it. Other threads
+//! reach the same timer through the [`crate::control::VcpuControl`] handle.
 
+use std::cell::Cell;
 use std::io;
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// The `immediate_exit` byte of the (single) vCPU's `kvm_run` page.
-static IMMEDIATE_EXIT: AtomicPtr<u8> = AtomicPtr::new(ptr::null_mut());
+thread_local! {
+    /// The `immediate_exit` byte of the `kvm_run` page of the vCPU this thread runs. The kick
+    /// signal is aimed at this thread (SIGEV_THREAD_ID), so its handler finds it here.
+    static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(ptr::null_mut()) };
+}
 
 extern "C" fn on_kick(_signal: libc::c_int) {
-    let flag = IMMEDIATE_EXIT.load(Ordering::Acquire);
-    if !flag.is_null() {
-        // SAFETY: the pointer is the immediate_exit field of the kvm_run mapping, valid for the
-        // life of the vCPU (cleared in Drop before the mapping goes); a byte store is
-        // async-signal-safe.
-        unsafe { ptr::write_volatile(flag, 1) };
-    }
+    // A const-initialised thread-local without a destructor is a plain TLS load: safe in a
+    // signal handler. `try_with` fails only while the thread is being torn down.
+    let _ = IMMEDIATE_EXIT.try_with(|flag| {
+        let flag = flag.get();
+        if !flag.is_null() {
+            // SAFETY: the pointer is the immediate_exit field of this thread's kvm_run mapping,
+            // valid while the Kicker lives (cleared in its Drop before the mapping can go); a
+            // byte store is async-signal-safe.
+            unsafe { ptr::write_volatile(flag, 1) };
+        }
+    });
 }
 
 fn kick_signal() -> libc::c_int {
@@ -29,85 +36,51 @@ fn kick_signal() -> libc::c_int {
 }
 
 /// A POSIX timer id. Timer ids are process-wide: any thread may arm the timer.
-#[derive(Clone, Copy)]
-struct TimerId(libc::timer_t);
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TimerId(pub(crate) libc::timer_t);
 // SAFETY: a timer_t is an opaque process-wide id, not memory of the thread that created it.
 unsafe impl Send for TimerId {}
 
-/// Lets backend threads (a TAP reader with a frame for the guest) have the vCPU kicked within
-/// the preemption bound, while the loop runs the guest.
-#[derive(Clone, Default)]
-pub struct RemoteKick {
-    target: Arc<Mutex<Option<(TimerId, Duration)>>>,
-}
-
-impl RemoteKick {
-    /// A doorbell for a device backend.
-    pub fn doorbell(&self) -> devices::Doorbell {
-        let remote = self.clone();
-        Arc::new(move || remote.ring())
-    }
-
-    fn ring(&self) {
-        let Ok(target) = self.target.lock() else {
-            return;
-        };
-        let Some((TimerId(timer), bound)) = *target else {
-            return;
-        };
-        // Arm for `bound` unless the timer already fires sooner.
-        let mut current = libc::itimerspec {
-            it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
-            it_value: libc::timespec { tv_sec: 0, tv_nsec: 0 },
-        };
-        // SAFETY: the timer is live while it is attached (detached before deletion, under
-        // this lock); `current` is valid for the call.
-        if unsafe { libc::timer_gettime(timer, &mut current) } != 0 {
-            return;
-        }
-        let remaining = Duration::new(current.it_value.tv_sec as u64, current.it_value.tv_nsec as u32);
-        if remaining.is_zero() || remaining > bound {
-            let spec = libc::itimerspec { it_interval: current.it_interval, it_value: timespec(bound) };
-            // SAFETY: as above; `spec` is valid for the call.
-            unsafe { libc::timer_settime(timer, 0, &spec, ptr::null_mut()) };
-        }
-    }
-
-    fn attach(&self, timer: TimerId, bound: Duration) {
-        if let Ok(mut target) = self.target.lock() {
-            *target = Some((timer, bound));
-        }
-    }
-
-    fn detach(&self) {
-        if let Ok(mut target) = self.target.lock() {
-            *target = None;
-        }
-    }
-}
-
-fn timespec(duration: Duration) -> libc::timespec {
+pub(crate) fn timespec(duration: Duration) -> libc::timespec {
     let duration = duration.max(Duration::from_nanos(1));
     libc::timespec { tv_sec: duration.as_secs() as libc::time_t, tv_nsec: duration.subsec_nanos() as libc::c_long }
+}
+
+/// Arms `timer` to fire after `delay` unless it already fires sooner.
+pub(crate) fn arm_no_later_than(timer: TimerId, delay: Duration) {
+    let mut current = libc::itimerspec {
+        it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+        it_value: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+    };
+    // SAFETY: the caller holds the timer live (the control handle detaches it under its lock
+    // before deletion); `current` is valid for the call.
+    if unsafe { libc::timer_gettime(timer.0, &mut current) } != 0 {
+        return;
+    }
+    let remaining = Duration::new(current.it_value.tv_sec as u64, current.it_value.tv_nsec as u32);
+    if remaining.is_zero() || remaining > delay {
+        let spec = libc::itimerspec { it_interval: current.it_interval, it_value: timespec(delay) };
+        // SAFETY: as above; `spec` is valid for the call.
+        unsafe { libc::timer_settime(timer.0, 0, &spec, ptr::null_mut()) };
+    }
 }
 
 /// A one-shot timer that kicks the calling thread's vCPU.
 pub struct Kicker {
     timer: libc::timer_t,
-    remote: RemoteKick,
     /// Whether the timer may still fire; saves a syscall per exit when there is nothing to
     /// wait for.
-    armed: std::cell::Cell<bool>,
+    armed: Cell<bool>,
 }
 
 impl Kicker {
     /// Creates the timer for the calling thread, which must be the thread that runs the vCPU.
-    /// `immediate_exit` points into that vCPU's `kvm_run` page; `remote` lets backend threads
-    /// arm the same timer for `bound` while this kicker lives.
-    pub fn for_this_thread(immediate_exit: *mut u8, remote: &RemoteKick, bound: Duration) -> io::Result<Self> {
-        IMMEDIATE_EXIT.store(immediate_exit, Ordering::Release);
+    /// `immediate_exit` points into that vCPU's `kvm_run` page and must stay valid while the
+    /// kicker lives.
+    pub fn for_this_thread(immediate_exit: *mut u8) -> io::Result<Self> {
+        IMMEDIATE_EXIT.with(|flag| flag.set(immediate_exit));
         // SAFETY: a zeroed sigaction with a plain handler and an empty mask is valid; the
-        // handler only performs a volatile byte store.
+        // handler only performs a thread-local load and a volatile byte store.
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = on_kick as *const () as usize;
@@ -129,8 +102,12 @@ impl Kicker {
         if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        remote.attach(TimerId(timer), bound);
-        Ok(Self { timer, remote: remote.clone(), armed: std::cell::Cell::new(false) })
+        Ok(Self { timer, armed: Cell::new(false) })
+    }
+
+    /// The timer's id, for other threads to kick the vCPU through the control handle.
+    pub(crate) fn id(&self) -> TimerId {
+        TimerId(self.timer)
     }
 
     /// Kicks the vCPU after `delay` unless re-armed or disarmed first.
@@ -161,42 +138,9 @@ impl Kicker {
 
 impl Drop for Kicker {
     fn drop(&mut self) {
-        self.remote.detach();
-        // SAFETY: the timer was created in for_this_thread and is deleted once, after the
-        // remote kick let go of it.
+        // SAFETY: the timer was created in for_this_thread and is deleted once; the control
+        // handle detached it before this kicker is dropped (see `control::Attached`).
         unsafe { libc::timer_delete(self.timer) };
-        IMMEDIATE_EXIT.store(ptr::null_mut(), Ordering::Release);
+        IMMEDIATE_EXIT.with(|flag| flag.set(ptr::null_mut()));
     }
-}
-
-/// Set by SIGINT or SIGTERM: the run stops at its next exit or kick, cleanly (a recording gets
-/// its End record, the state digest is printed).
-static STOP_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-extern "C" fn on_stop(_signal: libc::c_int) {
-    STOP_REQUESTED.store(true, Ordering::Release);
-    // Get the vCPU out of a long guest stretch as a kick would.
-    on_kick(0);
-}
-
-/// Makes SIGINT and SIGTERM stop the run cleanly instead of killing the process.
-pub fn stop_on_signals() -> io::Result<()> {
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: a zeroed sigaction with a plain handler and an empty mask is valid; the
-        // handler performs only an atomic store and a volatile byte store.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_stop as *const () as usize;
-            libc::sigemptyset(&mut action.sa_mask);
-            if libc::sigaction(signal, &action, ptr::null_mut()) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Whether SIGINT or SIGTERM asked the run to stop.
-pub fn stop_requested() -> bool {
-    STOP_REQUESTED.load(Ordering::Acquire)
 }

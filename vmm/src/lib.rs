@@ -1,13 +1,20 @@
 //! The ftvm VMM: a single-vCPU KVM VM whose every input from the world arrives at a VM exit.
 //!
-//! - [`machine`] builds the VM: memory ([`memory`]), kernel loading ([`boot`]), CPUID ([`cpuid`]).
+//! - [`machine`] builds the VM: memory ([`memory`]), kernel loading ([`boot`]), CPUID ([`cpuid`]),
+//!   the device models; [`backends`] opens the host resources behind them (TAPs, disks, the
+//!   console) and attaches them at a landmark.
 //! - [`vcpu`] is the run loop: exits go to the `devices` board, world events come from one
 //!   `devices::EventSource`, interrupts are injected only at exits, and [`kick`] preempts a
-//!   guest that does not exit while an interrupt waits.
-//! - [`digest`] hashes the whole machine state, so two runs can be compared.
+//!   guest that does not exit while an interrupt waits. [`control`] is how other threads kick,
+//!   pause or stop it. A run returns where it stopped, and can be continued from there.
+//! - [`session`] assembles runs: live, recorded, replayed, restored, gone live.
+//! - [`state`], [`checkpoint`] and [`snapshot`] capture the machine; [`digest`] hashes it, so two
+//!   runs can be compared.
 
+pub mod backends;
 pub mod boot;
 pub mod checkpoint;
+pub mod control;
 pub mod cpuid;
 pub mod digest;
 pub mod dirty;
@@ -15,14 +22,15 @@ pub mod error;
 pub mod kick;
 pub mod machine;
 pub mod memory;
-pub mod record_replay;
+pub mod session;
 pub mod snapshot;
 pub mod state;
 pub mod stats;
 pub mod vcpu;
-pub mod virtio_setup;
 
+pub use backends::Backends;
+pub use control::VcpuControl;
 pub use error::{Result, VmmError};
 pub use machine::{KernelSource, Machine, MachineConfig};
 pub use stats::ExitStats;
-pub use vcpu::{run, RunObserver, RunOptions, RunOutcome, RunPosition, Session, SnapshotRequest};
+pub use vcpu::{run, RunEnd, RunObserver, RunOptions, RunPosition, RunWorld, SnapshotRequest, StopReason};

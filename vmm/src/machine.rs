@@ -1,15 +1,15 @@
 //! A machine: the KVM VM with its memory, its one vCPU and its board, ready to run.
 
+use crate::backends::{AttachedBackends, BackendError};
 use crate::boot::{self, layout, long_mode, LoadedKernel};
+use crate::control::VcpuControl;
 use crate::dirty::DirtyLog;
 use crate::error::{kvm, Result, VmmError};
-use crate::kick::RemoteKick;
 use crate::memory::GuestRam;
-use crate::virtio_setup::{self, DeviceDescription};
-use devices::virtio::{DiskSpec, NetSpec, TapReader};
+use devices::virtio::{DeviceDescription, MacAddr, VirtioDevices};
 use devices::Board;
+use ftlog::MachineDescription;
 use kvm_ioctls::{Kvm, SyncReg, VcpuFd, VmFd};
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -52,47 +52,41 @@ pub struct MachineConfig {
     pub preempt_bound: Duration,
     /// Log dirty pages (needed for delta checkpoints while recording).
     pub dirty_logging: bool,
-    /// The virtio devices and where their backends are.
-    pub devices: DeviceSetup,
-}
-
-/// How the virtio devices get their backends.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DeviceSetup {
-    /// Real TAPs and disk files, from `--net` and `--disk`.
-    Live { nets: Vec<NetSpec>, disks: Vec<DiskSpec> },
-    /// The devices a recording had, without backends: inputs come from the log.
-    Replay(Vec<DeviceDescription>),
-}
-
-impl DeviceSetup {
-    /// The live backends a machine with these devices had: the same TAPs, MACs and disk files.
-    pub fn reopen(descriptions: &[DeviceDescription]) -> Self {
-        let mut nets = Vec::new();
-        let mut disks = Vec::new();
-        for description in descriptions {
-            match description {
-                DeviceDescription::Net { tap, mac } => {
-                    nets.push(NetSpec { tap: tap.clone(), mac: Some(devices::virtio::MacAddr(*mac)) })
-                }
-                DeviceDescription::Disk { path, readonly, .. } => {
-                    disks.push(DiskSpec { path: path.clone(), readonly: *readonly })
-                }
-            }
-        }
-        DeviceSetup::Live { nets, disks }
-    }
-}
-
-impl Default for DeviceSetup {
-    fn default() -> Self {
-        DeviceSetup::Live { nets: Vec::new(), disks: Vec::new() }
-    }
+    /// The virtio device models, in slot order; their backends are attached separately
+    /// ([`Machine::attach`]).
+    pub devices: Vec<DeviceDescription>,
 }
 
 impl MachineConfig {
     pub const DEFAULT_MEMORY_MIB: u64 = 128;
     pub const DEFAULT_PREEMPT_BOUND: Duration = Duration::from_millis(2);
+
+    /// Our embedded guest running `cmdline`, with the default memory and bound and no devices.
+    pub fn embedded(cmdline: impl Into<String>) -> Self {
+        Self {
+            kernel: KernelSource::Embedded,
+            memory_mib: Self::DEFAULT_MEMORY_MIB,
+            cmdline: cmdline.into(),
+            initrd: None,
+            preempt_bound: Self::DEFAULT_PREEMPT_BOUND,
+            dirty_logging: false,
+            devices: Vec::new(),
+        }
+    }
+
+    /// The configuration that builds the machine a description names (a log's, a snapshot's, a
+    /// primary's). The kernel's digest is checked when it is built ([`Machine::matches`]).
+    pub fn from_description(description: &MachineDescription) -> Self {
+        Self {
+            kernel: description.kernel_path.as_ref().map_or(KernelSource::Embedded, |p| KernelSource::File(p.into())),
+            memory_mib: description.memory_size >> 20,
+            cmdline: description.cmdline.clone(),
+            initrd: None,
+            preempt_bound: Duration::from_nanos(description.preemption_bound_ns),
+            dirty_logging: false,
+            devices: description.devices.clone(),
+        }
+    }
 }
 
 /// A built VM. Field order matters for Drop: the vCPU and VM fds close before the memory
@@ -107,12 +101,8 @@ pub struct Machine {
     /// blake3 of the kernel image, so a log can name the guest it belongs to.
     pub image_digest: [u8; 32],
     pub config: MachineConfig,
-    /// The virtio devices as built, for logs and snapshots to describe them.
-    pub devices: Vec<DeviceDescription>,
-    /// Frames arriving on each net device's TAP, for the live world to deliver.
-    pub net_frames: Vec<(u8, crossbeam_channel::Receiver<Vec<u8>>)>,
-    /// Kicks the vCPU when a backend thread has input for the guest.
-    pub remote_kick: RemoteKick,
+    /// How other threads kick, pause or stop this machine's vCPU.
+    pub control: VcpuControl,
     /// Pages the guest dirtied, when the configuration asks for dirty logging.
     pub dirty_log: Option<DirtyLog>,
     /// Put a hash of every page into each checkpoint (slow; for tracing a divergence).
@@ -123,7 +113,8 @@ pub struct Machine {
     sync_regs: bool,
     /// Those copies are current: the vCPU exited and nothing was written to it since.
     pub(crate) regs_synced: bool,
-    _tap_readers: Vec<TapReader>,
+    /// What the attached backends need kept alive.
+    pub(crate) attached: Option<AttachedBackends>,
 }
 
 /// Address of the three pages KVM wants for its real-mode TSS on Intel hosts; they lie in the
@@ -189,15 +180,13 @@ impl Machine {
         }
     }
 
-    pub fn new(config: MachineConfig, serial_out: Box<dyn Write + Send>) -> Result<Self> {
+    /// Builds the VM with its device models and no backends (its outputs are dropped until
+    /// [`Machine::attach`]); `control` is the handle other threads reach its vCPU through.
+    pub fn new(config: MachineConfig, control: VcpuControl) -> Result<Self> {
         let (image, name) = config.kernel.read()?;
         let ram = GuestRam::new(config.memory_mib)?;
-        let remote_kick = RemoteKick::default();
-        let built = match &config.devices {
-            DeviceSetup::Live { nets, disks } => virtio_setup::build_live(nets, disks, remote_kick.doorbell())?,
-            DeviceSetup::Replay(descriptions) => virtio_setup::build_for_replay(descriptions)?,
-        };
-        let guest_cmdline = match built.virtio.cmdline_fragment() {
+        let virtio = device_models(&config.devices)?;
+        let guest_cmdline = match virtio.cmdline_fragment() {
             fragment if fragment.is_empty() => config.cmdline.clone(),
             fragment if config.cmdline.is_empty() => fragment,
             fragment => format!("{} {fragment}", config.cmdline),
@@ -223,7 +212,7 @@ impl Machine {
         long_mode::enter_long_mode(&vcpu, kernel.entry)?;
         tracing::debug!(entry = format_args!("{:#x}", kernel.entry), end = kernel.end, "kernel loaded");
 
-        let board = Board::new(serial_out, ram.mem.clone(), built.virtio, built.output);
+        let board = Board::new(ram.mem.clone(), virtio);
         Ok(Self {
             vcpu,
             vm,
@@ -233,16 +222,41 @@ impl Machine {
             kernel_entry: kernel.entry,
             image_digest: *blake3::hash(&image).as_bytes(),
             config,
-            devices: built.descriptions,
+            control,
             dirty_log,
             sync_regs,
             regs_synced: false,
             checkpoint_bases: Default::default(),
             verify_checkpoints: false,
-            net_frames: built.net_frames,
-            remote_kick,
-            _tap_readers: built.tap_readers,
+            attached: None,
         })
+    }
+
+    /// The description a log, a snapshot or a joining backup carries of this machine.
+    pub fn description(&self) -> MachineDescription {
+        MachineDescription {
+            image_digest: self.image_digest,
+            memory_size: self.ram.size,
+            cmdline: self.config.cmdline.clone(),
+            kernel_path: match &self.config.kernel {
+                KernelSource::File(path) => Some(path.display().to_string()),
+                KernelSource::Embedded => None,
+            },
+            preemption_bound_ns: self.config.preempt_bound.as_nanos() as u64,
+            devices: self.config.devices.clone(),
+        }
+    }
+
+    /// Checks that this machine runs the guest `description` names (`what` says whose, for the
+    /// message).
+    pub fn matches(&self, description: &MachineDescription, what: &str) -> Result<()> {
+        if self.image_digest != description.image_digest {
+            return Err(VmmError::WrongGuest {
+                what: what.to_string(),
+                reason: format!("the kernel {} differs from the one it was made with", description.kernel_name()),
+            });
+        }
+        Ok(())
     }
 
     fn load_kernel(
@@ -277,4 +291,17 @@ impl Machine {
             Ok(kernel)
         }
     }
+}
+
+/// The virtio device models a machine with these devices has, without backends.
+fn device_models(descriptions: &[DeviceDescription]) -> Result<VirtioDevices> {
+    let mut virtio = VirtioDevices::new();
+    for description in descriptions {
+        match description {
+            DeviceDescription::Net { mac, .. } => virtio.add_net(MacAddr(*mac)),
+            DeviceDescription::Disk { size, readonly, .. } => virtio.add_blk(*size, *readonly),
+        }
+        .map_err(BackendError::from)?;
+    }
+    Ok(virtio)
 }

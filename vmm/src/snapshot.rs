@@ -1,214 +1,263 @@
-//! Snapshots: the whole machine in one file, taken at an exit boundary and resumed in a new
-//! process with `ftvm restore`.
+//! Snapshots: the whole machine, taken at an exit boundary and resumed elsewhere (`ftvm
+//! restore`, and the state a joining backup receives). Written to any `Write` and read from any
+//! `Read`, so the same code saves to a file and streams over a socket.
 //!
-//! Layout: `FTVMSNAP` magic, u16 version, u32 length + postcard header ([`SnapshotHeader`]:
-//! configuration, position, clock, vCPU and device state), then guest memory raw, then the
-//! 32-byte blake3 of everything before it. The file is written to a temporary name, fsynced and
+//! Layout (version 2):
+//!
+//! ```text
+//! "FTVMSNAP" | u16 format version |
+//! sections: ( u8 tag | u16 structure version | u32 length | postcard bytes )* | u8 0 (end) |
+//! guest memory, raw | blake3 (32 bytes) of everything before it
+//! ```
+//!
+//! Each structure carries its own version (the machine description, the position, the vCPU
+//! state, the device state), so one can change without the others; a reader names the
+//! structure whose version it does not know. A file is written to a temporary name, fsynced and
 //! renamed, so a crash never leaves a half snapshot under the real name.
 
+use crate::control::VcpuControl;
 use crate::error::{Result, VmmError};
-use crate::machine::{DeviceSetup, KernelSource, Machine, MachineConfig};
-use crate::state::MachineState;
+use crate::machine::{Machine, MachineConfig};
+use crate::state::{MachineState, VcpuState};
 use crate::vcpu::RunPosition;
-use crate::virtio_setup::DeviceDescription;
-use serde::{Deserialize, Serialize};
+use devices::BoardState;
+use ftlog::MachineDescription;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::Path;
 
 const MAGIC: &[u8; 8] = b"FTVMSNAP";
-const VERSION: u16 = 1;
-/// A header larger than this is corruption, not a snapshot (the real one is a few KiB).
-const MAX_HEADER: u32 = 16 << 20;
+const FORMAT_VERSION: u16 = 2;
+/// A section larger than this is corruption, not a snapshot (the real ones are a few KiB).
+const MAX_SECTION: u32 = 16 << 20;
 
-/// What a snapshot holds besides memory.
-#[derive(Serialize, Deserialize)]
-pub struct SnapshotHeader {
-    /// The kernel file, or None for our embedded guest.
-    pub kernel: Option<PathBuf>,
-    pub image_digest: [u8; 32],
-    pub memory_mib: u64,
-    pub cmdline: String,
-    pub preempt_bound_us: u64,
-    pub position: RunPosition,
-    /// The world's monotonic clock when the snapshot was taken.
-    pub monotonic_ns: u64,
-    /// The virtio devices; a restore opens the same TAPs and disk files again.
-    pub devices: Vec<DeviceDescription>,
-    pub state: MachineState,
+/// The structures of a snapshot, each with the version this build writes and reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Section {
+    Machine = 1,
+    Position = 2,
+    Vcpu = 3,
+    Board = 4,
 }
 
-/// A snapshot opened from disk: its header read and checked, its memory still in the file
-/// (read straight into guest memory by [`restore`], and verified as it is read).
-pub struct Snapshot {
-    pub header: SnapshotHeader,
-    path: PathBuf,
-    /// Where guest memory starts in the file.
-    memory_offset: u64,
-    /// The hash of everything before the memory.
-    prefix_hash: blake3::Hasher,
-}
+impl Section {
+    const END: u8 = 0;
 
-impl Snapshot {
-    /// The configuration to rebuild the machine with.
-    pub fn machine_config(&self) -> MachineConfig {
-        MachineConfig {
-            kernel: self.header.kernel.clone().map_or(KernelSource::Embedded, KernelSource::File),
-            memory_mib: self.header.memory_mib,
-            cmdline: self.header.cmdline.clone(),
-            initrd: None,
-            preempt_bound: Duration::from_micros(self.header.preempt_bound_us),
-            dirty_logging: false,
-            devices: DeviceSetup::reopen(&self.header.devices),
+    fn version(self) -> u16 {
+        match self {
+            Section::Machine | Section::Position | Section::Vcpu | Section::Board => 1,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Section::Machine => "machine description",
+            Section::Position => "run position",
+            Section::Vcpu => "vCPU state",
+            Section::Board => "device state",
         }
     }
 }
 
-fn corrupt(path: &Path, reason: impl Into<String>) -> VmmError {
-    VmmError::Snapshot { path: path.to_path_buf(), reason: reason.into() }
+/// Where the run stood, and the world's clock then (a restored machine's clock goes on from it).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+struct PositionSection {
+    position: RunPosition,
+    monotonic_ns: u64,
 }
 
-/// Saves the machine at `position` (an exit boundary) to `path`.
-pub fn save(machine: &mut Machine, position: RunPosition, monotonic_ns: u64, path: &Path) -> Result<()> {
-    let header = SnapshotHeader {
-        kernel: match &machine.config.kernel {
-            KernelSource::File(path) => Some(path.clone()),
-            KernelSource::Embedded => None,
-        },
-        image_digest: machine.image_digest,
-        memory_mib: machine.config.memory_mib,
-        cmdline: machine.config.cmdline.clone(),
-        preempt_bound_us: machine.config.preempt_bound.as_micros() as u64,
-        position,
-        monotonic_ns,
-        devices: machine.devices.clone(),
-        state: machine.capture_state()?,
-    };
-    let encoded = postcard::to_allocvec(&header).map_err(|e| corrupt(path, format!("encode header: {e}")))?;
-    let header_len = u32::try_from(encoded.len()).map_err(|_| corrupt(path, "header too large"))?;
+/// What a snapshot holds besides memory.
+pub struct Snapshot {
+    pub machine: MachineDescription,
+    pub position: RunPosition,
+    /// The world's monotonic clock when the snapshot was taken.
+    pub monotonic_ns: u64,
+    pub state: MachineState,
+}
 
+fn corrupt(what: &str, reason: impl Into<String>) -> VmmError {
+    VmmError::Snapshot { path: what.into(), reason: reason.into() }
+}
+
+/// Saves the machine at `position` (an exit boundary) to the file `path`.
+pub fn save(machine: &mut Machine, position: RunPosition, monotonic_ns: u64, path: &Path) -> Result<()> {
+    let name = path.display().to_string();
+    let io = |e: std::io::Error| corrupt(&name, e.to_string());
     let temporary = path.with_extension("partial");
-    let file = File::create(&temporary).map_err(|e| corrupt(&temporary, e.to_string()))?;
-    let mut out = HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), hasher: blake3::Hasher::new() };
-    let io = |e: std::io::Error| corrupt(path, e.to_string());
-    out.write_all(MAGIC).map_err(io)?;
-    out.write_all(&VERSION.to_le_bytes()).map_err(io)?;
-    out.write_all(&header_len.to_le_bytes()).map_err(io)?;
-    out.write_all(&encoded).map_err(io)?;
-    out.write_all(machine.ram.as_slice()?).map_err(io)?;
-    let digest = out.hasher.finalize();
-    let mut writer = out.inner;
-    writer.write_all(digest.as_bytes()).map_err(io)?;
-    let file = writer.into_inner().map_err(|e| corrupt(path, e.to_string()))?;
+    let file = File::create(&temporary).map_err(|e| corrupt(&temporary.display().to_string(), e.to_string()))?;
+    let file = save_to(machine, position, monotonic_ns, BufWriter::with_capacity(1 << 20, file))?
+        .into_inner()
+        .map_err(|e| io(e.into_error()))?;
     file.sync_all().map_err(io)?;
     std::fs::rename(&temporary, path).map_err(io)?;
     Ok(())
 }
 
-const FIXED: usize = 8 + 2 + 4;
+/// Writes the machine at `position` to `out`; returns `out`.
+pub fn save_to<W: Write>(machine: &mut Machine, position: RunPosition, monotonic_ns: u64, out: W) -> Result<W> {
+    // KVM finishes the last exit's I/O only at the next entry: finish it now, so that the state
+    // captured is complete.
+    machine.complete_pending_io()?;
+    let state = machine.capture_state()?;
+    let mut out = HashingWriter { inner: out, hasher: blake3::Hasher::new() };
+    let io = |e: std::io::Error| corrupt("snapshot stream", e.to_string());
+    out.write_all(MAGIC).map_err(io)?;
+    out.write_all(&FORMAT_VERSION.to_le_bytes()).map_err(io)?;
+    write_section(&mut out, Section::Machine, &machine.description())?;
+    write_section(&mut out, Section::Position, &PositionSection { position, monotonic_ns })?;
+    write_section(&mut out, Section::Vcpu, &state.vcpu)?;
+    write_section(&mut out, Section::Board, &state.board)?;
+    out.write_all(&[Section::END]).map_err(io)?;
+    out.write_all(machine.ram.as_slice()?).map_err(io)?;
+    let digest = out.hasher.finalize();
+    let mut inner = out.inner;
+    inner.write_all(digest.as_bytes()).map_err(io)?;
+    inner.flush().map_err(io)?;
+    Ok(inner)
+}
 
-/// Opens a snapshot and checks its header; the memory and the whole-file checksum are checked
-/// by [`restore`] as it reads them.
-pub fn load(path: &Path) -> Result<Snapshot> {
-    let mut file = File::open(path).map_err(|e| {
-        corrupt(path, if e.kind() == std::io::ErrorKind::NotFound { "no such file".into() } else { e.to_string() })
+fn write_section<W: Write, T: Serialize>(out: &mut W, section: Section, value: &T) -> Result<()> {
+    let bytes =
+        postcard::to_allocvec(value).map_err(|e| corrupt("snapshot", format!("encode {}: {e}", section.name())))?;
+    let len = u32::try_from(bytes.len())
+        .ok()
+        .filter(|len| *len <= MAX_SECTION)
+        .ok_or_else(|| corrupt("snapshot", format!("the {} is too large", section.name())))?;
+    let io = |e: std::io::Error| corrupt("snapshot stream", e.to_string());
+    out.write_all(&[section as u8]).map_err(io)?;
+    out.write_all(&section.version().to_le_bytes()).map_err(io)?;
+    out.write_all(&len.to_le_bytes()).map_err(io)?;
+    out.write_all(&bytes).map_err(io)
+}
+
+/// A snapshot whose header has been read and checked; its memory is still in the stream, read
+/// straight into the new machine's memory by [`SnapshotReader::restore`] and verified as it is
+/// read.
+pub struct SnapshotReader<R: Read> {
+    input: HashingReader<R>,
+    what: String,
+    pub snapshot: Snapshot,
+}
+
+/// Opens the snapshot file `path` and reads its header. A file whose length differs from what
+/// its header describes is refused before anything is built.
+pub fn load(path: &Path) -> Result<SnapshotReader<BufReader<File>>> {
+    let name = path.display().to_string();
+    let file = File::open(path).map_err(|e| {
+        corrupt(&name, if e.kind() == std::io::ErrorKind::NotFound { "no such file".into() } else { e.to_string() })
     })?;
-    let file_len = file.metadata().map_err(|e| corrupt(path, e.to_string()))?.len();
-    let mut prefix = vec![0u8; FIXED];
-    let got = read_up_to(&mut file, &mut prefix).map_err(|e| corrupt(path, e.to_string()))?;
-    let header_len = check_prefix(&prefix[..got], file_len).map_err(|reason| corrupt(path, reason))?;
-    prefix.resize(FIXED + header_len, 0);
-    file.read_exact(&mut prefix[FIXED..]).map_err(|e| corrupt(path, format!("header: {e}")))?;
-    let header: SnapshotHeader =
-        postcard::from_bytes(&prefix[FIXED..]).map_err(|e| corrupt(path, format!("header does not decode: {e}")))?;
-    let memory_offset = prefix.len() as u64;
-    let expected = memory_offset + (header.memory_mib << 20) + 32;
+    let file_len = file.metadata().map_err(|e| corrupt(&name, e.to_string()))?.len();
+    let reader = read_from(BufReader::with_capacity(1 << 20, file), &name)?;
+    let expected = reader.input.read + reader.snapshot.machine.memory_size + 32;
     if file_len != expected {
         return Err(corrupt(
-            path,
+            &name,
             format!("{file_len} bytes, but the header describes {expected}: truncated or corrupt"),
         ));
     }
-    let mut prefix_hash = blake3::Hasher::new();
-    prefix_hash.update(&prefix);
-    Ok(Snapshot { header, path: path.to_path_buf(), memory_offset, prefix_hash })
+    Ok(reader)
 }
 
-/// Checks magic, version and header length; returns the header length.
-fn check_prefix(prefix: &[u8], file_len: u64) -> std::result::Result<usize, String> {
-    if file_len < (FIXED + 32) as u64 || prefix.len() < FIXED {
-        return Err(format!("truncated: {file_len} bytes is shorter than any snapshot"));
-    }
+/// Reads a snapshot's header from `input` (`what` names it in messages).
+pub fn read_from<R: Read>(input: R, what: &str) -> Result<SnapshotReader<R>> {
+    let mut input = HashingReader { inner: input, hasher: blake3::Hasher::new(), read: 0 };
+    let mut prefix = [0u8; 10];
+    read_exactly(&mut input, &mut prefix, what, "the format header")?;
     if &prefix[..8] != MAGIC {
-        return Err("not an ftvm snapshot (bad magic)".into());
+        return Err(corrupt(what, "not an ftvm snapshot (bad magic)"));
     }
     let version = u16::from_le_bytes([prefix[8], prefix[9]]);
-    if version != VERSION {
-        return Err(format!("snapshot format version {version} is not supported (this ftvm reads {VERSION})"));
+    if version != FORMAT_VERSION {
+        return Err(corrupt(
+            what,
+            format!("snapshot format version {version} is not supported (this ftvm reads {FORMAT_VERSION})"),
+        ));
     }
-    let header_len = u32::from_le_bytes([prefix[10], prefix[11], prefix[12], prefix[13]]);
-    if header_len > MAX_HEADER || (FIXED as u64 + u64::from(header_len) + 32) > file_len {
-        return Err(format!("header length {header_len} does not fit in the file"));
+    let machine: MachineDescription = read_section(&mut input, Section::Machine, what)?;
+    let position: PositionSection = read_section(&mut input, Section::Position, what)?;
+    let vcpu: VcpuState = read_section(&mut input, Section::Vcpu, what)?;
+    let board: BoardState = read_section(&mut input, Section::Board, what)?;
+    let mut end = [0u8; 1];
+    read_exactly(&mut input, &mut end, what, "the end of the sections")?;
+    if end[0] != Section::END {
+        return Err(corrupt(what, format!("unknown section {} after the device state", end[0])));
     }
-    Ok(header_len as usize)
+    let snapshot = Snapshot {
+        machine,
+        position: position.position,
+        monotonic_ns: position.monotonic_ns,
+        state: MachineState { vcpu, board },
+    };
+    Ok(SnapshotReader { input, what: what.to_string(), snapshot })
 }
 
-fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read(&mut buf[got..])? {
-            0 => break,
-            n => got += n,
+fn read_section<R: Read, T: DeserializeOwned>(input: &mut HashingReader<R>, section: Section, what: &str) -> Result<T> {
+    let mut head = [0u8; 7];
+    read_exactly(input, &mut head, what, section.name())?;
+    if head[0] != section as u8 {
+        return Err(corrupt(
+            what,
+            format!("expected the {} (section {}), found section {}", section.name(), section as u8, head[0]),
+        ));
+    }
+    let version = u16::from_le_bytes([head[1], head[2]]);
+    if version != section.version() {
+        return Err(corrupt(
+            what,
+            format!("{} version {version} is not supported (this ftvm reads {})", section.name(), section.version()),
+        ));
+    }
+    let len = u32::from_le_bytes([head[3], head[4], head[5], head[6]]);
+    if len > MAX_SECTION {
+        return Err(corrupt(what, format!("the {} claims {len} bytes: header length does not fit", section.name())));
+    }
+    // Grows with the bytes that arrive, not with what the length claims.
+    let mut bytes = Vec::new();
+    input.by_ref().take(u64::from(len)).read_to_end(&mut bytes).map_err(|e| corrupt(what, e.to_string()))?;
+    if bytes.len() != len as usize {
+        return Err(corrupt(what, format!("truncated in the {}", section.name())));
+    }
+    postcard::from_bytes(&bytes).map_err(|e| corrupt(what, format!("the {} does not decode: {e}", section.name())))
+}
+
+fn read_exactly<R: Read>(input: &mut R, buf: &mut [u8], what: &str, part: &str) -> Result<()> {
+    input.read_exact(buf).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => corrupt(what, format!("truncated in {part}")),
+        _ => corrupt(what, e.to_string()),
+    })
+}
+
+impl<R: Read> SnapshotReader<R> {
+    /// Builds the machine the snapshot describes (device models, no backends), reads the memory
+    /// straight into it, checks the checksum, and loads the vCPU and device state.
+    pub fn restore(self, control: VcpuControl) -> Result<(Machine, Snapshot)> {
+        let config = MachineConfig::from_description(&self.snapshot.machine);
+        let machine = Machine::new(config, control)?;
+        self.restore_into(machine)
+    }
+
+    /// As [`Self::restore`], into a machine already built from the same description (a backup
+    /// built before the state arrived).
+    pub fn restore_into(mut self, mut machine: Machine) -> Result<(Machine, Snapshot)> {
+        machine.matches(&self.snapshot.machine, &format!("snapshot {}", self.what))?;
+        if machine.ram.size != self.snapshot.machine.memory_size {
+            return Err(corrupt(&self.what, "the machine's memory size differs from the snapshot's"));
         }
+        let what = self.what.clone();
+        let memory = machine.ram.as_mut_slice()?;
+        for chunk in memory.chunks_mut(8 << 20) {
+            read_exactly(&mut self.input, chunk, &what, "guest memory")?;
+        }
+        let digest = self.input.hasher.finalize();
+        let mut trailer = [0u8; 32];
+        self.input.inner.read_exact(&mut trailer).map_err(|e| corrupt(&what, format!("checksum: {e}")))?;
+        if digest.as_bytes() != &trailer {
+            return Err(corrupt(&what, "checksum mismatch: the file is corrupt"));
+        }
+        machine.restore_state(&self.snapshot.state)?;
+        Ok((machine, self.snapshot))
     }
-    Ok(got)
-}
-
-/// Reads the snapshot's memory straight into `memory`, then checks the whole-file checksum.
-fn read_memory(snapshot: &Snapshot, memory: &mut [u8]) -> Result<()> {
-    use std::io::Seek;
-    let path = &snapshot.path;
-    let io = |e: std::io::Error| corrupt(path, e.to_string());
-    let mut file = File::open(path).map_err(io)?;
-    file.seek(std::io::SeekFrom::Start(snapshot.memory_offset)).map_err(io)?;
-    let mut hasher = snapshot.prefix_hash.clone();
-    for chunk in memory.chunks_mut(8 << 20) {
-        file.read_exact(chunk).map_err(io)?;
-        hasher.update(chunk);
-    }
-    let mut trailer = [0u8; 32];
-    file.read_exact(&mut trailer).map_err(io)?;
-    if hasher.finalize().as_bytes() != &trailer {
-        return Err(corrupt(path, "checksum mismatch: the file is corrupt"));
-    }
-    Ok(())
-}
-
-/// Rebuilds a machine from a snapshot: a fresh VM with the snapshot's memory and state, its
-/// devices on the backends they had.
-pub fn restore(snapshot: &Snapshot, serial_out: Box<dyn Write + Send>) -> Result<Machine> {
-    restore_with(snapshot, snapshot.machine_config(), serial_out)
-}
-
-/// Rebuilds a machine from a snapshot for a replay: the same devices, without backends.
-pub fn restore_for_replay(snapshot: &Snapshot, serial_out: Box<dyn Write + Send>) -> Result<Machine> {
-    let config =
-        MachineConfig { devices: DeviceSetup::Replay(snapshot.header.devices.clone()), ..snapshot.machine_config() };
-    restore_with(snapshot, config, serial_out)
-}
-
-fn restore_with(snapshot: &Snapshot, config: MachineConfig, serial_out: Box<dyn Write + Send>) -> Result<Machine> {
-    let mut machine = Machine::new(config, serial_out)?;
-    if machine.image_digest != snapshot.header.image_digest {
-        return Err(VmmError::Snapshot {
-            path: snapshot.header.kernel.clone().unwrap_or_else(|| "<ftvm guest>".into()),
-            reason: "the kernel image is not the one the snapshot was taken with".into(),
-        });
-    }
-    read_memory(snapshot, machine.ram.as_mut_slice()?)?;
-    machine.restore_state(&snapshot.header.state)?;
-    Ok(machine)
 }
 
 struct HashingWriter<W: Write> {
@@ -224,6 +273,21 @@ impl<W: Write> Write for HashingWriter<W> {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+struct HashingReader<R: Read> {
+    inner: R,
+    hasher: blake3::Hasher,
+    read: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.read += n as u64;
+        Ok(n)
     }
 }
 
@@ -248,8 +312,14 @@ mod tests {
         let mut bytes = b"FTVMSNAP\x09\x00".to_vec();
         bytes.extend_from_slice(&[0; 40]);
         assert!(error_of(&bytes).contains("version 9"));
-        let mut bytes = b"FTVMSNAP\x01\x00".to_vec();
-        bytes.extend_from_slice(&[0xff; 40]);
+        let mut bytes = b"FTVMSNAP\x02\x00".to_vec();
+        bytes.extend_from_slice(&[1, 1, 0, 0xff, 0xff, 0xff, 0xff]);
         assert!(error_of(&bytes).contains("does not fit"));
+        let mut bytes = b"FTVMSNAP\x02\x00".to_vec();
+        bytes.extend_from_slice(&[1, 7, 0, 0, 0, 0, 0]);
+        assert!(error_of(&bytes).contains("machine description version 7"), "{}", error_of(&bytes));
+        let mut bytes = b"FTVMSNAP\x02\x00".to_vec();
+        bytes.extend_from_slice(&[1, 1, 0, 100, 0, 0, 0, 1, 2]);
+        assert!(error_of(&bytes).contains("truncated"));
     }
 }

@@ -1,7 +1,8 @@
 //! The machine's state apart from memory: the vCPU's registers and the board's devices, as
 //! captured for checkpoints, snapshots and migration, and put back on restore.
 
-use crate::error::{kvm, Result, VmmError};
+use crate::checkpoint::CheckpointError;
+use crate::error::{kvm, Result, VcpuFailure};
 use crate::machine::Machine;
 use devices::BoardState;
 use kvm_bindings::{
@@ -62,7 +63,7 @@ impl Machine {
                 .map(|(index, _)| kvm_msr_entry { index: *index, ..Default::default() })
                 .collect::<Vec<_>>(),
         )
-        .map_err(|e| VmmError::VcpuFailed(format!("MSR list: {e:?}")))?;
+        .map_err(|_| VcpuFailure::MsrList)?;
         let read = vcpu.get_msrs(&mut msrs).map_err(kvm("read MSRs"))?;
         let state = VcpuState {
             regs,
@@ -92,12 +93,12 @@ impl Machine {
         // SAFETY: the xsave area was produced by KVM_GET_XSAVE for a vCPU of the same kind.
         unsafe { vcpu.set_xsave(&s.xsave) }.map_err(kvm("restore XSAVE state"))?;
         vcpu.set_xcrs(&s.xcrs).map_err(kvm("restore XCRs"))?;
-        let msrs = Msrs::from_entries(&s.msrs).map_err(|e| VmmError::VcpuFailed(format!("MSR list: {e:?}")))?;
+        let msrs = Msrs::from_entries(&s.msrs).map_err(|_| VcpuFailure::MsrList)?;
         let written = vcpu.set_msrs(&msrs).map_err(kvm("restore MSRs"))?;
         if written < s.msrs.len() {
             let refused = s.msrs[written].index;
             let name = GUEST_MSRS.iter().find(|(index, _)| *index == refused).map_or("unknown", |(_, name)| name);
-            return Err(VmmError::VcpuFailed(format!("this host refused to restore MSR {refused:#x} ({name})")));
+            return Err(VcpuFailure::MsrRefused { index: refused, name }.into());
         }
         vcpu.set_vcpu_events(&s.events).map_err(kvm("restore vCPU events"))?;
         vcpu.set_mp_state(s.mp_state).map_err(kvm("restore MP state"))?;
@@ -106,6 +107,6 @@ impl Machine {
         run.request_interrupt_window = s.request_interrupt_window;
         run.if_flag = s.if_flag;
         run.ready_for_interrupt_injection = s.ready_for_interrupt_injection;
-        self.board.restore(&state.board).map_err(|reason| VmmError::Checkpoint(format!("device state: {reason}")))
+        Ok(self.board.restore(&state.board).map_err(CheckpointError::DeviceState)?)
     }
 }

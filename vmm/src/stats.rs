@@ -22,7 +22,7 @@ impl ExitStats {
         use crate::vcpu::ExitKind;
         self.exits += 1;
         match kind {
-            ExitKind::IoIn | ExitKind::IoOut => self.io += 1,
+            ExitKind::PioIn | ExitKind::PioOut => self.io += 1,
             ExitKind::MmioRead | ExitKind::MmioWrite => self.mmio += 1,
             ExitKind::Hlt => self.hlt += 1,
             ExitKind::IrqWindow => self.irq_window += 1,

@@ -8,14 +8,19 @@
 //! waited too long lands at an arbitrary instruction: that is `Preempt(n)`, which a recorder
 //! covers with a checkpoint and a replayer restores instead of executing.
 
-use crate::error::{kvm, Result, VmmError};
+use crate::control::Request;
+use crate::error::{kvm, Result, VcpuFailure, VmmError};
 use crate::kick::Kicker;
 use crate::machine::Machine;
 use crate::stats::ExitStats;
-use devices::{EventSource, IoOutcome, Landmark};
+use devices::virtio::OutputError;
+use devices::{EventSource, IoOutcome, Landmark, WorldStop};
+pub use ftlog::ExitKind;
 use kvm_bindings::kvm_interrupt;
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use vmm_sys_util::ioctl::ioctl_with_ref;
 use vmm_sys_util::ioctl_iow_nr;
@@ -23,18 +28,6 @@ use vmm_sys_util::ioctl_iow_nr;
 // kvm-ioctls has no wrapper for KVM_INTERRUPT, which only a VMM without an in-kernel irqchip
 // needs.
 ioctl_iow_nr!(KVM_INTERRUPT, kvm_bindings::KVMIO, 0x86, kvm_interrupt);
-
-/// The kind of a deterministic exit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExitKind {
-    IoIn,
-    IoOut,
-    MmioRead,
-    MmioWrite,
-    Hlt,
-    /// The guest became interruptible after the loop asked KVM to say so.
-    IrqWindow,
-}
 
 /// One deterministic exit, as a recorder or replayer checks it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,9 +42,9 @@ pub struct ExitInfo {
     pub value: u64,
 }
 
-/// How a run ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RunOutcome {
+/// Why a run ended.
+#[derive(Clone, Debug)]
+pub enum StopReason {
     PowerOff(u32),
     Reset,
     GuestPanic {
@@ -62,19 +55,77 @@ pub enum RunOutcome {
     Shutdown {
         rip: u64,
     },
-    /// The world (e.g. a replaying log) or an observer stopped the run.
-    Stopped(String),
+    /// The guest halted with interrupts disabled: it can never wake up.
+    HaltedForever {
+        rip: u64,
+    },
+    /// The control handle (or a signal) asked the run to stop.
+    StopRequested,
+    /// The control handle asked the run to pause: it can be continued from its position.
+    Paused,
+    /// The world stopped the run: a replay's log ended or diverged, a stream was lost.
+    World(WorldStop),
     /// A device backend failed in a way the VM cannot survive.
-    DeviceFailed(String),
+    DeviceFailed(Arc<OutputError>),
 }
 
-/// Where a run starts: at boot, or where a snapshot or checkpoint left off.
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StopReason::PowerOff(code) => write!(f, "the guest powered off with code {code}"),
+            StopReason::Reset => write!(f, "the guest reset itself"),
+            StopReason::GuestPanic { code, rip } => {
+                write!(f, "the guest reported a fatal fault (code {code:#x}) at rip {rip:#x}")
+            }
+            StopReason::Shutdown { rip } => write!(f, "the guest triple-faulted (shutdown) at rip {rip:#x}"),
+            StopReason::HaltedForever { rip } => {
+                write!(f, "the guest halted with interrupts disabled at rip {rip:#x}: it can never wake up")
+            }
+            StopReason::StopRequested => write!(f, "stopped by a signal"),
+            StopReason::Paused => write!(f, "paused"),
+            StopReason::World(stop) => write!(f, "{stop}"),
+            StopReason::DeviceFailed(error) => write!(f, "a device failed and the VM cannot go on: {error}"),
+        }
+    }
+}
+
+/// Where a run stands: at boot, at a snapshot, or where an earlier run stopped.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RunPosition {
     /// Deterministic exits so far (the next exit is `Exit(exits + 1)`).
     pub exits: u64,
-    /// The guest executed HLT at the last exit and waits for an interrupt.
+    /// The guest executed HLT and waits for an interrupt.
     pub halted: bool,
+    /// The vCPU was last stopped by a preemption after exit `exits` (the landmark is
+    /// `Preempt(exits)`, not `Exit(exits)`).
+    pub preempted: bool,
+    /// The world's events and the interrupt of this landmark have been delivered: the next
+    /// step is entering the guest (a run whose input ended just there).
+    pub delivered: bool,
+}
+
+impl RunPosition {
+    /// The landmark the run stands at.
+    pub fn landmark(&self) -> Landmark {
+        if self.preempted {
+            Landmark::Preempt(self.exits)
+        } else {
+            Landmark::Exit(self.exits)
+        }
+    }
+
+    fn at(at: Landmark, halted: bool, delivered: bool) -> Self {
+        RunPosition { exits: at.exit_count(), halted, preempted: matches!(at, Landmark::Preempt(_)), delivered }
+    }
+}
+
+/// How a run ended: why, where (a run can be continued from there with another world and
+/// other backends), and what it did.
+#[derive(Clone, Debug)]
+pub struct RunEnd {
+    pub reason: StopReason,
+    pub position: RunPosition,
+    pub stats: ExitStats,
 }
 
 /// What a recorder or replayer needs to see of a run. All methods default to doing nothing.
@@ -111,19 +162,20 @@ pub trait RunObserver {
     /// Called before each entry into the guest after `count` deterministic exits. A replayer
     /// whose log has `Preempt(count)` next loads that checkpoint into the machine and returns
     /// true: the loop then continues at `Preempt(count)` without running the guest.
-    fn replace_run(&mut self, _count: u64, _machine: &mut Machine) -> Result<bool> {
+    fn load_logged_preemption(&mut self, _count: u64, _machine: &mut Machine) -> Result<bool> {
         Ok(false)
     }
-    /// A replayer never kicks the vCPU: its preemptions come from the log.
-    fn kicks(&self) -> bool {
+    /// Whether the loop arms its own preemption timer. A replayer does not: its preemptions
+    /// come from the log.
+    fn preempts_on_time(&self) -> bool {
         true
     }
 }
 
-/// The world and the observer of a run in one: a recorder answers the world's questions and
-/// logs every exit, so both roles need the same object.
-pub trait Session: EventSource + RunObserver {}
-impl<T: EventSource + RunObserver + ?Sized> Session for T {}
+/// The world of a run as the loop sees it: the event source that answers the guest's questions
+/// and the observer of its exits, in one object (a recorder is both).
+pub trait RunWorld: EventSource + RunObserver {}
+impl<T: EventSource + RunObserver + ?Sized> RunWorld for T {}
 
 /// A plain run on this host: nothing to record.
 impl RunObserver for devices::HostWorld {}
@@ -142,49 +194,68 @@ pub struct RunOptions {
     pub snapshot: Option<SnapshotRequest>,
 }
 
-/// Runs the machine until it powers off, resets, faults or is stopped.
-pub fn run(machine: &mut Machine, session: &mut dyn Session, options: RunOptions) -> Result<(RunOutcome, ExitStats)> {
-    let kicker = if session.kicks() {
+/// Runs the machine until it powers off, resets, faults, is stopped or paused, or its world
+/// has no more to say. The returned position is where it stood: [`run`] again from there, with
+/// the same world or another one (a backup going live), continues the same execution.
+pub fn run(machine: &mut Machine, world: &mut dyn RunWorld, options: RunOptions) -> Result<RunEnd> {
+    let control = machine.control.clone();
+    let bound = machine.config.preempt_bound;
+    let kicker = if world.preempts_on_time() {
         let immediate_exit = &mut machine.vcpu.get_kvm_run().immediate_exit as *mut u8;
-        Some(Kicker::for_this_thread(immediate_exit, &machine.remote_kick, machine.config.preempt_bound)?)
+        Some(Kicker::for_this_thread(immediate_exit)?)
     } else {
         None
     };
-    let bound = machine.config.preempt_bound;
+    // Declared after the kicker so that it is dropped (detaching the timer) before it.
+    let _attached = match &kicker {
+        Some(kicker) => control.attach(kicker, bound),
+        None => control.attach_without_timer(),
+    };
     let mut snapshot = options.snapshot;
     let mut stats = ExitStats::default();
     let mut count = options.start.exits;
-    let mut at = Landmark::Exit(count);
+    let mut at = options.start.landmark();
     let mut halted = options.start.halted;
     // String I/O moves up to a page per exit; one buffer serves every exit.
     let mut payload = Vec::with_capacity(4096);
+    let end = |reason, at, halted, stats| Ok(RunEnd { reason, position: RunPosition::at(at, halted, false), stats });
+    let mut delivered = options.start.delivered;
 
     loop {
-        if let Landmark::Exit(exits) = at {
-            at_boundary(machine, session, RunPosition { exits, halted }, &mut snapshot)?;
-        }
-        if let Some(reason) = session.stop_reason() {
-            return Ok((RunOutcome::Stopped(reason), stats));
-        }
-        if crate::kick::stop_requested() {
-            return Ok((RunOutcome::Stopped("stopped by a signal".into()), stats));
-        }
-        deliver_world_events(machine, session, at);
-        if halted {
-            if let Some(outcome) = wait_for_interrupt(machine, session, at)? {
-                return Ok((outcome, stats));
+        if !std::mem::take(&mut delivered) {
+            if let Landmark::Exit(exits) = at {
+                let position = RunPosition { exits, halted, ..Default::default() };
+                at_boundary(machine, world, position, &mut snapshot)?;
             }
-            halted = false;
+            if let Some(reason) = stop_here(machine, world) {
+                return end(reason, at, halted, stats);
+            }
+            deliver_world_events(machine, world, at);
+            if halted {
+                if let Some(reason) = wait_for_interrupt(machine, world, at)? {
+                    return end(reason, at, halted, stats);
+                }
+                halted = false;
+            }
+            inject_pending_interrupt(machine, world, at, &mut stats)?;
+            // The world may have said its last word at this landmark (an event, an interrupt):
+            // stop before the guest runs on, where another world can take over.
+            if let Some(stop @ WorldStop::InputEnded { .. }) = world.stop_reason() {
+                return Ok(RunEnd {
+                    reason: StopReason::World(stop),
+                    position: RunPosition::at(at, false, true),
+                    stats,
+                });
+            }
         }
-        inject_pending_interrupt(machine, session, at, &mut stats)?;
 
-        if session.replace_run(count, machine)? {
+        if world.load_logged_preemption(count, machine)? {
             at = Landmark::Preempt(count);
             stats.preemptions += 1;
             continue;
         }
         if let Some(kicker) = &kicker {
-            arm_kick(kicker, machine, session, bound)?;
+            arm_kick(kicker, machine, world, bound)?;
         }
 
         let info = match enter_guest_settled(machine, &mut payload, kicker.as_ref())? {
@@ -194,22 +265,35 @@ pub fn run(machine: &mut Machine, session: &mut dyn Session, options: RunOptions
                 stats.preemptions += 1;
                 at = Landmark::Preempt(count);
                 tracing::debug!(%at, "vCPU kicked out: an event waited longer than the bound");
-                session.on_preempt(at, machine)?;
+                world.on_preempt(at, machine)?;
                 continue;
             }
-            Entered::Shutdown { rip } => return Ok((RunOutcome::Shutdown { rip }, stats)),
+            Entered::Shutdown { rip } => return end(StopReason::Shutdown { rip }, at, halted, stats),
         };
 
         count += 1;
         at = Landmark::Exit(count);
         stats.count(info.kind);
-        let (outcome, info) = handle_exit(machine, session, info, at, &mut payload, &mut halted);
-        let rip = if session.wants_rip() { machine.rip()? } else { 0 };
+        let (outcome, info) = handle_exit(machine, world, info, at, &mut payload, &mut halted);
+        let rip = if world.wants_rip() { machine.rip()? } else { 0 };
         tracing::trace!(%at, kind = ?info.kind, address = format_args!("{:#x}", info.address), len = info.len, value = format_args!("{:#x}", info.value), "exit");
-        session.on_exit(count, &info, rip)?;
-        if outcome != IoOutcome::Continue {
-            return Ok((finish(machine, outcome), stats));
+        world.on_exit(count, &info, rip)?;
+        if let Some(reason) = stop_reason_of(machine, outcome) {
+            return end(reason, at, halted, stats);
         }
+    }
+}
+
+/// Whether the run stops at this landmark: the world has no more to say, or the control handle
+/// asked.
+fn stop_here(machine: &Machine, world: &dyn RunWorld) -> Option<StopReason> {
+    if let Some(stop) = world.stop_reason() {
+        return Some(StopReason::World(stop));
+    }
+    match machine.control.take_request() {
+        Some(Request::Stop) => Some(StopReason::StopRequested),
+        Some(Request::Pause) => Some(StopReason::Paused),
+        None => None,
     }
 }
 
@@ -217,18 +301,18 @@ pub fn run(machine: &mut Machine, session: &mut dyn Session, options: RunOptions
 /// requested snapshot is taken.
 fn at_boundary(
     machine: &mut Machine,
-    session: &mut dyn Session,
+    world: &mut dyn RunWorld,
     position: RunPosition,
     snapshot: &mut Option<SnapshotRequest>,
 ) -> Result<()> {
-    if session.at_boundary(position.exits)? {
+    if world.at_boundary(position.exits)? {
         // Where the recording took a snapshot, its checkpoints start from no bases.
         machine.checkpoint_bases.clear();
     }
     if let Some(request) = snapshot.take_if(|request| position.exits >= request.at_exits) {
         machine.complete_pending_io()?;
-        crate::snapshot::save(machine, position, session.monotonic_now(), &request.path)?;
-        session.on_snapshot(position.exits)?;
+        crate::snapshot::save(machine, position, world.monotonic_now(), &request.path)?;
+        world.on_snapshot(position.exits)?;
         machine.checkpoint_bases.clear();
         tracing::info!(exits = position.exits, path = %request.path.display(), "snapshot saved");
     }
@@ -239,7 +323,7 @@ fn at_boundary(
 /// a recorder or replayer sees it (for reads, with the value the guest got).
 fn handle_exit(
     machine: &mut Machine,
-    session: &mut dyn Session,
+    world: &mut dyn RunWorld,
     info: ExitInfo,
     at: Landmark,
     payload: &mut [u8],
@@ -247,24 +331,24 @@ fn handle_exit(
 ) -> (IoOutcome, ExitInfo) {
     let element = usize::from(info.len.max(1));
     let outcome = match info.kind {
-        ExitKind::IoIn => {
+        ExitKind::PioIn => {
             for chunk in payload.chunks_mut(element) {
-                machine.board.pio_read(info.address as u16, chunk, at, session);
+                machine.board.pio_read(info.address as u16, chunk, at, world);
             }
             copy_to_run(&mut machine.vcpu, payload);
             IoOutcome::Continue
         }
-        ExitKind::IoOut => payload
+        ExitKind::PioOut => payload
             .chunks(element)
-            .map(|chunk| machine.board.pio_write(info.address as u16, chunk, at, session))
-            .find(|outcome| *outcome != IoOutcome::Continue)
+            .map(|chunk| machine.board.pio_write(info.address as u16, chunk, at, world))
+            .find(|outcome| !matches!(outcome, IoOutcome::Continue))
             .unwrap_or(IoOutcome::Continue),
         ExitKind::MmioRead => {
-            machine.board.mmio_read(info.address, payload, at, session);
+            machine.board.mmio_read(info.address, payload, at, world);
             copy_to_run(&mut machine.vcpu, payload);
             IoOutcome::Continue
         }
-        ExitKind::MmioWrite => machine.board.mmio_write(info.address, payload, at, session),
+        ExitKind::MmioWrite => machine.board.mmio_write(info.address, payload, at, world),
         ExitKind::Hlt => {
             *halted = true;
             IoOutcome::Continue
@@ -275,7 +359,7 @@ fn handle_exit(
         }
     };
     let info = match info.kind {
-        ExitKind::IoIn | ExitKind::MmioRead => ExitInfo { value: summary(payload), ..info },
+        ExitKind::PioIn | ExitKind::MmioRead => ExitInfo { value: signature_value(payload), ..info },
         _ => info,
     };
     (outcome, info)
@@ -330,11 +414,11 @@ fn enter_guest(machine: &mut Machine, payload: &mut Vec<u8>) -> Result<Entered> 
         }
         VcpuExit::IoOut(port, data) => {
             payload.extend_from_slice(data);
-            ExitInfo { kind: ExitKind::IoOut, address: port.into(), len: 0, value: 0 }
+            ExitInfo { kind: ExitKind::PioOut, address: port.into(), len: 0, value: 0 }
         }
         VcpuExit::IoIn(port, data) => {
             payload.resize(data.len(), 0);
-            ExitInfo { kind: ExitKind::IoIn, address: port.into(), len: 0, value: 0 }
+            ExitInfo { kind: ExitKind::PioIn, address: port.into(), len: 0, value: 0 }
         }
         VcpuExit::MmioRead(addr, data) => {
             payload.resize(data.len(), 0);
@@ -350,13 +434,17 @@ fn enter_guest(machine: &mut Machine, payload: &mut Vec<u8>) -> Result<Entered> 
             let what = format!("{other:?}");
             let rip = machine.vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
             return Err(VmmError::VcpuFailed(if what == "InternalError" {
-                format!("KVM internal error (its emulator could not run the guest) at rip {rip:#x}")
+                VcpuFailure::InternalError { rip }
             } else {
-                format!("unexpected exit {what} at rip {rip:#x}")
+                VcpuFailure::UnexpectedExit { what, rip }
             }));
         }
     };
-    Ok(Entered::Exit(ExitInfo { len: element_size(&mut machine.vcpu, payload.len()), value: summary(payload), ..info }))
+    Ok(Entered::Exit(ExitInfo {
+        len: element_size(&mut machine.vcpu, payload.len()),
+        value: signature_value(payload),
+        ..info
+    }))
 }
 
 /// The size of one element of the access: the I/O size for port I/O (string I/O moves several),
@@ -371,8 +459,9 @@ fn element_size(vcpu: &mut VcpuFd, total: usize) -> u8 {
     }
 }
 
-/// The bytes written, as the exit signature holds them.
-fn summary(data: &[u8]) -> u64 {
+/// The bytes that crossed the bus, as the exit signature holds them: up to 8 bytes as a
+/// little-endian value, more as their FNV-1a hash.
+fn signature_value(data: &[u8]) -> u64 {
     if data.len() <= 8 {
         let mut bytes = [0u8; 8];
         bytes[..data.len()].copy_from_slice(data);
@@ -382,42 +471,38 @@ fn summary(data: &[u8]) -> u64 {
     }
 }
 
-fn finish(machine: &mut Machine, outcome: IoOutcome) -> RunOutcome {
+/// What an exit's outcome means for the run: nothing (go on), or why it ends.
+fn stop_reason_of(machine: &mut Machine, outcome: IoOutcome) -> Option<StopReason> {
     match outcome {
-        IoOutcome::PowerOff(code) => RunOutcome::PowerOff(code),
-        IoOutcome::Reset => RunOutcome::Reset,
+        IoOutcome::Continue => None,
+        IoOutcome::PowerOff(code) => Some(StopReason::PowerOff(code)),
+        IoOutcome::Reset => Some(StopReason::Reset),
         IoOutcome::GuestPanic(code) => {
             let rip = machine.vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
-            RunOutcome::GuestPanic { code, rip }
+            Some(StopReason::GuestPanic { code, rip })
         }
-        IoOutcome::Fatal(reason) => RunOutcome::DeviceFailed(reason),
-        IoOutcome::Continue => RunOutcome::Stopped("the run ended without a reason".into()),
+        IoOutcome::Fatal(error) => Some(StopReason::DeviceFailed(error)),
     }
 }
 
-fn deliver_world_events(machine: &mut Machine, world: &mut dyn Session, at: Landmark) {
+fn deliver_world_events(machine: &mut Machine, world: &mut dyn RunWorld, at: Landmark) {
     for event in world.poll(at, machine.board.deadlines()) {
         machine.board.apply(event);
     }
 }
 
 /// The guest executed HLT: wait, as the CPU would, until an interrupt can wake it.
-fn wait_for_interrupt(machine: &mut Machine, session: &mut dyn Session, at: Landmark) -> Result<Option<RunOutcome>> {
+fn wait_for_interrupt(machine: &mut Machine, world: &mut dyn RunWorld, at: Landmark) -> Result<Option<StopReason>> {
     while !machine.board.interrupt_pending() {
         if machine.vcpu.get_kvm_run().if_flag == 0 {
             let rip = machine.vcpu.get_regs().map_err(kvm("read registers"))?.rip;
-            return Ok(Some(RunOutcome::Stopped(format!(
-                "the guest halted with interrupts disabled at rip {rip:#x}: it can never wake up"
-            ))));
+            return Ok(Some(StopReason::HaltedForever { rip }));
         }
-        session.wait_idle(at, machine.board.deadlines());
-        if let Some(reason) = session.stop_reason() {
-            return Ok(Some(RunOutcome::Stopped(reason)));
+        world.wait_idle(at, machine.board.deadlines());
+        if let Some(reason) = stop_here(machine, world) {
+            return Ok(Some(reason));
         }
-        if crate::kick::stop_requested() {
-            return Ok(Some(RunOutcome::Stopped("stopped by a signal".into())));
-        }
-        deliver_world_events(machine, session, at);
+        deliver_world_events(machine, world, at);
     }
     Ok(None)
 }
@@ -426,7 +511,7 @@ fn wait_for_interrupt(machine: &mut Machine, session: &mut dyn Session, at: Land
 /// as it can.
 fn inject_pending_interrupt(
     machine: &mut Machine,
-    session: &mut dyn Session,
+    world: &mut dyn RunWorld,
     at: Landmark,
     stats: &mut ExitStats,
 ) -> Result<()> {
@@ -454,14 +539,14 @@ fn inject_pending_interrupt(
     }
     stats.interrupts_injected += 1;
     tracing::debug!(%at, vector = format_args!("{vector:#x}"), "interrupt injected");
-    session.on_interrupt(at, vector)
+    world.on_interrupt(at, vector)
 }
 
 /// Arms the kick for when the earliest timer is due plus the bound, or for the bound from now
 /// when a backend has input waiting. An interrupt already pending needs no kick: it is injected
 /// at this entry, or KVM exits by itself when the guest opens its interrupt window (kicking a
 /// guest with interrupts off would only cost preemptions).
-fn arm_kick(kicker: &Kicker, machine: &Machine, world: &dyn Session, bound: Duration) -> Result<()> {
+fn arm_kick(kicker: &Kicker, machine: &Machine, world: &dyn RunWorld, bound: Duration) -> Result<()> {
     let wait = if world.input_pending() {
         Some(Duration::ZERO)
     } else if machine.board.interrupt_pending() {

@@ -1,5 +1,7 @@
 //! The file backend of virtio-blk: a regular file (or a host block device) holding the disk.
 
+use super::disk::BlockBackend;
+
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
@@ -56,29 +58,34 @@ impl DiskFile {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
 
-    pub fn readonly(&self) -> bool {
-        self.readonly
+impl BlockBackend for DiskFile {
+    fn name(&self) -> String {
+        self.path.display().to_string()
     }
 
-    /// Size in bytes (the device exposes the whole 512-byte sectors of it).
-    pub fn size(&self) -> u64 {
+    fn size(&self) -> u64 {
         self.size
     }
 
-    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    fn readonly(&self) -> bool {
+        self.readonly
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)
     }
 
-    pub fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         if self.readonly {
             return Err(io::Error::from_raw_os_error(libc::EROFS));
         }
         self.file.write_all_at(data, offset)
     }
 
-    /// Makes written data durable (fdatasync).
-    pub fn flush(&self) -> io::Result<()> {
+    /// fdatasync: the file's data and the metadata needed to read it back.
+    fn flush(&self) -> io::Result<()> {
         self.file.sync_data()
     }
 }
@@ -86,6 +93,7 @@ impl DiskFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio::BlockBackend;
 
     #[test]
     fn opens_reads_writes_and_flushes() {

@@ -12,7 +12,9 @@
 
 pub mod blk;
 pub mod blk_file;
+pub mod description;
 pub mod device;
+pub mod disk;
 pub mod mmio;
 pub mod net;
 pub mod output;
@@ -29,9 +31,11 @@ mod tests;
 
 pub use blk::Blk;
 pub use blk_file::{DiskError, DiskFile};
+pub use description::DeviceDescription;
+pub use disk::BlockBackend;
 pub use mmio::{MmioTransport, RestoreError, TransportState};
 pub use net::{Net, NetState};
-pub use output::{DirectOutput, Output, OutputError, OutputStage};
+pub use output::{DirectOutput, DiscardOutput, Output, OutputError, OutputStage};
 pub use spec::{DiskSpec, MacAddr, NetSpec, SpecError};
 pub use tap::{Tap, TapError, TapReader, TapWriter};
 

@@ -172,7 +172,8 @@ fn blk_rig(size: u64, readonly: bool) -> (Rig<Blk>, tempfile::NamedTempFile, Arc
     std::io::Write::write_all(&mut tmp, &pattern).unwrap();
     let disk = Arc::new(DiskFile::open(tmp.path(), readonly).unwrap());
     let mut rig = Rig::new(Blk::new(0, disk.size(), readonly));
-    rig.out.direct = Some(DirectOutput::new(Vec::new(), vec![Arc::clone(&disk)]));
+    let backend: Arc<dyn BlockBackend> = disk.clone();
+    rig.out.direct = Some(DirectOutput::new(Vec::new(), vec![backend], Box::new(std::io::sink())));
     rig.init(V1 | EVENT_IDX | 1 << VIRTIO_BLK_F_FLUSH | if readonly { 1 << VIRTIO_BLK_F_RO } else { 0 }, &[16]);
     (rig, tmp, disk)
 }

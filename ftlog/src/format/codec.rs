@@ -76,14 +76,22 @@ impl Put for Vec<u8> {
 const LANDMARK_EXIT: u8 = 0;
 const LANDMARK_PREEMPT: u8 = 1;
 
-/// Reads fields from a body, refusing to read past its end.
+/// Reads fields from a body, refusing to read past its end. The one byte cursor of ftlog: the
+/// log's records and header, and the checkpoint layout, are all read through it.
 pub(crate) struct Get<'a> {
     rest: &'a [u8],
+    /// Length of the whole body, so that [`Get::offset`] can name where a field failed.
+    total: usize,
 }
 
 impl<'a> Get<'a> {
     pub(crate) fn new(bytes: &'a [u8]) -> Self {
-        Self { rest: bytes }
+        Self { rest: bytes, total: bytes.len() }
+    }
+
+    /// Bytes read so far.
+    pub(crate) fn offset(&self) -> usize {
+        self.total - self.rest.len()
     }
 
     pub(crate) fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], Corruption> {

@@ -2,6 +2,7 @@
 
 use super::codec::{read_exact_into, read_full, Get, Put};
 use super::{length_check, Corruption, LogError, MAX_HEADER_LEN};
+use crate::machine::MachineDescription;
 use std::io::Read;
 
 /// Identifies an ftvm log.
@@ -16,16 +17,8 @@ const PREFIX_LEN: usize = 8 + 2 + 4 + 1;
 /// What a replayer needs to start the same guest the same way, and the recording parameters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogHeader {
-    /// blake3 of the guest ELF image: replaying another guest cannot work.
-    pub image_digest: [u8; 32],
-    /// Guest memory size in bytes.
-    pub memory_size: u64,
-    /// The kernel command line given to the guest.
-    pub cmdline: String,
-    /// Where the kernel was loaded from, for information (the digest is what counts).
-    pub kernel_path: Option<String>,
-    /// The preemption bound in nanoseconds (how long an event may wait for an exit).
-    pub preemption_bound_ns: u64,
+    /// The machine the log was recorded on.
+    pub machine: MachineDescription,
     /// K: an ExitDigest record is written every K exits. Never 0.
     pub exit_digest_interval: u32,
     /// Deterministic exits before the first one in this log: 0 for a boot, the snapshot's
@@ -34,35 +27,34 @@ pub struct LogHeader {
     /// When recording started, nanoseconds since the Unix epoch (information only: replay takes
     /// all time from the clock records).
     pub created_unix_ns: u64,
-    /// The VMM's description of the machine's devices (opaque to the log), so a replayer builds
-    /// the same devices. Encoded as the header's last bytes: a log without it has none.
-    pub machine: Vec<u8>,
 }
 
 impl LogHeader {
     /// The complete encoded header, framing included. Fails if the strings make it larger than
     /// a reader accepts ([`MAX_HEADER_LEN`]).
     pub fn encode(&self) -> Result<Vec<u8>, LogError> {
-        let mut out = Vec::with_capacity(PREFIX_LEN + 128 + self.cmdline.len());
+        let machine = &self.machine;
+        let mut out = Vec::with_capacity(PREFIX_LEN + 128 + machine.cmdline.len());
         out.put_bytes(&MAGIC);
         out.put_u16(FORMAT_VERSION);
         out.put_u32(0); // length, patched below
         out.put_u8(0); // length check, patched below
-        out.put_bytes(&self.image_digest);
-        out.put_u64(self.memory_size);
-        out.put_u64(self.preemption_bound_ns);
+        out.put_bytes(&machine.image_digest);
+        out.put_u64(machine.memory_size);
+        out.put_u64(machine.preemption_bound_ns);
         out.put_u32(self.exit_digest_interval);
         out.put_u64(self.created_unix_ns);
         out.put_u64(self.start_exits);
-        put_string(&mut out, &self.cmdline);
-        match &self.kernel_path {
+        put_string(&mut out, &machine.cmdline);
+        match &machine.kernel_path {
             Some(path) => {
                 out.put_u8(1);
                 put_string(&mut out, path);
             }
             None => out.put_u8(0),
         }
-        out.put_bytes(&self.machine);
+        // The devices go last, as an opaque tail: a log of a machine without devices ends here.
+        out.put_bytes(&machine.encode_devices());
         let body_len = out.len() - PREFIX_LEN;
         let len = match u32::try_from(body_len) {
             Ok(len) if len <= MAX_HEADER_LEN => len,
@@ -141,14 +133,9 @@ fn decode_body(body: &[u8]) -> Result<LogHeader, Corruption> {
         1 => Some(get.string("kernel path")?),
         other => return Err(Corruption::BadField { field: "kernel path flag", value: other.into() }),
     };
-    let machine = get.rest().to_vec();
+    let devices = MachineDescription::decode_devices(get.rest()).map_err(|_| Corruption::BadDevices)?;
     Ok(LogHeader {
-        machine,
-        image_digest,
-        memory_size,
-        cmdline,
-        kernel_path,
-        preemption_bound_ns,
+        machine: MachineDescription { image_digest, memory_size, cmdline, kernel_path, preemption_bound_ns, devices },
         exit_digest_interval,
         created_unix_ns,
         start_exits,

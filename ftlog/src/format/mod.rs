@@ -23,7 +23,7 @@
 //! [`Record::SnapshotMark`] (body: `exits u64`), was added this way; a log without marks is
 //! byte-for-byte what version 1 always wrote.
 
-mod codec;
+pub(crate) mod codec;
 mod header;
 mod record;
 mod stream;
@@ -72,6 +72,8 @@ pub enum Corruption {
     BadUtf8(&'static str),
     #[error("record after the End record")]
     AfterEnd,
+    #[error("the machine's device list does not decode")]
+    BadDevices,
 }
 
 /// An error reading or writing a log; every variant names the byte offset it concerns.

@@ -1,0 +1,27 @@
+//! The block-backend interface: what virtio-blk and the output stage need of a disk, whatever
+//! holds it (a local file today, a gfs file next).
+//!
+//! Positional reads and writes take `&self`, so one backend can be shared (behind an `Arc`) by
+//! the device's reads and the output stage's writes.
+
+use std::io;
+
+/// A disk as the VM's devices see it.
+pub trait BlockBackend: Send + Sync {
+    /// A name for messages (a path, `gfs:/vm/disk0`, ...).
+    fn name(&self) -> String;
+
+    /// Size in bytes (the device exposes the whole 512-byte sectors of it).
+    fn size(&self) -> u64;
+
+    fn readonly(&self) -> bool;
+
+    /// Fills `buf` from byte `offset`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+
+    /// Writes `data` at byte `offset`; a read-only backend refuses with `EROFS`.
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
+
+    /// Makes every write so far durable.
+    fn flush(&self) -> io::Result<()>;
+}

@@ -1,0 +1,138 @@
+//! The host resources behind a VM's devices: TAPs, disks and the console. They are opened apart
+//! from the device models and attached to a built machine at a landmark (boot, a restore, a
+//! backup going live), so a machine built to replay a log can take on real backends later.
+
+use crate::machine::Machine;
+use devices::virtio::{
+    AddError, BlockBackend, DeviceDescription, DirectOutput, DiskError, DiskFile, DiskSpec, MacAddr, NetSpec,
+    OutputStage, Tap, TapError, TapReader, TapWriter,
+};
+use devices::Doorbell;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Received frames per net device: (device index, frames), for the live world to deliver.
+pub type NetInputs = Vec<(u8, crossbeam_channel::Receiver<Vec<u8>>)>;
+
+/// Why a backend could not be opened or does not fit its device.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("--net tap={name}: {source}")]
+    Tap {
+        name: String,
+        #[source]
+        source: TapError,
+    },
+    #[error("--disk: {0}")]
+    Disk(#[from] DiskError),
+    #[error(transparent)]
+    TooManyDevices(#[from] AddError),
+    #[error("disk {path}: {found} bytes, but the machine's disk has {expected}")]
+    DiskSize { path: PathBuf, expected: u64, found: u64 },
+}
+
+/// The backends of one machine, opened and ready to attach.
+pub struct Backends {
+    /// `taps[i]` carries net device i's frames.
+    taps: Vec<Option<TapWriter>>,
+    tap_readers: Vec<TapReader>,
+    net_inputs: NetInputs,
+    disks: Vec<Arc<dyn BlockBackend>>,
+    console: Box<dyn Write + Send>,
+}
+
+impl Backends {
+    /// No TAPs, no disks: the console alone.
+    pub fn console_only(console: Box<dyn Write + Send>) -> Self {
+        Self { taps: Vec::new(), tap_readers: Vec::new(), net_inputs: Vec::new(), disks: Vec::new(), console }
+    }
+
+    /// Opens what `--net` and `--disk` name, and describes the devices they make (nets first,
+    /// then disks, as the machine numbers them). `doorbell` is rung when a frame arrives.
+    pub fn open(
+        nets: &[NetSpec],
+        disks: &[DiskSpec],
+        console: Box<dyn Write + Send>,
+        doorbell: Doorbell,
+    ) -> Result<(Self, Vec<DeviceDescription>), BackendError> {
+        let mut backends = Self::console_only(console);
+        let mut descriptions = Vec::new();
+        for (index, spec) in nets.iter().enumerate() {
+            let mac = spec.mac.unwrap_or_else(|| MacAddr::default_for(index as u8));
+            backends.open_tap(&spec.tap, index as u8, &doorbell)?;
+            descriptions.push(DeviceDescription::Net { tap: spec.tap.clone(), mac: mac.0 });
+        }
+        for spec in disks {
+            let disk = DiskFile::open(&spec.path, spec.readonly)?;
+            descriptions.push(DeviceDescription::Disk {
+                path: spec.path.clone(),
+                size: disk.size(),
+                readonly: spec.readonly,
+            });
+            backends.disks.push(Arc::new(disk));
+        }
+        Ok((backends, descriptions))
+    }
+
+    /// Opens the same resources a machine with these devices had: the same TAP names and disk
+    /// paths (a restore, or a backup going live on a host that sees them under those names).
+    pub fn reopen(
+        descriptions: &[DeviceDescription],
+        console: Box<dyn Write + Send>,
+        doorbell: Doorbell,
+    ) -> Result<Self, BackendError> {
+        let mut backends = Self::console_only(console);
+        let mut net_index = 0u8;
+        for description in descriptions {
+            match description {
+                DeviceDescription::Net { tap, .. } => {
+                    backends.open_tap(tap, net_index, &doorbell)?;
+                    net_index += 1;
+                }
+                DeviceDescription::Disk { path, size, readonly } => {
+                    let disk = DiskFile::open(path, *readonly)?;
+                    if disk.size() != *size {
+                        return Err(BackendError::DiskSize { path: path.clone(), expected: *size, found: disk.size() });
+                    }
+                    backends.disks.push(Arc::new(disk));
+                }
+            }
+        }
+        Ok(backends)
+    }
+
+    fn open_tap(&mut self, name: &str, device: u8, doorbell: &Doorbell) -> Result<(), BackendError> {
+        let tap_error = |source| BackendError::Tap { name: name.to_owned(), source };
+        let tap = Tap::open(name).map_err(tap_error)?;
+        let (sender, receiver) = crossbeam_channel::bounded(1024);
+        self.tap_readers.push(tap.spawn_reader(sender, Arc::clone(doorbell)).map_err(tap_error)?);
+        self.net_inputs.push((device, receiver));
+        self.taps.push(Some(tap.writer()));
+        Ok(())
+    }
+}
+
+/// What stays with the machine while backends are attached.
+pub(crate) struct AttachedBackends {
+    /// Keep the TAP reader threads alive.
+    _tap_readers: Vec<TapReader>,
+}
+
+impl Machine {
+    /// Attaches `backends` at the current landmark: every later output goes to them at once
+    /// (the output stage they had is returned, with whatever it still held), and the frames they
+    /// receive are returned for the live world to deliver.
+    pub fn attach(&mut self, backends: Backends) -> (NetInputs, Box<dyn OutputStage + Send>) {
+        let Backends { taps, tap_readers, net_inputs, disks, console } = backends;
+        let previous = self.board.attach_output(Box::new(DirectOutput::new(taps, disks, console)));
+        self.attached = Some(AttachedBackends { _tap_readers: tap_readers });
+        (net_inputs, previous)
+    }
+
+    /// Sends outputs to `stage` from the current landmark on (e.g. an FT output stage that holds
+    /// them until the backup acknowledges); returns the stage they went to.
+    pub fn attach_output(&mut self, stage: Box<dyn OutputStage + Send>) -> Box<dyn OutputStage + Send> {
+        self.board.attach_output(stage)
+    }
+}

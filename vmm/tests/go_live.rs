@@ -1,0 +1,92 @@
+//! Go-live is a run continued with another world: a machine replays the first half of a
+//! recorded log, its input ends there, and it carries on live from exactly that landmark, with
+//! backends attached then. What the guest computes must come out the same as in the recording.
+
+use devices::{EventSource, WorldStop};
+use ftlog::{LogReader, ReplayWorld};
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use vmm::session::live_machine;
+use vmm::session::record::record_to_file;
+use vmm::session::replay::machine_for_log;
+use vmm::{session, Backends, MachineConfig, RunOptions, StopReason, VcpuControl};
+
+/// A console the test reads after the run.
+#[derive(Clone, Default)]
+struct Console(Arc<Mutex<Vec<u8>>>);
+
+impl Console {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("console lock")).into_owned()
+    }
+}
+
+impl Write for Console {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("console lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn line_starting<'a>(text: &'a str, prefix: &str) -> &'a str {
+    text.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix:?} line in:\n{text}"))
+}
+
+/// Records `words`, replays the records before `cut` (a fraction of them), goes live there.
+fn go_live_part_way(words: &str, cut: f64) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("run.log");
+    let recorded_console = Console::default();
+    let config = MachineConfig { dirty_logging: true, ..MachineConfig::embedded(words) };
+    let (mut machine, world) =
+        live_machine(config, Backends::console_only(Box::new(recorded_console.clone())), VcpuControl::new())
+            .expect("machine");
+    let recording = record_to_file(&mut machine, world, &log, 1, RunOptions::default()).expect("recording");
+    assert!(matches!(recording.end.reason, StopReason::PowerOff(0)), "{}", recording.end.reason);
+    let recorded_text = recorded_console.text();
+
+    // The log cut at a record boundary part-way: what a backup holds when its primary dies.
+    let bytes = std::fs::read(&log).expect("log");
+    let offsets: Vec<u64> = LogReader::new(&bytes[..]).expect("log").map(|r| r.expect("record").0).collect();
+    let cut_at = offsets[(offsets.len() as f64 * cut) as usize] as usize;
+    let cut_log = &bytes[..cut_at];
+
+    let mut replayer = ReplayWorld::from_feed(LogReader::new(cut_log).expect("header").open_ended());
+    let mut follower = machine_for_log(replayer.header(), VcpuControl::new()).expect("machine");
+    let replayed = vmm::run(&mut follower, &mut replayer, RunOptions::default()).expect("replay");
+    let StopReason::World(WorldStop::InputEnded { lost: false, .. }) = replayed.reason else {
+        panic!("the replay must stop where its input ends, not: {}", replayed.reason);
+    };
+    let position = replayed.position;
+    assert!(position.exits > 0 && position.exits < recording.end.stats.exits, "stopped part-way: {position:?}");
+    assert!(replayer.error().is_none());
+
+    let live_console = Console::default();
+    let backends = Backends::console_only(Box::new(live_console.clone()));
+    let end = session::go_live(&mut follower, backends, position, replayer.monotonic_now()).expect("live run");
+    assert!(matches!(end.reason, StopReason::PowerOff(0)), "the continued run must power off normally: {}", end.reason);
+
+    let live_text = live_console.text();
+    let recorded_digest = line_starting(&recorded_text, "digest: ");
+    assert_eq!(line_starting(&live_text, "digest: "), recorded_digest, "live part:\n{live_text}");
+    // The replayed part printed nothing: its console output was the recording's to release.
+    let first_line = recorded_text.lines().next().expect("the guest printed");
+    assert!(!live_text.contains(first_line), "{first_line:?} belongs to the replayed part:\n{live_text}");
+}
+
+#[test]
+fn a_compute_run_replayed_part_way_goes_live_there_and_reaches_the_recorded_result() {
+    for cut in [0.2, 0.5, 0.8] {
+        go_live_part_way("compute 150", cut);
+    }
+}
+
+#[test]
+fn a_timer_run_replayed_part_way_goes_live_there_and_gets_every_tick() {
+    for cut in [0.33, 0.61, 0.9] {
+        go_live_part_way("timer 60", cut);
+    }
+}
