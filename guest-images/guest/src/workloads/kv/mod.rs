@@ -1,10 +1,13 @@
-//! `kv ip=A.B.C.D/N [port=P] [gw=A.B.C.D]`: a key-value server on TCP over virtio-net, every
-//! SET and DEL logged to the virtio disk before the reply, the log replayed at boot.
-//! Prints `kv: listening on A.B.C.D:P, N keys loaded` once it serves; never returns.
+//! `kv ip=A.B.C.D/N [port=P] [resp=Q] [gw=A.B.C.D]`: a key-value server on TCP over virtio-net,
+//! every SET and DEL logged to the virtio disk before the reply, the log replayed at boot; with
+//! `resp=Q` it also speaks the Redis protocol on port Q (`resp.rs`), over the same store.
+//! Prints `kv: redis protocol on A.B.C.D:Q` (with `resp=Q`), then
+//! `kv: listening on A.B.C.D:P, N keys loaded` once it serves; never returns.
 
 pub mod disk;
 pub mod disklog;
 pub mod replay;
+pub mod resp;
 pub mod server;
 pub mod store;
 
@@ -61,6 +64,13 @@ pub fn run(boot: &BootInfo, cmdline: CmdLine) -> Result<(), &'static str> {
         None => DEFAULT_PORT,
         Some(p) => parse_u64(p).filter(|p| (1..=65535).contains(p)).ok_or("bad port=P")? as u16,
     };
+    let resp_port = match cmdline.params("resp").next() {
+        None => None,
+        Some(p) => Some(parse_u64(p).filter(|p| (1..=65535).contains(p)).ok_or("bad resp=Q")? as u16),
+    };
+    if resp_port == Some(port) {
+        return Err("resp=Q must differ from port=P");
+    }
     let gateway = match cmdline.params("gw").next() {
         None => None,
         Some(g) => Some(parse_ipv4(g).ok_or("bad gw=A.B.C.D")?),
@@ -98,7 +108,10 @@ pub fn run(boot: &BootInfo, cmdline: CmdLine) -> Result<(), &'static str> {
     let keys = store.len();
     let mac = net.mac();
     println!("kv: mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]);
-    let mut server = server::Server::new(net, log, store, cidr, gateway, port);
+    let mut server = server::Server::new(net, log, store, cidr, gateway, port, resp_port);
+    if let Some(q) = resp_port {
+        println!("kv: redis protocol on {}:{}", cidr.address(), q);
+    }
     println!("kv: listening on {}:{}, {} keys loaded", cidr.address(), port, keys);
     server.run()
 }

@@ -1,5 +1,6 @@
-//! The `kv` server loop: smoltcp over virtio-net, [`SOCKETS`] listening TCP sockets on one
-//! port, group commit to the disk log, and waiting for interrupts when idle.
+//! The `kv` server loop: smoltcp over virtio-net, [`SOCKETS`] listening TCP sockets on the line
+//! protocol's port (and [`RESP_SOCKETS`] on the Redis protocol's, when asked for), group commit
+//! to the disk log, and waiting for interrupts when idle.
 //!
 //! Exits are the cost (~84 µs each on PVM hosts), so one loop iteration does, at most: one
 //! clock read (after a wait, or every few busy iterations), one disk notification for all the
@@ -10,6 +11,7 @@
 //! only, mode 0) only if smoltcp needs a timer earlier than the one already armed, and halts.
 
 use super::disk::DiskLog;
+use super::resp;
 use super::store::{Store, MAX_LINE};
 use crate::interrupts;
 use crate::port::outb;
@@ -23,12 +25,20 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address};
 
 pub const SOCKETS: usize = 16;
+/// Redis clients open many connections (`redis-benchmark -c 50`), and a listening socket takes
+/// one. There is no accept backlog: a SYN that finds no socket listening is reset, and a
+/// client's next connections often arrive while its last ones are still closing (redis-benchmark
+/// opens 50 new ones for each test as it closes the previous 50), hence twice that and more.
+pub const RESP_SOCKETS: usize = 128;
 /// Socket buffers: the receive buffer is the window offered (128 KiB: window scaling), the
 /// transmit buffer what one iteration can put in flight. Every frame out or in costs no exit
 /// by itself, but each round trip through the loop costs a few, so the more a round carries
 /// the better (a pipelined window of 32 4-KiB values is 128 KiB).
 const RX_BUF: usize = 64 << 10;
 const TX_BUF: usize = 256 << 10;
+/// Smaller for the many RESP sockets (requests and replies are small; 12 MiB for all of them).
+const RESP_RX_BUF: usize = 32 << 10;
+const RESP_TX_BUF: usize = 64 << 10;
 /// Stop reading a connection's requests while this much of its output is unsent.
 const OUT_HIGH: usize = 128 << 10;
 /// Re-read the clock after this many iterations without a wait.
@@ -45,6 +55,11 @@ struct Conn {
     out: Vec<u8>,
     sent: usize,
     discarding: bool,
+    /// The port it listens on; RESP when it is the Redis protocol's.
+    port: u16,
+    resp: bool,
+    /// Close once the output is sent (RESP QUIT or broken framing); read nothing more.
+    closing: bool,
 }
 
 pub struct Server<'a> {
@@ -54,7 +69,6 @@ pub struct Server<'a> {
     net: Net,
     log: DiskLog,
     store: Store,
-    port: u16,
     net_irqs_seen: u64,
     pit_irqs_seen: u64,
     pit_deadline: Option<u64>,
@@ -72,6 +86,17 @@ fn instant(ns: u64) -> Instant {
     Instant::from_micros((ns / 1000) as i64)
 }
 
+impl Conn {
+    /// Whether a request waits in the input buffer, complete.
+    fn has_request(&self) -> bool {
+        if self.resp {
+            resp::has_request(&self.inbuf)
+        } else {
+            self.inbuf.contains(&b'\n')
+        }
+    }
+}
+
 impl Server<'static> {
     pub fn new(
         mut net: Net,
@@ -80,6 +105,7 @@ impl Server<'static> {
         cidr: IpCidr,
         gateway: Option<Ipv4Address>,
         port: u16,
+        resp_port: Option<u16>,
     ) -> Self {
         let mut clock_reads = 0;
         let start = now(&mut clock_reads);
@@ -93,21 +119,29 @@ impl Server<'static> {
         if let Some(gw) = gateway {
             let _ = iface.routes_mut().add_default_ipv4_route(gw);
         }
-        let mut sockets = SocketSet::new(Vec::<SocketStorage<'static>>::with_capacity(SOCKETS));
-        let mut conns = Vec::with_capacity(SOCKETS);
-        for _ in 0..SOCKETS {
-            let rx = tcp::SocketBuffer::new(vec![0u8; RX_BUF]);
-            let tx = tcp::SocketBuffer::new(vec![0u8; TX_BUF]);
-            let mut socket = tcp::Socket::new(rx, tx);
-            socket.set_nagle_enabled(false);
-            let _ = socket.listen(port);
-            conns.push(Conn {
-                handle: sockets.add(socket),
-                inbuf: Vec::new(),
-                out: Vec::new(),
-                sent: 0,
-                discarding: false,
-            });
+        let lines = (port, false, SOCKETS, RX_BUF, TX_BUF);
+        let redis = resp_port.map(|p| (p, true, RESP_SOCKETS, RESP_RX_BUF, RESP_TX_BUF));
+        let total = SOCKETS + redis.map_or(0, |r| r.2);
+        let mut sockets = SocketSet::new(Vec::<SocketStorage<'static>>::with_capacity(total));
+        let mut conns = Vec::with_capacity(total);
+        for (port, resp, count, rx_buf, tx_buf) in core::iter::once(lines).chain(redis) {
+            for _ in 0..count {
+                let rx = tcp::SocketBuffer::new(vec![0u8; rx_buf]);
+                let tx = tcp::SocketBuffer::new(vec![0u8; tx_buf]);
+                let mut socket = tcp::Socket::new(rx, tx);
+                socket.set_nagle_enabled(false);
+                let _ = socket.listen(port);
+                conns.push(Conn {
+                    handle: sockets.add(socket),
+                    inbuf: Vec::new(),
+                    out: Vec::new(),
+                    sent: 0,
+                    discarding: false,
+                    port,
+                    resp,
+                    closing: false,
+                });
+            }
         }
         outb(0x43, PIT_CMD_MSB_MODE0);
         for irq in [0, net.irq] {
@@ -122,7 +156,6 @@ impl Server<'static> {
             net,
             log,
             store,
-            port,
             pit_deadline: None,
             waits: 0,
             clock_reads,
@@ -196,7 +229,14 @@ impl Server<'static> {
         for conn in &mut self.conns {
             let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
             loop {
-                any |= Self::lines(conn, &mut self.store, &mut self.log, &extra);
+                any |= Self::requests(conn, &mut self.store, &mut self.log, &extra);
+                if conn.closing {
+                    // Nothing after a QUIT or a protocol error is answered: drop it, so that the
+                    // peer is never stuck on a closed window.
+                    let _ = socket.recv(|data| (data.len(), ()));
+                    break;
+                }
+                // At least resp::MAX_FRAME: a RESP request that does not fit is refused.
                 let room = (2 * MAX_LINE).saturating_sub(conn.inbuf.len());
                 if conn.out.len() - conn.sent >= OUT_HIGH || room == 0 || !socket.can_recv() {
                     break;
@@ -223,9 +263,21 @@ impl Server<'static> {
                     conn.sent = 0;
                 }
             }
-            more |= conn.out.len() - conn.sent < OUT_HIGH && conn.inbuf.contains(&b'\n');
+            more |= conn.out.len() - conn.sent < OUT_HIGH && !conn.closing && conn.has_request();
         }
         (any, more)
+    }
+
+    fn requests(conn: &mut Conn, store: &mut Store, log: &mut DiskLog, extra: &str) -> bool {
+        if !conn.resp {
+            return Self::lines(conn, store, log, extra);
+        }
+        if conn.closing {
+            return false;
+        }
+        let served = resp::serve(&mut conn.inbuf, &mut conn.out, conn.sent + OUT_HIGH, store, log, extra);
+        conn.closing = served.close;
+        served.answered
     }
 
     /// Answers the complete lines in `conn.inbuf` (while its output is not too large).
@@ -263,13 +315,17 @@ impl Server<'static> {
         for conn in &mut self.conns {
             let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
             match socket.state() {
+                tcp::State::Established | tcp::State::CloseWait if conn.closing && conn.sent == conn.out.len() => {
+                    socket.close()
+                }
                 tcp::State::CloseWait if conn.sent == conn.out.len() && !socket.can_recv() => socket.close(),
                 tcp::State::Closed => {
                     conn.inbuf.clear();
                     conn.out.clear();
                     conn.sent = 0;
                     conn.discarding = false;
-                    let _ = socket.listen(self.port);
+                    conn.closing = false;
+                    let _ = socket.listen(conn.port);
                 }
                 _ => {}
             }

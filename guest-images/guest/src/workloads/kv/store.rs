@@ -110,9 +110,27 @@ impl Store {
         self.map.len()
     }
 
-    #[allow(dead_code)] // the host tests read the store
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
         self.map.get(key).map(|v| &v[..])
+    }
+
+    /// Logs and stores `key` = `value` (the caller checked the lengths); the RESP server shares it.
+    pub fn set(&mut self, key: &[u8], value: &[u8], log: &mut dyn LogSink) -> Result<(), &'static str> {
+        log.append(OP_SET, key, value).map_err(|()| "disk full")?;
+        match self.map.get_mut(key) {
+            Some(old) if old.len() == value.len() => old.copy_from_slice(value),
+            _ => {
+                self.map.insert(key.into(), value.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs the deletion of `key` and removes it (the caller checked that it is present).
+    pub fn remove(&mut self, key: &[u8], log: &mut dyn LogSink) -> Result<(), &'static str> {
+        log.append(OP_DEL, key, b"").map_err(|()| "disk full")?;
+        self.map.remove(key);
+        Ok(())
     }
 
     /// Applies a replayed record.
@@ -133,18 +151,7 @@ impl Store {
         let answer = match parse(line) {
             Ok(Request::Set(key, value)) => {
                 self.sets += 1;
-                if log.append(OP_SET, key, value).is_err() {
-                    Err("disk full")
-                } else {
-                    match self.map.get_mut(key) {
-                        Some(old) if old.len() == value.len() => old.copy_from_slice(value),
-                        _ => {
-                            self.map.insert(key.into(), value.into());
-                        }
-                    }
-                    out.extend_from_slice(b"OK\n");
-                    Ok(())
-                }
+                self.set(key, value, log).map(|()| out.extend_from_slice(b"OK\n"))
             }
             Ok(Request::Get(key)) => {
                 self.gets += 1;
@@ -163,12 +170,8 @@ impl Store {
                 if !self.map.contains_key(key) {
                     out.extend_from_slice(b"NOT_FOUND\n");
                     Ok(())
-                } else if log.append(OP_DEL, key, b"").is_err() {
-                    Err("disk full")
                 } else {
-                    self.map.remove(key);
-                    out.extend_from_slice(b"OK\n");
-                    Ok(())
+                    self.remove(key, log).map(|()| out.extend_from_slice(b"OK\n"))
                 }
             }
             Ok(Request::Stats) => {
