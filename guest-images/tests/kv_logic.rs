@@ -1,99 +1,24 @@
-//! Host tests of the pure parts of the guest's `kv` workload: the disk-log format, the replay
-//! at boot and the request protocol. The guest crate is `no_std`/`no_main`, so its files are
-//! included here by path.
+//! Host tests of the pure parts of the guest's `kv` workload: the record format, the
+//! superblock, the replay at boot, the log writer and the request protocol. Compaction and
+//! power cuts: `kv_compaction.rs`.
 
 extern crate alloc;
 
-#[allow(dead_code)]
-#[path = "../guest/src/workloads/kv"]
-mod kv {
-    pub mod disklog;
-    pub mod replay;
-    pub mod store;
+mod kv_support;
+
+use kv_support::kv::disklog::{self, Decoded, Record, MAX_KEY, MAX_RECORD_SECTORS, MAX_VALUE, OP_DEL, OP_SET, SECTOR};
+use kv_support::kv::layout::{disk_state, DiskState, Superblock, RESERVED_SECTORS};
+use kv_support::kv::replay::{replay, ReplayError};
+use kv_support::kv::store::{parse, Request, Store, MAX_LINE};
+use kv_support::{boot, contents, request, MemDisk};
+
+fn key(i: usize) -> String {
+    format!("key{i:05}")
 }
 
-use kv::disklog::{self, Decoded, Record, MAX_KEY, MAX_RECORD_SECTORS, MAX_VALUE, OP_DEL, OP_SET, SECTOR};
-use kv::replay::{replay, Replayed, Sectors};
-use kv::store::{parse, LogSink, Request, Store, MAX_LINE};
-
-/// An in-memory disk that also acts as the log writer (same rules as the guest's DiskLog:
-/// records appended at `next`, one zero sector after each batch).
-struct MemDisk {
-    data: Vec<u8>,
-    next: u64,
-    seq: u64,
-    reads: usize,
-}
-
-impl MemDisk {
-    fn new(sectors: usize) -> Self {
-        MemDisk { data: vec![0; sectors * SECTOR], next: 1, seq: 0, reads: 0 }
-    }
-    fn format(&mut self) {
-        self.data[..SECTOR].copy_from_slice(&disklog::header());
-    }
-    fn cap(&self) -> u64 {
-        (self.data.len() / SECTOR) as u64
-    }
-    /// Continues appending where a replay said the log ends.
-    fn resume(&mut self, r: &Replayed) {
-        self.next = r.next_sector;
-        self.seq = r.next_seq;
-    }
-    fn write_batch(&mut self, records: &[(u8, &[u8], &[u8])]) -> Vec<u64> {
-        let mut buf = Vec::new();
-        let mut starts = Vec::new();
-        for &(op, key, value) in records {
-            starts.push(self.next + (buf.len() / SECTOR) as u64);
-            disklog::encode(&Record { seq: self.seq, op, key, value }, &mut buf);
-            self.seq += 1;
-        }
-        let sectors = (buf.len() / SECTOR) as u64;
-        if self.next + sectors < self.cap() {
-            buf.resize(buf.len() + SECTOR, 0);
-        }
-        let at = self.next as usize * SECTOR;
-        self.data[at..at + buf.len()].copy_from_slice(&buf);
-        self.next += sectors;
-        starts
-    }
-}
-
-impl Sectors for MemDisk {
-    fn capacity(&self) -> u64 {
-        self.cap()
-    }
-    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), ()> {
-        self.reads += 1;
-        let at = sector as usize * SECTOR;
-        buf.copy_from_slice(self.data.get(at..at + buf.len()).ok_or(())?);
-        Ok(())
-    }
-}
-
-impl LogSink for MemDisk {
-    fn append(&mut self, op: u8, key: &[u8], value: &[u8]) -> Result<(), ()> {
-        if self.next + disklog::record_sectors(key.len(), value.len()) as u64 > self.cap() {
-            return Err(());
-        }
-        self.write_batch(&[(op, key, value)]);
-        Ok(())
-    }
-}
-
-fn load(disk: &mut MemDisk) -> (Store, Replayed) {
-    let mut store = Store::new();
-    let r = replay(disk, |rec| store.apply(rec)).expect("replay");
-    (store, r)
-}
-
-fn key(i: usize) -> Vec<u8> {
-    format!("key{i:05}").into_bytes()
-}
-
-fn value(i: usize) -> Vec<u8> {
+fn value(i: usize) -> String {
     let len = 1 + i * 37 % MAX_VALUE;
-    format!("v{i}-").repeat(len).into_bytes()[..len].to_vec()
+    format!("v{i}-").repeat(len)[..len].to_owned()
 }
 
 #[test]
@@ -145,152 +70,178 @@ fn every_flipped_byte_of_a_record_is_detected() {
 }
 
 #[test]
-fn header_states() {
-    use disklog::HeaderState::*;
-    assert_eq!(disklog::check_header(&[0; SECTOR]), Blank);
-    assert_eq!(disklog::check_header(&disklog::header()), Valid);
-    let mut h = disklog::header();
-    h[3] ^= 1;
-    assert_eq!(disklog::check_header(&h), Foreign);
-    let mut disk = MemDisk::new(16);
+fn superblock_states() {
+    let sb = Superblock::format(1000);
+    assert_eq!((sb.generation, sb.active, sb.first_seq, sb.region_sectors), (1, 0, 0, (1000 - RESERVED_SECTORS) / 2));
+    assert_eq!(Superblock::decode(&sb.encode()), Some(sb));
+    let mut two = vec![0u8; 2 * SECTOR];
+    assert_eq!(disk_state(&two), DiskState::Blank);
+    two[SECTOR..].copy_from_slice(&sb.encode()); // generation 1 lives in slot 1
+    assert_eq!(disk_state(&two), DiskState::Formatted(sb));
+    // The next generation goes to slot 0; the highest valid one is in force.
+    let next = Superblock { generation: 2, active: 1, first_seq: 77, compactions: 1, ..sb };
+    two[..SECTOR].copy_from_slice(&next.encode());
+    assert_eq!(disk_state(&two), DiskState::Formatted(next));
+    // A torn or damaged newer slot leaves the older one in force.
+    two[40] ^= 1;
+    assert_eq!(disk_state(&two), DiskState::Formatted(sb));
+    // A superblock in the wrong slot is not taken.
+    let mut wrong = vec![0u8; 2 * SECTOR];
+    wrong[..SECTOR].copy_from_slice(&sb.encode());
+    assert_eq!(disk_state(&wrong), DiskState::Foreign);
+    let mut flipped = sb.encode();
+    flipped[3] ^= 1;
+    assert_eq!(Superblock::decode(&flipped), None);
+
+    // A version-1 header, and anything else, is refused (never overwritten).
+    let mut v1 = vec![0u8; 2 * SECTOR];
+    v1[..8].copy_from_slice(b"FTVMKVLG");
+    v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+    assert_eq!(disk_state(&v1), DiskState::OldVersion);
+    let mut disk = MemDisk::new(128);
     disk.data[..4].copy_from_slice(b"MBR!");
-    assert!(replay(&mut disk, |_| {}).is_err(), "a foreign disk is not overwritten");
+    assert_eq!(replay(&mut disk, |_| {}).err(), Some(ReplayError::Foreign), "a foreign disk is not overwritten");
+    assert_eq!(replay(&mut MemDisk::new(32), |_| {}).err(), Some(ReplayError::TooSmall));
 }
 
 #[test]
-fn a_blank_disk_replays_to_nothing() {
-    let mut disk = MemDisk::new(64);
-    let (store, r) = load(&mut disk);
-    assert!(r.blank);
-    assert_eq!((store.len(), r.next_sector, r.next_seq), (0, 1, 0));
+fn a_blank_disk_is_formatted_and_replays_to_nothing() {
+    let (log, store, found) = boot(MemDisk::new(256));
+    assert!(found.blank);
+    assert_eq!((store.len(), found.records(), found.next()), (0, 0, (RESERVED_SECTORS, 0)));
+    let (_, store, found) = boot(log.into_device());
+    assert!(!found.blank);
+    assert_eq!((store.len(), found.superblock.generation), (0, 1));
 }
 
-/// 10,000 keys, overwrites and deletes, batches of various sizes: the replayed store equals the
-/// one that wrote the log, and appending after a replay continues the same log.
+/// 10,000 keys, overwrites and deletes, on a disk large enough not to compact: the replayed
+/// store equals the one that wrote the log, and appending after a replay continues it.
 #[test]
 fn replay_restores_every_write_across_restarts() {
-    let mut disk = MemDisk::new(200_000);
-    disk.format();
-    let mut store = Store::new();
-    let mut out = Vec::new();
+    let (mut log, mut store, _) = boot(MemDisk::new(200_000));
     for i in 0..10_000 {
-        let line = [b"SET ".as_slice(), &key(i), b" ", &value(i)].concat();
-        store.execute(&line, &mut disk, "", &mut out);
+        assert_eq!(request(&mut log, &mut store, &format!("SET {} {}", key(i), value(i))), "OK");
     }
     for i in (0..10_000).step_by(7) {
-        store.execute(&[b"DEL ".as_slice(), &key(i)].concat(), &mut disk, "", &mut out);
+        assert_eq!(request(&mut log, &mut store, &format!("DEL {}", key(i))), "OK");
     }
-    let batch: Vec<(Vec<u8>, Vec<u8>)> = (0..50).map(|i| (key(i * 3 + 1), b"batched".to_vec())).collect();
-    let recs: Vec<(u8, &[u8], &[u8])> = batch.iter().map(|(k, v)| (OP_SET, &k[..], &v[..])).collect();
-    disk.write_batch(&recs);
-    for (k, v) in &batch {
-        store.apply(&Record { seq: 0, op: OP_SET, key: k, value: v });
+    // A group of 50 in one commit.
+    let mut out = Vec::new();
+    for i in 0..50 {
+        store.execute(format!("SET {} batched", key(i * 3 + 1)).as_bytes(), &mut log, "", &mut out);
     }
-
-    let (replayed, r) = load(&mut disk);
-    assert_eq!((r.skipped, r.dropped_tail), (0, 0));
-    assert_eq!(r.records, 10_000 + 10_000 / 7 + 1 + 50);
-    assert_eq!(replayed.len(), store.len());
-    for i in 0..10_000 {
-        assert_eq!(replayed.get(&key(i)), store.get(&key(i)), "key {i}");
-    }
-    assert!(disk.reads < 2_000, "reads in chunks, not sector by sector ({} reads)", disk.reads);
+    log.commit(&store);
+    assert_eq!(log.compactions(), 0);
+    let records = log.records();
+    let mut disk = log.into_device();
+    disk.reads = 0;
+    let (mut log, mut replayed, found) = boot(disk);
+    assert_eq!((found.skipped(), found.dropped_tail()), (0, 0));
+    assert_eq!(found.records(), 10_000 + 10_000 / 7 + 1 + 50);
+    assert_eq!(found.records(), records);
+    assert_eq!(contents(&replayed), contents(&store));
+    assert_eq!(replayed.live_bytes(), store.live_bytes());
+    assert!(log.device().reads < 2_000, "reads in chunks, not sector by sector ({} reads)", log.device().reads);
 
     // Restart, write more, restart again.
-    disk.resume(&r);
-    let mut again = Store::new();
-    again.execute(b"SET late arrival", &mut disk, "", &mut out);
-    let (third, r3) = load(&mut disk);
-    assert_eq!(r3.records, r.records + 1);
+    assert_eq!(request(&mut log, &mut replayed, "SET late arrival"), "OK");
+    let (_, third, found) = boot(log.into_device());
+    assert_eq!(found.records(), records + 1);
     assert_eq!(third.get(b"late"), Some(&b"arrival"[..]));
+}
+
+/// Sets keys 0..n, one commit each; returns where each record starts.
+fn one_record_per_commit(
+    log: &mut kv_support::kv::log::Log<MemDisk>,
+    store: &mut Store,
+    n: usize,
+    len: impl Fn(usize) -> usize,
+) -> Vec<u64> {
+    (0..n)
+        .map(|i| {
+            let start = RESERVED_SECTORS + log.log_bytes() / SECTOR as u64;
+            let v = "x".repeat(len(i));
+            assert_eq!(request(log, store, &format!("SET {} {v}", key(i))), "OK");
+            start
+        })
+        .collect()
 }
 
 #[test]
 fn a_corrupt_tail_record_is_dropped_alone_and_overwritten() {
-    let mut disk = MemDisk::new(4096);
-    disk.format();
-    let mut starts = Vec::new();
-    for i in 0..20 {
-        starts.extend(disk.write_batch(&[(OP_SET, &key(i), &value(i * 50))]));
-    }
-    let last = starts[19] as usize * SECTOR;
-    disk.data[last + 30] ^= 0x40;
-    let (store, r) = load(&mut disk);
-    assert_eq!((r.records, r.dropped_tail, r.skipped), (19, 1, 0));
-    assert_eq!((r.next_sector, r.next_seq), (starts[19], 19));
+    let (mut log, mut store, _) = boot(MemDisk::new(4096));
+    let starts = one_record_per_commit(&mut log, &mut store, 20, |i| i * 50 + 1);
+    let mut disk = log.into_device();
+    disk.data[starts[19] as usize * SECTOR + 30] ^= 0x40;
+    let (mut log, mut store, found) = boot(disk);
+    assert_eq!((found.records(), found.dropped_tail(), found.skipped()), (19, 1, 0));
+    assert_eq!(found.next(), (starts[19], 19));
     assert_eq!(store.len(), 19);
-    assert_eq!(store.get(&key(19)), None);
-    assert_eq!(store.get(&key(18)), Some(&value(18 * 50)[..]));
+    assert_eq!(store.get(key(19).as_bytes()), None);
+    assert_eq!(store.get(key(18).as_bytes()), Some("x".repeat(18 * 50 + 1).as_bytes()));
 
     // Appending resumes over the bad record; the next boot sees a clean log.
-    disk.resume(&r);
-    disk.write_batch(&[(OP_SET, b"new", b"1")]);
-    let (store, r) = load(&mut disk);
-    assert_eq!((r.records, r.dropped_tail), (20, 0));
+    assert_eq!(request(&mut log, &mut store, "SET new 1"), "OK");
+    let (_, store, found) = boot(log.into_device());
+    assert_eq!((found.records(), found.dropped_tail()), (20, 0));
     assert_eq!(store.get(b"new"), Some(&b"1"[..]));
 }
 
 #[test]
 fn a_torn_tail_at_any_sector_loses_only_the_last_record() {
-    let mut base = MemDisk::new(512);
-    base.format();
-    for i in 0..5 {
-        base.write_batch(&[(OP_SET, &key(i), &value(i * 811 + 100))]);
-    }
-    let (_, full) = load(&mut base);
-    assert_eq!(full.records, 5);
-    let (_, four) = {
-        let mut d = MemDisk::new(512);
-        d.format();
-        for i in 0..4 {
-            d.write_batch(&[(OP_SET, &key(i), &value(i * 811 + 100))]);
-        }
-        load(&mut d)
-    };
+    let (mut log, mut store, _) = boot(MemDisk::new(512));
+    let starts = one_record_per_commit(&mut log, &mut store, 5, |i| i * 811 + 100);
+    let end = RESERVED_SECTORS + log.log_bytes() / SECTOR as u64;
+    let base = log.into_device().data;
     // Garbage written over the last record's sectors one by one (a torn write).
-    for torn in four.next_sector..full.next_sector {
-        let mut d = MemDisk { data: base.data.clone(), next: 0, seq: 0, reads: 0 };
+    for torn in starts[4]..end {
+        let mut d = MemDisk::from_image(base.clone());
         let at = torn as usize * SECTOR;
         d.data[at..at + SECTOR].fill(0xa5);
-        let (store, r) = load(&mut d);
-        assert_eq!((r.records, r.dropped_tail), (4, 1), "torn sector {torn}");
-        assert_eq!(r.next_sector, four.next_sector);
+        let (_, store, found) = boot(d);
+        assert_eq!((found.records(), found.dropped_tail()), (4, 1), "torn sector {torn}");
+        assert_eq!(found.next().0, starts[4]);
         assert_eq!(store.len(), 4);
     }
 }
 
 #[test]
 fn a_corrupt_record_inside_the_log_is_skipped_alone() {
-    let mut disk = MemDisk::new(4096);
-    disk.format();
-    let mut starts = Vec::new();
-    for i in 0..10 {
-        starts.extend(disk.write_batch(&[(OP_SET, &key(i), &value(i * 400))]));
-    }
+    let (mut log, mut store, _) = boot(MemDisk::new(4096));
+    let starts = one_record_per_commit(&mut log, &mut store, 10, |i| i * 400 + 1);
+    let end = RESERVED_SECTORS + log.log_bytes() / SECTOR as u64;
+    let mut disk = log.into_device();
     disk.data[starts[4] as usize * SECTOR] ^= 1; // the magic of record 4
-    let (store, r) = load(&mut disk);
-    assert_eq!((r.records, r.skipped, r.dropped_tail), (9, 1, 0));
-    assert_eq!(store.get(&key(4)), None);
-    assert_eq!(store.get(&key(9)), Some(&value(9 * 400)[..]));
-    assert_eq!((r.next_sector, r.next_seq), (disk.next, 10));
+    let (_, store, found) = boot(disk);
+    assert_eq!((found.records(), found.skipped(), found.dropped_tail()), (9, 1, 0));
+    assert_eq!(store.get(key(4).as_bytes()), None);
+    assert_eq!(store.get(key(9).as_bytes()), Some("x".repeat(9 * 400 + 1).as_bytes()));
+    assert_eq!(found.next(), (end, 10));
 }
 
+/// The smallest disk: regions of 28 sectors. Nothing is ever deleted, so no compaction can
+/// make room: the SET that does not fit is refused, the DEL too, and GETs go on.
 #[test]
-fn a_full_log_answers_disk_full() {
-    let mut disk = MemDisk::new(4);
-    disk.format();
-    let mut store = Store::new();
-    let mut out = Vec::new();
-    store.execute(b"SET a 1", &mut disk, "", &mut out);
-    store.execute(b"SET b 2", &mut disk, "", &mut out);
-    store.execute(b"SET c 3", &mut disk, "", &mut out);
-    store.execute(b"SET d 4", &mut disk, "", &mut out);
-    store.execute(b"DEL a", &mut disk, "", &mut out);
-    assert_eq!(String::from_utf8(out).unwrap(), "OK\nOK\nOK\nERR disk full\nERR disk full\n");
-    assert_eq!(store.get(b"d"), None, "a refused SET changes nothing");
-    assert_eq!(store.get(b"a"), Some(&b"1"[..]), "a refused DEL changes nothing");
-    let (replayed, r) = load(&mut disk);
-    assert_eq!((replayed.len(), r.records, r.next_sector), (3, 3, 4));
+fn a_full_disk_answers_disk_full_and_keeps_serving_gets() {
+    let (mut log, mut store, _) = boot(MemDisk::new(64));
+    let mut set = 0;
+    let reply = loop {
+        let reply = request(&mut log, &mut store, &format!("SET {} {}", key(set), "v".repeat(400)));
+        if reply != "OK" {
+            break reply;
+        }
+        set += 1;
+        assert!(set < 100, "the disk never fills");
+    };
+    assert_eq!(reply, "ERR disk full");
+    assert!(set >= 10, "only {set} one-sector records fit");
+    assert_eq!(store.get(key(set).as_bytes()), None, "a refused SET changes nothing");
+    for i in 0..set {
+        assert_eq!(request(&mut log, &mut store, &format!("GET {}", key(i))), format!("VALUE {}", "v".repeat(400)));
+    }
+    assert_eq!(request(&mut log, &mut store, "SET tiny 1"), "ERR disk full");
+    let (_, replayed, _) = boot(log.into_device());
+    assert_eq!(contents(&replayed), contents(&store));
 }
 
 #[test]
@@ -316,12 +267,11 @@ fn requests_parse_and_answer() {
     let too_long = [b"SET k ".as_slice(), &[b'v'; MAX_VALUE + 1]].concat();
     assert_eq!(parse(&too_long), Err("value too long"));
 
-    let mut disk = MemDisk::new(64);
-    disk.format();
-    let mut store = Store::new();
+    let (mut log, mut store, _) = boot(MemDisk::new(64));
     let mut out = Vec::new();
     for line in ["SET a 1", "GET a", "SET a 22", "GET a", "DEL a", "DEL a", "GET a", "NOPE", "STATS"] {
-        store.execute(line.as_bytes(), &mut disk, "extra=1", &mut out);
+        store.execute(line.as_bytes(), &mut log, "extra=1", &mut out);
+        log.commit(&store);
     }
     assert_eq!(
         String::from_utf8(out).unwrap(),
@@ -329,6 +279,6 @@ fn requests_parse_and_answer() {
          STATS keys=0 sets=2 gets=3 dels=2 errors=1 extra=1\n"
     );
     // DEL of a missing key writes nothing.
-    let (_, r) = load(&mut disk);
-    assert_eq!(r.records, 3);
+    let (_, _, found) = boot(log.into_device());
+    assert_eq!(found.records(), 3);
 }

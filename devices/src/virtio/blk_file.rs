@@ -81,12 +81,29 @@ impl BlockBackend for DiskFile {
         if self.readonly {
             return Err(io::Error::from_raw_os_error(libc::EROFS));
         }
-        self.file.write_all_at(data, offset)
+        self.file.write_all_at(data, offset)?;
+        power_cut_test_hook();
+        Ok(())
     }
 
     /// fdatasync: the file's data and the metadata needed to read it back.
     fn flush(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+}
+
+/// Test hook for crash tests (`tests/tests/kv_compaction.rs`): with
+/// `FTVM_TEST_ABORT_AFTER_DISK_WRITES=N`, the process kills itself (SIGKILL: nothing flushed,
+/// as a power cut looks to the guest) right after the N-th disk write of the process is applied.
+fn power_cut_test_hook() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LIMIT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let limit = LIMIT.get_or_init(|| std::env::var("FTVM_TEST_ABORT_AFTER_DISK_WRITES").ok()?.parse().ok());
+    if limit.is_some_and(|n| WRITES.fetch_add(1, Ordering::SeqCst) + 1 == n) {
+        // SAFETY: kill(2) of this very process; SIGKILL cannot be caught.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        std::process::abort();
     }
 }
 

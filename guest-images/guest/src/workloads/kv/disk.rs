@@ -1,29 +1,17 @@
-//! The log on the virtio disk: replay at boot, then group commit. SET and DEL records of one
-//! loop iteration are encoded into one buffer and written with one request (plus a FLUSH in the
-//! same notification: one exit) before any of their replies is sent.
+//! The log on the virtio disk: the [`Device`] the log writer and the boot replay use.
 
-use super::disklog::{self, record_sectors, Record, SECTOR};
-use super::replay::{self, Replayed, Sectors};
-use super::store::{LogSink, Store};
+use super::log::{Device, Log, MAX_WRITE};
+use super::replay::{ReplayError, Replayed, Sectors};
+use super::store::Store;
 use crate::virtio::blk::{Blk, MAX_REQUEST};
-use alloc::vec::Vec;
 
-/// A batch is written once it would grow past this (leaving room for the end sector).
-const MAX_BATCH: usize = MAX_REQUEST - SECTOR;
+const _: () = assert!(MAX_WRITE <= MAX_REQUEST, "the log writes what the driver can send at once");
 
-pub struct DiskLog {
-    blk: Blk,
-    next_sector: u64,
-    next_seq: u64,
-    batch: Vec<u8>,
-    batch_records: u64,
-    pub records: u64,
-    pub commits: u64,
-}
+pub struct BlkDisk(Blk);
 
-struct Source<'a>(&'a mut Blk);
+pub type DiskLog = Log<BlkDisk>;
 
-impl Sectors for Source<'_> {
+impl Sectors for BlkDisk {
     fn capacity(&self) -> u64 {
         self.0.capacity()
     }
@@ -32,85 +20,37 @@ impl Sectors for Source<'_> {
     }
 }
 
-impl DiskLog {
-    /// Replays the log on `blk` into `store` (formatting a blank disk).
-    pub fn open(mut blk: Blk, store: &mut Store) -> Result<(DiskLog, Replayed), &'static str> {
-        if blk.readonly() {
-            return Err("the disk is read-only");
-        }
-        let found = replay::replay(&mut Source(&mut blk), |rec| store.apply(rec)).map_err(|e| match e {
-            replay::ReplayError::Read(_) => "disk read failed",
-            replay::ReplayError::Foreign => "sector 0 of the disk is not a kv log header (refusing to overwrite it)",
-            replay::ReplayError::TooSmall => "the disk is too small (2 sectors at least)",
-        })?;
-        if found.blank {
-            let mut first = Vec::with_capacity(2 * SECTOR);
-            first.extend_from_slice(&disklog::header());
-            first.resize(2 * SECTOR, 0);
-            blk.write(0, &first).map_err(|_| "formatting the disk failed")?;
-        }
-        let log = DiskLog {
-            blk,
-            next_sector: found.next_sector,
-            next_seq: found.next_seq,
-            batch: Vec::with_capacity(MAX_REQUEST),
-            batch_records: 0,
-            records: found.records,
-            commits: 0,
-        };
-        Ok((log, found))
-    }
-
-    /// Sectors used (header included) and the capacity.
-    pub fn usage(&self) -> (u64, u64) {
-        (self.next_sector + (self.batch.len() / SECTOR) as u64, self.blk.capacity())
-    }
-
-    pub fn disk_requests(&self) -> u64 {
-        self.blk.requests
-    }
-
-    /// Exits the disk caused: notifications, interrupt acknowledgements, waits.
-    pub fn disk_exits(&self) -> u64 {
-        self.blk.kicks + self.blk.acks + self.blk.waits
-    }
-
-    /// Writes the pending batch and one zero sector after it (if the disk has room), flushed.
+impl Device for BlkDisk {
     /// A failed write stops the guest: its records are not acknowledged.
-    pub fn commit(&mut self) {
-        if self.batch.is_empty() {
-            return;
-        }
-        let sectors = (self.batch.len() / SECTOR) as u64;
-        if self.next_sector + sectors < self.blk.capacity() {
-            self.batch.resize(self.batch.len() + SECTOR, 0);
-        }
-        if let Err(e) = self.blk.write(self.next_sector, &self.batch) {
-            println!("kv: FATAL: disk write at sector {} failed: {:?}", self.next_sector, e);
+    fn write(&mut self, sector: u64, data: &[u8]) {
+        if let Err(e) = self.0.write(sector, data) {
+            println!("kv: FATAL: disk write at sector {} failed: {:?}", sector, e);
             crate::power::off(3);
         }
-        self.next_sector += sectors;
-        self.records += self.batch_records;
-        self.batch_records = 0;
-        self.commits += 1;
-        self.batch.clear();
     }
 }
 
-impl LogSink for DiskLog {
-    fn append(&mut self, op: u8, key: &[u8], value: &[u8]) -> Result<(), ()> {
-        let need = record_sectors(key.len(), value.len()) * SECTOR;
-        if self.batch.len() + need > MAX_BATCH {
-            self.commit();
-        }
-        let used = self.next_sector * SECTOR as u64 + self.batch.len() as u64;
-        if used + need as u64 > self.blk.capacity() * SECTOR as u64 {
-            return Err(());
-        }
-        let rec = Record { seq: self.next_seq, op, key, value };
-        disklog::encode(&rec, &mut self.batch);
-        self.next_seq += 1;
-        self.batch_records += 1;
-        Ok(())
+impl BlkDisk {
+    pub fn requests(&self) -> u64 {
+        self.0.requests
     }
+
+    /// Exits the disk caused: notifications, interrupt acknowledgements, waits.
+    pub fn exits(&self) -> u64 {
+        self.0.kicks + self.0.acks + self.0.waits
+    }
+}
+
+/// Replays the log on `blk` into `store` (formatting a blank disk).
+pub fn open(blk: Blk, store: &mut Store) -> Result<(DiskLog, Replayed), &'static str> {
+    if blk.readonly() {
+        return Err("the disk is read-only");
+    }
+    Log::open(BlkDisk(blk), store).map_err(|e| match e {
+        ReplayError::Read(_) => "disk read failed",
+        ReplayError::Foreign => "sectors 0-1 of the disk are not a kv superblock (refusing to overwrite them)",
+        ReplayError::OldVersion => "the disk holds a version-1 kv log (no compaction): not converted, use a new disk",
+        ReplayError::TooSmall => "the disk is too small (64 sectors at least)",
+        ReplayError::Geometry => "the superblock's regions do not fit on the disk (was it shrunk?)",
+    })
 }

@@ -1,34 +1,32 @@
-//! The on-disk log of the `kv` workload (pure: no I/O; host-tested in guest-images/tests).
+//! The records of the `kv` log (pure: no I/O; host-tested in guest-images/tests). Where they
+//! go on the disk (superblocks, two regions, compaction) is described in `layout`.
 //!
-//! Layout, in 512-byte sectors, little-endian:
-//! - sector 0, the header: `"FTVMKVLG"`, version u32 (1), sector size u32 (512), CRC-32 of the
-//!   preceding 16 bytes; the rest zero. An all-zero sector 0 is a blank disk (formatted at boot).
-//! - from sector 1, records, each starting on a sector boundary and padded with zeros to a whole
-//!   number of sectors:
+//! Records start on a sector boundary and are padded with zeros to a whole number of 512-byte
+//! sectors; little-endian:
 //!
 //! | offset | field |
 //! |---|---|
 //! | 0 | magic u32 `0x3152564b` ("KVR1") |
 //! | 4 | CRC-32 (IEEE) of bytes 8 .. 24 + key_len + value_len |
-//! | 8 | sequence number u64: 0 for the first record, +1 for each next |
-//! | 16 | op u8: 1 SET, 2 DEL |
+//! | 8 | sequence number u64: one more than the record before it in the log |
+//! | 16 | op u8: 1 SET, 2 DEL, 3 SNAP (a live key copied by a compaction; replayed as a SET) |
 //! | 17 | reserved u8 (0) |
 //! | 18 | key_len u16 (1..=250) |
 //! | 20 | value_len u32 (0..=4096; 0 for DEL) |
 //! | 24 | key, then value |
 //!
-//! The writer appends whole records after the last good one and always writes one zero sector
-//! after what it appended (when the disk has room), so a scan ends at a zero sector. At boot
-//! the scan replays records while they are valid and in sequence; a non-zero sector that is
-//! not a valid next record is corrupt. If a valid record with the next sequence number starts
-//! within [`MAX_RECORD_SECTORS`] sectors after it, only that record is skipped; otherwise it
-//! is the torn or corrupt tail: it is dropped and appending resumes at its first sector.
+//! The writer appends whole records after the last good one and writes one zero sector after
+//! what it appended (when the region has room), so a scan ends at a zero sector, or at an
+//! intact record of an older generation (its sequence number is not the expected one). At
+//! boot the scan replays records while they are valid and in sequence; a non-zero sector that
+//! is not a valid next record is corrupt. If a valid record with the next sequence number
+//! starts within [`MAX_RECORD_SECTORS`] sectors after it, only that record is skipped;
+//! otherwise it is the torn or corrupt tail: it is dropped and appending resumes at its first
+//! sector.
 
 use alloc::vec::Vec;
 
 pub const SECTOR: usize = 512;
-pub const HEADER_MAGIC: &[u8; 8] = b"FTVMKVLG";
-pub const VERSION: u32 = 1;
 pub const RECORD_MAGIC: u32 = 0x3152_564b;
 pub const RECORD_HEADER: usize = 24;
 pub const MAX_KEY: usize = 250;
@@ -37,6 +35,7 @@ pub const MAX_RECORD_SECTORS: usize = (RECORD_HEADER + MAX_KEY + MAX_VALUE).div_
 
 pub const OP_SET: u8 = 1;
 pub const OP_DEL: u8 = 2;
+pub const OP_SNAP: u8 = 3;
 
 /// A decoded record, borrowing from the buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,7 +110,7 @@ pub fn decode(buf: &[u8], seq: u64) -> Decoded<'_> {
     let value_len = u32_at(first, 20) as usize;
     let lengths_ok = (1..=MAX_KEY).contains(&key_len)
         && value_len <= MAX_VALUE
-        && (op == OP_SET || (op == OP_DEL && value_len == 0))
+        && (op == OP_SET || op == OP_SNAP || (op == OP_DEL && value_len == 0))
         && first[17] == 0;
     if !lengths_ok {
         return Decoded::Corrupt;
@@ -135,40 +134,6 @@ pub fn decode(buf: &[u8], seq: u64) -> Decoded<'_> {
         return Decoded::End;
     }
     Decoded::Record(record, sectors)
-}
-
-/// The header sector of a new log.
-pub fn header() -> [u8; SECTOR] {
-    let mut h = [0u8; SECTOR];
-    h[..8].copy_from_slice(HEADER_MAGIC);
-    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
-    h[12..16].copy_from_slice(&(SECTOR as u32).to_le_bytes());
-    let crc = crc32(&h[..16]);
-    h[16..20].copy_from_slice(&crc.to_le_bytes());
-    h
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub enum HeaderState {
-    /// All zeros: a new disk.
-    Blank,
-    Valid,
-    /// Something else: not our log (or a damaged header).
-    Foreign,
-}
-
-pub fn check_header(sector: &[u8]) -> HeaderState {
-    if sector.len() < SECTOR {
-        return HeaderState::Foreign;
-    }
-    if sector[..SECTOR].iter().all(|&b| b == 0) {
-        return HeaderState::Blank;
-    }
-    if sector[..SECTOR] == header() {
-        HeaderState::Valid
-    } else {
-        HeaderState::Foreign
-    }
 }
 
 const fn crc_table() -> [u32; 256] {

@@ -1,11 +1,14 @@
 //! `kv ip=A.B.C.D/N [port=P] [resp=Q] [gw=A.B.C.D]`: a key-value server on TCP over virtio-net,
-//! every SET and DEL logged to the virtio disk before the reply, the log replayed at boot; with
-//! `resp=Q` it also speaks the Redis protocol on port Q (`resp.rs`), over the same store.
+//! every SET and DEL logged to the virtio disk before the reply, the log replayed at boot and
+//! compacted while serving (`log`); with `resp=Q` it also speaks the Redis protocol on port Q
+//! (`resp.rs`), over the same store.
 //! Prints `kv: redis protocol on A.B.C.D:Q` (with `resp=Q`), then
 //! `kv: listening on A.B.C.D:P, N keys loaded` once it serves; never returns.
 
 pub mod disk;
 pub mod disklog;
+pub mod layout;
+pub mod log;
 pub mod replay;
 pub mod resp;
 pub mod server;
@@ -94,16 +97,23 @@ pub fn run(boot: &BootInfo, cmdline: CmdLine) -> Result<(), &'static str> {
     pic::unmask(blk.irq());
 
     let mut store = store::Store::new();
-    let (log, found) = disk::DiskLog::open(blk, &mut store)?;
+    let (log, found) = disk::open(blk, &mut store)?;
     if found.blank {
         println!("kv: blank disk, new log written");
     }
-    println!("kv: replayed {} record(s), log ends at sector {}", found.records, found.next_sector);
-    if found.skipped > 0 {
-        println!("kv: skipped {} corrupt record(s) inside the log", found.skipped);
+    println!("kv: replayed {} record(s), log ends at sector {}", found.records(), found.next().0);
+    if let Some(c) = &found.compaction {
+        println!(
+            "kv: resuming an interrupted compaction ({} record(s) in region {})",
+            c.records,
+            1 - found.superblock.active
+        );
     }
-    if found.dropped_tail > 0 {
-        println!("kv: dropped {} corrupt record(s) at the log tail", found.dropped_tail);
+    if found.skipped() > 0 {
+        println!("kv: skipped {} corrupt record(s) inside the log", found.skipped());
+    }
+    if found.dropped_tail() > 0 {
+        println!("kv: dropped {} corrupt record(s) at the log tail", found.dropped_tail());
     }
     let keys = store.len();
     let mac = net.mac();

@@ -250,8 +250,9 @@ impl Server<'static> {
             }
         }
         // Every SET/DEL of this iteration reaches the disk before any reply leaves.
-        self.log.commit();
-        let mut more = false;
+        self.log.commit(&self.store);
+        // A compaction goes on while there is nothing else to do.
+        let mut more = self.log.compacting();
         for conn in &mut self.conns {
             if conn.sent < conn.out.len() {
                 let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
@@ -335,7 +336,7 @@ impl Server<'static> {
     /// Exits the serving loop caused since the start (serial output and initialisation not
     /// counted): halts, clock reads, notifications, interrupt acknowledgements, PIT writes.
     fn exits(&self) -> u64 {
-        self.waits + self.clock_reads + self.net.kicks + self.net.acks + self.pit_arms + self.log.disk_exits()
+        self.waits + self.clock_reads + self.net.kicks + self.net.acks + self.pit_arms + self.log.device().exits()
     }
 
     fn extra_stats(&self) -> alloc::string::String {
@@ -346,13 +347,13 @@ impl Server<'static> {
         let mut s = alloc::string::String::new();
         let _ = write!(
             s,
-            "connections={} log_records={} log_sectors={}/{} commits={} disk_requests={} frames_in={} frames_out={} net_notifies={} net_acks={} waits={} clock_reads={} pit_arms={} exits={} heap_used={} heap_free={}",
+            "connections={} log_records={} log_sectors={}/{} commits={} disk_requests={} frames_in={} frames_out={} net_notifies={} net_acks={} waits={} clock_reads={} pit_arms={} exits={} heap_used={} heap_free={} compactions={} compacting={} live_bytes={} log_bytes={} disk_writes={}",
             open,
-            self.log.records,
+            self.log.records(),
             used,
             cap,
             self.log.commits,
-            self.log.disk_requests(),
+            self.log.device().requests(),
             self.net.frames_in,
             self.net.frames_out,
             self.net.kicks,
@@ -362,7 +363,12 @@ impl Server<'static> {
             self.pit_arms,
             self.exits(),
             heap_used,
-            heap_free
+            heap_free,
+            self.log.compactions(),
+            u8::from(self.log.compacting()),
+            self.store.live_bytes(),
+            self.log.log_bytes(),
+            self.log.writes
         );
         s
     }

@@ -8,11 +8,12 @@
 //! Keys (1-250 bytes) and values (1-4096 bytes) are printable ASCII without spaces.
 //! SET and DEL go to the log sink before the store changes; a full disk answers `ERR disk full`.
 
-use super::disklog::{Record, MAX_KEY, MAX_VALUE, OP_DEL, OP_SET};
+use super::disklog::{record_sectors, Record, MAX_KEY, MAX_VALUE, OP_DEL, OP_SET, OP_SNAP, SECTOR};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::fmt::Write;
+use core::ops::Bound;
 
 /// The longest request line: `SET <250-byte key> <4096-byte value>\r\n`.
 pub const MAX_LINE: usize = 4 + MAX_KEY + 1 + MAX_VALUE + 2;
@@ -92,9 +93,16 @@ pub trait LogSink {
     fn append(&mut self, op: u8, key: &[u8], value: &[u8]) -> Result<(), ()>;
 }
 
+/// The bytes a key and its value take in the log (one record, whole sectors).
+pub fn record_bytes(key: &[u8], value: &[u8]) -> u64 {
+    (record_sectors(key.len(), value.len()) * SECTOR) as u64
+}
+
 #[derive(Default)]
 pub struct Store {
     map: BTreeMap<Box<[u8]>, Box<[u8]>>,
+    /// What a compaction would write: the log bytes of one record per live key.
+    live_bytes: u64,
     pub sets: u64,
     pub gets: u64,
     pub dels: u64,
@@ -114,35 +122,57 @@ impl Store {
         self.map.get(key).map(|v| &v[..])
     }
 
-    /// Logs and stores `key` = `value` (the caller checked the lengths); the RESP server shares it.
+    /// Logs and stores `key` = `value` (the caller checked the lengths); both protocols use it.
     pub fn set(&mut self, key: &[u8], value: &[u8], log: &mut dyn LogSink) -> Result<(), &'static str> {
         log.append(OP_SET, key, value).map_err(|()| "disk full")?;
-        match self.map.get_mut(key) {
-            Some(old) if old.len() == value.len() => old.copy_from_slice(value),
-            _ => {
-                self.map.insert(key.into(), value.into());
-            }
-        }
+        self.put(key, value);
         Ok(())
     }
 
     /// Logs the deletion of `key` and removes it (the caller checked that it is present).
     pub fn remove(&mut self, key: &[u8], log: &mut dyn LogSink) -> Result<(), &'static str> {
         log.append(OP_DEL, key, b"").map_err(|()| "disk full")?;
-        self.map.remove(key);
+        self.unmap(key);
         Ok(())
+    }
+
+    pub fn live_bytes(&self) -> u64 {
+        self.live_bytes
+    }
+
+    /// The entries with keys after `cursor` (all of them for `None`), in key order.
+    pub fn entries_after<'a>(&'a self, cursor: Option<&[u8]>) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+        let from = cursor.map_or(Bound::Unbounded, Bound::Excluded);
+        self.map.range::<[u8], _>((from, Bound::Unbounded)).map(|(k, v)| (&k[..], &v[..]))
     }
 
     /// Applies a replayed record.
     pub fn apply(&mut self, rec: &Record<'_>) {
         match rec.op {
-            OP_SET => {
-                self.map.insert(rec.key.into(), rec.value.into());
-            }
-            OP_DEL => {
-                self.map.remove(rec.key);
-            }
+            OP_SET | OP_SNAP => self.put(rec.key, rec.value),
+            OP_DEL => self.unmap(rec.key),
             _ => {}
+        }
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.live_bytes += record_bytes(key, value);
+        match self.map.get_mut(key) {
+            Some(old) if old.len() == value.len() => {
+                self.live_bytes -= record_bytes(key, old);
+                old.copy_from_slice(value);
+            }
+            _ => {
+                if let Some(old) = self.map.insert(key.into(), value.into()) {
+                    self.live_bytes -= record_bytes(key, &old);
+                }
+            }
+        }
+    }
+
+    fn unmap(&mut self, key: &[u8]) {
+        if let Some(old) = self.map.remove(key) {
+            self.live_bytes -= record_bytes(key, &old);
         }
     }
 
