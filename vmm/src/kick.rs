@@ -169,34 +169,11 @@ impl Drop for Kicker {
     }
 }
 
-/// Set by SIGINT or SIGTERM: the run stops at its next exit or kick, cleanly (a recording gets
-/// its End record, the state digest is printed).
-static STOP_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-extern "C" fn on_stop(_signal: libc::c_int) {
-    STOP_REQUESTED.store(true, Ordering::Release);
-    // Get the vCPU out of a long guest stretch as a kick would.
+/// Gets the vCPU out of a long guest stretch as the preemption timer would; callable from a
+/// signal handler.
+pub(crate) fn kick_from_signal() {
     on_kick(0);
 }
 
-/// Makes SIGINT and SIGTERM stop the run cleanly instead of killing the process.
-pub fn stop_on_signals() -> io::Result<()> {
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: a zeroed sigaction with a plain handler and an empty mask is valid; the
-        // handler performs only an atomic store and a volatile byte store.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_stop as *const () as usize;
-            libc::sigemptyset(&mut action.sa_mask);
-            if libc::sigaction(signal, &action, ptr::null_mut()) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Whether SIGINT or SIGTERM asked the run to stop.
-pub fn stop_requested() -> bool {
-    STOP_REQUESTED.load(Ordering::Acquire)
-}
+// The stop on SIGINT/SIGTERM lives in `crate::stop`; these names stay for existing callers.
+pub use crate::stop::{stop_on_signals, stop_requested};

@@ -1,12 +1,14 @@
 //! `ftvm`: run a single-vCPU VM on KVM (and, as the project grows, record, replay and protect it).
 
+// Output goes through `vmm::stdio` (`outln!`/`errln!`), which copes with a closed pipe.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use devices::virtio::{DiskSpec, NetSpec};
 use devices::HostWorld;
 use ftlog::{RecordingWorld, ReplayWorld};
 use std::fs::File;
-use std::io::Write;
 use std::io::{BufReader, BufWriter};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +17,7 @@ use vmm::machine::DeviceSetup;
 use vmm::record_replay::{log_header, machine_for_log};
 use vmm::snapshot;
 use vmm::{digest, run, KernelSource, Machine, MachineConfig, RunOptions, RunOutcome, RunPosition, SnapshotRequest};
+use vmm::{errln, input_file, outln};
 
 #[derive(Parser)]
 #[command(name = "ftvm", version, about = "A fault-tolerant virtual machine monitor")]
@@ -80,7 +83,7 @@ struct RunArgs {
     record: Option<PathBuf>,
     /// With --record: log the running digest of exit signatures every K exits (1 names the
     /// exact exit of a divergence; larger K makes the log smaller).
-    #[arg(long, value_name = "K", default_value_t = 1)]
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     digest_every: u32,
     /// With --record: put a hash of every guest page into each checkpoint; `ftvm replay` then
     /// checks its memory after loading each one and names the pages that differ (slow: for
@@ -149,7 +152,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     if let Err(error) = vmm::kick::stop_on_signals() {
-        eprintln!("ftvm: cannot handle SIGINT/SIGTERM: {error}");
+        errln!("ftvm: cannot handle SIGINT/SIGTERM: {error}");
     }
     let result = match cli.command {
         Command::Run(args) => run_command(&args),
@@ -158,13 +161,17 @@ fn main() -> ExitCode {
         Command::Log(args) => log_command(&args),
         Command::Demo => demo(),
     };
-    match result {
+    if vmm::stdio::stdout_closed() {
+        return ExitCode::from(vmm::stdio::CLOSED_STDOUT_STATUS);
+    }
+    let code = match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("ftvm: {error:#}");
+            errln!("ftvm: {error:#}");
             ExitCode::from(1)
         }
-    }
+    };
+    vmm::stop::signal_exit_status().map_or(code, ExitCode::from)
 }
 
 fn init_logging(verbose: u8) {
@@ -179,13 +186,16 @@ fn init_logging(verbose: u8) {
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| vmm::stdio::Stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
 /// `ftvm run`: boots, runs to power-off (rebooting on reset), prints the exit statistics.
 fn run_command(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    if let Some(path) = &args.snapshot {
+        input_file::check_writable_target(path).with_context(|| format!("snapshot {}", path.display()))?;
+    }
     let mut config = args.machine_config();
     config.dirty_logging = args.record.is_some();
     let options = RunOptions {
@@ -196,11 +206,11 @@ fn run_command(args: &RunArgs) -> anyhow::Result<ExitCode> {
             .map(|(at_exits, path)| SnapshotRequest { at_exits, path }),
     };
     loop {
-        let mut machine = Machine::new(config.clone(), Box::new(std::io::stdout()))?;
+        let mut machine = Machine::new(config.clone(), Box::new(vmm::stdio::Stdout))?;
         machine.verify_checkpoints = args.verify_checkpoints;
         let (outcome, stats) = match &args.record {
             Some(path) => {
-                let file = File::create(path).with_context(|| format!("log {}", path.display()))?;
+                let file = input_file::create(path).with_context(|| format!("log {}", path.display()))?;
                 let header = log_header(&machine, args.digest_every, 0);
                 let mut recorder = RecordingWorld::new(host_world(&mut machine, 0), BufWriter::new(file), &header)
                     .with_context(|| format!("log {}", path.display()))?;
@@ -235,7 +245,9 @@ fn run_command(args: &RunArgs) -> anyhow::Result<ExitCode> {
             tracing::info!("the guest reset itself; rebooting");
             continue;
         }
-        return report(&machine, outcome, &stats, args.state_digest);
+        let code = report(&machine, outcome, &stats, args.state_digest)?;
+        options.check_snapshot_saved(&stats)?;
+        return Ok(code);
     }
 }
 
@@ -250,14 +262,14 @@ fn host_world(machine: &mut Machine, monotonic_ns: u64) -> HostWorld {
 
 /// `ftvm replay`: builds the recorded machine and runs it from the log alone.
 fn replay_command(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
-    let file = File::open(&args.log).with_context(|| format!("log {}", args.log.display()))?;
+    let file = input_file::open(&args.log).with_context(|| format!("log {}", args.log.display()))?;
     let mut replayer = ReplayWorld::new(BufReader::with_capacity(1 << 20, file))
         .with_context(|| format!("log {}", args.log.display()))?;
     let (mut machine, start) = match &args.from {
-        None => (machine_for_log(replayer.header(), Box::new(std::io::stdout()))?, RunPosition::default()),
+        None => (machine_for_log(replayer.header(), Box::new(vmm::stdio::Stdout))?, RunPosition::default()),
         Some(path) => {
             let snapshot = snapshot::load(path)?;
-            let machine = snapshot::restore_for_replay(&snapshot, Box::new(std::io::stdout()))?;
+            let machine = snapshot::restore_for_replay(&snapshot, Box::new(vmm::stdio::Stdout))?;
             if machine.image_digest != replayer.header().image_digest {
                 bail!("snapshot {} is of another guest than log {}", path.display(), args.log.display());
             }
@@ -284,17 +296,17 @@ fn replay_command(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         return replay_failed(&error.to_string());
     }
     let stats = replayer.stats();
-    println!("replay: ok, {} exits, {} events, {} checkpoints", stats.exits, stats.events(), stats.checkpoints);
-    println!("state-digest: {}", state_digest.to_hex());
+    outln!("replay: ok, {} exits, {} events, {} checkpoints", stats.exits, stats.events(), stats.checkpoints);
+    outln!("state-digest: {}", state_digest.to_hex());
     Ok(ExitCode::SUCCESS)
 }
 
 /// `ftvm log`: the header, then each record with its byte offset.
 fn log_command(args: &LogArgs) -> anyhow::Result<ExitCode> {
-    let file = File::open(&args.log).with_context(|| format!("log {}", args.log.display()))?;
+    let file = input_file::open(&args.log).with_context(|| format!("log {}", args.log.display()))?;
     let reader = ftlog::LogReader::new(BufReader::new(file)).with_context(|| format!("log {}", args.log.display()))?;
     let header = reader.header().clone();
-    println!(
+    outln!(
         "header: memory {} MiB, cmdline {:?}, kernel {}, digest every {} exits, starts after {} exits, {} device(s)",
         header.memory_size >> 20,
         header.cmdline,
@@ -313,9 +325,9 @@ fn log_command(args: &LogArgs) -> anyhow::Result<ExitCode> {
             ftlog::Record::Checkpoint { data, .. } => {
                 let detail = vmm::checkpoint::describe(data, header.memory_size)
                     .unwrap_or_else(|e| format!("does not decode: {e}"));
-                println!("{offset:>10}  {record}: {detail}");
+                outln!("{offset:>10}  {record}: {detail}");
             }
-            _ => println!("{offset:>10}  {record}"),
+            _ => outln!("{offset:>10}  {record}"),
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -336,7 +348,7 @@ fn record_exits(record: &ftlog::Record) -> Option<u64> {
 }
 
 fn replay_failed(reason: &str) -> anyhow::Result<ExitCode> {
-    println!("replay: {reason}");
+    errln!("replay: {reason}");
     Ok(ExitCode::from(3))
 }
 
@@ -344,7 +356,7 @@ fn replay_failed(reason: &str) -> anyhow::Result<ExitCode> {
 fn restore_command(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let snapshot = snapshot::load(&args.snapshot)?;
-    let mut machine = snapshot::restore(&snapshot, Box::new(std::io::stdout()))?;
+    let mut machine = snapshot::restore(&snapshot, Box::new(vmm::stdio::Stdout))?;
     tracing::info!(took = ?started.elapsed(), exits = snapshot.header.position.exits, "snapshot restored");
     let mut world = host_world(&mut machine, snapshot.header.monotonic_ns);
     let options = RunOptions { start: snapshot.header.position, snapshot: None };
@@ -365,10 +377,9 @@ fn report(
     if let Some(kib) = vmm::memory::vmm_resident_kib(&machine.ram) {
         tracing::info!(vmm_rss_kib = kib, guest_mib = machine.config.memory_mib, "memory of the VMM beyond guest RAM");
     }
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{stats}")?;
+    outln!("{stats}");
     if state_digest {
-        writeln!(stdout, "state-digest: {}", digest::state_digest(machine)?.to_hex())?;
+        outln!("state-digest: {}", digest::state_digest(machine)?.to_hex());
     }
     exit_code_for(outcome)
 }
@@ -377,11 +388,11 @@ fn exit_code_for(outcome: RunOutcome) -> anyhow::Result<ExitCode> {
     match outcome {
         RunOutcome::PowerOff(code) => Ok(ExitCode::from((code & 0xff) as u8)),
         RunOutcome::GuestPanic { code, rip } => {
-            eprintln!("ftvm: the guest reported a fatal fault (code {code:#x}) at rip {rip:#x}");
+            errln!("ftvm: the guest reported a fatal fault (code {code:#x}) at rip {rip:#x}");
             Ok(ExitCode::from(101))
         }
         RunOutcome::Shutdown { rip } => {
-            eprintln!("ftvm: the guest triple-faulted (shutdown) at rip {rip:#x}");
+            errln!("ftvm: the guest triple-faulted (shutdown) at rip {rip:#x}");
             Ok(ExitCode::from(102))
         }
         RunOutcome::Stopped(reason) => bail!("{reason}"),
@@ -398,7 +409,7 @@ fn demo() -> anyhow::Result<ExitCode> {
     let dir = tempfile::tempdir().context("a temporary directory for the demo's logs")?;
     for words in [&["hello"][..], &["timer", "200"], &["compute", "300"], &["clock", "200"]] {
         let line = words.join(" ");
-        println!("== ftvm run --guest {line} --record LOG");
+        outln!("== ftvm run --guest {line} --record LOG");
         let config = MachineConfig {
             kernel: KernelSource::Embedded,
             memory_mib: MachineConfig::DEFAULT_MEMORY_MIB,
@@ -409,7 +420,7 @@ fn demo() -> anyhow::Result<ExitCode> {
             devices: DeviceSetup::default(),
         };
         let log = dir.path().join(format!("{}.log", words[0]));
-        let mut machine = Machine::new(config, Box::new(std::io::stdout()))
+        let mut machine = Machine::new(config, Box::new(vmm::stdio::Stdout))
             .with_context(|| format!("booting the guest for {line}"))?;
         let header = log_header(&machine, 1, 0);
         let file = File::create(&log).with_context(|| format!("log {}", log.display()))?;
@@ -421,8 +432,8 @@ fn demo() -> anyhow::Result<ExitCode> {
         let code = if let RunOutcome::PowerOff(code) = outcome { code } else { u32::MAX };
         let done = recorder.finish(code, Some(*recorded_digest.as_bytes()))?;
         done.writer.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        println!("{stats}");
-        println!("state-digest: {}", recorded_digest.to_hex());
+        outln!("{stats}");
+        outln!("state-digest: {}", recorded_digest.to_hex());
         if outcome != RunOutcome::PowerOff(0) {
             bail!("workload {line} ended with {outcome:?}");
         }
@@ -436,7 +447,7 @@ fn demo() -> anyhow::Result<ExitCode> {
         let replayed_digest = digest::state_digest(&replica)?;
         replayer.finish(Some(code), Some(*replayed_digest.as_bytes()))?;
         let log_stats = replayer.stats();
-        println!(
+        outln!(
             "replayed from its log ({} bytes, {} events, {} checkpoints) in {:.0} ms (recorded in {:.0} ms): state-digest {}",
             done.log_bytes,
             log_stats.events(),

@@ -89,7 +89,7 @@ pub fn save(machine: &mut Machine, position: RunPosition, monotonic_ns: u64, pat
     let header_len = u32::try_from(encoded.len()).map_err(|_| corrupt(path, "header too large"))?;
 
     let temporary = path.with_extension("partial");
-    let file = File::create(&temporary).map_err(|e| corrupt(&temporary, e.to_string()))?;
+    let file = crate::input_file::create(&temporary).map_err(|e| corrupt(&temporary, e.to_string()))?;
     let mut out = HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), hasher: blake3::Hasher::new() };
     let io = |e: std::io::Error| corrupt(path, e.to_string());
     out.write_all(MAGIC).map_err(io)?;
@@ -111,9 +111,7 @@ const FIXED: usize = 8 + 2 + 4;
 /// Opens a snapshot and checks its header; the memory and the whole-file checksum are checked
 /// by [`restore`] as it reads them.
 pub fn load(path: &Path) -> Result<Snapshot> {
-    let mut file = File::open(path).map_err(|e| {
-        corrupt(path, if e.kind() == std::io::ErrorKind::NotFound { "no such file".into() } else { e.to_string() })
-    })?;
+    let mut file = crate::input_file::open(path).map_err(|e| corrupt(path, e.to_string()))?;
     let file_len = file.metadata().map_err(|e| corrupt(path, e.to_string()))?.len();
     let mut prefix = vec![0u8; FIXED];
     let got = read_up_to(&mut file, &mut prefix).map_err(|e| corrupt(path, e.to_string()))?;
@@ -170,7 +168,7 @@ fn read_memory(snapshot: &Snapshot, memory: &mut [u8]) -> Result<()> {
     use std::io::Seek;
     let path = &snapshot.path;
     let io = |e: std::io::Error| corrupt(path, e.to_string());
-    let mut file = File::open(path).map_err(io)?;
+    let mut file = crate::input_file::open(path).map_err(|e| corrupt(path, e.to_string()))?;
     file.seek(std::io::SeekFrom::Start(snapshot.memory_offset)).map_err(io)?;
     let mut hasher = snapshot.prefix_hash.clone();
     for chunk in memory.chunks_mut(8 << 20) {

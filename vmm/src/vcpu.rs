@@ -142,8 +142,28 @@ pub struct RunOptions {
     pub snapshot: Option<SnapshotRequest>,
 }
 
+impl RunOptions {
+    /// An error if these options asked for a snapshot that the run (its `stats`) never saved:
+    /// the run ended before reaching the requested exit.
+    pub fn check_snapshot_saved(&self, stats: &ExitStats) -> Result<()> {
+        match &self.snapshot {
+            Some(request) if stats.snapshots_saved == 0 => Err(VmmError::Snapshot {
+                path: request.path.clone(),
+                reason: format!(
+                    "not written: the run ended after {} exits, before --snapshot-at {}",
+                    self.start.exits + stats.exits,
+                    request.at_exits
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Runs the machine until it powers off, resets, faults or is stopped.
 pub fn run(machine: &mut Machine, session: &mut dyn Session, options: RunOptions) -> Result<(RunOutcome, ExitStats)> {
+    // A stop signal is answered here; the watchdog gives the caller time to close its log after.
+    let _phase = crate::stop::RunPhase::enter();
     let kicker = if session.kicks() {
         let immediate_exit = &mut machine.vcpu.get_kvm_run().immediate_exit as *mut u8;
         Some(Kicker::for_this_thread(immediate_exit, &machine.remote_kick, machine.config.preempt_bound)?)
@@ -161,13 +181,15 @@ pub fn run(machine: &mut Machine, session: &mut dyn Session, options: RunOptions
 
     loop {
         if let Landmark::Exit(exits) = at {
+            let pending = snapshot.is_some();
             at_boundary(machine, session, RunPosition { exits, halted }, &mut snapshot)?;
+            stats.snapshots_saved += u64::from(pending && snapshot.is_none());
         }
         if let Some(reason) = session.stop_reason() {
             return Ok((RunOutcome::Stopped(reason), stats));
         }
-        if crate::kick::stop_requested() {
-            return Ok((RunOutcome::Stopped("stopped by a signal".into()), stats));
+        if let Some(reason) = crate::stop::stop_reason() {
+            return Ok((RunOutcome::Stopped(reason.into()), stats));
         }
         deliver_world_events(machine, session, at);
         if halted {
@@ -319,7 +341,7 @@ fn enter_guest(machine: &mut Machine, payload: &mut Vec<u8>) -> Result<Entered> 
     machine.regs_synced = true;
     let exit = match result {
         Err(e) if e.errno() == libc::EINTR => return Ok(Entered::Kicked),
-        Err(e) => return Err(VmmError::Kvm { what: "run the vCPU", source: e }),
+        Err(e) => return Err(VmmError::Kvm { what: "run the vCPU", cause: e }),
         Ok(exit) => exit,
     };
     let info = match exit {
@@ -414,8 +436,8 @@ fn wait_for_interrupt(machine: &mut Machine, session: &mut dyn Session, at: Land
         if let Some(reason) = session.stop_reason() {
             return Ok(Some(RunOutcome::Stopped(reason)));
         }
-        if crate::kick::stop_requested() {
-            return Ok(Some(RunOutcome::Stopped("stopped by a signal".into())));
+        if let Some(reason) = crate::stop::stop_reason() {
+            return Ok(Some(RunOutcome::Stopped(reason.into())));
         }
         deliver_world_events(machine, session, at);
     }
@@ -450,7 +472,7 @@ fn inject_pending_interrupt(
     // call; the fd is a vCPU fd.
     let ret = unsafe { ioctl_with_ref(&machine.vcpu, KVM_INTERRUPT(), &irq) };
     if ret != 0 {
-        return Err(VmmError::Kvm { what: "inject an interrupt", source: kvm_ioctls::Error::last() });
+        return Err(VmmError::Kvm { what: "inject an interrupt", cause: kvm_ioctls::Error::last() });
     }
     stats.interrupts_injected += 1;
     tracing::debug!(%at, vector = format_args!("{vector:#x}"), "interrupt injected");
