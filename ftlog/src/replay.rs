@@ -67,13 +67,20 @@ impl fmt::Display for Divergence {
 
 impl std::error::Error for Divergence {}
 
+impl From<LogError> for ReplayError {
+    fn from(error: LogError) -> Self {
+        ReplayError::Log(error)
+    }
+}
+
 /// Why a replay cannot go on.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum ReplayError {
     #[error(transparent)]
     Diverged(#[from] Divergence),
+    /// The message includes the log error, so it is not also its `source()`.
     #[error("bad log: {0}")]
-    Log(#[from] LogError),
+    Log(LogError),
     /// [`ReplayWorld::skip_to_snapshot`] did not find the mark; `found` says what it found
     /// instead (a record past the boundary, or the end of the log).
     #[error("no snapshot mark at exit {exits} in the log (found {found} first)")]

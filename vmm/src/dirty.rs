@@ -69,7 +69,7 @@ impl DirtyLog {
         // whole u64 words by get_dirty_log) and outlives the call.
         let ret = unsafe { ioctl_with_ref(vm, KVM_CLEAR_DIRTY_LOG(), &clear) };
         if ret != 0 {
-            return Err(VmmError::Kvm { what: "clear the dirty-page log", source: kvm_ioctls::Error::last() });
+            return Err(VmmError::Kvm { what: "clear the dirty-page log", cause: kvm_ioctls::Error::last() });
         }
         Ok(())
     }

@@ -2,16 +2,14 @@
 
 use std::path::PathBuf;
 
+/// Each message includes its cause, so no variant also returns it from `source()`: a printed
+/// chain (`{:#}` in the binary) names every cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
     #[error("cannot open /dev/kvm: {0} (is KVM available and are you allowed to use it?)")]
-    OpenKvm(#[source] kvm_ioctls::Error),
-    #[error("KVM: {what}: {source}")]
-    Kvm {
-        what: &'static str,
-        #[source]
-        source: kvm_ioctls::Error,
-    },
+    OpenKvm(kvm_ioctls::Error),
+    #[error("KVM: {what}: {cause}")]
+    Kvm { what: &'static str, cause: kvm_ioctls::Error },
     #[error("guest memory of {mib} MiB: {reason}")]
     Memory { mib: u64, reason: String },
     #[error("kernel {path}: {reason}")]
@@ -31,13 +29,19 @@ pub enum VmmError {
     #[error("{what} is of another guest: {reason}")]
     WrongGuest { what: String, reason: String },
     #[error("log: {0}")]
-    Log(#[from] ftlog::LogError),
-    #[error("{0}")]
+    Log(ftlog::LogError),
+    #[error(transparent)]
     Replay(#[from] ftlog::ReplayError),
     #[error("the vCPU stopped: {0}")]
     VcpuFailed(#[from] VcpuFailure),
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+impl From<ftlog::LogError> for VmmError {
+    fn from(error: ftlog::LogError) -> Self {
+        VmmError::Log(error)
+    }
 }
 
 /// Why the vCPU cannot go on.
@@ -55,7 +59,35 @@ pub enum VcpuFailure {
 
 /// Wraps a KVM ioctl error with what the VMM was doing.
 pub(crate) fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
-    move |source| VmmError::Kvm { what, source }
+    move |cause| VmmError::Kvm { what, cause }
 }
 
 pub type Result<T> = std::result::Result<T, VmmError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// The chain the binary prints (`{:#}`), with context on top as `ftvm` adds it.
+    fn printed(error: VmmError) -> String {
+        format!("{:#}", anyhow::Error::from(error).context("log /some/path"))
+    }
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let eisdir = || std::io::Error::from_raw_os_error(libc::EISDIR);
+        let log_io = || ftlog::LogError::Io { offset: 0, cause: Arc::new(eisdir()) };
+        let kvm_error = || kvm_ioctls::Error::new(libc::EINVAL);
+        for (error, cause) in [
+            (VmmError::Log(log_io()), "Is a directory"),
+            (VmmError::Replay(ftlog::ReplayError::Log(log_io())), "Is a directory"),
+            (VmmError::Io(eisdir()), "Is a directory"),
+            (VmmError::Kvm { what: "run the vCPU", cause: kvm_error() }, "Invalid argument"),
+            (VmmError::OpenKvm(kvm_error()), "Invalid argument"),
+        ] {
+            let text = printed(error);
+            assert_eq!(text.matches(cause).count(), 1, "{text}");
+        }
+    }
+}

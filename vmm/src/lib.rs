@@ -10,6 +10,12 @@
 //! - [`session`] assembles runs: live, recorded, replayed, restored, gone live.
 //! - [`state`], [`checkpoint`] and [`snapshot`] capture the machine; [`digest`] hashes it, so two
 //!   runs can be compared.
+//! - [`input_file`] opens the files a user names without blocking and reads them within bounds;
+//!   [`stdio`] is ftvm's stdout and stderr (closed pipes, blocked writes); [`stop`] makes
+//!   SIGINT/SIGTERM end ftvm within a second.
+
+// All output goes through `stdio` (`outln!`/`errln!`), which copes with a closed pipe.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod backends;
 pub mod boot;
@@ -19,6 +25,7 @@ pub mod cpuid;
 pub mod digest;
 pub mod dirty;
 pub mod error;
+pub mod input_file;
 pub mod kick;
 pub mod machine;
 pub mod memory;
@@ -26,6 +33,8 @@ pub mod session;
 pub mod snapshot;
 pub mod state;
 pub mod stats;
+pub mod stdio;
+pub mod stop;
 pub mod vcpu;
 
 pub use backends::Backends;

@@ -5,6 +5,7 @@ use crate::boot::{self, layout, long_mode, LoadedKernel};
 use crate::control::VcpuControl;
 use crate::dirty::DirtyLog;
 use crate::error::{kvm, Result, VmmError};
+use crate::input_file::{self, InputFileError};
 use crate::memory::GuestRam;
 use devices::virtio::{DeviceDescription, MacAddr, VirtioDevices};
 use devices::Board;
@@ -23,16 +24,23 @@ pub enum KernelSource {
 }
 
 impl KernelSource {
-    /// The image bytes and a name for messages.
-    pub fn read(&self) -> Result<(std::borrow::Cow<'static, [u8]>, PathBuf)> {
+    /// The image bytes and a name for messages. A file must be a regular file that starts like
+    /// an ELF or a bzImage and is at most `limit` bytes (what fits in guest RAM): both are
+    /// checked before the rest of it is read.
+    pub fn read(&self, limit: u64) -> Result<(std::borrow::Cow<'static, [u8]>, PathBuf)> {
         match self {
             KernelSource::File(path) => {
-                let bytes = std::fs::read(path).map_err(|e| VmmError::Kernel {
-                    path: path.clone(),
-                    reason: match e.kind() {
-                        std::io::ErrorKind::NotFound => "no such file".into(),
-                        _ => e.to_string(),
-                    },
+                let fail = |reason: String| VmmError::Kernel { path: path.clone(), reason };
+                let mut file = input_file::open(path).map_err(|e| fail(e.to_string()))?;
+                let mut bytes = input_file::read_head(&mut file, boot::HEAD_LEN).map_err(|e| fail(e.to_string()))?;
+                boot::check_magic(&bytes).map_err(fail)?;
+                input_file::read_rest_bounded(&mut file, &mut bytes, limit).map_err(|e| {
+                    fail(match e {
+                        InputFileError::TooLarge { size, limit } => {
+                            format!("{size} bytes do not fit in {} MiB of guest memory", limit >> 20)
+                        }
+                        other => other.to_string(),
+                    })
                 })?;
                 Ok((bytes.into(), path.clone()))
             }
@@ -176,15 +184,15 @@ impl Machine {
         match result {
             Err(e) if e.errno() == libc::EINTR => Ok(()),
             Ok(()) => Ok(()),
-            Err(e) => Err(VmmError::Kvm { what: "complete the pending I/O", source: e }),
+            Err(e) => Err(VmmError::Kvm { what: "complete the pending I/O", cause: e }),
         }
     }
 
     /// Builds the VM with its device models and no backends (its outputs are dropped until
     /// [`Machine::attach`]); `control` is the handle other threads reach its vCPU through.
     pub fn new(config: MachineConfig, control: VcpuControl) -> Result<Self> {
-        let (image, name) = config.kernel.read()?;
         let ram = GuestRam::new(config.memory_mib)?;
+        let (image, name) = config.kernel.read(ram.size)?;
         let virtio = device_models(&config.devices)?;
         let guest_cmdline = match virtio.cmdline_fragment() {
             fragment if fragment.is_empty() => config.cmdline.clone(),
@@ -271,8 +279,15 @@ impl Machine {
             let (kernel, header) = boot::bzimage::load(&ram.mem, image, name)?;
             let initrd = match &config.initrd {
                 Some(path) => {
-                    let bytes = std::fs::read(path)
-                        .map_err(|e| VmmError::Initrd { path: path.clone(), reason: e.to_string() })?;
+                    let bytes = input_file::read_bounded(path, ram.size).map_err(|e| VmmError::Initrd {
+                        path: path.clone(),
+                        reason: match e {
+                            InputFileError::TooLarge { size, .. } => {
+                                format!("{size} bytes do not fit in {} MiB of guest memory", ram.size >> 20)
+                            }
+                            other => other.to_string(),
+                        },
+                    })?;
                     Some(boot::bzimage::load_initrd(&ram.mem, ram.size, kernel.end, &header, &bytes, path)?)
                 }
                 None => None,

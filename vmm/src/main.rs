@@ -1,6 +1,9 @@
 //! `ftvm`: run a single-vCPU VM on KVM, record and replay it, protect it. This file parses the
 //! command line and dispatches; each subcommand lives in `cli/`, and the work in the library.
 
+// Output goes through `vmm::stdio` (`outln!`/`errln!`), which copes with a closed pipe.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 mod cli;
 
 use clap::{Parser, Subcommand};
@@ -34,8 +37,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     cli::init_logging(cli.verbose);
     let control = vmm::VcpuControl::new();
-    if let Err(error) = vmm::control::stop_on_signals(&control) {
-        eprintln!("ftvm: cannot handle SIGINT/SIGTERM: {error}");
+    if let Err(error) = vmm::stop::stop_on_signals(&control) {
+        vmm::errln!("ftvm: cannot handle SIGINT/SIGTERM: {error}");
     }
     let result = match cli.command {
         Command::Run(args) => cli::run::command(&args, control),
@@ -44,11 +47,15 @@ fn main() -> ExitCode {
         Command::Log(args) => cli::log::command(&args),
         Command::Demo => cli::demo::command(control),
     };
-    match result {
+    if vmm::stdio::stdout_closed() {
+        return ExitCode::from(vmm::stdio::CLOSED_STDOUT_STATUS);
+    }
+    let code = match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("ftvm: {error:#}");
+            vmm::errln!("ftvm: {error:#}");
             ExitCode::from(1)
         }
-    }
+    };
+    vmm::stop::signal_exit_status().map_or(code, ExitCode::from)
 }

@@ -85,7 +85,8 @@ pub fn save(machine: &mut Machine, position: RunPosition, monotonic_ns: u64, pat
     let name = path.display().to_string();
     let io = |e: std::io::Error| corrupt(&name, e.to_string());
     let temporary = path.with_extension("partial");
-    let file = File::create(&temporary).map_err(|e| corrupt(&temporary.display().to_string(), e.to_string()))?;
+    let file =
+        crate::input_file::create(&temporary).map_err(|e| corrupt(&temporary.display().to_string(), e.to_string()))?;
     let file = save_to(machine, position, monotonic_ns, BufWriter::with_capacity(1 << 20, file))?
         .into_inner()
         .map_err(|e| io(e.into_error()))?;
@@ -144,9 +145,7 @@ pub struct SnapshotReader<R: Read> {
 /// its header describes is refused before anything is built.
 pub fn load(path: &Path) -> Result<SnapshotReader<BufReader<File>>> {
     let name = path.display().to_string();
-    let file = File::open(path).map_err(|e| {
-        corrupt(&name, if e.kind() == std::io::ErrorKind::NotFound { "no such file".into() } else { e.to_string() })
-    })?;
+    let file = crate::input_file::open(path).map_err(|e| corrupt(&name, e.to_string()))?;
     let file_len = file.metadata().map_err(|e| corrupt(&name, e.to_string()))?.len();
     let reader = read_from(BufReader::with_capacity(1 << 20, file), &name)?;
     let expected = reader.input.read + reader.snapshot.machine.memory_size + 32;

@@ -14,6 +14,9 @@ pub struct ExitStats {
     pub interrupts_injected: u64,
     /// Times the vCPU was kicked out because an interrupt waited too long.
     pub preemptions: u64,
+    /// Snapshots saved at `--snapshot-at` (not printed: a run that asked for one and saved none
+    /// says so itself).
+    pub snapshots_saved: u64,
 }
 
 impl ExitStats {

@@ -81,7 +81,7 @@ impl fmt::Display for StopReason {
             StopReason::HaltedForever { rip } => {
                 write!(f, "the guest halted with interrupts disabled at rip {rip:#x}: it can never wake up")
             }
-            StopReason::StopRequested => write!(f, "stopped by a signal"),
+            StopReason::StopRequested => f.write_str(crate::stop::stop_reason().unwrap_or("stopped by request")),
             StopReason::Paused => write!(f, "paused"),
             StopReason::World(stop) => write!(f, "{stop}"),
             StopReason::DeviceFailed(error) => write!(f, "a device failed and the VM cannot go on: {error}"),
@@ -194,10 +194,30 @@ pub struct RunOptions {
     pub snapshot: Option<SnapshotRequest>,
 }
 
+impl RunOptions {
+    /// An error if these options asked for a snapshot that the run (its `stats`) never saved:
+    /// the run ended before reaching the requested exit.
+    pub fn check_snapshot_saved(&self, stats: &ExitStats) -> Result<()> {
+        match &self.snapshot {
+            Some(request) if stats.snapshots_saved == 0 => Err(VmmError::Snapshot {
+                path: request.path.clone(),
+                reason: format!(
+                    "not written: the run ended after {} exits, before --snapshot-at {}",
+                    self.start.exits + stats.exits,
+                    request.at_exits
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Runs the machine until it powers off, resets, faults, is stopped or paused, or its world
 /// has no more to say. The returned position is where it stood: [`run`] again from there, with
 /// the same world or another one (a backup going live), continues the same execution.
 pub fn run(machine: &mut Machine, world: &mut dyn RunWorld, options: RunOptions) -> Result<RunEnd> {
+    // A stop signal is answered here; the watchdog gives the caller time to close its log after.
+    let _phase = crate::stop::RunPhase::enter();
     let control = machine.control.clone();
     let bound = machine.config.preempt_bound;
     let kicker = if world.preempts_on_time() {
@@ -225,7 +245,9 @@ pub fn run(machine: &mut Machine, world: &mut dyn RunWorld, options: RunOptions)
         if !std::mem::take(&mut delivered) {
             if let Landmark::Exit(exits) = at {
                 let position = RunPosition { exits, halted, ..Default::default() };
+                let pending = snapshot.is_some();
                 at_boundary(machine, world, position, &mut snapshot)?;
+                stats.snapshots_saved += u64::from(pending && snapshot.is_none());
             }
             if let Some(reason) = stop_here(machine, world) {
                 return end(reason, at, halted, stats);
@@ -289,6 +311,9 @@ pub fn run(machine: &mut Machine, world: &mut dyn RunWorld, options: RunOptions)
 fn stop_here(machine: &Machine, world: &dyn RunWorld) -> Option<StopReason> {
     if let Some(stop) = world.stop_reason() {
         return Some(StopReason::World(stop));
+    }
+    if crate::stop::stop_requested() {
+        return Some(StopReason::StopRequested);
     }
     match machine.control.take_request() {
         Some(Request::Stop) => Some(StopReason::StopRequested),
@@ -403,7 +428,7 @@ fn enter_guest(machine: &mut Machine, payload: &mut Vec<u8>) -> Result<Entered> 
     machine.regs_synced = true;
     let exit = match result {
         Err(e) if e.errno() == libc::EINTR => return Ok(Entered::Kicked),
-        Err(e) => return Err(VmmError::Kvm { what: "run the vCPU", source: e }),
+        Err(e) => return Err(VmmError::Kvm { what: "run the vCPU", cause: e }),
         Ok(exit) => exit,
     };
     let info = match exit {
@@ -535,7 +560,7 @@ fn inject_pending_interrupt(
     // call; the fd is a vCPU fd.
     let ret = unsafe { ioctl_with_ref(&machine.vcpu, KVM_INTERRUPT(), &irq) };
     if ret != 0 {
-        return Err(VmmError::Kvm { what: "inject an interrupt", source: kvm_ioctls::Error::last() });
+        return Err(VmmError::Kvm { what: "inject an interrupt", cause: kvm_ioctls::Error::last() });
     }
     stats.interrupts_injected += 1;
     tracing::debug!(%at, vector = format_args!("{vector:#x}"), "interrupt injected");

@@ -4,7 +4,7 @@ use super::disk::BlockBackend;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Why a disk could not be opened.
@@ -16,10 +16,23 @@ pub enum DiskError {
     PermissionDenied { path: PathBuf, mode: &'static str },
     #[error("disk {path}: is a directory")]
     IsDirectory { path: PathBuf },
+    #[error("disk {path}: is neither a regular file nor a block device")]
+    NotAFile { path: PathBuf },
     #[error("disk {path}: {size} bytes is smaller than one 512-byte sector")]
     TooSmall { path: PathBuf, size: u64 },
     #[error("disk {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+}
+
+fn clear_nonblocking(file: &File) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no memory is passed.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// An open disk image. Reads and writes are positional, so one `DiskFile` can be shared
@@ -35,18 +48,29 @@ pub struct DiskFile {
 impl DiskFile {
     pub fn open(path: &Path, readonly: bool) -> Result<Self, DiskError> {
         let owned = || path.to_owned();
-        let file = OpenOptions::new().read(true).write(!readonly).open(path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => DiskError::NotFound { path: owned() },
-            io::ErrorKind::PermissionDenied => {
-                DiskError::PermissionDenied { path: owned(), mode: if readonly { "read-only" } else { "read-write" } }
-            }
-            _ if e.raw_os_error() == Some(libc::EISDIR) => DiskError::IsDirectory { path: owned() },
-            _ => DiskError::Io { path: owned(), source: e },
-        })?;
+        // O_NONBLOCK: opening a FIFO named as a disk must not wait for a writer; the type is
+        // checked below and the flag cleared.
+        let file =
+            OpenOptions::new().read(true).write(!readonly).custom_flags(libc::O_NONBLOCK).open(path).map_err(|e| {
+                match e.kind() {
+                    io::ErrorKind::NotFound => DiskError::NotFound { path: owned() },
+                    io::ErrorKind::PermissionDenied => DiskError::PermissionDenied {
+                        path: owned(),
+                        mode: if readonly { "read-only" } else { "read-write" },
+                    },
+                    _ if e.raw_os_error() == Some(libc::EISDIR) => DiskError::IsDirectory { path: owned() },
+                    _ => DiskError::Io { path: owned(), source: e },
+                }
+            })?;
         let io_err = |source| DiskError::Io { path: owned(), source };
-        if file.metadata().map_err(io_err)?.is_dir() {
+        let kind = file.metadata().map_err(io_err)?.file_type();
+        if kind.is_dir() {
             return Err(DiskError::IsDirectory { path: owned() });
         }
+        if !kind.is_file() && !kind.is_block_device() {
+            return Err(DiskError::NotAFile { path: owned() });
+        }
+        clear_nonblocking(&file).map_err(io_err)?;
         // Seeking to the end gives the size of block devices as well as of regular files.
         let size = (&file).seek(SeekFrom::End(0)).map_err(io_err)?;
         if size < 512 {
@@ -139,6 +163,21 @@ mod tests {
         let tiny = tempfile::NamedTempFile::new().unwrap();
         let err = DiskFile::open(tiny.path(), true).unwrap_err();
         assert!(matches!(err, DiskError::TooSmall { size: 0, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_fifo_or_a_character_device_is_refused_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: `name` is a valid NUL-terminated path for the call.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        for readonly in [true, false] {
+            let err = DiskFile::open(&fifo, readonly).unwrap_err();
+            assert!(matches!(err, DiskError::NotAFile { .. }), "{err}");
+        }
+        let err = DiskFile::open(Path::new("/dev/zero"), true).unwrap_err();
+        assert!(matches!(err, DiskError::NotAFile { .. }), "{err}");
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub enum SpecError {
     BadMac(String),
     #[error("bad MAC address {0}: it is a multicast address (lowest bit of the first byte set)")]
     MulticastMac(String),
+    #[error("bad MAC address {0}: all zeros is no station's address")]
+    ZeroMac(String),
     #[error("--net {0:?}: expected tap=NAME[,mac=MAC]")]
     BadNet(String),
     #[error("--net {spec:?}: TAP name {name:?} must be 1 to 15 characters, without '/', ':', or spaces")]
@@ -55,8 +57,12 @@ impl FromStr for MacAddr {
         if parts.next().is_some() {
             return Err(bad());
         }
+        // Broadcast (ff:..:ff) is a multicast address too.
         if mac[0] & 1 != 0 {
             return Err(SpecError::MulticastMac(s.to_owned()));
+        }
+        if mac == [0; 6] {
+            return Err(SpecError::ZeroMac(s.to_owned()));
         }
         Ok(MacAddr(mac))
     }
@@ -145,6 +151,8 @@ mod tests {
             assert_eq!(bad.parse::<MacAddr>(), Err(SpecError::BadMac(bad.into())), "{bad}");
         }
         assert!(matches!("01:00:5e:00:00:01".parse::<MacAddr>(), Err(SpecError::MulticastMac(_))));
+        assert!(matches!("ff:ff:ff:ff:ff:ff".parse::<MacAddr>(), Err(SpecError::MulticastMac(_))));
+        assert!(matches!("00:00:00:00:00:00".parse::<MacAddr>(), Err(SpecError::ZeroMac(_))));
     }
 
     #[test]

@@ -103,13 +103,10 @@ pub enum LogError {
     /// after it was already logged). Nothing was written: the log is still good.
     #[error("snapshot mark for exit {requested} requested at byte {offset}, but the recording is at {at}")]
     MisplacedSnapshotMark { offset: u64, requested: u64, at: devices::Landmark },
-    /// The underlying reader or writer failed at `offset`.
-    #[error("log I/O error at byte {offset}: {source}")]
-    Io {
-        offset: u64,
-        #[source]
-        source: Arc<std::io::Error>,
-    },
+    /// The underlying reader or writer failed at `offset`. The message includes the cause, so
+    /// it is not also returned by `source()` (a printed chain would say it twice).
+    #[error("log I/O error at byte {offset}: {cause}")]
+    Io { offset: u64, cause: Arc<std::io::Error> },
 }
 
 impl LogError {
@@ -127,6 +124,6 @@ impl LogError {
     }
 
     pub(crate) fn io(offset: u64, source: std::io::Error) -> Self {
-        LogError::Io { offset, source: Arc::new(source) }
+        LogError::Io { offset, cause: Arc::new(source) }
     }
 }

@@ -8,10 +8,15 @@ use std::io::Cursor;
 use std::path::Path;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
+/// Whether `image` starts with the ELF magic.
+pub fn has_magic(image: &[u8]) -> bool {
+    image.starts_with(b"\x7fELF")
+}
+
 /// Loads an ELF image (its bytes) into guest memory. `name` appears in errors.
 pub fn load(mem: &GuestMemoryMmap, image: &[u8], name: &Path) -> Result<LoadedKernel> {
     let fail = |reason: String| VmmError::Kernel { path: name.to_path_buf(), reason };
-    if image.len() < 4 || &image[..4] != b"\x7fELF" {
+    if !has_magic(image) {
         return Err(fail("not an ELF file (no \\x7fELF magic)".into()));
     }
     let mut reader = Cursor::new(image);

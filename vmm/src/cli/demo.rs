@@ -12,17 +12,17 @@ pub fn command(control: VcpuControl) -> anyhow::Result<ExitCode> {
     let dir = tempfile::tempdir().context("a temporary directory for the demo's logs")?;
     for words in [&["hello"][..], &["timer", "200"], &["compute", "300"], &["clock", "200"]] {
         let line = words.join(" ");
-        println!("== ftvm run --guest {line} --record LOG");
+        vmm::outln!("== ftvm run --guest {line} --record LOG");
         let config = MachineConfig { dirty_logging: true, ..MachineConfig::embedded(line.clone()) };
         let log = dir.path().join(format!("{}.log", words[0]));
         let (mut machine, world) =
-            live_machine(config, Backends::console_only(Box::new(std::io::stdout())), control.clone())
+            live_machine(config, Backends::console_only(Box::new(vmm::stdio::Stdout)), control.clone())
                 .with_context(|| format!("booting the guest for {line}"))?;
         let started = std::time::Instant::now();
         let recording = record_to_file(&mut machine, world, &log, 1, RunOptions::default())?;
         let recorded_in = started.elapsed();
-        println!("{}", recording.end.stats);
-        println!("state-digest: {}", recording.state_digest.to_hex());
+        vmm::outln!("{}", recording.end.stats);
+        vmm::outln!("state-digest: {}", recording.state_digest.to_hex());
         if !matches!(recording.end.reason, StopReason::PowerOff(0)) {
             bail!("workload {line} ended with: {}", recording.end.reason);
         }
@@ -37,7 +37,7 @@ pub fn command(control: VcpuControl) -> anyhow::Result<ExitCode> {
             Replayed::Identical { stats, state_digest } => (stats, state_digest),
             Replayed::Failed(reason) => bail!("the replay of {line} failed: {reason}"),
         };
-        println!(
+        vmm::outln!(
             "replayed from its log ({} bytes, {} events, {} checkpoints) in {:.0} ms (recorded in {:.0} ms): state-digest {}",
             recording.log_bytes,
             stats.events(),

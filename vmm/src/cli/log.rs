@@ -2,7 +2,6 @@
 
 use anyhow::Context;
 use clap::Args;
-use std::fs::File;
 use std::io::{BufReader, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,10 +20,10 @@ pub struct LogArgs {
 
 /// The header, then each record with its byte offset.
 pub fn command(args: &LogArgs) -> anyhow::Result<ExitCode> {
-    let file = File::open(&args.log).with_context(|| format!("log {}", args.log.display()))?;
+    let file = vmm::input_file::open(&args.log).with_context(|| format!("log {}", args.log.display()))?;
     let reader = ftlog::LogReader::new(BufReader::new(file)).with_context(|| format!("log {}", args.log.display()))?;
     let header = reader.header().clone();
-    let mut out = std::io::stdout().lock();
+    let mut out = vmm::stdio::Stdout;
     writeln!(
         out,
         "header: memory {} MiB, cmdline {:?}, kernel {}, digest every {} exits, starts after {} exits, {} device(s)",

@@ -24,7 +24,7 @@ pub fn init_logging(verbose: u8) {
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| vmm::stdio::Stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
@@ -39,7 +39,7 @@ pub fn report(
     if let Some(kib) = vmm::memory::vmm_resident_kib(&machine.ram) {
         tracing::info!(vmm_rss_kib = kib, guest_mib = machine.config.memory_mib, "memory of the VMM beyond guest RAM");
     }
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = vmm::stdio::Stdout;
     writeln!(stdout, "{stats}")?;
     if state_digest {
         writeln!(stdout, "state-digest: {}", vmm::digest::state_digest(machine)?.to_hex())?;
@@ -52,11 +52,11 @@ pub fn exit_code_for(reason: StopReason) -> anyhow::Result<ExitCode> {
     match reason {
         StopReason::PowerOff(code) => Ok(ExitCode::from((code & 0xff) as u8)),
         reason @ StopReason::GuestPanic { .. } => {
-            eprintln!("ftvm: {reason}");
+            vmm::errln!("ftvm: {reason}");
             Ok(ExitCode::from(101))
         }
         reason @ StopReason::Shutdown { .. } => {
-            eprintln!("ftvm: {reason}");
+            vmm::errln!("ftvm: {reason}");
             Ok(ExitCode::from(102))
         }
         reason => bail!("{reason}"),

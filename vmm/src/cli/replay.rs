@@ -20,12 +20,17 @@ pub struct ReplayArgs {
 pub fn command(args: &ReplayArgs, control: VcpuControl) -> anyhow::Result<ExitCode> {
     match replay_file(&args.log, args.from.as_deref(), control)? {
         Replayed::Identical { stats, state_digest } => {
-            println!("replay: ok, {} exits, {} events, {} checkpoints", stats.exits, stats.events(), stats.checkpoints);
-            println!("state-digest: {}", state_digest.to_hex());
+            vmm::outln!(
+                "replay: ok, {} exits, {} events, {} checkpoints",
+                stats.exits,
+                stats.events(),
+                stats.checkpoints
+            );
+            vmm::outln!("state-digest: {}", state_digest.to_hex());
             Ok(ExitCode::SUCCESS)
         }
         Replayed::Failed(reason) => {
-            println!("replay: {reason}");
+            vmm::errln!("replay: {reason}");
             Ok(ExitCode::from(3))
         }
     }

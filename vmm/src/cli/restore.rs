@@ -17,7 +17,7 @@ pub struct RestoreArgs {
 }
 
 pub fn command(args: &RestoreArgs, control: VcpuControl) -> anyhow::Result<ExitCode> {
-    let (machine, end) = restore_and_run(&args.snapshot, Box::new(std::io::stdout()), control)?;
+    let (machine, end) = restore_and_run(&args.snapshot, Box::new(vmm::stdio::Stdout), control)?;
     if matches!(end.reason, StopReason::Reset) {
         bail!("the guest reset itself after the restore; run it again with `ftvm run`");
     }

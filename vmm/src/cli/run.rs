@@ -50,7 +50,7 @@ pub struct RunArgs {
     record: Option<PathBuf>,
     /// With --record: log the running digest of exit signatures every K exits (1 names the
     /// exact exit of a divergence; larger K makes the log smaller).
-    #[arg(long, value_name = "K", default_value_t = 1)]
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     digest_every: u32,
     /// With --record: put a hash of every guest page into each checkpoint; `ftvm replay` then
     /// checks its memory after loading each one and names the pages that differ (slow: for
@@ -94,9 +94,12 @@ pub fn command(args: &RunArgs, control: VcpuControl) -> anyhow::Result<ExitCode>
             .zip(args.snapshot.clone())
             .map(|(at_exits, path)| SnapshotRequest { at_exits, path }),
     };
+    if let Some(path) = &args.snapshot {
+        vmm::input_file::check_writable_target(path).with_context(|| format!("snapshot {}", path.display()))?;
+    }
     loop {
         let (backends, devices) =
-            Backends::open(&args.net, &args.disk, Box::new(std::io::stdout()), control.doorbell())?;
+            Backends::open(&args.net, &args.disk, Box::new(vmm::stdio::Stdout), control.doorbell())?;
         let (mut machine, world) = live_machine(args.machine_config(devices), backends, control.clone())?;
         machine.verify_checkpoints = args.verify_checkpoints;
         let end = match &args.record {
@@ -114,6 +117,8 @@ pub fn command(args: &RunArgs, control: VcpuControl) -> anyhow::Result<ExitCode>
             tracing::info!("the guest reset itself; rebooting");
             continue;
         }
-        return super::report(&machine, end.reason, &end.stats, args.state_digest);
+        let code = super::report(&machine, end.reason, &end.stats, args.state_digest)?;
+        options.check_snapshot_saved(&end.stats)?;
+        return Ok(code);
     }
 }

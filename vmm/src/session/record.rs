@@ -8,7 +8,6 @@ use crate::vcpu::{run, RunEnd, RunOptions, StopReason};
 use crate::{checkpoint, digest};
 use devices::HostWorld;
 use ftlog::{LogHeader, LogStats, RecordingWorld};
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
@@ -79,7 +78,8 @@ pub fn record_to_file(
     options: RunOptions,
 ) -> Result<Recording> {
     let context = |e: std::io::Error| std::io::Error::new(e.kind(), format!("log {}: {e}", path.display()));
-    let file = File::create(path).map_err(context)?;
+    let file =
+        crate::input_file::create(path).map_err(|e| std::io::Error::other(format!("log {}: {e}", path.display())))?;
     let (recording, writer) = record_to(machine, world, BufWriter::new(file), digest_every, options)?;
     let file = writer.into_inner().map_err(|e| context(e.into_error()))?;
     file.sync_all().map_err(context)?;

@@ -32,8 +32,8 @@ pub fn machine_for_log(header: &LogHeader, control: VcpuControl) -> Result<Machi
 
 /// Replays the log file `log`, from boot or, with `from`, from a snapshot its recording took.
 pub fn replay_file(log: &Path, from: Option<&Path>, control: VcpuControl) -> Result<Replayed> {
-    let context = |e: std::io::Error| std::io::Error::new(e.kind(), format!("log {}: {e}", log.display()));
-    let file = File::open(log).map_err(context)?;
+    let file =
+        crate::input_file::open(log).map_err(|e| std::io::Error::other(format!("log {}: {e}", log.display())))?;
     let mut replayer = ReplayWorld::new(BufReader::with_capacity(1 << 20, file))?;
     let (mut machine, start) = match from {
         None => (machine_for_log(replayer.header(), control)?, RunPosition::default()),
@@ -86,7 +86,7 @@ pub fn finish<F: RecordFeed>(machine: &Machine, replayer: &mut ReplayWorld<F>, e
 /// A reader of the log file `path` that accepts a log without its End (one still being
 /// written, or cut short): its replay stops where the records stop.
 pub fn open_ended_log(path: &Path) -> Result<LogReader<BufReader<File>>> {
-    let context = |e: std::io::Error| std::io::Error::new(e.kind(), format!("log {}: {e}", path.display()));
-    let file = File::open(path).map_err(context)?;
+    let file =
+        crate::input_file::open(path).map_err(|e| std::io::Error::other(format!("log {}: {e}", path.display())))?;
     Ok(LogReader::new(BufReader::new(file))?.open_ended())
 }
