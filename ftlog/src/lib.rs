@@ -17,6 +17,7 @@ pub mod digest;
 pub mod feed;
 pub mod format;
 pub mod machine;
+pub mod peer;
 pub mod recorder;
 pub mod replay;
 
@@ -25,5 +26,6 @@ pub use digest::{ExitKind, ExitSignature, RunningDigest};
 pub use feed::{ChannelFeed, FeedItem, FeedSender, RecordFeed};
 pub use format::{landmark_key, Corruption, End, LogError, LogHeader, LogReader, LogWriter, Record, RecordKind};
 pub use machine::MachineDescription;
+pub use peer::PeerWatch;
 pub use recorder::{LogStats, Recorded, RecordingWorld};
 pub use replay::{Divergence, ReplayError, ReplayWorld};
