@@ -10,6 +10,7 @@
 //! ([`VirtioDevices::apply_frame`]). Data from the world reaches guest memory only there, from a
 //! bounce buffer the device owns; data for the world leaves only through the [`OutputStage`].
 
+pub mod announce;
 pub mod blk;
 pub mod blk_file;
 pub mod description;
