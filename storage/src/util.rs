@@ -19,11 +19,13 @@ pub fn random_id() -> u64 {
 pub fn to_remote(e: &GfsError) -> RemoteError {
     match e {
         GfsError::Remote { error, .. } | GfsError::Fs(error) => error.clone(),
-        GfsError::Io { source, .. } if is_disk_full(source) => RemoteError::new(ErrorKind::DiskFull, e.to_string()),
+        GfsError::Io { cause, .. } if is_disk_full(cause) => RemoteError::new(ErrorKind::DiskFull, e.to_string()),
         GfsError::Io { .. } => RemoteError::new(ErrorKind::Io, e.to_string()),
-        GfsError::Frame(_) | GfsError::Codec(_) | GfsError::UnexpectedReply { .. } => {
-            RemoteError::new(ErrorKind::Protocol, e.to_string())
-        }
+        GfsError::Frame(_)
+        | GfsError::Codec(_)
+        | GfsError::Quiet { .. }
+        | GfsError::Closed(_)
+        | GfsError::UnexpectedReply { .. } => RemoteError::new(ErrorKind::Protocol, e.to_string()),
         _ => RemoteError::new(ErrorKind::Io, e.to_string()),
     }
 }

@@ -56,7 +56,7 @@ fn run(cs: &ChunkServer, master: &str, primary: bool) {
 
 fn beat(master: &str, conn: &mut Option<Conn>, hb: Heartbeat) -> Result<crate::protocol::HeartbeatReply> {
     if conn.is_none() {
-        let c = Conn::connect(master, TIMEOUT)?;
+        let mut c = Conn::connect(master, TIMEOUT)?;
         c.set_read_timeout(TIMEOUT)?;
         *conn = Some(c);
     }

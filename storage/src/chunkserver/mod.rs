@@ -40,6 +40,8 @@ pub struct ChunkServerConfig {
     pub scrub_pause: Duration,
     /// Most bytes a second the scrubber reads (0: no limit).
     pub scrub_rate: u64,
+    /// Idle timeout and connection limits of the service.
+    pub limits: crate::protocol::conn::ServeLimits,
 }
 
 impl ChunkServerConfig {
@@ -55,6 +57,7 @@ impl ChunkServerConfig {
             scrub_interval: Some(Duration::from_secs(3600)),
             scrub_pause: Duration::from_millis(20),
             scrub_rate: 32 * 1024 * 1024,
+            limits: Default::default(),
         }
     }
 }

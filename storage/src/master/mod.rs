@@ -50,6 +50,8 @@ pub struct MasterConfig {
     pub gc_delay: Option<Duration>,
     /// Run as a read-only shadow of the master at this address.
     pub shadow_of: Option<String>,
+    /// Idle timeout and connection limits of the service.
+    pub limits: crate::protocol::conn::ServeLimits,
 }
 
 impl MasterConfig {
@@ -65,6 +67,7 @@ impl MasterConfig {
             rebalance_interval: Some(Duration::from_secs(60)),
             gc_delay: Some(Duration::from_secs(3 * 24 * 3600)),
             shadow_of: None,
+            limits: Default::default(),
         }
     }
 }

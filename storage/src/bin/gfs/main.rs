@@ -23,6 +23,38 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// Connection settings shared by the master and the chunkservers.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Close a connection that sends no request for this many seconds (silently, so a peer
+    /// that keeps it for later finds it closed, not holding a stale answer).
+    #[arg(long, default_value_t = 30.0)]
+    idle_timeout_secs: f64,
+    /// Most connections open at once from one IP address.
+    #[arg(long, default_value_t = 128)]
+    max_conns_per_peer: usize,
+    /// Most connections open at once in all.
+    #[arg(long, default_value_t = 1024)]
+    max_conns: usize,
+}
+
+impl ServeArgs {
+    fn limits(&self) -> Result<storage::protocol::conn::ServeLimits> {
+        if self.max_conns_per_peer == 0 || self.max_conns == 0 {
+            bail!("--max-conns and --max-conns-per-peer must be at least 1");
+        }
+        let idle_timeout = secs(self.idle_timeout_secs)?;
+        if idle_timeout.is_zero() {
+            bail!("--idle-timeout-secs must be above 0");
+        }
+        Ok(storage::protocol::conn::ServeLimits {
+            idle_timeout,
+            per_peer: self.max_conns_per_peer,
+            total: self.max_conns,
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the master.
@@ -55,6 +87,8 @@ enum Cmd {
         /// Move replicas from the fullest to the emptiest chunkservers this often (0: never).
         #[arg(long, default_value_t = 60.0)]
         rebalance_interval_secs: f64,
+        #[command(flatten)]
+        serve: ServeArgs,
     },
     /// Run a chunkserver.
     Chunkserver {
@@ -73,6 +107,8 @@ enum Cmd {
         /// Seconds between full background scrub passes over every replica (0: never).
         #[arg(long, default_value_t = 3600.0)]
         scrub_interval_secs: f64,
+        #[command(flatten)]
+        serve: ServeArgs,
     },
     /// List a directory.
     Ls { path: String },
@@ -196,6 +232,7 @@ fn run(cli: Cli) -> Result<()> {
             rebalance_interval_secs,
             gc_delay_secs,
             shadow_of,
+            serve,
         } => {
             let mut cfg = MasterConfig::new(dir, listen);
             cfg.lease = secs(lease_secs)?;
@@ -207,18 +244,20 @@ fn run(cli: Cli) -> Result<()> {
                 (rebalance_interval_secs > 0.0).then(|| secs(rebalance_interval_secs)).transpose()?;
             cfg.gc_delay = (gc_delay_secs > 0.0).then(|| secs(gc_delay_secs)).transpose()?;
             cfg.shadow_of = shadow_of;
+            cfg.limits = serve.limits()?;
             let m = Master::open(cfg).context("starting the master")?;
             let addr = service::serve(m).context("starting the master")?;
             println!("gfs master listening on {addr}");
             park()
         }
-        Cmd::Chunkserver { dir, listen, rack, heartbeat_ms, no_sync, scrub_interval_secs } => {
+        Cmd::Chunkserver { dir, listen, rack, heartbeat_ms, no_sync, scrub_interval_secs, serve } => {
             let master = cli.master.context("chunkserver needs --master ADDR (or GFS_MASTER)")?;
             let mut cfg = ChunkServerConfig::new(dir, master, listen);
             cfg.rack = rack;
             cfg.heartbeat = Duration::from_millis(heartbeat_ms.max(10));
             cfg.sync = !no_sync;
             cfg.scrub_interval = Some(secs(scrub_interval_secs)?).filter(|d| !d.is_zero());
+            cfg.limits = serve.limits()?;
             let cs = ChunkServer::start(cfg).context("starting the chunkserver")?;
             println!("gfs chunkserver listening on {}", cs.addr);
             park()

@@ -1,0 +1,195 @@
+//! What a hostile-input sweep found (issue 9), end to end against real processes: idle
+//! connections, memory promised to strangers, forged heartbeats, interrupted puts, odd input.
+
+mod common;
+
+use common::{free_addr, pattern, ChunkServerProc, Cluster, GFS};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Starts `n` chunkservers with `extra` arguments in `c` and waits until the master counts
+/// them all.
+fn add_chunkservers(c: &mut Cluster, n: usize, extra: &[&str]) {
+    for _ in 0..n {
+        let i = c.cs.len();
+        let p = ChunkServerProc {
+            addr: free_addr(),
+            dir: c.dir.join(format!("cs{i}")),
+            rack: format!("rack{i}"),
+            child: None,
+        };
+        let mut args: Vec<String> = vec![
+            "chunkserver".into(),
+            "--dir".into(),
+            p.dir.display().to_string(),
+            "--master".into(),
+            c.master_addr.clone(),
+            "--listen".into(),
+            p.addr.clone(),
+            "--rack".into(),
+            p.rack.clone(),
+            "--heartbeat-ms".into(),
+            c.heartbeat_ms.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = spawn_logged(&args, &c.dir.join(format!("cs{i}.log")));
+        common::wait_listening(&p.addr);
+        c.cs.push(ChunkServerProc { child: Some(child), ..p });
+    }
+    wait_live(c, c.cs.len());
+}
+
+fn spawn_logged(args: &[String], log: &Path) -> Child {
+    let f = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open log");
+    let f2 = f.try_clone().expect("clone log");
+    Command::new(GFS).args(args).arg("-v").stdout(Stdio::from(f)).stderr(Stdio::from(f2)).spawn().expect("spawn gfs")
+}
+
+/// Polls `gfs status` until `n` chunkservers are live.
+fn wait_live(c: &Cluster, n: usize) {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(s) = c.client().status() {
+            if s.servers.iter().filter(|s| s.live).count() >= n {
+                return;
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "chunkservers never registered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn cli_append(c: &Cluster, path: &str, data: &[u8]) -> std::process::Output {
+    let mut child = Command::new(GFS)
+        .args(["--master", &c.master_addr, "append", path])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn log_of(c: &Cluster, name: &str) -> String {
+    std::fs::read_to_string(c.dir.join(name)).unwrap_or_default()
+}
+
+/// Appends 16 MiB, lets every connection sit idle past `idle`, appends 16 MiB again: the
+/// second append must go through at once, leaving exactly two records.
+fn appends_survive_idle(name: &str, server_args: &[&str], idle: Duration) {
+    let mut c = Cluster::start(name, 0, server_args);
+    add_chunkservers(&mut c, 3, server_args);
+    let record = pattern(16 << 20, 21);
+    let first = cli_append(&c, "/log", &record);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    // What is under test is time passing with nothing sent: servers close idle connections
+    // while the primary keeps its pooled ones to the secondaries.
+    std::thread::sleep(idle + idle / 2 + Duration::from_millis(500));
+    let t0 = Instant::now();
+    let second = cli_append(&c, "/log", &record);
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    let took = t0.elapsed();
+    let size = c.client().stat("/log").unwrap().size;
+    assert_eq!(size, 2 * record.len() as u64, "failed attempts left partial copies");
+    for i in 0..3 {
+        let log = log_of(&c, &format!("cs{i}.log"));
+        assert!(!log.contains("secondary failed"), "cs{i} lost a secondary after idling:\n{log}");
+    }
+    assert!(took < Duration::from_secs(10), "the append after idling took {took:?}");
+}
+
+#[test]
+fn mutations_go_through_after_the_idle_timeout() {
+    appends_survive_idle("idle-short", &["--idle-timeout-secs", "1"], Duration::from_secs(1));
+}
+
+#[test]
+fn mutations_go_through_after_the_default_idle_timeout() {
+    appends_survive_idle("idle-default", &[], Duration::from_secs(30));
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap()
+}
+
+#[test]
+fn announcing_large_frames_commits_no_memory() {
+    let c = Cluster::start("promise", 0, &[]);
+    let pid = c.master.as_ref().unwrap().id();
+    let before = rss_kib(pid);
+    // 100 strangers each announce an 8 MiB frame, send a little of it and go quiet.
+    let mut header = Vec::new();
+    header.extend_from_slice(&(8u32 << 20).to_le_bytes());
+    header.extend_from_slice(&[0; 4]);
+    header.push(0);
+    header.extend_from_slice(&[0x55; 1000]);
+    let strangers: Vec<TcpStream> = (0..100)
+        .map(|_| {
+            let mut s = TcpStream::connect(&c.master_addr).unwrap();
+            s.write_all(&header).unwrap();
+            s
+        })
+        .collect();
+    // The master still answers, and holding those connections costs it little.
+    c.client().mkdir("/still-here").unwrap();
+    let t0 = Instant::now();
+    let mut grew = 0;
+    while t0.elapsed() < Duration::from_secs(2) {
+        grew = grew.max(rss_kib(pid).saturating_sub(before));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(grew < 64 * 1024, "master grew by {grew} KiB for frames that never arrived");
+    drop(strangers);
+}
+
+#[test]
+fn connections_per_peer_address_are_limited() {
+    let c = Cluster::start("per-peer", 0, &["--max-conns-per-peer", "8"]);
+    let held: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(&c.master_addr).unwrap()).collect();
+    // The master counts a connection once it accepted it: poll until a ninth is refused.
+    let t0 = Instant::now();
+    let refusal = loop {
+        let mut conn = storage::protocol::Conn::connect(&c.master_addr, Duration::from_secs(5)).unwrap();
+        conn.set_read_timeout(Duration::from_secs(5)).unwrap();
+        let r = conn
+            .send(&storage::protocol::MasterRequest::Status)
+            .and_then(|_| conn.recv::<storage::protocol::Reply<storage::protocol::MasterReply>>());
+        if let Ok(Err(e)) = r {
+            break e.message;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "a ninth connection from one address was served");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(refusal.contains("too many connections from 127.0.0.1"), "{refusal}");
+    drop(held);
+    // Once they are gone, the address is served again.
+    let t0 = Instant::now();
+    while c.client().status().is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "closed connections were never uncounted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_peer_that_speaks_http_is_told_so() {
+    // A gfs client pointed at something that is not gfs (here: a fake HTTP server).
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = l.accept() {
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let out = Command::new(GFS).args(["--master", &addr, "ls", "/"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"HTTP\"") && err.contains("does not speak the gfs protocol"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
