@@ -193,3 +193,133 @@ fn a_peer_that_speaks_http_is_told_so() {
     assert!(err.contains("\"HTTP\"") && err.contains("does not speak the gfs protocol"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
+
+/// Sends one heartbeat as anyone could; returns the master's answer.
+fn forge_heartbeat(
+    master: &str,
+    server: &str,
+    fresh: bool,
+    chunks: Vec<(u64, u32)>,
+) -> storage::protocol::Reply<storage::protocol::MasterReply> {
+    use storage::protocol::{Conn, Heartbeat, MasterReply, MasterRequest, Reply};
+    let mut conn = Conn::connect(master, Duration::from_secs(5)).unwrap();
+    conn.set_read_timeout(Duration::from_secs(10)).unwrap();
+    let hb = Heartbeat {
+        server: server.into(),
+        rack: "forged".into(),
+        fresh,
+        chunks,
+        extend: vec![],
+        corrupt: vec![],
+        tokens: vec![12345],
+    };
+    conn.send(&MasterRequest::Heartbeat(hb)).unwrap();
+    conn.recv::<Reply<MasterReply>>().unwrap()
+}
+
+#[test]
+fn forged_heartbeats_register_nothing() {
+    let mut c = Cluster::start("forged", 0, &[]);
+    add_chunkservers(&mut c, 3, &[]);
+    let client = c.client();
+    client.create("/f").unwrap();
+    client.write_at("/f", 0, &pattern(100_000, 3)).unwrap();
+    let before = client.stat("/f").unwrap().chunks[0].clone();
+    let nobody = free_addr();
+    let real = c.cs[0].addr.clone();
+    // A forger repeats itself, as a real chunkserver would, past the master's check interval.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(2500) {
+        for server in ["127.0.0.1:9", "", "0.0.0.0:7001", nobody.as_str()] {
+            let r = forge_heartbeat(&c.master_addr, server, true, vec![]);
+            assert!(r.is_err(), "heartbeat naming {server:?} was accepted");
+        }
+        // Naming a real chunkserver, claiming its replica is ahead and nothing else.
+        let r = forge_heartbeat(&c.master_addr, &real, true, vec![(before.handle, before.version + 5)]);
+        assert!(r.is_err(), "forged heartbeat for {real} was accepted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let st = client.status().unwrap();
+    let known: Vec<&str> = st.servers.iter().map(|s| s.addr.as_str()).collect();
+    assert_eq!(known.len(), 3, "{known:?}");
+    assert!(c.cs.iter().all(|p| known.contains(&p.addr.as_str())), "{known:?}");
+    assert!(st.servers.iter().all(|s| s.live), "a real chunkserver lost its standing: {st:?}");
+    let after = client.stat("/f").unwrap().chunks[0].clone();
+    assert_eq!(after.version, before.version, "a forged report moved the chunk's version");
+    assert_eq!(after.replicas.iter().filter(|r| !r.stale).count(), 3, "{after:?}");
+    // New files land on real chunkservers only, at once.
+    let t0 = Instant::now();
+    client.create("/g").unwrap();
+    client.write_at("/g", 0, &pattern(100_000, 4)).unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert!(c.gfs_ok(&["fsck"]).contains("0 missing"));
+}
+
+#[test]
+fn a_replica_ahead_of_the_master_is_not_adopted() {
+    let mut c = Cluster::start("ahead", 0, &[]);
+    add_chunkservers(&mut c, 3, &[]);
+    let client = c.client();
+    client.create("/f").unwrap();
+    let data = pattern(100_000, 5);
+    client.write_at("/f", 0, &data).unwrap();
+    let ch = client.stat("/f").unwrap().chunks[0].clone();
+    // Chunkserver 0 comes back claiming a version the master never gave out.
+    c.kill_cs(0);
+    let ver = c.cs[0].dir.join(format!("{:016x}.ver", ch.handle));
+    assert!(ver.exists(), "no version file at {}", ver.display());
+    let mut b = (ch.version + 5).to_le_bytes().to_vec();
+    b.extend_from_slice(&crc32c::crc32c(&b).to_le_bytes());
+    std::fs::write(&ver, &b).unwrap();
+    c.start_cs(0);
+    let t0 = Instant::now();
+    while !log_of(&c, "master.log").contains("ahead of the master") {
+        let v = client.stat("/f").unwrap().chunks[0].version;
+        assert_eq!(v, ch.version, "the master adopted a version from a chunk report");
+        assert!(t0.elapsed() < Duration::from_secs(20), "chunkserver 0 never reported its replica");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let now = client.stat("/f").unwrap().chunks[0].clone();
+    assert_eq!(now.version, ch.version);
+    assert!(!now.replicas.iter().any(|r| r.server == c.cs[0].addr && !r.stale), "{now:?}");
+    let mut back = vec![0u8; data.len()];
+    client.read_at("/f", 0, &mut back).unwrap();
+    assert!(back == data);
+}
+
+#[test]
+fn a_chunkserver_on_a_wildcard_address_advertises_a_reachable_one() {
+    let c = Cluster::start("advertise", 0, &[]);
+    let dir = c.dir.join("csw");
+    let out = Command::new(GFS)
+        .args(["chunkserver", "--dir", &dir.display().to_string(), "--master", &c.master_addr])
+        .args(["--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--advertise"), "{err}");
+    let port = free_addr().rsplit_once(':').unwrap().1.to_string();
+    let advertised = format!("127.0.0.1:{port}");
+    let args: Vec<String> = [
+        "chunkserver",
+        "--dir",
+        &dir.display().to_string(),
+        "--master",
+        &c.master_addr,
+        "--listen",
+        &format!("0.0.0.0:{port}"),
+        "--advertise",
+        &advertised,
+        "--heartbeat-ms",
+        "100",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let _cs = common::KillOnDrop(spawn_logged(&args, &c.dir.join("csw.log")));
+    wait_live(&c, 1);
+    let st = c.client().status().unwrap();
+    assert_eq!(st.servers.len(), 1);
+    assert_eq!(st.servers[0].addr, advertised);
+}

@@ -34,6 +34,7 @@ fn run(cs: &ChunkServer, master: &str, primary: bool) {
             chunks,
             extend: if primary { cs.leases_to_extend() } else { Vec::new() },
             corrupt,
+            tokens: cs.tokens(),
         };
         match beat(master, &mut conn, hb) {
             Ok(reply) => {
@@ -46,6 +47,7 @@ fn run(cs: &ChunkServer, master: &str, primary: bool) {
                 }
             }
             Err(e) => {
+                // The first heartbeats are refused until the master has checked us.
                 tracing::debug!("heartbeat to {master} failed: {e}");
                 conn = None;
             }

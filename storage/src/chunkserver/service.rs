@@ -109,6 +109,10 @@ fn simple(cs: &Arc<ChunkServer>, req: ChunkRequest) -> Result<ChunkReply> {
             cs.store.copy_chunk(from, to, version)?;
             Ok(ChunkReply::Copied)
         }
+        ChunkRequest::Verify { token } => {
+            cs.keep_token(token);
+            Ok(ChunkReply::Verified { addr: cs.addr.clone() })
+        }
         ChunkRequest::Fence(f) => {
             cs.learn_fence(&f.name, f.generation);
             Ok(ChunkReply::Fenced)

@@ -19,6 +19,7 @@ pub mod shadow;
 pub mod snapshot;
 pub mod state;
 pub mod trash;
+pub mod verify;
 
 use crate::error::{GfsError, Result};
 use crate::oplog::{self, checkpoint, OpLog, Record};
@@ -100,6 +101,8 @@ pub struct Master {
     lease_grace_until: Instant,
     /// Shadow only: the last LSN applied from the master.
     pub shadow_lsn: AtomicU64,
+    /// Chunkserver checks sent, by claimed address (see `verify.rs`).
+    checks: Mutex<HashMap<String, verify::Check>>,
 }
 
 impl Master {
@@ -143,6 +146,7 @@ impl Master {
             registers: Mutex::new(()),
             started: now,
             shadow_lsn: AtomicU64::new(0),
+            checks: Mutex::new(HashMap::new()),
         }
     }
 

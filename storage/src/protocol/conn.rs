@@ -361,6 +361,7 @@ mod tests {
                     chunks,
                     extend: vec![],
                     corrupt: vec![],
+                    tokens: vec![],
                 })
             ),
         ]

@@ -96,6 +96,10 @@ enum Cmd {
         dir: PathBuf,
         #[arg(long)]
         listen: String,
+        /// Address the master and clients reach this server at (needed when --listen is a
+        /// wildcard such as 0.0.0.0:7001).
+        #[arg(long)]
+        advertise: Option<String>,
         #[arg(long, default_value = "default")]
         rack: String,
         /// Heartbeat interval in milliseconds.
@@ -250,10 +254,11 @@ fn run(cli: Cli) -> Result<()> {
             println!("gfs master listening on {addr}");
             park()
         }
-        Cmd::Chunkserver { dir, listen, rack, heartbeat_ms, no_sync, scrub_interval_secs, serve } => {
+        Cmd::Chunkserver { dir, listen, advertise, rack, heartbeat_ms, no_sync, scrub_interval_secs, serve } => {
             let master = cli.master.context("chunkserver needs --master ADDR (or GFS_MASTER)")?;
             let mut cfg = ChunkServerConfig::new(dir, master, listen);
             cfg.rack = rack;
+            cfg.advertise = advertise;
             cfg.heartbeat = Duration::from_millis(heartbeat_ms.max(10));
             cfg.sync = !no_sync;
             cfg.scrub_interval = Some(secs(scrub_interval_secs)?).filter(|d| !d.is_zero());
