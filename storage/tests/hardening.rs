@@ -323,3 +323,112 @@ fn a_chunkserver_on_a_wildcard_address_advertises_a_reachable_one() {
     assert_eq!(st.servers.len(), 1);
     assert_eq!(st.servers[0].addr, advertised);
 }
+
+fn names_in_root(c: &Cluster) -> Vec<String> {
+    c.client().list("/").unwrap().into_iter().map(|e| e.name).collect()
+}
+
+#[test]
+fn a_failed_put_leaves_no_file() {
+    let mut c = Cluster::start("put-fail", 0, &[]);
+    add_chunkservers(&mut c, 3, &[]);
+    // A directory is not something to put, and the error says why once.
+    let out = c.gfs(&["put", &c.dir.display().to_string(), "/x"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("not a regular file"), "{err}");
+    assert!(!names_in_root(&c).iter().any(|n| n.starts_with('x')), "{:?}", names_in_root(&c));
+
+    // The master dies during a put and stays down: the client gives up after --retry-secs,
+    // and the target name never appears.
+    let local = c.dir.join("big");
+    std::fs::write(&local, pattern(40 << 20, 8)).unwrap();
+    let mut put = common::KillOnDrop(
+        Command::new(GFS)
+            .args(["--master", &c.master_addr, "--retry-secs", "2", "put", &local.display().to_string(), "/big"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let t0 = Instant::now();
+    while c.client().stat("/big._COPYING_").is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "the put never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    c.kill_master();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = put.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "the put never gave up");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "the put claimed success without a master");
+    c.start_master();
+    wait_live(&c, 3);
+    let names = names_in_root(&c);
+    assert!(!names.contains(&"big".to_string()), "a failed put left /big: {names:?}");
+}
+
+#[test]
+fn a_put_rides_out_a_master_restart() {
+    let mut c = Cluster::start("put-restart", 0, &["--lease-secs", "3"]);
+    add_chunkservers(&mut c, 3, &[]);
+    let local = c.dir.join("big");
+    let data = pattern(80 << 20, 9);
+    std::fs::write(&local, &data).unwrap();
+    let mut put = common::KillOnDrop(
+        Command::new(GFS)
+            .args(["--master", &c.master_addr, "put", &local.display().to_string(), "/big"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let t0 = Instant::now();
+    while c.client().stat("/big._COPYING_").is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "the put never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    c.kill_master();
+    assert!(put.0.try_wait().unwrap().is_none(), "the put ended before the master went down");
+    // The master stays down a while, as in a restart after a crash.
+    std::thread::sleep(Duration::from_secs(1));
+    c.start_master();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = put.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "the put never finished");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = put.0.stderr.take() {
+        e.read_to_string(&mut err).unwrap();
+    }
+    assert!(status.success(), "the put failed across a master restart: {err}");
+    let names = names_in_root(&c);
+    assert!(names.contains(&"big".to_string()) && !names.iter().any(|n| n.ends_with("_COPYING_")), "{names:?}");
+    let mut back = vec![0u8; data.len()];
+    assert_eq!(c.client().read_at("/big", 0, &mut back).unwrap(), data.len());
+    assert!(back == data, "the file put across a restart differs");
+}
+
+#[test]
+fn names_with_newlines_and_huge_holders_are_refused() {
+    let c = Cluster::start("names", 0, &[]);
+    let client = c.client();
+    let e = client.create("/a\nb").unwrap_err().to_string();
+    assert!(e.contains("control characters"), "{e}");
+    assert!(client.mkdir("/d\r").is_err());
+    let huge = "h".repeat(1 << 20);
+    let e = client.compare_and_set("vm", 0, &huge).unwrap_err().to_string();
+    assert!(e.len() < 1000 && e.contains("at most 256 bytes"), "{}", &e[..e.len().min(300)]);
+    assert!(client.compare_and_set("vm", 0, "host\nINFO forged").is_err());
+    assert_eq!(client.register("vm").unwrap().0, 0, "a refused holder moved the register");
+    client.compare_and_set("vm", 0, "hostA").unwrap();
+    let log = log_of(&c, "master.log");
+    assert!(!log.contains(&huge[..4096]), "the master logged a huge holder");
+}

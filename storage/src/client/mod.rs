@@ -12,6 +12,9 @@
 mod append;
 mod cache;
 mod data;
+mod put;
+
+pub use put::COPYING_SUFFIX;
 
 use crate::error::{ErrorKind, GfsError, Result};
 use crate::protocol::{ChunkLocation, Fence, MasterReply, MasterRequest, Pool, Reply};

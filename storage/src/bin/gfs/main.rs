@@ -19,6 +19,10 @@ struct Cli {
     /// Master address for client commands.
     #[arg(long, global = true, env = "GFS_MASTER")]
     master: Option<String>,
+    /// Client commands: keep trying a master that cannot be reached (restarting, say) this many
+    /// seconds, with backoff, before giving up.
+    #[arg(long, global = true, default_value_t = 60.0)]
+    retry_secs: f64,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -216,9 +220,10 @@ fn main() {
     }
 }
 
-fn client(master: &Option<String>) -> Result<Client> {
+fn client(master: &Option<String>, retry_secs: f64) -> Result<Client> {
+    let retry = storage::client::RetryPolicy { master_wait: secs(retry_secs)?, ..Default::default() };
     match master {
-        Some(m) => Ok(Client::new(m)),
+        Some(m) => Ok(Client::with_retry(m, retry)),
         None => bail!("no master address: pass --master ADDR or set GFS_MASTER"),
     }
 }
@@ -268,7 +273,7 @@ fn run(cli: Cli) -> Result<()> {
             park()
         }
         Cmd::Ls { path } => {
-            for e in client(&cli.master)?.list(&path)? {
+            for e in client(&cli.master, cli.retry_secs)?.list(&path)? {
                 if e.is_dir {
                     println!("d {:>14} {}/", "-", e.name);
                 } else {
@@ -277,23 +282,21 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Mkdir { path } => Ok(client(&cli.master)?.mkdir(&path)?),
-        Cmd::Touch { path } => Ok(client(&cli.master)?.create(&path)?),
+        Cmd::Mkdir { path } => Ok(client(&cli.master, cli.retry_secs)?.mkdir(&path)?),
+        Cmd::Touch { path } => Ok(client(&cli.master, cli.retry_secs)?.create(&path)?),
         Cmd::Put { local, remote } => {
-            let c = client(&cli.master)?;
-            let mut f = std::fs::File::open(&local).with_context(|| format!("opening {}", local.display()))?;
-            match c.create(&remote) {
-                Ok(()) => {}
-                Err(e) if e.kind() == Some(storage::error::ErrorKind::AlreadyExists) => {
-                    bail!("{remote} already exists (remove it first)")
-                }
-                Err(e) => return Err(e.into()),
+            let c = client(&cli.master, cli.retry_secs)?;
+            // A directory opens fine on Linux and fails only when read: refuse it up front.
+            let meta = std::fs::metadata(&local).with_context(|| format!("reading {}", local.display()))?;
+            if !meta.is_file() {
+                bail!("{} is not a regular file", local.display());
             }
-            c.write_from(&remote, &mut f)?;
+            let mut f = std::fs::File::open(&local).with_context(|| format!("opening {}", local.display()))?;
+            c.put(&remote, &mut f)?;
             Ok(())
         }
         Cmd::Get { remote, local } => {
-            let c = client(&cli.master)?;
+            let c = client(&cli.master, cli.retry_secs)?;
             c.open(&remote)?; // fail before creating the local file if the remote one is missing
             let f = std::fs::File::create(&local).with_context(|| format!("creating {}", local.display()))?;
             let mut w = std::io::BufWriter::new(f);
@@ -303,16 +306,16 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Cat { remote } => {
-            let c = client(&cli.master)?;
+            let c = client(&cli.master, cli.retry_secs)?;
             let stdout = std::io::stdout();
             let mut lock = stdout.lock();
             c.read_to(&remote, &mut lock)?;
             Ok(())
         }
-        Cmd::Rm { path } => Ok(client(&cli.master)?.delete(&path)?),
-        Cmd::Mv { from, to } => Ok(client(&cli.master)?.rename(&from, &to)?),
+        Cmd::Rm { path } => Ok(client(&cli.master, cli.retry_secs)?.delete(&path)?),
+        Cmd::Mv { from, to } => Ok(client(&cli.master, cli.retry_secs)?.rename(&from, &to)?),
         Cmd::Stat { path } => {
-            let st = client(&cli.master)?.stat(&path)?;
+            let st = client(&cli.master, cli.retry_secs)?.stat(&path)?;
             println!("path: {}", st.path);
             println!("type: {}", if st.is_dir { "directory" } else { "file" });
             if !st.is_dir {
@@ -344,7 +347,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Write { remote, offset, fence } => {
-            let mut c = client(&cli.master)?;
+            let mut c = client(&cli.master, cli.retry_secs)?;
             if let Some(f) = fence {
                 let (name, generation) = parse_fence(&f)?;
                 c = c.fenced(&name, generation);
@@ -356,7 +359,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Lock { name, expect, holder } => {
-            let c = client(&cli.master)?;
+            let c = client(&cli.master, cli.retry_secs)?;
             match (expect, holder) {
                 (Some(e), Some(h)) => println!("{}", c.compare_and_set(&name, e, &h)?),
                 _ => {
@@ -367,7 +370,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Append { remote, fence } => {
-            let mut c = client(&cli.master)?;
+            let mut c = client(&cli.master, cli.retry_secs)?;
             if let Some(f) = fence {
                 let (name, generation) = parse_fence(&f)?;
                 c = c.fenced(&name, generation);
@@ -386,9 +389,9 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", c.append(&remote, &data)?);
             Ok(())
         }
-        Cmd::Snapshot { src, dst } => Ok(client(&cli.master)?.snapshot(&src, &dst)?),
+        Cmd::Snapshot { src, dst } => Ok(client(&cli.master, cli.retry_secs)?.snapshot(&src, &dst)?),
         Cmd::Status => {
-            let s = client(&cli.master)?.status()?;
+            let s = client(&cli.master, cli.retry_secs)?.status()?;
             println!("files {} dirs {} chunks {}", s.files, s.dirs, s.chunks);
             for cs in &s.servers {
                 println!(
@@ -403,7 +406,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Fsck => {
-            let r = client(&cli.master)?.fsck()?;
+            let r = client(&cli.master, cli.retry_secs)?.fsck()?;
             for p in &r.problems {
                 println!("{p}");
             }
@@ -416,13 +419,13 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Bind { path, register } => Ok(client(&cli.master)?.bind(&path, &register)?),
+        Cmd::Bind { path, register } => Ok(client(&cli.master, cli.retry_secs)?.bind(&path, &register)?),
         Cmd::BenchNet { mib } => bench::net(mib),
         Cmd::BenchAppend { threads, records, size, path } => {
-            bench::append(&client(&cli.master)?, threads, records, size, &path)
+            bench::append(&client(&cli.master, cli.retry_secs)?, threads, records, size, &path)
         }
-        Cmd::BenchLock { ops, name } => bench::lock(&client(&cli.master)?, ops, &name),
-        Cmd::BenchMeta { threads, ops, dir } => bench::meta(&client(&cli.master)?, threads, ops, &dir),
+        Cmd::BenchLock { ops, name } => bench::lock(&client(&cli.master, cli.retry_secs)?, ops, &name),
+        Cmd::BenchMeta { threads, ops, dir } => bench::meta(&client(&cli.master, cli.retry_secs)?, threads, ops, &dir),
     }
 }
 
