@@ -49,12 +49,19 @@ impl RemoteError {
 /// Errors of the gfs library.
 #[derive(Debug, thiserror::Error)]
 pub enum GfsError {
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: io::Error,
-    },
+    /// The cause is part of the message and deliberately not also a `source()`: error chains
+    /// printed whole (`{:#}`, anyhow) would otherwise say it twice.
+    #[error("{context}: {cause}")]
+    Io { context: String, cause: io::Error },
+    /// No connection could be made, so the peer cannot have seen any request.
+    #[error("connecting to {addr}: {cause}")]
+    Connect { addr: String, cause: io::Error },
+    /// The peer closed the connection where a message was expected.
+    #[error("{0} closed the connection")]
+    Closed(String),
+    /// A peer sent nothing at all (not even the start of a frame) for `after`.
+    #[error("{peer} sent nothing for {after:?}")]
+    Quiet { peer: String, after: std::time::Duration },
     #[error("malformed frame: {0}")]
     Frame(String),
     #[error("codec: {0}")]
@@ -78,7 +85,7 @@ pub enum GfsError {
 impl GfsError {
     /// Wraps an I/O error with a description of what was being done.
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
-        GfsError::Io { context: context.into(), source }
+        GfsError::Io { context: context.into(), cause: source }
     }
 
     /// The remote error kind, if this error came from a peer.
@@ -103,5 +110,17 @@ pub trait IoContext<T> {
 impl<T> IoContext<T> for io::Result<T> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|e| GfsError::io(context(), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_io_cause_is_said_once_in_a_full_chain() {
+        let e = GfsError::io("reading /d", io::Error::from_raw_os_error(21));
+        let chain = format!("{:#}", anyhow::Error::new(e));
+        assert_eq!(chain.matches("os error 21").count(), 1, "{chain}");
     }
 }

@@ -6,6 +6,33 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Room for one push in [`Buffers`], taken by [`Buffers::admit`].
+pub struct Reservation<'a> {
+    buffers: &'a Buffers,
+    len: usize,
+}
+
+impl Reservation<'_> {
+    /// Stores the pushed data (at most the reserved length) under `id`.
+    pub fn fill(mut self, id: u64, data: Vec<u8>) {
+        let mut g = self.buffers.inner();
+        // The reservation already counts `len`; count the data instead.
+        g.bytes = g.bytes - self.len + data.len();
+        self.len = 0;
+        if let Some((_, old)) = g.map.insert(id, (Instant::now(), Arc::new(data))) {
+            g.bytes -= old.len();
+        }
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            self.buffers.inner().bytes -= self.len;
+        }
+    }
+}
+
 /// Pushed data buffers keyed by the client's data id.
 pub struct Buffers {
     inner: Mutex<Inner>,
@@ -27,8 +54,11 @@ impl Buffers {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Checks that `len` more bytes may be buffered (dropping expired buffers first).
-    pub fn admit(&self, len: usize) -> Result<()> {
+    /// Reserves room for `len` bytes of a push about to arrive (dropping expired buffers
+    /// first). The room is taken at once, so pushes arriving together cannot each pass the
+    /// check and then overrun the limit; it is given back when the reservation is dropped,
+    /// unless [`Reservation::fill`] stores the data in it.
+    pub fn admit(&self, len: usize) -> Result<Reservation<'_>> {
         let mut g = self.inner();
         let ttl = self.ttl;
         let mut freed = 0;
@@ -41,17 +71,18 @@ impl Buffers {
         });
         g.bytes -= freed;
         if g.bytes + len > self.limit {
-            return Err(GfsError::fs(ErrorKind::Unavailable, "push buffers full; retry later"));
+            return Err(GfsError::fs(
+                ErrorKind::Unavailable,
+                format!("push buffers full ({} of {} bytes held); retry later", g.bytes, self.limit),
+            ));
         }
-        Ok(())
+        g.bytes += len;
+        Ok(Reservation { buffers: self, len })
     }
 
-    pub fn put(&self, id: u64, data: Vec<u8>) {
-        let mut g = self.inner();
-        g.bytes += data.len();
-        if let Some((_, old)) = g.map.insert(id, (Instant::now(), Arc::new(data))) {
-            g.bytes -= old.len();
-        }
+    /// Bytes held or reserved.
+    pub fn held(&self) -> usize {
+        self.inner().bytes
     }
 
     /// Removes and returns the data pushed under `id`.
@@ -74,13 +105,26 @@ mod tests {
     #[test]
     fn limit_and_expiry() {
         let b = Buffers::new(10, Duration::from_millis(30));
-        b.admit(6).unwrap();
-        b.put(1, vec![0; 6]);
+        b.admit(6).unwrap().fill(1, vec![0; 6]);
         assert!(b.admit(6).is_err());
         std::thread::sleep(Duration::from_millis(40));
         b.admit(6).unwrap();
         assert!(b.take(1).is_err());
-        b.put(2, vec![1; 3]);
+        b.admit(3).unwrap().fill(2, vec![1; 3]);
         assert_eq!(b.take(2).unwrap().len(), 3);
+        assert_eq!(b.held(), 0);
+    }
+
+    #[test]
+    fn admitted_room_is_reserved_until_filled_or_dropped() {
+        let b = Buffers::new(10, Duration::from_secs(60));
+        let first = b.admit(6).unwrap();
+        assert!(b.admit(6).is_err(), "two pushes that arrive together overran the limit");
+        drop(first);
+        let again = b.admit(6).unwrap();
+        again.fill(1, vec![0; 4]);
+        assert_eq!(b.held(), 4);
+        b.admit(6).unwrap();
+        assert_eq!(b.held(), 4);
     }
 }

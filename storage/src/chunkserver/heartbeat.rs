@@ -34,6 +34,7 @@ fn run(cs: &ChunkServer, master: &str, primary: bool) {
             chunks,
             extend: if primary { cs.leases_to_extend() } else { Vec::new() },
             corrupt,
+            tokens: cs.tokens(),
         };
         match beat(master, &mut conn, hb) {
             Ok(reply) => {
@@ -46,6 +47,7 @@ fn run(cs: &ChunkServer, master: &str, primary: bool) {
                 }
             }
             Err(e) => {
+                // The first heartbeats are refused until the master has checked us.
                 tracing::debug!("heartbeat to {master} failed: {e}");
                 conn = None;
             }
@@ -56,7 +58,7 @@ fn run(cs: &ChunkServer, master: &str, primary: bool) {
 
 fn beat(master: &str, conn: &mut Option<Conn>, hb: Heartbeat) -> Result<crate::protocol::HeartbeatReply> {
     if conn.is_none() {
-        let c = Conn::connect(master, TIMEOUT)?;
+        let mut c = Conn::connect(master, TIMEOUT)?;
         c.set_read_timeout(TIMEOUT)?;
         *conn = Some(c);
     }

@@ -28,6 +28,9 @@ pub struct ChunkServerConfig {
     pub dir: PathBuf,
     pub master: String,
     pub listen: String,
+    /// The address to give the master and clients (`--advertise`); needed when `listen` is a
+    /// wildcard such as `0.0.0.0:7001`, which nobody can connect to.
+    pub advertise: Option<String>,
     pub rack: String,
     pub heartbeat: Duration,
     /// fdatasync chunk data and checksums before acknowledging a mutation.
@@ -40,6 +43,8 @@ pub struct ChunkServerConfig {
     pub scrub_pause: Duration,
     /// Most bytes a second the scrubber reads (0: no limit).
     pub scrub_rate: u64,
+    /// Idle timeout and connection limits of the service.
+    pub limits: crate::protocol::conn::ServeLimits,
 }
 
 impl ChunkServerConfig {
@@ -48,6 +53,7 @@ impl ChunkServerConfig {
             dir: dir.into(),
             master: master.into(),
             listen: listen.into(),
+            advertise: None,
             rack: "default".into(),
             heartbeat: Duration::from_millis(1000),
             sync: true,
@@ -55,7 +61,28 @@ impl ChunkServerConfig {
             scrub_interval: Some(Duration::from_secs(3600)),
             scrub_pause: Duration::from_millis(20),
             scrub_rate: 32 * 1024 * 1024,
+            limits: Default::default(),
         }
+    }
+}
+
+/// The address this server is known by: `--advertise`, else the bound address, which must
+/// then be one others can connect to.
+fn advertised_addr(cfg: &ChunkServerConfig, bound: std::net::SocketAddr) -> Result<String> {
+    match &cfg.advertise {
+        Some(a) => {
+            let parsed = crate::util::check_server_addr(a)
+                .map_err(|why| GfsError::fs(ErrorKind::InvalidArgument, format!("--advertise {a:?}: {why}")))?;
+            Ok(parsed)
+        }
+        None if bound.ip().is_unspecified() => Err(GfsError::fs(
+            ErrorKind::InvalidArgument,
+            format!(
+                "listening on {bound}, which no one can connect to: pass --advertise HOST:PORT, the address the \
+                 master and clients reach this server at"
+            ),
+        )),
+        None => Ok(bound.to_string()),
     }
 }
 
@@ -80,7 +107,12 @@ pub struct ChunkServer {
     fences: Mutex<HashMap<String, u64>>,
     /// Whether the register table has been received since start.
     fences_synced: AtomicBool,
+    /// Tokens masters sent when checking this server, newest last (shown in heartbeats).
+    tokens: Mutex<std::collections::VecDeque<u64>>,
 }
+
+/// Most master tokens kept: one per master (and shadow) with room for re-checks.
+const MAX_TOKENS: usize = 8;
 
 impl ChunkServer {
     /// Opens the store, binds the listener and starts serving and heartbeating.
@@ -88,7 +120,8 @@ impl ChunkServer {
         let store = Store::open(&cfg.dir, cfg.sync)?;
         let listener =
             TcpListener::bind(&cfg.listen).map_err(|e| GfsError::io(format!("binding {}", cfg.listen), e))?;
-        let addr = listener.local_addr().map_err(|e| GfsError::io("reading the bound address", e))?.to_string();
+        let bound = listener.local_addr().map_err(|e| GfsError::io("reading the bound address", e))?;
+        let addr = advertised_addr(&cfg, bound)?;
         let cs = Arc::new(ChunkServer {
             buffers: Buffers::new(cfg.buffer_limit, Duration::from_secs(120)),
             cfg,
@@ -98,12 +131,29 @@ impl ChunkServer {
             leases: Mutex::new(HashMap::new()),
             fences: Mutex::new(HashMap::new()),
             fences_synced: AtomicBool::new(false),
+            tokens: Mutex::new(std::collections::VecDeque::new()),
         });
         tracing::info!(addr = %cs.addr, chunks = cs.store.report().0.len(), "chunkserver started");
         service::spawn_accept(cs.clone(), listener)?;
         heartbeat::spawn(cs.clone())?;
         scrub::spawn(cs.clone())?;
         Ok(cs)
+    }
+
+    /// A master checked this server and sent `token` to show in heartbeats.
+    pub fn keep_token(&self, token: u64) {
+        let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        if !t.contains(&token) {
+            if t.len() == MAX_TOKENS {
+                t.pop_front();
+            }
+            t.push_back(token);
+        }
+    }
+
+    /// Tokens to show in heartbeats.
+    pub fn tokens(&self) -> Vec<u64> {
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect()
     }
 
     fn leases(&self) -> MutexGuard<'_, HashMap<ChunkHandle, HeldLease>> {

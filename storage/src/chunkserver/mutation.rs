@@ -164,9 +164,7 @@ fn fan_out(cs: &Arc<ChunkServer>, secondaries: &[String], req: &ChunkRequest, se
 }
 
 fn call(cs: &ChunkServer, addr: &str, req: &ChunkRequest) -> Result<ChunkReply> {
-    let mut c = cs.peers.get(addr)?;
-    c.send(req)?;
-    let r = c.recv::<Reply<ChunkReply>>()?;
-    cs.peers.put(c);
-    r.map_err(|error| GfsError::Remote { peer: addr.to_string(), error })
+    cs.peers
+        .call::<_, Reply<ChunkReply>>(addr, req)?
+        .map_err(|error| GfsError::Remote { peer: addr.to_string(), error })
 }

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 /// Starts the accept loop on a background thread.
 pub fn spawn_accept(cs: Arc<ChunkServer>, listener: TcpListener) -> Result<()> {
-    crate::protocol::conn::serve(listener, "cs", move |conn| handle_conn(&cs, conn))
+    let limits = cs.cfg.limits.clone();
+    crate::protocol::conn::serve(listener, "cs", limits, move |conn| handle_conn(&cs, conn))
 }
 
 fn handle_conn(cs: &Arc<ChunkServer>, mut conn: Conn) {
@@ -23,6 +24,12 @@ fn handle_conn(cs: &Arc<ChunkServer>, mut conn: Conn) {
         let req: ChunkRequest = match conn.recv_opt() {
             Ok(Some(r)) => r,
             Ok(None) => return,
+            Err(e @ GfsError::Quiet { .. }) => {
+                // Hang up without a word: anything written now would wait unread on a
+                // connection the peer keeps for its next request.
+                tracing::debug!("closing an idle connection: {e}");
+                return;
+            }
             Err(e) => {
                 tracing::debug!("{}: bad request: {e}", conn.peer());
                 let _ = conn.send(&Reply::<ChunkReply>::Err(to_remote(&e)));
@@ -102,6 +109,10 @@ fn simple(cs: &Arc<ChunkServer>, req: ChunkRequest) -> Result<ChunkReply> {
             cs.store.copy_chunk(from, to, version)?;
             Ok(ChunkReply::Copied)
         }
+        ChunkRequest::Verify { token } => {
+            cs.keep_token(token);
+            Ok(ChunkReply::Verified { addr: cs.addr.clone() })
+        }
         ChunkRequest::Fence(f) => {
             cs.learn_fence(&f.name, f.generation);
             Ok(ChunkReply::Fenced)
@@ -118,10 +129,18 @@ fn push(cs: &Arc<ChunkServer>, conn: &mut Conn, id: u64, len: u64, chain: Vec<St
         let _ = conn.send(&Reply::<ChunkReply>::Err(to_remote(&e)));
         return false; // the data frames that follow cannot be skipped safely
     }
-    if let Err(e) = cs.buffers.admit(len as usize) {
+    if chain.len() > crate::master::chunks::MAX_REPLICAS {
+        let e = GfsError::fs(ErrorKind::InvalidArgument, format!("push chain of {} servers is too long", chain.len()));
         let _ = conn.send(&Reply::<ChunkReply>::Err(to_remote(&e)));
         return false;
     }
+    let room = match cs.buffers.admit(len as usize) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = conn.send(&Reply::<ChunkReply>::Err(to_remote(&e)));
+            return false;
+        }
+    };
     let mut down: Option<Conn> = None;
     let mut failed: Vec<String> = Vec::new();
     if let Some((next, rest)) = chain.split_first() {
@@ -171,7 +190,7 @@ fn push(cs: &Arc<ChunkServer>, conn: &mut Conn, id: u64, len: u64, chain: Vec<St
             _ => failed.extend(chain.iter().cloned()),
         }
     }
-    cs.buffers.put(id, data);
+    room.fill(id, data);
     conn.send(&Reply::<ChunkReply>::Ok(ChunkReply::Pushed { failed })).is_ok()
 }
 

@@ -12,11 +12,14 @@
 mod append;
 mod cache;
 mod data;
+mod put;
+
+pub use put::COPYING_SUFFIX;
 
 use crate::error::{ErrorKind, GfsError, Result};
-use crate::protocol::{ChunkLocation, Conn, Fence, MasterReply, MasterRequest, Pool, Reply};
+use crate::protocol::{ChunkLocation, Fence, MasterReply, MasterRequest, Pool, Reply};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use crate::protocol::{ChunkStat, DirEntry, FileStat, ReplicaStat};
 
@@ -27,12 +30,44 @@ pub struct RetryPolicy {
     pub attempts: u32,
     /// How long to keep retrying while the master says "unavailable" (e.g. after a restart).
     pub unavailable_wait: Duration,
+    /// How long to keep trying to reach a master that does not answer (it is restarting, say),
+    /// with backoff from 50 ms to 2 s between tries, before giving up.
+    pub master_wait: Duration,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { attempts: 8, unavailable_wait: Duration::from_secs(120) }
+        RetryPolicy { attempts: 8, unavailable_wait: Duration::from_secs(120), master_wait: MASTER_WAIT }
     }
+}
+
+/// Default of [`RetryPolicy::master_wait`].
+pub const MASTER_WAIT: Duration = Duration::from_secs(60);
+
+/// Whether the master could not have seen the request: it was never connected to.
+fn never_reached(e: &GfsError) -> bool {
+    matches!(e, GfsError::Connect { .. })
+}
+
+/// Whether the connection failed under the request (the master died, say), so it may or may
+/// not have been carried out.
+fn lost_midway(e: &GfsError) -> bool {
+    matches!(e, GfsError::Io { .. } | GfsError::Quiet { .. } | GfsError::Closed(_))
+}
+
+/// Requests that do the same when carried out twice, and so may be sent again after the
+/// connection failed under them.
+fn idempotent(req: &MasterRequest) -> bool {
+    !matches!(
+        req,
+        MasterRequest::Mkdir { .. }
+            | MasterRequest::Create { .. }
+            | MasterRequest::Delete { .. }
+            | MasterRequest::Rename { .. }
+            | MasterRequest::CompareAndSet { .. }
+            | MasterRequest::Bind { .. }
+            | MasterRequest::Snapshot { .. }
+    )
 }
 
 struct Inner {
@@ -75,23 +110,25 @@ impl Client {
         }
     }
 
-    /// Sends one request to the master. An idle pooled connection may have been closed by
-    /// the master (say, it restarted); if such a connection fails before any reply arrives,
-    /// the request is sent once more on a fresh connection.
+    /// Sends one request to the master. While the master cannot be reached (it is
+    /// restarting, say) the request is tried again with backoff for up to
+    /// [`RetryPolicy::master_wait`]; after a connection failed under it, only a request that
+    /// may safely be carried out twice is.
     fn master(&self, req: &MasterRequest) -> Result<MasterReply> {
         let addr = &self.inner.master;
-        if let Some(mut conn) = self.inner.pool.take_idle(addr) {
-            if let Ok(reply) = conn.send(req).and_then(|_| conn.recv::<Reply<MasterReply>>()) {
-                self.inner.pool.put(conn);
-                return reply.map_err(GfsError::Fs);
+        let deadline = Instant::now() + self.inner.retry.master_wait;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.inner.pool.call::<_, Reply<MasterReply>>(addr, req) {
+                Ok(reply) => return reply.map_err(GfsError::Fs),
+                Err(e) if (never_reached(&e) || (idempotent(req) && lost_midway(&e))) && Instant::now() < deadline => {
+                    tracing::debug!(%addr, "master unreachable, trying again in {backoff:?}: {e}");
+                    std::thread::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())));
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
             }
-            self.inner.pool.forget(addr);
         }
-        let mut conn = Conn::connect(addr, Duration::from_secs(5))?;
-        conn.send(req)?;
-        let reply = conn.recv::<Reply<MasterReply>>()?;
-        self.inner.pool.put(conn);
-        reply.map_err(GfsError::Fs)
     }
 
     fn done(&self, req: MasterRequest) -> Result<()> {

@@ -167,6 +167,8 @@ pub struct Server {
     pub rack: String,
     pub last_seen: Instant,
     pub chunks: usize,
+    /// The token this server proved it holds when the master checked it (see `verify.rs`).
+    pub token: u64,
 }
 
 /// Registry of chunkservers.
@@ -189,7 +191,13 @@ impl Servers {
             return None;
         }
         let i = self.list.len() as ServerIdx;
-        self.list.push(Server { addr: addr.to_string(), rack: rack.to_string(), last_seen: Instant::now(), chunks: 0 });
+        self.list.push(Server {
+            addr: addr.to_string(),
+            rack: rack.to_string(),
+            last_seen: Instant::now(),
+            chunks: 0,
+            token: 0,
+        });
         self.by_addr.insert(addr.to_string(), i);
         Some(i)
     }

@@ -184,10 +184,10 @@ impl Master {
 
     /// Processes a heartbeat and chunk report.
     pub fn heartbeat(self: &Arc<Self>, hb: Heartbeat) -> Result<HeartbeatReply> {
-        let mut adopt: Vec<(ChunkHandle, Version)> = Vec::new();
+        let token = self.verify(&hb)?;
         let mut extended = Vec::new();
         let mut garbage = Vec::new();
-        let idx = {
+        {
             let mut m = self.meta();
             let idx = m
                 .servers
@@ -206,6 +206,7 @@ impl Master {
             }
             if let Some(s) = m.servers.get_mut(idx) {
                 s.chunks = hb.chunks.len();
+                s.token = token;
             }
             let m = &mut *m;
             let shadow = self.is_shadow();
@@ -233,7 +234,11 @@ impl Master {
                         st.push((idx, v));
                     }
                 } else {
-                    adopt.push((h, v));
+                    // The master logs a new version before any replica hears of it, so a
+                    // replica ahead of the log is not one the master made: never take a
+                    // version from a report alone, and do not hand this replica out.
+                    c.remove_replica(idx);
+                    tracing::warn!(handle = h, server = %hb.server, version = v, current = c.version, "replica reports a version ahead of the master's; ignored");
                 }
             }
             let now = Instant::now();
@@ -254,17 +259,6 @@ impl Master {
             m.stale.retain(|_, v| !v.is_empty());
             let chunks = &m.state.chunks;
             m.corrupt.retain(|h, v| !v.is_empty() && chunks.get(*h).is_some());
-            idx
-        };
-        for (h, v) in adopt {
-            // A replica ahead of us: the log lost nothing we acknowledged, so take its version.
-            tracing::warn!(handle = h, version = v, "adopting a newer version from a chunk report");
-            if self.commit(Record::SetVersion { handle: h, version: v }).is_ok() {
-                let mut m = self.meta();
-                if let Some(c) = m.state.chunks.get_mut(h) {
-                    c.set_replicas(&[idx]);
-                }
-            }
         }
         Ok(HeartbeatReply {
             extended,

@@ -19,6 +19,7 @@ pub mod shadow;
 pub mod snapshot;
 pub mod state;
 pub mod trash;
+pub mod verify;
 
 use crate::error::{GfsError, Result};
 use crate::oplog::{self, checkpoint, OpLog, Record};
@@ -50,6 +51,8 @@ pub struct MasterConfig {
     pub gc_delay: Option<Duration>,
     /// Run as a read-only shadow of the master at this address.
     pub shadow_of: Option<String>,
+    /// Idle timeout and connection limits of the service.
+    pub limits: crate::protocol::conn::ServeLimits,
 }
 
 impl MasterConfig {
@@ -65,6 +68,7 @@ impl MasterConfig {
             rebalance_interval: Some(Duration::from_secs(60)),
             gc_delay: Some(Duration::from_secs(3 * 24 * 3600)),
             shadow_of: None,
+            limits: Default::default(),
         }
     }
 }
@@ -97,6 +101,8 @@ pub struct Master {
     lease_grace_until: Instant,
     /// Shadow only: the last LSN applied from the master.
     pub shadow_lsn: AtomicU64,
+    /// Chunkserver checks sent, by claimed address (see `verify.rs`).
+    checks: Mutex<HashMap<String, verify::Check>>,
 }
 
 impl Master {
@@ -140,6 +146,7 @@ impl Master {
             registers: Mutex::new(()),
             started: now,
             shadow_lsn: AtomicU64::new(0),
+            checks: Mutex::new(HashMap::new()),
         }
     }
 

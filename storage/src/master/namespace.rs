@@ -32,8 +32,12 @@ pub fn normalize(path: &str) -> Result<String> {
     }
     let mut out = String::with_capacity(path.len());
     for comp in path.split('/').filter(|c| !c.is_empty()) {
-        if comp == "." || comp == ".." || comp.contains('\0') {
+        if comp == "." || comp == ".." {
             return Err(bad("invalid component"));
+        }
+        // A newline or other control character would forge lines in listings and logs.
+        if comp.chars().any(char::is_control) {
+            return Err(bad("control characters are not allowed in names"));
         }
         out.push('/');
         out.push_str(comp);
@@ -248,6 +252,8 @@ mod tests {
         assert_eq!(normalize("/").unwrap(), "/");
         assert!(normalize("a/b").is_err());
         assert!(normalize("/a/../b").is_err());
+        assert!(normalize("/a\nfake line").is_err());
+        assert!(normalize("/a/b\u{7f}").is_err());
         assert_eq!(parent("/a/b"), "/a");
         assert_eq!(parent("/a"), "/");
     }

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const FENCE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest register holder accepted: it is kept in memory, in every checkpoint, and logged.
+pub const MAX_HOLDER: usize = 256;
 
 impl Master {
     /// Current state of register `name` (generation 0 and no holder if never set).
@@ -24,6 +26,12 @@ impl Master {
     /// fenced writes until then), before this returns.
     pub fn compare_and_set(self: &Arc<Self>, name: &str, expected: u64, holder: &str) -> Result<(u64, String)> {
         check_register_name(name)?;
+        if holder.len() > MAX_HOLDER || holder.chars().any(char::is_control) {
+            return Err(GfsError::fs(
+                ErrorKind::InvalidArgument,
+                format!("a register holder is at most {MAX_HOLDER} bytes without control characters"),
+            ));
+        }
         let _g = self.registers.lock().unwrap_or_else(|p| p.into_inner());
         let cur = self.register(name)?;
         if cur.generation != expected {

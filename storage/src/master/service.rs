@@ -21,7 +21,9 @@ pub fn serve(master: Arc<Master>) -> Result<std::net::SocketAddr> {
         master.spawn_rebalance();
         master.spawn_gc();
     }
-    crate::protocol::conn::serve(listener, "master", move |conn| handle_conn(&master, conn))?;
+    crate::protocol::conn::serve(listener, "master", master.cfg.limits.clone(), move |conn| {
+        handle_conn(&master, conn)
+    })?;
     Ok(addr)
 }
 
@@ -30,6 +32,12 @@ fn handle_conn(master: &Arc<Master>, mut conn: Conn) {
         let req: MasterRequest = match conn.recv_opt() {
             Ok(Some(r)) => r,
             Ok(None) => return,
+            Err(e @ GfsError::Quiet { .. }) => {
+                // Hang up without a word: anything written now would wait unread on a
+                // connection the peer keeps for its next request.
+                tracing::debug!("closing an idle connection: {e}");
+                return;
+            }
             Err(e) => {
                 tracing::debug!("{}: bad request: {e}", conn.peer());
                 // The stream can no longer be trusted; say why and hang up.

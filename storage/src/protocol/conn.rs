@@ -1,14 +1,16 @@
 //! A blocking, framed TCP connection.
 
-use super::frame::{self, Kind};
+use super::frame::{self, Arrival, Kind};
 use crate::error::{GfsError, IoContext, Result};
 use serde::{de::DeserializeOwned, Serialize};
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 /// Default I/O timeout: a peer that stops talking for this long is treated as failed.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time a server keeps a connection that sends no request (`--idle-timeout-secs`).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What arrived when a data frame was expected.
 #[derive(Debug)]
@@ -23,6 +25,11 @@ pub struct Conn {
     reader: BufReader<TcpStream>,
     writer: BufWriter<TcpStream>,
     scratch: Vec<u8>,
+    /// Serving side: how long to wait for the first byte of the next request (the I/O
+    /// timeout still bounds the rest of it).
+    idle: Option<Duration>,
+    /// The read timeout for everything but that wait.
+    io_timeout: Duration,
 }
 
 impl Conn {
@@ -36,7 +43,10 @@ impl Conn {
                 Err(e) => last = Some(e),
             }
         }
-        Err(GfsError::io(format!("connecting to {addr}"), last.unwrap_or_else(|| std::io::Error::other("no address"))))
+        Err(GfsError::Connect {
+            addr: addr.to_string(),
+            cause: last.unwrap_or_else(|| std::io::Error::other("the name resolves to no address")),
+        })
     }
 
     /// Wraps an accepted or connected stream.
@@ -51,6 +61,8 @@ impl Conn {
             reader: BufReader::with_capacity(256 * 1024, stream),
             writer: BufWriter::with_capacity(256 * 1024, w),
             scratch: Vec::new(),
+            idle: None,
+            io_timeout: IO_TIMEOUT,
         })
     }
 
@@ -60,8 +72,46 @@ impl Conn {
     }
 
     /// Changes the read timeout (e.g. for long waits).
-    pub fn set_read_timeout(&self, t: Duration) -> Result<()> {
+    pub fn set_read_timeout(&mut self, t: Duration) -> Result<()> {
+        self.io_timeout = t;
         self.reader.get_ref().set_read_timeout(Some(t)).ctx(|| format!("configuring connection to {}", self.peer))
+    }
+
+    /// Serving side: wait at most `t` for each request to begin (see [`ServeLimits`]).
+    pub fn set_idle_timeout(&mut self, t: Duration) {
+        self.idle = Some(t);
+    }
+
+    /// Waits (up to the idle timeout, if one is set) for the first byte of the next frame.
+    fn await_frame(&mut self) -> Result<Option<Arrival>> {
+        let Some(idle) = self.idle else { return Ok(None) };
+        if !self.reader.buffer().is_empty() {
+            return Ok(None);
+        }
+        let s = self.reader.get_ref();
+        let ctx = || format!("configuring connection to {}", self.peer);
+        s.set_read_timeout(Some(idle)).ctx(ctx)?;
+        let waited = loop {
+            match self.reader.fill_buf() {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => break other.map(|b| b.is_empty()),
+            }
+        };
+        let s = self.reader.get_ref();
+        s.set_read_timeout(Some(self.io_timeout)).ctx(ctx)?;
+        match waited {
+            Ok(true) => Ok(Some(Arrival::Closed)),
+            Ok(false) => Ok(None),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Ok(Some(Arrival::Quiet))
+            }
+            Err(e)
+                if matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted) =>
+            {
+                Ok(Some(Arrival::Closed))
+            }
+            Err(e) => Err(GfsError::io(format!("receiving from {}", self.peer), e)),
+        }
     }
 
     /// Queues a message without flushing.
@@ -86,34 +136,66 @@ impl Conn {
         self.writer.flush().ctx(|| format!("sending to {peer}"))
     }
 
-    /// Receives a message; `Ok(None)` on a clean end of stream.
+    /// Receives a message; `Ok(None)` when the peer closed the connection before sending any
+    /// byte of one, [`GfsError::Quiet`] when it sent nothing within the read timeout.
     pub fn recv_opt<T: DeserializeOwned>(&mut self) -> Result<Option<T>> {
         let mut buf = std::mem::take(&mut self.scratch);
-        let r = frame::read(&mut self.reader, &mut buf);
-        let out = match r {
-            Ok(None) => Ok(None),
-            Ok(Some(Kind::Msg)) => decode(&buf).map(Some),
-            Ok(Some(Kind::Data)) => Err(GfsError::Frame("data frame where a message was expected".into())),
+        let r = match self.await_frame() {
+            Ok(Some(early)) => Ok(early),
+            Ok(None) => frame::read_frame(&mut self.reader, &mut buf),
             Err(e) => Err(e),
         };
-        self.scratch = buf;
+        let out = match r {
+            Ok(Arrival::Closed) => Ok(None),
+            Ok(Arrival::Quiet) => Err(self.quiet()),
+            Ok(Arrival::Frame(Kind::Msg)) => decode(&buf).map(Some),
+            Ok(Arrival::Frame(Kind::Data)) => Err(GfsError::Frame("data frame where a message was expected".into())),
+            Err(e) => Err(e),
+        };
+        // An idle connection keeps no more than a small frame's worth of memory.
+        if buf.capacity() <= frame::SMALL_BODY {
+            buf.clear();
+            self.scratch = buf;
+        }
         out
+    }
+
+    fn quiet(&self) -> GfsError {
+        GfsError::Quiet { peer: self.peer.clone(), after: self.idle.unwrap_or(self.io_timeout) }
+    }
+
+    /// Whether this idle connection can carry a new request: the peer has neither closed it
+    /// nor sent anything unasked (such as an error frame written before it hung up). Anything
+    /// waiting to be read on an idle connection can only be stale, so such a connection is
+    /// unusable too.
+    pub fn is_reusable(&self) -> bool {
+        if !self.reader.buffer().is_empty() {
+            return false;
+        }
+        let s = self.reader.get_ref();
+        if s.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let peeked = s.peek(&mut [0u8; 1]);
+        let restored = s.set_nonblocking(false).is_ok();
+        restored && matches!(peeked, Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
     /// Receives a message; end of stream is an error.
     pub fn recv<T: DeserializeOwned>(&mut self) -> Result<T> {
         match self.recv_opt()? {
             Some(m) => Ok(m),
-            None => Err(GfsError::Frame(format!("{} closed the connection", self.peer))),
+            None => Err(GfsError::Closed(self.peer.clone())),
         }
     }
 
     /// Receives a frame into `buf`; a message frame is left in `buf` for [`Conn::decode_msg`].
     pub fn recv_frame(&mut self, buf: &mut Vec<u8>) -> Result<Incoming> {
-        match frame::read(&mut self.reader, buf)? {
-            Some(Kind::Data) => Ok(Incoming::Data),
-            Some(Kind::Msg) => Ok(Incoming::Msg),
-            None => Err(GfsError::Frame(format!("{} closed the connection mid-stream", self.peer))),
+        match frame::read_frame(&mut self.reader, buf)? {
+            Arrival::Frame(Kind::Data) => Ok(Incoming::Data),
+            Arrival::Frame(Kind::Msg) => Ok(Incoming::Msg),
+            Arrival::Quiet => Err(self.quiet()),
+            Arrival::Closed => Err(GfsError::Frame(format!("{} closed the connection mid-stream", self.peer))),
         }
     }
 
@@ -127,14 +209,93 @@ fn decode<T: DeserializeOwned>(buf: &[u8]) -> Result<T> {
     postcard::from_bytes(buf).map_err(|e| GfsError::Codec(e.to_string()))
 }
 
+/// What a server allows its peers.
+#[derive(Debug, Clone)]
+pub struct ServeLimits {
+    /// A connection that sends no request for this long is closed, silently: the peer never
+    /// finds an unasked frame waiting on a connection it kept for later.
+    pub idle_timeout: Duration,
+    /// Most connections open at once from one IP address.
+    pub per_peer: usize,
+    /// Most connections open at once in all.
+    pub total: usize,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits { idle_timeout: IDLE_TIMEOUT, per_peer: 128, total: 1024 }
+    }
+}
+
+/// Open connections per peer address, and in all.
+#[derive(Default)]
+struct Census {
+    by_ip: std::collections::HashMap<std::net::IpAddr, usize>,
+    total: usize,
+}
+
+/// One counted connection; uncounted on drop.
+struct Admitted {
+    census: std::sync::Arc<std::sync::Mutex<Census>>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut c = self.census.lock().unwrap_or_else(|p| p.into_inner());
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+fn admit(
+    census: &std::sync::Arc<std::sync::Mutex<Census>>,
+    limits: &ServeLimits,
+    ip: std::net::IpAddr,
+) -> std::result::Result<Admitted, String> {
+    let mut c = census.lock().unwrap_or_else(|p| p.into_inner());
+    if c.total >= limits.total {
+        return Err(format!("server busy: {} connections open", c.total));
+    }
+    let n = c.by_ip.entry(ip).or_default();
+    if *n >= limits.per_peer {
+        return Err(format!("too many connections from {ip} (at most {})", limits.per_peer));
+    }
+    *n += 1;
+    c.total += 1;
+    Ok(Admitted { census: census.clone(), ip })
+}
+
+/// Tells a refused peer why in one error frame (best effort, never blocking the accept loop
+/// for long), then hangs up.
+fn refuse(stream: TcpStream, why: &str) {
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
+    let reply: Result<(), crate::error::RemoteError> =
+        Err(crate::error::RemoteError::new(crate::error::ErrorKind::Unavailable, why));
+    if let Ok(bytes) = postcard::to_stdvec(&reply) {
+        let mut out = Vec::new();
+        if frame::encode(Kind::Msg, &bytes, &mut out).is_ok() {
+            let _ = (&stream).write_all(&out);
+        }
+    }
+}
+
 /// Accepts connections on `listener` on a thread named `name`-accept and serves each on a thread
-/// of its own with `handle` (the master's and the chunkservers' servers are alike in this).
+/// of its own with `handle` (the master's and the chunkservers' servers are alike in this),
+/// within `limits`.
 pub fn serve(
     listener: std::net::TcpListener,
     name: &str,
+    limits: ServeLimits,
     handle: impl Fn(Conn) + Clone + Send + 'static,
 ) -> Result<()> {
     let conn_name = format!("{name}-conn");
+    let census = std::sync::Arc::new(std::sync::Mutex::new(Census::default()));
     std::thread::Builder::new()
         .name(format!("{name}-accept"))
         .spawn(move || {
@@ -146,15 +307,28 @@ pub fn serve(
                         continue;
                     }
                 };
-                let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                let Ok(peer_addr) = stream.peer_addr() else { continue };
+                let peer = peer_addr.to_string();
+                let admitted = match admit(&census, &limits, peer_addr.ip()) {
+                    Ok(a) => a,
+                    Err(why) => {
+                        tracing::debug!(%peer, "refused: {why}");
+                        refuse(stream, &why);
+                        continue;
+                    }
+                };
                 let handle = handle.clone();
-                let spawned =
-                    std::thread::Builder::new().name(conn_name.clone()).spawn(move || {
-                        match Conn::from_stream(stream, peer.clone()) {
-                            Ok(conn) => handle(conn),
-                            Err(e) => tracing::warn!("{peer}: {e}"),
+                let idle = limits.idle_timeout;
+                let spawned = std::thread::Builder::new().name(conn_name.clone()).spawn(move || {
+                    let _admitted = admitted;
+                    match Conn::from_stream(stream, peer.clone()) {
+                        Ok(mut conn) => {
+                            conn.set_idle_timeout(idle);
+                            handle(conn)
                         }
-                    });
+                        Err(e) => tracing::warn!("{peer}: {e}"),
+                    }
+                });
                 if let Err(e) = spawned {
                     tracing::error!("cannot spawn a connection thread: {e}");
                 }
@@ -187,6 +361,7 @@ mod tests {
                     chunks,
                     extend: vec![],
                     corrupt: vec![],
+                    tokens: vec![],
                 })
             ),
         ]

@@ -220,6 +220,9 @@ pub struct Heartbeat {
     pub extend: Vec<(ChunkHandle, Version)>,
     /// Replicas in which it found a corrupt block.
     pub corrupt: Vec<ChunkHandle>,
+    /// Tokens masters sent to `server` when they checked it ([`ChunkRequest::Verify`]): the
+    /// proof that this heartbeat comes from the server at that address.
+    pub tokens: Vec<u64>,
 }
 
 /// Master's answer to a heartbeat.
@@ -279,6 +282,9 @@ pub enum ChunkRequest {
     CopyChunk { from: ChunkHandle, to: ChunkHandle, version: Version },
     /// Sent by the primary to each secondary, in serial order: pad to the chunk's end.
     Pad { handle: ChunkHandle, version: Version, serial: u64, fence: Option<Fence> },
+    /// From a master checking that a chunkserver is one, at the address its heartbeats claim:
+    /// keep `token` and show it in the next heartbeats. Answered with `Verified`.
+    Verify { token: u64 },
 }
 
 /// Replies of a chunkserver.
@@ -313,6 +319,10 @@ pub enum ChunkReply {
         len: u64,
     },
     Deleted,
+    /// The address this chunkserver is known by.
+    Verified {
+        addr: String,
+    },
 }
 
 /// Every reply on the wire is a result.

@@ -19,8 +19,44 @@ struct Cli {
     /// Master address for client commands.
     #[arg(long, global = true, env = "GFS_MASTER")]
     master: Option<String>,
+    /// Client commands: keep trying a master that cannot be reached (restarting, say) this many
+    /// seconds, with backoff, before giving up.
+    #[arg(long, global = true, default_value_t = 60.0)]
+    retry_secs: f64,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// Connection settings shared by the master and the chunkservers.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Close a connection that sends no request for this many seconds (silently, so a peer
+    /// that keeps it for later finds it closed, not holding a stale answer).
+    #[arg(long, default_value_t = 30.0)]
+    idle_timeout_secs: f64,
+    /// Most connections open at once from one IP address.
+    #[arg(long, default_value_t = 128)]
+    max_conns_per_peer: usize,
+    /// Most connections open at once in all.
+    #[arg(long, default_value_t = 1024)]
+    max_conns: usize,
+}
+
+impl ServeArgs {
+    fn limits(&self) -> Result<storage::protocol::conn::ServeLimits> {
+        if self.max_conns_per_peer == 0 || self.max_conns == 0 {
+            bail!("--max-conns and --max-conns-per-peer must be at least 1");
+        }
+        let idle_timeout = secs(self.idle_timeout_secs)?;
+        if idle_timeout.is_zero() {
+            bail!("--idle-timeout-secs must be above 0");
+        }
+        Ok(storage::protocol::conn::ServeLimits {
+            idle_timeout,
+            per_peer: self.max_conns_per_peer,
+            total: self.max_conns,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -55,6 +91,8 @@ enum Cmd {
         /// Move replicas from the fullest to the emptiest chunkservers this often (0: never).
         #[arg(long, default_value_t = 60.0)]
         rebalance_interval_secs: f64,
+        #[command(flatten)]
+        serve: ServeArgs,
     },
     /// Run a chunkserver.
     Chunkserver {
@@ -62,6 +100,10 @@ enum Cmd {
         dir: PathBuf,
         #[arg(long)]
         listen: String,
+        /// Address the master and clients reach this server at (needed when --listen is a
+        /// wildcard such as 0.0.0.0:7001).
+        #[arg(long)]
+        advertise: Option<String>,
         #[arg(long, default_value = "default")]
         rack: String,
         /// Heartbeat interval in milliseconds.
@@ -73,6 +115,8 @@ enum Cmd {
         /// Seconds between full background scrub passes over every replica (0: never).
         #[arg(long, default_value_t = 3600.0)]
         scrub_interval_secs: f64,
+        #[command(flatten)]
+        serve: ServeArgs,
     },
     /// List a directory.
     Ls { path: String },
@@ -176,9 +220,10 @@ fn main() {
     }
 }
 
-fn client(master: &Option<String>) -> Result<Client> {
+fn client(master: &Option<String>, retry_secs: f64) -> Result<Client> {
+    let retry = storage::client::RetryPolicy { master_wait: secs(retry_secs)?, ..Default::default() };
     match master {
-        Some(m) => Ok(Client::new(m)),
+        Some(m) => Ok(Client::with_retry(m, retry)),
         None => bail!("no master address: pass --master ADDR or set GFS_MASTER"),
     }
 }
@@ -196,6 +241,7 @@ fn run(cli: Cli) -> Result<()> {
             rebalance_interval_secs,
             gc_delay_secs,
             shadow_of,
+            serve,
         } => {
             let mut cfg = MasterConfig::new(dir, listen);
             cfg.lease = secs(lease_secs)?;
@@ -207,24 +253,27 @@ fn run(cli: Cli) -> Result<()> {
                 (rebalance_interval_secs > 0.0).then(|| secs(rebalance_interval_secs)).transpose()?;
             cfg.gc_delay = (gc_delay_secs > 0.0).then(|| secs(gc_delay_secs)).transpose()?;
             cfg.shadow_of = shadow_of;
+            cfg.limits = serve.limits()?;
             let m = Master::open(cfg).context("starting the master")?;
             let addr = service::serve(m).context("starting the master")?;
             println!("gfs master listening on {addr}");
             park()
         }
-        Cmd::Chunkserver { dir, listen, rack, heartbeat_ms, no_sync, scrub_interval_secs } => {
+        Cmd::Chunkserver { dir, listen, advertise, rack, heartbeat_ms, no_sync, scrub_interval_secs, serve } => {
             let master = cli.master.context("chunkserver needs --master ADDR (or GFS_MASTER)")?;
             let mut cfg = ChunkServerConfig::new(dir, master, listen);
             cfg.rack = rack;
+            cfg.advertise = advertise;
             cfg.heartbeat = Duration::from_millis(heartbeat_ms.max(10));
             cfg.sync = !no_sync;
             cfg.scrub_interval = Some(secs(scrub_interval_secs)?).filter(|d| !d.is_zero());
+            cfg.limits = serve.limits()?;
             let cs = ChunkServer::start(cfg).context("starting the chunkserver")?;
             println!("gfs chunkserver listening on {}", cs.addr);
             park()
         }
         Cmd::Ls { path } => {
-            for e in client(&cli.master)?.list(&path)? {
+            for e in client(&cli.master, cli.retry_secs)?.list(&path)? {
                 if e.is_dir {
                     println!("d {:>14} {}/", "-", e.name);
                 } else {
@@ -233,23 +282,21 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Mkdir { path } => Ok(client(&cli.master)?.mkdir(&path)?),
-        Cmd::Touch { path } => Ok(client(&cli.master)?.create(&path)?),
+        Cmd::Mkdir { path } => Ok(client(&cli.master, cli.retry_secs)?.mkdir(&path)?),
+        Cmd::Touch { path } => Ok(client(&cli.master, cli.retry_secs)?.create(&path)?),
         Cmd::Put { local, remote } => {
-            let c = client(&cli.master)?;
-            let mut f = std::fs::File::open(&local).with_context(|| format!("opening {}", local.display()))?;
-            match c.create(&remote) {
-                Ok(()) => {}
-                Err(e) if e.kind() == Some(storage::error::ErrorKind::AlreadyExists) => {
-                    bail!("{remote} already exists (remove it first)")
-                }
-                Err(e) => return Err(e.into()),
+            let c = client(&cli.master, cli.retry_secs)?;
+            // A directory opens fine on Linux and fails only when read: refuse it up front.
+            let meta = std::fs::metadata(&local).with_context(|| format!("reading {}", local.display()))?;
+            if !meta.is_file() {
+                bail!("{} is not a regular file", local.display());
             }
-            c.write_from(&remote, &mut f)?;
+            let mut f = std::fs::File::open(&local).with_context(|| format!("opening {}", local.display()))?;
+            c.put(&remote, &mut f)?;
             Ok(())
         }
         Cmd::Get { remote, local } => {
-            let c = client(&cli.master)?;
+            let c = client(&cli.master, cli.retry_secs)?;
             c.open(&remote)?; // fail before creating the local file if the remote one is missing
             let f = std::fs::File::create(&local).with_context(|| format!("creating {}", local.display()))?;
             let mut w = std::io::BufWriter::new(f);
@@ -259,16 +306,16 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Cat { remote } => {
-            let c = client(&cli.master)?;
+            let c = client(&cli.master, cli.retry_secs)?;
             let stdout = std::io::stdout();
             let mut lock = stdout.lock();
             c.read_to(&remote, &mut lock)?;
             Ok(())
         }
-        Cmd::Rm { path } => Ok(client(&cli.master)?.delete(&path)?),
-        Cmd::Mv { from, to } => Ok(client(&cli.master)?.rename(&from, &to)?),
+        Cmd::Rm { path } => Ok(client(&cli.master, cli.retry_secs)?.delete(&path)?),
+        Cmd::Mv { from, to } => Ok(client(&cli.master, cli.retry_secs)?.rename(&from, &to)?),
         Cmd::Stat { path } => {
-            let st = client(&cli.master)?.stat(&path)?;
+            let st = client(&cli.master, cli.retry_secs)?.stat(&path)?;
             println!("path: {}", st.path);
             println!("type: {}", if st.is_dir { "directory" } else { "file" });
             if !st.is_dir {
@@ -300,7 +347,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Write { remote, offset, fence } => {
-            let mut c = client(&cli.master)?;
+            let mut c = client(&cli.master, cli.retry_secs)?;
             if let Some(f) = fence {
                 let (name, generation) = parse_fence(&f)?;
                 c = c.fenced(&name, generation);
@@ -312,7 +359,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Lock { name, expect, holder } => {
-            let c = client(&cli.master)?;
+            let c = client(&cli.master, cli.retry_secs)?;
             match (expect, holder) {
                 (Some(e), Some(h)) => println!("{}", c.compare_and_set(&name, e, &h)?),
                 _ => {
@@ -323,7 +370,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Append { remote, fence } => {
-            let mut c = client(&cli.master)?;
+            let mut c = client(&cli.master, cli.retry_secs)?;
             if let Some(f) = fence {
                 let (name, generation) = parse_fence(&f)?;
                 c = c.fenced(&name, generation);
@@ -342,9 +389,9 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", c.append(&remote, &data)?);
             Ok(())
         }
-        Cmd::Snapshot { src, dst } => Ok(client(&cli.master)?.snapshot(&src, &dst)?),
+        Cmd::Snapshot { src, dst } => Ok(client(&cli.master, cli.retry_secs)?.snapshot(&src, &dst)?),
         Cmd::Status => {
-            let s = client(&cli.master)?.status()?;
+            let s = client(&cli.master, cli.retry_secs)?.status()?;
             println!("files {} dirs {} chunks {}", s.files, s.dirs, s.chunks);
             for cs in &s.servers {
                 println!(
@@ -359,7 +406,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Fsck => {
-            let r = client(&cli.master)?.fsck()?;
+            let r = client(&cli.master, cli.retry_secs)?.fsck()?;
             for p in &r.problems {
                 println!("{p}");
             }
@@ -372,13 +419,13 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Bind { path, register } => Ok(client(&cli.master)?.bind(&path, &register)?),
+        Cmd::Bind { path, register } => Ok(client(&cli.master, cli.retry_secs)?.bind(&path, &register)?),
         Cmd::BenchNet { mib } => bench::net(mib),
         Cmd::BenchAppend { threads, records, size, path } => {
-            bench::append(&client(&cli.master)?, threads, records, size, &path)
+            bench::append(&client(&cli.master, cli.retry_secs)?, threads, records, size, &path)
         }
-        Cmd::BenchLock { ops, name } => bench::lock(&client(&cli.master)?, ops, &name),
-        Cmd::BenchMeta { threads, ops, dir } => bench::meta(&client(&cli.master)?, threads, ops, &dir),
+        Cmd::BenchLock { ops, name } => bench::lock(&client(&cli.master, cli.retry_secs)?, ops, &name),
+        Cmd::BenchMeta { threads, ops, dir } => bench::meta(&client(&cli.master, cli.retry_secs)?, threads, ops, &dir),
     }
 }
 
