@@ -44,6 +44,11 @@ fn handle_conn(cs: &Arc<ChunkServer>, mut conn: Conn) {
 }
 
 fn simple(cs: &Arc<ChunkServer>, req: ChunkRequest) -> Result<ChunkReply> {
+    mutation_or_other(cs, req, true)
+}
+
+/// Serves `req`; `durable` is false for a mutation that came wrapped in `Unsynced`.
+fn mutation_or_other(cs: &Arc<ChunkServer>, req: ChunkRequest, durable: bool) -> Result<ChunkReply> {
     match req {
         ChunkRequest::SetVersion { handle, version, lease_ms, register } => {
             let granted = Instant::now();
@@ -59,19 +64,19 @@ fn simple(cs: &Arc<ChunkServer>, req: ChunkRequest) -> Result<ChunkReply> {
             Ok(ChunkReply::VersionSet)
         }
         ChunkRequest::Write { handle, version, offset, id, secondaries, fence } => {
-            let m = Mutation { handle, version, offset, id, fence };
+            let m = Mutation { handle, version, offset, id, fence, durable };
             m.write_primary(cs, &secondaries)
         }
         ChunkRequest::Apply { handle, version, serial, offset, id, fence } => {
-            let m = Mutation { handle, version, offset, id, fence };
+            let m = Mutation { handle, version, offset, id, fence, durable };
             m.apply_secondary(cs, serial)
         }
         ChunkRequest::Append { handle, version, id, len, secondaries, fence } => {
-            let m = Mutation { handle, version, offset: 0, id, fence };
+            let m = Mutation { handle, version, offset: 0, id, fence, durable: true };
             append_primary(cs, m, len, &secondaries)
         }
         ChunkRequest::Pad { handle, version, serial, fence } => {
-            let m = Mutation { handle, version, offset: 0, id: 0, fence };
+            let m = Mutation { handle, version, offset: 0, id: 0, fence, durable: true };
             pad_secondary(cs, m, serial)
         }
         ChunkRequest::Revoke { handle } => {
@@ -106,6 +111,17 @@ fn simple(cs: &Arc<ChunkServer>, req: ChunkRequest) -> Result<ChunkReply> {
             cs.learn_fence(&f.name, f.generation);
             Ok(ChunkReply::Fenced)
         }
+        ChunkRequest::Unsynced(inner) if durable => match *inner {
+            m @ (ChunkRequest::Write { .. } | ChunkRequest::Apply { .. }) => mutation_or_other(cs, m, false),
+            _ => Err(GfsError::fs(ErrorKind::InvalidArgument, "only writes can be unsynced")),
+        },
+        ChunkRequest::Sync { handles } => {
+            for handle in handles {
+                cs.store.sync_chunk(handle)?;
+            }
+            Ok(ChunkReply::Synced)
+        }
+        ChunkRequest::Unsynced(_) => Err(GfsError::fs(ErrorKind::InvalidArgument, "nested unsynced request")),
         ChunkRequest::Push { .. } | ChunkRequest::Read { .. } => Err(GfsError::fs(ErrorKind::Protocol, "unreachable")),
     }
 }

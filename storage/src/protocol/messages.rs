@@ -279,6 +279,11 @@ pub enum ChunkRequest {
     CopyChunk { from: ChunkHandle, to: ChunkHandle, version: Version },
     /// Sent by the primary to each secondary, in serial order: pad to the chunk's end.
     Pad { handle: ChunkHandle, version: Version, serial: u64, fence: Option<Fence> },
+    /// A `Write` (from the client) or `Apply` (from the primary) acknowledged once every
+    /// replica holds it in memory, without fdatasync (HDFS's hflush); `Sync` makes it durable.
+    Unsynced(Box<ChunkRequest>),
+    /// Make everything written to these replicas durable (fdatasync data and checksums).
+    Sync { handles: Vec<ChunkHandle> },
 }
 
 /// Replies of a chunkserver.
@@ -313,6 +318,7 @@ pub enum ChunkReply {
         len: u64,
     },
     Deleted,
+    Synced,
 }
 
 /// Every reply on the wire is a result.
