@@ -11,11 +11,13 @@
 #              (what three replicas on this one disk cost when each 4 MiB is synced)
 #   put        `gfs put` (every mutation fdatasynced on every replica before it is acknowledged)
 #   put-sync   `gfs put --sync` (acknowledged from memory, one sync per chunk at the end)
-#   put-buf    `gfs put` on chunkservers started with --buffered-writes (page cache + fdatasync
+#   put-buf    `gfs put` on chunkservers started with --buffered-io (page cache + fdatasync
 #              instead of O_DIRECT)
 #   put-base   `gfs put` with BASE_GFS's binaries (only if BASE_GFS is set)
 #   dd-read    one `dd bs=4M` read of a dd-written copy, page cache dropped first
 #   get        `gfs get` into /dev/null, page cache dropped first (checked with cmp afterwards)
+#   get-buf    the same on the --buffered-io chunkservers
+#   get-base   the same with BASE_GFS's binaries (only if BASE_GFS is set)
 # For each: MiB/s, CPU-seconds per GiB (client + all chunkservers of that cluster, or the dd
 # processes, from /proc) and how busy the machine's CPUs were meanwhile (/proc/stat; the
 # machine may be shared, so this counts everyone). Needs root to drop the page cache.
@@ -115,7 +117,7 @@ NET=$("$GFS" bench-net --mib 4096 | sed -E 's/.*= ([0-9]+) MB\/s/\1/')
 echo "loopback TCP (one stream): $NET MB/s"
 
 start_cluster A "$GFS"
-start_cluster B "$GFS" --buffered-writes
+start_cluster B "$GFS" --buffered-io
 if [ -n "$BASE_GFS" ]; then start_cluster Z "$BASE_GFS"; fi
 
 wait_jobs() { local rc=0 j; for j in $(jobs -p); do case " ${PIDS[*]} " in *" $j "*) ;; *) wait "$j" || rc=1 ;; esac; done; return $rc; }
@@ -135,13 +137,15 @@ for r in $(seq 1 "$ROUNDS"); do
     timed dd-read "" -- dd if="$BENCH_DIR/dd1/copy" of=/dev/null bs=4M status=none
     drop_caches
     timed get "$A_CS" -- "$GFS" --master "$A_MASTER" get "/r$r" /dev/null
+    drop_caches
+    timed get-buf "$B_CS" -- "$GFS" --master "$B_MASTER" get "/r$r" /dev/null
     if [ -n "$BASE_GFS" ]; then drop_caches; timed get-base "$Z_CS" -- "$BASE_GFS" --master "$Z_MASTER" get "/r$r" /dev/null; fi
     for k in dd3 put put-sync put-buf put-base; do
         [ -n "${RATE[$k]:-}" ] || continue
         printf "%-9s %-10s %8s %8s %10s %7s %9s\n" "$r" "$k" "${RATE[$k]}" "$(ratio "${RATE[$k]}" "${RATE[dd3]}")" \
             "${CPU[$k]}" "${BUSY[$k]}" "$(ratio "${CPU[$k]}" "${CPU[dd3]}")"
     done
-    for k in dd-read get get-base; do
+    for k in dd-read get get-buf get-base; do
         [ -n "${RATE[$k]:-}" ] || continue
         printf "%-9s %-10s %8s %8s %10s %7s %9s\n" "$r" "$k" "${RATE[$k]}" "$(ratio "${RATE[$k]}" "${RATE[dd-read]}")" \
             "${CPU[$k]}" "${BUSY[$k]}" "$(ratio "${CPU[$k]}" "${CPU[dd-read]}")"

@@ -33,8 +33,8 @@ pub struct ChunkServerConfig {
     pub heartbeat: Duration,
     /// fdatasync chunk data and checksums before acknowledging a mutation.
     pub sync: bool,
-    /// Durable writes go to disk with `O_DIRECT` (false: through the page cache, then
-    /// fdatasync). Measured faster and far cheaper in CPU on this machine; see FIGURES.md.
+    /// Large and durable writes and streaming reads use `O_DIRECT` (false: all through the
+    /// page cache). Measured cheaper in CPU on this machine; see FIGURES.md.
     pub direct_io: bool,
     /// Most bytes of pushed, not yet applied data held in memory.
     pub buffer_limit: usize,

@@ -218,12 +218,12 @@ fn read(cs: &Arc<ChunkServer>, conn: &mut Conn, handle: ChunkHandle, version: Ve
     if conn.queue(&Reply::<ChunkReply>::Ok(ChunkReply::Reading { len })).is_err() {
         return false;
     }
-    let mut buf = Vec::new();
+    let mut buf = cs.store.take_buffer(READ_PIECE as usize);
     let mut pos = offset;
     let end = offset + len;
     while pos < end {
         let n = (end - pos).min(READ_PIECE - pos % READ_PIECE);
-        let range = match cs.store.read(&chunk, version, pos, n, &mut buf) {
+        let range = match cs.store.read_aligned(&chunk, version, pos, n, &mut buf) {
             Ok(r) => r,
             Err(e) => {
                 if e.kind() == Some(ErrorKind::Corrupt) {
@@ -234,12 +234,13 @@ fn read(cs: &Arc<ChunkServer>, conn: &mut Conn, handle: ChunkHandle, version: Ve
                 return conn.send(&Reply::<ChunkReply>::Err(to_remote(&e))).is_ok();
             }
         };
-        for piece in buf[range].chunks(crate::DATA_FRAME) {
+        for piece in buf.as_slice()[range].chunks(crate::DATA_FRAME) {
             if conn.queue_data(piece).is_err() {
                 return false;
             }
         }
         pos += n;
     }
+    cs.store.give_buffer(buf);
     conn.flush().is_ok()
 }

@@ -1,20 +1,21 @@
 //! On-disk chunk storage. Each chunk is up to four files in the data directory:
 //! `<handle>.dat` (the data, sparse, created on first write), `<handle>.crc` (one CRC32C per
 //! 64 KiB block), `<handle>.ver` (the version, replaced atomically) and `<handle>.bad` (marks a
-//! replica found corrupt; it is reported as such). Every block read is verified.
+//! replica found corrupt; it is reported as such). Every block read is verified. Writes are in
+//! [`write`].
 
-use super::aligned::AlignedPool;
+mod write;
+
+use super::aligned::{AlignedBuf, AlignedPool, DIRECT_ALIGN};
 use crate::error::{ErrorKind, GfsError, IoContext, Result};
 use crate::protocol::{ChunkHandle, Version};
-use crate::util::is_disk_full;
 use crate::{BLOCKS_PER_CHUNK, BLOCK_SIZE, CHUNK_SIZE};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 
 /// Largest piece read and verified at once.
@@ -58,7 +59,8 @@ pub struct Chunk {
 pub struct Store {
     dir: PathBuf,
     sync: bool,
-    /// Durable writes use `O_DIRECT` (cleared if the file system refuses it).
+    /// Large and durable writes and streaming reads use `O_DIRECT` (cleared if the file system
+    /// refuses it).
     direct: AtomicBool,
     /// Aligned buffers for `O_DIRECT` writes, reused across mutations.
     staging: AlignedPool,
@@ -104,9 +106,9 @@ impl Store {
         Ok(store)
     }
 
-    /// Whether durable writes use `O_DIRECT` (on by default; off writes them buffered).
+    /// Whether large and durable writes and streaming reads use `O_DIRECT` (on by default).
     pub fn set_direct(&self, on: bool) {
-        self.direct.store(on, Ordering::Relaxed);
+        self.direct.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn path(&self, handle: ChunkHandle, ext: &str) -> PathBuf {
@@ -306,171 +308,6 @@ impl Store {
         let _ = File::create(self.path(chunk.handle, "bad"));
     }
 
-    /// Writes `data` at `offset` of the chunk at `version`, durably (see [`Store::write_as`]).
-    pub fn write(&self, chunk: &Chunk, version: Version, offset: u64, data: &[u8]) -> Result<()> {
-        self.write_as(chunk, version, offset, data, true)
-    }
-
-    /// Writes `data` at `offset` of the chunk at `version`, updating block checksums. Blocks
-    /// only partly overwritten are verified first. `durable`: the data and checksums are on
-    /// disk before this returns (unless the store was opened without sync); otherwise they
-    /// may still be in the page cache until [`Store::sync_chunk`].
-    ///
-    /// Durable writes go through `O_DIRECT` from a reused aligned buffer that covers whole
-    /// 64 KiB blocks: the kernel then copies nothing into the page cache (the costliest step
-    /// of a buffered write here), and the fdatasync that follows has only the allocation
-    /// metadata and the checksum page to flush. Writes that only need to reach memory stay
-    /// buffered, which is cheaper when no sync follows at once.
-    pub fn write_as(&self, chunk: &Chunk, version: Version, offset: u64, data: &[u8], durable: bool) -> Result<()> {
-        let end = offset.checked_add(data.len() as u64).filter(|&e| e <= CHUNK_SIZE).ok_or_else(|| {
-            err(ErrorKind::ReadPastEnd, format!("write at {offset}+{} past the chunk end", data.len()))
-        })?;
-        if data.is_empty() {
-            return Ok(());
-        }
-        let mut s = lock(&chunk.state);
-        check_version(chunk.handle, &s, version)?;
-        self.open_data(chunk.handle, &mut s)?;
-        if durable && self.direct.load(Ordering::Relaxed) && self.open_direct(chunk.handle, &mut s)? {
-            return self.write_direct(chunk, s, offset, data);
-        }
-        let first = (offset / BLOCK_SIZE) as usize;
-        let last = ((end - 1) / BLOCK_SIZE) as usize;
-        let mut new_crcs = Vec::with_capacity(last - first + 1);
-        let mut block = vec![0u8; BLOCK_SIZE as usize];
-        for b in first..=last {
-            let bs = b as u64 * BLOCK_SIZE;
-            let (lo, hi) = (offset.max(bs), end.min(bs + BLOCK_SIZE));
-            let piece = &data[(lo - offset) as usize..(hi - offset) as usize];
-            if lo == bs && hi == bs + BLOCK_SIZE {
-                new_crcs.push(crc32c::crc32c(piece));
-            } else {
-                if !read_verified(&s, chunk.handle, b, &mut block)? {
-                    drop(s);
-                    return Err(self.found_corrupt(chunk, b));
-                }
-                block[(lo - bs) as usize..(hi - bs) as usize].copy_from_slice(piece);
-                new_crcs.push(crc32c::crc32c(&block));
-            }
-        }
-        let Some(f) = s.data.as_ref() else {
-            return Err(err(ErrorKind::Io, "chunk data file missing"));
-        };
-        let io_err = |what: &str, e: std::io::Error| write_error(chunk.handle, what, e);
-        reserve(f, offset, data.len() as u64).map_err(|e| io_err("reserving space", e))?;
-        f.write_all_at(data, offset).map_err(|e| io_err("writing data", e))?;
-        self.finish_write(chunk.handle, &mut s, first, &new_crcs, end, durable)
-    }
-
-    /// The `O_DIRECT` half of [`Store::write_as`]: builds the whole blocks the write touches in
-    /// an aligned buffer (edge blocks read and verified first), writes them in one call, then
-    /// trims the file back if the last block reached past the written end.
-    fn write_direct(&self, chunk: &Chunk, mut s: MutexGuard<'_, ChunkState>, offset: u64, data: &[u8]) -> Result<()> {
-        let end = offset + data.len() as u64;
-        let first = (offset / BLOCK_SIZE) as usize;
-        let last = ((end - 1) / BLOCK_SIZE) as usize;
-        let lo = first as u64 * BLOCK_SIZE;
-        let hi = (last as u64 + 1) * BLOCK_SIZE;
-        let span = (hi - lo) as usize;
-        let bs = BLOCK_SIZE as usize;
-        let mut staging = self.staging.take(span);
-        let buf = &mut staging.as_mut_slice()[..span];
-        let mut bad = None;
-        if offset > lo && !read_verified(&s, chunk.handle, first, &mut buf[..bs])? {
-            bad = Some(first);
-        }
-        let last_partial = end < hi && (last != first || offset == lo);
-        if bad.is_none() && last_partial && !read_verified(&s, chunk.handle, last, &mut buf[span - bs..])? {
-            bad = Some(last);
-        }
-        if let Some(b) = bad {
-            drop(s);
-            self.staging.give(staging);
-            return Err(self.found_corrupt(chunk, b));
-        }
-        buf[(offset - lo) as usize..(end - lo) as usize].copy_from_slice(data);
-        let new_crcs: Vec<u32> = buf.chunks_exact(bs).map(crc32c::crc32c).collect();
-        let written = (|| {
-            let io_err = |what: &str, e: std::io::Error| write_error(chunk.handle, what, e);
-            let (Some(f), Some(df)) = (s.data.as_ref(), s.direct.as_ref()) else {
-                return Err(err(ErrorKind::Io, "chunk data file missing"));
-            };
-            reserve(f, lo, span as u64).map_err(|e| io_err("reserving space", e))?;
-            df.write_all_at(buf, lo).map_err(|e| io_err("writing data", e))?;
-            let size = s.len.max(end);
-            if hi > size {
-                f.set_len(size).map_err(|e| io_err("trimming the data file", e))?;
-            }
-            Ok(())
-        })();
-        self.staging.give(staging);
-        written?;
-        self.finish_write(chunk.handle, &mut s, first, &new_crcs, end, true)
-    }
-
-    /// Stores the new checksums of blocks `first..` and syncs if asked.
-    fn finish_write(
-        &self,
-        handle: ChunkHandle,
-        s: &mut ChunkState,
-        first: usize,
-        new_crcs: &[u32],
-        end: u64,
-        durable: bool,
-    ) -> Result<()> {
-        let io_err = |what: &str, e: std::io::Error| write_error(handle, what, e);
-        let crc_bytes: Vec<u8> = new_crcs.iter().flat_map(|c| c.to_le_bytes()).collect();
-        s.crc_file.write_all_at(&crc_bytes, first as u64 * 4).map_err(|e| io_err("writing checksums", e))?;
-        if durable && self.sync {
-            if let Some(f) = s.data.as_ref() {
-                f.sync_data().map_err(|e| io_err("syncing data", e))?;
-            }
-            s.crc_file.sync_data().map_err(|e| io_err("syncing checksums", e))?;
-        }
-        s.crcs[first..first + new_crcs.len()].copy_from_slice(new_crcs);
-        s.len = s.len.max(end);
-        Ok(())
-    }
-
-    /// Marks the replica corrupt after block `b` failed verification; the error to return.
-    fn found_corrupt(&self, chunk: &Chunk, b: usize) -> GfsError {
-        self.mark_corrupt(chunk);
-        err(ErrorKind::Corrupt, format!("chunk {}: block {b} is corrupt", chunk.handle))
-    }
-
-    /// Makes everything written to a replica so far durable (data and checksums), for
-    /// mutations that were acknowledged from memory.
-    pub fn sync_chunk(&self, handle: ChunkHandle) -> Result<()> {
-        let chunk = self.get(handle)?;
-        let s = lock(&chunk.state);
-        let io_err = |what: &str, e: std::io::Error| write_error(handle, what, e);
-        if let Some(f) = s.data.as_ref() {
-            f.sync_data().map_err(|e| io_err("syncing data", e))?;
-        }
-        s.crc_file.sync_data().map_err(|e| io_err("syncing checksums", e))
-    }
-
-    /// Opens the replica's `O_DIRECT` handle; false if this file system refuses `O_DIRECT`
-    /// (tmpfs, say), after which the store writes buffered.
-    fn open_direct(&self, handle: ChunkHandle, s: &mut ChunkState) -> Result<bool> {
-        if s.direct.is_some() {
-            return Ok(true);
-        }
-        let dp = self.path(handle, "dat");
-        match OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(&dp) {
-            Ok(f) => {
-                s.direct = Some(f);
-                Ok(true)
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                tracing::info!(dir = %self.dir.display(), "O_DIRECT not supported here; writing buffered");
-                self.direct.store(false, Ordering::Relaxed);
-                Ok(false)
-            }
-            Err(e) => Err(GfsError::io(format!("opening {} for direct writes", dp.display()), e)),
-        }
-    }
-
     /// Current length of a replica (where the next record append goes).
     pub fn chunk_len(&self, chunk: &Chunk) -> u64 {
         lock(&chunk.state).len
@@ -519,33 +356,78 @@ impl Store {
         len: u64,
         out: &mut Vec<u8>,
     ) -> Result<std::ops::Range<usize>> {
-        let end = offset
-            .checked_add(len)
-            .filter(|&e| e <= CHUNK_SIZE && len <= READ_PIECE)
-            .ok_or_else(|| err(ErrorKind::ReadPastEnd, format!("read at {offset}+{len} past the chunk end")))?;
-        if len == 0 {
+        let Some((first, last, end)) = read_span(offset, len)? else {
             return Ok(0..0);
-        }
-        let s = lock(&chunk.state);
-        check_version(chunk.handle, &s, version)?;
-        let first = (offset / BLOCK_SIZE) as usize;
-        let last = ((end - 1) / BLOCK_SIZE) as usize;
+        };
+        out.clear();
+        out.resize((last - first + 1) * BLOCK_SIZE as usize, 0);
+        self.read_blocks(chunk, version, first, out, false)?;
         let base = first as u64 * BLOCK_SIZE;
-        let buf = out;
-        buf.clear();
-        buf.resize((last - first + 1) * BLOCK_SIZE as usize, 0);
-        if let Some(f) = &s.data {
-            read_full_at(f, buf, base).ctx(|| format!("reading chunk {}", chunk.handle))?;
+        Ok((offset - base) as usize..(end - base) as usize)
+    }
+
+    /// As [`Store::read`], into a reused aligned buffer, with `O_DIRECT` when the store uses
+    /// it: the disk's data lands in `out` without a page-cache copy.
+    pub fn read_aligned(
+        &self,
+        chunk: &Chunk,
+        version: Version,
+        offset: u64,
+        len: u64,
+        out: &mut AlignedBuf,
+    ) -> Result<std::ops::Range<usize>> {
+        let Some((first, last, end)) = read_span(offset, len)? else {
+            return Ok(0..0);
+        };
+        let need = (last - first + 1) * BLOCK_SIZE as usize;
+        if out.capacity() < need {
+            *out = AlignedBuf::new(need);
         }
-        for (i, b) in (first..=last).enumerate() {
-            let blk = &buf[i * BLOCK_SIZE as usize..(i + 1) * BLOCK_SIZE as usize];
+        self.read_blocks(chunk, version, first, &mut out.as_mut_slice()[..need], true)?;
+        let base = first as u64 * BLOCK_SIZE;
+        Ok((offset - base) as usize..(end - base) as usize)
+    }
+
+    /// A reused aligned buffer of at least `len` bytes (for [`Store::read_aligned`]).
+    pub fn take_buffer(&self, len: usize) -> AlignedBuf {
+        self.staging.take(len)
+    }
+
+    pub fn give_buffer(&self, buf: AlignedBuf) {
+        self.staging.give(buf)
+    }
+
+    /// Fills `buf` (whole blocks from block `first`) and verifies every block.
+    fn read_blocks(&self, chunk: &Chunk, version: Version, first: usize, buf: &mut [u8], direct: bool) -> Result<()> {
+        let mut s = lock(&chunk.state);
+        check_version(chunk.handle, &s, version)?;
+        let base = first as u64 * BLOCK_SIZE;
+        let ctx = || format!("reading chunk {}", chunk.handle);
+        let use_direct = direct
+            && s.data.is_some()
+            && self.direct.load(std::sync::atomic::Ordering::Relaxed)
+            && self.open_direct(chunk.handle, &mut s)?;
+        match (&s.data, &s.direct) {
+            (Some(_), Some(df)) if use_direct => {
+                // Only up to the end of the file (rounded to the alignment): a direct read
+                // that ends short at the end of the file cannot be continued unaligned.
+                let want = s.len.saturating_sub(base).min(buf.len() as u64).next_multiple_of(DIRECT_ALIGN as u64);
+                let want = (want as usize).min(buf.len());
+                let got = read_direct_at(df, &mut buf[..want], base).ctx(ctx)?;
+                buf[got..].fill(0);
+            }
+            (Some(f), _) => read_full_at(f, buf, base).ctx(ctx)?,
+            (None, _) => buf.fill(0),
+        }
+        for (i, blk) in buf.chunks_exact(BLOCK_SIZE as usize).enumerate() {
+            let b = first + i;
             if crc32c::crc32c(blk) != s.crcs[b] {
                 drop(s);
                 self.mark_corrupt(chunk);
                 return Err(err(ErrorKind::Corrupt, format!("chunk {}: block {b} is corrupt", chunk.handle)));
             }
         }
-        Ok((offset - base) as usize..(end - base) as usize)
+        Ok(())
     }
 
     /// Whether `chunk` is still the store's replica of its handle (not deleted or replaced).
@@ -624,22 +506,34 @@ fn check_version(handle: ChunkHandle, s: &ChunkState, version: Version) -> Resul
     Ok(())
 }
 
-/// Reads block `b` into `block` (zeros past the end of the data file); whether it matches its
-/// checksum.
-fn read_verified(s: &ChunkState, handle: ChunkHandle, b: usize, block: &mut [u8]) -> Result<bool> {
-    block.fill(0);
-    if let Some(f) = &s.data {
-        read_full_at(f, block, b as u64 * BLOCK_SIZE).ctx(|| format!("reading chunk {handle}"))?;
+/// First and last block and the end of a read of `len` bytes at `offset` (None if empty).
+fn read_span(offset: u64, len: u64) -> Result<Option<(usize, usize, u64)>> {
+    let end = offset
+        .checked_add(len)
+        .filter(|&e| e <= CHUNK_SIZE && len <= READ_PIECE)
+        .ok_or_else(|| err(ErrorKind::ReadPastEnd, format!("read at {offset}+{len} past the chunk end")))?;
+    if len == 0 {
+        return Ok(None);
     }
-    Ok(crc32c::crc32c(block) == s.crcs[b])
+    Ok(Some(((offset / BLOCK_SIZE) as usize, ((end - 1) / BLOCK_SIZE) as usize, end)))
 }
 
-fn write_error(handle: ChunkHandle, what: &str, e: std::io::Error) -> GfsError {
-    if is_disk_full(&e) {
-        err(ErrorKind::DiskFull, format!("chunk {handle}: {what}: disk full"))
-    } else {
-        GfsError::io(format!("chunk {handle}: {what}"), e)
+/// Reads `buf` at `off` of an `O_DIRECT` file (aligned buffer, offset and length); returns how
+/// much was read, short only at the end of the file.
+fn read_direct_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], off + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        if done % DIRECT_ALIGN != 0 {
+            break; // the end of the file
+        }
     }
+    Ok(done)
 }
 
 /// Reads as much as the file has at `off`; the rest of `buf` is left as zeros.
@@ -655,25 +549,6 @@ fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
     }
     buf[done..].fill(0);
     Ok(())
-}
-
-/// Allocates disk space for a range so that a full disk fails before any byte is overwritten.
-fn reserve(f: &File, offset: u64, len: u64) -> std::io::Result<()> {
-    let (Ok(off), Ok(l)) = (i64::try_from(offset), i64::try_from(len)) else {
-        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
-    };
-    // SAFETY: fallocate only reads its integer arguments; the descriptor is owned by `f` and
-    // stays open for the duration of the call.
-    let r = unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, off, l) };
-    if r == 0 {
-        return Ok(());
-    }
-    let e = std::io::Error::last_os_error();
-    // Filesystems without fallocate: fall through to the write, which reports ENOSPC itself.
-    if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
-        return Ok(());
-    }
-    Err(e)
 }
 
 #[cfg(test)]

@@ -70,9 +70,9 @@ enum Cmd {
         /// Do not fdatasync chunk data before acknowledging a mutation.
         #[arg(long)]
         no_sync: bool,
-        /// Write durable mutations through the page cache instead of with O_DIRECT.
+        /// Read and write chunk data through the page cache instead of with O_DIRECT.
         #[arg(long)]
-        buffered_writes: bool,
+        buffered_io: bool,
         /// Seconds between full background scrub passes over every replica (0: never).
         #[arg(long, default_value_t = 3600.0)]
         scrub_interval_secs: f64,
@@ -226,13 +226,13 @@ fn run(cli: Cli) -> Result<()> {
             println!("gfs master listening on {addr}");
             park()
         }
-        Cmd::Chunkserver { dir, listen, rack, heartbeat_ms, no_sync, buffered_writes, scrub_interval_secs } => {
+        Cmd::Chunkserver { dir, listen, rack, heartbeat_ms, no_sync, buffered_io, scrub_interval_secs } => {
             let master = cli.master.context("chunkserver needs --master ADDR (or GFS_MASTER)")?;
             let mut cfg = ChunkServerConfig::new(dir, master, listen);
             cfg.rack = rack;
             cfg.heartbeat = Duration::from_millis(heartbeat_ms.max(10));
             cfg.sync = !no_sync;
-            cfg.direct_io = !buffered_writes;
+            cfg.direct_io = !buffered_io;
             cfg.scrub_interval = Some(secs(scrub_interval_secs)?).filter(|d| !d.is_zero());
             let cs = ChunkServer::start(cfg).context("starting the chunkserver")?;
             println!("gfs chunkserver listening on {}", cs.addr);
