@@ -1,13 +1,26 @@
 #!/usr/bin/env bash
-# gfs benchmark: this machine's own limits (disk write/read, loopback TCP) and gfs throughput,
-# measured in one run, printed with ratios.
+# gfs benchmark: gfs's data path side by side with this machine's own copy of the same bytes,
+# then the other gfs figures (record append, compare_and_set, re-replication, master).
 #
-#   storage/bench/gfs-bench.sh            # defaults: 1 GiB per single client, 4 x 256 MiB
-#   SIZE_MIB=512 BENCH_DIR=/tmp/x storage/bench/gfs-bench.sh
+#   storage/bench/gfs-bench.sh                 # 1 GiB, 3 rounds, everything
+#   ROUNDS=2 DATA_ONLY=1 storage/bench/gfs-bench.sh
+#   BASE_GFS=/path/to/older/gfs storage/bench/gfs-bench.sh   # also run an older build, side by side
 #
-# Starts a master and 3 chunkservers (3 replicas, fdatasync before every acknowledgement) on
-# loopback, all on this machine's one disk. Needs root only to drop the page cache before
-# reads (otherwise reads may come from memory, and the script says so).
+# Each data-path round runs, one after another on the same idle cluster(s):
+#   dd3        three `dd bs=4M oflag=dsync` writers of the source file, one per replica dir
+#              (what three replicas on this one disk cost when each 4 MiB is synced)
+#   put        `gfs put` (every mutation fdatasynced on every replica before it is acknowledged)
+#   put-sync   `gfs put --sync` (acknowledged from memory, one sync per chunk at the end)
+#   put-buf    `gfs put` on chunkservers started with --buffered-io (page cache + fdatasync
+#              instead of O_DIRECT)
+#   put-base   `gfs put` with BASE_GFS's binaries (only if BASE_GFS is set)
+#   dd-read    one `dd bs=4M` read of a dd-written copy, page cache dropped first
+#   get        `gfs get` into /dev/null, page cache dropped first (checked with cmp afterwards)
+#   get-buf    the same on the --buffered-io chunkservers
+#   get-base   the same with BASE_GFS's binaries (only if BASE_GFS is set)
+# For each: MiB/s, CPU-seconds per GiB (client + all chunkservers of that cluster, or the dd
+# processes, from /proc) and how busy the machine's CPUs were meanwhile (/proc/stat; the
+# machine may be shared, so this counts everyone). Needs root to drop the page cache.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -15,6 +28,9 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 SIZE_MIB="${SIZE_MIB:-1024}"
 PER4_MIB="${PER4_MIB:-256}"
+ROUNDS="${ROUNDS:-3}"
+DATA_ONLY="${DATA_ONLY:-0}"
+BASE_GFS="${BASE_GFS:-}"
 BENCH_DIR="${BENCH_DIR:-/tmp/gfs-bench}"
 META_OPS="${META_OPS:-8000}"
 
@@ -34,66 +50,127 @@ trap cleanup EXIT
 
 now() { date +%s.%N; }
 mbps() { awk -v b="$1" -v t0="$2" -v t1="$3" 'BEGIN { printf "%.0f", b / (t1 - t0) / 1e6 }'; }
+mibps() { awk -v b="$1" -v t0="$2" -v t1="$3" 'BEGIN { printf "%.0f", b / (t1 - t0) / 1048576 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 drop_caches() {
     sync
     if echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then CACHE="cold"; else CACHE="page cache may be warm"; fi
 }
+TICK=$(getconf CLK_TCK)
+# CPU seconds (user + system) used so far by the given live processes.
+proc_cpu() {
+    local t=0 p
+    for p in "$@"; do
+        t=$(awk -v t="$t" -v hz="$TICK" '{ sub(/^.*\) /, ""); print t + ($12 + $13) / hz }' "/proc/$p/stat")
+    done
+    echo "$t"
+}
+# Busy and total jiffies of all CPUs (busy excludes idle and iowait).
+cpu_jiffies() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
+busy_pct() { awk -v a="$1" -v b="$2" -v c="$3" -v d="$4" 'BEGIN { if (d > b) printf "%.0f", 100 * (c - a) / (d - b); else print "n/a" }'; }
 
-echo "== machine limits"
-DD="$BENCH_DIR/dd.bin"
-BYTES=$((SIZE_MIB * 1024 * 1024))
-t0=$(now); dd if=/dev/zero of="$DD" bs=4M count=$((SIZE_MIB / 4)) conv=fdatasync status=none; t1=$(now)
-DISK_W1=$(mbps "$BYTES" "$t0" "$t1")
-# Three writers at once, as three chunkservers on this one disk would be.
-t0=$(now)
-for i in 1 2 3; do dd if=/dev/zero of="$DD.$i" bs=4M count=$((SIZE_MIB / 4)) conv=fdatasync status=none & done
-wait
-t1=$(now)
-DISK_W3=$(mbps "$((3 * BYTES))" "$t0" "$t1")
-rm -f "$DD".?
-DISK_W=$(awk -v a="$DISK_W1" -v b="$DISK_W3" 'BEGIN { print (a > b ? a : b) }')
-drop_caches
-t0=$(now); dd if="$DD" of=/dev/null bs=4M iflag=direct status=none; t1=$(now)
-DISK_R=$(mbps "$BYTES" "$t0" "$t1")
-rm -f "$DD"
-NET=$("$GFS" bench-net --mib 4096 | sed -E 's/.*= ([0-9]+) MB\/s/\1/')
-echo "disk write (dd, fdatasync):   $DISK_W1 MB/s one stream, $DISK_W3 MB/s three streams (limit used: $DISK_W)"
-echo "disk read (dd, O_DIRECT):     $DISK_R MB/s"
-echo "loopback TCP (one stream):    $NET MB/s"
-
-echo "== cluster: master + 3 chunkservers on loopback, 3 replicas"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-MP=$(port)
-export GFS_MASTER="127.0.0.1:$MP"
-"$GFS" master --dir "$BENCH_DIR/master" --listen "$GFS_MASTER" --dead-after-secs 2 --lease-secs 10 >"$BENCH_DIR/master.log" 2>&1 &
-PIDS+=($!); MASTER_PID=$!
-sleep 0.3
-CS_PIDS=()
-for i in 1 2 3; do
-    "$GFS" chunkserver --dir "$BENCH_DIR/cs$i" --listen "127.0.0.1:$(port)" --rack "r$i" \
-        --heartbeat-ms 200 >"$BENCH_DIR/cs$i.log" 2>&1 &
-    PIDS+=($!); CS_PIDS+=($!)
-done
-sleep 1
+# start_cluster NAME BINARY [chunkserver flags...]: master + 3 chunkservers; sets
+# ${NAME}_MASTER and ${NAME}_CS (chunkserver pids).
+start_cluster() {
+    local name=$1 bin=$2; shift 2
+    local mp cs=() i
+    mp=$(port)
+    "$bin" master --dir "$BENCH_DIR/$name/master" --listen "127.0.0.1:$mp" --dead-after-secs 2 --lease-secs 10 \
+        >"$BENCH_DIR/$name-master.log" 2>&1 &
+    PIDS+=($!)
+    eval "${name}_MASTER_PID=$!"
+    for i in 1 2 3; do
+        "$bin" chunkserver --master "127.0.0.1:$mp" --dir "$BENCH_DIR/$name/cs$i" --listen "127.0.0.1:$(port)" \
+            --rack "r$i" --heartbeat-ms 200 "$@" >"$BENCH_DIR/$name-cs$i.log" 2>&1 &
+        PIDS+=($!); cs+=($!)
+    done
+    eval "${name}_MASTER=127.0.0.1:$mp"
+    eval "${name}_CS='${cs[*]}'"
+    until [ "$("$bin" --master "127.0.0.1:$mp" status 2>/dev/null | grep -cw up)" -ge 3 ]; do sleep 0.1; done
+}
+
+# timed LABEL CLUSTER_PIDS -- command...: runs the command, records MiB/s of $BYTES, CPU-s per
+# GiB (the command and its children, plus the listed live processes) and busy %.
+declare -A RATE CPU BUSY
+timed() {
+    local label=$1 pids=$2; shift 3
+    local c0 c1 j0 j1 t0 t1 out
+    c0=$(proc_cpu $pids); read -r j0b j0t < <(cpu_jiffies)
+    out="$BENCH_DIR/time.out"
+    t0=$(now)
+    /usr/bin/time -f "%U %S" -o "$out" "$@"
+    t1=$(now)
+    c1=$(proc_cpu $pids); read -r j1b j1t < <(cpu_jiffies)
+    local own
+    own=$(awk '{ print $1 + $2 }' "$out")
+    RATE[$label]=$(mibps "$BYTES" "$t0" "$t1")
+    CPU[$label]=$(awk -v a="$c0" -v b="$c1" -v o="$own" -v g="$((BYTES / 1048576))" 'BEGIN { printf "%.2f", (b - a + o) * 1024 / g }')
+    BUSY[$label]=$(busy_pct "$j0b" "$j0t" "$j1b" "$j1t")
+}
 
 SRC="$BENCH_DIR/src.bin"
+BYTES=$((SIZE_MIB * 1024 * 1024))
 head -c "$BYTES" /dev/urandom >"$SRC"
+mkdir -p "$BENCH_DIR/dd1" "$BENCH_DIR/dd2" "$BENCH_DIR/dd3"
+NET=$("$GFS" bench-net --mib 4096 | sed -E 's/.*= ([0-9]+) MB\/s/\1/')
+echo "loopback TCP (one stream): $NET MB/s"
+
+start_cluster A "$GFS"
+start_cluster B "$GFS" --buffered-io
+if [ -n "$BASE_GFS" ]; then start_cluster Z "$BASE_GFS"; fi
+
+wait_jobs() { local rc=0 j; for j in $(jobs -p); do case " ${PIDS[*]} " in *" $j "*) ;; *) wait "$j" || rc=1 ;; esac; done; return $rc; }
+
+printf "%-9s %-10s %8s %8s %10s %7s %9s\n" round copy "MiB/s" "/dd" "CPU-s/GiB" "busy%" "/dd CPU"
+for r in $(seq 1 "$ROUNDS"); do
+    rm -f "$BENCH_DIR"/dd?/copy
+    sync
+    timed dd3 "" -- bash -c 'for i in 1 2 3; do dd if="$1" of="$2/dd$i/copy" bs=4M oflag=dsync status=none & done; wait' \
+        - "$SRC" "$BENCH_DIR"
+    # three writers each wrote BYTES: the figure comparable to one gfs put is per writer.
+    timed put "$A_CS" -- "$GFS" --master "$A_MASTER" put "$SRC" "/r$r"
+    timed put-sync "$A_CS" -- "$GFS" --master "$A_MASTER" put --sync "$SRC" "/r$r-sync"
+    timed put-buf "$B_CS" -- "$GFS" --master "$B_MASTER" put "$SRC" "/r$r"
+    if [ -n "$BASE_GFS" ]; then timed put-base "$Z_CS" -- "$BASE_GFS" --master "$Z_MASTER" put "$SRC" "/r$r"; fi
+    drop_caches
+    timed dd-read "" -- dd if="$BENCH_DIR/dd1/copy" of=/dev/null bs=4M status=none
+    drop_caches
+    timed get "$A_CS" -- "$GFS" --master "$A_MASTER" get "/r$r" /dev/null
+    drop_caches
+    timed get-buf "$B_CS" -- "$GFS" --master "$B_MASTER" get "/r$r" /dev/null
+    if [ -n "$BASE_GFS" ]; then drop_caches; timed get-base "$Z_CS" -- "$BASE_GFS" --master "$Z_MASTER" get "/r$r" /dev/null; fi
+    for k in dd3 put put-sync put-buf put-base; do
+        [ -n "${RATE[$k]:-}" ] || continue
+        printf "%-9s %-10s %8s %8s %10s %7s %9s\n" "$r" "$k" "${RATE[$k]}" "$(ratio "${RATE[$k]}" "${RATE[dd3]}")" \
+            "${CPU[$k]}" "${BUSY[$k]}" "$(ratio "${CPU[$k]}" "${CPU[dd3]}")"
+    done
+    for k in dd-read get get-buf get-base; do
+        [ -n "${RATE[$k]:-}" ] || continue
+        printf "%-9s %-10s %8s %8s %10s %7s %9s\n" "$r" "$k" "${RATE[$k]}" "$(ratio "${RATE[$k]}" "${RATE[dd-read]}")" \
+            "${CPU[$k]}" "${BUSY[$k]}" "$(ratio "${CPU[$k]}" "${CPU[dd-read]}")"
+    done
+    "$GFS" --master "$A_MASTER" cat "/r$r" | cmp -s "$SRC" - || { echo "MISMATCH on /r$r"; exit 1; }
+    "$GFS" --master "$A_MASTER" cat "/r$r-sync" | cmp -s "$SRC" - || { echo "MISMATCH on /r$r-sync"; exit 1; }
+    "$GFS" --master "$B_MASTER" cat "/r$r" | cmp -s "$SRC" - || { echo "MISMATCH on buffered /r$r"; exit 1; }
+    "$GFS" --master "$A_MASTER" rm "/r$r"; "$GFS" --master "$A_MASTER" rm "/r$r-sync"; "$GFS" --master "$B_MASTER" rm "/r$r"
+    if [ -n "$BASE_GFS" ]; then "$BASE_GFS" --master "$Z_MASTER" rm "/r$r"; fi
+done
+echo "reads measured: $CACHE; dd3 MiB/s is per writer (each wrote all $SIZE_MIB MiB), CPU-s/GiB of dd3 counts all three"
+echo "goals: put >= 0.9 of dd3, get >= 0.75 of dd-read, CPU-s/GiB of put a third below put-base"
+rm -f "$BENCH_DIR"/dd?/copy
+[ "$DATA_ONLY" = 1 ] && exit 0
+for p in $(echo "$B_CS") ${B_MASTER_PID:-}; do kill "$p" 2>/dev/null || true; done
+if [ -n "$BASE_GFS" ]; then for p in $Z_CS $Z_MASTER_PID; do kill "$p" 2>/dev/null || true; done; fi
+
+echo "== the other gfs figures, on cluster A (3 chunkservers, 3 replicas)"
+export GFS_MASTER="$A_MASTER"
+MASTER_PID=$A_MASTER_PID
+read -r -a CS_PIDS <<<"$A_CS"
 for i in 1 2 3 4; do head -c $((PER4_MIB * 1024 * 1024)) "$SRC" >"$BENCH_DIR/src$i.bin"; done
-
-t0=$(now); "$GFS" put "$SRC" /one; t1=$(now)
-W1=$(mbps "$BYTES" "$t0" "$t1")
-drop_caches
-# Reads are timed into /dev/null (the local output file would measure this disk again);
-# correctness is checked separately, untimed.
-t0=$(now); "$GFS" get /one /dev/null; t1=$(now)
-R1=$(mbps "$BYTES" "$t0" "$t1")
-"$GFS" cat /one | cmp -s "$SRC" - || { echo "MISMATCH on /one"; exit 1; }
-
 B4=$((4 * PER4_MIB * 1024 * 1024))
 t0=$(now)
 for i in 1 2 3 4; do "$GFS" put "$BENCH_DIR/src$i.bin" "/four$i" & done
-wait_jobs() { local rc=0; for j in $(jobs -p | grep -v -w -e "${PIDS[0]}" -e "${PIDS[1]}" -e "${PIDS[2]}" -e "${PIDS[3]}"); do wait "$j" || rc=1; done; return $rc; }
 wait_jobs
 t1=$(now)
 W4=$(mbps "$B4" "$t0" "$t1")
@@ -104,19 +181,7 @@ wait_jobs
 t1=$(now)
 R4=$(mbps "$B4" "$t0" "$t1")
 for i in 1 2 3 4; do "$GFS" cat "/four$i" | cmp -s "$BENCH_DIR/src$i.bin" - || { echo "MISMATCH on /four$i"; exit 1; }; done
-
-# With 3 replicas on one machine every byte written is written to the one disk three times
-# and crosses loopback three times (client -> cs1 -> cs2 -> cs3).
-WLIM=$(awk -v d="$DISK_W" -v n="$NET" 'BEGIN { a = d / 3; b = n / 3; printf "%.0f", (a < b ? a : b) }')
-RLIM=$(awk -v d="$DISK_R" -v n="$NET" 'BEGIN { printf "%.0f", (d < n ? d : n) }')
-echo "reads measured: $CACHE"
-printf "%-34s %8s %10s %10s %10s\n" "gfs" "MB/s" "/disk" "/loopback" "/limit"
-printf "%-34s %8s %10s %10s %10s\n" "write, 1 client"  "$W1" "$(ratio "$W1" "$DISK_W")" "$(ratio "$W1" "$NET")" "$(ratio "$W1" "$WLIM")"
-printf "%-34s %8s %10s %10s %10s\n" "write, 4 clients" "$W4" "$(ratio "$W4" "$DISK_W")" "$(ratio "$W4" "$NET")" "$(ratio "$W4" "$WLIM")"
-printf "%-34s %8s %10s %10s %10s\n" "read, 1 client"   "$R1" "$(ratio "$R1" "$DISK_R")" "$(ratio "$R1" "$NET")" "$(ratio "$R1" "$RLIM")"
-printf "%-34s %8s %10s %10s %10s\n" "read, 4 clients"  "$R4" "$(ratio "$R4" "$DISK_R")" "$(ratio "$R4" "$NET")" "$(ratio "$R4" "$RLIM")"
-echo "(write limit = min(disk write, loopback) / 3 = $WLIM MB/s; read limit = min(disk read, loopback) = $RLIM MB/s)"
-
+echo "write, 4 clients x $PER4_MIB MiB: $W4 MB/s; read, 4 clients: $R4 MB/s ($CACHE)"
 echo "== record append (3 replicas)"
 "$GFS" bench-append --threads 1 --records 64 --size 1048576 --path /append1
 "$GFS" bench-append --threads 4 --records 32 --size 1048576 --path /append4
@@ -125,13 +190,13 @@ echo "== compare_and_set (the go-live test-and-set)"
 "$GFS" bench-lock --ops 500
 
 echo "== re-replication: a fourth chunkserver joins, one of the first three is killed"
-"$GFS" chunkserver --dir "$BENCH_DIR/cs4" --listen "127.0.0.1:$(port)" --rack r4 \
+"$GFS" chunkserver --dir "$BENCH_DIR/A/cs4" --listen "127.0.0.1:$(port)" --rack r4 \
     --heartbeat-ms 200 >"$BENCH_DIR/cs4.log" 2>&1 &
 PIDS+=($!)
 # Let every lease run out first: a lease held by the killed server cannot be revoked, and the
 # master rightly waits for it to expire before copying that chunk; this measures copying alone.
 sleep 11
-LOST=$(du -sb --apparent-size "$BENCH_DIR/cs1" | awk '{ print $1 }')
+LOST=$(du -sb --apparent-size "$BENCH_DIR/A/cs1" | awk '{ print $1 }')
 kill -9 "${CS_PIDS[0]}"
 until "$GFS" status | grep -q DOWN; do sleep 0.05; done
 t0=$(now)

@@ -16,7 +16,7 @@ pub mod oplog;
 pub mod protocol;
 pub mod util;
 
-pub use client::{Client, DirEntry, FileStat};
+pub use client::{Client, DirEntry, Durability, FileStat, StreamOpts};
 pub use error::{GfsError, Result};
 
 /// Size of one chunk: 64 MiB.

@@ -3,6 +3,7 @@
 //! reads, reports to the master ([`heartbeat`]) and scrubs its replicas in the background
 //! ([`scrub`]).
 
+pub mod aligned;
 pub mod buffers;
 pub mod heartbeat;
 pub mod mutation;
@@ -35,6 +36,9 @@ pub struct ChunkServerConfig {
     pub heartbeat: Duration,
     /// fdatasync chunk data and checksums before acknowledging a mutation.
     pub sync: bool,
+    /// Large and durable writes and streaming reads use `O_DIRECT` (false: all through the
+    /// page cache). Measured cheaper in CPU on this machine; see FIGURES.md.
+    pub direct_io: bool,
     /// Most bytes of pushed, not yet applied data held in memory.
     pub buffer_limit: usize,
     /// Time between full scrub passes over every replica ([`scrub`]); `None` disables it.
@@ -57,6 +61,7 @@ impl ChunkServerConfig {
             rack: "default".into(),
             heartbeat: Duration::from_millis(1000),
             sync: true,
+            direct_io: true,
             buffer_limit: 512 * 1024 * 1024,
             scrub_interval: Some(Duration::from_secs(3600)),
             scrub_pause: Duration::from_millis(20),
@@ -118,6 +123,7 @@ impl ChunkServer {
     /// Opens the store, binds the listener and starts serving and heartbeating.
     pub fn start(cfg: ChunkServerConfig) -> Result<Arc<ChunkServer>> {
         let store = Store::open(&cfg.dir, cfg.sync)?;
+        store.set_direct(cfg.direct_io);
         let listener =
             TcpListener::bind(&cfg.listen).map_err(|e| GfsError::io(format!("binding {}", cfg.listen), e))?;
         let bound = listener.local_addr().map_err(|e| GfsError::io("reading the bound address", e))?;

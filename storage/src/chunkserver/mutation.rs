@@ -16,11 +16,13 @@ pub struct Mutation {
     /// Id of the pushed data to write.
     pub id: u64,
     pub fence: Option<Fence>,
+    /// Durable before acknowledged (fdatasync); false: acknowledged from memory.
+    pub durable: bool,
 }
 
 impl Mutation {
     fn apply_local(&self, cs: &Arc<ChunkServer>, chunk: &super::store::Chunk, data: &[u8]) -> Result<()> {
-        cs.store.write(chunk, self.version, self.offset, data).inspect_err(|e| {
+        cs.store.write_as(chunk, self.version, self.offset, data, self.durable).inspect_err(|e| {
             if e.kind() == Some(ErrorKind::Corrupt) {
                 report_corrupt(cs, self.handle);
             }
@@ -32,8 +34,11 @@ impl Mutation {
         cs.check_fence(bound.as_deref(), self.fence.as_ref())
     }
 
-    /// As primary: order the mutation, apply it locally, then on every secondary. Replies
-    /// name the secondaries that failed.
+    /// As primary: order the mutation, then apply it locally and on every secondary at the
+    /// same time (the order lock is held throughout, so every replica still applies in serial
+    /// order; the local disk write no longer delays the secondaries'). Replies name the
+    /// secondaries that failed; a local failure fails the whole mutation, and the client
+    /// retries it, as for any failed replica.
     pub fn write_primary(&self, cs: &Arc<ChunkServer>, secondaries: &[String]) -> Result<ChunkReply> {
         let handle = self.handle;
         if !cs.check_lease(handle, self.version) {
@@ -52,17 +57,31 @@ impl Mutation {
         }
         let serial = order.1;
         order.1 += 1;
-        self.apply_local(cs, &chunk, &data)?;
-        let req = ChunkRequest::Apply {
+        let req = self.unsynced_if_asked(ChunkRequest::Apply {
             handle,
             version: self.version,
             serial,
             offset: self.offset,
             id: self.id,
             fence: self.fence.clone(),
-        };
-        let failed = fan_out(cs, secondaries, &req, serial);
+        });
+        let (local, failed) = std::thread::scope(|s| {
+            let remote = s.spawn(|| fan_out(cs, secondaries, &req, serial));
+            let local = self.apply_local(cs, &chunk, &data);
+            let failed = remote.join().unwrap_or_else(|_| secondaries.to_vec());
+            (local, failed)
+        });
+        local?;
         Ok(ChunkReply::Written { failed })
+    }
+
+    /// `req` as sent to the secondaries: marked unsynced when this mutation is.
+    fn unsynced_if_asked(&self, req: ChunkRequest) -> ChunkRequest {
+        if self.durable {
+            req
+        } else {
+            ChunkRequest::Unsynced(Box::new(req))
+        }
     }
 
     /// As secondary: apply in the primary's serial order.
@@ -109,9 +128,13 @@ pub fn append_primary(cs: &Arc<ChunkServer>, m: Mutation, len: u64, secondaries:
         return Ok(ChunkReply::ChunkFull { failed });
     }
     let m = Mutation { offset: at, ..m };
-    m.apply_local(cs, &chunk, &data)?;
     let req = ChunkRequest::Apply { handle, version: m.version, serial, offset: at, id: m.id, fence: m.fence.clone() };
-    let failed = fan_out(cs, secondaries, &req, serial);
+    let (local, failed) = std::thread::scope(|s| {
+        let remote = s.spawn(|| fan_out(cs, secondaries, &req, serial));
+        let local = m.apply_local(cs, &chunk, &data);
+        (local, remote.join().unwrap_or_else(|_| secondaries.to_vec()))
+    });
+    local?;
     Ok(ChunkReply::Appended { offset: at, failed })
 }
 

@@ -51,6 +51,11 @@ fn handle_conn(cs: &Arc<ChunkServer>, mut conn: Conn) {
 }
 
 fn simple(cs: &Arc<ChunkServer>, req: ChunkRequest) -> Result<ChunkReply> {
+    mutation_or_other(cs, req, true)
+}
+
+/// Serves `req`; `durable` is false for a mutation that came wrapped in `Unsynced`.
+fn mutation_or_other(cs: &Arc<ChunkServer>, req: ChunkRequest, durable: bool) -> Result<ChunkReply> {
     match req {
         ChunkRequest::SetVersion { handle, version, lease_ms, register } => {
             let granted = Instant::now();
@@ -66,19 +71,19 @@ fn simple(cs: &Arc<ChunkServer>, req: ChunkRequest) -> Result<ChunkReply> {
             Ok(ChunkReply::VersionSet)
         }
         ChunkRequest::Write { handle, version, offset, id, secondaries, fence } => {
-            let m = Mutation { handle, version, offset, id, fence };
+            let m = Mutation { handle, version, offset, id, fence, durable };
             m.write_primary(cs, &secondaries)
         }
         ChunkRequest::Apply { handle, version, serial, offset, id, fence } => {
-            let m = Mutation { handle, version, offset, id, fence };
+            let m = Mutation { handle, version, offset, id, fence, durable };
             m.apply_secondary(cs, serial)
         }
         ChunkRequest::Append { handle, version, id, len, secondaries, fence } => {
-            let m = Mutation { handle, version, offset: 0, id, fence };
+            let m = Mutation { handle, version, offset: 0, id, fence, durable: true };
             append_primary(cs, m, len, &secondaries)
         }
         ChunkRequest::Pad { handle, version, serial, fence } => {
-            let m = Mutation { handle, version, offset: 0, id: 0, fence };
+            let m = Mutation { handle, version, offset: 0, id: 0, fence, durable: true };
             pad_secondary(cs, m, serial)
         }
         ChunkRequest::Revoke { handle } => {
@@ -117,6 +122,17 @@ fn simple(cs: &Arc<ChunkServer>, req: ChunkRequest) -> Result<ChunkReply> {
             cs.learn_fence(&f.name, f.generation);
             Ok(ChunkReply::Fenced)
         }
+        ChunkRequest::Unsynced(inner) if durable => match *inner {
+            m @ (ChunkRequest::Write { .. } | ChunkRequest::Apply { .. }) => mutation_or_other(cs, m, false),
+            _ => Err(GfsError::fs(ErrorKind::InvalidArgument, "only writes can be unsynced")),
+        },
+        ChunkRequest::Sync { handles } => {
+            for handle in handles {
+                cs.store.sync_chunk(handle)?;
+            }
+            Ok(ChunkReply::Synced)
+        }
+        ChunkRequest::Unsynced(_) => Err(GfsError::fs(ErrorKind::InvalidArgument, "nested unsynced request")),
         ChunkRequest::Push { .. } | ChunkRequest::Read { .. } => Err(GfsError::fs(ErrorKind::Protocol, "unreachable")),
     }
 }
@@ -221,12 +237,12 @@ fn read(cs: &Arc<ChunkServer>, conn: &mut Conn, handle: ChunkHandle, version: Ve
     if conn.queue(&Reply::<ChunkReply>::Ok(ChunkReply::Reading { len })).is_err() {
         return false;
     }
-    let mut buf = Vec::new();
+    let mut buf = cs.store.take_buffer(READ_PIECE as usize);
     let mut pos = offset;
     let end = offset + len;
     while pos < end {
         let n = (end - pos).min(READ_PIECE - pos % READ_PIECE);
-        let range = match cs.store.read(&chunk, version, pos, n, &mut buf) {
+        let range = match cs.store.read_aligned(&chunk, version, pos, n, &mut buf) {
             Ok(r) => r,
             Err(e) => {
                 if e.kind() == Some(ErrorKind::Corrupt) {
@@ -237,12 +253,13 @@ fn read(cs: &Arc<ChunkServer>, conn: &mut Conn, handle: ChunkHandle, version: Ve
                 return conn.send(&Reply::<ChunkReply>::Err(to_remote(&e))).is_ok();
             }
         };
-        for piece in buf[range].chunks(crate::DATA_FRAME) {
+        for piece in buf.as_slice()[range].chunks(crate::DATA_FRAME) {
             if conn.queue_data(piece).is_err() {
                 return false;
             }
         }
         pos += n;
     }
+    cs.store.give_buffer(buf);
     conn.flush().is_ok()
 }

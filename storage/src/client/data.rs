@@ -2,56 +2,72 @@
 //! piece is pushed along the chain of replicas and then committed by the primary. Reads go to
 //! one replica and resume on another where one fails.
 
+use super::stream::{run_windowed, STREAM_PIECE, STREAM_WINDOW};
+use super::Durability;
 use super::{unexpected, Client};
 use crate::error::{ErrorKind, GfsError, Result};
 use crate::protocol::{ChunkLocation, ChunkReply, ChunkRequest, Conn, Incoming, Reply};
 use crate::util::random_id;
 use crate::{CHUNK_SIZE, DATA_FRAME, MAX_MUTATION};
-use std::io::{Read, Write};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-/// Piece size used by the streaming helpers (one mutation per piece).
-const STREAM_PIECE: usize = MAX_MUTATION as usize;
-/// Pieces in flight at once in the streaming helpers.
-pub const STREAM_WINDOW: usize = 8;
-
-/// Reads until `buf` is full or the input ends; returns the bytes read.
-fn fill(r: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(GfsError::io("reading input", e)),
-        }
-    }
-    Ok(filled)
-}
 
 impl Client {
     /// Writes all of `data` at `offset` of `path`, then raises the file size if needed.
+    /// Large writes keep up to [`STREAM_WINDOW`] mutations in flight.
     pub fn write_at(&self, path: &str, offset: u64, data: &[u8]) -> Result<()> {
-        let end = offset
-            .checked_add(data.len() as u64)
-            .filter(|&e| e <= crate::MAX_FILE_SIZE)
-            .ok_or_else(|| GfsError::fs(ErrorKind::InvalidArgument, "write beyond the largest file size"))?;
-        let mut pos = offset;
-        while pos < end {
-            let (idx, coff) = (pos / CHUNK_SIZE, pos % CHUNK_SIZE);
-            let n = (end - pos).min(CHUNK_SIZE - coff).min(MAX_MUTATION);
-            let start = (pos - offset) as usize;
-            self.write_piece(path, idx, coff, &data[start..start + n as usize])?;
-            pos += n;
-        }
+        let end = checked_end(offset, data.len())?;
+        self.write_span(path, offset, data, STREAM_WINDOW)?;
         if !data.is_empty() {
             self.extend_size(path, end)?;
         }
         Ok(())
     }
 
+    /// Writes `data` at `offset` as mutations cut at chunk boundaries and at
+    /// [`MAX_MUTATION`], up to `window` at once; does not touch the file size.
+    pub(super) fn write_span(&self, path: &str, offset: u64, data: &[u8], window: usize) -> Result<()> {
+        let end = checked_end(offset, data.len())?;
+        let mut pieces = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let n = (end - pos).min(CHUNK_SIZE - pos % CHUNK_SIZE).min(MAX_MUTATION);
+            pieces.push((pos, n as usize));
+            pos += n;
+        }
+        run_windowed(pieces.len(), window, |i| {
+            let (at, n) = pieces[i];
+            let start = (at - offset) as usize;
+            self.write_piece(path, at / CHUNK_SIZE, at % CHUNK_SIZE, &data[start..start + n])
+        })
+    }
+
     /// Reads up to `buf.len()` bytes at `offset`; returns how many (short only at end of file).
+    /// Large reads keep up to [`STREAM_WINDOW`] pieces in flight.
     pub fn read_at(&self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        if buf.len() <= STREAM_PIECE {
+            return self.read_span(path, offset, buf);
+        }
+        let pieces: Vec<Mutex<(&mut [u8], usize)>> = buf.chunks_mut(STREAM_PIECE).map(|b| Mutex::new((b, 0))).collect();
+        run_windowed(pieces.len(), STREAM_WINDOW, |i| {
+            let mut p = pieces[i].lock().unwrap_or_else(|p| p.into_inner());
+            let (b, got) = &mut *p;
+            *got = self.read_span(path, offset + (i * STREAM_PIECE) as u64, b)?;
+            Ok(())
+        })?;
+        let mut done = 0;
+        for p in pieces {
+            let (b, got) = p.into_inner().unwrap_or_else(|p| p.into_inner());
+            done += got;
+            if got < b.len() {
+                break; // end of file: later pieces read nothing (or raced with a writer)
+            }
+        }
+        Ok(done)
+    }
+
+    /// One piece of `read_at`, chunk by chunk.
+    pub(super) fn read_span(&self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let mut done = 0usize;
         while done < buf.len() {
             let pos = offset + done as u64;
@@ -86,91 +102,12 @@ impl Client {
         Ok(done)
     }
 
-    /// Copies the whole file to `w`; returns the bytes copied. Reads [`STREAM_WINDOW`] pieces
-    /// in parallel (spread over replicas) and writes them out in order.
-    pub fn read_to(&self, path: &str, w: &mut impl Write) -> Result<u64> {
-        let mut bufs: Vec<Vec<u8>> = (0..STREAM_WINDOW).map(|_| vec![0u8; STREAM_PIECE]).collect();
-        let mut off = 0u64;
-        loop {
-            let results: Vec<Result<usize>> = std::thread::scope(|s| {
-                let jobs: Vec<_> = bufs
-                    .iter_mut()
-                    .enumerate()
-                    .map(|(i, b)| {
-                        let at = off + (i * STREAM_PIECE) as u64;
-                        s.spawn(move || self.read_at(path, at, b))
-                    })
-                    .collect();
-                jobs.into_iter()
-                    .map(|j| j.join().unwrap_or_else(|_| Err(GfsError::ReadFailed("reader thread panicked".into()))))
-                    .collect()
-            });
-            for (b, r) in bufs.iter().zip(results) {
-                let n = r?;
-                w.write_all(&b[..n]).map_err(|e| GfsError::io("writing output", e))?;
-                off += n as u64;
-                if n < STREAM_PIECE {
-                    return Ok(off);
-                }
-            }
-        }
-    }
-
-    /// Writes everything from `r` into `path` starting at offset 0; returns the bytes written.
-    /// Up to [`STREAM_WINDOW`] mutations are in flight at once, so pushing one piece overlaps
-    /// committing another.
-    pub fn write_from(&self, path: &str, r: &mut impl Read) -> Result<u64> {
-        let mut bufs: Vec<Vec<u8>> = (0..STREAM_WINDOW).map(|_| vec![0u8; STREAM_PIECE]).collect();
-        let mut off = 0u64;
-        loop {
-            let mut lens = Vec::with_capacity(STREAM_WINDOW);
-            for b in bufs.iter_mut() {
-                let n = fill(r, b)?;
-                lens.push(n);
-                if n < STREAM_PIECE {
-                    break;
-                }
-            }
-            let total: usize = lens.iter().sum();
-            if total == 0 {
-                return Ok(off);
-            }
-            let results: Vec<Result<()>> = std::thread::scope(|s| {
-                let mut at = off;
-                let jobs: Vec<_> = bufs
-                    .iter()
-                    .zip(&lens)
-                    .filter(|(_, &n)| n > 0)
-                    .map(|(b, &n)| {
-                        let here = at;
-                        at += n as u64;
-                        s.spawn(move || self.write_at(path, here, &b[..n]))
-                    })
-                    .collect();
-                jobs.into_iter()
-                    .map(|j| {
-                        j.join().unwrap_or_else(|_| {
-                            Err(GfsError::WriteFailed { attempts: 0, last: "writer thread panicked".into() })
-                        })
-                    })
-                    .collect()
-            });
-            for r in results {
-                r?;
-            }
-            off += total as u64;
-            if lens.len() < STREAM_WINDOW || lens.last().is_some_and(|&n| n < STREAM_PIECE) {
-                return Ok(off);
-            }
-        }
-    }
-
     fn write_piece(&self, path: &str, idx: u64, coff: u64, data: &[u8]) -> Result<()> {
         let deadline = Instant::now() + self.inner.retry.unavailable_wait;
         let mut failures = 0u32;
         let mut backoff = Duration::from_millis(50);
         loop {
-            let result = self.write_location(path, idx).and_then(|loc| self.mutate(&loc, coff, data));
+            let result = self.write_location(path, idx).and_then(|loc| self.mutate(path, idx, &loc, coff, data));
             let e = match result {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
@@ -206,16 +143,25 @@ impl Client {
     }
 
     /// One attempt: push the data along the chain, then ask the primary to commit it.
-    fn mutate(&self, loc: &ChunkLocation, coff: u64, data: &[u8]) -> Result<()> {
+    fn mutate(&self, path: &str, idx: u64, loc: &ChunkLocation, coff: u64, data: &[u8]) -> Result<()> {
         let (primary, chain, id) = self.push_to_replicas(loc, data)?;
+        if self.durability == Durability::Flush {
+            // Noted before the commit: a write that fails half-way may still have reached
+            // some replicas' memory, and a retry may land elsewhere; sync covers them all.
+            self.inner.dirty.note(path, idx, loc.handle, &chain);
+        }
         let secondaries: Vec<String> = chain.into_iter().filter(|a| *a != primary).collect();
-        let req = ChunkRequest::Write {
+        let write = ChunkRequest::Write {
             handle: loc.handle,
             version: loc.version,
             offset: coff,
             id,
             secondaries,
             fence: self.fence.clone(),
+        };
+        let req = match self.durability {
+            Durability::Sync => write,
+            Durability::Flush => ChunkRequest::Unsynced(Box::new(write)),
         };
         match self.call(&primary, &req)? {
             ChunkReply::Written { failed } if failed.is_empty() => Ok(()),
@@ -354,6 +300,14 @@ impl Client {
         self.inner.pool.put(c);
         Ok(())
     }
+}
+
+/// End of a write of `len` bytes at `offset`, if within the largest file size.
+pub(super) fn checked_end(offset: u64, len: usize) -> Result<u64> {
+    offset
+        .checked_add(len as u64)
+        .filter(|&e| e <= crate::MAX_FILE_SIZE)
+        .ok_or_else(|| GfsError::fs(ErrorKind::InvalidArgument, "write beyond the largest file size"))
 }
 
 /// Whether a mutation's error is final: retrying against other replicas or a new lease cannot

@@ -12,7 +12,9 @@
 mod append;
 mod cache;
 mod data;
+mod durability;
 mod put;
+mod stream;
 
 pub use put::COPYING_SUFFIX;
 
@@ -20,6 +22,8 @@ use crate::error::{ErrorKind, GfsError, Result};
 use crate::protocol::{ChunkLocation, Fence, MasterReply, MasterRequest, Pool, Reply};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+pub use stream::{StreamOpts, STREAM_WINDOW};
 
 pub use crate::protocol::{ChunkStat, DirEntry, FileStat, ReplicaStat};
 
@@ -75,6 +79,18 @@ struct Inner {
     pool: Pool,
     cache: cache::Cache,
     retry: RetryPolicy,
+    /// Chunks written with [`Durability::Flush`] and not yet synced.
+    dirty: durability::DirtyChunks,
+}
+
+/// When a write is acknowledged, as HDFS's hflush and hsync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Every replica has fdatasynced it (the default).
+    #[default]
+    Sync,
+    /// Every replica holds it in memory; [`Client::sync`] makes it durable.
+    Flush,
 }
 
 /// A handle on a gfs cluster. Cheap to clone; safe to share between threads.
@@ -83,6 +99,7 @@ pub struct Client {
     inner: Arc<Inner>,
     /// Fencing token stamped on every write (see [`Client::fenced`]).
     fence: Option<Fence>,
+    durability: Durability,
 }
 
 /// An open file: a path bound to a client.
@@ -105,8 +122,10 @@ impl Client {
                 pool: Pool::default(),
                 cache: cache::Cache::default(),
                 retry,
+                dirty: durability::DirtyChunks::default(),
             }),
             fence: None,
+            durability: Durability::Sync,
         }
     }
 
@@ -205,7 +224,18 @@ impl Client {
     /// A client sharing connections and caches with this one whose writes carry generation
     /// `generation` of register `name` as their fencing token.
     pub fn fenced(&self, name: &str, generation: u64) -> Client {
-        Client { inner: self.inner.clone(), fence: Some(Fence { name: name.into(), generation }) }
+        Client {
+            inner: self.inner.clone(),
+            fence: Some(Fence { name: name.into(), generation }),
+            durability: self.durability,
+        }
+    }
+
+    /// A client sharing connections and caches with this one whose writes are acknowledged
+    /// at `durability` (with [`Durability::Flush`], call [`Client::sync`] to make them
+    /// durable; a VM disk does so on the guest's FLUSH).
+    pub fn with_durability(&self, durability: Durability) -> Client {
+        Client { inner: self.inner.clone(), fence: self.fence.clone(), durability }
     }
 
     /// Copy-on-write snapshot of a file or directory tree.
@@ -284,6 +314,11 @@ impl File {
     /// Writes all of `data` at `offset`.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.client.write_at(&self.path, offset, data)
+    }
+
+    /// Makes every write this client acknowledged from memory to this file durable.
+    pub fn sync(&self) -> Result<()> {
+        self.client.sync(&self.path)
     }
 }
 

@@ -27,7 +27,8 @@ impl Client {
             _ => {}
         }
         self.create(&temp)?;
-        let written = match self.write_from(&temp, r) {
+        // With the light durability level the data is made durable before the name appears.
+        let written = match self.write_from(&temp, r).and_then(|n| self.sync(&temp).map(|()| n)) {
             Ok(n) => n,
             Err(e) => {
                 self.discard(&temp);

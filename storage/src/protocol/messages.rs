@@ -285,6 +285,11 @@ pub enum ChunkRequest {
     /// From a master checking that a chunkserver is one, at the address its heartbeats claim:
     /// keep `token` and show it in the next heartbeats. Answered with `Verified`.
     Verify { token: u64 },
+    /// A `Write` (from the client) or `Apply` (from the primary) acknowledged once every
+    /// replica holds it in memory, without fdatasync (HDFS's hflush); `Sync` makes it durable.
+    Unsynced(Box<ChunkRequest>),
+    /// Make everything written to these replicas durable (fdatasync data and checksums).
+    Sync { handles: Vec<ChunkHandle> },
 }
 
 /// Replies of a chunkserver.
@@ -323,6 +328,7 @@ pub enum ChunkReply {
     Verified {
         addr: String,
     },
+    Synced,
 }
 
 /// Every reply on the wire is a result.

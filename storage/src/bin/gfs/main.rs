@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use storage::chunkserver::{ChunkServer, ChunkServerConfig};
 use storage::master::{service, Master, MasterConfig};
-use storage::Client;
+use storage::{Client, Durability, StreamOpts};
 
 mod bench;
 
@@ -112,6 +112,9 @@ enum Cmd {
         /// Do not fdatasync chunk data before acknowledging a mutation.
         #[arg(long)]
         no_sync: bool,
+        /// Read and write chunk data through the page cache instead of with O_DIRECT.
+        #[arg(long)]
+        buffered_io: bool,
         /// Seconds between full background scrub passes over every replica (0: never).
         #[arg(long, default_value_t = 3600.0)]
         scrub_interval_secs: f64,
@@ -125,7 +128,15 @@ enum Cmd {
     /// Create an empty file.
     Touch { path: String },
     /// Copy a local file into gfs.
-    Put { local: PathBuf, remote: String },
+    Put {
+        local: PathBuf,
+        remote: String,
+        /// Have replicas acknowledge each piece from memory, then make the whole file durable
+        /// with one sync per chunk at the end (by default every piece is fdatasynced on every
+        /// replica before it is acknowledged). Either way the file is durable when put exits 0.
+        #[arg(long)]
+        sync: bool,
+    },
     /// Copy a gfs file to a local file.
     Get { remote: String, local: PathBuf },
     /// Print a gfs file.
@@ -144,6 +155,9 @@ enum Cmd {
         /// Fencing token NAME:GENERATION to stamp on the write.
         #[arg(long)]
         fence: Option<String>,
+        /// As `put --sync`: acknowledged from memory, made durable once at the end.
+        #[arg(long)]
+        sync: bool,
     },
     /// Show a test-and-set register, or set it with --expect and --holder (prints the new
     /// generation; fails naming the current holder and generation if --expect is not current).
@@ -259,13 +273,14 @@ fn run(cli: Cli) -> Result<()> {
             println!("gfs master listening on {addr}");
             park()
         }
-        Cmd::Chunkserver { dir, listen, advertise, rack, heartbeat_ms, no_sync, scrub_interval_secs, serve } => {
+        Cmd::Chunkserver { dir, listen, advertise, rack, heartbeat_ms, no_sync, buffered_io, scrub_interval_secs, serve } => {
             let master = cli.master.context("chunkserver needs --master ADDR (or GFS_MASTER)")?;
             let mut cfg = ChunkServerConfig::new(dir, master, listen);
             cfg.rack = rack;
             cfg.advertise = advertise;
             cfg.heartbeat = Duration::from_millis(heartbeat_ms.max(10));
             cfg.sync = !no_sync;
+            cfg.direct_io = !buffered_io;
             cfg.scrub_interval = Some(secs(scrub_interval_secs)?).filter(|d| !d.is_zero());
             cfg.limits = serve.limits()?;
             let cs = ChunkServer::start(cfg).context("starting the chunkserver")?;
@@ -284,8 +299,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Mkdir { path } => Ok(client(&cli.master, cli.retry_secs)?.mkdir(&path)?),
         Cmd::Touch { path } => Ok(client(&cli.master, cli.retry_secs)?.create(&path)?),
-        Cmd::Put { local, remote } => {
+        Cmd::Put { local, remote, sync } => {
             let c = client(&cli.master, cli.retry_secs)?;
+            let c = if sync { c.with_durability(Durability::Flush) } else { c };
             // A directory opens fine on Linux and fails only when read: refuse it up front.
             let meta = std::fs::metadata(&local).with_context(|| format!("reading {}", local.display()))?;
             if !meta.is_file() {
@@ -346,16 +362,19 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Write { remote, offset, fence } => {
+        Cmd::Write { remote, offset, fence, sync } => {
             let mut c = client(&cli.master, cli.retry_secs)?;
             if let Some(f) = fence {
                 let (name, generation) = parse_fence(&f)?;
                 c = c.fenced(&name, generation);
             }
-            let mut data = Vec::new();
-            use std::io::Read;
-            std::io::stdin().read_to_end(&mut data).context("reading stdin")?;
-            c.write_at(&remote, offset, &data)?;
+            if sync {
+                c = c.with_durability(Durability::Flush);
+            }
+            c.open(&remote)?; // fail before reading stdin if the file is missing
+            let stdin = std::io::stdin();
+            c.write_stream(&remote, offset, &mut stdin.lock(), StreamOpts::default())?;
+            c.sync(&remote)?;
             Ok(())
         }
         Cmd::Lock { name, expect, holder } => {
