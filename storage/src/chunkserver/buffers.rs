@@ -29,11 +29,16 @@ impl Buffers {
 
     /// Checks that `len` more bytes may be buffered (dropping expired buffers first).
     pub fn admit(&self, len: usize) -> Result<()> {
+        self.admit_at(len, Instant::now())
+    }
+
+    /// [`Buffers::admit`] at time `now` (tests pass their own clock).
+    fn admit_at(&self, len: usize, now: Instant) -> Result<()> {
         let mut g = self.inner();
         let ttl = self.ttl;
         let mut freed = 0;
         g.map.retain(|_, (t, d)| {
-            let keep = t.elapsed() < ttl;
+            let keep = now.saturating_duration_since(*t) < ttl;
             if !keep {
                 freed += d.len();
             }
@@ -47,9 +52,14 @@ impl Buffers {
     }
 
     pub fn put(&self, id: u64, data: Vec<u8>) {
+        self.put_at(id, data, Instant::now())
+    }
+
+    /// [`Buffers::put`] at time `now`.
+    fn put_at(&self, id: u64, data: Vec<u8>, now: Instant) {
         let mut g = self.inner();
         g.bytes += data.len();
-        if let Some((_, old)) = g.map.insert(id, (Instant::now(), Arc::new(data))) {
+        if let Some((_, old)) = g.map.insert(id, (now, Arc::new(data))) {
             g.bytes -= old.len();
         }
     }
@@ -73,14 +83,22 @@ mod tests {
 
     #[test]
     fn limit_and_expiry() {
-        let b = Buffers::new(10, Duration::from_millis(30));
-        b.admit(6).unwrap();
-        b.put(1, vec![0; 6]);
-        assert!(b.admit(6).is_err());
-        std::thread::sleep(Duration::from_millis(40));
-        b.admit(6).unwrap();
+        let ttl = Duration::from_secs(30);
+        let b = Buffers::new(10, ttl);
+        let t0 = Instant::now();
+        b.admit_at(6, t0).unwrap();
+        b.put_at(1, vec![0; 6], t0);
+        assert!(b.admit_at(6, t0).is_err());
+        // Just before the deadline the buffer still counts; at it, it is dropped.
+        assert!(b.admit_at(6, t0 + ttl - Duration::from_nanos(1)).is_err());
+        b.admit_at(6, t0 + ttl).unwrap();
         assert!(b.take(1).is_err());
-        b.put(2, vec![1; 3]);
+        b.put_at(2, vec![1; 3], t0 + ttl);
         assert_eq!(b.take(2).unwrap().len(), 3);
+        // Replacing a buffer under the same id counts only the new one.
+        b.put_at(3, vec![0; 4], t0 + ttl);
+        b.put_at(3, vec![0; 6], t0 + ttl);
+        b.admit_at(4, t0 + ttl).unwrap();
+        assert!(b.admit_at(5, t0 + ttl).is_err());
     }
 }
