@@ -227,5 +227,8 @@ mod limit_tests {
         assert_eq!((SEG_MAX, SIZE_MAX), (u32::from(BLK_QUEUE_SIZE) - 2, 32768));
         assert_eq!(MAX_DATA, 126 * 32768);
         assert_eq!(MAX_CHAIN, 16 + 126 * 32768 + 1);
+        assert!(!blk.readonly() && blk.features() & 1 << VIRTIO_BLK_F_RO == 0);
+        let readonly = Blk::new(1, 4096, true);
+        assert!(readonly.readonly() && readonly.features() & 1 << VIRTIO_BLK_F_RO != 0);
     }
 }
