@@ -136,6 +136,24 @@ fn a_changed_clock_value_diverges_at_its_landmark() {
 }
 
 #[test]
+fn a_missing_exit_digest_diverges_at_its_exit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("timer.log");
+    record(&log, &["timer", "20"]);
+    let (header, mut records) = records(&log);
+    let index = records
+        .iter()
+        .position(|r| matches!(r, Record::ExitDigest { exits, .. } if *exits > 50))
+        .expect("the timer log has exit digests");
+    let Record::ExitDigest { exits, .. } = records.remove(index) else { unreachable!() };
+    rewrite(&log, &header, &records);
+    let output = replay(&log);
+    assert!(!output.status.success());
+    let out = text(&output);
+    assert!(out.contains(&format!("replay: diverged at Exit({exits}): ")), "{out}");
+}
+
+#[test]
 fn a_truncated_log_is_a_clear_error_naming_its_position() {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("timer.log");
