@@ -227,6 +227,8 @@ mod limit_tests {
         assert_eq!((SEG_MAX, SIZE_MAX), (u32::from(BLK_QUEUE_SIZE) - 2, 32768));
         assert_eq!(MAX_DATA, 126 * 32768);
         assert_eq!(MAX_CHAIN, 16 + 126 * 32768 + 1);
+        // VERSION_1 (32), EVENT_IDX (29), FLUSH (9), SEG_MAX (2), SIZE_MAX (1); RO (5) when read-only.
+        assert_eq!(blk.features(), 1 << 32 | 1 << 29 | 1 << 9 | 1 << 2 | 1 << 1);
         assert!(!blk.readonly() && blk.features() & 1 << VIRTIO_BLK_F_RO == 0);
         let readonly = Blk::new(1, 4096, true);
         assert!(readonly.readonly() && readonly.features() & 1 << VIRTIO_BLK_F_RO != 0);
