@@ -107,9 +107,9 @@ fn flipped_bytes_in_chunk_files_are_detected_and_reads_stay_correct() {
     for p in &c.cs {
         assert_eq!(common::read_replica(&p.addr, handle, version, data.len() as u64), Some(ErrorKind::Corrupt));
     }
-    std::thread::sleep(Duration::from_millis(500));
-    let st = client.stat("/f").unwrap();
-    assert_eq!(st.chunks[0].replicas.iter().filter(|r| r.corrupt).count(), 3, "{st:?}");
+    Cluster::wait_until("the master marks all three replicas corrupt", Duration::from_secs(20), || {
+        client.stat("/f").is_ok_and(|st| st.chunks[0].replicas.iter().filter(|r| r.corrupt).count() == 3)
+    });
     assert!(c.gfs_ok(&["stat", "/f"]).contains("(corrupt)"));
 }
 
@@ -131,7 +131,9 @@ fn restarted_chunkserver_with_an_old_copy_is_not_served() {
         std::fs::copy(&p, backup.join(p.file_name().unwrap())).unwrap();
     }
     c.start_cs(2);
-    std::thread::sleep(Duration::from_millis(1500)); // the first lease expires
+    Cluster::wait_until("the first lease expires", Duration::from_secs(20), || {
+        client.stat("/f").is_ok_and(|st| st.chunks[0].primary.is_none())
+    });
     let new = pattern(2 * 1024 * 1024, 6);
     client.write_at("/f", 0, &new).unwrap();
     let st = client.stat("/f").unwrap();
@@ -177,7 +179,7 @@ fn full_disk_is_a_clear_error_and_loses_nothing_acknowledged() {
             .map(|s| s.success())
             .unwrap_or(false);
         if !ok {
-            eprintln!("skipping: cannot mount a small tmpfs here (needs root)");
+            ftvm_tests::cannot_run("cannot mount a small tmpfs here (needs root)");
             return;
         }
         c.mounts.push(dir.clone());

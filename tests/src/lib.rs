@@ -1,16 +1,42 @@
 //! Helpers for the end-to-end tests in `tests/tests/`: the built binaries, network namespaces
-//! that the tests create and always remove, processes that are killed when a test ends, and
-//! work done from inside a namespace.
+//! that the tests create and always remove, processes that are killed when a test ends, work
+//! done from inside a namespace, what a process did as `strace` saw it, and the one rule for
+//! tests that cannot run here.
+
+pub mod strace;
 
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// The environment variable that lets a test which cannot run here pass as skipped.
+pub const ALLOW_SKIP: &str = "FTVM_ALLOW_SKIP";
+
+/// A test that cannot run on this machine (no root, no namespaces, no tmpfs, no TUN) calls
+/// this and returns: it fails the test unless `FTVM_ALLOW_SKIP=1` allows skipping, so a CI
+/// machine that lacks something never reports the test as passed.
+#[track_caller]
+pub fn cannot_run(why: &str) {
+    if std::env::var(ALLOW_SKIP).is_ok_and(|v| v == "1") {
+        eprintln!("skipped ({ALLOW_SKIP}=1): {why}");
+        return;
+    }
+    panic!("this test cannot run here: {why} (set {ALLOW_SKIP}=1 to let it pass as skipped)");
+}
+
+/// Where this workspace lives.
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
 /// A binary of this workspace (`ftvm`, `gfs`), next to the test executable's `deps/` folder.
+/// Refused when it was built from another checkout or before one of its sources changed:
+/// `cargo test -p ftvm-tests` does not rebuild it.
 pub fn binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("the test's own path")?;
     let dir = exe.parent().and_then(|deps| deps.parent()).context("the target directory")?;
@@ -18,15 +44,100 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     if !path.exists() {
         bail!("{} is not built; run the tests with `cargo test --workspace`", path.display());
     }
+    check_fresh(&path)?;
     Ok(path)
+}
+
+/// Checks `binary` against the dependency list cargo wrote next to it (`<binary>.d`): every
+/// source it was built from is older than it, and they are this workspace's sources. For
+/// `ftvm`, the embedded guest's sources count too (its build script watches them).
+fn check_fresh(binary: &Path) -> Result<()> {
+    let rebuild = "rebuild it: `cargo build --release -p vmm --bin ftvm` (or `cargo test --workspace --release`)";
+    let built = std::fs::metadata(binary)?.modified()?;
+    let dep_info = binary.with_extension("d");
+    let listing = std::fs::read_to_string(&dep_info).with_context(|| {
+        format!("{} has no {} to check it against its sources; {rebuild}", binary.display(), dep_info.display())
+    })?;
+    let sources = dep_info_sources(&listing);
+    let root = workspace_root();
+    if !sources.iter().any(|s| s.starts_with(&root)) {
+        bail!("{} was built from another checkout, not {}; {rebuild}", binary.display(), root.display());
+    }
+    let mut watched: Vec<PathBuf> = sources;
+    if binary.file_name().is_some_and(|n| n == "ftvm") {
+        collect_files(&root.join("guest-images/guest/src"), &mut watched);
+    }
+    for source in watched {
+        let changed = std::fs::metadata(&source).and_then(|m| m.modified());
+        match changed {
+            Ok(time) if time <= built => {}
+            Ok(_) => bail!("{} is older than {}; {rebuild}", binary.display(), source.display()),
+            Err(_) => bail!("{} was built from {}, which is gone; {rebuild}", binary.display(), source.display()),
+        }
+    }
+    Ok(())
+}
+
+/// The prerequisites in a Makefile-style dependency file (`target: a.rs b.rs`, spaces in
+/// names escaped with a backslash).
+fn dep_info_sources(listing: &str) -> Vec<PathBuf> {
+    let Some(first) = listing.lines().next() else {
+        return Vec::new();
+    };
+    let Some((_, prerequisites)) = first.split_once(": ") else {
+        return Vec::new();
+    };
+    let mut sources = Vec::new();
+    let mut current = String::new();
+    let mut chars = prerequisites.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => current.extend(chars.next()),
+            ' ' => {
+                if !current.is_empty() {
+                    sources.push(PathBuf::from(std::mem::take(&mut current)));
+                }
+            }
+            c => current.push(c),
+        }
+    }
+    if !current.is_empty() {
+        sources.push(PathBuf::from(current));
+    }
+    sources
+}
+
+fn collect_files(dir: &Path, into: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_files(&path, into);
+        } else {
+            into.push(path);
+        }
+    }
 }
 
 /// Whether this process may create network namespaces (root with iproute2).
 pub fn can_use_namespaces() -> bool {
-    Command::new("ip").args(["netns", "list"]).output().map(|o| o.status.success()).unwrap_or(false) && unsafe_is_root()
+    Command::new("ip").args(["netns", "list"]).output().map(|o| o.status.success()).unwrap_or(false) && is_root()
 }
 
-fn unsafe_is_root() -> bool {
+/// Why namespace tests cannot run here, if they cannot: root, iproute2 and `/dev/net/tun`.
+pub fn namespaces_unavailable() -> Option<String> {
+    if !can_use_namespaces() {
+        return Some("needs root and iproute2 for network namespaces".into());
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        return Some("needs /dev/net/tun for the VM's TAP".into());
+    }
+    None
+}
+
+fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
@@ -83,6 +194,24 @@ impl NetNs {
     }
 }
 
+impl NetNs {
+    /// Like [`NetNs::within`], without waiting for `work` to end.
+    pub fn spawn_within<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> JoinHandle<Result<T>> {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || -> Result<T> {
+            let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+            // SAFETY: as in `within`: this thread alone moves into the namespace.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error()).context("setns into the test namespace");
+            }
+            work()
+        })
+    }
+}
+
 impl Drop for NetNs {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
@@ -101,6 +230,8 @@ fn run(command: &mut Command) -> Result<()> {
 pub struct Process {
     child: Child,
     output: Arc<Mutex<String>>,
+    /// The threads copying stdout and stderr into `output`; they end when the pipes close.
+    readers: Vec<JoinHandle<()>>,
 }
 
 impl Process {
@@ -111,6 +242,7 @@ impl Process {
             .spawn()
             .with_context(|| format!("start {command:?}"))?;
         let output = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
         for stream in [
             child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
             child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
@@ -119,16 +251,16 @@ impl Process {
         .flatten()
         {
             let output = Arc::clone(&output);
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(|l| l.ok()) {
                     if let Ok(mut all) = output.lock() {
                         all.push_str(&line);
                         all.push('\n');
                     }
                 }
-            });
+            }));
         }
-        Ok(Self { child, output })
+        Ok(Self { child, output, readers })
     }
 
     /// Everything printed so far.
@@ -158,8 +290,7 @@ impl Process {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
-                // Let the reader threads drain the pipes.
-                std::thread::sleep(Duration::from_millis(50));
+                self.join_readers();
                 return Ok(status);
             }
             if Instant::now() > deadline {
@@ -169,10 +300,28 @@ impl Process {
         }
     }
 
+    /// Waits until everything the process printed is in [`Process::output`]. The pipes close
+    /// when the process and every child that inherited them have exited.
+    fn join_readers(&mut self) {
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+    }
+
     /// SIGKILL, as a host failure would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to the process.
+    pub fn signal(&self, signal: libc::c_int) -> Result<()> {
+        let pid = libc::pid_t::try_from(self.child.id()).context("pid")?;
+        // SAFETY: kill(2) on our own child, which we have not reaped yet (so the pid is its).
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("kill");
+        }
+        Ok(())
     }
 
     pub fn pid(&self) -> u32 {

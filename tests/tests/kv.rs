@@ -1,14 +1,17 @@
 //! The `kv` guest behind virtio-net and virtio-blk, driven from a network namespace: 10,000 keys
-//! over several connections; every acknowledged key survives a kill -9 and restart from the same
-//! disk; a corrupt record at the tail of the guest's disk log is dropped alone; a recorded kv
-//! session replays to the recorded state.
+//! over several connections; every acknowledged key survives a kill -9 in the middle of a stream
+//! of writes and a restart from the same disk, and strace shows that no reply left before its
+//! data was flushed; a corrupt record at the tail of the guest's disk log is dropped alone; a
+//! recorded kv session over a disk that already holds data replays to the recorded state.
 
 use anyhow::{bail, Context, Result};
-use ftvm_tests::{binary, can_use_namespaces, NetNs, Process};
+use ftvm_tests::strace::{Call, Strace};
+use ftvm_tests::{binary, cannot_run, namespaces_unavailable, NetNs, Process};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 const GUEST_IP: &str = "10.0.0.2";
 const PORT: u16 = 7000;
@@ -121,8 +124,8 @@ fn set_in_parallel(ns: &NetNs, count: usize, connections: usize) -> Result<Vec<u
 
 macro_rules! require_namespaces {
     () => {
-        if !can_use_namespaces() {
-            eprintln!("skipped: needs root and iproute2 for network namespaces");
+        if let Some(why) = namespaces_unavailable() {
+            cannot_run(&why);
             return Ok(());
         }
     };
@@ -143,8 +146,85 @@ fn ten_thousand_keys_set_over_eight_connections_read_back() -> Result<()> {
     Ok(())
 }
 
+/// Keys a client had acknowledged when its connection broke, and the connections still open
+/// (closed from outside once the VM is dead, so that no client waits out its read timeout).
+#[derive(Default)]
+struct Stream {
+    acknowledged: Vec<usize>,
+    open: Vec<TcpStream>,
+}
+
+/// Sets keys from `first` on, one connection, until the connection breaks.
+fn set_until_broken(first: usize, stream: Arc<Mutex<Stream>>) -> Result<()> {
+    let mut client = Client::connect()?;
+    stream.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.open.push(client.writer.try_clone()?);
+    for i in first.. {
+        match client.request(&format!("SET {} {}", key(i), value(i))) {
+            Ok(answer) if answer == "OK" => {
+                stream.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.acknowledged.push(i)
+            }
+            Ok(answer) => bail!("SET {} answered {answer:?}", key(i)),
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// Checks, from strace's view of the VMM, that no kv reply (`OK`) was written to the TAP while a
+/// disk write before it had not been made durable by an fdatasync/fsync that started after
+/// that write and returned before the reply. Returns (replies, flushes) seen.
+fn no_reply_before_its_flush(calls: &[Call], disk: &Path) -> Result<(usize, usize)> {
+    let disk = disk.to_str().context("utf-8 path")?;
+    // (position, what): writes at the line they start, flushes at the line they return.
+    enum Event {
+        DiskWrite,
+        Flush { started: usize },
+        Reply,
+    }
+    let mut events: Vec<(usize, Event)> = Vec::new();
+    for call in calls {
+        let on_disk = call.target == disk;
+        match call.name.as_str() {
+            "pwrite64" | "pwritev" | "pwritev2" | "write" | "writev" if on_disk => {
+                events.push((call.started, Event::DiskWrite))
+            }
+            "fdatasync" | "fsync" if on_disk && call.succeeded() => {
+                if let Some(finished) = call.finished {
+                    events.push((finished, Event::Flush { started: call.started }));
+                }
+            }
+            "write" | "writev" if call.target.contains("tun") && call.all_bytes().ends_with(b"OK\n") => {
+                events.push((call.started, Event::Reply))
+            }
+            _ => {}
+        }
+    }
+    events.sort_by_key(|(position, _)| *position);
+    let mut unflushed: Vec<usize> = Vec::new();
+    let (mut replies, mut flushes) = (0, 0);
+    for (position, event) in events {
+        match event {
+            Event::DiskWrite => unflushed.push(position),
+            Event::Flush { started } => {
+                flushes += 1;
+                unflushed.retain(|&written| written > started);
+            }
+            Event::Reply => {
+                if let Some(written) = unflushed.first() {
+                    bail!(
+                        "a reply went to the TAP (strace line {position}) while the disk write of line {written} \
+                         was not flushed"
+                    );
+                }
+                replies += 1;
+            }
+        }
+    }
+    Ok((replies, flushes))
+}
+
 #[test]
-fn a_restarted_vm_holds_every_acknowledged_key() -> Result<()> {
+fn a_vm_killed_while_clients_write_holds_every_acknowledged_key() -> Result<()> {
     require_namespaces!();
     let ns = network("kvrestart")?;
     let dir = tempfile::tempdir()?;
@@ -163,9 +243,42 @@ fn a_restarted_vm_holds_every_acknowledged_key() -> Result<()> {
         }
         Ok(())
     })?;
-    vm.kill(); // kill -9: nothing gets a chance to flush
+
+    // Four clients write without pause; the VM is killed in the middle of that.
+    let trace = Strace::attach(
+        vm.pid(),
+        "pwrite64,pwritev,pwritev2,fdatasync,fsync,write,writev",
+        &dir.path().join("strace.log"),
+    )?;
+    let stream = Arc::new(Mutex::new(Stream::default()));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let stream = Arc::clone(&stream);
+            ns.spawn_within(move || set_until_broken(10_000 + c * 100_000, stream))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while stream.lock().map(|s| s.acknowledged.len()).unwrap_or(0) < 400 {
+        if Instant::now() > deadline {
+            bail!("the clients did not get 400 writes acknowledged in time:\n{}", vm.output());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    vm.kill(); // kill -9 while writes are in flight: nothing gets a chance to flush
+    for connection in stream.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.open.drain(..) {
+        let _ = connection.shutdown(std::net::Shutdown::Both);
+    }
+    for client in clients {
+        client.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+    }
+    let calls = trace.finish()?;
+    let (replies, flushes) = no_reply_before_its_flush(&calls, &disk)?;
+    let streamed = std::mem::take(&mut stream.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.acknowledged);
+    assert!(replies >= streamed.len(), "strace saw {replies} replies for {} acknowledged writes", streamed.len());
+    assert!(flushes > 0, "no flush of the disk in {} traced calls", calls.len());
+
     let _vm = boot(&ns, &disk, &[])?;
-    let kept: Vec<usize> = acknowledged.into_iter().filter(|i| i % 10 != 0).collect();
+    let kept: Vec<usize> = acknowledged.into_iter().filter(|i| i % 10 != 0).chain(streamed).collect();
     ns.within(move || {
         check_keys(kept)?;
         let mut client = Client::connect()?;
@@ -242,32 +355,143 @@ fn a_kv_session_recorded_with_constant_preemptions_replays_to_the_recorded_state
     record_and_replay_a_kv_session("kvpreempt", &["--preempt-us", "100"])
 }
 
+/// Fills `disk` with keys `PRELOADED` through a first VM, so that the recorded session's boot
+/// reads real records from the disk: a replay must then hand the guest the recorded bytes.
+fn preload(ns: &NetNs, disk: &Path) -> Result<()> {
+    let mut vm = boot(ns, disk, &[])?;
+    ns.within(|| set_keys(PRELOADED).map(|_| ()))?;
+    vm.signal(libc::SIGTERM)?;
+    vm.wait(Duration::from_secs(30))?;
+    Ok(())
+}
+
+const PRELOADED: std::ops::Range<usize> = 50_000..50_300;
+
+fn state_digest_line(text: &str) -> Option<String> {
+    text.lines().find(|l| l.starts_with("state-digest: ")).map(str::to_owned)
+}
+
 fn record_and_replay_a_kv_session(tag: &str, extra: &[&str]) -> Result<()> {
     let ns = network(tag)?;
     let dir = tempfile::tempdir()?;
     let disk = disk(dir.path())?;
+    preload(&ns, &disk)?;
     let log = dir.path().join("kv.log");
     let mut args = vec!["--record", log.to_str().context("utf-8 path")?, "--state-digest"];
     args.extend_from_slice(extra);
     let mut vm = boot(&ns, &disk, &args)?;
+    let loaded = format!("{} keys loaded", PRELOADED.len());
+    assert!(vm.output().contains(&loaded), "{}", vm.output());
     ns.within(|| {
         set_keys(0..200)?;
-        check_keys((0..200).collect())
+        check_keys((0..200).chain(PRELOADED).collect())
     })?;
     // SIGTERM: ftvm stops the guest cleanly, closes the log and prints the state digest.
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(vm.pid() as i32, libc::SIGTERM) };
+    vm.signal(libc::SIGTERM)?;
     vm.wait(Duration::from_secs(30))?;
     let recorded = vm.output();
-    let digest = |text: &str| text.lines().find(|l| l.starts_with("state-digest: ")).map(str::to_owned);
-    let recorded_digest = digest(&recorded).with_context(|| format!("no state digest in:\n{recorded}"))?;
+    let recorded_digest = state_digest_line(&recorded).with_context(|| format!("no state digest in:\n{recorded}"))?;
 
     let replay = std::process::Command::new(binary("ftvm")?).arg("replay").arg(&log).output()?;
     let replayed = String::from_utf8_lossy(&replay.stdout).into_owned();
     assert!(replay.status.success(), "{replayed}\n{}", String::from_utf8_lossy(&replay.stderr));
+    assert!(replayed.contains(&loaded), "the replayed guest did not read the disk's records:\n{replayed}");
     assert!(replayed.contains("replay: ok, "), "{replayed}");
-    assert_eq!(digest(&replayed), Some(recorded_digest));
+    assert_eq!(state_digest_line(&replayed), Some(recorded_digest));
     Ok(())
+}
+
+/// A snapshot taken while recording a kv session (TAP and disk attached), plus the rest of the
+/// log, replays to the recorded state; so does the whole log from boot.
+#[test]
+fn a_kv_snapshot_taken_while_recording_replays_the_rest_of_the_log() -> Result<()> {
+    require_namespaces!();
+    let ns = network("kvsnapreplay")?;
+    let dir = tempfile::tempdir()?;
+    let disk = disk(dir.path())?;
+    preload(&ns, &disk)?;
+    let log = dir.path().join("kv.log");
+    let snapshot = dir.path().join("kv.snap");
+    let args = [
+        "--record",
+        log.to_str().context("utf-8 path")?,
+        "--state-digest",
+        "--snapshot-at",
+        SNAPSHOT_AT,
+        "--snapshot",
+        snapshot.to_str().context("utf-8 path")?,
+    ];
+    let mut vm = boot(&ns, &disk, &args)?;
+    ns.within(|| {
+        set_keys(0..100)?;
+        check_keys((0..100).chain(PRELOADED).collect())
+    })?;
+    vm.signal(libc::SIGTERM)?;
+    vm.wait(Duration::from_secs(30))?;
+    let recorded = vm.output();
+    assert!(snapshot.exists(), "no snapshot after {SNAPSHOT_AT} exits:\n{recorded}");
+    let recorded_digest = state_digest_line(&recorded).with_context(|| format!("no state digest in:\n{recorded}"))?;
+
+    for from in [Some(&snapshot), None] {
+        let mut command = std::process::Command::new(binary("ftvm")?);
+        command.arg("replay").arg(&log);
+        if let Some(snapshot) = from {
+            command.arg("--from").arg(snapshot);
+        }
+        let replay = command.output()?;
+        let replayed = String::from_utf8_lossy(&replay.stdout).into_owned();
+        assert!(replay.status.success(), "{from:?}: {replayed}\n{}", String::from_utf8_lossy(&replay.stderr));
+        assert!(replayed.contains("replay: ok, "), "{from:?}: {replayed}");
+        assert_eq!(state_digest_line(&replayed).as_ref(), Some(&recorded_digest), "{from:?}");
+    }
+    Ok(())
+}
+
+/// Where the kv snapshots are taken: after the guest has read its disk log and listens (about
+/// 150 exits), once clients are being served.
+const SNAPSHOT_AT: &str = "600";
+
+/// `ftvm restore` of a kv snapshot reopens the TAP and the disk: the restored guest serves
+/// clients, and what it acknowledged is on the disk for a fresh boot.
+#[test]
+fn a_restored_kv_snapshot_serves_and_persists_over_its_tap_and_disk() -> Result<()> {
+    require_namespaces!();
+    let ns = network("kvrestore")?;
+    let dir = tempfile::tempdir()?;
+    let disk = disk(dir.path())?;
+    preload(&ns, &disk)?;
+    let snapshot = dir.path().join("kv.snap");
+    let snapshot_arg = snapshot.to_str().context("utf-8 path")?;
+    let mut vm = boot(&ns, &disk, &["--snapshot-at", SNAPSHOT_AT, "--snapshot", snapshot_arg])?;
+    // Requests that do not touch the disk drive the guest to the snapshot's exit count (the file
+    // appears, whole, once it is written).
+    let waiting_for = snapshot.clone();
+    ns.within(move || {
+        let mut client = Client::connect()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !waiting_for.exists() {
+            if Instant::now() > deadline {
+                bail!("no snapshot after a minute of STATS requests");
+            }
+            client.request("STATS")?;
+        }
+        Ok(())
+    })
+    .with_context(|| vm.output())?;
+    vm.kill();
+
+    let mut command = ns.command(&binary("ftvm")?);
+    command.arg("restore").arg(&snapshot);
+    let mut restored = Process::spawn(command)?;
+    ns.within(|| {
+        set_keys(0..100)?;
+        check_keys((0..100).chain(PRELOADED).collect())
+    })
+    .with_context(|| restored.output())?;
+    restored.kill();
+
+    let _vm = boot(&ns, &disk, &[])?;
+    ns.within(|| check_keys((0..100).chain(PRELOADED).collect()))
 }
 
 /// The Internet checksum of `data`.

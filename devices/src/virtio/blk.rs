@@ -209,3 +209,28 @@ impl VirtioDevice for Blk {
         format!("virtio-blk {}", self.index)
     }
 }
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    /// What the driver is told (capacity in whole sectors, segment size and count) and the
+    /// longest chain accepted, pinned: a change here changes what guests may send.
+    #[test]
+    fn the_config_space_and_chain_limits_are_the_advertised_ones() {
+        let blk = Blk::new(0, (1 << 20) + 100, false);
+        assert_eq!(blk.capacity(), 2048);
+        let mut config = [0u8; 16];
+        blk.read_config(0, &mut config);
+        let word = |at: usize, len: usize| config[at..at + len].iter().rev().fold(0u64, |v, b| v << 8 | u64::from(*b));
+        assert_eq!((word(0, 8), word(8, 4), word(12, 4)), (2048, 32 << 10, 126));
+        assert_eq!((SEG_MAX, SIZE_MAX), (u32::from(BLK_QUEUE_SIZE) - 2, 32768));
+        assert_eq!(MAX_DATA, 126 * 32768);
+        assert_eq!(MAX_CHAIN, 16 + 126 * 32768 + 1);
+        // VERSION_1 (32), EVENT_IDX (29), FLUSH (9), SEG_MAX (2), SIZE_MAX (1); RO (5) when read-only.
+        assert_eq!(blk.features(), 1 << 32 | 1 << 29 | 1 << 9 | 1 << 2 | 1 << 1);
+        assert!(!blk.readonly() && blk.features() & 1 << VIRTIO_BLK_F_RO == 0);
+        let readonly = Blk::new(1, 4096, true);
+        assert!(readonly.readonly() && readonly.features() & 1 << VIRTIO_BLK_F_RO != 0);
+    }
+}

@@ -14,12 +14,17 @@ pub struct Reservation<'a> {
 
 impl Reservation<'_> {
     /// Stores the pushed data (at most the reserved length) under `id`.
-    pub fn fill(mut self, id: u64, data: Vec<u8>) {
+    pub fn fill(self, id: u64, data: Vec<u8>) {
+        self.fill_at(id, data, Instant::now())
+    }
+
+    /// [`Reservation::fill`] at time `now` (tests pass their own clock).
+    fn fill_at(mut self, id: u64, data: Vec<u8>, now: Instant) {
         let mut g = self.buffers.inner();
         // The reservation already counts `len`; count the data instead.
         g.bytes = g.bytes - self.len + data.len();
         self.len = 0;
-        if let Some((_, old)) = g.map.insert(id, (Instant::now(), Arc::new(data))) {
+        if let Some((_, old)) = g.map.insert(id, (now, Arc::new(data))) {
             g.bytes -= old.len();
         }
     }
@@ -59,11 +64,16 @@ impl Buffers {
     /// check and then overrun the limit; it is given back when the reservation is dropped,
     /// unless [`Reservation::fill`] stores the data in it.
     pub fn admit(&self, len: usize) -> Result<Reservation<'_>> {
+        self.admit_at(len, Instant::now())
+    }
+
+    /// [`Buffers::admit`] at time `now` (tests pass their own clock).
+    fn admit_at(&self, len: usize, now: Instant) -> Result<Reservation<'_>> {
         let mut g = self.inner();
         let ttl = self.ttl;
         let mut freed = 0;
         g.map.retain(|_, (t, d)| {
-            let keep = t.elapsed() < ttl;
+            let keep = now.saturating_duration_since(*t) < ttl;
             if !keep {
                 freed += d.len();
             }
@@ -104,15 +114,24 @@ mod tests {
 
     #[test]
     fn limit_and_expiry() {
-        let b = Buffers::new(10, Duration::from_millis(30));
-        b.admit(6).unwrap().fill(1, vec![0; 6]);
-        assert!(b.admit(6).is_err());
-        std::thread::sleep(Duration::from_millis(40));
-        b.admit(6).unwrap();
+        let ttl = Duration::from_secs(30);
+        let b = Buffers::new(10, ttl);
+        let t0 = Instant::now();
+        b.admit_at(6, t0).unwrap().fill_at(1, vec![0; 6], t0);
+        assert!(b.admit_at(6, t0).is_err());
+        // Just before the deadline the buffer still counts; at it, it is dropped.
+        assert!(b.admit_at(6, t0 + ttl - Duration::from_nanos(1)).is_err());
+        b.admit_at(6, t0 + ttl).unwrap();
         assert!(b.take(1).is_err());
-        b.admit(3).unwrap().fill(2, vec![1; 3]);
+        b.admit_at(3, t0 + ttl).unwrap().fill_at(2, vec![1; 3], t0 + ttl);
         assert_eq!(b.take(2).unwrap().len(), 3);
         assert_eq!(b.held(), 0);
+        // Replacing a buffer under the same id counts only the new one.
+        b.admit_at(4, t0 + ttl).unwrap().fill_at(3, vec![0; 4], t0 + ttl);
+        b.admit_at(6, t0 + ttl).unwrap().fill_at(3, vec![0; 6], t0 + ttl);
+        assert_eq!(b.held(), 6);
+        b.admit_at(4, t0 + ttl).unwrap();
+        assert!(b.admit_at(5, t0 + ttl).is_err());
     }
 
     #[test]

@@ -71,6 +71,11 @@ pub struct Cluster {
     pub shadows: Vec<String>,
     /// File systems mounted for the test, unmounted on drop.
     pub mounts: Vec<PathBuf>,
+    /// The master's `--dead-after-secs`.
+    pub dead_after_secs: u64,
+    /// When chunkserver `i` was last started by [`Cluster::start_cs`]: [`Cluster::settle`] waits
+    /// for a heartbeat from that process, not from the one before it.
+    pub cs_started: Vec<Option<Instant>>,
 }
 
 fn spawn(args: &[String], log: &Path) -> Child {
@@ -92,6 +97,8 @@ impl Cluster {
             heartbeat_ms: 100,
             shadows: Vec::new(),
             mounts: Vec::new(),
+            dead_after_secs: 3,
+            cs_started: Vec::new(),
             dir,
         };
         c.start_master();
@@ -120,7 +127,7 @@ impl Cluster {
             "--listen".into(),
             self.master_addr.clone(),
             "--dead-after-secs".into(),
-            "3".into(),
+            self.dead_after_secs.to_string(),
         ];
         args.extend(self.master_args.iter().cloned());
         self.master = Some(spawn(&args, &self.dir.join("master.log")));
@@ -150,9 +157,18 @@ impl Cluster {
             "--heartbeat-ms".into(),
             self.heartbeat_ms.to_string(),
         ];
+        if self.cs_started.len() <= i {
+            self.cs_started.resize(i + 1, None);
+        }
+        self.cs_started[i] = Some(Instant::now());
         let child = spawn(&args, &self.dir.join(format!("cs{i}.log")));
         wait_listening(&self.cs[i].addr);
         self.cs[i].child = Some(child);
+    }
+
+    /// The process id of chunkserver `i`, while it runs.
+    pub fn cs_pid(&self, i: usize) -> u32 {
+        self.cs[i].child.as_ref().map(Child::id).expect("chunkserver is running")
     }
 
     /// kill -9 chunkserver `i`.
@@ -163,9 +179,47 @@ impl Cluster {
         }
     }
 
-    /// Waits a few heartbeats so the master knows every chunkserver.
+    /// Waits until the master, and every shadow, has had a heartbeat (with its chunk report)
+    /// from every running chunkserver since that chunkserver's process started.
     pub fn settle(&self) {
-        std::thread::sleep(Duration::from_millis(self.heartbeat_ms * 4));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for master in std::iter::once(&self.master_addr).chain(&self.shadows) {
+            let client = Client::new(master);
+            loop {
+                let status = client.status();
+                let missing: Vec<&str> = self
+                    .cs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.child.is_some())
+                    .filter(|(i, p)| {
+                        let since_start = self.cs_started.get(*i).copied().flatten().map(|t| t.elapsed());
+                        !status.as_ref().is_ok_and(|st| {
+                            st.servers.iter().any(|s| {
+                                s.addr == p.addr
+                                    && s.live
+                                    && since_start.is_none_or(|d| Duration::from_millis(s.last_seen_ms + 1) < d)
+                            })
+                        })
+                    })
+                    .map(|(_, p)| p.addr.as_str())
+                    .collect();
+                if missing.is_empty() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{master} has not heard from {missing:?}: {status:?}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Polls `done` every 20 ms until it holds; panics naming `what` after `timeout`.
+    pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !done() {
+            assert!(Instant::now() < deadline, "not within {timeout:?}: {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn client(&self) -> Client {

@@ -1,0 +1,107 @@
+//! The two rules that keep two primaries from ordering mutations of one chunk at once, and
+//! writes that go on while a replica holder is down.
+//!
+//! - A dead primary's lease is waited out: the master grants no new lease for the chunk before
+//!   the old one has expired, since the "dead" primary may only be cut off from the master.
+//! - A restarted master grants no lease for one lease period: it does not know which leases
+//!   its previous run granted.
+//!
+//! The lower bounds below hold whatever the machine's speed: a lease granted for a write that
+//! started at `t` expires no earlier than `t + lease`.
+
+mod common;
+
+use common::{fetch_replica, pattern, Cluster};
+use std::time::{Duration, Instant};
+
+/// The primary of chunk 0 of `path` as the master says, and the other replica holders.
+fn holders(c: &Cluster, path: &str) -> (usize, Vec<usize>) {
+    let st = c.client().stat(path).unwrap();
+    let chunk = &st.chunks[0];
+    let primary = chunk.primary.clone().expect("a write just took a lease");
+    let index = |addr: &str| c.cs.iter().position(|p| p.addr == addr).expect("a chunkserver of this cluster");
+    let others = chunk.replicas.iter().filter(|r| !r.stale && r.server != primary).map(|r| index(&r.server)).collect();
+    (index(&primary), others)
+}
+
+#[test]
+fn a_dead_primarys_unexpired_lease_is_waited_out() {
+    const LEASE: Duration = Duration::from_secs(8);
+    let mut c = Cluster::start("dead-primary", 3, &["--lease-secs", "8", "--repair-interval-secs", "0"]);
+    let client = c.client();
+    client.create("/f").unwrap();
+    let before_grant = Instant::now();
+    client.write_at("/f", 0, b"first").unwrap();
+    let v1 = client.stat("/f").unwrap().chunks[0].version;
+    let (primary, _) = holders(&c, "/f");
+    c.kill_cs(primary);
+    // The master declares the primary dead after 3 s; its lease still runs until at least
+    // `before_grant + LEASE`, and no other replica may become primary before that.
+    client.write_at("/f", 0, b"second").unwrap();
+    let waited = before_grant.elapsed();
+    assert!(waited >= LEASE, "a new primary took writes {waited:?} after the old lease was granted for {LEASE:?}");
+    let st = client.stat("/f").unwrap();
+    assert!(st.chunks[0].version > v1, "{st:?}");
+    assert_ne!(st.chunks[0].primary.as_deref(), Some(c.cs[primary].addr.as_str()));
+    let mut back = [0u8; 6];
+    client.read_at("/f", 0, &mut back).unwrap();
+    assert_eq!(&back, b"second");
+}
+
+#[test]
+fn a_restarted_master_grants_no_lease_for_one_lease_period() {
+    const LEASE: Duration = Duration::from_secs(5);
+    let mut c = Cluster::start("master-grace", 3, &["--lease-secs", "5", "--repair-interval-secs", "0"]);
+    let client = c.client();
+    client.create("/f").unwrap();
+    client.write_at("/f", 0, b"first").unwrap();
+    // The old primary may hold its lease for up to LEASE after the master dies.
+    c.kill_master();
+    let restarted = Instant::now();
+    c.start_master();
+    c.settle();
+    // A client without the old lease cached has to ask the restarted master for one.
+    c.client().write_at("/f", 0, b"second").unwrap();
+    let waited = restarted.elapsed();
+    assert!(waited >= LEASE, "the restarted master granted a lease {waited:?} after starting, within {LEASE:?}");
+    let mut back = [0u8; 6];
+    client.read_at("/f", 0, &mut back).unwrap();
+    assert_eq!(&back, b"second");
+}
+
+/// A secondary dies between two writes: the second write's errors (a refused connection, a
+/// failed secondary) are transient, the client retries until the master leaves the dead holder
+/// out. When the holder comes back, its copy is stale and nobody serves it.
+#[test]
+fn writes_go_on_while_a_replica_holder_is_down() {
+    let mut c = Cluster::start("holder-down", 3, &["--lease-secs", "2", "--repair-interval-secs", "0"]);
+    let client = c.client();
+    client.create("/f").unwrap();
+    let first = pattern(1_000_000, 61);
+    client.write_at("/f", 0, &first).unwrap();
+    let (_, secondaries) = holders(&c, "/f");
+    let down = secondaries[0];
+    c.kill_cs(down);
+    let second = pattern(1_000_000, 62);
+    client.write_at("/f", 0, &second).unwrap();
+    let mut back = vec![0u8; second.len()];
+    client.read_at("/f", 0, &mut back).unwrap();
+    assert!(back == second, "the second write is not what a read returns");
+
+    c.start_cs(down);
+    c.settle();
+    let st = client.stat("/f").unwrap();
+    let chunk = &st.chunks[0];
+    // Every replica the master calls current holds the second write; the one that missed it is not
+    // among them.
+    let current: Vec<&str> = chunk.replicas.iter().filter(|r| !r.stale).map(|r| r.server.as_str()).collect();
+    assert!(!current.contains(&c.cs[down].addr.as_str()), "the holder that missed a write counts as current: {st:?}");
+    for addr in current {
+        let copy = fetch_replica(addr, chunk.handle, chunk.version, second.len() as u64).unwrap();
+        assert!(copy == second, "{addr} holds other bytes at version {}", chunk.version);
+    }
+    for _ in 0..10 {
+        client.read_at("/f", 0, &mut back).unwrap();
+        assert!(back == second, "old data was served");
+    }
+}
