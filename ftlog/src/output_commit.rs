@@ -82,7 +82,7 @@ pub struct CommitStats {
     pub released_bytes: u64,
     /// The stamp of the last output released (0: none yet).
     pub released_position: u64,
-    /// Times an emit found the bound reached and had to wait.
+    /// Times an emit or a `wait_for_space` found the bound reached and had to wait.
     pub full_waits: u64,
     /// Outputs dropped by [`OutputCommit::discard_through`] and [`OutputCommit::halt`].
     pub discarded: u64,
@@ -213,10 +213,15 @@ impl<S: OutputStage + Send> OutputCommit<S> {
     pub fn wait_for_space(&self, timeout: Duration) -> Result<Space, OutputError> {
         let deadline = Instant::now() + timeout;
         let mut state = self.lock();
+        let mut warned = false;
         loop {
             self.shared.release_ready(&mut state)?;
             if !self.shared.is_full(&state) {
                 return Ok(Space::Available);
+            }
+            if !warned {
+                warned = true;
+                self.shared.warn_full(&mut state);
             }
             let now = Instant::now();
             if now >= deadline {

@@ -236,12 +236,17 @@ fn a_full_stage_is_reported_and_emit_waits_within_the_bound() {
     f.emit_at(40, 4, Output::NetFrame { device: 0, frame: vec![0; 100] });
     assert!(f.stage.is_full(), "1000 bytes held of 1000 is full");
     assert_eq!(f.stage.wait_for_space(Duration::from_millis(5)).unwrap(), Space::TimedOut);
+    let waits_before = f.stage.stats().full_waits;
+    assert_eq!(waits_before, 1, "the wait was not counted");
 
     let mut emitter = f.stage.clone();
     f.watch.set_logged(50);
-    let blocked = std::thread::spawn(move || emitter.emit(Landmark::Exit(5), frame(5)));
+    let (done, emitted) = std::sync::mpsc::channel();
+    let blocked = std::thread::spawn(move || {
+        let _ = done.send(emitter.emit(Landmark::Exit(5), frame(5)).is_ok());
+    });
     let deadline = Instant::now() + Duration::from_secs(10);
-    while f.stage.stats().full_waits == 0 {
+    while f.stage.stats().full_waits == waits_before {
         assert!(Instant::now() < deadline, "emit never reported the full stage");
         assert!(!blocked.is_finished(), "emit went past the bound");
         std::thread::yield_now();
@@ -252,7 +257,9 @@ fn a_full_stage_is_reported_and_emit_waits_within_the_bound() {
     // The first output leaves: room for the waiting one.
     f.watch.set_acked(10);
     f.stage.wake();
-    blocked.join().expect("emitter thread").expect("emit");
+    let emitted = emitted.recv_timeout(Duration::from_secs(10));
+    assert_eq!(emitted, Ok(true), "emit did not go on once there was room");
+    blocked.join().expect("emitter thread");
     let stats = f.stage.stats();
     assert_eq!((stats.held, stats.held_bytes), (4, 760));
     assert_eq!(f.stage.wait_for_space(Duration::ZERO).unwrap(), Space::Available);
