@@ -441,3 +441,23 @@ proptest! {
         prop_assert_eq!(f.read_stage(0, DISK_SIZE), model);
     }
 }
+
+/// The board takes its stage as `Box<dyn OutputStage + Send>`; clones go to other threads.
+#[test]
+fn the_stage_fits_the_board_and_crosses_threads() {
+    fn boxed(stage: OutputCommit<DirectOutput>) -> Box<dyn OutputStage + Send> {
+        Box::new(stage)
+    }
+    fn sync<T: Send + Sync>(_: &T) {}
+    let stage = OutputCommit::new(
+        DirectOutput::new(Vec::new(), Vec::new(), Box::new(std::io::sink())),
+        PeerWatch::new(),
+        CommitMode::Received,
+        LONG_LEASE,
+        CommitLimits::default(),
+    );
+    sync(&stage);
+    let mut board_side = boxed(stage.clone());
+    board_side.emit(Landmark::Exit(1), frame(1)).expect("emit");
+    assert_eq!(stage.stats().held, 1);
+}
