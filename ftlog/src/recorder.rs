@@ -2,6 +2,7 @@
 
 use crate::digest::{ExitSignature, RunningDigest};
 use crate::format::{landmark_key, End, LogError, LogHeader, LogWriter, Record};
+use crate::peer::PeerWatch;
 use devices::{ClockId, Deadlines, EventSource, InputKind, Landmark, WorldEvent};
 use std::io::Write;
 
@@ -66,6 +67,8 @@ pub struct RecordingWorld<S: EventSource, W: Write> {
     stats: LogStats,
     error: Option<LogError>,
     last: (u64, u8),
+    /// Where the stream position goes after every record (the output stage stamps outputs with it).
+    publish: Option<PeerWatch>,
 }
 
 impl<S: EventSource, W: Write> RecordingWorld<S, W> {
@@ -80,7 +83,21 @@ impl<S: EventSource, W: Write> RecordingWorld<S, W> {
             stats: LogStats::default(),
             error: None,
             last: landmark_key(Landmark::Exit(header.start_exits)),
+            publish: None,
         })
+    }
+
+    /// From now on, publishes the log's stream position into `watch` after every record written
+    /// (and now), so that an output produced at any point is stamped with the log that precedes it.
+    pub fn publish_to(&mut self, watch: PeerWatch) {
+        watch.set_logged(self.log.offset());
+        self.publish = Some(watch);
+    }
+
+    fn publish_offset(&self) {
+        if let Some(watch) = &self.publish {
+            watch.set_logged(self.log.offset());
+        }
     }
 
     /// Folds the next deterministic exit into the running digest and, every K exits, logs the
@@ -114,6 +131,7 @@ impl<S: EventSource, W: Write> RecordingWorld<S, W> {
         self.check()?;
         self.note(at);
         self.log.write_checkpoint(at, data)?;
+        self.publish_offset();
         self.stats.checkpoints += 1;
         Ok(())
     }
@@ -153,6 +171,7 @@ impl<S: EventSource, W: Write> RecordingWorld<S, W> {
         self.check()?;
         let end = End { exits: self.digest.exits(), exit_digest: self.digest.digest(), exit_code, state_digest };
         self.log.write(&Record::End(end.clone()))?;
+        self.publish_offset();
         let log_bytes = self.log.offset();
         let writer = self.log.into_inner()?;
         Ok(Recorded { end, stats: self.stats, log_bytes, writer })
@@ -216,7 +235,9 @@ impl<S: EventSource, W: Write> RecordingWorld<S, W> {
         }
         self.log.write(record).inspect_err(|e| {
             self.error.get_or_insert_with(|| e.clone());
-        })
+        })?;
+        self.publish_offset();
+        Ok(())
     }
 
     /// Writes from inside an `EventSource` method, where the error can only be latched.
@@ -254,7 +275,10 @@ impl<S: EventSource, W: Write> EventSource for RecordingWorld<S, W> {
         if self.error.is_none() {
             self.note(at);
             match self.log.write_input(at, kind, &data) {
-                Ok(()) => self.stats.inputs += 1,
+                Ok(()) => {
+                    self.stats.inputs += 1;
+                    self.publish_offset();
+                }
                 Err(e) => self.error = Some(e),
             }
         }
