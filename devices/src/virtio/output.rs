@@ -154,16 +154,31 @@ impl OutputStage for DirectOutput {
 
 /// Drops every output: a replay's outputs were released by the recording, and a machine without
 /// backends (yet) has nowhere to send them. Disk reads fail: a replay takes them from the log, and
-/// the event source never asks this stage.
+/// the event source never asks this stage. Optionally the console still goes to a writer, so
+/// that `ftvm replay` shows what the replayed guest prints.
 #[derive(Default)]
 pub struct DiscardOutput {
     /// Outputs dropped so far.
     pub dropped: u64,
+    console: Option<Box<dyn Write + Send>>,
+}
+
+impl DiscardOutput {
+    /// Drops everything but the console, which goes to `console`.
+    pub fn showing_console(console: Box<dyn Write + Send>) -> Self {
+        Self { dropped: 0, console: Some(console) }
+    }
 }
 
 impl OutputStage for DiscardOutput {
-    fn emit(&mut self, _at: Landmark, _output: Output) -> Result<(), OutputError> {
-        self.dropped += 1;
+    fn emit(&mut self, _at: Landmark, output: Output) -> Result<(), OutputError> {
+        match (output, self.console.as_mut()) {
+            (Output::Console { bytes }, Some(console)) => {
+                // The console of a replay is for reading only: a closed one loses nothing.
+                let _ = console.write_all(&bytes).and_then(|()| console.flush());
+            }
+            _ => self.dropped += 1,
+        }
         Ok(())
     }
 

@@ -18,7 +18,7 @@ pub struct ReplayArgs {
 
 /// Replays the log; `replay: ok, ...` and the state digest, or `replay: <why>` and status 3.
 pub fn command(args: &ReplayArgs, control: VcpuControl) -> anyhow::Result<ExitCode> {
-    match replay_file(&args.log, args.from.as_deref(), control)? {
+    match replay_file(&args.log, args.from.as_deref(), Box::new(vmm::stdio::Stdout), control)? {
         Replayed::Identical { stats, state_digest } => {
             vmm::outln!(
                 "replay: ok, {} exits, {} events, {} checkpoints",

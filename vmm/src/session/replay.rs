@@ -7,6 +7,7 @@ use crate::error::{Result, VmmError};
 use crate::machine::{Machine, MachineConfig};
 use crate::snapshot;
 use crate::vcpu::{run, RunEnd, RunOptions, RunPosition, StopReason};
+use devices::virtio::DiscardOutput;
 use devices::WorldStop;
 use ftlog::{LogHeader, LogReader, LogStats, RecordFeed, ReplayWorld};
 use std::fs::File;
@@ -30,8 +31,14 @@ pub fn machine_for_log(header: &LogHeader, control: VcpuControl) -> Result<Machi
     Ok(machine)
 }
 
-/// Replays the log file `log`, from boot or, with `from`, from a snapshot its recording took.
-pub fn replay_file(log: &Path, from: Option<&Path>, control: VcpuControl) -> Result<Replayed> {
+/// Replays the log file `log`, from boot or, with `from`, from a snapshot its recording took;
+/// what the replayed guest prints goes to `console` (its other outputs were the recording's).
+pub fn replay_file(
+    log: &Path,
+    from: Option<&Path>,
+    console: Box<dyn std::io::Write + Send>,
+    control: VcpuControl,
+) -> Result<Replayed> {
     let file =
         crate::input_file::open(log).map_err(|e| std::io::Error::other(format!("log {}: {e}", log.display())))?;
     let mut replayer = ReplayWorld::new(BufReader::with_capacity(1 << 20, file))?;
@@ -51,6 +58,7 @@ pub fn replay_file(log: &Path, from: Option<&Path>, control: VcpuControl) -> Res
             (machine, snapshot.position)
         }
     };
+    machine.attach_output(Box::new(DiscardOutput::showing_console(console)));
     replay(&mut machine, &mut replayer, start)
 }
 
