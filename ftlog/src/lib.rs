@@ -12,6 +12,7 @@
 //!   [`ReplayWorld::pass_snapshot_mark`] at every exit boundary, and a replay that restores the
 //!   snapshot calls [`ReplayWorld::skip_to_snapshot`] first (see the `replay` module docs).
 
+pub mod channel;
 pub mod checkpoint;
 pub mod digest;
 pub mod feed;
@@ -21,6 +22,7 @@ pub mod peer;
 pub mod recorder;
 pub mod replay;
 
+pub use channel::{BackupEvent, BackupLink, ChannelConfig, ChannelError, Hello, PrimaryEvent, PrimaryLink, Role};
 pub use checkpoint::{CheckpointError, DeltaCheckpoint, PageData, PAGE_SIZE};
 pub use digest::{ExitKind, ExitSignature, RunningDigest};
 pub use feed::{ChannelFeed, FeedItem, FeedSender, RecordFeed};
