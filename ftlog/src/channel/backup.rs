@@ -55,7 +55,7 @@ impl BackupLink {
         prepare(&stream, config)?;
         let mut frames = FrameReader::new(stream.try_clone()?);
         let deadline = Instant::now() + config.handshake_timeout;
-        let primary = handshake::exchange(&mut stream, &mut frames, ours, Role::Primary, deadline)?;
+        let primary = handshake::exchange(&mut stream, &mut frames, ours, config.version, Role::Primary, deadline)?;
         let (queue, outgoing) = crossbeam_channel::bounded(config.queue.max(1));
         let (events_tx, events) = crossbeam_channel::bounded(16);
         let (feed_tx, feed) = crossbeam_channel::bounded(1);

@@ -57,6 +57,7 @@ pub(crate) fn exchange(
     stream: &mut TcpStream,
     frames: &mut FrameReader<TcpStream>,
     ours: &Hello,
+    version: u16,
     expect: Role,
     deadline: Instant,
 ) -> Result<Hello, ChannelError> {
@@ -64,7 +65,7 @@ pub(crate) fn exchange(
     let body = postcard::to_allocvec(ours).map_err(|e| ChannelError::Handshake(format!("encoding our hello: {e}")))?;
     let mut out = Vec::with_capacity(10 + body.len() + 10);
     out.extend_from_slice(&LINK_MAGIC);
-    out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     Message::Hello(body).encode_into(&mut out).map_err(|e| ChannelError::Handshake(format!("our hello: {e}")))?;
     stream.write_all(&out).map_err(ChannelError::Io)?;
 
@@ -74,8 +75,13 @@ pub(crate) fn exchange(
         return Err(ChannelError::Handshake("the peer is not an ftvm logging channel (bad magic)".into()));
     }
     let theirs = u16::from_le_bytes([preamble[8], preamble[9]]);
-    if theirs != PROTOCOL_VERSION {
-        return Err(ChannelError::VersionMismatch { ours: PROTOCOL_VERSION, theirs });
+    if theirs != version {
+        // Close gently: reading the peer's unread hello first keeps the kernel from answering
+        // it with a reset, which could destroy our preamble before the peer reads it, and the
+        // peer would see a broken connection instead of the mismatch.
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        drain(stream, deadline.min(Instant::now() + std::time::Duration::from_secs(1)));
+        return Err(ChannelError::VersionMismatch { ours: version, theirs });
     }
     let body = match frames.next(deadline) {
         Ok(Message::Hello(body)) => body,
@@ -109,4 +115,21 @@ fn read_preamble(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> R
         }
     }
     Ok(())
+}
+
+/// Reads and discards until the peer closes or `deadline` passes.
+fn drain(stream: &mut TcpStream, deadline: Instant) {
+    let mut sink = [0u8; 4096];
+    while Instant::now() < deadline {
+        match stream.read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => return,
+        }
+    }
 }

@@ -44,6 +44,9 @@ pub struct ChannelConfig {
     pub feed_bound: usize,
     /// How long the handshake may take.
     pub handshake_timeout: Duration,
+    /// The protocol version this side announces: [`PROTOCOL_VERSION`]; another value only to
+    /// see a mismatch refused.
+    pub version: u16,
 }
 
 impl Default for ChannelConfig {
@@ -54,6 +57,7 @@ impl Default for ChannelConfig {
             queue: 32,
             feed_bound: 4096,
             handshake_timeout: Duration::from_secs(5),
+            version: PROTOCOL_VERSION,
         }
     }
 }

@@ -50,7 +50,7 @@ impl PrimaryLink {
         prepare(&stream, config)?;
         let mut frames = FrameReader::new(stream.try_clone()?);
         let deadline = Instant::now() + config.handshake_timeout;
-        let backup = handshake::exchange(&mut stream, &mut frames, ours, Role::Backup, deadline)?;
+        let backup = handshake::exchange(&mut stream, &mut frames, ours, config.version, Role::Backup, deadline)?;
         watch.heard_now();
         let (queue, outgoing) = crossbeam_channel::bounded(config.queue.max(1));
         let (events_tx, events) = crossbeam_channel::bounded(16);
