@@ -357,8 +357,8 @@ fn a_live_pair_stays_a_pair_on_heartbeats_alone() {
 
 #[test]
 fn a_stalled_replay_fills_bounded_queues_and_loses_nothing() {
-    let config =
-        ChannelConfig { queue: 8, feed_bound: 16, timeout: Duration::from_secs(30), ..ChannelConfig::default() };
+    // The default timeout: a replay that stalls for longer is busy, its primary is not lost.
+    let config = ChannelConfig { queue: 8, feed_bound: 16, ..ChannelConfig::default() };
     let (primary, backup, watch) = live_pair(&config);
     // A long log, sent as raw chunks so that the test sees the queue's answers.
     let mut log = LogWriter::new(Vec::new(), &header()).unwrap();
@@ -422,11 +422,35 @@ fn a_stalled_replay_fills_bounded_queues_and_loses_nothing() {
     let mut count = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
     while last < end && Instant::now() < deadline {
-        if let FeedItem::Record { position, .. } = feed.next_item() {
-            last = position;
-            count += 1;
+        match feed.next_item() {
+            FeedItem::Record { position, .. } => {
+                last = position;
+                count += 1;
+            }
+            FeedItem::Wait => {}
+            other => panic!("the feed ended after {count} records: {other:?}"),
         }
     }
     assert_eq!((count, last), (n, end));
-    drop(sender.join().unwrap());
+    let primary = sender.join().unwrap();
+    assert!(primary.events().try_recv().is_err(), "the primary lost its backup");
+    assert!(backup.events().try_recv().is_err(), "the backup lost its primary");
+}
+
+#[test]
+fn dropping_a_backup_whose_feed_is_full_does_not_hang() {
+    let config = ChannelConfig { feed_bound: 1, ..ChannelConfig::default() };
+    let (primary, backup, _) = live_pair(&config);
+    let mut log = LogWriter::new(primary.record_sink(), &header()).unwrap();
+    for n in 1..=100 {
+        log.write(&Record::Interrupt { at: Landmark::Exit(n), vector: 40 }).unwrap();
+    }
+    log.flush().unwrap();
+    // Held but never read: the receiver waits for room in the feed.
+    let feed = backup.feed(Duration::from_secs(5)).unwrap();
+    wait_for("the feed to fill", Duration::from_secs(5), || backup.held() > 0);
+    let dropping = std::thread::spawn(move || drop(backup));
+    wait_for("the drop", Duration::from_secs(5), || dropping.is_finished());
+    drop(feed);
+    drop(primary);
 }

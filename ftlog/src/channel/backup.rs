@@ -11,7 +11,7 @@ use crate::format::{LogError, LogReader};
 use crossbeam_channel::{Receiver, Sender};
 use std::io::Read;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -40,6 +40,8 @@ pub struct BackupLink {
     released: Arc<AtomicU64>,
     held: Arc<AtomicU64>,
     stream: TcpStream,
+    /// Set when the link is dropped: the receiver stops waiting for room in the feed.
+    stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -63,6 +65,7 @@ impl BackupLink {
         let (nudge_tx, nudge) = crossbeam_channel::bounded(1);
         let released = Arc::new(AtomicU64::new(0));
         let held = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
         let writer = {
             let stream = stream.try_clone()?;
             let acks = writer::Acks { held: held.clone(), nudge };
@@ -83,6 +86,8 @@ impl BackupLink {
                 held: held.clone(),
                 nudge: nudge_tx,
                 ended: Arc::new(Mutex::new(None)),
+                stop: stop.clone(),
+                poll: config.poll(),
             };
             let stream = stream.try_clone()?;
             let bound = config.feed_bound.max(1);
@@ -99,6 +104,7 @@ impl BackupLink {
             released,
             held,
             stream,
+            stop,
             threads: vec![writer, receiver],
         })
     }
@@ -156,6 +162,7 @@ impl BackupLink {
 
 impl Drop for BackupLink {
     fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
         let _ = self.stream.shutdown(Shutdown::Both);
         let (dead, _) = crossbeam_channel::bounded(1);
         drop(std::mem::replace(&mut self.queue, dead));
@@ -240,6 +247,8 @@ struct WireSource {
     held: Arc<AtomicU64>,
     nudge: Sender<()>,
     ended: Arc<Mutex<Option<Ended>>>,
+    stop: Arc<AtomicBool>,
+    poll: Duration,
 }
 
 impl WireSource {
@@ -274,14 +283,14 @@ impl WireSource {
             }
             Message::StateChunk(bytes) => {
                 if let Some(state) = &self.state {
-                    if state.send(StateItem::Chunk(bytes)).is_err() {
+                    if !push(state, StateItem::Chunk(bytes), &self.stop, self.poll) {
                         self.state = None;
                     }
                 }
             }
             Message::StateEnd { total } => {
                 if let Some(state) = self.state.take() {
-                    let _ = state.send(StateItem::End { total });
+                    push(&state, StateItem::End { total }, &self.stop, self.poll);
                 }
             }
             Message::Released { position } => {
@@ -314,6 +323,18 @@ impl Read for WireSource {
     }
 }
 
+/// Hands `item` to the consumer, waiting for room while the link lives; `false` if the
+/// consumer is gone or the link was dropped.
+fn push<T>(to: &Sender<T>, mut item: T, stop: &AtomicBool, poll: Duration) -> bool {
+    loop {
+        match to.send_timeout(item, poll) {
+            Ok(()) => return true,
+            Err(crossbeam_channel::SendTimeoutError::Timeout(back)) if !stop.load(Ordering::Acquire) => item = back,
+            Err(_) => return false,
+        }
+    }
+}
+
 /// The backup's receiver thread.
 fn receive(
     source: WireSource,
@@ -324,6 +345,8 @@ fn receive(
 ) {
     let ended = source.ended.clone();
     let held = source.held.clone();
+    let stop = source.stop.clone();
+    let poll = source.poll;
     let report = |feed: Option<&FeedSender>| {
         let _ = stream.shutdown(Shutdown::Both);
         let ended =
@@ -331,14 +354,14 @@ fn receive(
         match ended {
             Ended::Closed => {
                 if let Some(feed) = feed {
-                    let _ = feed.send(FeedItem::Closed);
+                    push(feed, FeedItem::Closed, &stop, poll);
                 }
                 let _ = events.try_send(BackupEvent::PrimaryClosed);
             }
             Ended::Lost { silence, reason } => {
                 tracing::warn!(silence_ms = ms(silence) as u64, %reason, "logging channel: primary lost");
                 if let Some(feed) = feed {
-                    let _ = feed.send(FeedItem::Lost(reason.clone()));
+                    push(feed, FeedItem::Lost(reason.clone()), &stop, poll);
                 }
                 let _ = events.try_send(BackupEvent::PrimaryLost { silence, reason });
             }
@@ -362,7 +385,7 @@ fn receive(
         match item {
             Ok((_, record)) => {
                 let position = reader.offset();
-                if records.send(FeedItem::Record { record, position }).is_err() {
+                if !push(&records, FeedItem::Record { record, position }, &stop, poll) {
                     // Nobody replays any more.
                     return report(None);
                 }
@@ -371,7 +394,7 @@ fn receive(
             // The channel ended inside a record: that partial record is dropped.
             Err(LogError::Truncated { .. }) if lock(&ended).is_some() => break,
             Err(error) => {
-                let _ = records.send(FeedItem::Failed(error.clone()));
+                push(&records, FeedItem::Failed(error.clone()), &stop, poll);
                 let _ = stream.shutdown(Shutdown::Both);
                 let reason = format!("bad log stream: {error}");
                 let _ = events.try_send(BackupEvent::PrimaryLost { silence: Duration::ZERO, reason });

@@ -64,7 +64,7 @@ impl Default for ChannelConfig {
 
 impl ChannelConfig {
     /// The socket read timeout: how often a receiver looks at the clock while nothing arrives.
-    fn poll(&self) -> Duration {
+    pub(crate) fn poll(&self) -> Duration {
         (self.heartbeat / 2).clamp(Duration::from_millis(1), self.timeout.max(Duration::from_millis(1)))
     }
 }

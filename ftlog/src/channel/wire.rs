@@ -231,7 +231,9 @@ pub enum RecvError {
 pub struct FrameReader<R: Read> {
     input: R,
     buffer: Vec<u8>,
-    /// Stream offset of `buffer[0]`.
+    /// Bytes at the front of `buffer` already taken by whole frames.
+    consumed: usize,
+    /// Stream offset of `buffer[consumed]`.
     offset: u64,
     closed: bool,
 }
@@ -240,7 +242,7 @@ const READ_SIZE: usize = 64 * 1024;
 
 impl<R: Read> FrameReader<R> {
     pub fn new(input: R) -> Self {
-        Self { input, buffer: Vec::with_capacity(READ_SIZE), offset: 0, closed: false }
+        Self { input, buffer: Vec::with_capacity(READ_SIZE), consumed: 0, offset: 0, closed: false }
     }
 
     /// Bytes of the stream consumed by whole frames so far.
@@ -248,12 +250,15 @@ impl<R: Read> FrameReader<R> {
         self.offset
     }
 
-    /// The next message, waiting at most until `deadline` (roughly: one read timeout more).
+    /// The next message, waiting until `deadline` (roughly: one read timeout more). The stream
+    /// is always read at least once before `Idle` is answered: a caller that was busy elsewhere
+    /// past its deadline (a receiver waiting for room in a full feed) first takes in what
+    /// arrived meanwhile, rather than calling a peer silent whose words sit unread.
     pub fn next(&mut self, deadline: Instant) -> Result<Message, RecvError> {
         loop {
-            match decode_frame(&self.buffer) {
+            match decode_frame(&self.buffer[self.consumed..]) {
                 Ok(Some((message, used))) => {
-                    self.buffer.drain(..used);
+                    self.consumed += used;
                     self.offset += used as u64;
                     return Ok(message);
                 }
@@ -261,11 +266,11 @@ impl<R: Read> FrameReader<R> {
                 Err(reason) => return Err(Malformed { offset: self.offset, reason }.into()),
             }
             if self.closed {
-                return Err(RecvError::Eof { partial: self.buffer.len() });
+                return Err(RecvError::Eof { partial: self.buffer.len() - self.consumed });
             }
-            if Instant::now() >= deadline {
-                return Err(RecvError::Idle);
-            }
+            // Only the incomplete frame at the tail moves, once per read.
+            self.buffer.drain(..self.consumed);
+            self.consumed = 0;
             let start = self.buffer.len();
             self.buffer.resize(start + READ_SIZE, 0);
             let got = self.input.read(&mut self.buffer[start..]);
@@ -273,7 +278,11 @@ impl<R: Read> FrameReader<R> {
             match got {
                 Ok(0) => self.closed = true,
                 Ok(_) => {}
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    if Instant::now() >= deadline {
+                        return Err(RecvError::Idle);
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.into()),
             }

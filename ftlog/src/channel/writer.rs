@@ -16,8 +16,8 @@ pub(crate) struct Acks {
     pub nudge: Receiver<()>,
 }
 
-/// Runs until the queue's senders are all gone (the queue is drained first) or a write fails
-/// (then the socket is shut down, so the receiver sees the break too).
+/// Runs until it has sent a Close, the queue's senders are all gone (the queue is drained
+/// first), or a write fails (then the socket is shut down, so the receiver sees the break too).
 pub(crate) fn run(mut stream: TcpStream, queue: Receiver<Message>, heartbeat: Duration, acks: Option<Acks>) {
     let ticker = crossbeam_channel::tick(heartbeat);
     let never = crossbeam_channel::never();
@@ -29,6 +29,13 @@ pub(crate) fn run(mut stream: TcpStream, queue: Receiver<Message>, heartbeat: Du
         let mut ack_now = false;
         select! {
             recv(queue) -> message => match message {
+                Ok(Message::Close) => {
+                    // The last word: nothing queued after it is sent.
+                    let _ = Message::Close.encode_into(&mut frame);
+                    let _ = stream.write_all(&frame).and_then(|()| stream.flush());
+                    let _ = stream.shutdown(Shutdown::Write);
+                    return;
+                }
                 Ok(message) => {
                     if let Err(error) = message.encode_into(&mut frame) {
                         tracing::error!(%error, "logging channel: dropping an oversized message");
