@@ -356,6 +356,21 @@ mod tests {
         }
 
         #[test]
+        fn every_prefix_of_a_frame_is_incomplete_and_garbage_after_a_head_is_safe(
+            m in message(),
+            tail in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let wire = m.encode().unwrap();
+            for cut in 0..wire.len() {
+                prop_assert_eq!(decode_frame(&wire[..cut]), Ok(None));
+            }
+            // A valid head followed by anything: an error, incomplete, or this very frame.
+            let mut mangled = wire[..HEAD.min(wire.len())].to_vec();
+            mangled.extend_from_slice(&tail);
+            let _ = decode_frame(&mangled);
+        }
+
+        #[test]
         fn any_flipped_byte_is_an_error_at_that_frame(m in message(), flip in any::<prop::sample::Index>(), bit in 0u8..8) {
             let mut wire = Message::Heartbeat.encode().unwrap();
             let first = wire.len();
