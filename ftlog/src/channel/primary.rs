@@ -182,17 +182,20 @@ impl PrimaryLink {
         // Dropping our queue sender lets the writer drain and stop once the sinks are gone.
         let (dead, _) = crossbeam_channel::bounded(1);
         drop(std::mem::replace(&mut self.queue, dead));
-        if let Some(writer) = self.writer.take() {
-            let deadline = Instant::now() + wait;
-            while !writer.is_finished() && Instant::now() < deadline {
+        let deadline = Instant::now() + wait;
+        let until_finished = |thread: &Option<JoinHandle<()>>| {
+            while thread.as_ref().is_some_and(|t| !t.is_finished()) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            let _ = self.stream.shutdown(Shutdown::Both);
-            let _ = writer.join();
-        }
+        };
+        until_finished(&self.writer);
+        // Linger until the backup closes its side too: closing a socket with its words still
+        // unread would answer with a reset, and a reset destroys whatever the backup has not
+        // read yet (the end of the log, the Close itself).
+        until_finished(&self.receiver);
         let _ = self.stream.shutdown(Shutdown::Both);
-        if let Some(receiver) = self.receiver.take() {
-            let _ = receiver.join();
+        for thread in [self.writer.take(), self.receiver.take()].into_iter().flatten() {
+            let _ = thread.join();
         }
     }
 }
