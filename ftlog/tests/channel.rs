@@ -474,3 +474,29 @@ fn dropping_a_backup_whose_feed_is_full_does_not_hang() {
     drop(feed);
     drop(primary);
 }
+
+#[test]
+fn a_clean_close_waits_for_a_slow_backup_to_read_everything() {
+    let config = ChannelConfig { feed_bound: 4, ..relaxed() };
+    let (primary, backup, _) = live_pair(&config);
+    let mut log = LogWriter::new(primary.record_sink(), &header()).unwrap();
+    let mut last = 0;
+    for n in 1..=2000 {
+        log.write_input(Landmark::Exit(n), InputKind::DiskRead { device: 0 }, &[n as u8; 500]).unwrap();
+        last = log.offset();
+    }
+    log.flush().unwrap();
+    drop(log);
+    let closer = std::thread::spawn(move || primary.close(Duration::from_secs(10)));
+    // The replay is slow to start: most of the log still sits in the socket buffers when the
+    // primary closes. Its close must not destroy them.
+    let start = Instant::now();
+    while !closer.is_finished() && start.elapsed() < Duration::from_millis(300) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut feed = backup.feed(Duration::from_secs(5)).unwrap();
+    let (got, end) = drain(&mut feed, Duration::from_secs(10));
+    assert!(matches!(end, FeedItem::Closed), "{end:?} after {} records", got.len());
+    assert_eq!((got.len(), got.last().map(|(_, p)| *p)), (2000, Some(last)));
+    closer.join().unwrap();
+}
