@@ -500,3 +500,18 @@ fn a_clean_close_waits_for_a_slow_backup_to_read_everything() {
     assert_eq!((got.len(), got.last().map(|(_, p)| *p)), (2000, Some(last)));
     closer.join().unwrap();
 }
+
+#[test]
+fn state_after_the_log_began_ends_the_stream_instead_of_vanishing() {
+    let (mut stream, backup) = fake_primary(relaxed());
+    let mut log = LogWriter::new(Vec::new(), &header()).unwrap();
+    log.write(&Record::Interrupt { at: Landmark::Exit(1), vector: 40 }).unwrap();
+    let mut wire = Vec::new();
+    Message::Records(log.into_inner().unwrap()).encode_into(&mut wire).unwrap();
+    Message::StateChunk(vec![1; 10]).encode_into(&mut wire).unwrap();
+    stream.write_all(&wire).unwrap();
+    let mut feed = backup.feed(Duration::from_secs(5)).unwrap();
+    let (got, end) = drain(&mut feed, Duration::from_secs(5));
+    assert_eq!(got.len(), 1);
+    assert!(matches!(&end, FeedItem::Lost(reason) if reason.contains("state after the log")), "{end:?}");
+}

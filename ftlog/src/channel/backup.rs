@@ -88,6 +88,7 @@ impl BackupLink {
                 ended: Arc::new(Mutex::new(None)),
                 stop: stop.clone(),
                 poll: config.poll(),
+                log_started: false,
             };
             let stream = stream.try_clone()?;
             let bound = config.feed_bound.max(1);
@@ -249,6 +250,7 @@ struct WireSource {
     ended: Arc<Mutex<Option<Ended>>>,
     stop: Arc<AtomicBool>,
     poll: Duration,
+    log_started: bool,
 }
 
 impl WireSource {
@@ -278,8 +280,14 @@ impl WireSource {
             Message::Records(bytes) => {
                 // Log bytes mean the state is complete (or was never sent).
                 self.state = None;
+                self.log_started = true;
                 self.pending = bytes;
                 self.used = 0;
+            }
+            Message::StateChunk(_) | Message::StateEnd { .. } if self.log_started => {
+                // One state, then one log per connection: a resync is a new connection.
+                let reason = "the primary sent state after the log began".to_string();
+                self.end(Ended::Lost { silence: Duration::ZERO, reason });
             }
             Message::StateChunk(bytes) => {
                 if let Some(state) = &self.state {
