@@ -1,5 +1,6 @@
 //! Replication of a VM as a log: the log format, the recorder (primary) and the replayer
-//! (backup), and later the logging channel, output commit, failure detection and go-live.
+//! (backup), the logging channel between a primary and its backup ([`channel`]), and later
+//! output commit, the go-live race and go-live.
 //!
 //! The VMM's view:
 //! - primary: wrap the live world in a [`RecordingWorld`], pass it to the board as the
