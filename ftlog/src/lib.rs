@@ -1,5 +1,6 @@
 //! Replication of a VM as a log: the log format, the recorder (primary) and the replayer
-//! (backup), and later the logging channel, output commit, failure detection and go-live.
+//! (backup), the logging channel between a primary and its backup ([`channel`]), and later
+//! output commit, the go-live race and go-live.
 //!
 //! The VMM's view:
 //! - primary: wrap the live world in a [`RecordingWorld`], pass it to the board as the
@@ -12,6 +13,7 @@
 //!   [`ReplayWorld::pass_snapshot_mark`] at every exit boundary, and a replay that restores the
 //!   snapshot calls [`ReplayWorld::skip_to_snapshot`] first (see the `replay` module docs).
 
+pub mod channel;
 pub mod checkpoint;
 pub mod digest;
 pub mod feed;
@@ -22,6 +24,7 @@ pub mod peer;
 pub mod recorder;
 pub mod replay;
 
+pub use channel::{BackupEvent, BackupLink, ChannelConfig, ChannelError, Hello, PrimaryEvent, PrimaryLink, Role};
 pub use checkpoint::{CheckpointError, DeltaCheckpoint, PageData, PAGE_SIZE};
 pub use digest::{ExitKind, ExitSignature, RunningDigest};
 pub use feed::{ChannelFeed, FeedItem, FeedSender, RecordFeed};
