@@ -39,7 +39,7 @@ impl Master {
         for (path, n) in m.state.ns.iter() {
             let Node::File(f) = n else { continue };
             r.files += 1;
-            for (i, &h) in f.chunks.iter().enumerate() {
+            for (i, h) in f.chunks.iter() {
                 let Some(c) = m.state.chunks.get(h) else { continue };
                 r.chunks += 1;
                 let bad = m.corrupt.get(&h).map(|v| v.as_slice()).unwrap_or(&[]);

@@ -29,7 +29,7 @@ impl Master {
             let _l = self.locks.lock(&[path], &[]);
             let m = self.meta();
             let f = m.state.ns.file(path)?;
-            let h = f.chunks.get(index as usize).copied().unwrap_or(0);
+            let h = f.chunks.get(index).unwrap_or(0);
             if h == 0 {
                 return Ok((f.size, None));
             }
@@ -44,7 +44,7 @@ impl Master {
     /// else a new one at `min_index`; allocated and leased.
     pub fn append_chunk(self: &Arc<Self>, path: &str, min_index: u64) -> Result<(u64, ChunkLocation)> {
         let _l = self.locks.lock(&[], &[path]);
-        let last = self.meta().state.ns.file(path)?.chunks.len() as u64;
+        let last = self.meta().state.ns.file(path)?.chunks.end();
         let index = if last == 0 || last - 1 < min_index { min_index } else { last - 1 };
         match self.writable_chunk(path, index)? {
             (_, Some(loc)) => Ok((index, loc)),
@@ -58,7 +58,7 @@ impl Master {
         let (existing, register) = {
             let m = self.meta();
             let f = m.state.ns.file(path)?;
-            (f.chunks.get(index as usize).copied().unwrap_or(0), f.register.clone())
+            (f.chunks.get(index).unwrap_or(0), f.register.clone())
         };
         let handle = if existing != 0 && self.meta().state.is_shared(existing) {
             // Shared with a snapshot: write to a private copy.
@@ -297,7 +297,7 @@ impl Master {
         };
         let now = Instant::now();
         let mut chunks = Vec::new();
-        for (i, &h) in f.chunks.iter().enumerate() {
+        for (i, h) in f.chunks.iter() {
             let Some(c) = m.state.chunks.get(h) else {
                 continue;
             };
@@ -318,7 +318,7 @@ impl Master {
                 .get(&h)
                 .filter(|l| l.version == c.version && l.expires > now)
                 .map(|l| m.servers.addr(l.primary));
-            chunks.push(ChunkStat { index: i as u64, handle: h, version: c.version, primary, replicas });
+            chunks.push(ChunkStat { index: i, handle: h, version: c.version, primary, replicas });
         }
         Ok(FileStat { path: path.to_string(), is_dir: false, size: f.size, chunks })
     }

@@ -5,13 +5,59 @@ use crate::error::{ErrorKind, GfsError, Result};
 use crate::protocol::{ChunkHandle, DirEntry};
 use std::collections::BTreeMap;
 
-/// A file: its size and its chunks by index (`0` marks a chunk never written).
+/// A file: its size and its chunks by index.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FileMeta {
     pub size: u64,
-    pub chunks: Vec<ChunkHandle>,
+    pub chunks: ChunkList,
     /// Register whose generation fences writes to this file.
     pub register: Option<String>,
+}
+
+/// A file's chunks by index, sparse: a chunk never written has no entry, so a file written
+/// only at a huge offset costs the master one entry, not a list as long as the offset.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChunkList(BTreeMap<u64, ChunkHandle>);
+
+impl ChunkList {
+    /// The chunk at `index`, if it was ever written.
+    pub fn get(&self, index: u64) -> Option<ChunkHandle> {
+        self.0.get(&index).copied()
+    }
+
+    /// Makes `handle` the chunk at `index` (handle 0, "none", removes the entry).
+    pub fn set(&mut self, index: u64, handle: ChunkHandle) {
+        if handle == 0 {
+            self.0.remove(&index);
+        } else {
+            self.0.insert(index, handle);
+        }
+    }
+
+    /// One past the highest index that has a chunk (0 for a file without chunks).
+    pub fn end(&self) -> u64 {
+        self.0.last_key_value().map_or(0, |(index, _)| index + 1)
+    }
+
+    /// (index, handle) of every chunk, in index order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, ChunkHandle)> + '_ {
+        self.0.iter().map(|(index, handle)| (*index, *handle))
+    }
+
+    /// Every chunk's handle, in index order.
+    pub fn handles(&self) -> impl Iterator<Item = ChunkHandle> + '_ {
+        self.0.values().copied()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<(u64, ChunkHandle)> for ChunkList {
+    fn from_iter<I: IntoIterator<Item = (u64, ChunkHandle)>>(entries: I) -> Self {
+        ChunkList(entries.into_iter().filter(|(_, handle)| *handle != 0).collect())
+    }
 }
 
 /// A namespace node.
@@ -210,7 +256,7 @@ impl Namespace {
         let mut handles = Vec::new();
         for (k, n) in copies {
             if let Node::File(f) = &n {
-                handles.extend(f.chunks.iter().copied().filter(|&h| h != 0));
+                handles.extend(f.chunks.handles());
             }
             self.nodes.insert(k, n);
         }
@@ -224,7 +270,7 @@ impl Namespace {
         let below = self.nodes.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)).map(|(_, n)| n);
         own.chain(below)
             .filter_map(|n| match n {
-                Node::File(f) => Some(f.chunks.iter().copied().filter(|&h| h != 0)),
+                Node::File(f) => Some(f.chunks.handles()),
                 Node::Dir => None,
             })
             .flatten()

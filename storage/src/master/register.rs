@@ -78,7 +78,7 @@ impl Master {
         {
             let m = self.meta();
             let f = m.state.ns.file(path)?;
-            if f.chunks.iter().any(|&h| h != 0) {
+            if !f.chunks.is_empty() {
                 return Err(GfsError::fs(
                     ErrorKind::InvalidArgument,
                     format!("{path} already has data; bind a register before the first write"),

@@ -32,7 +32,8 @@ pub struct State {
 pub struct FileImage {
     pub path: String,
     pub size: u64,
-    pub chunks: Vec<ChunkHandle>,
+    /// (index, handle) of the chunks that exist: sparse, as the namespace holds them.
+    pub chunks: Vec<(u64, ChunkHandle)>,
     pub register: Option<String>,
 }
 
@@ -62,7 +63,7 @@ impl State {
             Record::Rename { from, to } => self.ns.check_rename(from, to),
             Record::AddChunk { path, index, .. } => {
                 let f = self.ns.file(path)?;
-                if f.chunks.get(*index as usize).is_some_and(|&h| h != 0) {
+                if f.chunks.get(*index).is_some() {
                     return Err(GfsError::fs(ErrorKind::AlreadyExists, "chunk already allocated"));
                 }
                 Ok(())
@@ -87,7 +88,7 @@ impl State {
             Record::Snapshot { src, dst } => self.ns.check_rename(src, dst),
             Record::ReplaceChunk { path, index, old, .. } => {
                 let f = self.ns.file(path)?;
-                if f.chunks.get(*index as usize) != Some(old) {
+                if f.chunks.get(*index).unwrap_or(0) != *old {
                     return Err(GfsError::fs(ErrorKind::InvalidArgument, "chunk changed"));
                 }
                 Ok(())
@@ -103,7 +104,7 @@ impl State {
             Record::CreateFile { path } => self.ns.insert(path, Node::File(FileMeta::default())),
             Record::Delete { path } => {
                 if let Node::File(f) = self.ns.remove(path)? {
-                    for h in f.chunks {
+                    for h in f.chunks.handles() {
                         self.drop_ref(h);
                     }
                 }
@@ -118,7 +119,7 @@ impl State {
             Record::ReplaceChunk { path, index, old, new, version } => {
                 self.check(rec)?;
                 let f = self.ns.file_mut(path)?;
-                f.chunks[*index as usize] = *new;
+                f.chunks.set(*index, *new);
                 self.chunks.allocate(*new, *version);
                 self.drop_ref(*old);
                 Ok(())
@@ -126,12 +127,7 @@ impl State {
             Record::Rename { from, to } => self.ns.rename(from, to),
             Record::AddChunk { path, index, handle } => {
                 let f = self.ns.file_mut(path)?;
-                let i = usize::try_from(*index)
-                    .map_err(|_| GfsError::fs(ErrorKind::InvalidArgument, "chunk index too large"))?;
-                if f.chunks.len() <= i {
-                    f.chunks.resize(i + 1, 0);
-                }
-                f.chunks[i] = *handle;
+                f.chunks.set(*index, *handle);
                 self.chunks.allocate(*handle, 1);
                 Ok(())
             }
@@ -168,7 +164,7 @@ impl State {
                 Node::File(f) => files.push(FileImage {
                     path: p.clone(),
                     size: f.size,
-                    chunks: f.chunks.clone(),
+                    chunks: f.chunks.iter().collect(),
                     register: f.register.clone(),
                 }),
             }
@@ -187,7 +183,10 @@ impl State {
             ns.insert_unchecked(d, Node::Dir);
         }
         for f in img.files {
-            ns.insert_unchecked(f.path, Node::File(FileMeta { size: f.size, chunks: f.chunks, register: f.register }));
+            ns.insert_unchecked(
+                f.path,
+                Node::File(FileMeta { size: f.size, chunks: f.chunks.into_iter().collect(), register: f.register }),
+            );
         }
         let mut state = State {
             ns,
@@ -250,7 +249,7 @@ mod tests {
             s.apply(r).unwrap();
         }
         let f = s.ns.file("/e/f").unwrap();
-        assert_eq!(f.chunks, vec![0, 0, 1]);
+        assert_eq!(f.chunks.iter().collect::<Vec<_>>(), vec![(2, 1)]);
         assert_eq!(s.chunks.get(1).unwrap().version, 5);
         let img = postcard::to_stdvec(&s.image()).unwrap();
         let back = State::from_image(postcard::from_bytes(&img).unwrap());
@@ -262,5 +261,28 @@ mod tests {
         let mut back = back;
         back.apply(&Record::Delete { path: "/e/f".into() }).unwrap();
         assert!(back.chunks.is_garbage(1));
+    }
+
+    /// Finding 5 of the hostile-input sweep: a file written only at its last possible chunk
+    /// index made the master hold (and checkpoint) a list as long as that index, ~8 MiB a file.
+    #[test]
+    fn a_file_written_only_at_a_huge_offset_costs_one_chunk_entry() {
+        let mut s = State::default();
+        let last = crate::MAX_FILE_CHUNKS - 1;
+        for r in [
+            Record::CreateFile { path: "/far".into() },
+            Record::AddChunk { path: "/far".into(), index: last, handle: 1 },
+        ] {
+            s.check(&r).unwrap();
+            s.apply(&r).unwrap();
+        }
+        let f = s.ns.file("/far").unwrap();
+        assert_eq!(f.chunks.iter().collect::<Vec<_>>(), vec![(last, 1)]);
+        assert_eq!(f.chunks.end(), last + 1, "appends still go after the last chunk");
+        let image = postcard::to_stdvec(&s.image()).unwrap();
+        assert!(image.len() < 1024, "the checkpoint of one far chunk took {} bytes", image.len());
+        let back = State::from_image(postcard::from_bytes(&image).unwrap());
+        assert_eq!(back.ns.file("/far").unwrap().chunks.get(last), Some(1));
+        assert_eq!(back.ns.file("/far").unwrap().chunks.get(0), None);
     }
 }

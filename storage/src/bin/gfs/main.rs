@@ -273,7 +273,17 @@ fn run(cli: Cli) -> Result<()> {
             println!("gfs master listening on {addr}");
             park()
         }
-        Cmd::Chunkserver { dir, listen, advertise, rack, heartbeat_ms, no_sync, buffered_io, scrub_interval_secs, serve } => {
+        Cmd::Chunkserver {
+            dir,
+            listen,
+            advertise,
+            rack,
+            heartbeat_ms,
+            no_sync,
+            buffered_io,
+            scrub_interval_secs,
+            serve,
+        } => {
             let master = cli.master.context("chunkserver needs --master ADDR (or GFS_MASTER)")?;
             let mut cfg = ChunkServerConfig::new(dir, master, listen);
             cfg.rack = rack;
