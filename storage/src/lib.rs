@@ -14,6 +14,7 @@ pub mod error;
 pub mod master;
 pub mod oplog;
 pub mod protocol;
+pub mod sync;
 pub mod util;
 
 pub use client::{Client, DirEntry, Durability, FileStat, StreamOpts};

@@ -1,6 +1,7 @@
 //! Page-aligned byte buffers for `O_DIRECT` I/O, and a small pool that keeps them for reuse so
 //! a mutation does not allocate (and fault in) a fresh multi-MiB buffer each time.
 
+use crate::sync::Unpoisoned;
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::sync::Mutex;
 
@@ -73,7 +74,7 @@ const MAX_IDLE: usize = 8;
 impl AlignedPool {
     /// A buffer of at least `len` bytes; its contents are unspecified.
     pub fn take(&self, len: usize) -> AlignedBuf {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.idle.lock_unpoisoned();
         match idle.iter().position(|b| b.capacity() >= len) {
             Some(i) => idle.swap_remove(i),
             None => {
@@ -84,7 +85,7 @@ impl AlignedPool {
     }
 
     pub fn give(&self, buf: AlignedBuf) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.idle.lock_unpoisoned();
         if idle.len() < MAX_IDLE {
             idle.push(buf);
         }

@@ -2,6 +2,7 @@
 //! Unclaimed data is dropped after a while (a client that disconnected, or a retry).
 
 use crate::error::{ErrorKind, GfsError, Result};
+use crate::sync::Unpoisoned;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -56,7 +57,7 @@ impl Buffers {
     }
 
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock_unpoisoned()
     }
 
     /// Reserves room for `len` bytes of a push about to arrive (dropping expired buffers

@@ -14,6 +14,7 @@ pub mod store;
 
 use crate::error::{ErrorKind, GfsError, Result};
 use crate::protocol::{ChunkHandle, Fence, Pool, Version};
+use crate::sync::Unpoisoned;
 use buffers::Buffers;
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -148,7 +149,7 @@ impl ChunkServer {
 
     /// A master checked this server and sent `token` to show in heartbeats.
     pub fn keep_token(&self, token: u64) {
-        let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = self.tokens.lock_unpoisoned();
         if !t.contains(&token) {
             if t.len() == MAX_TOKENS {
                 t.pop_front();
@@ -159,11 +160,11 @@ impl ChunkServer {
 
     /// Tokens to show in heartbeats.
     pub fn tokens(&self) -> Vec<u64> {
-        self.tokens.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect()
+        self.tokens.lock_unpoisoned().iter().copied().collect()
     }
 
     fn leases(&self) -> MutexGuard<'_, HashMap<ChunkHandle, HeldLease>> {
-        self.leases.lock().unwrap_or_else(|p| p.into_inner())
+        self.leases.lock_unpoisoned()
     }
 
     /// The master, then any shadow masters (`--master` is a comma-separated list).
@@ -219,7 +220,7 @@ impl ChunkServer {
 
     /// Register `name` is at least at `generation`.
     pub fn learn_fence(&self, name: &str, generation: u64) {
-        let mut f = self.fences.lock().unwrap_or_else(|p| p.into_inner());
+        let mut f = self.fences.lock_unpoisoned();
         let g = f.entry(name.to_string()).or_insert(0);
         *g = (*g).max(generation);
     }
@@ -247,7 +248,7 @@ impl ChunkServer {
         if !self.fences_synced.load(Ordering::Acquire) {
             return Err(GfsError::fs(ErrorKind::Unavailable, "register generations not known yet"));
         }
-        let cur = self.fences.lock().unwrap_or_else(|p| p.into_inner()).get(&f.name).copied().unwrap_or(0);
+        let cur = self.fences.lock_unpoisoned().get(&f.name).copied().unwrap_or(0);
         if f.generation < cur {
             return fenced(format!(
                 "write carries generation {} of register {}, which is at {cur}",

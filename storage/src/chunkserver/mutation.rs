@@ -5,6 +5,7 @@ use super::heartbeat::report_corrupt;
 use super::ChunkServer;
 use crate::error::{ErrorKind, GfsError, Result};
 use crate::protocol::{ChunkHandle, ChunkReply, ChunkRequest, Fence, Reply, Version};
+use crate::sync::Unpoisoned;
 use crate::{CHUNK_SIZE, MAX_RECORD};
 use std::sync::Arc;
 
@@ -30,7 +31,7 @@ impl Mutation {
     }
 
     fn check_fence(&self, cs: &ChunkServer, chunk: &super::store::Chunk) -> Result<()> {
-        let bound = chunk.register.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let bound = chunk.register.lock_unpoisoned().clone();
         cs.check_fence(bound.as_deref(), self.fence.as_ref())
     }
 
@@ -51,7 +52,7 @@ impl Mutation {
         self.check_fence(cs, &chunk)?;
         let data = cs.buffers.take(self.id)?;
         // One mutation at a time per chunk: serial order is application order everywhere.
-        let mut order = chunk.order.lock().unwrap_or_else(|p| p.into_inner());
+        let mut order = chunk.order.lock_unpoisoned();
         if order.0 != self.version {
             *order = (self.version, 1);
         }
@@ -114,7 +115,7 @@ pub fn append_primary(cs: &Arc<ChunkServer>, m: Mutation, len: u64, secondaries:
     if data.len() as u64 != len {
         return Err(GfsError::fs(ErrorKind::InvalidArgument, "record length does not match the pushed data"));
     }
-    let mut order = chunk.order.lock().unwrap_or_else(|p| p.into_inner());
+    let mut order = chunk.order.lock_unpoisoned();
     if order.0 != m.version {
         *order = (m.version, 1);
     }
@@ -149,7 +150,7 @@ pub fn pad_secondary(cs: &Arc<ChunkServer>, m: Mutation, serial: u64) -> Result<
 
 /// Secondaries apply mutations in increasing serial order; an old serial is refused.
 fn next_serial(chunk: &super::store::Chunk, version: Version, serial: u64) -> Result<()> {
-    let mut s = chunk.state.lock().unwrap_or_else(|p| p.into_inner());
+    let mut s = chunk.state.lock_unpoisoned();
     if s.version == version && serial <= s.last_serial {
         return Err(GfsError::fs(
             ErrorKind::InvalidArgument,

@@ -7,6 +7,7 @@ use super::store::READ_PIECE;
 use super::ChunkServer;
 use crate::error::{ErrorKind, GfsError, Result};
 use crate::protocol::{ChunkHandle, ChunkReply, ChunkRequest, Conn, Incoming, Reply, Version};
+use crate::sync::Unpoisoned;
 use crate::util::to_remote;
 use crate::{CHUNK_SIZE, MAX_RECORD};
 use std::net::TcpListener;
@@ -62,7 +63,7 @@ fn mutation_or_other(cs: &Arc<ChunkServer>, req: ChunkRequest, durable: bool) ->
             cs.revoke(handle);
             cs.store.set_version(handle, version)?;
             if let Ok(chunk) = cs.store.get(handle) {
-                *chunk.register.lock().unwrap_or_else(|p| p.into_inner()) = register;
+                *chunk.register.lock_unpoisoned() = register;
             }
             if let Some(ms) = lease_ms {
                 cs.grant(handle, version, granted, Duration::from_millis(ms));
@@ -89,7 +90,7 @@ fn mutation_or_other(cs: &Arc<ChunkServer>, req: ChunkRequest, durable: bool) ->
         ChunkRequest::Revoke { handle } => {
             if let Ok(chunk) = cs.store.get(handle) {
                 // Wait for a mutation in flight to finish before giving the lease up.
-                let _order = chunk.order.lock().unwrap_or_else(|p| p.into_inner());
+                let _order = chunk.order.lock_unpoisoned();
                 cs.revoke(handle);
             } else {
                 cs.revoke(handle);
@@ -98,7 +99,7 @@ fn mutation_or_other(cs: &Arc<ChunkServer>, req: ChunkRequest, durable: bool) ->
         }
         ChunkRequest::Info { handle } => {
             let chunk = cs.store.get(handle)?;
-            let version = chunk.state.lock().unwrap_or_else(|p| p.into_inner()).version;
+            let version = chunk.state.lock_unpoisoned().version;
             Ok(ChunkReply::Info { version, len: cs.store.chunk_len(&chunk) })
         }
         ChunkRequest::Replicate { handle, version, source } => {
@@ -221,7 +222,7 @@ fn read(cs: &Arc<ChunkServer>, conn: &mut Conn, handle: ChunkHandle, version: Ve
             ));
         }
         let chunk = cs.store.get(handle)?;
-        let v = chunk.state.lock().unwrap_or_else(|p| p.into_inner()).version;
+        let v = chunk.state.lock_unpoisoned().version;
         if v != version {
             return Err(GfsError::fs(
                 ErrorKind::StaleVersion,

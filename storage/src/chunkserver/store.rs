@@ -9,6 +9,7 @@ mod write;
 use super::aligned::{AlignedBuf, AlignedPool, DIRECT_ALIGN};
 use crate::error::{ErrorKind, GfsError, IoContext, Result};
 use crate::protocol::{ChunkHandle, Version};
+use crate::sync::Unpoisoned;
 use crate::{BLOCKS_PER_CHUNK, BLOCK_SIZE, CHUNK_SIZE};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -27,7 +28,7 @@ fn zero_block_crc() -> u32 {
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.lock_unpoisoned()
 }
 
 /// In-memory state of one chunk replica.

@@ -4,6 +4,7 @@
 //! client asks the master again.
 
 use crate::protocol::ChunkLocation;
+use crate::sync::Unpoisoned;
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -25,7 +26,7 @@ pub struct Cache {
 
 impl Cache {
     fn map(&self) -> MutexGuard<'_, HashMap<(String, u64), Entry>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+        self.map.lock_unpoisoned()
     }
 
     /// A still-valid entry (size, location) for reading.

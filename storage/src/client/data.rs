@@ -7,6 +7,7 @@ use super::Durability;
 use super::{unexpected, Client};
 use crate::error::{ErrorKind, GfsError, Result};
 use crate::protocol::{ChunkLocation, ChunkReply, ChunkRequest, Conn, Incoming, Reply};
+use crate::sync::Unpoisoned;
 use crate::util::random_id;
 use crate::{CHUNK_SIZE, DATA_FRAME, MAX_MUTATION};
 use std::sync::Mutex;
@@ -50,14 +51,14 @@ impl Client {
         }
         let pieces: Vec<Mutex<(&mut [u8], usize)>> = buf.chunks_mut(STREAM_PIECE).map(|b| Mutex::new((b, 0))).collect();
         run_windowed(pieces.len(), STREAM_WINDOW, |i| {
-            let mut p = pieces[i].lock().unwrap_or_else(|p| p.into_inner());
+            let mut p = pieces[i].lock_unpoisoned();
             let (b, got) = &mut *p;
             *got = self.read_span(path, offset + (i * STREAM_PIECE) as u64, b)?;
             Ok(())
         })?;
         let mut done = 0;
         for p in pieces {
-            let (b, got) = p.into_inner().unwrap_or_else(|p| p.into_inner());
+            let (b, got) = p.into_inner_unpoisoned();
             done += got;
             if got < b.len() {
                 break; // end of file: later pieces read nothing (or raced with a writer)

@@ -4,6 +4,7 @@
 use super::{unexpected, Client};
 use crate::error::{ErrorKind, GfsError, Result};
 use crate::protocol::{ChunkReply, ChunkRequest};
+use crate::sync::Unpoisoned;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -22,7 +23,7 @@ pub(super) struct DirtyChunks {
 
 impl DirtyChunks {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, DirtyChunk>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+        self.map.lock_unpoisoned()
     }
 
     pub(super) fn note(&self, path: &str, index: u64, handle: u64, chain: &[String]) {

@@ -4,6 +4,7 @@
 
 use super::Client;
 use crate::error::{ErrorKind, GfsError, Result};
+use crate::sync::Unpoisoned;
 use crate::MAX_MUTATION;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -76,14 +77,14 @@ pub(super) fn run_windowed(n: usize, window: usize, job: impl Fn(usize) -> Resul
                     }
                     if let Err(e) = job(i) {
                         failed.store(true, Ordering::Relaxed);
-                        first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                        first_error.lock_unpoisoned().get_or_insert(e);
                         return;
                     }
                 }
             });
         }
     });
-    match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+    match first_error.into_inner_unpoisoned() {
         Some(e) => Err(e),
         None => Ok(()),
     }
@@ -120,7 +121,7 @@ impl Client {
                     // the order buffers come free, so the writer never waits on a late one
                     // that no reader has started.
                     let (mut buf, k) = {
-                        let rx = free_rx.lock().unwrap_or_else(|p| p.into_inner());
+                        let rx = free_rx.lock_unpoisoned();
                         match rx.recv() {
                             Ok(b) => (b, next.fetch_add(1, Ordering::Relaxed)),
                             Err(_) => return, // the writer is finished
@@ -174,7 +175,7 @@ impl Client {
                 let done_tx = done_tx.clone();
                 let work_rx = &work_rx;
                 s.spawn(move || loop {
-                    let job = work_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let job = work_rx.lock_unpoisoned().recv();
                     let Ok((at, buf, n)) = job else {
                         return; // no more pieces
                     };

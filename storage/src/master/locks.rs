@@ -2,6 +2,7 @@
 //! read or write lock on `/a/b/c`. Locks are always taken in one global order (sorted by path)
 //! so that operations touching several paths (rename) cannot deadlock.
 
+use crate::sync::Unpoisoned;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -12,7 +13,7 @@ struct LockState {
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.lock_unpoisoned()
 }
 
 impl LockState {
@@ -29,7 +30,7 @@ impl LockState {
                 }
                 return;
             }
-            g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
+            g = crate::sync::wait_unpoisoned(&self.cv, g);
         }
     }
 

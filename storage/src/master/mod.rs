@@ -23,6 +23,7 @@ pub mod verify;
 
 use crate::error::{GfsError, Result};
 use crate::oplog::{self, checkpoint, OpLog, Record};
+use crate::sync::{RwUnpoisoned, Unpoisoned};
 use chunks::{Lease, Servers};
 use locks::PathLocks;
 use state::{State, StateImage};
@@ -157,7 +158,7 @@ impl Master {
 
     /// Locks the in-memory metadata.
     pub fn meta(&self) -> MutexGuard<'_, Meta> {
-        self.meta.lock().unwrap_or_else(|p| p.into_inner())
+        self.meta.lock_unpoisoned()
     }
 
     pub fn uptime(&self) -> Duration {
@@ -169,7 +170,7 @@ impl Master {
     pub fn commit(self: &Arc<Self>, rec: Record) -> Result<()> {
         self.meta().state.check(&rec)?;
         {
-            let _b = self.barrier.read().unwrap_or_else(|p| p.into_inner());
+            let _b = self.barrier.read_unpoisoned();
             self.log.append(rec.clone())?;
             if let Err(e) = self.meta().state.apply(&rec) {
                 tracing::error!("record logged but not applied: {rec:?}: {e}");
@@ -192,7 +193,7 @@ impl Master {
     /// Writes a checkpoint now.
     pub fn checkpoint(&self) -> Result<PathBuf> {
         let (lsn, bytes) = {
-            let _b = self.barrier.write().unwrap_or_else(|p| p.into_inner());
+            let _b = self.barrier.write_unpoisoned();
             let lsn = self.log.rotate()?;
             let img = self.meta().state.image();
             self.since_checkpoint.store(0, Ordering::Relaxed);

@@ -6,6 +6,7 @@ use super::Master;
 use crate::error::{ErrorKind, GfsError, Result};
 use crate::oplog::Record;
 use crate::protocol::{ChunkReply, ChunkRequest, Conn, Fence, Reply};
+use crate::sync::Unpoisoned;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ impl Master {
                 format!("a register holder is at most {MAX_HOLDER} bytes without control characters"),
             ));
         }
-        let _g = self.registers.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.registers.lock_unpoisoned();
         let cur = self.register(name)?;
         if cur.generation != expected {
             return Err(GfsError::fs(

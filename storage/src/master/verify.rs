@@ -12,6 +12,7 @@
 use super::Master;
 use crate::error::{ErrorKind, GfsError, Result};
 use crate::protocol::{ChunkReply, ChunkRequest, Conn, Heartbeat, Reply};
+use crate::sync::Unpoisoned;
 use std::time::{Duration, Instant};
 
 /// How long the master waits for a chunkserver it checks.
@@ -55,7 +56,7 @@ impl Master {
             }
         }
         let token = {
-            let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+            let mut checks = self.checks.lock_unpoisoned();
             if let Some(c) = checks.get(&hb.server).copied() {
                 if hb.tokens.contains(&c.token) {
                     checks.remove(&hb.server);

@@ -2,6 +2,7 @@
 
 use super::frame::{self, Arrival, Kind};
 use crate::error::{GfsError, IoContext, Result};
+use crate::sync::Unpoisoned;
 use serde::{de::DeserializeOwned, Serialize};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -242,7 +243,7 @@ struct Admitted {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut c = self.census.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = self.census.lock_unpoisoned();
         c.total = c.total.saturating_sub(1);
         if let Some(n) = c.by_ip.get_mut(&self.ip) {
             *n -= 1;
@@ -258,7 +259,7 @@ fn admit(
     limits: &ServeLimits,
     ip: std::net::IpAddr,
 ) -> std::result::Result<Admitted, String> {
-    let mut c = census.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = census.lock_unpoisoned();
     if c.total >= limits.total {
         return Err(format!("server busy: {} connections open", c.total));
     }

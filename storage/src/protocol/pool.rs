@@ -8,6 +8,7 @@
 
 use super::conn::Conn;
 use crate::error::{GfsError, Result};
+use crate::sync::Unpoisoned;
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -57,7 +58,7 @@ impl Pool {
     /// sent something unasked on are dropped on the way.
     pub fn take_idle(&self, addr: &str) -> Option<Conn> {
         loop {
-            let c = self.idle.lock().unwrap_or_else(|p| p.into_inner()).get_mut(addr).and_then(|v| v.pop())?;
+            let c = self.idle.lock_unpoisoned().get_mut(addr).and_then(|v| v.pop())?;
             if c.is_reusable() {
                 return Some(c);
             }
@@ -67,7 +68,7 @@ impl Pool {
 
     /// Returns a connection after a complete exchange (never after an error).
     pub fn put(&self, conn: Conn) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.idle.lock_unpoisoned();
         let v = idle.entry(conn.peer().to_string()).or_default();
         if v.len() < MAX_IDLE {
             v.push(conn);
@@ -76,7 +77,7 @@ impl Pool {
 
     /// Drops idle connections to `addr` (after it failed).
     pub fn forget(&self, addr: &str) {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).remove(addr);
+        self.idle.lock_unpoisoned().remove(addr);
     }
 
     /// Sends `req` to `addr` and returns the reply, on a pooled connection if one is
