@@ -3,6 +3,7 @@
 //! done from inside a namespace, what a process did as `strace` saw it, and the one rule for
 //! tests that cannot run here.
 
+pub mod kv;
 pub mod strace;
 
 use anyhow::{bail, Context, Result};

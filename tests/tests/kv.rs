@@ -5,17 +5,13 @@
 //! recorded kv session over a disk that already holds data replays to the recorded state.
 
 use anyhow::{bail, Context, Result};
+use ftvm_tests::kv::{self, Client, GUEST_IP};
 use ftvm_tests::strace::{Call, Strace};
 use ftvm_tests::{binary, cannot_run, namespaces_unavailable, NetNs, Process};
-use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-const GUEST_IP: &str = "10.0.0.2";
-const PORT: u16 = 7000;
-const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A namespace holding a TAP for the VM, the host side at 10.0.0.1.
 fn network(tag: &str) -> Result<NetNs> {
@@ -25,53 +21,12 @@ fn network(tag: &str) -> Result<NetNs> {
 }
 
 fn disk(dir: &Path) -> Result<PathBuf> {
-    let path = dir.join("kv.img");
-    std::fs::File::create(&path)?.set_len(64 << 20)?;
-    Ok(path)
+    kv::disk_file(dir, "kv.img", 64 << 20)
 }
 
 /// Boots the kv guest in `ns` and waits until it listens.
 fn boot(ns: &NetNs, disk: &Path, extra: &[&str]) -> Result<Process> {
-    let mut command = ns.command(&binary("ftvm")?);
-    command.args(["run", "--guest", "kv", &format!("ip={GUEST_IP}/24"), "--net", "tap=tap0", "--disk"]);
-    command.arg(disk).args(extra);
-    let mut vm = Process::spawn(command)?;
-    vm.wait_for("kv: listening on", BOOT_TIMEOUT)?;
-    Ok(vm)
-}
-
-/// One connection speaking the line protocol.
-struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Client {
-    fn connect() -> Result<Self> {
-        let address = format!("{GUEST_IP}:{PORT}");
-        let mut last = None;
-        for _ in 0..50 {
-            match TcpStream::connect_timeout(&address.parse()?, Duration::from_secs(2)) {
-                Ok(stream) => {
-                    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-                    stream.set_nodelay(true)?;
-                    return Ok(Self { reader: BufReader::new(stream.try_clone()?), writer: stream });
-                }
-                Err(e) => last = Some(e),
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Err(last.map(anyhow::Error::from).unwrap_or_else(|| anyhow::anyhow!("no connection"))).context(address)
-    }
-
-    fn request(&mut self, line: &str) -> Result<String> {
-        self.writer.write_all(format!("{line}\n").as_bytes())?;
-        let mut answer = String::new();
-        if self.reader.read_line(&mut answer)? == 0 {
-            bail!("the server closed the connection after {line:?}");
-        }
-        Ok(answer.trim_end().to_owned())
-    }
+    kv::boot(ns, disk, extra, &[])
 }
 
 fn key(i: usize) -> String {
@@ -157,7 +112,7 @@ struct Stream {
 /// Sets keys from `first` on, one connection, until the connection breaks.
 fn set_until_broken(first: usize, stream: Arc<Mutex<Stream>>) -> Result<()> {
     let mut client = Client::connect()?;
-    stream.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.open.push(client.writer.try_clone()?);
+    stream.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.open.push(client.socket()?);
     for i in first.. {
         match client.request(&format!("SET {} {}", key(i), value(i))) {
             Ok(answer) if answer == "OK" => {

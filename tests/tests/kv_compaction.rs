@@ -10,7 +10,8 @@
 //! `FTVM_ALLOW_SKIP=1` lets them pass as skipped.
 
 use anyhow::{bail, Context, Result};
-use ftvm_tests::{binary, can_use_namespaces, NetNs, Process};
+use ftvm_tests::kv::{self, boot, network, Client, GUEST_IP, PORT};
+use ftvm_tests::{binary, cannot_run, namespaces_unavailable, NetNs, Process};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::TcpStream;
@@ -18,79 +19,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const GUEST_IP: &str = "10.0.0.2";
-const PORT: u16 = 7000;
-const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
-
 macro_rules! require_namespaces {
     () => {
-        if !can_use_namespaces() {
-            if std::env::var("FTVM_ALLOW_SKIP").as_deref() == Ok("1") {
-                eprintln!("skipped (FTVM_ALLOW_SKIP=1): needs root and iproute2 for network namespaces");
-                return Ok(());
-            }
-            bail!("needs root, iproute2 and /dev/kvm (set FTVM_ALLOW_SKIP=1 to skip)");
+        if let Some(why) = namespaces_unavailable() {
+            cannot_run(&why);
+            return Ok(());
         }
     };
 }
 
-fn network(tag: &str) -> Result<NetNs> {
-    let ns = NetNs::new(tag)?;
-    ns.tap("tap0", "10.0.0.1/24")?;
-    Ok(ns)
-}
-
 fn disk(dir: &Path, name: &str, bytes: u64) -> Result<PathBuf> {
-    let path = dir.join(name);
-    std::fs::File::create(&path)?.set_len(bytes)?;
-    Ok(path)
-}
-
-/// Boots the kv guest in `ns` on `disk` (with `env` set for ftvm) and waits until it listens.
-fn boot(ns: &NetNs, disk: &Path, extra: &[&str], env: &[(&str, String)]) -> Result<Process> {
-    let mut command = ns.command(&binary("ftvm")?);
-    command.args(["run", "--guest", "kv", &format!("ip={GUEST_IP}/24"), "--net", "tap=tap0", "--disk"]);
-    command.arg(disk).args(extra);
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let mut vm = Process::spawn(command)?;
-    vm.wait_for("kv: listening on", BOOT_TIMEOUT)?;
-    Ok(vm)
-}
-
-/// One connection speaking the line protocol.
-struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Client {
-    fn connect() -> Result<Self> {
-        let address = format!("{GUEST_IP}:{PORT}");
-        let mut last = None;
-        for _ in 0..50 {
-            match TcpStream::connect_timeout(&address.parse()?, Duration::from_secs(2)) {
-                Ok(stream) => {
-                    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-                    stream.set_nodelay(true)?;
-                    return Ok(Self { reader: BufReader::new(stream.try_clone()?), writer: stream });
-                }
-                Err(e) => last = Some(e),
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Err(last.map(anyhow::Error::from).unwrap_or_else(|| anyhow::anyhow!("no connection"))).context(address)
-    }
-
-    fn request(&mut self, line: &str) -> Result<String> {
-        self.writer.write_all(format!("{line}\n").as_bytes())?;
-        let mut answer = String::new();
-        if self.reader.read_line(&mut answer)? == 0 {
-            bail!("the server closed the connection after {line:?}");
-        }
-        Ok(answer.trim_end().to_owned())
-    }
+    kv::disk_file(dir, name, bytes)
 }
 
 /// The `name=value` counters of a STATS line.
