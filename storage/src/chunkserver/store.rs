@@ -522,23 +522,20 @@ fn read_span(offset: u64, len: u64) -> Result<Option<(usize, usize, u64)>> {
 /// Reads `buf` at `off` of an `O_DIRECT` file (aligned buffer, offset and length); returns how
 /// much was read, short only at the end of the file.
 fn read_direct_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match f.read_at(&mut buf[done..], off + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-        if done % DIRECT_ALIGN != 0 {
-            break; // the end of the file
-        }
-    }
-    Ok(done)
+    // An O_DIRECT read that ends off the alignment has reached the end of the file.
+    read_until(f, buf, off, |done| done % DIRECT_ALIGN != 0)
 }
 
 /// Reads as much as the file has at `off`; the rest of `buf` is left as zeros.
 fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+    let done = read_until(f, buf, off, |_| false)?;
+    buf[done..].fill(0);
+    Ok(())
+}
+
+/// Fills `buf` from `off` until it is full, the file ends, or `at_end(bytes read so far)` says
+/// the file ended; returns the bytes read.
+fn read_until(f: &File, buf: &mut [u8], off: u64, at_end: impl Fn(usize) -> bool) -> std::io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match f.read_at(&mut buf[done..], off + done as u64) {
@@ -547,9 +544,11 @@ fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
+        if at_end(done) {
+            break;
+        }
     }
-    buf[done..].fill(0);
-    Ok(())
+    Ok(done)
 }
 
 #[cfg(test)]
