@@ -196,18 +196,7 @@ impl NetNs {
 
     /// Runs `work` on a thread that has entered the namespace (sockets it opens live there).
     pub fn within<T: Send + 'static>(&self, work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::spawn(move || -> Result<T> {
-            let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
-            // SAFETY: setns on a namespace fd we hold open; it changes only this thread's network
-            // namespace, and this thread ends with `work`.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error()).context("setns into the test namespace");
-            }
-            work()
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("the thread inside the namespace panicked"))?
+        self.spawn_within(work).join().map_err(|_| anyhow::anyhow!("the thread inside the namespace panicked"))?
     }
 }
 
@@ -220,7 +209,8 @@ impl NetNs {
         let path = format!("/var/run/netns/{}", self.name);
         std::thread::spawn(move || -> Result<T> {
             let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
-            // SAFETY: as in `within`: this thread alone moves into the namespace.
+            // SAFETY: setns on a namespace fd we hold open; it changes only this thread's network
+            // namespace, and this thread ends with `work`.
             if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 return Err(std::io::Error::last_os_error()).context("setns into the test namespace");
             }
