@@ -4,32 +4,13 @@
 
 use devices::{EventSource, WorldStop};
 use ftlog::{LogReader, ReplayWorld};
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use vmm::session::live_machine;
 use vmm::session::record::record_to_file;
 use vmm::session::replay::machine_for_log;
 use vmm::{session, Backends, MachineConfig, RunOptions, StopReason, VcpuControl};
 
-/// A console the test reads after the run.
-#[derive(Clone, Default)]
-struct Console(Arc<Mutex<Vec<u8>>>);
-
-impl Console {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("console lock")).into_owned()
-    }
-}
-
-impl Write for Console {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("console lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+mod common;
+use common::Console;
 
 fn line_starting<'a>(text: &'a str, prefix: &str) -> &'a str {
     text.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix:?} line in:\n{text}"))

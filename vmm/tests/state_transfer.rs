@@ -3,30 +3,17 @@
 //! and both copies carry on to the same result.
 
 use devices::EventSource;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vmm::session::{go_live, live_machine};
 use vmm::{run, snapshot, Backends, MachineConfig, RunOptions, StopReason, VcpuControl};
 
-#[derive(Clone, Default)]
-struct Console(Arc<Mutex<Vec<u8>>>);
+mod common;
+use common::Console;
 
-impl Console {
-    fn digest_line(&self) -> String {
-        let text = String::from_utf8_lossy(&self.0.lock().expect("console lock")).into_owned();
-        text.lines().find(|l| l.starts_with("digest: ")).unwrap_or_else(|| panic!("no digest in:\n{text}")).to_owned()
-    }
-}
-
-impl Write for Console {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("console lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// The `digest:` line the guest printed.
+fn digest_line(console: &Console) -> String {
+    let text = console.text();
+    text.lines().find(|l| l.starts_with("digest: ")).unwrap_or_else(|| panic!("no digest in:\n{text}")).to_owned()
 }
 
 #[test]
@@ -70,7 +57,7 @@ fn a_paused_machine_streamed_and_rebuilt_elsewhere_reaches_the_same_result_as_th
 
     let original_end = run(&mut machine, &mut world, RunOptions { start: position, snapshot: None }).expect("run on");
     assert!(matches!(original_end.reason, StopReason::PowerOff(0)), "{}", original_end.reason);
-    assert_eq!(copy_console.digest_line(), original_console.digest_line());
+    assert_eq!(digest_line(&copy_console), digest_line(&original_console));
 }
 
 #[test]
