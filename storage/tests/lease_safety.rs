@@ -105,3 +105,57 @@ fn writes_go_on_while_a_replica_holder_is_down() {
         assert!(back == second, "old data was served");
     }
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to chunkserver `i`.
+fn signal_cs(c: &Cluster, i: usize, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(c.cs_pid(i).to_string())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{signal} chunkserver {i}");
+}
+
+fn is_live(c: &Cluster, i: usize) -> bool {
+    let st = c.client().status().unwrap();
+    st.servers.iter().any(|s| s.addr == c.cs[i].addr && s.live)
+}
+
+/// A secondary goes quiet (a stalled host, a cut link) without restarting while the primary's
+/// lease runs on. The master leaves it out of the locations it hands out, so writes pass it by;
+/// when its heartbeats resume it reports the version it had. That copy must count as stale, not
+/// be served as current (a loaded CI machine once did exactly this to a streaming test).
+#[test]
+fn a_replica_holder_that_goes_quiet_under_a_lease_comes_back_stale() {
+    let c = Cluster::start("holder-quiet", 3, &["--lease-secs", "60", "--repair-interval-secs", "0"]);
+    let client = c.client();
+    client.create("/f").unwrap();
+    let first = pattern(1_000_000, 71);
+    client.write_at("/f", 0, &first).unwrap();
+    let (_, secondaries) = holders(&c, "/f");
+    let quiet = secondaries[0];
+    signal_cs(&c, quiet, "STOP");
+    Cluster::wait_until("the master sees the stopped chunkserver as dead", Duration::from_secs(30), || {
+        !is_live(&c, quiet)
+    });
+    // A client without the old location cached: the master's answer leaves the quiet holder out.
+    let second = pattern(1_000_000, 72);
+    c.client().write_at("/f", 0, &second).unwrap();
+    signal_cs(&c, quiet, "CONT");
+    Cluster::wait_until("the resumed chunkserver is live again", Duration::from_secs(30), || is_live(&c, quiet));
+    c.settle();
+
+    let st = client.stat("/f").unwrap();
+    let chunk = &st.chunks[0];
+    let current: Vec<&str> = chunk.replicas.iter().filter(|r| !r.stale).map(|r| r.server.as_str()).collect();
+    assert!(!current.contains(&c.cs[quiet].addr.as_str()), "the holder that missed a write counts as current: {st:?}");
+    for addr in current {
+        let copy = fetch_replica(addr, chunk.handle, chunk.version, second.len() as u64).unwrap();
+        assert!(copy == second, "{addr} holds other bytes at version {}", chunk.version);
+    }
+    let mut back = vec![0u8; second.len()];
+    for _ in 0..10 {
+        c.client().read_at("/f", 0, &mut back).unwrap();
+        assert!(back == second, "old data was served");
+    }
+}

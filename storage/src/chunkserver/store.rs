@@ -16,7 +16,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 
 /// Largest piece read and verified at once.
@@ -54,6 +54,22 @@ pub struct Chunk {
     pub order: Mutex<(Version, u64)>,
     /// Register fencing writes to this chunk (told by the master with each version change).
     pub register: Mutex<Option<String>>,
+    /// What the chunk report says, kept beside `state` (and changed with it) so the heartbeat
+    /// can read it while a mutation holds `state` through an fsync that may take seconds: a
+    /// heartbeat that waited would have the master declare this server dead.
+    reported: Reported,
+}
+
+/// A replica's version and corrupt mark as the heartbeat reports them.
+struct Reported {
+    version: AtomicU32,
+    corrupt: AtomicBool,
+}
+
+impl Reported {
+    fn new(version: Version, corrupt: bool) -> Reported {
+        Reported { version: AtomicU32::new(version), corrupt: AtomicBool::new(corrupt) }
+    }
 }
 
 /// All chunks of one chunkserver.
@@ -109,7 +125,7 @@ impl Store {
 
     /// Whether large and durable writes and streaming reads use `O_DIRECT` (on by default).
     pub fn set_direct(&self, on: bool) {
-        self.direct.store(on, std::sync::atomic::Ordering::Relaxed);
+        self.direct.store(on, Ordering::Relaxed);
     }
 
     fn path(&self, handle: ChunkHandle, ext: &str) -> PathBuf {
@@ -141,20 +157,13 @@ impl Store {
             Some(f) => f.metadata().ctx(|| format!("reading {}", dp.display()))?.len().min(CHUNK_SIZE),
             None => 0,
         };
+        let corrupt = self.path(handle, "bad").exists();
         Ok(Chunk {
             handle,
-            state: Mutex::new(ChunkState {
-                version,
-                crcs,
-                data,
-                direct: None,
-                crc_file,
-                corrupt: self.path(handle, "bad").exists(),
-                last_serial: 0,
-                len,
-            }),
+            state: Mutex::new(ChunkState { version, crcs, data, direct: None, crc_file, corrupt, last_serial: 0, len }),
             order: Mutex::new((version, 1)),
             register: Mutex::new(None),
+            reported: Reported::new(version, corrupt),
         })
     }
 
@@ -176,9 +185,8 @@ impl Store {
         let mut all = Vec::with_capacity(chunks.len());
         let mut corrupt = Vec::new();
         for c in &chunks {
-            let s = lock(&c.state);
-            all.push((c.handle, s.version));
-            if s.corrupt {
+            all.push((c.handle, c.reported.version.load(Ordering::Relaxed)));
+            if c.reported.corrupt.load(Ordering::Relaxed) {
                 corrupt.push(c.handle);
             }
         }
@@ -211,6 +219,7 @@ impl Store {
             }
             self.write_version(handle, version)?;
             s.version = version;
+            c.reported.version.store(version, Ordering::Relaxed);
             s.last_serial = 0;
             return Ok(());
         }
@@ -235,6 +244,7 @@ impl Store {
             }),
             order: Mutex::new((version, 1)),
             register: Mutex::new(None),
+            reported: Reported::new(version, false),
         };
         lock(&self.chunks).entry(handle).or_insert_with(|| Arc::new(chunk));
         Ok(())
@@ -306,6 +316,7 @@ impl Store {
     /// Marks the replica corrupt so it is no longer reported.
     pub fn mark_corrupt(&self, chunk: &Chunk) {
         lock(&chunk.state).corrupt = true;
+        chunk.reported.corrupt.store(true, Ordering::Relaxed);
         let _ = File::create(self.path(chunk.handle, "bad"));
     }
 
@@ -406,7 +417,7 @@ impl Store {
         let ctx = || format!("reading chunk {}", chunk.handle);
         let use_direct = direct
             && s.data.is_some()
-            && self.direct.load(std::sync::atomic::Ordering::Relaxed)
+            && self.direct.load(Ordering::Relaxed)
             && self.open_direct(chunk.handle, &mut s)?;
         match (&s.data, &s.direct) {
             (Some(_), Some(df)) if use_direct => {
@@ -591,6 +602,31 @@ mod tests {
         let e = s.read(&c, 2, 65_536, 10, &mut out).unwrap_err();
         assert_eq!(e.kind(), Some(ErrorKind::Corrupt));
         assert_eq!(s.report().1, vec![7]);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// The chunk report does not wait for a mutation: one holding a chunk through a slow
+    /// fsync must not hold up the heartbeat that keeps this server alive at the master.
+    #[test]
+    fn the_chunk_report_does_not_wait_for_a_held_chunk() {
+        let (s, d) = store("report-busy");
+        s.set_version(5, 3).unwrap();
+        let c = s.get(5).unwrap();
+        let held = lock(&c.state);
+        let report = std::thread::scope(|t| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let s = &s;
+            t.spawn(move || {
+                let _ = tx.send(s.report());
+            });
+            let r = rx.recv_timeout(std::time::Duration::from_secs(5));
+            drop(held); // let a blocked report finish so the scope can end
+            r
+        });
+        assert_eq!(report.ok(), Some((vec![(5, 3)], vec![])), "the report waited for the chunk's lock");
+        s.set_version(5, 4).unwrap();
+        s.mark_corrupt(&c);
+        assert_eq!(s.report(), (vec![(5, 4)], vec![5]));
         let _ = std::fs::remove_dir_all(&d);
     }
 

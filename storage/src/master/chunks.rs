@@ -257,11 +257,14 @@ impl Servers {
 }
 
 /// A lease on a chunk.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Lease {
     pub primary: ServerIdx,
     pub version: Version,
     pub expires: Instant,
+    /// The replicas that took this version (the primary among them): every mutation under
+    /// the lease must reach them all, or the version must move on without the one it missed.
+    pub replicas: Vec<ServerIdx>,
 }
 
 impl Lease {

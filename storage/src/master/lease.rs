@@ -113,13 +113,32 @@ impl Master {
             let now = Instant::now();
             if let Some(l) = m.leases.get(&handle) {
                 if l.version == c.version && l.expires > now {
-                    if m.servers.is_live(l.primary, dead) && c.has_replica(l.primary) {
+                    if !m.servers.is_live(l.primary, dead) || !c.has_replica(l.primary) {
+                        return Err(GfsError::fs(
+                            ErrorKind::Unavailable,
+                            format!("chunk {handle}: lease held by an unreachable primary for {:?}", l.remaining()),
+                        ));
+                    }
+                    let quiet: Vec<ServerIdx> = l
+                        .replicas
+                        .iter()
+                        .copied()
+                        .filter(|&s| !m.servers.is_live(s, dead) || !c.has_replica(s))
+                        .collect();
+                    if quiet.is_empty() {
                         return Ok(());
                     }
-                    return Err(GfsError::fs(
-                        ErrorKind::Unavailable,
-                        format!("chunk {handle}: lease held by an unreachable primary for {:?}", l.remaining()),
-                    ));
+                    // A location handed out now leaves the quiet replica out, so writes would
+                    // pass it by at this version, and it would be taken back as current when
+                    // its heartbeats resume. A new version (which also revokes this lease at
+                    // the primary) makes it stale instead.
+                    let quiet: Vec<String> = quiet.iter().map(|&s| m.servers.addr(s)).collect();
+                    tracing::info!(
+                        handle,
+                        version = c.version,
+                        ?quiet,
+                        "replica gone quiet under a lease: new version"
+                    );
                 }
             }
             if now < self.lease_grace_until {
@@ -174,7 +193,8 @@ impl Master {
         }
         match primary {
             Some((p, acked)) => {
-                m.leases.insert(handle, Lease { primary: p, version: new_version, expires: acked + self.cfg.lease });
+                let lease = Lease { primary: p, version: new_version, expires: acked + self.cfg.lease, replicas: ok };
+                m.leases.insert(handle, lease);
                 tracing::debug!(handle, version = new_version, primary = %m.servers.addr(p), "lease granted");
                 Ok(())
             }

@@ -34,9 +34,9 @@ impl Master {
     pub(super) fn revoke_lease(&self, h: ChunkHandle) -> Result<()> {
         let lease = {
             let m = self.meta();
-            m.leases.get(&h).filter(|l| l.expires > Instant::now()).map(|l| (m.servers.addr(l.primary), *l))
+            m.leases.get(&h).filter(|l| l.expires > Instant::now()).map(|l| (m.servers.addr(l.primary), l.remaining()))
         };
-        let Some((addr, lease)) = lease else { return Ok(()) };
+        let Some((addr, remaining)) = lease else { return Ok(()) };
         match call(&addr, &ChunkRequest::Revoke { handle: h }) {
             Ok(ChunkReply::Revoked) => {
                 self.meta().leases.remove(&h);
@@ -44,7 +44,7 @@ impl Master {
             }
             _ => Err(GfsError::fs(
                 ErrorKind::Unavailable,
-                format!("chunk {h}: the lease held by {addr} could not be revoked; retry in {:?}", lease.remaining()),
+                format!("chunk {h}: the lease held by {addr} could not be revoked; retry in {remaining:?}"),
             )),
         }
     }
