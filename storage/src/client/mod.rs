@@ -69,6 +69,7 @@ fn idempotent(req: &MasterRequest) -> bool {
             | MasterRequest::Delete { .. }
             | MasterRequest::Rename { .. }
             | MasterRequest::CompareAndSet { .. }
+            | MasterRequest::ReleaseRegister { .. }
             | MasterRequest::Bind { .. }
             | MasterRequest::Snapshot { .. }
     )
@@ -204,6 +205,42 @@ impl Client {
         match self.master(&MasterRequest::CompareAndSet { name: name.into(), expected, holder: holder.into() })? {
             MasterReply::Register { generation, .. } => Ok(generation),
             other => Err(unexpected(&self.inner.master, other)),
+        }
+    }
+
+    /// Lets go of register `name`: if it is at generation `expected` held by `holder`, it moves
+    /// to `expected + 1` with no holder, durably, and the new generation is returned (writes
+    /// fenced by `expected` are refused from then on). Otherwise the error (kind `Conflict`)
+    /// names the current holder and generation.
+    ///
+    /// When the connection fails under the request, the register tells whether it was carried
+    /// out: released (at `expected + 1`, no holder) is success, still held by `holder` at
+    /// `expected` is tried again.
+    pub fn release_register(&self, name: &str, expected: u64, holder: &str) -> Result<u64> {
+        let req = MasterRequest::ReleaseRegister { name: name.into(), expected, holder: holder.into() };
+        let deadline = Instant::now() + self.inner.retry.master_wait;
+        loop {
+            match self.master(&req) {
+                Ok(MasterReply::Register { generation, .. }) => return Ok(generation),
+                Ok(other) => return Err(unexpected(&self.inner.master, other)),
+                Err(e) if lost_midway(&e) => {
+                    let (generation, current) = self.register(name)?;
+                    if current.is_empty() && Some(generation) == expected.checked_add(1) {
+                        return Ok(generation);
+                    }
+                    if generation != expected || current != holder {
+                        return Err(GfsError::fs(
+                            ErrorKind::Conflict,
+                            format!("register {name} is held by {current:?} at generation {generation}"),
+                        ));
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(e);
+                    }
+                    tracing::debug!(register = name, "release lost midway and not carried out, trying again: {e}");
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 

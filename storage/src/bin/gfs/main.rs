@@ -168,6 +168,16 @@ enum Cmd {
         #[arg(long, requires = "expect")]
         holder: Option<String>,
     },
+    /// Let go of a test-and-set register held by --holder at generation --expect: it moves to
+    /// the next generation with no holder (prints it; fails naming the current holder and
+    /// generation otherwise).
+    Release {
+        name: String,
+        #[arg(long)]
+        expect: u64,
+        #[arg(long)]
+        holder: String,
+    },
     /// Append stdin as one record (created if missing); prints the record's offset.
     Append {
         remote: String,
@@ -396,6 +406,10 @@ fn run(cli: Cli) -> Result<()> {
                     println!("{name} generation {generation} holder {holder}");
                 }
             }
+            Ok(())
+        }
+        Cmd::Release { name, expect, holder } => {
+            println!("{}", client(&cli.master, cli.retry_secs)?.release_register(&name, expect, &holder)?);
             Ok(())
         }
         Cmd::Append { remote, fence } => {
