@@ -130,6 +130,11 @@ impl Client {
         }
     }
 
+    /// The master's address, as given.
+    pub fn master_addr(&self) -> &str {
+        &self.inner.master
+    }
+
     /// Sends one request to the master. While the master cannot be reached (it is
     /// restarting, say) the request is tried again with backoff for up to
     /// [`RetryPolicy::master_wait`]; after a connection failed under it, only a request that
@@ -305,8 +310,9 @@ impl Client {
         Ok(File { client: self.clone(), path: st.path })
     }
 
-    /// Raises the recorded size of `path` to at least `size`.
-    fn extend_size(&self, path: &str, size: u64) -> Result<()> {
+    /// Raises the recorded size of `path` to at least `size`, writing nothing: the bytes
+    /// between the old and the new end read as zeros (a VM disk made at its full size).
+    pub fn extend_size(&self, path: &str, size: u64) -> Result<()> {
         if self.inner.cache.known_size(path).is_some_and(|s| s >= size) {
             return Ok(());
         }

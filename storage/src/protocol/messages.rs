@@ -179,6 +179,8 @@ pub struct FileStat {
     pub is_dir: bool,
     pub size: u64,
     pub chunks: Vec<ChunkStat>,
+    /// The register whose generation fences writes to the file (`Client::bind`), if any.
+    pub register: Option<String>,
 }
 
 /// One chunk of a file as `stat` sees it.

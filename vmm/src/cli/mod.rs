@@ -1,6 +1,7 @@
 //! The subcommands of `ftvm`, one a file: their arguments, and how their results are printed.
 
 pub mod demo;
+pub mod disk;
 pub mod log;
 pub mod replay;
 pub mod restore;

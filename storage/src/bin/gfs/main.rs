@@ -356,6 +356,9 @@ fn run(cli: Cli) -> Result<()> {
             println!("type: {}", if st.is_dir { "directory" } else { "file" });
             if !st.is_dir {
                 println!("size: {}", st.size);
+                if let Some(register) = &st.register {
+                    println!("fenced by register: {register}");
+                }
                 println!("chunks: {}", st.chunks.len());
                 for ch in &st.chunks {
                     let reps: Vec<String> = ch
