@@ -67,8 +67,9 @@ enum Cmd {
         dir: PathBuf,
         #[arg(long)]
         listen: String,
-        /// Lease length in seconds.
-        #[arg(long, default_value_t = 60.0)]
+        /// Lease length in seconds (extended by heartbeats while the chunk is written; bounds
+        /// the stall of writes to a chunk whose primary died, and a restarted master's wait).
+        #[arg(long, default_value_t = storage::master::DEFAULT_LEASE.as_secs_f64())]
         lease_secs: f64,
         /// Checkpoint after this many log records.
         #[arg(long, default_value_t = 10_000)]
