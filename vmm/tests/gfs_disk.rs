@@ -458,3 +458,113 @@ fn kv_serves_from_a_gfs_disk_and_its_bytes_read_back_through_export() {
         assert!(image.windows(v.len()).any(|w| w == v.as_bytes()), "{v} is not on the exported disk");
     }
 }
+
+/// Issue 12 point 5 under a running VM: kv takes SETs without pause on one connection while one
+/// of four chunkservers is killed -9 and then the master is killed -9 and restarted. The VM
+/// keeps serving on the same connection, gfs re-replicates the lost replicas, and every
+/// acknowledged SET reads back, from the running VM and from a new VM over the same gfs file.
+/// Prints the longest gap between two replies the client saw around each fault.
+#[test]
+fn kv_on_gfs_keeps_serving_through_a_chunkserver_death_and_a_master_restart() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    if let Some(why) = namespaces_unavailable() {
+        return cannot_run(&why);
+    }
+    let ns = NetNs::new("gfsfaults").unwrap();
+    ns.tap("tap0", "10.0.0.1/24").unwrap();
+    let mut c = Cluster::start(Some(&ns), 4, &[]);
+    c.ftvm_ok(&["disk", "create", "gfs:/vm/kv.img", "--size", "64M"]);
+    let boot = |c: &Cluster| {
+        let mut command = ns.command(Path::new(FTVM));
+        command.args(["run", "--guest", "kv", &format!("ip={GUEST_IP}/24"), "--net", "tap=tap0"]);
+        command.args(["--disk", "gfs:/vm/kv.img", "--gfs-master", &c.master_addr]);
+        let mut vm = Process::spawn(command).unwrap();
+        vm.wait_for("kv: listening on", Duration::from_secs(60)).unwrap();
+        vm
+    };
+    let vm = boot(&c);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    // The longest gap between two replies in each phase: before, after the kill, after the restart.
+    let gaps = Arc::new(Mutex::new([Duration::ZERO; 3]));
+    let phase = Arc::new(AtomicUsize::new(0));
+    let client = {
+        let (stop, acknowledged, gaps, phase) = (stop.clone(), acknowledged.clone(), gaps.clone(), phase.clone());
+        ns.spawn_within(move || {
+            let mut kv = KvClient::connect()?;
+            let mut last = Instant::now();
+            let mut i = 0usize;
+            while !stop.load(Ordering::Acquire) {
+                let answer = kv.request(&format!("SET fault{i} value-{i}"))?;
+                anyhow::ensure!(answer == "OK", "SET fault{i}: {answer}");
+                let gap = last.elapsed();
+                last = Instant::now();
+                let mut g = gaps.lock().unwrap();
+                let p = phase.load(Ordering::Acquire);
+                g[p] = g[p].max(gap);
+                drop(g);
+                i += 1;
+                acknowledged.store(i, Ordering::Release);
+            }
+            Ok(i)
+        })
+    };
+    let wait_for_more = |n: usize| {
+        let target = acknowledged.load(Ordering::Acquire) + n;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while acknowledged.load(Ordering::Acquire) < target {
+            assert!(!client.is_finished(), "the client stopped");
+            assert!(Instant::now() < deadline, "kv stopped acknowledging SETs");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for_more(100);
+    // Kill a chunkserver holding the disk's first chunk.
+    let stat = String::from_utf8_lossy(&c.gfs(&["stat", "/vm/kv.img"]).stdout).into_owned();
+    let holder = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("chunk 0 ")?.split(" replicas ").nth(1)?.split('@').next())
+        .unwrap_or_else(|| panic!("no replica of chunk 0: {stat}"))
+        .to_owned();
+    let victim = c.chunkservers.iter().position(|(addr, _)| *addr == holder).unwrap();
+    phase.store(1, Ordering::Release);
+    c.kill_chunkserver(victim);
+    wait_for_more(200);
+    // gfs re-replicates onto the fourth chunkserver.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let fsck = String::from_utf8_lossy(&c.gfs(&["fsck"]).stdout).into_owned();
+        if fsck.contains(" 0 under-replicated, 0 missing") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not re-replicated: {fsck}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    phase.store(2, Ordering::Release);
+    c.kill_master();
+    c.start_master();
+    wait_for_more(200);
+    stop.store(true, Ordering::Release);
+    let sets = client.join().unwrap().unwrap();
+    let [before, after_kill, after_restart] = *gaps.lock().unwrap();
+    eprintln!(
+        "{sets} SETs; longest gap between replies: {before:?} before the faults, {after_kill:?} after the \
+         chunkserver kill, {after_restart:?} after the master restart"
+    );
+
+    let check = move || -> anyhow::Result<()> {
+        let mut kv = KvClient::connect()?;
+        for i in 0..sets {
+            let answer = kv.request(&format!("GET fault{i}"))?;
+            anyhow::ensure!(answer == format!("VALUE value-{i}"), "GET fault{i}: {answer}");
+        }
+        Ok(())
+    };
+    ns.within(check).unwrap();
+    drop(vm);
+    let vm = boot(&c);
+    assert!(vm.output().contains(&format!("kv: replayed {sets} record(s)")), "{}", vm.output());
+    ns.within(check).unwrap();
+}
