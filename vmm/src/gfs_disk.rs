@@ -291,15 +291,14 @@ impl GfsDisk {
         let Some((register, ours)) = token.or_else(|| self.register.clone().map(|r| (r, 0))) else {
             return io::Error::other(refusal.to_string());
         };
-        let generation = match self.client.register(&register) {
-            Ok((generation, _)) => generation,
-            // The master is out of reach: the chunkserver's refusal names the generation.
-            Err(_) => refusal
-                .to_string()
-                .rsplit_once("which is at ")
-                .and_then(|(_, g)| g.trim().parse().ok())
-                .unwrap_or(ours.saturating_add(1)),
-        };
+        // The chunkserver's refusal names the generation it knows (no round trip before the
+        // VM halts); the master is asked only when it does not.
+        let generation = refusal
+            .to_string()
+            .rsplit_once("which is at ")
+            .and_then(|(_, g)| g.trim().parse().ok())
+            .or_else(|| self.client.register(&register).ok().map(|(generation, _)| generation))
+            .unwrap_or(ours.saturating_add(1));
         tracing::error!(disk = %self.name(), register, generation, ours, "gfs write fenced out: {refusal}");
         io::Error::other(FencedOut { register, generation, ours })
     }
