@@ -115,6 +115,10 @@ pub struct ReplayWorld<F: RecordFeed> {
     consumed: u64,
     /// The last monotonic clock value replayed, for `monotonic_now`.
     last_monotonic: u64,
+    /// Stream position at the end of the lookahead record, and at the end of the last record
+    /// consumed.
+    head_end: u64,
+    consumed_end: u64,
     error: Option<ReplayError>,
 }
 
@@ -131,6 +135,7 @@ impl<F: RecordFeed> ReplayWorld<F> {
     pub fn from_feed(feed: F) -> Self {
         let interval = u64::from(feed.header().exit_digest_interval.max(1));
         let start = feed.header().start_exits;
+        let start_position = feed.position();
         let mut world = Self {
             feed,
             head: None,
@@ -144,6 +149,8 @@ impl<F: RecordFeed> ReplayWorld<F> {
             idle_mark: None,
             consumed: 0,
             last_monotonic: 0,
+            head_end: start_position,
+            consumed_end: start_position,
             error: None,
         };
         world.head = world.pull();
@@ -158,6 +165,13 @@ impl<F: RecordFeed> ReplayWorld<F> {
     /// record: what has been taken from the feed.
     pub fn position(&self) -> u64 {
         self.feed.position()
+    }
+
+    /// The stream position at the end of the last record the replay consumed: at each point of
+    /// the guest's run, the position the recorder's log had at the same point. A following
+    /// backup stamps the outputs it holds with it, as the primary did.
+    pub fn consumed_position(&self) -> u64 {
+        self.consumed_end
     }
 
     /// Whether the feed said no record will ever come again and every record it gave has been
@@ -461,6 +475,7 @@ impl<F: RecordFeed> ReplayWorld<F> {
 
     /// Takes the head record and reads the next one (a read error is latched).
     fn consume(&mut self) -> Option<Record> {
+        self.consumed_end = self.head_end;
         let next = self.pull();
         self.consumed += 1;
         std::mem::replace(&mut self.head, next)
@@ -474,7 +489,10 @@ impl<F: RecordFeed> ReplayWorld<F> {
         }
         loop {
             match self.feed.next_item() {
-                FeedItem::Record { record, .. } => return Some(record),
+                FeedItem::Record { record, position } => {
+                    self.head_end = position;
+                    return Some(record);
+                }
                 FeedItem::Wait => continue,
                 FeedItem::Closed => {
                     self.feed_ended = Some((false, "the log ended".into()));

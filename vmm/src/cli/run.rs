@@ -147,14 +147,26 @@ pub fn command(args: &RunArgs, control: VcpuControl) -> anyhow::Result<ExitCode>
 /// runs as the primary of the pair.
 fn protected(args: &RunArgs, name: &str, control: VcpuControl) -> anyhow::Result<ExitCode> {
     let config = args.pair.config(name, args.gfs_master.as_deref())?;
-    let (backends, devices) = Backends::open(&args.net, &args.disk, Box::new(vmm::stdio::Stdout), control.doorbell())?;
-    let (machine, world) = live_machine(args.machine_config(devices), backends, control.clone())?;
-    let mut machine = machine;
     let listener = vmm::ft::primary::bind(&config.listen)?;
     let register = GoLiveRegister::new(&config.master, name, config.holder());
     let generation = register.go_live_at_start(args.takeover)?;
+    // A gfs disk bound to the register takes writes only with the generation won.
+    let fence = vmm::gfs_disk::DiskFence::default();
+    fence.set(register.name(), generation);
+    let gfs = vmm::gfs_disk::GfsAccess::new(args.gfs_master.clone()).with_fence(fence.clone());
+    let built = Backends::open_with_gfs(&args.net, &args.disk, &gfs, Box::new(vmm::stdio::Stdout), control.doorbell())
+        .map_err(anyhow::Error::from)
+        .and_then(|(backends, devices)| Ok(live_machine(args.machine_config(devices), backends, control.clone())?));
+    let (mut machine, world) = match built {
+        Ok(built) => built,
+        Err(error) => {
+            // Nothing ran: give the register back so the next start needs no --takeover.
+            let _ = register.release(generation);
+            return Err(error);
+        }
+    };
     vmm::errln!("ft: live as {name} generation {generation}");
-    let primary = Primary::listen(config, register, generation, &machine, control, listener)?;
+    let primary = Primary::listen(config, register, generation, &machine, control, listener)?.fencing(fence);
     match primary.serve(&mut machine, world, Default::default())? {
         Served::Stopped(end) => {
             if matches!(end.reason, StopReason::Reset) {

@@ -95,10 +95,11 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
     let replayer = ReplayWorld::from_feed(feed);
     // Everything the replayed guest emits is held, and dropped once the primary says it left.
     let unbounded = CommitLimits { max_bytes: usize::MAX, max_outputs: usize::MAX };
+    let watch = PeerWatch::new();
     let commit: FollowCommit =
-        OutputCommit::new(DiscardOutput::default(), PeerWatch::new(), CommitMode::Received, Duration::ZERO, unbounded);
+        OutputCommit::new(DiscardOutput::default(), watch.clone(), CommitMode::Received, Duration::ZERO, unbounded);
     machine.attach_output(Box::new(commit.clone()));
-    let mut world = FollowWorld::new(replayer, commit.clone(), link.released_marker());
+    let mut world = FollowWorld::new(replayer, commit.clone(), watch, link.released_marker());
     let end = run(&mut machine, &mut world, RunOptions { start: saved.position, snapshot: None })?;
 
     match &end.reason {

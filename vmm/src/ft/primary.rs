@@ -54,6 +54,8 @@ pub struct Primary {
     joins: crossbeam_channel::Receiver<Join>,
     /// Exits of every stretch of this VM's run on this side (alone, paired, followed).
     stats: ExitStats,
+    /// The token the VM's gfs disks write with: raised to each generation this side wins.
+    fence: Option<crate::gfs_disk::DiskFence>,
 }
 
 impl Primary {
@@ -84,7 +86,23 @@ impl Primary {
                 .spawn(move || accept_backups(listener, hello, paired, joins_tx, control, channel))
                 .map_err(|source| FtError::Listen { addr: config.listen.clone(), source })?;
         }
-        Ok(Self { config, register, generation, control, hello, paired, joins, stats: ExitStats::default() })
+        Ok(Self {
+            config,
+            register,
+            generation,
+            control,
+            hello,
+            paired,
+            joins,
+            stats: ExitStats::default(),
+            fence: None,
+        })
+    }
+
+    /// The VM's gfs disks write with `fence`, which follows the generations this side wins.
+    pub fn fencing(mut self, fence: crate::gfs_disk::DiskFence) -> Self {
+        self.fence = Some(fence);
+        self
     }
 
     /// Counts `stats` (a stretch this machine ran before, e.g. following) into the run's total.
@@ -238,6 +256,9 @@ impl Primary {
         drop(link);
         match self.register.race(self.generation) {
             Race::Won { generation } => {
+                if let Some(fence) = &self.fence {
+                    fence.set(self.register.name(), generation);
+                }
                 commit.release_all_and_go_direct()?;
                 self.generation = generation;
                 if let Ok(mut hello) = self.hello.lock() {

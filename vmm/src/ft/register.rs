@@ -90,10 +90,10 @@ impl GoLiveRegister {
     }
 
     /// Gives the register up after a clean stop (no holder, the next generation), so the next
-    /// start needs no `--takeover`. Only this side's own hold is released.
+    /// start needs no `--takeover`. Only this side's own hold at `generation` is released.
     pub fn release(&self, generation: u64) -> Result<u64, FtError> {
         self.client
-            .compare_and_set(&self.register, generation, "")
+            .release_register(&self.register, generation, &self.holder)
             .map_err(|source| FtError::Register { name: self.register.clone(), source })
     }
 }

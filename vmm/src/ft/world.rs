@@ -256,13 +256,28 @@ impl RunObserver for PrimaryWorld {
 pub struct FollowWorld {
     replayer: ReplayWorld<ChannelFeed>,
     commit: FollowCommit,
+    /// The watch `commit` stamps outputs from: the replay's consumed position is published
+    /// into it, so an output held here has the stamp the primary gave the same output.
+    watch: PeerWatch,
     released: Arc<AtomicU64>,
 }
 
 impl FollowWorld {
-    /// `released` is the channel's last release marker (a stream position).
-    pub fn new(replayer: ReplayWorld<ChannelFeed>, commit: FollowCommit, released: Arc<AtomicU64>) -> Self {
-        Self { replayer, commit, released }
+    /// `commit` stamps from `watch`; `released` is the channel's last release marker.
+    pub fn new(
+        replayer: ReplayWorld<ChannelFeed>,
+        commit: FollowCommit,
+        watch: PeerWatch,
+        released: Arc<AtomicU64>,
+    ) -> Self {
+        let world = Self { replayer, commit, watch, released };
+        world.publish();
+        world
+    }
+
+    /// Stamps what the guest emits next with the log consumed so far.
+    fn publish(&self) {
+        self.watch.set_logged(self.replayer.consumed_position());
     }
 
     pub fn replayer(&mut self) -> &mut ReplayWorld<ChannelFeed> {
@@ -276,11 +291,15 @@ impl FollowWorld {
 
 impl EventSource for FollowWorld {
     fn read_clock(&mut self, at: Landmark, clock: ClockId) -> u64 {
-        self.replayer.read_clock(at, clock)
+        let value = self.replayer.read_clock(at, clock);
+        self.publish();
+        value
     }
 
     fn poll(&mut self, at: Landmark, armed: Deadlines) -> Vec<WorldEvent> {
-        self.replayer.poll(at, armed)
+        let events = self.replayer.poll(at, armed);
+        self.publish();
+        events
     }
 
     fn wait_idle(&mut self, at: Landmark, armed: Deadlines) {
@@ -288,7 +307,9 @@ impl EventSource for FollowWorld {
     }
 
     fn device_input(&mut self, at: Landmark, kind: InputKind, live: &mut dyn FnMut() -> Vec<u8>) -> Vec<u8> {
-        self.replayer.device_input(at, kind, live)
+        let data = self.replayer.device_input(at, kind, live);
+        self.publish();
+        data
     }
 
     fn stop_reason(&self) -> Option<WorldStop> {
@@ -311,6 +332,7 @@ impl EventSource for FollowWorld {
 impl RunObserver for FollowWorld {
     fn on_exit(&mut self, count: u64, exit: &ExitInfo, rip: u64) -> Result<()> {
         self.replayer.on_exit(count, exit, rip)?;
+        self.publish();
         self.drop_released();
         Ok(())
     }
@@ -320,15 +342,21 @@ impl RunObserver for FollowWorld {
     }
 
     fn on_interrupt(&mut self, at: Landmark, vector: u8) -> Result<()> {
-        self.replayer.on_interrupt(at, vector)
+        self.replayer.on_interrupt(at, vector)?;
+        self.publish();
+        Ok(())
     }
 
     fn at_boundary(&mut self, exits: u64) -> Result<bool> {
-        self.replayer.at_boundary(exits)
+        let passed = self.replayer.at_boundary(exits)?;
+        self.publish();
+        Ok(passed)
     }
 
     fn load_logged_preemption(&mut self, count: u64, machine: &mut Machine) -> Result<bool> {
-        self.replayer.load_logged_preemption(count, machine)
+        let loaded = self.replayer.load_logged_preemption(count, machine)?;
+        self.publish();
+        Ok(loaded)
     }
 
     fn checkpoint_comes_next(&mut self, count: u64) -> bool {
