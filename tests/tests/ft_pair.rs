@@ -1,0 +1,333 @@
+//! The FT pair end to end (issue 11, point 7), in the topology of `ftvm_tests::ft`: the kv guest
+//! runs as a primary on host-a with a backup on host-b, a client on the far side of the switch
+//! keeps one TCP connection busy, and hosts fail for real (`kill -9`). The client's connection
+//! must carry on across a failover with nothing acknowledged lost, the switch must learn the
+//! guest's MAC on the new host's port, and a VM that took over must take a new backup.
+
+use anyhow::{bail, ensure, Context, Result};
+use ftvm_tests::ft::{FtNet, Host, Join, FT_PORT, GUEST_MAC};
+use ftvm_tests::{cannot_run, namespaces_unavailable, Process};
+use std::time::{Duration, Instant};
+
+/// The register the tests protect their VM under (`ft.kv` in gfs).
+const NAME: &str = "kv";
+/// How long a boot may take to say `kv: listening on` (and the primary to go live).
+const BOOT: Duration = Duration::from_secs(60);
+/// How long a join (stop-and-copy of 128 MiB over the segment) may take.
+const JOIN: Duration = Duration::from_secs(60);
+/// How long after a kill the survivor may take to say so (default timeout 100 ms, plus a
+/// compare-and-set on gfs, on a loaded 2-core machine).
+const TAKEOVER: Duration = Duration::from_secs(10);
+/// Answers the client must get in each phase of a test.
+const ANSWERS: usize = 400;
+/// How long the client may take for them (it includes a failover).
+const ANSWERS_TIMEOUT: Duration = Duration::from_secs(60);
+
+macro_rules! require_namespaces {
+    () => {
+        if let Some(why) = namespaces_unavailable() {
+            cannot_run(&why);
+            return Ok(());
+        }
+    };
+}
+
+/// Whether `line` is `pattern`, where `{n}` stands for a whole number and `{landmark}` for
+/// `Exit(n)` or `Preempt(n)`; the parts that stood there.
+fn match_line(line: &str, pattern: &str) -> Option<Vec<String>> {
+    let (mut rest, mut pattern) = (line, pattern);
+    let mut captures = Vec::new();
+    loop {
+        let Some(open) = pattern.find('{') else {
+            return (rest == pattern).then_some(captures);
+        };
+        rest = rest.strip_prefix(&pattern[..open])?;
+        let close = open + pattern[open..].find('}')?;
+        let taken = match &pattern[open + 1..close] {
+            "n" => digits(rest),
+            "landmark" => landmark_len(rest),
+            _ => 0,
+        };
+        if taken == 0 {
+            return None;
+        }
+        captures.push(rest[..taken].to_owned());
+        rest = &rest[taken..];
+        pattern = &pattern[close + 1..];
+    }
+}
+
+fn digits(text: &str) -> usize {
+    text.len() - text.trim_start_matches(|c: char| c.is_ascii_digit()).len()
+}
+
+fn landmark_len(text: &str) -> usize {
+    for prefix in ["Exit(", "Preempt("] {
+        if let Some(after) = text.strip_prefix(prefix) {
+            let n = digits(after);
+            if n > 0 && after[n..].starts_with(')') {
+                return prefix.len() + n + 1;
+            }
+        }
+    }
+    0
+}
+
+/// Polls `process` until it prints a line that is exactly `pattern` (see [`match_line`]);
+/// returns the line's variable parts.
+fn wait_for_line(process: &mut Process, pattern: &str, timeout: Duration) -> Result<Vec<String>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(parts) = process.output().lines().find_map(|line| match_line(line, pattern)) {
+            return Ok(parts);
+        }
+        let stem = pattern.split('{').next().unwrap_or(pattern);
+        if process.exited()?.is_some() {
+            // Everything it printed is in its output once it has exited.
+            let status = process.wait(Duration::from_secs(5))?;
+            if let Some(parts) = process.output().lines().find_map(|line| match_line(line, pattern)) {
+                return Ok(parts);
+            }
+            bail!("pid {} exited ({status}) without printing the line {pattern:?}", process.pid());
+        }
+        if Instant::now() > deadline {
+            let output = process.output();
+            let near: Vec<&str> = output.lines().filter(|l| l.contains(stem.trim_end())).collect();
+            bail!("pid {} printed no line {pattern:?} within {timeout:?} (lines like it: {near:?})", process.pid());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn number(text: &str) -> Result<u64> {
+    text.parse().with_context(|| format!("{text:?} is not a number"))
+}
+
+fn ensure_running(process: &mut Process, role: &str) -> Result<()> {
+    if let Some(status) = process.exited()? {
+        bail!("the {role} (pid {}) exited ({status})", process.pid());
+    }
+    Ok(())
+}
+
+/// A protected VM on `host` that is live and serving: the primary and its generation.
+fn live_primary(net: &FtNet, host: Host) -> Result<(Process, u64)> {
+    let mut primary = net.primary(host, NAME, &[])?;
+    let live = wait_for_line(&mut primary, &format!("ft: live as {NAME} generation {{n}}"), BOOT)?;
+    let generation = number(&live[0])?;
+    primary.wait_for("kv: listening on", BOOT)?;
+    Ok((primary, generation))
+}
+
+/// A backup on `host` (its `--ft-listen` on `port`) that joined the live VM `primary`, which
+/// listens on `live`; waited for until both sides say so.
+fn join_backup(net: &FtNet, host: Host, port: u16, join: &Join, primary: &mut Process, live: &str) -> Result<Process> {
+    let mut backup = net.backup(host, join, port, &[])?;
+    wait_for_line(&mut backup, &format!("ft: following {live} from {{landmark}}"), JOIN)?;
+    let protected = wait_for_line(
+        primary,
+        &format!("ft: protected by {} since {{landmark}} (pause {{n}} ms)", host.ft_listen_on(port)),
+        JOIN,
+    )?;
+    println!("{live} protected by {} since {} (join pause {} ms)", host.label(), protected[0], protected[1]);
+    Ok(backup)
+}
+
+/// The takeover line of a backup that went live after the primary was killed at `killed`:
+/// its generation, checked against the one before; prints how long it took.
+fn took_over(backup: &mut Process, killed: Instant, generation_before: u64) -> Result<u64> {
+    let line = wait_for_line(
+        backup,
+        "ft: live at {landmark}, generation {n}, {n} ms after the last word from the primary",
+        TAKEOVER,
+    )?;
+    let seen_after = killed.elapsed();
+    let generation = number(&line[1])?;
+    ensure!(
+        generation == generation_before + 1,
+        "the backup went live with generation {generation}, expected {} (the primary's plus one)",
+        generation_before + 1
+    );
+    println!(
+        "takeover: live at {}, generation {generation}, {} ms after the primary's last word; line seen {} ms after the kill",
+        line[0],
+        line[2],
+        seen_after.as_millis()
+    );
+    Ok(generation)
+}
+
+/// The register names `host`'s VMM at `generation`.
+fn register_names(net: &FtNet, host: Host, port: u16, generation: u64) -> Result<()> {
+    let register = net.register(&format!("ft.{NAME}"))?;
+    let expected_tail = format!("@{}", host.ft_listen_on(port));
+    ensure!(
+        register.contains(&format!(" generation {generation} ")) && register.ends_with(&expected_tail),
+        "the register reads {register:?}, expected generation {generation} held by ...{expected_tail}"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_topology_carries_a_client_to_a_guest_on_host_a() -> Result<()> {
+    require_namespaces!();
+    let net = FtNet::new("fttopo")?;
+    net.explain(topology(&net))
+}
+
+fn topology(net: &FtNet) -> Result<()> {
+    let mut vm = net.plain_vm(Host::A)?;
+    let mut load = net.kv_load()?;
+    load.wait_for_replies(ANSWERS, ANSWERS_TIMEOUT)?;
+    net.wait_for_mac_on(GUEST_MAC, Host::A, Duration::from_secs(5))?;
+    ensure_running(&mut vm, "VM")?;
+    let report = load.finish()?;
+    println!("{}", report.summary());
+
+    // The register is reachable from both hosts, as the pair will use it.
+    let register = format!("ft.{NAME}");
+    let holder_a = format!("host-a@{}", Host::A.ft_listen());
+    let holder_b = format!("host-b@{}", Host::B.ft_listen());
+    let first = net.gfs_client(Host::A, &["lock", &register, "--expect", "0", "--holder", &holder_a])?;
+    ensure!(first == "1", "compare_and_set from host-a answered {first:?}");
+    let second = net.gfs_client(Host::B, &["lock", &register, "--expect", "1", "--holder", &holder_b])?;
+    ensure!(second == "2", "compare_and_set from host-b answered {second:?}");
+    register_names(net, Host::B, FT_PORT, 2)
+}
+
+#[test]
+fn a_primary_killed_mid_stream_leaves_the_same_connection_served_from_host_b() -> Result<()> {
+    require_namespaces!();
+    let net = FtNet::new("ftkill")?;
+    net.explain(primary_killed(&net))
+}
+
+fn primary_killed(net: &FtNet) -> Result<()> {
+    let (mut primary, generation) = live_primary(net, Host::A)?;
+    let mut backup =
+        join_backup(net, Host::B, FT_PORT, &Join::Address(Host::A.ft_listen()), &mut primary, &Host::A.ft_listen())?;
+    let mut load = net.kv_load()?;
+    load.wait_for_replies(ANSWERS, ANSWERS_TIMEOUT)?;
+    net.wait_for_mac_on(GUEST_MAC, Host::A, Duration::from_secs(5))?;
+    ensure_running(&mut backup, "backup")?;
+
+    let before = load.replies();
+    primary.kill();
+    let killed = Instant::now();
+    let generation = took_over(&mut backup, killed, generation)?;
+    load.wait_for_replies(before + ANSWERS, ANSWERS_TIMEOUT)?;
+    net.wait_for_mac_on(GUEST_MAC, Host::B, Duration::from_secs(5))?;
+    register_names(net, Host::B, FT_PORT, generation)?;
+    ensure_running(&mut backup, "backup that took over")?;
+
+    let report = load.finish()?;
+    println!("{}", report.summary());
+    ensure!(report.replies_after(killed) >= ANSWERS, "only {} answers after the kill", report.replies_after(killed));
+    if let Some((gap, _)) = report.longest_gap() {
+        println!("outage the client saw: {} ms", gap.as_millis());
+    }
+    Ok(())
+}
+
+#[test]
+fn a_killed_backup_leaves_the_primary_serving_alone() -> Result<()> {
+    require_namespaces!();
+    let net = FtNet::new("ftbackup")?;
+    net.explain(backup_killed(&net))
+}
+
+fn backup_killed(net: &FtNet) -> Result<()> {
+    let (mut primary, generation) = live_primary(net, Host::A)?;
+    let mut backup =
+        join_backup(net, Host::B, FT_PORT, &Join::Address(Host::A.ft_listen()), &mut primary, &Host::A.ft_listen())?;
+    let mut load = net.kv_load()?;
+    load.wait_for_replies(ANSWERS, ANSWERS_TIMEOUT)?;
+
+    let before = load.replies();
+    backup.kill();
+    let killed = Instant::now();
+    let lost =
+        wait_for_line(&mut primary, "ft: backup lost (no word for {n} ms); running alone, generation {n}", TAKEOVER)?;
+    println!(
+        "primary: backup lost (no word for {} ms), line seen {} ms after the kill",
+        lost[0],
+        killed.elapsed().as_millis()
+    );
+    let alone = number(&lost[1])?;
+    ensure!(alone == generation + 1, "the primary runs alone at generation {alone}, expected {}", generation + 1);
+    load.wait_for_replies(before + ANSWERS, ANSWERS_TIMEOUT)?;
+    ensure_running(&mut primary, "primary")?;
+    register_names(net, Host::A, FT_PORT, alone)?;
+    net.wait_for_mac_on(GUEST_MAC, Host::A, Duration::from_secs(5))?;
+
+    let report = load.finish()?;
+    println!("{}", report.summary());
+    if let Some((gap, _)) = report.longest_gap() {
+        println!("longest gap the client saw: {} ms", gap.as_millis());
+    }
+    Ok(())
+}
+
+#[test]
+fn a_second_backup_joins_the_vm_that_took_over_and_a_second_failover_works() -> Result<()> {
+    require_namespaces!();
+    let net = FtNet::new("ftrejoin")?;
+    net.explain(second_failover(&net))
+}
+
+fn second_failover(net: &FtNet) -> Result<()> {
+    let (mut primary, generation) = live_primary(net, Host::A)?;
+    let mut backup =
+        join_backup(net, Host::B, FT_PORT, &Join::Address(Host::A.ft_listen()), &mut primary, &Host::A.ft_listen())?;
+    let mut load = net.kv_load()?;
+    load.wait_for_replies(ANSWERS, ANSWERS_TIMEOUT)?;
+
+    let before = load.replies();
+    primary.kill();
+    let first_kill = Instant::now();
+    let generation = took_over(&mut backup, first_kill, generation)?;
+    load.wait_for_replies(before + ANSWERS, ANSWERS_TIMEOUT)?;
+    net.wait_for_mac_on(GUEST_MAC, Host::B, Duration::from_secs(5))?;
+
+    // A new backup on host-a finds the live VM through the register and re-protects it.
+    let second_port = FT_PORT + 1;
+    let mut second =
+        join_backup(net, Host::A, second_port, &Join::Register(NAME.into()), &mut backup, &Host::B.ft_listen())?;
+    let before = load.replies();
+    load.wait_for_replies(before + ANSWERS, ANSWERS_TIMEOUT)?;
+
+    let before = load.replies();
+    backup.kill();
+    let second_kill = Instant::now();
+    let generation = took_over(&mut second, second_kill, generation)?;
+    load.wait_for_replies(before + ANSWERS, ANSWERS_TIMEOUT)?;
+    net.wait_for_mac_on(GUEST_MAC, Host::A, Duration::from_secs(5))?;
+    register_names(net, Host::A, second_port, generation)?;
+    ensure_running(&mut second, "second backup that took over")?;
+
+    let report = load.finish()?;
+    println!("{}", report.summary());
+    for (kill, at, until) in [("first", first_kill, Some(second_kill)), ("second", second_kill, None)] {
+        let gap = report.longest_gap_within(at, until).map(|g| g.as_millis());
+        println!("outage after the {kill} kill: {gap:?} ms");
+    }
+    Ok(())
+}
+
+#[test]
+fn the_line_matcher_reads_landmarks_and_numbers_exactly() {
+    let pattern = "ft: live at {landmark}, generation {n}, {n} ms after the last word from the primary";
+    assert_eq!(
+        match_line("ft: live at Preempt(812), generation 3, 104 ms after the last word from the primary", pattern),
+        Some(vec!["Preempt(812)".into(), "3".into(), "104".into()])
+    );
+    assert_eq!(
+        match_line("ft: live at Exit(), generation 3, 104 ms after the last word from the primary", pattern),
+        None
+    );
+    assert_eq!(match_line("ft: live at Exit(5), generation 3, 104 ms after the last word", pattern), None);
+    assert_eq!(
+        match_line("INFO ft: live at Exit(5), generation 3, 1 ms after the last word from the primary", pattern),
+        None
+    );
+}
