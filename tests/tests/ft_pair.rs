@@ -195,6 +195,39 @@ fn topology(net: &FtNet) -> Result<()> {
     register_names(net, Host::B, FT_PORT, 2)
 }
 
+/// The guest stopped on host-a and booted again from the shared disk on host-b: the client
+/// (after forgetting the guest's MAC, as nothing here announces it) reaches it through host-b's
+/// port, and the switch moves the MAC there. This is the path a takeover uses, without FT.
+#[test]
+fn the_topology_carries_the_client_to_host_b_when_the_guest_moves_there() -> Result<()> {
+    require_namespaces!();
+    let net = FtNet::new("ftmove")?;
+    net.explain(guest_moves(&net))
+}
+
+fn guest_moves(net: &FtNet) -> Result<()> {
+    let mut on_a = net.plain_vm(Host::A)?;
+    let mut load = net.kv_load()?;
+    load.wait_for_replies(ANSWERS, ANSWERS_TIMEOUT)?;
+    let first = load.finish()?;
+    net.wait_for_mac_on(GUEST_MAC, Host::A, Duration::from_secs(5))?;
+    on_a.kill();
+
+    let on_b = net.plain_vm(Host::B)?;
+    let loaded = format!("kv: listening on 10.0.0.2:7000, {} keys loaded", first.read_back);
+    ensure!(
+        on_b.output().contains(&loaded),
+        "host-b's guest did not load the {} keys host-a's acknowledged",
+        first.read_back
+    );
+    net.client.ip(&["neigh", "flush", "all"])?;
+    let mut load = net.kv_load()?;
+    load.wait_for_replies(ANSWERS, ANSWERS_TIMEOUT)?;
+    net.wait_for_mac_on(GUEST_MAC, Host::B, Duration::from_secs(5))?;
+    println!("{}", load.finish()?.summary());
+    Ok(())
+}
+
 #[test]
 fn a_primary_killed_mid_stream_leaves_the_same_connection_served_from_host_b() -> Result<()> {
     require_namespaces!();
