@@ -303,6 +303,24 @@ impl FtNet {
         Ok(self.disk.to_str().context("the disk path is not UTF-8")?.to_owned())
     }
 
+    /// Cuts the hosts off from each other (their logging channel), while both still reach the
+    /// guest's segment, gfs and the client: each host silently drops what it sends to the other
+    /// (a blackhole route), as a cut cable would.
+    pub fn cut_link_between_hosts(&self) -> Result<()> {
+        for host in [Host::A, Host::B] {
+            self.host(host).ip(&["route", "add", "blackhole", &format!("{}/32", host.other().ip())])?;
+        }
+        Ok(())
+    }
+
+    /// Undoes [`FtNet::cut_link_between_hosts`].
+    pub fn restore_link_between_hosts(&self) -> Result<()> {
+        for host in [Host::A, Host::B] {
+            self.host(host).ip(&["route", "del", "blackhole", &format!("{}/32", host.other().ip())])?;
+        }
+        Ok(())
+    }
+
     /// The switch's forwarding table (`bridge fdb show br br0` in the switch namespace).
     pub fn fdb(&self) -> Result<String> {
         let output = Command::new("bridge")

@@ -7,6 +7,7 @@
 use anyhow::{bail, ensure, Context, Result};
 use ftvm_tests::ft::{FtNet, Host, Join, FT_PORT, GUEST_MAC};
 use ftvm_tests::{cannot_run, namespaces_unavailable, Process};
+use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 /// The register the tests protect their VM under (`ft.kv` in gfs).
@@ -192,7 +193,25 @@ fn topology(net: &FtNet) -> Result<()> {
     ensure!(first == "1", "compare_and_set from host-a answered {first:?}");
     let second = net.gfs_client(Host::B, &["lock", &register, "--expect", "1", "--holder", &holder_b])?;
     ensure!(second == "2", "compare_and_set from host-b answered {second:?}");
-    register_names(net, Host::B, FT_PORT, 2)
+    register_names(net, Host::B, FT_PORT, 2)?;
+
+    // A cut between the hosts stops their channel, not their way to gfs or the guest.
+    let listener = net.host(Host::B).within(|| Ok(TcpListener::bind(Host::B.ft_listen())?))?;
+    let peer: std::net::SocketAddr = Host::B.ft_listen().parse()?;
+    let connect = move || TcpStream::connect_timeout(&peer, Duration::from_millis(500));
+    net.host(Host::A).within(move || Ok(connect()?)).context("host-a reaches host-b before the cut")?;
+    net.cut_link_between_hosts()?;
+    let cut = net.host(Host::A).within(move || Ok(connect()?));
+    ensure!(cut.is_err(), "host-a still reaches host-b after the cut");
+    net.gfs_client(Host::A, &["status"]).context("host-a reaches gfs during the cut")?;
+    net.gfs_client(Host::B, &["status"]).context("host-b reaches gfs during the cut")?;
+    let mut load = net.kv_load()?;
+    load.wait_for_replies(ANSWERS, ANSWERS_TIMEOUT).context("the client reaches the guest during the cut")?;
+    load.finish()?;
+    net.restore_link_between_hosts()?;
+    net.host(Host::A).within(move || Ok(connect()?)).context("host-a reaches host-b after the cut")?;
+    drop(listener);
+    Ok(())
 }
 
 /// The guest stopped on host-a and booted again from the shared disk on host-b: the client
