@@ -109,6 +109,9 @@ pub enum WorldStop {
     InputEnded { lost: bool, reason: String },
     /// The world cannot go on: the replayed guest diverged, or its log is damaged.
     Failed(std::sync::Arc<dyn std::error::Error + Send + Sync>),
+    /// The FT peer this world records for is gone: the run stops at this landmark, so that it
+    /// can go on in another world (alone, after winning the go-live race) or halt.
+    PeerLost { reason: String },
 }
 
 impl fmt::Display for WorldStop {
@@ -118,6 +121,7 @@ impl fmt::Display for WorldStop {
             WorldStop::InputEnded { lost: false, reason } => write!(f, "the input ended: {reason}"),
             WorldStop::InputEnded { lost: true, reason } => write!(f, "the input was lost: {reason}"),
             WorldStop::Failed(error) => write!(f, "{error}"),
+            WorldStop::PeerLost { reason } => write!(f, "the FT peer is lost: {reason}"),
         }
     }
 }

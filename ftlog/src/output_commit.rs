@@ -314,6 +314,18 @@ impl<S: OutputStage + Send> OutputCommit<S> {
     pub fn with_inner<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
         f(&mut self.lock().inner)
     }
+
+    /// The inner stage back, once this is the last handle on the stage and nothing is held
+    /// (after [`Self::release_all_and_go_direct`]); otherwise the handle is returned.
+    pub fn into_inner(self) -> Result<S, Self> {
+        if !self.lock().held.is_empty() {
+            return Err(self);
+        }
+        match Arc::try_unwrap(self.shared) {
+            Ok(shared) => Ok(shared.state.into_inner().unwrap_or_else(PoisonError::into_inner).inner),
+            Err(shared) => Err(Self { shared }),
+        }
+    }
 }
 
 impl<S: OutputStage + Send> Shared<S> {

@@ -205,6 +205,12 @@ impl<S: EventSource, W: Write> RecordingWorld<S, W> {
         &self.inner
     }
 
+    /// Gives the wrapped source back and drops the log without an End record: the recording
+    /// stops here (a primary whose backup is gone runs on alone in the same world).
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
     pub fn inner_mut(&mut self) -> &mut S {
         &mut self.inner
     }

@@ -34,12 +34,20 @@ fn primary_hello() -> Hello {
         generation: 42,
         listen: "127.0.0.1:7000".into(),
         id: "host-a:1".into(),
+        vm: "vm".into(),
         machine: Some(machine()),
     }
 }
 
 fn backup_hello() -> Hello {
-    Hello { role: Role::Backup, generation: 42, listen: "127.0.0.1:7001".into(), id: "host-b:2".into(), machine: None }
+    Hello {
+        role: Role::Backup,
+        generation: 42,
+        listen: "127.0.0.1:7001".into(),
+        id: "host-b:2".into(),
+        vm: "vm".into(),
+        machine: None,
+    }
 }
 
 /// A connected pair: the primary accepts on a fresh port, the backup connects.

@@ -28,6 +28,8 @@ pub enum BackendError {
     Disk(#[from] DiskError),
     #[error(transparent)]
     TooManyDevices(#[from] AddError),
+    #[error("more --net or --disk than the machine has ({nets} net and {disks} disk devices)")]
+    Mapping { nets: usize, disks: usize },
     #[error("disk {path}: {found} bytes, but the machine's disk has {expected}")]
     DiskSize { path: PathBuf, expected: u64, found: u64 },
 }
@@ -100,6 +102,43 @@ impl Backends {
             }
         }
         Ok(backends)
+    }
+
+    /// The resources of this host for a machine described elsewhere (a backup of a primary on
+    /// another host): net device i on `nets[i]`'s TAP and disk j on `disks[j]`'s file when given,
+    /// otherwise under the names the description has. The MAC addresses stay the machine's.
+    pub fn for_machine(
+        descriptions: &[DeviceDescription],
+        nets: &[NetSpec],
+        disks: &[DiskSpec],
+        console: Box<dyn Write + Send>,
+        doorbell: Doorbell,
+    ) -> Result<Self, BackendError> {
+        let (mut net_index, mut disk_index) = (0, 0);
+        let mapped: Vec<DeviceDescription> = descriptions
+            .iter()
+            .map(|description| match description {
+                DeviceDescription::Net { tap, mac } => {
+                    let tap = nets.get(net_index).map_or_else(|| tap.clone(), |spec| spec.tap.clone());
+                    net_index += 1;
+                    DeviceDescription::Net { tap, mac: *mac }
+                }
+                DeviceDescription::Disk { path, size, readonly } => {
+                    let path = disks.get(disk_index).map_or_else(|| path.clone(), |spec| spec.path.clone());
+                    disk_index += 1;
+                    DeviceDescription::Disk { path, size: *size, readonly: *readonly }
+                }
+            })
+            .collect();
+        if nets.len() > net_index || disks.len() > disk_index {
+            return Err(BackendError::Mapping { nets: net_index, disks: disk_index });
+        }
+        Self::reopen(&mapped, console, doorbell)
+    }
+
+    /// Writers on every TAP (for announcements sent outside the output stage).
+    pub fn tap_writers(&self) -> Vec<TapWriter> {
+        self.taps.iter().flatten().cloned().collect()
     }
 
     fn open_tap(&mut self, name: &str, device: u8, doorbell: &Doorbell) -> Result<(), BackendError> {

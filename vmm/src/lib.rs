@@ -25,6 +25,7 @@ pub mod cpuid;
 pub mod digest;
 pub mod dirty;
 pub mod error;
+pub mod ft;
 pub mod input_file;
 pub mod kick;
 pub mod machine;

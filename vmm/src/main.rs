@@ -27,6 +27,8 @@ enum Command {
     Replay(cli::replay::ReplayArgs),
     /// Print the records of a log, one a line (for reading a divergence).
     Log(cli::log::LogArgs),
+    /// Follow a protected VM (`run --ft`) from this host and take over when its host dies.
+    Backup(cli::backup::BackupArgs),
     /// Continue a machine saved with `run --snapshot-at`, in this new process.
     Restore(cli::restore::RestoreArgs),
     /// Run each workload of our own guest on this machine, one after the other.
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => cli::run::command(&args, control),
         Command::Restore(args) => cli::restore::command(&args, control),
+        Command::Backup(args) => cli::backup::command(&args, control),
         Command::Replay(args) => cli::replay::command(&args, control),
         Command::Log(args) => cli::log::command(&args),
         Command::Demo => cli::demo::command(control),

@@ -64,6 +64,18 @@ pub trait OutputStage {
     fn read_disk(&mut self, device: u8, offset: u64, buf: &mut [u8]) -> Result<(), OutputError>;
 }
 
+/// A boxed stage is a stage (the machine keeps its stage boxed; a stage that wraps another, as
+/// the FT output commit does, can take it as it is).
+impl OutputStage for Box<dyn OutputStage + Send> {
+    fn emit(&mut self, at: Landmark, output: Output) -> Result<(), OutputError> {
+        (**self).emit(at, output)
+    }
+
+    fn read_disk(&mut self, device: u8, offset: u64, buf: &mut [u8]) -> Result<(), OutputError> {
+        (**self).read_disk(device, offset, buf)
+    }
+}
+
 /// Releases every output at once: frames to their TAP, writes to their disk, console bytes to
 /// the console writer.
 pub struct DirectOutput {

@@ -140,6 +140,11 @@ impl BackupLink {
         self.released.load(Ordering::Acquire)
     }
 
+    /// The release marker itself, for a world that drops released outputs at every exit.
+    pub fn released_marker(&self) -> Arc<AtomicU64> {
+        self.released.clone()
+    }
+
     /// The stream position of the last complete record pushed into the feed (what is acked).
     pub fn held(&self) -> u64 {
         self.held.load(Ordering::Acquire)

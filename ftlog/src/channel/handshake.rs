@@ -13,7 +13,7 @@ use std::time::Instant;
 /// The first bytes either side sends.
 pub const LINK_MAGIC: [u8; 8] = *b"FTVMLINK";
 /// The channel's protocol version: bumped on any change of the preamble, framing or messages.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The longest `--ft-listen` address or `--ft-id` a Hello may carry.
 pub const MAX_NAME: usize = 256;
 
@@ -34,13 +34,15 @@ pub struct Hello {
     pub listen: String,
     /// The sender's `--ft-id`.
     pub id: String,
+    /// The protected VM's name (`--ft NAME`: its go-live register is `ft.NAME`).
+    pub vm: String,
     /// The machine (the primary's; a backup sends `None`).
     pub machine: Option<MachineDescription>,
 }
 
 impl Hello {
     fn check(&self) -> Result<(), ChannelError> {
-        for (field, value) in [("listen address", &self.listen), ("id", &self.id)] {
+        for (field, value) in [("listen address", &self.listen), ("id", &self.id), ("VM name", &self.vm)] {
             if value.len() > MAX_NAME {
                 return Err(ChannelError::Handshake(format!(
                     "the {field} is {} bytes long (at most {MAX_NAME})",

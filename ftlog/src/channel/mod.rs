@@ -25,7 +25,7 @@ mod writer;
 
 pub use backup::{BackupEvent, BackupLink, StateReader};
 pub use handshake::{Hello, Role, LINK_MAGIC, MAX_NAME, PROTOCOL_VERSION};
-pub use primary::{PrimaryEvent, PrimaryLink, RecordSink};
+pub use primary::{PrimaryEvent, PrimaryLink, RecordSink, StateSink};
 pub use wire::{FrameError, Malformed, Message};
 
 use std::net::TcpStream;

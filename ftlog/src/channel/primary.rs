@@ -157,6 +157,13 @@ impl PrimaryLink {
         Ok(total)
     }
 
+    /// A writer for the full state: what `vmm::snapshot::save_to` writes into it leaves as
+    /// state chunks while it is written (no second copy of guest memory is made);
+    /// [`StateSink::finish`] sends the end marker.
+    pub fn state_sink(&self) -> StateSink<'_> {
+        StateSink { link: self, pending: Vec::with_capacity(MAX_CHUNK), total: 0 }
+    }
+
     /// A writer for the log stream: give it to a [`crate::LogWriter`] (or
     /// [`crate::RecordingWorld`]) and every byte it writes becomes Records messages. A full queue
     /// makes it wait (the caller's log flush blocks), never grow; a lost backup makes it fail.
@@ -205,6 +212,52 @@ impl Drop for PrimaryLink {
         self.closing.store(true, Ordering::Release);
         let _ = self.stream.shutdown(Shutdown::Both);
         self.finish(Duration::ZERO);
+    }
+}
+
+/// See [`PrimaryLink::state_sink`].
+pub struct StateSink<'a> {
+    link: &'a PrimaryLink,
+    pending: Vec<u8>,
+    total: u64,
+}
+
+impl StateSink<'_> {
+    fn send_pending(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.pending, Vec::with_capacity(MAX_CHUNK));
+        self.total += chunk.len() as u64;
+        self.link.send_while_alive(Message::StateChunk(chunk)).map_err(|_| gone())
+    }
+
+    /// Sends what is left and the end marker; returns the bytes of state sent.
+    pub fn finish(mut self) -> Result<u64, ChannelError> {
+        self.send_pending().map_err(|_| ChannelError::Lost("the backup went away during the state transfer".into()))?;
+        self.link
+            .send_while_alive(Message::StateEnd { total: self.total })
+            .map_err(|_| ChannelError::Lost("the backup went away during the state transfer".into()))?;
+        Ok(self.total)
+    }
+}
+
+fn gone() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the backup went away during the state transfer")
+}
+
+impl Write for StateSink<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let take = bytes.len().min(MAX_CHUNK - self.pending.len());
+        self.pending.extend_from_slice(&bytes[..take]);
+        if self.pending.len() == MAX_CHUNK {
+            self.send_pending()?;
+        }
+        Ok(take)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -1,6 +1,8 @@
 //! The subcommands of `ftvm`, one a file: their arguments, and how their results are printed.
 
+pub mod backup;
 pub mod demo;
+pub mod ft;
 pub mod log;
 pub mod replay;
 pub mod restore;

@@ -7,6 +7,8 @@ use devices::virtio::{DiskSpec, NetSpec};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use vmm::ft::primary::{Primary, Served};
+use vmm::ft::register::GoLiveRegister;
 use vmm::session::{live_machine, record};
 use vmm::{run, Backends, KernelSource, MachineConfig, RunOptions, SnapshotRequest, StopReason, VcpuControl};
 
@@ -57,6 +59,19 @@ pub struct RunArgs {
     /// tracing a divergence).
     #[arg(long, requires = "record")]
     verify_checkpoints: bool,
+    /// Protect this VM as NAME: go live through the gfs register `ft.NAME` and accept a backup
+    /// on --ft-listen (`ftvm backup` is the other side).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["record", "snapshot_at"])]
+    ft: Option<String>,
+    /// The gfs master (the go-live register lives there).
+    #[arg(long, value_name = "ADDR", env = "GFS_MASTER")]
+    gfs_master: Option<String>,
+    /// With --ft: take the register even though someone holds it (the operator's word that the
+    /// holder is dead).
+    #[arg(long, requires = "ft")]
+    takeover: bool,
+    #[command(flatten)]
+    pair: super::ft::FtArgs,
 }
 
 impl RunArgs {
@@ -79,7 +94,7 @@ impl RunArgs {
             cmdline,
             initrd: self.initrd.clone(),
             preempt_bound: Duration::from_micros(self.preempt_us),
-            dirty_logging: self.record.is_some(),
+            dirty_logging: self.record.is_some() || self.ft.is_some(),
             devices,
         }
     }
@@ -94,6 +109,9 @@ pub fn command(args: &RunArgs, control: VcpuControl) -> anyhow::Result<ExitCode>
             .zip(args.snapshot.clone())
             .map(|(at_exits, path)| SnapshotRequest { at_exits, path }),
     };
+    if let Some(name) = &args.ft {
+        return protected(args, name, control);
+    }
     if let Some(path) = &args.snapshot {
         vmm::input_file::check_writable_target(path).with_context(|| format!("snapshot {}", path.display()))?;
     }
@@ -120,5 +138,28 @@ pub fn command(args: &RunArgs, control: VcpuControl) -> anyhow::Result<ExitCode>
         let code = super::report(&machine, end.reason, &end.stats, args.state_digest)?;
         options.check_snapshot_saved(&end.stats)?;
         return Ok(code);
+    }
+}
+
+/// `ftvm run --ft NAME`: goes live through the register before the first instruction, then
+/// runs as the primary of the pair.
+fn protected(args: &RunArgs, name: &str, control: VcpuControl) -> anyhow::Result<ExitCode> {
+    let config = args.pair.config(name, args.gfs_master.as_deref())?;
+    let (backends, devices) = Backends::open(&args.net, &args.disk, Box::new(vmm::stdio::Stdout), control.doorbell())?;
+    let (machine, world) = live_machine(args.machine_config(devices), backends, control.clone())?;
+    let mut machine = machine;
+    let listener = vmm::ft::primary::bind(&config.listen)?;
+    let register = GoLiveRegister::new(&config.master, name, config.holder());
+    let generation = register.go_live_at_start(args.takeover)?;
+    vmm::errln!("ft: live as {name} generation {generation}");
+    let primary = Primary::listen(config, register, generation, &machine, control, listener)?;
+    match primary.serve(&mut machine, world, Default::default())? {
+        Served::Stopped(end) => {
+            if matches!(end.reason, StopReason::Reset) {
+                anyhow::bail!("the guest reset itself; a protected VM does not reboot (start it again)");
+            }
+            super::report(&machine, end.reason, &end.stats, args.state_digest)
+        }
+        Served::LostRace { .. } => Ok(ExitCode::from(vmm::ft::LOST_RACE_STATUS)),
     }
 }

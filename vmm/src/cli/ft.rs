@@ -1,0 +1,82 @@
+//! The flags both roles of the FT pair share, and what they become.
+
+use anyhow::bail;
+use clap::{Args, ValueEnum};
+use ftlog::channel::ChannelConfig;
+use ftlog::{CommitLimits, CommitMode};
+use std::time::Duration;
+use vmm::ft::FtConfig;
+
+/// Which word of the backup releases an output.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Commit {
+    /// The backup holds the log up to the output (VMware FT's rule).
+    Received,
+    /// The backup replayed up to the output with an identical result (as COLO).
+    Verified,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct FtArgs {
+    /// Where this side accepts a backup (and, on a backup, where it will once it is live).
+    #[arg(long, value_name = "ADDR")]
+    pub ft_listen: Option<String>,
+    /// This side's id in the go-live register (default HOSTNAME:PID).
+    #[arg(long, value_name = "ID")]
+    pub ft_id: Option<String>,
+    /// Release an output when the backup holds the log up to it (received) or has replayed it
+    /// with an identical output (verified).
+    #[arg(long, value_enum, default_value = "received")]
+    pub commit: Commit,
+    /// How often each side of the pair says it is alive.
+    #[arg(long, value_name = "MS", default_value_t = 10)]
+    pub heartbeat_ms: u64,
+    /// Silence longer than this means the peer is gone.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    pub timeout_ms: u64,
+    /// When the backup lags by more than this, the primary waits before re-entering the guest
+    /// (0: never waits).
+    #[arg(long, value_name = "MS", default_value_t = 50)]
+    pub max_lag_ms: u64,
+}
+
+impl FtArgs {
+    /// The configuration of one side of VM `name` on the gfs master `master`.
+    pub fn config(&self, name: &str, master: Option<&str>) -> anyhow::Result<FtConfig> {
+        let Some(master) = master else {
+            bail!("--ft needs the gfs master that holds its go-live register: --gfs-master ADDR (or GFS_MASTER)");
+        };
+        let Some(listen) = self.ft_listen.clone() else {
+            bail!("--ft needs --ft-listen ADDR: where this side accepts a backup");
+        };
+        if self.heartbeat_ms == 0 || self.timeout_ms <= self.heartbeat_ms {
+            bail!(
+                "--timeout-ms ({}) must be longer than --heartbeat-ms ({}), which must not be 0",
+                self.timeout_ms,
+                self.heartbeat_ms
+            );
+        }
+        if self.matches_verified() {
+            bail!("--commit verified is not available yet: use --commit received");
+        }
+        let channel = ChannelConfig {
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            timeout: Duration::from_millis(self.timeout_ms),
+            ..ChannelConfig::default()
+        };
+        Ok(FtConfig {
+            name: name.to_owned(),
+            master: master.to_owned(),
+            listen,
+            id: self.ft_id.clone().unwrap_or_else(FtConfig::default_id),
+            commit: CommitMode::Received,
+            channel,
+            max_lag: Duration::from_millis(self.max_lag_ms),
+            limits: CommitLimits::default(),
+        })
+    }
+
+    fn matches_verified(&self) -> bool {
+        matches!(self.commit, Commit::Verified)
+    }
+}

@@ -1,0 +1,205 @@
+//! The following side of the pair: it joins a live VM (its description and full state), replays
+//! the primary's log as it arrives, and when the primary falls silent races for the register.
+//! Won, it goes live at exactly the landmark where the log stops: this host's backends are
+//! attached there, what the primary may not have completed is issued again, the guest's MAC
+//! is announced from here, and it serves on as a primary that a new backup can join.
+
+use super::primary::{Primary, Served};
+use super::register::{GoLiveRegister, Race};
+use super::world::{FollowCommit, FollowWorld};
+use super::{ms_since, FtConfig, FtError};
+use crate::backends::Backends;
+use crate::control::VcpuControl;
+use crate::machine::{Machine, MachineConfig};
+use crate::session::{live_world, replay};
+use crate::snapshot;
+use crate::vcpu::{run, RunEnd, RunOptions, StopReason};
+use devices::virtio::announce::{announce, AnnounceSchedule};
+use devices::virtio::{DeviceDescription, DiscardOutput, DiskSpec, MacAddr, NetSpec, OutputStage};
+use devices::{EventSource, WorldStop};
+use ftlog::channel::{BackupEvent, BackupLink, Hello, Role};
+use ftlog::{CommitLimits, CommitMode, OutputCommit, PeerWatch, ReplayWorld};
+use std::time::{Duration, Instant};
+
+/// How long the backup waits for the log to begin after the state.
+const LOG_START_WAIT: Duration = Duration::from_secs(30);
+
+/// What a backup's follow ended in.
+pub enum Followed {
+    /// The primary stopped its VM cleanly and this replay reached the same end (`identical`
+    /// says whether the state digests matched).
+    PrimaryStopped { end: RunEnd, identical: bool },
+    /// This side went live and later stopped, or lost a race.
+    Served(Served),
+}
+
+/// Where a backup comes from and what it maps the VM's devices onto.
+pub struct BackupPlan {
+    /// The primary's `--ft-listen` address.
+    pub join: String,
+    /// This host's TAPs and disks for the VM's devices, in order (empty: the same names).
+    pub nets: Vec<NetSpec>,
+    pub disks: Vec<DiskSpec>,
+}
+
+/// Joins the primary at `plan.join`, follows it, and takes over when it dies.
+pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Result<Followed, FtError> {
+    let ours = Hello {
+        role: Role::Backup,
+        generation: 0,
+        listen: config.listen.clone(),
+        id: config.id.clone(),
+        vm: config.name.clone(),
+        machine: None,
+    };
+    // Bound now: an address this host cannot take fails the join, not the go-live.
+    let listener = super::primary::bind(&config.listen)?;
+    let join_error = |source| FtError::Join { addr: plan.join.clone(), source };
+    let mut link = BackupLink::connect(&plan.join, &ours, &config.channel).map_err(join_error)?;
+    let primary = link.primary().clone();
+    let config = FtConfig { name: if config.name.is_empty() { primary.vm.clone() } else { config.name }, ..config };
+    if primary.vm != config.name {
+        return Err(FtError::Primary {
+            addr: plan.join.clone(),
+            what: format!("protects VM {:?}, not {:?}", primary.vm, config.name),
+        });
+    }
+    let description = primary
+        .machine
+        .clone()
+        .ok_or_else(|| FtError::Primary { addr: plan.join.clone(), what: "sent no machine description".into() })?;
+    // This host's resources, opened now so that going live only attaches them.
+    let backends = Backends::for_machine(
+        &description.devices,
+        &plan.nets,
+        &plan.disks,
+        Box::new(crate::stdio::Stdout),
+        control.doorbell(),
+    )?;
+    let announcer = Announcer::new(&description.devices, &backends);
+    let mut machine_config = MachineConfig::from_description(&description);
+    // This side records once it is live and a backup joins it.
+    machine_config.dirty_logging = true;
+    let machine = Machine::new(machine_config, control.clone())?;
+    machine.matches(&description, &format!("the primary at {}'s machine", plan.join))?;
+    let state = link
+        .state_reader()
+        .ok_or_else(|| FtError::Primary { addr: plan.join.clone(), what: "sent no state".into() })?;
+    let reader = snapshot::read_from(state, &format!("the state of the primary at {}", plan.join))?;
+    let (mut machine, saved) = reader.restore_into(machine)?;
+    crate::errln!("ft: following {} from {}", primary.listen, saved.position.landmark());
+
+    let feed = link.feed(LOG_START_WAIT).map_err(join_error)?;
+    let replayer = ReplayWorld::from_feed(feed);
+    // Everything the replayed guest emits is held, and dropped once the primary says it left.
+    let unbounded = CommitLimits { max_bytes: usize::MAX, max_outputs: usize::MAX };
+    let commit: FollowCommit =
+        OutputCommit::new(DiscardOutput::default(), PeerWatch::new(), CommitMode::Received, Duration::ZERO, unbounded);
+    machine.attach_output(Box::new(commit.clone()));
+    let mut world = FollowWorld::new(replayer, commit.clone(), link.released_marker());
+    let end = run(&mut machine, &mut world, RunOptions { start: saved.position, snapshot: None })?;
+
+    match &end.reason {
+        StopReason::World(WorldStop::InputEnded { .. }) => {}
+        StopReason::World(WorldStop::Failed(error)) => return Err(FtError::Replay(error.to_string())),
+        _ => {
+            // The primary's VM stopped and its log ended with it: check we reached the same end.
+            let identical = match replay::finish(&machine, world.replayer(), &end)? {
+                replay::Replayed::Identical { .. } => true,
+                replay::Replayed::Failed(why) => {
+                    tracing::warn!("the backup's end differs from the primary's: {why}");
+                    false
+                }
+            };
+            crate::errln!(
+                "ft: backup at power-off: state-digest {}",
+                if identical { "identical" } else { "different" }
+            );
+            return Ok(Followed::PrimaryStopped { end, identical });
+        }
+    }
+
+    // The primary fell silent (or closed the channel): race for the register.
+    let last_word = last_word_from(&link);
+    commit.discard_through(link.released());
+    drop(link);
+    let register = GoLiveRegister::new(&config.master, &config.name, config.holder());
+    match register.race(primary.generation) {
+        Race::Lost { holder, generation } => {
+            crate::errln!("ft: lost the go-live race to {holder} (generation {generation}): halting");
+            Ok(Followed::Served(Served::LostRace { holder, generation }))
+        }
+        Race::Won { generation } => {
+            let position = end.position;
+            let clock = world.replayer().monotonic_now();
+            let unreleased = commit.take_unreleased();
+            drop(world);
+            let (nets, _) = machine.attach(backends);
+            reissue(&mut machine, unreleased)?;
+            announcer.start();
+            crate::errln!(
+                "ft: live at {}, generation {generation}, {} ms after the last word from the primary",
+                position.landmark(),
+                ms_since(last_word)
+            );
+            let world = live_world(nets, clock);
+            let primary = Primary::listen(config, register, generation, &machine, control, listener)?;
+            Ok(Followed::Served(primary.serve(&mut machine, world, position)?))
+        }
+    }
+}
+
+/// When the primary last said anything, from the channel's report of its loss.
+fn last_word_from(link: &BackupLink) -> Instant {
+    let now = Instant::now();
+    while let Ok(event) = link.events().try_recv() {
+        if let BackupEvent::PrimaryLost { silence, .. } = event {
+            return now.checked_sub(silence).unwrap_or(now);
+        }
+    }
+    now
+}
+
+/// Issues again what the primary may not have completed: frames after its last release marker
+/// (TCP tolerates duplicates) and every write it had not reported released, in order.
+fn reissue(machine: &mut Machine, unreleased: Vec<ftlog::HeldOutput>) -> Result<(), FtError> {
+    if unreleased.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(outputs = unreleased.len(), "issuing again what the primary may not have completed");
+    let mut direct = machine.attach_output(Box::new(DiscardOutput::default()));
+    let result = unreleased.into_iter().try_for_each(|held| direct.emit(held.at, held.output));
+    machine.attach_output(direct);
+    Ok(result?)
+}
+
+/// Announces the guest's MACs from this host after it went live (RARP, as QEMU's
+/// announce-self), so the switches learn their new port.
+struct Announcer {
+    frames: Vec<(MacAddr, devices::virtio::TapWriter)>,
+}
+
+impl Announcer {
+    fn new(devices: &[DeviceDescription], backends: &Backends) -> Self {
+        let macs = devices.iter().filter_map(|d| match d {
+            DeviceDescription::Net { mac, .. } => Some(MacAddr(*mac)),
+            DeviceDescription::Disk { .. } => None,
+        });
+        Self { frames: macs.zip(backends.tap_writers()).collect() }
+    }
+
+    fn start(self) {
+        if self.frames.is_empty() {
+            return;
+        }
+        let spawned = std::thread::Builder::new().name("ft-announce".into()).spawn(move || {
+            for (mac, mut tap) in self.frames {
+                let sent = announce(&[mac], AnnounceSchedule::default(), |frame| tap.send(frame));
+                tracing::info!(%mac, sent, "MAC announced from this host");
+            }
+        });
+        if let Err(error) = spawned {
+            tracing::warn!("could not start the MAC announcer: {error}");
+        }
+    }
+}

@@ -1,0 +1,411 @@
+//! The live side of the pair. It runs alone (outputs leave at once) until a backup connects on
+//! `--ft-listen`; the join pauses the guest, streams the full state (stop-and-copy), and from
+//! that landmark on the run is recorded into the channel and every output waits for the
+//! backup's acknowledgement. When the backup goes silent the primary races for the register:
+//! won, it releases what it held and runs alone again (a new backup can join); lost, it halts.
+
+use super::register::{GoLiveRegister, Race};
+use super::world::{LinkState, PrimaryCommit, PrimaryWorld};
+use super::{ms_since, FtConfig, FtError};
+use crate::control::VcpuControl;
+use crate::machine::Machine;
+use crate::session::record::log_header;
+use crate::snapshot;
+use crate::vcpu::{run, RunEnd, RunOptions, RunPosition, StopReason};
+use devices::virtio::DiscardOutput;
+use devices::{EventSource, HostWorld, WorldStop};
+use ftlog::channel::{Hello, PrimaryEvent, PrimaryLink, Role};
+use ftlog::{OutputCommit, PeerWatch, RecordingWorld};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How often the releaser looks at the backup's acknowledgements.
+const RELEASE_POLL: Duration = Duration::from_millis(1);
+/// How long a clean stop waits for the backup to acknowledge the log's end.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// How the primary's run ended.
+pub enum Served {
+    /// The VM stopped (powered off, a stop signal, a fault): the register was released.
+    Stopped(RunEnd),
+    /// The backup won the go-live race: nothing more left this side.
+    LostRace { holder: String, generation: u64 },
+}
+
+/// A backup that connected and passed the handshake, waiting for the vCPU to pause.
+struct Join {
+    link: PrimaryLink,
+    watch: PeerWatch,
+}
+
+/// The live side of VM `config.name`, holding the register at `generation`.
+pub struct Primary {
+    config: FtConfig,
+    register: GoLiveRegister,
+    generation: u64,
+    control: VcpuControl,
+    hello: Arc<Mutex<Hello>>,
+    /// A backup is attached (or joining): the listener turns others away.
+    paired: Arc<AtomicBool>,
+    joins: crossbeam_channel::Receiver<Join>,
+}
+
+impl Primary {
+    /// Starts accepting backups on `listener` (see [`bind`]) for `machine`, live at `generation`.
+    pub fn listen(
+        config: FtConfig,
+        register: GoLiveRegister,
+        generation: u64,
+        machine: &Machine,
+        control: VcpuControl,
+        listener: TcpListener,
+    ) -> Result<Self, FtError> {
+        let hello = Arc::new(Mutex::new(Hello {
+            role: Role::Primary,
+            generation,
+            listen: config.listen.clone(),
+            id: config.id.clone(),
+            vm: config.name.clone(),
+            machine: Some(machine.description()),
+        }));
+        let paired = Arc::new(AtomicBool::new(false));
+        let (joins_tx, joins) = crossbeam_channel::bounded(1);
+        {
+            let (hello, paired, control, channel) =
+                (hello.clone(), paired.clone(), control.clone(), config.channel.clone());
+            std::thread::Builder::new()
+                .name("ft-listen".into())
+                .spawn(move || accept_backups(listener, hello, paired, joins_tx, control, channel))
+                .map_err(|source| FtError::Listen { addr: config.listen.clone(), source })?;
+        }
+        Ok(Self { config, register, generation, control, hello, paired, joins })
+    }
+
+    /// Runs the VM from `position` in this host's `world` until it stops or this side loses a
+    /// race; backups join and are lost on the way.
+    pub fn serve(
+        mut self,
+        machine: &mut Machine,
+        mut world: HostWorld,
+        mut position: RunPosition,
+    ) -> Result<Served, FtError> {
+        loop {
+            let end = run(machine, &mut world, RunOptions { start: position, snapshot: None })?;
+            position = end.position;
+            if !matches!(end.reason, StopReason::Paused) {
+                self.release_register();
+                return Ok(Served::Stopped(end));
+            }
+            let Ok(join) = self.joins.try_recv() else { continue };
+            let paused = Instant::now();
+            let addr = join.link.backup().listen.clone();
+            match self.protect(machine, world, position, join, paused, &addr)? {
+                Protected::Alone { world: alone, position: at } => {
+                    world = alone;
+                    position = at;
+                }
+                Protected::Ended(served) => return Ok(served),
+            }
+        }
+    }
+
+    /// Joins a backup at `position` (the guest is paused), runs paired until the backup is
+    /// lost or the VM stops.
+    fn protect(
+        &mut self,
+        machine: &mut Machine,
+        world: HostWorld,
+        position: RunPosition,
+        join: Join,
+        paused: Instant,
+        addr: &str,
+    ) -> Result<Protected, FtError> {
+        let Join { link, watch } = join;
+        // Checkpoints are deltas against pages both sides have seen: the backup starts with none.
+        machine.checkpoint_bases.clear();
+        let mut sink = link.state_sink();
+        let saved = snapshot::save_to(machine, position, world.monotonic_now(), &mut sink).map(|_| ());
+        let sent = saved
+            .map_err(FtError::from)
+            .and_then(|()| sink.finish().map_err(|e| FtError::Primary { addr: addr.into(), what: e.to_string() }));
+        if let Err(error) = sent {
+            tracing::warn!(%addr, "a backup went away while it joined; running alone: {error}");
+            self.paired.store(false, Ordering::Release);
+            return Ok(Protected::Alone { world, position });
+        }
+        let header = log_header(machine, 1, position.exits);
+        let mut recorder = RecordingWorld::new(world, link.record_sink(), &header)?;
+        recorder.publish_to(watch.clone());
+        let direct = machine.attach_output(Box::new(DiscardOutput::default()));
+        let commit = OutputCommit::new(
+            direct,
+            watch.clone(),
+            self.config.commit,
+            self.config.channel.timeout,
+            self.config.limits,
+        );
+        machine.attach_output(Box::new(commit.clone()));
+        let link = Arc::new(link);
+        let state = LinkState::default();
+        let helpers = Helpers::start(&link, &commit, &state, &self.control);
+        crate::errln!("ft: protected by {addr} since {} (pause {} ms)", position.landmark(), ms_since(paused));
+        let mut paired = PrimaryWorld::new(
+            recorder,
+            commit.clone(),
+            watch.clone(),
+            state.clone(),
+            self.control.clone(),
+            self.config.max_lag,
+        );
+        let mut at = position;
+        loop {
+            let end = run(machine, &mut paired, RunOptions { start: at, snapshot: None })?;
+            at = end.position;
+            let lost = state.is_lost() || matches!(end.reason, StopReason::World(WorldStop::PeerLost { .. }));
+            if lost || (matches!(end.reason, StopReason::World(WorldStop::Failed(_))) && link.is_lost()) {
+                helpers.stop();
+                let recorder = paired.into_recorder();
+                return self.race_after_losing(machine, recorder.into_inner(), at, commit, link, &state);
+            }
+            if matches!(end.reason, StopReason::Paused) {
+                continue; // a join refused while paired, or a spurious pause
+            }
+            // The VM stopped: the backup gets the End record, and what is held leaves once it
+            // has acknowledged it.
+            let code = match end.reason {
+                StopReason::PowerOff(code) => code,
+                _ => u32::MAX,
+            };
+            let digest = crate::digest::state_digest(machine)?;
+            let finished = paired.into_recorder().finish(code, Some(*digest.as_bytes()));
+            if let Err(error) = &finished {
+                tracing::warn!("the log's end did not reach the backup: {error}");
+            }
+            let deadline = Instant::now() + CLOSE_WAIT;
+            while commit.stats().held > 0 && !state.is_lost() && Instant::now() < deadline {
+                let _ = commit.wait_for_space(RELEASE_POLL * 10);
+                let _ = commit.release_ready();
+            }
+            if commit.stats().held > 0 {
+                // The backup did not acknowledge the end: only the race decides who releases.
+                helpers.stop();
+                let world = HostWorld::resuming_at(0);
+                return self.race_after_losing_at_stop(machine, world, commit, link, &state, end);
+            }
+            helpers.stop();
+            if let Ok(link) = Arc::try_unwrap(link) {
+                link.close(CLOSE_WAIT);
+            }
+            self.release_register();
+            return Ok(Protected::Ended(Served::Stopped(end)));
+        }
+    }
+
+    /// The backup is gone: race for the register. Won, release everything held and go on alone
+    /// in `world` from `position`; lost, halt.
+    fn race_after_losing(
+        &mut self,
+        machine: &mut Machine,
+        world: HostWorld,
+        position: RunPosition,
+        commit: PrimaryCommit,
+        link: Arc<PrimaryLink>,
+        state: &LinkState,
+    ) -> Result<Protected, FtError> {
+        let silence = state.silence_ms();
+        let lost_at = Instant::now();
+        link.abort();
+        drop(link);
+        match self.register.race(self.generation) {
+            Race::Won { generation } => {
+                commit.release_all_and_go_direct()?;
+                self.generation = generation;
+                if let Ok(mut hello) = self.hello.lock() {
+                    hello.generation = generation;
+                }
+                crate::errln!(
+                    "ft: backup lost (no word for {} ms); running alone, generation {generation}",
+                    u128::from(silence) + ms_since(lost_at)
+                );
+                self.go_direct(machine, commit);
+                self.paired.store(false, Ordering::Release);
+                Ok(Protected::Alone { world, position })
+            }
+            Race::Lost { holder, generation } => {
+                commit.halt();
+                crate::errln!("ft: lost the go-live race to {holder} (generation {generation}): halting");
+                Ok(Protected::Ended(Served::LostRace { holder, generation }))
+            }
+        }
+    }
+
+    /// The VM stopped but the backup never acknowledged its end: race, and release only if won.
+    fn race_after_losing_at_stop(
+        &mut self,
+        machine: &mut Machine,
+        world: HostWorld,
+        commit: PrimaryCommit,
+        link: Arc<PrimaryLink>,
+        state: &LinkState,
+        end: RunEnd,
+    ) -> Result<Protected, FtError> {
+        match self.race_after_losing(machine, world, end.position, commit, link, state)? {
+            Protected::Alone { .. } => {
+                self.release_register();
+                Ok(Protected::Ended(Served::Stopped(end)))
+            }
+            ended => Ok(ended),
+        }
+    }
+
+    /// Takes the output commit out of the machine's path: outputs go straight to the backends.
+    fn go_direct(&self, machine: &mut Machine, commit: PrimaryCommit) {
+        drop(machine.attach_output(Box::new(DiscardOutput::default())));
+        match commit.into_inner() {
+            Ok(direct) => {
+                machine.attach_output(direct);
+            }
+            // Still shared or holding: keep it in the path (it passes outputs through now).
+            Err(commit) => {
+                machine.attach_output(Box::new(commit));
+            }
+        }
+    }
+
+    fn release_register(&self) {
+        match self.register.release(self.generation) {
+            Ok(generation) => tracing::info!(register = self.register.name(), generation, "register released"),
+            Err(error) => tracing::warn!("could not release the register (the next start needs --takeover): {error}"),
+        }
+    }
+}
+
+enum Protected {
+    /// The backup is gone and this side won: go on alone.
+    Alone {
+        world: HostWorld,
+        position: RunPosition,
+    },
+    Ended(Served),
+}
+
+/// The threads that serve a paired run besides the vCPU: the releaser (outputs the backup has
+/// acknowledged leave, and the backup is told how far) and the watcher (a lost backup stops the
+/// vCPU at its next landmark).
+struct Helpers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Helpers {
+    fn start(link: &Arc<PrimaryLink>, commit: &PrimaryCommit, state: &LinkState, control: &VcpuControl) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        {
+            let (link, commit, stop, control) = (link.clone(), commit.clone(), stop.clone(), control.clone());
+            let spawned = std::thread::Builder::new().name("ft-release".into()).spawn(move || {
+                let mut told = 0;
+                while !stop.load(Ordering::Acquire) {
+                    if let Err(error) = commit.release_ready() {
+                        tracing::error!("a held output could not be released: {error}");
+                        control.stop();
+                        return;
+                    }
+                    let released = commit.released_position();
+                    if released > told && link.send_released(released).is_ok() {
+                        told = released;
+                    }
+                    std::thread::sleep(RELEASE_POLL);
+                }
+            });
+            threads.extend(spawned.ok());
+        }
+        {
+            let (link, state, stop, control) = (link.clone(), state.clone(), stop.clone(), control.clone());
+            let spawned = std::thread::Builder::new().name("ft-watch".into()).spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    match link.events().recv_timeout(Duration::from_millis(20)) {
+                        Ok(PrimaryEvent::BackupLost { silence, reason }) => {
+                            tracing::warn!(%reason, "the backup is lost");
+                            state.set_lost(silence);
+                            control.kick();
+                            return;
+                        }
+                        Ok(PrimaryEvent::BackupClosed) => {
+                            state.set_lost(Duration::ZERO);
+                            control.kick();
+                            return;
+                        }
+                        Ok(PrimaryEvent::ResyncRequested) => {
+                            tracing::warn!("the backup asked for a resync, which this version does not do");
+                        }
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+            });
+            threads.extend(spawned.ok());
+        }
+        Self { stop, threads }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The socket a primary accepts backups on (`--ft-listen`), bound before the register is taken
+/// so that a taken address fails the start without holding the register.
+pub fn bind(addr: &str) -> Result<TcpListener, FtError> {
+    TcpListener::bind(addr).map_err(|source| FtError::Listen { addr: addr.to_owned(), source })
+}
+
+/// The listener: each backup that passes the handshake is handed to the vCPU thread, which is
+/// asked to pause; while one is paired, others are turned away.
+fn accept_backups(
+    listener: TcpListener,
+    hello: Arc<Mutex<Hello>>,
+    paired: Arc<AtomicBool>,
+    joins: crossbeam_channel::Sender<Join>,
+    control: VcpuControl,
+    channel: ftlog::channel::ChannelConfig,
+) {
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!("accepting a backup: {error}");
+                continue;
+            }
+        };
+        let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        if paired.swap(true, Ordering::AcqRel) {
+            tracing::warn!(%peer, "a second backup was turned away: this VM already has one");
+            continue;
+        }
+        let ours = match hello.lock() {
+            Ok(hello) => hello.clone(),
+            Err(_) => return,
+        };
+        let watch = PeerWatch::new();
+        match PrimaryLink::accept(stream, &ours, watch.clone(), &channel) {
+            Ok(link) => {
+                tracing::info!(%peer, backup = %link.backup().id, "a backup connected; pausing for the join");
+                if joins.send(Join { link, watch }).is_err() {
+                    return;
+                }
+                control.pause();
+            }
+            Err(error) => {
+                tracing::warn!(%peer, "a backup's handshake failed: {error}");
+                paired.store(false, Ordering::Release);
+            }
+        }
+    }
+}

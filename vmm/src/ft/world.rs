@@ -1,0 +1,337 @@
+//! The worlds of the two roles, as the vCPU loop sees them.
+//!
+//! - [`PrimaryWorld`]: this host's world, recorded into the logging channel. Before every entry
+//!   into the guest it pushes the log out when an output waits on it, holds the guest while the
+//!   backup lags by more than `--max-lag-ms` or held output is full, and it stops the run at the
+//!   next landmark once the backup is lost (the caller then races for the register).
+//! - [`FollowWorld`]: the primary's log replayed from the channel; after every exit it drops
+//!   the outputs the primary says it released, so that what is left at go-live is exactly what
+//!   may not have left.
+
+use crate::control::VcpuControl;
+use crate::error::Result;
+use crate::machine::Machine;
+use crate::vcpu::{ExitInfo, RunObserver};
+use devices::virtio::{DiscardOutput, OutputStage};
+use devices::{ClockId, Deadlines, EventSource, HostWorld, InputKind, Landmark, WorldEvent, WorldStop};
+use ftlog::channel::RecordSink;
+use ftlog::{ChannelFeed, OutputCommit, PeerWatch, RecordingWorld, ReplayWorld};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The primary's output stage: the real backends behind the output commit.
+pub type PrimaryCommit = OutputCommit<Box<dyn OutputStage + Send>>;
+/// The backup's output stage: nothing leaves while it follows.
+pub type FollowCommit = OutputCommit<DiscardOutput>;
+
+/// A halted guest's wait is cut into slices this long, so that a lost backup or a join is
+/// noticed at once even when no timer is armed.
+const IDLE_SLICE: Duration = Duration::from_millis(5);
+/// The log is pushed out at least this often, so that the backup follows closely even when no
+/// output waits on it.
+const FLUSH_EVERY: Duration = Duration::from_millis(2);
+/// How often a waiting vCPU looks at the backup's acknowledgements again.
+const WAIT_POLL: Duration = Duration::from_millis(1);
+/// At most one "the vCPU waits" warning per this period.
+const WARN_PERIOD: Duration = Duration::from_secs(1);
+
+/// What the FT threads know of the backup, read by the vCPU loop at each landmark.
+#[derive(Clone, Default)]
+pub struct LinkState {
+    lost: Arc<AtomicBool>,
+    /// When the backup was declared lost, the silence it had kept (ms).
+    silence_ms: Arc<AtomicU64>,
+}
+
+impl LinkState {
+    pub fn set_lost(&self, silence: Duration) {
+        self.silence_ms.store(silence.as_millis() as u64, Ordering::Release);
+        self.lost.store(true, Ordering::Release);
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+    }
+
+    pub fn silence_ms(&self) -> u64 {
+        self.silence_ms.load(Ordering::Acquire)
+    }
+}
+
+/// The primary's world while a backup follows.
+pub struct PrimaryWorld {
+    recorder: RecordingWorld<HostWorld, RecordSink>,
+    commit: PrimaryCommit,
+    watch: PeerWatch,
+    link: LinkState,
+    control: VcpuControl,
+    max_lag: Duration,
+    /// Log position pushed to the channel last, and when.
+    flushed: u64,
+    flushed_at: Instant,
+    /// Positions pushed out and when, oldest first, until the backup acknowledges them.
+    unacked: VecDeque<(u64, Instant)>,
+    last_warning: Option<Instant>,
+    /// Times the vCPU waited for a lagging backup or for room in held output.
+    pub lag_waits: u64,
+    pub full_waits: u64,
+}
+
+impl PrimaryWorld {
+    pub fn new(
+        recorder: RecordingWorld<HostWorld, RecordSink>,
+        commit: PrimaryCommit,
+        watch: PeerWatch,
+        link: LinkState,
+        control: VcpuControl,
+        max_lag: Duration,
+    ) -> Self {
+        let flushed = watch.logged();
+        Self {
+            recorder,
+            commit,
+            watch,
+            link,
+            control,
+            max_lag,
+            flushed,
+            flushed_at: Instant::now(),
+            unacked: VecDeque::new(),
+            last_warning: None,
+            lag_waits: 0,
+            full_waits: 0,
+        }
+    }
+
+    /// The recording, to finish it (End record) or give the live world back.
+    pub fn into_recorder(self) -> RecordingWorld<HostWorld, RecordSink> {
+        self.recorder
+    }
+
+    /// Pushes buffered log records into the channel when an output waits on them or the last
+    /// push is older than [`FLUSH_EVERY`].
+    fn push_log(&mut self, force: bool) {
+        let logged = self.watch.logged();
+        if logged <= self.flushed {
+            return;
+        }
+        let waiting_output = self.commit.stats().held > 0;
+        if !(force || waiting_output || self.flushed_at.elapsed() >= FLUSH_EVERY) {
+            return;
+        }
+        // A failed push is latched in the recorder and stops the run at the next landmark.
+        if self.recorder.flush().is_ok() {
+            self.flushed = logged;
+            self.flushed_at = Instant::now();
+            self.unacked.push_back((logged, self.flushed_at));
+        }
+    }
+
+    /// How far behind the backup is: the age of the oldest push it has not acknowledged.
+    fn lag(&mut self) -> Duration {
+        let acked = self.watch.acked();
+        while self.unacked.front().is_some_and(|&(position, _)| position <= acked) {
+            self.unacked.pop_front();
+        }
+        self.unacked.front().map_or(Duration::ZERO, |&(_, at)| at.elapsed())
+    }
+
+    fn warn(&mut self, what: &str) {
+        if self.last_warning.is_none_or(|at| at.elapsed() >= WARN_PERIOD) {
+            self.last_warning = Some(Instant::now());
+            tracing::warn!(
+                logged = self.watch.logged(),
+                acked = self.watch.acked(),
+                held = self.commit.stats().held,
+                "{what}"
+            );
+        }
+    }
+
+    /// Whether the vCPU must not run on now: the backup is gone, or a stop was asked.
+    fn must_stop(&self) -> bool {
+        self.link.is_lost() || self.control.stop_requested()
+    }
+
+    /// Before each entry into the guest: push the log, and hold the guest while the backup
+    /// lags or held output is full (the paper's flow control).
+    fn before_entry(&mut self) {
+        self.push_log(false);
+        if self.max_lag > Duration::ZERO && self.lag() > self.max_lag {
+            self.lag_waits += 1;
+            let lag = self.lag();
+            self.warn(&format!("the backup lags by {} ms: the vCPU waits for it to catch up", lag.as_millis()));
+            while self.lag() > self.max_lag / 2 && !self.must_stop() {
+                self.push_log(true);
+                std::thread::sleep(WAIT_POLL);
+            }
+        }
+        if self.commit.is_full() {
+            self.full_waits += 1;
+            self.push_log(true);
+            while !self.must_stop() {
+                match self.commit.wait_for_space(WAIT_POLL * 10) {
+                    Ok(ftlog::Space::Available) => break,
+                    Ok(ftlog::Space::TimedOut) => self.push_log(true),
+                    // The stage keeps the error for the next emit, which stops the VM with it.
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+}
+
+impl EventSource for PrimaryWorld {
+    fn read_clock(&mut self, at: Landmark, clock: ClockId) -> u64 {
+        self.recorder.read_clock(at, clock)
+    }
+
+    fn poll(&mut self, at: Landmark, armed: Deadlines) -> Vec<WorldEvent> {
+        self.recorder.poll(at, armed)
+    }
+
+    fn wait_idle(&mut self, at: Landmark, armed: Deadlines) {
+        // A halted guest may be waiting on a reply that waits on this log.
+        self.push_log(true);
+        let slice_end = self.recorder.monotonic_now() + IDLE_SLICE.as_nanos() as u64;
+        let pit = Some(armed.pit.map_or(slice_end, |deadline| deadline.min(slice_end)));
+        self.recorder.wait_idle(at, Deadlines { pit });
+    }
+
+    fn device_input(&mut self, at: Landmark, kind: InputKind, live: &mut dyn FnMut() -> Vec<u8>) -> Vec<u8> {
+        self.recorder.device_input(at, kind, live)
+    }
+
+    fn stop_reason(&self) -> Option<WorldStop> {
+        if self.link.is_lost() {
+            return Some(WorldStop::PeerLost { reason: format!("no word for {} ms", self.link.silence_ms()) });
+        }
+        self.recorder.stop_reason()
+    }
+
+    fn monotonic_now(&self) -> u64 {
+        self.recorder.monotonic_now()
+    }
+
+    fn input_pending(&self) -> bool {
+        self.recorder.input_pending()
+    }
+
+    fn time_until(&self, deadline_ns: u64) -> Option<Duration> {
+        self.recorder.time_until(deadline_ns)
+    }
+}
+
+impl RunObserver for PrimaryWorld {
+    fn on_exit(&mut self, count: u64, exit: &ExitInfo, rip: u64) -> Result<()> {
+        self.recorder.on_exit(count, exit, rip)
+    }
+
+    fn wants_rip(&self) -> bool {
+        self.recorder.wants_rip()
+    }
+
+    fn on_snapshot(&mut self, exits: u64) -> Result<()> {
+        self.recorder.on_snapshot(exits)
+    }
+
+    fn on_interrupt(&mut self, at: Landmark, vector: u8) -> Result<()> {
+        self.recorder.on_interrupt(at, vector)
+    }
+
+    fn on_preempt(&mut self, at: Landmark, machine: &mut Machine) -> Result<()> {
+        self.recorder.on_preempt(at, machine)
+    }
+
+    fn load_logged_preemption(&mut self, _count: u64, _machine: &mut Machine) -> Result<bool> {
+        // Called before every entry into the guest: the primary's place for flow control.
+        self.before_entry();
+        Ok(false)
+    }
+}
+
+/// The backup's world while it follows: the primary's log from the channel.
+pub struct FollowWorld {
+    replayer: ReplayWorld<ChannelFeed>,
+    commit: FollowCommit,
+    released: Arc<AtomicU64>,
+}
+
+impl FollowWorld {
+    /// `released` is the channel's last release marker (a stream position).
+    pub fn new(replayer: ReplayWorld<ChannelFeed>, commit: FollowCommit, released: Arc<AtomicU64>) -> Self {
+        Self { replayer, commit, released }
+    }
+
+    pub fn replayer(&mut self) -> &mut ReplayWorld<ChannelFeed> {
+        &mut self.replayer
+    }
+
+    fn drop_released(&self) {
+        self.commit.discard_through(self.released.load(Ordering::Acquire));
+    }
+}
+
+impl EventSource for FollowWorld {
+    fn read_clock(&mut self, at: Landmark, clock: ClockId) -> u64 {
+        self.replayer.read_clock(at, clock)
+    }
+
+    fn poll(&mut self, at: Landmark, armed: Deadlines) -> Vec<WorldEvent> {
+        self.replayer.poll(at, armed)
+    }
+
+    fn wait_idle(&mut self, at: Landmark, armed: Deadlines) {
+        self.replayer.wait_idle(at, armed)
+    }
+
+    fn device_input(&mut self, at: Landmark, kind: InputKind, live: &mut dyn FnMut() -> Vec<u8>) -> Vec<u8> {
+        self.replayer.device_input(at, kind, live)
+    }
+
+    fn stop_reason(&self) -> Option<WorldStop> {
+        self.replayer.stop_reason()
+    }
+
+    fn monotonic_now(&self) -> u64 {
+        self.replayer.monotonic_now()
+    }
+
+    fn input_pending(&self) -> bool {
+        self.replayer.input_pending()
+    }
+
+    fn time_until(&self, deadline_ns: u64) -> Option<Duration> {
+        self.replayer.time_until(deadline_ns)
+    }
+}
+
+impl RunObserver for FollowWorld {
+    fn on_exit(&mut self, count: u64, exit: &ExitInfo, rip: u64) -> Result<()> {
+        self.replayer.on_exit(count, exit, rip)?;
+        self.drop_released();
+        Ok(())
+    }
+
+    fn wants_rip(&self) -> bool {
+        self.replayer.wants_rip()
+    }
+
+    fn on_interrupt(&mut self, at: Landmark, vector: u8) -> Result<()> {
+        self.replayer.on_interrupt(at, vector)
+    }
+
+    fn at_boundary(&mut self, exits: u64) -> Result<bool> {
+        self.replayer.at_boundary(exits)
+    }
+
+    fn load_logged_preemption(&mut self, count: u64, machine: &mut Machine) -> Result<bool> {
+        self.replayer.load_logged_preemption(count, machine)
+    }
+
+    fn preempts_on_time(&self) -> bool {
+        false
+    }
+}
