@@ -553,7 +553,12 @@ impl KvLoad {
                 bail!("acknowledged SET {} reads back as {answer:?}", load_key(i));
             }
         }
-        Ok(LoadReport { started: self.started, exchanges: log.exchanges, read_back: log.acknowledged.len() })
+        Ok(LoadReport {
+            started: self.started,
+            exchanges: log.exchanges,
+            read_back: log.acknowledged.len(),
+            acknowledged: log.acknowledged,
+        })
     }
 }
 
@@ -607,6 +612,8 @@ pub struct LoadReport {
     pub exchanges: Vec<Exchange>,
     /// Acknowledged SETs, every one read back on the same connection by [`KvLoad::finish`].
     pub read_back: usize,
+    /// The indices of the acknowledged keys.
+    acknowledged: Vec<usize>,
 }
 
 impl LoadReport {
@@ -616,14 +623,46 @@ impl LoadReport {
         self.exchanges.windows(2).map(|pair| (pair[1].replied - pair[0].replied, &pair[1])).max_by_key(|(gap, _)| *gap)
     }
 
-    /// The longest gap between consecutive answers that ends after `from` and starts before
-    /// `until` (the outage around one event of a test with several).
+    /// The longest gap between consecutive answers among those that end after `from` and no
+    /// later than `until` (the outage around one event of a test with several).
     pub fn longest_gap_within(&self, from: Instant, until: Option<Instant>) -> Option<Duration> {
         self.exchanges
             .windows(2)
-            .filter(|pair| pair[1].replied > from && until.is_none_or(|until| pair[0].replied < until))
+            .filter(|pair| pair[1].replied > from && until.is_none_or(|until| pair[1].replied <= until))
             .map(|pair| pair[1].replied - pair[0].replied)
             .max()
+    }
+
+    /// Around an event at `at` (a kill): how long before it the last answer came, and how long
+    /// after it the first one did.
+    pub fn around(&self, at: Instant) -> String {
+        let before = self.exchanges.iter().rev().find(|e| e.replied <= at).map(|e| (at - e.replied).as_millis());
+        let after = self.exchanges.iter().find(|e| e.replied > at);
+        match (before, after) {
+            (Some(before), Some(after)) => format!(
+                "last answer {before} ms before, first answer {} ms after (to {:?}, sent {} ms after)",
+                (after.replied - at).as_millis(),
+                after.request,
+                after.sent.saturating_duration_since(at).as_millis()
+            ),
+            _ => format!("answers before: {before:?} ms ago; none after"),
+        }
+    }
+
+    /// Reads every acknowledged key back over a new connection from `client_ns` (a guest booted
+    /// again from the disk must hold them all).
+    pub fn check_on_new_connection(&self, client_ns: &NetNs) -> Result<()> {
+        let keys = self.acknowledged.clone();
+        client_ns.within(move || {
+            let mut client = kv::Client::connect()?;
+            for i in keys {
+                let answer = client.request(&format!("GET {}", load_key(i)))?;
+                if answer != format!("VALUE {}", load_value(i)) {
+                    bail!("acknowledged SET {} reads back as {answer:?} on a new connection", load_key(i));
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Answers that arrived after `at`.
