@@ -342,7 +342,7 @@ fn backup_killed(net: &FtNet) -> Result<()> {
     if let Some((gap, _)) = report.longest_gap() {
         println!("longest gap the client saw: {} ms", gap.as_millis());
     }
-    Ok(())
+    survives_on_disk(net, &mut primary, "the primary left alone", alone, &report)
 }
 
 #[test]
@@ -368,6 +368,7 @@ fn second_failover(net: &FtNet) -> Result<()> {
 
     // A new backup on host-a finds the live VM through the register and re-protects it.
     let second_port = FT_PORT + 1;
+    let rejoin = Instant::now();
     let mut second =
         join_backup(net, Host::A, second_port, &Join::Register(NAME.into()), &mut backup, &Host::B.ft_listen())?;
     let before = load.replies();
@@ -384,11 +385,16 @@ fn second_failover(net: &FtNet) -> Result<()> {
 
     let report = load.finish()?;
     println!("{}", report.summary());
-    for (kill, at, until) in [("first", first_kill, Some(second_kill)), ("second", second_kill, None)] {
+    let phases = [
+        ("after the first kill", first_kill, Some(rejoin)),
+        ("while the second backup joined", rejoin, Some(second_kill)),
+        ("after the second kill", second_kill, None),
+    ];
+    for (phase, at, until) in phases {
         let gap = report.longest_gap_within(at, until).map(|g| g.as_millis()).unwrap_or_default();
-        println!("outage after the {kill} kill: {gap} ms; {}", report.around(at));
+        println!("longest gap {phase}: {gap} ms; {}", report.around(at));
     }
-    Ok(())
+    survives_on_disk(net, &mut second, "the second backup that took over", generation, &report)
 }
 
 #[test]
