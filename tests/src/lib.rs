@@ -73,7 +73,7 @@ fn check_fresh(binary: &Path) -> Result<()> {
             let mut sources = Vec::new();
             let crates: &[&str] = match binary.file_name().and_then(|n| n.to_str()) {
                 Some("gfs") => &["storage"],
-                _ => &["vmm", "devices", "ftlog", "guest-images"],
+                _ => &["vmm", "devices", "ftlog", "storage", "guest-images"],
             };
             for name in crates {
                 collect_files(&root.join(name).join("src"), &mut sources);

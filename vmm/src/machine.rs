@@ -157,6 +157,16 @@ impl Machine {
         Ok(byte == Some(INT3))
     }
 
+    /// Whether the vCPU was kicked out after an interrupt was queued (`KVM_INTERRUPT`) but before
+    /// the guest took it. `KVM_GET_VCPU_EVENTS` reports such an interrupt, but a vCPU on a PVM
+    /// host that gets it back through `KVM_SET_VCPU_EVENTS` (a replay loading a checkpoint, a
+    /// backup restoring a snapshot) does not deliver it the same way, so no checkpoint or
+    /// snapshot may be taken in this state: the loop lets the guest take it first.
+    pub fn kicked_before_taking_an_interrupt(&mut self) -> Result<bool> {
+        let (_, _, events) = self.synced_state()?;
+        Ok(events.interrupt.injected != 0)
+    }
+
     /// Registers, special registers and events, from the run page when it is current.
     pub(crate) fn synced_state(
         &mut self,

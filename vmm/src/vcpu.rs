@@ -416,6 +416,12 @@ fn enter_guest_settled(machine: &mut Machine, payload: &mut Vec<u8>, kicker: Opt
                 tracing::trace!("kick landed just after an int3; re-entering");
                 continue;
             }
+            if machine.kicked_before_taking_an_interrupt()? {
+                machine.vcpu.set_kvm_immediate_exit(0);
+                kicker.arm(RETRY_KICK_AFTER)?;
+                tracing::trace!("kick landed before the guest took the injected interrupt; re-entering");
+                continue;
+            }
         }
         return Ok(entered);
     }

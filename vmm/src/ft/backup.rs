@@ -17,10 +17,12 @@ use crate::vcpu::{run, RunEnd, RunOptions, StopReason};
 use devices::virtio::announce::{announce, AnnounceSchedule};
 use devices::virtio::{DeviceDescription, DiscardOutput, DiskSpec, MacAddr, NetSpec, OutputStage};
 use devices::{EventSource, WorldStop};
-use ftlog::channel::{BackupEvent, BackupLink, Hello, Role};
+use ftlog::channel::{BackupEvent, BackupLink, ChannelConfig, ChannelError, Hello, Role};
 use ftlog::{CommitLimits, CommitMode, OutputCommit, PeerWatch, ReplayWorld};
 use std::time::{Duration, Instant};
 
+/// How long a backup keeps trying a primary that does not listen yet.
+const CONNECT_WAIT: Duration = Duration::from_secs(30);
 /// How long the backup waits for the log to begin after the state.
 const LOG_START_WAIT: Duration = Duration::from_secs(30);
 
@@ -55,7 +57,7 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
     // Bound now: an address this host cannot take fails the join, not the go-live.
     let listener = super::primary::bind(&config.listen)?;
     let join_error = |source| FtError::Join { addr: plan.join.clone(), source };
-    let mut link = BackupLink::connect(&plan.join, &ours, &config.channel).map_err(join_error)?;
+    let mut link = connect(&plan.join, &ours, &config.channel).map_err(join_error)?;
     let primary = link.primary().clone();
     let config = FtConfig { name: if config.name.is_empty() { primary.vm.clone() } else { config.name }, ..config };
     if primary.vm != config.name {
@@ -145,6 +147,23 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
             let world = live_world(nets, clock);
             let primary = Primary::listen(config, register, generation, &machine, control, listener)?;
             Ok(Followed::Served(primary.serve(&mut machine, world, position)?))
+        }
+    }
+}
+
+/// Connects to the primary, trying again for [`CONNECT_WAIT`] while nobody listens there yet
+/// (a backup started before its primary, or while the primary is still booting).
+fn connect(addr: &str, ours: &Hello, channel: &ChannelConfig) -> Result<BackupLink, ChannelError> {
+    let deadline = Instant::now() + CONNECT_WAIT;
+    loop {
+        match BackupLink::connect(addr, ours, channel) {
+            Err(ChannelError::Io(error))
+                if error.kind() == std::io::ErrorKind::ConnectionRefused && Instant::now() < deadline =>
+            {
+                tracing::debug!(%addr, "the primary does not listen yet; trying again");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
         }
     }
 }
