@@ -321,6 +321,24 @@ impl FtNet {
         Ok(())
     }
 
+    /// Bytes that `peer`'s kernel has acknowledged on `host`'s TCP connections to it (the
+    /// logging channel between the two hosts), from `ss -tin`: what reached the peer, whether
+    /// its process reads it or not.
+    pub fn bytes_acked_to(&self, host: Host, peer: Host) -> Result<u64> {
+        let output = Command::new("ip")
+            .args(["netns", "exec", &self.host(host).name, "ss", "-tin", "dst", peer.ip()])
+            .output()
+            .context("run ss")?;
+        if !output.status.success() {
+            bail!("ss failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .filter_map(|word| word.strip_prefix("bytes_acked:"))
+            .filter_map(|n| n.parse::<u64>().ok())
+            .sum())
+    }
+
     /// The switch's forwarding table (`bridge fdb show br br0` in the switch namespace).
     pub fn fdb(&self) -> Result<String> {
         let output = Command::new("bridge")

@@ -6,6 +6,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use ftvm_tests::ft::{FtNet, Host, Join, LoadReport, FT_PORT, GUEST_MAC};
+use ftvm_tests::kv::Client;
 use ftvm_tests::{cannot_run, namespaces_unavailable, Process};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -112,8 +113,8 @@ fn ensure_running(process: &mut Process, role: &str) -> Result<()> {
 }
 
 /// A protected VM on `host` that is live and serving: the primary and its generation.
-fn live_primary(net: &FtNet, host: Host) -> Result<(Process, u64)> {
-    let mut primary = net.primary(host, NAME, &[])?;
+fn live_primary(net: &FtNet, host: Host, extra: &[&str]) -> Result<(Process, u64)> {
+    let mut primary = net.primary(host, NAME, extra)?;
     let live = wait_for_line(&mut primary, &format!("ft: live as {NAME} generation {{n}}"), BOOT)?;
     let generation = number(&live[0])?;
     primary.wait_for("kv: listening on", BOOT)?;
@@ -123,7 +124,19 @@ fn live_primary(net: &FtNet, host: Host) -> Result<(Process, u64)> {
 /// A backup on `host` (its `--ft-listen` on `port`) that joined the live VM `primary`, which
 /// listens on `live`; waited for until both sides say so.
 fn join_backup(net: &FtNet, host: Host, port: u16, join: &Join, primary: &mut Process, live: &str) -> Result<Process> {
-    let mut backup = net.backup(host, join, port, &[])?;
+    join_backup_with(net, host, port, join, primary, live, &[])
+}
+
+fn join_backup_with(
+    net: &FtNet,
+    host: Host,
+    port: u16,
+    join: &Join,
+    primary: &mut Process,
+    live: &str,
+    extra: &[&str],
+) -> Result<Process> {
+    let mut backup = net.backup(host, join, port, extra)?;
     wait_for_line(&mut backup, &format!("ft: following {live} from {{landmark}}"), JOIN)?;
     let protected = wait_for_line(
         primary,
@@ -255,7 +268,7 @@ fn a_primary_killed_mid_stream_leaves_the_same_connection_served_from_host_b() -
 }
 
 fn primary_killed(net: &FtNet) -> Result<()> {
-    let (mut primary, generation) = live_primary(net, Host::A)?;
+    let (mut primary, generation) = live_primary(net, Host::A, &[])?;
     let mut backup =
         join_backup(net, Host::B, FT_PORT, &Join::Address(Host::A.ft_listen()), &mut primary, &Host::A.ft_listen())?;
     let mut load = net.kv_load()?;
@@ -286,6 +299,18 @@ fn primary_killed(net: &FtNet) -> Result<()> {
 /// answered it (a write the primary held when it died must have been issued again).
 /// A VM that stops cleanly releases the register: no holder, the next generation.
 fn survives_on_disk(net: &FtNet, live: &mut Process, role: &str, generation: u64, report: &LoadReport) -> Result<()> {
+    survives_on_disk_with(net, live, role, generation, report, None)
+}
+
+/// [`survives_on_disk`], with one more acknowledged `(key, value)` that must be there too.
+fn survives_on_disk_with(
+    net: &FtNet,
+    live: &mut Process,
+    role: &str,
+    generation: u64,
+    report: &LoadReport,
+    extra: Option<(String, String)>,
+) -> Result<()> {
     live.signal(libc::SIGTERM)?;
     let status = live.wait(Duration::from_secs(30)).with_context(|| format!("{role} after SIGTERM"))?;
     ensure!(status.code() == Some(143), "{role} stopped with {status} after SIGTERM, not 143");
@@ -293,16 +318,20 @@ fn survives_on_disk(net: &FtNet, live: &mut Process, role: &str, generation: u64
     let released = format!("ft.{NAME} generation {} holder", generation + 1);
     ensure!(register == released, "after a clean stop the register reads {register:?}, expected {released:?}");
     let vm = net.plain_vm(Host::A)?;
-    let loaded = format!("kv: listening on 10.0.0.2:7000, {} keys loaded", report.read_back);
+    let keys = report.read_back + usize::from(extra.is_some());
+    let loaded = format!("kv: listening on 10.0.0.2:7000, {keys} keys loaded");
     ensure!(
         vm.output().contains(&loaded),
-        "the guest booted again from the disk did not load the {} acknowledged keys:\n{}",
-        report.read_back,
+        "the guest booted again from the disk did not load the {keys} acknowledged keys:\n{}",
         vm.output()
     );
     // The client last reached the guest through host-b; nothing announces it back on host-a.
     net.client.ip(&["neigh", "flush", "all"])?;
     report.check_on_new_connection(&net.client)?;
+    if let Some((key, value)) = extra {
+        let answer = net.client.within(move || Client::connect()?.request(&format!("GET {key}")))?;
+        ensure!(answer == format!("VALUE {value}"), "the held write's key reads back as {answer:?}");
+    }
     Ok(())
 }
 
@@ -314,7 +343,7 @@ fn a_killed_backup_leaves_the_primary_serving_alone() -> Result<()> {
 }
 
 fn backup_killed(net: &FtNet) -> Result<()> {
-    let (mut primary, generation) = live_primary(net, Host::A)?;
+    let (mut primary, generation) = live_primary(net, Host::A, &[])?;
     let mut backup =
         join_backup(net, Host::B, FT_PORT, &Join::Address(Host::A.ft_listen()), &mut primary, &Host::A.ft_listen())?;
     let mut load = net.kv_load()?;
@@ -345,6 +374,65 @@ fn backup_killed(net: &FtNet) -> Result<()> {
     survives_on_disk(net, &mut primary, "the primary left alone", alone, &report)
 }
 
+/// A write the primary held when it died is written by the backup that takes over. The backup
+/// is stopped (SIGSTOP), so it receives the log of a SET but cannot acknowledge it: the primary
+/// must hold the SET's disk write and its reply. Then the primary is killed and the backup
+/// continued: it must issue the write again (and the client must get its answer), so a guest
+/// booted again from the disk has the key. Timeouts are long so that nobody races while the
+/// backup is stopped.
+#[test]
+fn a_write_the_primary_held_when_it_died_is_written_by_the_backup() -> Result<()> {
+    require_namespaces!();
+    let net = FtNet::new("ftheld")?;
+    net.explain(held_write(&net))
+}
+
+/// Long enough for the whole stop, short enough for a test.
+const PATIENT: &[&str] = &["--timeout-ms", "5000"];
+
+fn held_write(net: &FtNet) -> Result<()> {
+    // The primary must not hold its vCPU while the stopped backup lags, or the SET is never run.
+    let (mut primary, generation) = live_primary(net, Host::A, &["--timeout-ms", "5000", "--max-lag-ms", "0"])?;
+    let join = Join::Address(Host::A.ft_listen());
+    let mut backup = join_backup_with(net, Host::B, FT_PORT, &join, &mut primary, &Host::A.ft_listen(), PATIENT)?;
+    let mut load = net.kv_load()?;
+    load.wait_for_replies(ANSWERS, ANSWERS_TIMEOUT)?;
+    let report = load.finish()?;
+
+    // Opened before the backup stops: the handshake's frames are outputs too.
+    let mut probe = net.client.within(Client::connect)?;
+    let (key, value) = ("held-key".to_owned(), "h".repeat(1200));
+    backup.signal(libc::SIGSTOP)?;
+    let before = net.bytes_acked_to(Host::A, Host::B)?;
+    let request = format!("SET {key} {value}");
+    let answer = std::thread::spawn(move || probe.request(&request));
+    // The log of the request (it carries the whole frame) has reached host-b's kernel.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while net.bytes_acked_to(Host::A, Host::B)? < before + value.len() as u64 {
+        if Instant::now() > deadline {
+            bail!("the log of the held SET did not reach host-b within 3 s");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    ensure!(!answer.is_finished(), "the SET was answered while the backup could not acknowledge its log");
+    primary.kill();
+    let killed = Instant::now();
+    backup.signal(libc::SIGCONT)?;
+    let generation = took_over(&mut backup, killed, generation)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !answer.is_finished() {
+        if Instant::now() > deadline {
+            bail!("the held SET was not answered within 10 s of the kill");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let answered = killed.elapsed();
+    let reply = answer.join().map_err(|_| anyhow::anyhow!("the probe thread panicked"))??;
+    ensure!(reply == "OK", "the held SET was answered {reply:?}");
+    println!("the held SET was answered {} ms after the kill", answered.as_millis());
+    survives_on_disk_with(net, &mut backup, "the backup that took over", generation, &report, Some((key, value)))
+}
+
 #[test]
 fn a_second_backup_joins_the_vm_that_took_over_and_a_second_failover_works() -> Result<()> {
     require_namespaces!();
@@ -353,7 +441,7 @@ fn a_second_backup_joins_the_vm_that_took_over_and_a_second_failover_works() -> 
 }
 
 fn second_failover(net: &FtNet) -> Result<()> {
-    let (mut primary, generation) = live_primary(net, Host::A)?;
+    let (mut primary, generation) = live_primary(net, Host::A, &[])?;
     let mut backup =
         join_backup(net, Host::B, FT_PORT, &Join::Address(Host::A.ft_listen()), &mut primary, &Host::A.ft_listen())?;
     let mut load = net.kv_load()?;
