@@ -34,8 +34,8 @@ macro_rules! require_namespaces {
     };
 }
 
-/// Whether `line` is `pattern`, where `{n}` stands for a whole number and `{landmark}` for
-/// `Exit(n)` or `Preempt(n)`; the parts that stood there.
+/// Whether `line` is `pattern`, where `{n}` stands for a whole number, `{landmark}` for
+/// `Exit(n)` or `Preempt(n)` and `{any}` for any non-empty text; the parts that stood there.
 fn match_line(line: &str, pattern: &str) -> Option<Vec<String>> {
     let (mut rest, mut pattern) = (line, pattern);
     let mut captures = Vec::new();
@@ -48,6 +48,16 @@ fn match_line(line: &str, pattern: &str) -> Option<Vec<String>> {
         let taken = match &pattern[open + 1..close] {
             "n" => digits(rest),
             "landmark" => landmark_len(rest),
+            // Any non-empty text, up to where the pattern's next literal part starts.
+            "any" => {
+                let next = &pattern[close + 1..];
+                let literal = &next[..next.find('{').unwrap_or(next.len())];
+                if literal.is_empty() {
+                    rest.len()
+                } else {
+                    rest.find(literal).unwrap_or(0)
+                }
+            }
             _ => 0,
         };
         if taken == 0 {
@@ -163,7 +173,7 @@ fn took_over(backup: &mut Process, killed: Instant, generation_before: u64) -> R
         generation_before + 1
     );
     println!(
-        "takeover: live at {}, generation {generation}, {} ms after the primary's last word; line seen {} ms after the kill",
+        "takeover: live at {}, generation {generation}, {} ms after the primary's last word; line seen {} ms after the failure",
         line[0],
         line[2],
         seen_after.as_millis()
@@ -355,7 +365,7 @@ fn backup_killed(net: &FtNet) -> Result<()> {
     let lost =
         wait_for_line(&mut primary, "ft: backup lost (no word for {n} ms); running alone, generation {n}", TAKEOVER)?;
     println!(
-        "primary: backup lost (no word for {} ms), line seen {} ms after the kill",
+        "primary: backup lost (no word for {} ms), line seen {} ms after the failure",
         lost[0],
         killed.elapsed().as_millis()
     );
@@ -433,6 +443,75 @@ fn held_write(net: &FtNet) -> Result<()> {
     survives_on_disk_with(net, &mut backup, "the backup that took over", generation, &report, Some((key, value)))
 }
 
+/// The logging link cut while both sides live and both reach gfs: both race for the register,
+/// exactly one goes on (the client's connection with it) and the other exits 75 having
+/// released nothing.
+#[test]
+fn a_cut_logging_link_leaves_exactly_one_side_serving_and_the_other_exits_75() -> Result<()> {
+    require_namespaces!();
+    let net = FtNet::new("ftcut")?;
+    net.explain(link_cut(&net))
+}
+
+/// The exit status of the side that lost the go-live race.
+const LOST_RACE: i32 = 75;
+
+fn link_cut(net: &FtNet) -> Result<()> {
+    let (mut primary, generation) = live_primary(net, Host::A, &[])?;
+    let join = Join::Address(Host::A.ft_listen());
+    let mut backup = join_backup(net, Host::B, FT_PORT, &join, &mut primary, &Host::A.ft_listen())?;
+    let mut load = net.kv_load()?;
+    load.wait_for_replies(ANSWERS, ANSWERS_TIMEOUT)?;
+
+    let before = load.replies();
+    net.cut_link_between_hosts()?;
+    let cut = Instant::now();
+    // Exactly one side exits, with 75.
+    let deadline = cut + TAKEOVER;
+    let (mut winner, mut loser, winner_host, loser_host) = loop {
+        match (primary.exited()?, backup.exited()?) {
+            (Some(_), Some(_)) => bail!("both sides exited after the cut"),
+            (Some(_), None) => break (backup, primary, Host::B, Host::A),
+            (None, Some(_)) => break (primary, backup, Host::A, Host::B),
+            (None, None) if Instant::now() > deadline => bail!("neither side halted within {TAKEOVER:?} of the cut"),
+            (None, None) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    let status = loser.wait(Duration::from_secs(5))?;
+    ensure!(status.code() == Some(LOST_RACE), "the {} side exited with {status}, not {LOST_RACE}", loser_host.label());
+    let lost = wait_for_line(&mut loser, "ft: lost the go-live race to {any} (generation {n}): halting", TAKEOVER)?;
+    let won = generation + 1;
+    ensure!(
+        lost[0].ends_with(&format!("@{}", winner_host.ft_listen())) && number(&lost[1])? == won,
+        "the loser names {} at generation {}, expected ...@{} at {won}",
+        lost[0],
+        lost[1],
+        winner_host.ft_listen()
+    );
+    match winner_host {
+        Host::A => {
+            wait_for_line(
+                &mut winner,
+                "ft: backup lost (no word for {n} ms); running alone, generation {n}",
+                TAKEOVER,
+            )?;
+        }
+        Host::B => {
+            took_over(&mut winner, cut, generation)?;
+        }
+    }
+    println!("after the cut {} went on and {} halted with {LOST_RACE}", winner_host.label(), loser_host.label());
+    load.wait_for_replies(before + ANSWERS, ANSWERS_TIMEOUT)?;
+    net.wait_for_mac_on(GUEST_MAC, winner_host, Duration::from_secs(5))?;
+    register_names(net, winner_host, FT_PORT, won)?;
+    ensure_running(&mut winner, "side that won")?;
+    let report = load.finish()?;
+    println!("{}", report.summary());
+    let gap = report.longest_gap_within(cut, None).map(|g| g.as_millis()).unwrap_or_default();
+    println!("longest gap after the cut: {gap} ms; {}", report.around(cut));
+    survives_on_disk(net, &mut winner, "the side that won", won, &report)
+}
+
 #[test]
 fn a_second_backup_joins_the_vm_that_took_over_and_a_second_failover_works() -> Result<()> {
     require_namespaces!();
@@ -501,4 +580,10 @@ fn the_line_matcher_reads_landmarks_and_numbers_exactly() {
         match_line("INFO ft: live at Exit(5), generation 3, 1 ms after the last word from the primary", pattern),
         None
     );
+    let lost = "ft: lost the go-live race to {any} (generation {n}): halting";
+    assert_eq!(
+        match_line("ft: lost the go-live race to b:12@10.0.0.12:7100 (generation 2): halting", lost),
+        Some(vec!["b:12@10.0.0.12:7100".into(), "2".into()])
+    );
+    assert_eq!(match_line("ft: lost the go-live race to  (generation 2): halting", lost), None);
 }
