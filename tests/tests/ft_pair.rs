@@ -9,6 +9,7 @@ use ftvm_tests::ft::{FtNet, Host, Join, LoadReport, FT_PORT, GUEST_MAC};
 use ftvm_tests::kv::Client;
 use ftvm_tests::{cannot_run, namespaces_unavailable, Process};
 use std::net::{TcpListener, TcpStream};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The register the tests protect their VM under (`ft.kv` in gfs).
@@ -510,6 +511,56 @@ fn link_cut(net: &FtNet) -> Result<()> {
     let gap = report.longest_gap_within(cut, None).map(|g| g.as_millis()).unwrap_or_default();
     println!("longest gap after the cut: {gap} ms; {}", report.around(cut));
     survives_on_disk(net, &mut winner, "the side that won", won, &report)
+}
+
+/// A busy machine is not a dead peer: with two `nice -n 19` CPU hogs running for 30 s while the
+/// client keeps the guest busy, the pair stays a pair. Nobody says the other is lost, nobody
+/// races for the register, and the client is served throughout.
+#[test]
+fn a_busy_machine_is_not_a_dead_peer() -> Result<()> {
+    require_namespaces!();
+    let net = FtNet::new("ftbusy")?;
+    net.explain(busy_machine(&net))
+}
+
+/// How long the hogs run (issue 11, point 7).
+const BUSY_FOR: Duration = Duration::from_secs(30);
+
+fn busy_machine(net: &FtNet) -> Result<()> {
+    let (mut primary, generation) = live_primary(net, Host::A, &[])?;
+    let join = Join::Address(Host::A.ft_listen());
+    let mut backup = join_backup(net, Host::B, FT_PORT, &join, &mut primary, &Host::A.ft_listen())?;
+    let mut load = net.kv_load()?;
+    load.wait_for_replies(ANSWERS, ANSWERS_TIMEOUT)?;
+
+    let hogs = (0..2)
+        .map(|_| {
+            let mut hog = Command::new("nice");
+            hog.args(["-n", "19", "sh", "-c", "while :; do :; done"]);
+            Process::spawn(hog)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let started = Instant::now();
+    let before = load.replies();
+    let broken = ["ft: backup lost", "ft: live at", "ft: lost the go-live race"];
+    while started.elapsed() < BUSY_FOR {
+        for (role, process) in [("primary", &mut primary), ("backup", &mut backup)] {
+            ensure_running(process, role)?;
+            let output = process.output();
+            if let Some(line) = output.lines().find(|line| broken.iter().any(|b| line.starts_with(b))) {
+                bail!("the {role} printed {line:?} {} ms into the busy period", started.elapsed().as_millis());
+            }
+        }
+        load.wait_for_replies(load.replies() + 1, ANSWERS_TIMEOUT)?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(hogs);
+    let served = load.replies() - before;
+    register_names(net, Host::A, FT_PORT, generation)?;
+    let report = load.finish()?;
+    let gap = report.longest_gap_within(started, None).map(|g| g.as_millis()).unwrap_or_default();
+    println!("{served} answers during {} s with two CPU hogs; longest gap {gap} ms", BUSY_FOR.as_secs());
+    Ok(())
 }
 
 #[test]
