@@ -31,6 +31,18 @@ pub fn cannot_run(why: &str) {
     panic!("this test cannot run here: {why} (set {ALLOW_SKIP}=1 to let it pass as skipped)");
 }
 
+/// Returns from a test (`-> Result<()>`) through [`cannot_run`] when network namespaces are
+/// not available here.
+#[macro_export]
+macro_rules! require_namespaces {
+    () => {
+        if let Some(why) = $crate::namespaces_unavailable() {
+            $crate::cannot_run(&why);
+            return Ok(());
+        }
+    };
+}
+
 /// Where this workspace lives.
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
