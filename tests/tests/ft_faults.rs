@@ -1,8 +1,9 @@
 //! Faults that are not a dead host, for the FT pair in the topology of `ftvm_tests::ft`: the
 //! logging link cut while both sides still reach gfs (exactly one side goes on, the other exits
-//! 75), and a busy machine (not a dead peer).
+//! 75), a busy machine (not a dead peer), and a primary stopped for 2 s (it loses the race and
+//! lets nothing out).
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use ftvm_tests::ft::pair::*;
 use ftvm_tests::ft::{number, wait_for_line, FtNet, Host, Join, FT_PORT, GUEST_MAC};
 use ftvm_tests::{require_namespaces, Process};
@@ -126,4 +127,66 @@ fn busy_machine(net: &FtNet) -> Result<()> {
     let gap = report.longest_gap_within(started, None).map(|g| g.as_millis()).unwrap_or_default();
     println!("{served} answers during {} s with two CPU hogs; longest gap {gap} ms", BUSY_FOR.as_secs());
     Ok(())
+}
+
+/// A primary stopped (SIGSTOP) for 2 s and then continued: the backup is live by then, and the
+/// old primary loses the race (exit 75) without letting anything it held out. Not one frame
+/// leaves its TAP after it continues, the switch keeps the guest's MAC on host-b's port, and the
+/// disk holds exactly what the client saw acknowledged.
+#[test]
+fn a_primary_stopped_for_2_s_loses_the_race_and_nothing_it_held_leaves() -> Result<()> {
+    require_namespaces!();
+    let net = FtNet::new("ftstop")?;
+    net.explain(primary_stopped(&net))
+}
+
+/// How long the primary is stopped (issue 11, point 7).
+const STOPPED_FOR: Duration = Duration::from_secs(2);
+
+fn primary_stopped(net: &FtNet) -> Result<()> {
+    let (mut primary, generation) = live_primary(net, Host::A, &[])?;
+    let join = Join::Address(Host::A.ft_listen());
+    let mut backup = join_backup(net, Host::B, FT_PORT, &join, &mut primary, &Host::A.ft_listen())?;
+    let mut load = net.kv_load()?;
+    load.wait_for_replies(ANSWERS, ANSWERS_TIMEOUT)?;
+    net.wait_for_mac_on(GUEST_MAC, Host::A, Duration::from_secs(5))?;
+
+    let before = load.replies();
+    primary.signal(libc::SIGSTOP)?;
+    let stopped = Instant::now();
+    let won = took_over(&mut backup, stopped, generation)?;
+    load.wait_for_replies(before + ANSWERS, ANSWERS_TIMEOUT)?;
+    net.wait_for_mac_on(GUEST_MAC, Host::B, Duration::from_secs(5))?;
+    while stopped.elapsed() < STOPPED_FOR {
+        // The stop lasts its full length, whatever the backup did meanwhile.
+        load.wait_for_replies(load.replies() + 1, ANSWERS_TIMEOUT)?;
+    }
+    let written_before = net.frames_from_vm(Host::A)?;
+    primary.signal(libc::SIGCONT)?;
+    let status = primary.wait(TAKEOVER).context("the old primary after SIGCONT")?;
+    ensure!(status.code() == Some(LOST_RACE), "the old primary exited with {status}, not {LOST_RACE}");
+    let lost = wait_for_line(&mut primary, "ft: lost the go-live race to {any} (generation {n}): halting", TAKEOVER)?;
+    ensure!(
+        lost[0].ends_with(&format!("@{}", Host::B.ft_listen())) && number(&lost[1])? == won,
+        "the old primary names {} at generation {}, expected ...@{} at {won}",
+        lost[0],
+        lost[1],
+        Host::B.ft_listen()
+    );
+    let written_after = net.frames_from_vm(Host::A)?;
+    ensure!(
+        written_after == written_before,
+        "the old primary wrote {} frame(s) to its TAP after it was continued",
+        written_after - written_before
+    );
+    let before = load.replies();
+    load.wait_for_replies(before + ANSWERS, ANSWERS_TIMEOUT)?;
+    let port = net.fdb_port_of(GUEST_MAC)?;
+    ensure!(
+        port.as_deref() == Some(Host::B.switch_port()),
+        "the switch has the guest's MAC on {port:?} after the old primary ran again"
+    );
+    let report = load.finish()?;
+    println!("{}", report.summary());
+    survives_on_disk(net, &mut backup, "the backup that took over", won, &report)
 }

@@ -343,6 +343,21 @@ impl FtNet {
             .sum())
     }
 
+    /// Frames the VMM on `host` has written into its TAP so far (the TAP's receive counter):
+    /// what left that host's VM for the network.
+    pub fn frames_from_vm(&self, host: Host) -> Result<u64> {
+        let counter = format!("/sys/class/net/{TAP}/statistics/rx_packets");
+        let output = Command::new("ip")
+            .args(["netns", "exec", &self.host(host).name, "cat", &counter])
+            .output()
+            .context("read the TAP's counter")?;
+        if !output.status.success() {
+            bail!("reading {counter} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+        }
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.trim().parse().with_context(|| format!("{counter} reads {text:?}"))
+    }
+
     /// The switch's forwarding table (`bridge fdb show br br0` in the switch namespace).
     pub fn fdb(&self) -> Result<String> {
         let output = Command::new("bridge")
