@@ -15,11 +15,20 @@ use std::time::{Duration, Instant};
 fn a_primary_killed_mid_stream_leaves_the_same_connection_served_from_host_b() -> Result<()> {
     require_namespaces!();
     let net = FtNet::new("ftkill")?;
-    net.explain(primary_killed(&net))
+    net.explain(primary_killed(&net, &[]))
 }
 
-fn primary_killed(net: &FtNet) -> Result<()> {
-    let (mut primary, generation) = live_primary(net, Host::A, &[])?;
+/// The same failover with `--commit verified`: an output leaves only once the backup has
+/// replayed up to it with an identical output.
+#[test]
+fn a_primary_killed_in_verified_mode_leaves_the_same_connection_served_from_host_b() -> Result<()> {
+    require_namespaces!();
+    let net = FtNet::new("ftverified")?;
+    net.explain(primary_killed(&net, &["--commit", "verified"]))
+}
+
+fn primary_killed(net: &FtNet, extra: &[&str]) -> Result<()> {
+    let (mut primary, generation) = live_primary(net, Host::A, extra)?;
     let mut backup =
         join_backup(net, Host::B, FT_PORT, &Join::Address(Host::A.ft_listen()), &mut primary, &Host::A.ft_listen())?;
     let mut load = net.kv_load()?;
