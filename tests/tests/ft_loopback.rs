@@ -18,6 +18,8 @@ const TIMER: &[&str] = &["timer", "4000"];
 const ALL_TICKS: &str = "timer: 4000 ticks, ";
 /// About four seconds of computation.
 const COMPUTE: &[&str] = &["compute", "1200"];
+/// About ten: room for two failovers and a join in between.
+const COMPUTE_LONG: &[&str] = &["compute", "3000"];
 const LONG: Duration = Duration::from_secs(90);
 
 fn free_addr() -> Result<String> {
@@ -201,7 +203,7 @@ fn a_primary_paused_past_the_timeout_loses_the_race_and_releases_nothing() -> Re
 fn a_new_backup_joins_the_side_that_took_over_and_a_second_failover_works() -> Result<()> {
     let master = Master::start()?;
     let (a, b, c) = (free_addr()?, free_addr()?, free_addr()?);
-    let mut first = primary(&master, "twice", &a, COMPUTE, &[])?;
+    let mut first = primary(&master, "twice", &a, COMPUTE_LONG, &[])?;
     let mut second = backup(&master, &a, &b)?;
     protected_computing(&mut first, &mut second)?;
     first.kill();
@@ -217,7 +219,7 @@ fn a_new_backup_joins_the_side_that_took_over_and_a_second_failover_works() -> R
     third.wait_for("ft: live at ", LONG)?;
     assert_eq!(exit_code(&mut third)?, 0, "{}", third.output());
     assert!(third.output().contains(", generation 3, "), "{}", third.output());
-    assert_eq!(digest_line(&third.output())?, unprotected_digest(COMPUTE)?);
+    assert_eq!(digest_line(&third.output())?, unprotected_digest(COMPUTE_LONG)?);
     Ok(())
 }
 
@@ -232,5 +234,41 @@ fn a_held_register_refuses_a_second_primary_unless_the_operator_takes_over() -> 
     assert!(out.contains("is held by") && out.contains("--takeover"), "{out}");
     let mut forced = primary(&master, "held", &free_addr()?, TIMER, &["--takeover"])?;
     forced.wait_for("ft: live as held generation 2", LONG)?;
+    Ok(())
+}
+
+/// A CPU hog at the lowest priority, killed on drop.
+struct Hog(std::process::Child);
+
+impl Hog {
+    fn start() -> Result<Self> {
+        Ok(Self(Command::new("nice").args(["-n", "19", "sh", "-c", "while :; do :; done"]).spawn()?))
+    }
+}
+
+impl Drop for Hog {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_busy_machine_is_not_a_dead_peer() -> Result<()> {
+    let master = Master::start()?;
+    let (a, b) = (free_addr()?, free_addr()?);
+    const THIRTY_SECONDS: &[&str] = &["timer", "30000"];
+    let mut p = primary(&master, "busy", &a, THIRTY_SECONDS, &[])?;
+    let mut s = backup(&master, &a, &b)?;
+    p.wait_for("ft: protected by ", LONG)?;
+    // Two hogs on this two-core machine for the whole run.
+    let hogs = [Hog::start()?, Hog::start()?];
+    assert_eq!(exit_code(&mut p)?, 0, "{}", p.output());
+    assert_eq!(exit_code(&mut s)?, 0, "{}", s.output());
+    drop(hogs);
+    let (primary_out, backup_out) = (p.output(), s.output());
+    assert!(!primary_out.contains("ft: backup lost"), "the primary took a busy backup for dead:\n{primary_out}");
+    assert!(!backup_out.contains("ft: live at"), "the backup took a busy primary for dead:\n{backup_out}");
+    assert!(backup_out.contains("ft: backup at power-off: state-digest identical"), "{backup_out}");
     Ok(())
 }

@@ -2,13 +2,15 @@
 //! from the device models and attached to a built machine at a landmark (boot, a restore, a
 //! backup going live), so a machine built to replay a log can take on real backends later.
 
+use crate::gfs_disk::{GfsAccess, GfsDisk, GfsDiskError};
 use crate::machine::Machine;
 use devices::virtio::{
-    AddError, BlockBackend, DeviceDescription, DirectOutput, DiskError, DiskFile, DiskSpec, MacAddr, NetSpec,
-    OutputStage, Tap, TapError, TapReader, TapWriter,
+    gfs_disk_path, AddError, BlockBackend, DeviceDescription, DirectOutput, DiskError, DiskFile, DiskSpec, MacAddr,
+    NetSpec, OutputStage, Tap, TapError, TapReader, TapWriter,
 };
 use devices::Doorbell;
 use std::io::Write;
+use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -24,14 +26,30 @@ pub enum BackendError {
         #[source]
         source: TapError,
     },
+    // Not `source`s: their message is part of this one, and a chain printed whole would say it
+    // twice.
     #[error("--disk: {0}")]
-    Disk(#[from] DiskError),
+    Disk(DiskError),
+    #[error("--disk: {0}")]
+    GfsDisk(GfsDiskError),
     #[error(transparent)]
     TooManyDevices(#[from] AddError),
     #[error("more --net or --disk than the machine has ({nets} net and {disks} disk devices)")]
     Mapping { nets: usize, disks: usize },
     #[error("disk {path}: {found} bytes, but the machine's disk has {expected}")]
     DiskSize { path: PathBuf, expected: u64, found: u64 },
+}
+
+impl From<DiskError> for BackendError {
+    fn from(error: DiskError) -> Self {
+        BackendError::Disk(error)
+    }
+}
+
+impl From<GfsDiskError> for BackendError {
+    fn from(error: GfsDiskError) -> Self {
+        BackendError::GfsDisk(error)
+    }
 }
 
 /// The backends of one machine, opened and ready to attach.
@@ -51,10 +69,23 @@ impl Backends {
     }
 
     /// Opens what `--net` and `--disk` name, and describes the devices they make (nets first,
-    /// then disks, as the machine numbers them). `doorbell` is rung when a frame arrives.
+    /// then disks, as the machine numbers them). `doorbell` is rung when a frame arrives. Disks
+    /// on gfs are found through `GFS_MASTER` ([`Backends::open_with_gfs`] names the master).
     pub fn open(
         nets: &[NetSpec],
         disks: &[DiskSpec],
+        console: Box<dyn Write + Send>,
+        doorbell: Doorbell,
+    ) -> Result<(Self, Vec<DeviceDescription>), BackendError> {
+        Self::open_with_gfs(nets, disks, &GfsAccess::from_env(), console, doorbell)
+    }
+
+    /// As [`Backends::open`], with `gfs:/PATH` disks on the cluster `gfs` names, their writes
+    /// carrying its fencing token.
+    pub fn open_with_gfs(
+        nets: &[NetSpec],
+        disks: &[DiskSpec],
+        gfs: &GfsAccess,
         console: Box<dyn Write + Send>,
         doorbell: Doorbell,
     ) -> Result<(Self, Vec<DeviceDescription>), BackendError> {
@@ -66,13 +97,13 @@ impl Backends {
             descriptions.push(DeviceDescription::Net { tap: spec.tap.clone(), mac: mac.0 });
         }
         for spec in disks {
-            let disk = DiskFile::open(&spec.path, spec.readonly)?;
+            let disk = open_disk(&spec.path, spec.readonly, gfs)?;
             descriptions.push(DeviceDescription::Disk {
                 path: spec.path.clone(),
                 size: disk.size(),
                 readonly: spec.readonly,
             });
-            backends.disks.push(Arc::new(disk));
+            backends.disks.push(disk);
         }
         Ok((backends, descriptions))
     }
@@ -81,6 +112,16 @@ impl Backends {
     /// paths (a restore, or a backup going live on a host that sees them under those names).
     pub fn reopen(
         descriptions: &[DeviceDescription],
+        console: Box<dyn Write + Send>,
+        doorbell: Doorbell,
+    ) -> Result<Self, BackendError> {
+        Self::reopen_with_gfs(descriptions, &GfsAccess::from_env(), console, doorbell)
+    }
+
+    /// As [`Backends::reopen`], with `gfs:/PATH` disks on the cluster `gfs` names.
+    pub fn reopen_with_gfs(
+        descriptions: &[DeviceDescription],
+        gfs: &GfsAccess,
         console: Box<dyn Write + Send>,
         doorbell: Doorbell,
     ) -> Result<Self, BackendError> {
@@ -93,11 +134,11 @@ impl Backends {
                     net_index += 1;
                 }
                 DeviceDescription::Disk { path, size, readonly } => {
-                    let disk = DiskFile::open(path, *readonly)?;
+                    let disk = open_disk(path, *readonly, gfs)?;
                     if disk.size() != *size {
                         return Err(BackendError::DiskSize { path: path.clone(), expected: *size, found: disk.size() });
                     }
-                    backends.disks.push(Arc::new(disk));
+                    backends.disks.push(disk);
                 }
             }
         }
@@ -150,6 +191,14 @@ impl Backends {
         self.taps.push(Some(tap.writer()));
         Ok(())
     }
+}
+
+/// Opens a disk: `gfs:/PATH` on gfs, anything else a local file.
+fn open_disk(path: &Path, readonly: bool, gfs: &GfsAccess) -> Result<Arc<dyn BlockBackend>, BackendError> {
+    Ok(match gfs_disk_path(path) {
+        Some(gfs_path) => Arc::new(GfsDisk::open(gfs, gfs_path, readonly)?),
+        None => Arc::new(DiskFile::open(path, readonly)?),
+    })
 }
 
 /// What stays with the machine while backends are attached.

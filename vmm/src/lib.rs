@@ -26,6 +26,7 @@ pub mod digest;
 pub mod dirty;
 pub mod error;
 pub mod ft;
+pub mod gfs_disk;
 pub mod input_file;
 pub mod kick;
 pub mod machine;

@@ -33,6 +33,8 @@ enum Command {
     Restore(cli::restore::RestoreArgs),
     /// Run each workload of our own guest on this machine, one after the other.
     Demo,
+    /// Make VM disks on gfs; copy disk images in and out of gfs.
+    Disk(cli::disk::DiskArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => cli::replay::command(&args, control),
         Command::Log(args) => cli::log::command(&args),
         Command::Demo => cli::demo::command(control),
+        Command::Disk(args) => cli::disk::command(&args),
     };
     if vmm::stdio::stdout_closed() {
         return ExitCode::from(vmm::stdio::CLOSED_STDOUT_STATUS);

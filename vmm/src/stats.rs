@@ -31,6 +31,18 @@ impl ExitStats {
             ExitKind::IrqWindow => self.irq_window += 1,
         }
     }
+
+    /// Adds the counts of another stretch of the same run (a run continued in another world).
+    pub fn add(&mut self, other: &ExitStats) {
+        self.exits += other.exits;
+        self.io += other.io;
+        self.mmio += other.mmio;
+        self.hlt += other.hlt;
+        self.irq_window += other.irq_window;
+        self.interrupts_injected += other.interrupts_injected;
+        self.preemptions += other.preemptions;
+        self.snapshots_saved += other.snapshots_saved;
+    }
 }
 
 impl fmt::Display for ExitStats {

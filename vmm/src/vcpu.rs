@@ -165,6 +165,12 @@ pub trait RunObserver {
     fn load_logged_preemption(&mut self, _count: u64, _machine: &mut Machine) -> Result<bool> {
         Ok(false)
     }
+    /// Whether the next thing the world has for exit count `count` is a preemption checkpoint
+    /// (a replayer whose log has `Preempt(count)` next). An interrupt injected just before it
+    /// is then not queued in KVM: the checkpoint holds the state after the guest took it.
+    fn checkpoint_comes_next(&mut self, _count: u64) -> bool {
+        false
+    }
     /// Whether the loop arms its own preemption timer. A replayer does not: its preemptions
     /// come from the log.
     fn preempts_on_time(&self) -> bool {
@@ -538,29 +544,41 @@ fn wait_for_interrupt(machine: &mut Machine, world: &mut dyn RunWorld, at: Landm
     Ok(None)
 }
 
-/// Injects the PIC's interrupt if the guest can take it now; otherwise asks KVM to exit as soon
-/// as it can.
+/// Injects the PIC's interrupt if the guest can take it now; otherwise it waits for the next
+/// exit, or for the kick that [`arm_kick`] arms for it.
+///
+/// No interrupt-window exit is ever requested: on a PVM host the exit that follows a guest's
+/// IRET from emulated ring 0 comes at the IRET on one run and at the next HLT on another, from
+/// the same state, so it cannot be a landmark both sides of a log agree on. A kick is: it is
+/// recorded with a checkpoint.
 fn inject_pending_interrupt(
     machine: &mut Machine,
     world: &mut dyn RunWorld,
     at: Landmark,
     stats: &mut ExitStats,
 ) -> Result<()> {
+    let run = machine.vcpu.get_kvm_run();
+    run.request_interrupt_window = 0;
     if !machine.board.interrupt_pending() {
         return Ok(());
     }
-    let run = machine.vcpu.get_kvm_run();
     if run.ready_for_interrupt_injection == 0 || run.if_flag == 0 {
-        if run.request_interrupt_window == 0 {
-            tracing::trace!(%at, "interrupt pending, guest not interruptible: interrupt window requested");
-        }
-        run.request_interrupt_window = 1;
+        tracing::trace!(%at, "interrupt pending, guest not interruptible: it waits for the next exit or kick");
         return Ok(());
     }
-    run.request_interrupt_window = 0;
     let Some(vector) = machine.board.acknowledge_interrupt() else {
         return Ok(());
     };
+    stats.interrupts_injected += 1;
+    world.on_interrupt(at, vector)?;
+    if world.checkpoint_comes_next(at.exit_count()) {
+        // The recording was preempted after the guest took this interrupt: the checkpoint
+        // loaded next already holds its effect. Queuing it in KVM as well would have a PVM host
+        // deliver it a second time (it keeps a queued interrupt where the checkpoint's vCPU
+        // events cannot clear it).
+        tracing::debug!(%at, vector = format_args!("{vector:#x}"), "interrupt taken in the checkpoint that follows");
+        return Ok(());
+    }
     let irq = kvm_interrupt { irq: vector.into() };
     // SAFETY: KVM_INTERRUPT reads one kvm_interrupt from the pointer, which is valid for the
     // call; the fd is a vCPU fd.
@@ -568,20 +586,16 @@ fn inject_pending_interrupt(
     if ret != 0 {
         return Err(VmmError::Kvm { what: "inject an interrupt", cause: kvm_ioctls::Error::last() });
     }
-    stats.interrupts_injected += 1;
     tracing::debug!(%at, vector = format_args!("{vector:#x}"), "interrupt injected");
-    world.on_interrupt(at, vector)
+    Ok(())
 }
 
 /// Arms the kick for when the earliest timer is due plus the bound, or for the bound from now
-/// when a backend has input waiting. An interrupt already pending needs no kick: it is injected
-/// at this entry, or KVM exits by itself when the guest opens its interrupt window (kicking a
-/// guest with interrupts off would only cost preemptions).
+/// when a backend has input waiting or an interrupt waits for a guest that cannot take it yet
+/// (it is injected at the next exit, or at the kick).
 fn arm_kick(kicker: &Kicker, machine: &Machine, world: &dyn RunWorld, bound: Duration) -> Result<()> {
-    let wait = if world.input_pending() {
+    let wait = if world.input_pending() || machine.board.interrupt_pending() {
         Some(Duration::ZERO)
-    } else if machine.board.interrupt_pending() {
-        None
     } else {
         machine.board.deadlines().earliest().and_then(|deadline| world.time_until(deadline))
     };

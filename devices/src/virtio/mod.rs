@@ -37,7 +37,7 @@ pub use disk::BlockBackend;
 pub use mmio::{MmioTransport, RestoreError, TransportState};
 pub use net::{Net, NetState};
 pub use output::{DirectOutput, DiscardOutput, Output, OutputError, OutputStage};
-pub use spec::{DiskSpec, MacAddr, NetSpec, SpecError};
+pub use spec::{gfs_disk_path, DiskSpec, MacAddr, NetSpec, SpecError, GFS_DISK_PREFIX};
 pub use tap::{Tap, TapError, TapReader, TapWriter};
 
 use crate::event::{EventSource, Landmark};

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 /// An Ethernet MAC address.
@@ -38,6 +38,8 @@ pub enum SpecError {
     BadTapName { spec: String, name: String },
     #[error("--disk {0:?}: expected PATH[,readonly]")]
     BadDisk(String),
+    #[error("--disk {0:?}: a gfs disk is gfs:/PATH[,readonly], with an absolute gfs path")]
+    BadGfsDisk(String),
 }
 
 impl FromStr for MacAddr {
@@ -107,11 +109,27 @@ impl FromStr for NetSpec {
     }
 }
 
-/// `--disk PATH[,readonly]`.
+/// `--disk PATH[,readonly]`, where PATH is a local file or `gfs:/PATH`, a file on gfs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskSpec {
     pub path: PathBuf,
     pub readonly: bool,
+}
+
+/// What names a disk on gfs rather than a local file (a local file of that name is `./gfs:...`).
+pub const GFS_DISK_PREFIX: &str = "gfs:";
+
+/// The gfs path of a disk named `gfs:/PATH` (in a `--disk` or a device description), if it is
+/// one.
+pub fn gfs_disk_path(path: &Path) -> Option<&str> {
+    path.to_str()?.strip_prefix(GFS_DISK_PREFIX)
+}
+
+impl DiskSpec {
+    /// The gfs path of this disk, if it is on gfs.
+    pub fn gfs_path(&self) -> Option<&str> {
+        gfs_disk_path(&self.path)
+    }
 }
 
 impl FromStr for DiskSpec {
@@ -125,6 +143,11 @@ impl FromStr for DiskSpec {
         };
         if path.is_empty() {
             return Err(SpecError::BadDisk(s.to_owned()));
+        }
+        if let Some(gfs) = path.strip_prefix(GFS_DISK_PREFIX) {
+            if !gfs.starts_with('/') || gfs.trim_matches('/').is_empty() || gfs.chars().any(char::is_control) {
+                return Err(SpecError::BadGfsDisk(s.to_owned()));
+            }
         }
         Ok(DiskSpec { path: PathBuf::from(path), readonly })
     }
@@ -177,5 +200,20 @@ mod tests {
         assert_eq!("a.img".parse::<DiskSpec>().unwrap(), DiskSpec { path: "a.img".into(), readonly: false });
         assert!(matches!("a.img,rw".parse::<DiskSpec>(), Err(SpecError::BadDisk(_))));
         assert!(matches!(",readonly".parse::<DiskSpec>(), Err(SpecError::BadDisk(_))));
+    }
+
+    #[test]
+    fn gfs_disk_specs_parse() {
+        let spec: DiskSpec = "gfs:/vm/disk0,readonly".parse().unwrap();
+        assert_eq!(spec, DiskSpec { path: "gfs:/vm/disk0".into(), readonly: true });
+        assert_eq!(spec.gfs_path(), Some("/vm/disk0"));
+        assert_eq!("gfs:/d".parse::<DiskSpec>().unwrap().gfs_path(), Some("/d"));
+        assert_eq!("./gfs:/d".parse::<DiskSpec>().unwrap().gfs_path(), None);
+        assert_eq!("disk.img".parse::<DiskSpec>().unwrap().gfs_path(), None);
+        for bad in ["gfs:", "gfs:vm/disk0", "gfs:/", "gfs://", "gfs:/a\nb,readonly", "gfs:,readonly"] {
+            let err = bad.parse::<DiskSpec>().unwrap_err();
+            assert_eq!(err, SpecError::BadGfsDisk(bad.to_owned()), "{bad:?}");
+            assert!(err.to_string().contains("gfs:/PATH"), "{err}");
+        }
     }
 }

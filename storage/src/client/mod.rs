@@ -69,6 +69,7 @@ fn idempotent(req: &MasterRequest) -> bool {
             | MasterRequest::Delete { .. }
             | MasterRequest::Rename { .. }
             | MasterRequest::CompareAndSet { .. }
+            | MasterRequest::ReleaseRegister { .. }
             | MasterRequest::Bind { .. }
             | MasterRequest::Snapshot { .. }
     )
@@ -127,6 +128,11 @@ impl Client {
             fence: None,
             durability: Durability::Sync,
         }
+    }
+
+    /// The master's address, as given.
+    pub fn master_addr(&self) -> &str {
+        &self.inner.master
     }
 
     /// Sends one request to the master. While the master cannot be reached (it is
@@ -207,6 +213,42 @@ impl Client {
         }
     }
 
+    /// Lets go of register `name`: if it is at generation `expected` held by `holder`, it moves
+    /// to `expected + 1` with no holder, durably, and the new generation is returned (writes
+    /// fenced by `expected` are refused from then on). Otherwise the error (kind `Conflict`)
+    /// names the current holder and generation.
+    ///
+    /// When the connection fails under the request, the register tells whether it was carried
+    /// out: released (at `expected + 1`, no holder) is success, still held by `holder` at
+    /// `expected` is tried again.
+    pub fn release_register(&self, name: &str, expected: u64, holder: &str) -> Result<u64> {
+        let req = MasterRequest::ReleaseRegister { name: name.into(), expected, holder: holder.into() };
+        let deadline = Instant::now() + self.inner.retry.master_wait;
+        loop {
+            match self.master(&req) {
+                Ok(MasterReply::Register { generation, .. }) => return Ok(generation),
+                Ok(other) => return Err(unexpected(&self.inner.master, other)),
+                Err(e) if lost_midway(&e) => {
+                    let (generation, current) = self.register(name)?;
+                    if current.is_empty() && Some(generation) == expected.checked_add(1) {
+                        return Ok(generation);
+                    }
+                    if generation != expected || current != holder {
+                        return Err(GfsError::fs(
+                            ErrorKind::Conflict,
+                            format!("register {name} is held by {current:?} at generation {generation}"),
+                        ));
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(e);
+                    }
+                    tracing::debug!(register = name, "release lost midway and not carried out, trying again: {e}");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Current generation and holder of register `name` (0 and "" if never set).
     pub fn register(&self, name: &str) -> Result<(u64, String)> {
         match self.master(&MasterRequest::GetRegister { name: name.into() })? {
@@ -268,8 +310,9 @@ impl Client {
         Ok(File { client: self.clone(), path: st.path })
     }
 
-    /// Raises the recorded size of `path` to at least `size`.
-    fn extend_size(&self, path: &str, size: u64) -> Result<()> {
+    /// Raises the recorded size of `path` to at least `size`, writing nothing: the bytes
+    /// between the old and the new end read as zeros (a VM disk made at its full size).
+    pub fn extend_size(&self, path: &str, size: u64) -> Result<()> {
         if self.inner.cache.known_size(path).is_some_and(|s| s >= size) {
             return Ok(());
         }

@@ -311,7 +311,13 @@ impl Master {
             .ok_or_else(|| GfsError::fs(ErrorKind::NotFound, format!("{path}: no such file or directory")))?;
         let f = match node {
             super::namespace::Node::Dir => {
-                return Ok(FileStat { path: path.to_string(), is_dir: true, size: 0, chunks: Vec::new() })
+                return Ok(FileStat {
+                    path: path.to_string(),
+                    is_dir: true,
+                    size: 0,
+                    chunks: Vec::new(),
+                    register: None,
+                })
             }
             super::namespace::Node::File(f) => f,
         };
@@ -340,7 +346,7 @@ impl Master {
                 .map(|l| m.servers.addr(l.primary));
             chunks.push(ChunkStat { index: i, handle: h, version: c.version, primary, replicas });
         }
-        Ok(FileStat { path: path.to_string(), is_dir: false, size: f.size, chunks })
+        Ok(FileStat { path: path.to_string(), is_dir: false, size: f.size, chunks, register: f.register.clone() })
     }
 }
 

@@ -33,6 +33,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
+/// Default lease length. Heartbeats extend a lease while its chunk is written, so it only
+/// needs to outlast a few heartbeats (1 s apart by default); what it bounds is how long writes
+/// to a chunk stall when its primary dies (the master waits the lease out before granting
+/// another) and how long a restarted master grants none: under 5 s with this default.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(3);
+
 /// Master settings.
 #[derive(Debug, Clone)]
 pub struct MasterConfig {
@@ -61,7 +67,7 @@ impl MasterConfig {
         MasterConfig {
             dir: dir.into(),
             listen: listen.into(),
-            lease: Duration::from_secs(60),
+            lease: DEFAULT_LEASE,
             checkpoint_every: 10_000,
             dead_after: Duration::from_secs(10),
             replicas: 3,

@@ -49,6 +49,22 @@ impl Master {
         Ok((generation, holder.to_string()))
     }
 
+    /// If `name` is at generation `expected` held by `holder`, moves it to `expected + 1` with
+    /// no holder, so that the next taker needs no takeover: durably, and announced to the
+    /// chunkservers like [`Master::compare_and_set`] (writes carrying `expected` are fenced
+    /// from then on). Otherwise a `Conflict` naming the current holder and generation.
+    pub fn release_register(self: &Arc<Self>, name: &str, expected: u64, holder: &str) -> Result<u64> {
+        check_register_name(name)?;
+        let _g = self.registers.lock_unpoisoned();
+        let generation =
+            expected.checked_add(1).ok_or_else(|| GfsError::fs(ErrorKind::InvalidArgument, "generation overflow"))?;
+        // The state machine checks holder and generation, on the master and again on replay.
+        self.commit(Record::ReleaseRegister { name: name.to_string(), generation, holder: holder.to_string() })?;
+        tracing::info!(register = name, generation, released_by = holder, "register released");
+        self.broadcast_fence(name, generation);
+        Ok(generation)
+    }
+
     fn broadcast_fence(&self, name: &str, generation: u64) {
         let servers: Vec<String> = {
             let m = self.meta();

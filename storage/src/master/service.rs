@@ -117,6 +117,10 @@ pub fn handle(master: &Arc<Master>, req: MasterRequest) -> Result<MasterReply> {
             let (generation, holder) = master.compare_and_set(&name, expected, &holder)?;
             Ok(MasterReply::Register { generation, holder })
         }
+        MasterRequest::ReleaseRegister { name, expected, holder } => {
+            let generation = master.release_register(&name, expected, &holder)?;
+            Ok(MasterReply::Register { generation, holder: String::new() })
+        }
         MasterRequest::GetRegister { name } => {
             let r = master.register(&name)?;
             Ok(MasterReply::Register { generation: r.generation, holder: r.holder })

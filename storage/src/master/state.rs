@@ -81,6 +81,18 @@ impl State {
                 }
                 Ok(())
             }
+            Record::ReleaseRegister { name, generation, holder } => {
+                check_register_name(name)?;
+                let cur = self.registers.get(name).cloned().unwrap_or_default();
+                if cur.holder.is_empty() || cur.holder != *holder || cur.generation.checked_add(1) != Some(*generation)
+                {
+                    return Err(GfsError::fs(
+                        ErrorKind::Conflict,
+                        format!("register {name} is held by {:?} at generation {}", cur.holder, cur.generation),
+                    ));
+                }
+                Ok(())
+            }
             Record::Bind { path, register } => {
                 check_register_name(register)?;
                 self.ns.file(path).map(|_| ())
@@ -146,6 +158,11 @@ impl State {
             Record::CompareAndSet { name, generation, holder } => {
                 self.check(rec)?;
                 self.registers.insert(name.clone(), Register { generation: *generation, holder: holder.clone() });
+                Ok(())
+            }
+            Record::ReleaseRegister { name, generation, .. } => {
+                self.check(rec)?;
+                self.registers.insert(name.clone(), Register { generation: *generation, holder: String::new() });
                 Ok(())
             }
             Record::Bind { path, register } => {
@@ -261,6 +278,35 @@ mod tests {
         let mut back = back;
         back.apply(&Record::Delete { path: "/e/f".into() }).unwrap();
         assert!(back.chunks.is_garbage(1));
+    }
+
+    #[test]
+    fn release_frees_a_register_only_for_its_holder_at_its_generation() {
+        let mut s = State::default();
+        let set = Record::CompareAndSet { name: "vm".into(), generation: 1, holder: "a".into() };
+        s.check(&set).unwrap();
+        s.apply(&set).unwrap();
+        for refused in [
+            Record::ReleaseRegister { name: "vm".into(), generation: 2, holder: "b".into() },
+            Record::ReleaseRegister { name: "vm".into(), generation: 3, holder: "a".into() },
+            Record::ReleaseRegister { name: "vm".into(), generation: 1, holder: "a".into() },
+            Record::ReleaseRegister { name: "never".into(), generation: 1, holder: "".into() },
+        ] {
+            let e = s.check(&refused).unwrap_err();
+            assert_eq!(e.kind(), Some(ErrorKind::Conflict), "{refused:?}");
+            assert!(s.apply(&refused).is_err(), "{refused:?}");
+        }
+        let release = Record::ReleaseRegister { name: "vm".into(), generation: 2, holder: "a".into() };
+        s.check(&release).unwrap();
+        s.apply(&release).unwrap();
+        assert_eq!(s.registers["vm"], Register { generation: 2, holder: String::new() });
+        // Released twice is refused: nobody holds it now.
+        assert!(s.check(&release).is_err());
+        assert!(s.check(&Record::ReleaseRegister { name: "vm".into(), generation: 3, holder: "".into() }).is_err());
+        // The next taker expects the released generation; the checkpoint keeps it.
+        let back = State::from_image(postcard::from_bytes(&postcard::to_stdvec(&s.image()).unwrap()).unwrap());
+        assert_eq!(back.registers["vm"], Register { generation: 2, holder: String::new() });
+        back.check(&Record::CompareAndSet { name: "vm".into(), generation: 3, holder: "b".into() }).unwrap();
     }
 
     /// Finding 5 of the hostile-input sweep: a file written only at its last possible chunk

@@ -71,6 +71,13 @@ pub enum Record {
         new: ChunkHandle,
         version: Version,
     },
+    /// Register `name` moved to `generation` (one more than before) with no holder: `holder`,
+    /// who held it at the generation before, let it go.
+    ReleaseRegister {
+        name: String,
+        generation: u64,
+        holder: String,
+    },
 }
 
 /// A record with its log sequence number.
@@ -152,6 +159,8 @@ mod tests {
             (p, any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(path, index, old, new, version)| {
                 Record::ReplaceChunk { path, index, old, new, version }
             }),
+            ("[a-z]{1,8}", any::<u64>(), "[a-z0-9@:.]{1,16}")
+                .prop_map(|(name, generation, holder)| Record::ReleaseRegister { name, generation, holder }),
         ]
     }
 

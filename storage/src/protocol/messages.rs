@@ -84,6 +84,14 @@ pub enum MasterRequest {
         after_lsn: u64,
         max: u32,
     },
+    /// Release: if register `name` is at `expected` held by `holder`, move it to `expected + 1`
+    /// with no holder (persisted before the answer). Answered with the new state, or a
+    /// `Conflict` error naming the current holder and generation.
+    ReleaseRegister {
+        name: String,
+        expected: u64,
+        holder: String,
+    },
 }
 
 /// Replies of the master.
@@ -171,6 +179,8 @@ pub struct FileStat {
     pub is_dir: bool,
     pub size: u64,
     pub chunks: Vec<ChunkStat>,
+    /// The register whose generation fences writes to the file (`Client::bind`), if any.
+    pub register: Option<String>,
 }
 
 /// One chunk of a file as `stat` sees it.

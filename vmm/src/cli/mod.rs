@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod demo;
+pub mod disk;
 pub mod ft;
 pub mod log;
 pub mod replay;

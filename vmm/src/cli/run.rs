@@ -44,7 +44,8 @@ pub struct RunArgs {
     /// A virtio-net device on a TAP (created if missing): tap=NAME[,mac=MAC]. Repeatable.
     #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
     net: Vec<NetSpec>,
-    /// A virtio-blk device on a file: PATH[,readonly]. Repeatable.
+    /// A virtio-blk device on a local file, or on a gfs file: PATH[,readonly] or
+    /// gfs:/PATH[,readonly]. Repeatable.
     #[arg(long, value_name = "PATH[,readonly]")]
     disk: Vec<DiskSpec>,
     /// Record every input from the world into LOG, for `ftvm replay`.
@@ -63,7 +64,7 @@ pub struct RunArgs {
     /// on --ft-listen (`ftvm backup` is the other side).
     #[arg(long, value_name = "NAME", conflicts_with_all = ["record", "snapshot_at"])]
     ft: Option<String>,
-    /// The gfs master (the go-live register lives there).
+    /// The gfs master (the go-live register lives there, and `--disk gfs:/PATH` disks).
     #[arg(long, value_name = "ADDR", env = "GFS_MASTER")]
     gfs_master: Option<String>,
     /// With --ft: take the register even though someone holds it (the operator's word that the
@@ -116,8 +117,9 @@ pub fn command(args: &RunArgs, control: VcpuControl) -> anyhow::Result<ExitCode>
         vmm::input_file::check_writable_target(path).with_context(|| format!("snapshot {}", path.display()))?;
     }
     loop {
+        let gfs = vmm::gfs_disk::GfsAccess::new(args.gfs_master.clone());
         let (backends, devices) =
-            Backends::open(&args.net, &args.disk, Box::new(vmm::stdio::Stdout), control.doorbell())?;
+            Backends::open_with_gfs(&args.net, &args.disk, &gfs, Box::new(vmm::stdio::Stdout), control.doorbell())?;
         let (mut machine, world) = live_machine(args.machine_config(devices), backends, control.clone())?;
         machine.verify_checkpoints = args.verify_checkpoints;
         let end = match &args.record {

@@ -145,7 +145,8 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
                 ms_since(last_word)
             );
             let world = live_world(nets, clock);
-            let primary = Primary::listen(config, register, generation, &machine, control, listener)?;
+            let primary =
+                Primary::listen(config, register, generation, &machine, control, listener)?.ran_before(&end.stats);
             Ok(Followed::Served(primary.serve(&mut machine, world, position)?))
         }
     }

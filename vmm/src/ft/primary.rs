@@ -11,6 +11,7 @@ use crate::control::VcpuControl;
 use crate::machine::Machine;
 use crate::session::record::log_header;
 use crate::snapshot;
+use crate::stats::ExitStats;
 use crate::vcpu::{run, RunEnd, RunOptions, RunPosition, StopReason};
 use devices::virtio::DiscardOutput;
 use devices::{EventSource, HostWorld, WorldStop};
@@ -51,6 +52,8 @@ pub struct Primary {
     /// A backup is attached (or joining): the listener turns others away.
     paired: Arc<AtomicBool>,
     joins: crossbeam_channel::Receiver<Join>,
+    /// Exits of every stretch of this VM's run on this side (alone, paired, followed).
+    stats: ExitStats,
 }
 
 impl Primary {
@@ -81,7 +84,19 @@ impl Primary {
                 .spawn(move || accept_backups(listener, hello, paired, joins_tx, control, channel))
                 .map_err(|source| FtError::Listen { addr: config.listen.clone(), source })?;
         }
-        Ok(Self { config, register, generation, control, hello, paired, joins })
+        Ok(Self { config, register, generation, control, hello, paired, joins, stats: ExitStats::default() })
+    }
+
+    /// Counts `stats` (a stretch this machine ran before, e.g. following) into the run's total.
+    pub fn ran_before(mut self, stats: &ExitStats) -> Self {
+        self.stats.add(stats);
+        self
+    }
+
+    /// The VM stopped: its end, with the exits of the whole run on this side.
+    fn stopped(&self, mut end: RunEnd) -> Served {
+        end.stats = self.stats.clone();
+        Served::Stopped(end)
     }
 
     /// Runs the VM from `position` in this host's `world` until it stops or this side loses a
@@ -94,10 +109,11 @@ impl Primary {
     ) -> Result<Served, FtError> {
         loop {
             let end = run(machine, &mut world, RunOptions { start: position, snapshot: None })?;
+            self.stats.add(&end.stats);
             position = end.position;
             if !matches!(end.reason, StopReason::Paused) {
                 self.release_register();
-                return Ok(Served::Stopped(end));
+                return Ok(self.stopped(end));
             }
             let Ok(join) = self.joins.try_recv() else { continue };
             let paused = Instant::now();
@@ -163,6 +179,7 @@ impl Primary {
         let mut at = position;
         loop {
             let end = run(machine, &mut paired, RunOptions { start: at, snapshot: None })?;
+            self.stats.add(&end.stats);
             at = end.position;
             let lost = state.is_lost() || matches!(end.reason, StopReason::World(WorldStop::PeerLost { .. }));
             if lost || (matches!(end.reason, StopReason::World(WorldStop::Failed(_))) && link.is_lost()) {
@@ -200,7 +217,7 @@ impl Primary {
                 link.close(CLOSE_WAIT);
             }
             self.release_register();
-            return Ok(Protected::Ended(Served::Stopped(end)));
+            return Ok(Protected::Ended(self.stopped(end)));
         }
     }
 
@@ -255,7 +272,7 @@ impl Primary {
         match self.race_after_losing(machine, world, end.position, commit, link, state)? {
             Protected::Alone { .. } => {
                 self.release_register();
-                Ok(Protected::Ended(Served::Stopped(end)))
+                Ok(Protected::Ended(self.stopped(end)))
             }
             ended => Ok(ended),
         }

@@ -331,6 +331,10 @@ impl RunObserver for FollowWorld {
         self.replayer.load_logged_preemption(count, machine)
     }
 
+    fn checkpoint_comes_next(&mut self, count: u64) -> bool {
+        self.replayer.checkpoint_comes_next(count)
+    }
+
     fn preempts_on_time(&self) -> bool {
         false
     }

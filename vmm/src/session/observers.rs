@@ -71,6 +71,10 @@ impl<F: RecordFeed> RunObserver for ReplayWorld<F> {
         Ok(true)
     }
 
+    fn checkpoint_comes_next(&mut self, count: u64) -> bool {
+        self.next_preemption() == Some(count)
+    }
+
     fn preempts_on_time(&self) -> bool {
         false
     }

@@ -67,8 +67,9 @@ enum Cmd {
         dir: PathBuf,
         #[arg(long)]
         listen: String,
-        /// Lease length in seconds.
-        #[arg(long, default_value_t = 60.0)]
+        /// Lease length in seconds (extended by heartbeats while the chunk is written; bounds
+        /// the stall of writes to a chunk whose primary died, and a restarted master's wait).
+        #[arg(long, default_value_t = storage::master::DEFAULT_LEASE.as_secs_f64())]
         lease_secs: f64,
         /// Checkpoint after this many log records.
         #[arg(long, default_value_t = 10_000)]
@@ -167,6 +168,16 @@ enum Cmd {
         expect: Option<u64>,
         #[arg(long, requires = "expect")]
         holder: Option<String>,
+    },
+    /// Let go of a test-and-set register held by --holder at generation --expect: it moves to
+    /// the next generation with no holder (prints it; fails naming the current holder and
+    /// generation otherwise).
+    Release {
+        name: String,
+        #[arg(long)]
+        expect: u64,
+        #[arg(long)]
+        holder: String,
     },
     /// Append stdin as one record (created if missing); prints the record's offset.
     Append {
@@ -346,6 +357,9 @@ fn run(cli: Cli) -> Result<()> {
             println!("type: {}", if st.is_dir { "directory" } else { "file" });
             if !st.is_dir {
                 println!("size: {}", st.size);
+                if let Some(register) = &st.register {
+                    println!("fenced by register: {register}");
+                }
                 println!("chunks: {}", st.chunks.len());
                 for ch in &st.chunks {
                     let reps: Vec<String> = ch
@@ -396,6 +410,10 @@ fn run(cli: Cli) -> Result<()> {
                     println!("{name} generation {generation} holder {holder}");
                 }
             }
+            Ok(())
+        }
+        Cmd::Release { name, expect, holder } => {
+            println!("{}", client(&cli.master, cli.retry_secs)?.release_register(&name, expect, &holder)?);
             Ok(())
         }
         Cmd::Append { remote, fence } => {
