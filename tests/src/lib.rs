@@ -3,6 +3,7 @@
 //! done from inside a namespace, what a process did as `strace` saw it, and the one rule for
 //! tests that cannot run here.
 
+pub mod ft;
 pub mod kv;
 pub mod strace;
 
@@ -28,6 +29,18 @@ pub fn cannot_run(why: &str) {
         return;
     }
     panic!("this test cannot run here: {why} (set {ALLOW_SKIP}=1 to let it pass as skipped)");
+}
+
+/// Returns from a test (`-> Result<()>`) through [`cannot_run`] when network namespaces are
+/// not available here.
+#[macro_export]
+macro_rules! require_namespaces {
+    () => {
+        if let Some(why) = $crate::namespaces_unavailable() {
+            $crate::cannot_run(&why);
+            return Ok(());
+        }
+    };
 }
 
 /// Where this workspace lives.
@@ -233,6 +246,16 @@ fn run(command: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// What a [`Process`] printed, readable after the process is gone.
+#[derive(Clone)]
+pub struct OutputHandle(Arc<Mutex<String>>);
+
+impl OutputHandle {
+    pub fn text(&self) -> String {
+        self.0.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+}
+
 /// A child process killed on drop, whose standard output is collected line by line.
 pub struct Process {
     child: Child,
@@ -273,6 +296,17 @@ impl Process {
     /// Everything printed so far.
     pub fn output(&self) -> String {
         self.output.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
+    /// A handle on what the process prints that outlives the process (for diagnostics after a
+    /// test has dropped it).
+    pub fn output_handle(&self) -> OutputHandle {
+        OutputHandle(Arc::clone(&self.output))
+    }
+
+    /// The exit status, if the process has exited (without waiting).
+    pub fn exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
     }
 
     /// Waits until a line containing `needle` has been printed.

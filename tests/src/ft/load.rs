@@ -1,0 +1,236 @@
+//! The kv client of the FT tests: one long-lived connection from the client namespace that
+//! sends SET/GET without pause and records every answer, so a test can measure the outage a
+//! failover causes and check that every acknowledged SET reads back.
+
+use crate::{kv, NetNs};
+use anyhow::{bail, Context, Result};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// One request and its answer, as the client saw them.
+#[derive(Clone, Debug)]
+pub struct Exchange {
+    pub sent: Instant,
+    pub replied: Instant,
+    pub request: String,
+    pub reply: String,
+}
+
+#[derive(Default)]
+struct LoadLog {
+    exchanges: Vec<Exchange>,
+    /// Indices of the keys whose SET was answered OK.
+    acknowledged: Vec<usize>,
+}
+
+/// One long-lived kv connection from the client namespace: SET key-i, GET key-i, i+1, ...
+/// without pause, never reconnecting; a wrong answer or a broken connection ends it with an
+/// error that [`KvLoad::finish`] reports.
+pub struct KvLoad {
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<LoadLog>>,
+    socket: TcpStream,
+    started: Instant,
+    worker: Option<JoinHandle<(kv::Client, Result<()>)>>,
+}
+
+fn load_key(i: usize) -> String {
+    format!("ft-key-{i:06}")
+}
+
+fn load_value(i: usize) -> String {
+    format!("ft-value-{i}-{}", "v".repeat(i % 61))
+}
+
+impl KvLoad {
+    pub(super) fn start(client_ns: &NetNs) -> Result<Self> {
+        let client = client_ns.within(kv::Client::connect).context("connecting to the guest from the client")?;
+        let socket = client.socket()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(LoadLog::default()));
+        let worker = {
+            let (stop, log) = (Arc::clone(&stop), Arc::clone(&log));
+            std::thread::spawn(move || drive(client, &stop, &log))
+        };
+        Ok(Self { stop, log, socket, started: Instant::now(), worker: Some(worker) })
+    }
+
+    /// Answers received so far.
+    pub fn replies(&self) -> usize {
+        self.log.lock().unwrap_or_else(PoisonError::into_inner).exchanges.len()
+    }
+
+    /// When the last answer arrived.
+    pub fn last_reply(&self) -> Option<Instant> {
+        self.log.lock().unwrap_or_else(PoisonError::into_inner).exchanges.last().map(|e| e.replied)
+    }
+
+    /// Polls until `count` answers have arrived in all; fails at once if the connection ended.
+    pub fn wait_for_replies(&mut self, count: usize, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let replies = self.replies();
+            if replies >= count {
+                return Ok(());
+            }
+            if self.worker.as_ref().is_some_and(JoinHandle::is_finished) {
+                let error = self.take_result().err().map(|e| format!("{e:#}")).unwrap_or_default();
+                bail!("the client's connection ended after {replies} answers: {error}");
+            }
+            if Instant::now() > deadline {
+                let silent = self.last_reply().map(|t| t.elapsed());
+                bail!("{replies} answers of {count} after {timeout:?} (last answer {silent:?} ago)");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn take_result(&mut self) -> Result<kv::Client> {
+        let worker = self.worker.take().context("the client was already finished")?;
+        let (client, result) = worker.join().map_err(|_| anyhow::anyhow!("the client thread panicked"))?;
+        result.map(|()| client)
+    }
+
+    /// Stops the stream, then reads every acknowledged key back on the same connection.
+    pub fn finish(mut self) -> Result<LoadReport> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut client = self.take_result()?;
+        let log = std::mem::take(&mut *self.log.lock().unwrap_or_else(PoisonError::into_inner));
+        for &i in &log.acknowledged {
+            let answer = client.request(&format!("GET {}", load_key(i)))?;
+            if answer != format!("VALUE {}", load_value(i)) {
+                bail!("acknowledged SET {} reads back as {answer:?}", load_key(i));
+            }
+        }
+        Ok(LoadReport {
+            started: self.started,
+            exchanges: log.exchanges,
+            read_back: log.acknowledged.len(),
+            acknowledged: log.acknowledged,
+        })
+    }
+}
+
+impl Drop for KvLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+fn drive(mut client: kv::Client, stop: &AtomicBool, log: &Mutex<LoadLog>) -> (kv::Client, Result<()>) {
+    let mut i = 0;
+    while !stop.load(Ordering::SeqCst) {
+        if let Err(e) = set_and_get(&mut client, i, log) {
+            return (client, Err(e));
+        }
+        i += 1;
+    }
+    (client, Ok(()))
+}
+
+/// SET key-i, then GET it back.
+fn set_and_get(client: &mut kv::Client, i: usize, log: &Mutex<LoadLog>) -> Result<()> {
+    let reply = exchange(client, format!("SET {} {}", load_key(i), load_value(i)), log)?;
+    if reply != "OK" {
+        bail!("SET {} answered {reply:?}", load_key(i));
+    }
+    log.lock().unwrap_or_else(PoisonError::into_inner).acknowledged.push(i);
+    let reply = exchange(client, format!("GET {}", load_key(i)), log)?;
+    if reply != format!("VALUE {}", load_value(i)) {
+        bail!("GET {} right after its SET answered {reply:?}", load_key(i));
+    }
+    Ok(())
+}
+
+fn exchange(client: &mut kv::Client, request: String, log: &Mutex<LoadLog>) -> Result<String> {
+    let sent = Instant::now();
+    let reply = client.request(&request).with_context(|| format!("{request:?}"))?;
+    let replied = Instant::now();
+    let exchange = Exchange { sent, replied, request, reply: reply.clone() };
+    log.lock().unwrap_or_else(PoisonError::into_inner).exchanges.push(exchange);
+    Ok(reply)
+}
+
+/// What one [`KvLoad`] saw.
+pub struct LoadReport {
+    pub started: Instant,
+    pub exchanges: Vec<Exchange>,
+    /// Acknowledged SETs, every one read back on the same connection by [`KvLoad::finish`].
+    pub read_back: usize,
+    /// The indices of the acknowledged keys.
+    acknowledged: Vec<usize>,
+}
+
+impl LoadReport {
+    /// The longest time between two consecutive answers (the outage the client saw), and the
+    /// answer that ended it.
+    pub fn longest_gap(&self) -> Option<(Duration, &Exchange)> {
+        self.exchanges.windows(2).map(|pair| (pair[1].replied - pair[0].replied, &pair[1])).max_by_key(|(gap, _)| *gap)
+    }
+
+    /// The longest gap between consecutive answers among those that end after `from` and no
+    /// later than `until` (the outage around one event of a test with several).
+    pub fn longest_gap_within(&self, from: Instant, until: Option<Instant>) -> Option<Duration> {
+        self.exchanges
+            .windows(2)
+            .filter(|pair| pair[1].replied > from && until.is_none_or(|until| pair[1].replied <= until))
+            .map(|pair| pair[1].replied - pair[0].replied)
+            .max()
+    }
+
+    /// Around an event at `at` (a kill): how long before it the last answer came, and how long
+    /// after it the first one did.
+    pub fn around(&self, at: Instant) -> String {
+        let before = self.exchanges.iter().rev().find(|e| e.replied <= at).map(|e| (at - e.replied).as_millis());
+        let after = self.exchanges.iter().find(|e| e.replied > at);
+        match (before, after) {
+            (Some(before), Some(after)) => format!(
+                "last answer {before} ms before, first answer {} ms after (to {:?}, sent {} ms after)",
+                (after.replied - at).as_millis(),
+                after.request,
+                after.sent.saturating_duration_since(at).as_millis()
+            ),
+            _ => format!("answers before: {before:?} ms ago; none after"),
+        }
+    }
+
+    /// Reads every acknowledged key back over a new connection from `client_ns` (a guest booted
+    /// again from the disk must hold them all).
+    pub fn check_on_new_connection(&self, client_ns: &NetNs) -> Result<()> {
+        let keys = self.acknowledged.clone();
+        client_ns.within(move || {
+            let mut client = kv::Client::connect()?;
+            for i in keys {
+                let answer = client.request(&format!("GET {}", load_key(i)))?;
+                if answer != format!("VALUE {}", load_value(i)) {
+                    bail!("acknowledged SET {} reads back as {answer:?} on a new connection", load_key(i));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Answers that arrived after `at`.
+    pub fn replies_after(&self, at: Instant) -> usize {
+        self.exchanges.iter().filter(|e| e.replied > at).count()
+    }
+
+    /// A line for the test's output.
+    pub fn summary(&self) -> String {
+        let gap = self.longest_gap().map(|(gap, e)| format!("{} ms (ended by {:?})", gap.as_millis(), e.request));
+        format!(
+            "{} answers on one connection in {:.1} s, {} acknowledged SETs read back; longest gap between answers: {}",
+            self.exchanges.len(),
+            self.exchanges.last().map(|e| (e.replied - self.started).as_secs_f64()).unwrap_or(0.0),
+            self.read_back,
+            gap.unwrap_or_else(|| "none".into())
+        )
+    }
+}
