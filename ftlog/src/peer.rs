@@ -77,10 +77,22 @@ impl PeerWatch {
         self.inner.verified.load(Ordering::Acquire)
     }
 
-    /// The backup said something just now (any message, heartbeats included).
+    /// The backup said something just now (at the handshake).
     pub fn heard_now(&self) {
-        let ns = u64::try_from(self.inner.base.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1);
-        self.inner.last_word_ns.fetch_max(ns, Ordering::AcqRel);
+        self.heard_at(self.now_ns());
+    }
+
+    /// This side's clock for heartbeat stamps: ns since the watch was made (never 0).
+    pub fn now_ns(&self) -> u64 {
+        u64::try_from(self.inner.base.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1)
+    }
+
+    /// The backup echoed the heartbeat this side sent at `stamp` ([`Self::now_ns`]): the lease
+    /// runs from that send time. An echo of an old heartbeat (one that waited in a socket while
+    /// this process was stopped) cannot renew it.
+    pub fn heard_at(&self, stamp: u64) {
+        let stamp = stamp.min(self.now_ns());
+        self.inner.last_word_ns.fetch_max(stamp, Ordering::AcqRel);
     }
 
     /// How long since the backup last said anything; `None` if it never did.

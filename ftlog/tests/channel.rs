@@ -429,7 +429,11 @@ fn a_stalled_replay_fills_bounded_queues_and_loses_nothing() {
     assert!(full_since.is_some(), "all {accepted} bytes were accepted: nothing bounds the sender");
     // The queue, both socket buffers and the backup's feed hold it all: a few MiB, not the log.
     assert!(accepted < 40 << 20, "{accepted} bytes accepted before the queue said full");
-    assert!(watch.lease_valid(config.timeout), "the backup's heartbeats stopped while its replay stalled");
+    // The backup's heartbeats kept coming while its replay stalled: it is not lost. (The
+    // lease may lapse meanwhile: it needs an echo of a recent heartbeat of ours, and ours wait
+    // behind the log in the full socket; nothing could be released anyway.)
+    assert!(!primary.is_lost(), "the backup's heartbeats stopped while its replay stalled");
+    let _ = &watch;
 
     // The replay resumes: everything arrives, the sender finishes.
     let rest: Vec<Message> = pending.into_iter().chain(chunks.map(|c| Message::Records(c.to_vec()))).collect();

@@ -66,13 +66,16 @@ impl BackupLink {
         let released = Arc::new(AtomicU64::new(0));
         let held = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
+        // The stamp of the primary's latest heartbeat, echoed in ours.
+        let echo = Arc::new(AtomicU64::new(0));
         let writer = {
             let stream = stream.try_clone()?;
             let acks = writer::Acks { held: held.clone(), nudge };
             let heartbeat = config.heartbeat;
+            let stamp = writer::Stamp::Echo(echo.clone());
             std::thread::Builder::new()
                 .name("ft-backup-send".into())
-                .spawn(move || writer::run(stream, outgoing, heartbeat, Some(acks)))?
+                .spawn(move || writer::run(stream, outgoing, heartbeat, stamp, Some(acks)))?
         };
         let receiver = {
             let source = WireSource {
@@ -84,6 +87,7 @@ impl BackupLink {
                 state: Some(state_tx),
                 released: released.clone(),
                 held: held.clone(),
+                echo,
                 nudge: nudge_tx,
                 ended: Arc::new(Mutex::new(None)),
                 stop: stop.clone(),
@@ -251,6 +255,8 @@ struct WireSource {
     state: Option<Sender<StateItem>>,
     released: Arc<AtomicU64>,
     held: Arc<AtomicU64>,
+    /// The stamp of the primary's latest heartbeat (echoed by our writer).
+    echo: Arc<AtomicU64>,
     nudge: Sender<()>,
     ended: Arc<Mutex<Option<Ended>>>,
     stop: Arc<AtomicBool>,
@@ -309,7 +315,9 @@ impl WireSource {
             Message::Released { position } => {
                 self.released.fetch_max(position, Ordering::AcqRel);
             }
-            Message::Heartbeat => {}
+            Message::Heartbeat { stamp } => {
+                self.echo.fetch_max(stamp, Ordering::AcqRel);
+            }
             Message::Close => self.end(Ended::Closed),
             other => {
                 let reason = format!("the primary sent a backup's message ({})", other.name());

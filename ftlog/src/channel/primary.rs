@@ -59,9 +59,10 @@ impl PrimaryLink {
         let writer = {
             let stream = stream.try_clone()?;
             let heartbeat = config.heartbeat;
+            let stamp = writer::Stamp::Own(watch.clone());
             std::thread::Builder::new()
                 .name("ft-primary-send".into())
-                .spawn(move || writer::run(stream, outgoing, heartbeat, None))?
+                .spawn(move || writer::run(stream, outgoing, heartbeat, stamp, None))?
         };
         let receiver = {
             let receive = Receive {
@@ -318,11 +319,12 @@ impl Receive {
                 Err(error) => break error.to_string(),
             };
             last_word = Instant::now();
-            self.watch.heard_now();
+            // Every word proves the backup alive (silence detection above), but only an echoed
+            // heartbeat renews the lease: it says when this side asked.
             match message {
                 Message::Ack { position } => self.watch.set_acked(position),
                 Message::Verified { position } => self.watch.set_verified(position),
-                Message::Heartbeat => {}
+                Message::Heartbeat { stamp } => self.watch.heard_at(stamp),
                 Message::ResyncRequest => {
                     let _ = self.events.try_send(PrimaryEvent::ResyncRequested);
                 }

@@ -30,24 +30,20 @@ pub enum Message {
     /// Bytes of the primary's snapshot stream.
     StateChunk(Vec<u8>),
     /// The snapshot stream is complete: `total` bytes were sent.
-    StateEnd {
-        total: u64,
-    },
+    StateEnd { total: u64 },
     /// Bytes of the log stream, exactly as [`crate::LogWriter`] wrote them (header first).
     Records(Vec<u8>),
-    Heartbeat,
+    /// I am alive. From the primary, `stamp` is when it was sent (the primary's clock); from
+    /// the backup, the stamp of the latest primary heartbeat it has received, echoed: the
+    /// primary's lease runs from that send time, so words that waited in a socket while the
+    /// primary was paused cannot renew it.
+    Heartbeat { stamp: u64 },
     /// The primary released outputs produced up to this stream position.
-    Released {
-        position: u64,
-    },
+    Released { position: u64 },
     /// The backup holds the log up to this stream position.
-    Ack {
-        position: u64,
-    },
+    Ack { position: u64 },
     /// The backup replayed the log up to this position with identical outputs.
-    Verified {
-        position: u64,
-    },
+    Verified { position: u64 },
     /// The backup's replay diverged: it asks for the full state again.
     ResyncRequest,
     /// The sender ends the channel on purpose (nothing was lost).
@@ -71,8 +67,8 @@ fn max_len(kind: u8) -> Option<usize> {
         1 + match kind {
             T_HELLO => MAX_HELLO,
             T_STATE_CHUNK | T_RECORDS => MAX_CHUNK,
-            T_STATE_END | T_RELEASED | T_ACK | T_VERIFIED => 8,
-            T_HEARTBEAT | T_RESYNC | T_CLOSE => 0,
+            T_STATE_END | T_RELEASED | T_ACK | T_VERIFIED | T_HEARTBEAT => 8,
+            T_RESYNC | T_CLOSE => 0,
             _ => return None,
         },
     )
@@ -111,7 +107,7 @@ impl Message {
             Message::StateChunk(_) => "StateChunk",
             Message::StateEnd { .. } => "StateEnd",
             Message::Records(_) => "Records",
-            Message::Heartbeat => "Heartbeat",
+            Message::Heartbeat { .. } => "Heartbeat",
             Message::Released { .. } => "Released",
             Message::Ack { .. } => "Ack",
             Message::Verified { .. } => "Verified",
@@ -127,7 +123,7 @@ impl Message {
             Message::StateChunk(bytes) => (T_STATE_CHUNK, Borrowed(bytes)),
             Message::StateEnd { total } => (T_STATE_END, Owned(total.to_le_bytes().to_vec())),
             Message::Records(bytes) => (T_RECORDS, Borrowed(bytes)),
-            Message::Heartbeat => (T_HEARTBEAT, Borrowed(&[])),
+            Message::Heartbeat { stamp } => (T_HEARTBEAT, Owned(stamp.to_le_bytes().to_vec())),
             Message::Released { position } => (T_RELEASED, Owned(position.to_le_bytes().to_vec())),
             Message::Ack { position } => (T_ACK, Owned(position.to_le_bytes().to_vec())),
             Message::Verified { position } => (T_VERIFIED, Owned(position.to_le_bytes().to_vec())),
@@ -199,7 +195,7 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Option<(Message, usize)>, FrameError
         T_STATE_CHUNK => Message::StateChunk(body.to_vec()),
         T_STATE_END => Message::StateEnd { total: position()? },
         T_RECORDS => Message::Records(body.to_vec()),
-        T_HEARTBEAT => Message::Heartbeat,
+        T_HEARTBEAT => Message::Heartbeat { stamp: position()? },
         T_RELEASED => Message::Released { position: position()? },
         T_ACK => Message::Ack { position: position()? },
         T_VERIFIED => Message::Verified { position: position()? },
@@ -307,7 +303,7 @@ mod tests {
             bytes().prop_map(Message::StateChunk),
             any::<u64>().prop_map(|total| Message::StateEnd { total }),
             bytes().prop_map(Message::Records),
-            Just(Message::Heartbeat),
+            any::<u64>().prop_map(|stamp| Message::Heartbeat { stamp }),
             any::<u64>().prop_map(|position| Message::Released { position }),
             any::<u64>().prop_map(|position| Message::Ack { position }),
             any::<u64>().prop_map(|position| Message::Verified { position }),
@@ -372,14 +368,14 @@ mod tests {
 
         #[test]
         fn any_flipped_byte_is_an_error_at_that_frame(m in message(), flip in any::<prop::sample::Index>(), bit in 0u8..8) {
-            let mut wire = Message::Heartbeat.encode().unwrap();
+            let mut wire = Message::Heartbeat { stamp: 7 }.encode().unwrap();
             let first = wire.len();
             m.encode_into(&mut wire).unwrap();
             let at = first + flip.index(wire.len() - first);
             wire[at] ^= 1 << bit;
             let mut reader = FrameReader::new(&wire[..]);
             let far = Instant::now() + Duration::from_secs(60);
-            prop_assert_eq!(reader.next(far).unwrap(), Message::Heartbeat);
+            prop_assert_eq!(reader.next(far).unwrap(), Message::Heartbeat { stamp: 7 });
             match reader.next(far) {
                 Err(RecvError::Malformed(Malformed { offset, .. })) => prop_assert_eq!(offset, first as u64),
                 // A damaged length that claims more bytes than there are reads as a cut frame.

@@ -16,9 +16,30 @@ pub(crate) struct Acks {
     pub nudge: Receiver<()>,
 }
 
+/// What a heartbeat carries: the primary's send time, or the backup's echo of the latest one.
+pub(crate) enum Stamp {
+    Own(crate::PeerWatch),
+    Echo(Arc<AtomicU64>),
+}
+
+impl Stamp {
+    fn value(&self) -> u64 {
+        match self {
+            Stamp::Own(watch) => watch.now_ns(),
+            Stamp::Echo(latest) => latest.load(Ordering::Acquire),
+        }
+    }
+}
+
 /// Runs until it has sent a Close, the queue's senders are all gone (the queue is drained
 /// first), or a write fails (then the socket is shut down, so the receiver sees the break too).
-pub(crate) fn run(mut stream: TcpStream, queue: Receiver<Message>, heartbeat: Duration, acks: Option<Acks>) {
+pub(crate) fn run(
+    mut stream: TcpStream,
+    queue: Receiver<Message>,
+    heartbeat: Duration,
+    stamp: Stamp,
+    acks: Option<Acks>,
+) {
     let ticker = crossbeam_channel::tick(heartbeat);
     let never = crossbeam_channel::never();
     let mut nudge = acks.as_ref().map_or_else(|| never.clone(), |acks| acks.nudge.clone());
@@ -49,7 +70,7 @@ pub(crate) fn run(mut stream: TcpStream, queue: Receiver<Message>, heartbeat: Du
             },
             recv(ticker) -> _ => {
                 ack_now = true;
-                let _ = Message::Heartbeat.encode_into(&mut frame);
+                let _ = Message::Heartbeat { stamp: stamp.value() }.encode_into(&mut frame);
             }
             recv(nudge) -> nudged => match nudged {
                 Ok(()) => ack_now = true,
