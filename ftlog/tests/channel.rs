@@ -352,7 +352,9 @@ fn fake_backup(config: ChannelConfig) -> (TcpStream, PrimaryLink, PeerWatch) {
 #[test]
 fn a_silent_backup_is_reported_lost_by_the_primary() {
     let config = ChannelConfig::default();
-    let (stream, primary, watch) = fake_backup(config.clone());
+    let (mut stream, primary, watch) = fake_backup(config.clone());
+    // Past the join (the first acknowledgement), then silence.
+    stream.write_all(&Message::Ack { position: 1 }.encode().unwrap()).unwrap();
     let silent_since = Instant::now();
     match primary.events().recv_timeout(Duration::from_secs(5)).unwrap() {
         PrimaryEvent::BackupLost { silence, reason } => {
@@ -526,4 +528,18 @@ fn state_after_the_log_began_ends_the_stream_instead_of_vanishing() {
     let (got, end) = drain(&mut feed, Duration::from_secs(5));
     assert_eq!(got.len(), 1);
     assert!(matches!(&end, FeedItem::Lost(reason) if reason.contains("state after the log")), "{end:?}");
+}
+
+#[test]
+fn a_backup_silent_while_the_state_is_copied_gets_the_join_timeout() {
+    let config = ChannelConfig { join_timeout: Duration::from_millis(600), ..ChannelConfig::default() };
+    let (stream, primary, _watch) = fake_backup(config.clone());
+    let silent_since = Instant::now();
+    match primary.events().recv_timeout(Duration::from_secs(5)).unwrap() {
+        PrimaryEvent::BackupLost { silence, .. } => assert!(silence >= config.join_timeout, "{silence:?}"),
+        other => panic!("{other:?}"),
+    }
+    let waited = silent_since.elapsed();
+    assert!(waited >= config.join_timeout, "declared lost after {waited:?}, before the join timeout");
+    drop(stream);
 }

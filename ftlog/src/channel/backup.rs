@@ -84,6 +84,7 @@ impl BackupLink {
                 used: 0,
                 last_word: Instant::now(),
                 timeout: config.timeout,
+                join_timeout: config.join_timeout.max(config.timeout),
                 state: Some(state_tx),
                 released: released.clone(),
                 held: held.clone(),
@@ -252,6 +253,8 @@ struct WireSource {
     used: usize,
     last_word: Instant,
     timeout: Duration,
+    /// `timeout` while the state is copied, before the log starts.
+    join_timeout: Duration,
     state: Option<Sender<StateItem>>,
     released: Arc<AtomicU64>,
     held: Arc<AtomicU64>,
@@ -274,7 +277,8 @@ impl WireSource {
         if lock(&self.ended).is_some() {
             return false;
         }
-        let message = match self.frames.next(self.last_word + self.timeout) {
+        let timeout = if self.log_started { self.timeout } else { self.join_timeout };
+        let message = match self.frames.next(self.last_word + timeout) {
             Ok(message) => message,
             Err(error) => {
                 let silence = self.last_word.elapsed();

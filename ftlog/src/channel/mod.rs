@@ -44,6 +44,10 @@ pub struct ChannelConfig {
     pub feed_bound: usize,
     /// How long the handshake may take.
     pub handshake_timeout: Duration,
+    /// The silence that means the peer is gone while the full state is being copied, before
+    /// the log flows: a join moves the whole of guest memory, and a loaded host may starve
+    /// either side's threads for longer than `timeout` meanwhile.
+    pub join_timeout: Duration,
     /// The protocol version this side announces: [`PROTOCOL_VERSION`]; another value only to
     /// see a mismatch refused.
     pub version: u16,
@@ -57,6 +61,7 @@ impl Default for ChannelConfig {
             queue: 32,
             feed_bound: 4096,
             handshake_timeout: Duration::from_secs(5),
+            join_timeout: Duration::from_secs(5),
             version: PROTOCOL_VERSION,
         }
     }

@@ -73,6 +73,7 @@ impl PrimaryLink {
                 lost: lost.clone(),
                 closing: closing.clone(),
                 timeout: config.timeout,
+                join_timeout: config.join_timeout.max(config.timeout),
             };
             std::thread::Builder::new().name("ft-primary-recv".into()).spawn(move || receive.run())?
         };
@@ -307,13 +308,17 @@ struct Receive {
     lost: Arc<AtomicBool>,
     closing: Arc<AtomicBool>,
     timeout: Duration,
+    /// `timeout` until the backup's first acknowledgement (while the state is copied).
+    join_timeout: Duration,
 }
 
 impl Receive {
     fn run(mut self) {
         let mut last_word = Instant::now();
+        let mut joined = false;
         let reason = loop {
-            let message = match self.frames.next(last_word + self.timeout) {
+            let timeout = if joined { self.timeout } else { self.join_timeout };
+            let message = match self.frames.next(last_word + timeout) {
                 Ok(message) => message,
                 Err(RecvError::Idle) => break format!("no word for {} ms", ms(last_word.elapsed())),
                 Err(error) => break error.to_string(),
@@ -322,7 +327,10 @@ impl Receive {
             // Every word proves the backup alive (silence detection above), but only an echoed
             // heartbeat renews the lease: it says when this side asked.
             match message {
-                Message::Ack { position } => self.watch.set_acked(position),
+                Message::Ack { position } => {
+                    joined = true;
+                    self.watch.set_acked(position);
+                }
                 Message::Verified { position } => self.watch.set_verified(position),
                 Message::Heartbeat { stamp } => self.watch.heard_at(stamp),
                 Message::ResyncRequest => {
