@@ -5,7 +5,7 @@
 //!
 //! ```sh
 //! cargo build --release -p vmm -p storage   # the bench runs target/release/{ftvm,gfs}
-//! cargo bench -p ftvm-tests --bench ft      # as root with iproute2, /dev/net/tun and /dev/kvm; ~2-4 min
+//! cargo bench -p ftvm-tests --bench ft      # as root with iproute2, /dev/net/tun and /dev/kvm; about 75 s on the 2-core development machine
 //! ```
 //!
 //! The topology is `ftvm_tests::ft::FtNet` (a switch bridge, host-a and host-b with a TAP each,
