@@ -5,7 +5,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use ftvm_tests::ft::pair::*;
-use ftvm_tests::ft::{number, wait_for_line, FtNet, Host, Join, FT_PORT, GUEST_MAC};
+use ftvm_tests::ft::{number, wait_for_line, FtNet, Host, FT_PORT, GUEST_MAC};
 use ftvm_tests::{require_namespaces, Process};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -24,11 +24,7 @@ fn a_cut_logging_link_leaves_exactly_one_side_serving_and_the_other_exits_75() -
 const LOST_RACE: i32 = 75;
 
 fn link_cut(net: &FtNet) -> Result<()> {
-    let (mut primary, generation) = live_primary(net, Host::A, &[])?;
-    let join = Join::Address(Host::A.ft_listen());
-    let mut backup = join_backup(net, Host::B, FT_PORT, &join, &mut primary, &Host::A.ft_listen())?;
-    let mut load = net.kv_load()?;
-    load.wait_for_replies(ANSWERS, ANSWERS_TIMEOUT)?;
+    let UnderLoad { mut primary, mut backup, generation, mut load } = protected_under_load(net, &[], &[])?;
 
     let before = load.replies();
     net.cut_link_between_hosts()?;
@@ -93,11 +89,7 @@ fn a_busy_machine_is_not_a_dead_peer() -> Result<()> {
 const BUSY_FOR: Duration = Duration::from_secs(30);
 
 fn busy_machine(net: &FtNet) -> Result<()> {
-    let (mut primary, generation) = live_primary(net, Host::A, &[])?;
-    let join = Join::Address(Host::A.ft_listen());
-    let mut backup = join_backup(net, Host::B, FT_PORT, &join, &mut primary, &Host::A.ft_listen())?;
-    let mut load = net.kv_load()?;
-    load.wait_for_replies(ANSWERS, ANSWERS_TIMEOUT)?;
+    let UnderLoad { mut primary, mut backup, generation, mut load } = protected_under_load(net, &[], &[])?;
 
     let hogs = (0..2)
         .map(|_| {
@@ -144,11 +136,7 @@ fn a_primary_stopped_for_2_s_loses_the_race_and_nothing_it_held_leaves() -> Resu
 const STOPPED_FOR: Duration = Duration::from_secs(2);
 
 fn primary_stopped(net: &FtNet) -> Result<()> {
-    let (mut primary, generation) = live_primary(net, Host::A, &[])?;
-    let join = Join::Address(Host::A.ft_listen());
-    let mut backup = join_backup(net, Host::B, FT_PORT, &join, &mut primary, &Host::A.ft_listen())?;
-    let mut load = net.kv_load()?;
-    load.wait_for_replies(ANSWERS, ANSWERS_TIMEOUT)?;
+    let UnderLoad { mut primary, mut backup, generation, mut load } = protected_under_load(net, &[], &[])?;
     net.wait_for_mac_on(GUEST_MAC, Host::A, Duration::from_secs(5))?;
 
     let before = load.replies();

@@ -29,11 +29,7 @@ fn a_primary_killed_in_verified_mode_leaves_the_same_connection_served_from_host
 }
 
 fn primary_killed(net: &FtNet, extra: &[&str]) -> Result<()> {
-    let (mut primary, generation) = live_primary(net, Host::A, extra)?;
-    let mut backup =
-        join_backup(net, Host::B, FT_PORT, &Join::Address(Host::A.ft_listen()), &mut primary, &Host::A.ft_listen())?;
-    let mut load = net.kv_load()?;
-    load.wait_for_replies(ANSWERS, ANSWERS_TIMEOUT)?;
+    let UnderLoad { mut primary, mut backup, generation, mut load } = protected_under_load(net, extra, &[])?;
     net.wait_for_mac_on(GUEST_MAC, Host::A, Duration::from_secs(5))?;
     ensure_running(&mut backup, "backup")?;
 
@@ -63,11 +59,7 @@ fn a_killed_backup_leaves_the_primary_serving_alone() -> Result<()> {
 }
 
 fn backup_killed(net: &FtNet) -> Result<()> {
-    let (mut primary, generation) = live_primary(net, Host::A, &[])?;
-    let mut backup =
-        join_backup(net, Host::B, FT_PORT, &Join::Address(Host::A.ft_listen()), &mut primary, &Host::A.ft_listen())?;
-    let mut load = net.kv_load()?;
-    load.wait_for_replies(ANSWERS, ANSWERS_TIMEOUT)?;
+    let UnderLoad { mut primary, mut backup, generation, mut load } = protected_under_load(net, &[], &[])?;
 
     let before = load.replies();
     backup.kill();
@@ -112,11 +104,8 @@ const PATIENT: &[&str] = &["--timeout-ms", "5000"];
 
 fn held_write(net: &FtNet) -> Result<()> {
     // The primary must not hold its vCPU while the stopped backup lags, or the SET is never run.
-    let (mut primary, generation) = live_primary(net, Host::A, &["--timeout-ms", "5000", "--max-lag-ms", "0"])?;
-    let join = Join::Address(Host::A.ft_listen());
-    let mut backup = join_backup_with(net, Host::B, FT_PORT, &join, &mut primary, &Host::A.ft_listen(), PATIENT)?;
-    let mut load = net.kv_load()?;
-    load.wait_for_replies(ANSWERS, ANSWERS_TIMEOUT)?;
+    let UnderLoad { mut primary, mut backup, generation, load } =
+        protected_under_load(net, &["--timeout-ms", "5000", "--max-lag-ms", "0"], PATIENT)?;
     let report = load.finish()?;
 
     // Opened before the backup stops: the handshake's frames are outputs too.
@@ -161,11 +150,7 @@ fn a_second_backup_joins_the_vm_that_took_over_and_a_second_failover_works() -> 
 }
 
 fn second_failover(net: &FtNet) -> Result<()> {
-    let (mut primary, generation) = live_primary(net, Host::A, &[])?;
-    let mut backup =
-        join_backup(net, Host::B, FT_PORT, &Join::Address(Host::A.ft_listen()), &mut primary, &Host::A.ft_listen())?;
-    let mut load = net.kv_load()?;
-    load.wait_for_replies(ANSWERS, ANSWERS_TIMEOUT)?;
+    let UnderLoad { mut primary, mut backup, generation, mut load } = protected_under_load(net, &[], &[])?;
 
     let before = load.replies();
     primary.kill();

@@ -1,7 +1,7 @@
 //! The steps the FT tests share: a live primary, a backup that joined it, a takeover, the
 //! register's state, and the check that what the client saw acknowledged is on the disk.
 
-use super::{number, wait_for_line, FtNet, Host, Join, LoadReport};
+use super::{number, wait_for_line, FtNet, Host, Join, KvLoad, LoadReport, FT_PORT};
 use crate::kv::Client;
 use crate::Process;
 use anyhow::{bail, ensure, Context, Result};
@@ -35,6 +35,25 @@ pub fn live_primary(net: &FtNet, host: Host, extra: &[&str]) -> Result<(Process,
     let generation = number(&live[0])?;
     primary.wait_for("kv: listening on", BOOT)?;
     Ok((primary, generation))
+}
+
+/// Where every failover test starts: kv live on host-a (`primary_extra` on its command line),
+/// a backup on host-b (`backup_extra`) that joined it, and the client's load under way with
+/// [`ANSWERS`] answers already given.
+pub struct UnderLoad {
+    pub primary: Process,
+    pub backup: Process,
+    pub generation: u64,
+    pub load: KvLoad,
+}
+
+pub fn protected_under_load(net: &FtNet, primary_extra: &[&str], backup_extra: &[&str]) -> Result<UnderLoad> {
+    let (mut primary, generation) = live_primary(net, Host::A, primary_extra)?;
+    let join = Join::Address(Host::A.ft_listen());
+    let backup = join_backup_with(net, Host::B, FT_PORT, &join, &mut primary, &Host::A.ft_listen(), backup_extra)?;
+    let mut load = net.kv_load()?;
+    load.wait_for_replies(ANSWERS, ANSWERS_TIMEOUT)?;
+    Ok(UnderLoad { primary, backup, generation, load })
 }
 
 /// A backup on `host` (its `--ft-listen` on `port`) that joined the live VM `primary`, which
