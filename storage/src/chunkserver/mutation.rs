@@ -42,17 +42,15 @@ impl Mutation {
     /// retries it, as for any failed replica.
     pub fn write_primary(&self, cs: &Arc<ChunkServer>, secondaries: &[String]) -> Result<ChunkReply> {
         let handle = self.handle;
-        if !cs.check_lease(handle, self.version) {
-            return Err(GfsError::fs(
-                ErrorKind::NoLease,
-                format!("chunk {handle}: no valid lease at version {}", self.version),
-            ));
-        }
         let chunk = cs.store.get(handle)?;
         self.check_fence(cs, &chunk)?;
         let data = cs.buffers.take(self.id)?;
         // One mutation at a time per chunk: serial order is application order everywhere.
         let mut order = chunk.order.lock_unpoisoned();
+        // The lease is checked under the order lock: a revoke takes that lock too, so once the
+        // master hears "revoked" (and, say, starts copying the chunk) no mutation that passed
+        // an earlier check can still be applied.
+        no_lease_unless(cs.check_lease(handle, self.version), handle, self.version)?;
         if order.0 != self.version {
             *order = (self.version, 1);
         }
@@ -103,12 +101,6 @@ pub fn append_primary(cs: &Arc<ChunkServer>, m: Mutation, len: u64, secondaries:
         return Err(GfsError::fs(ErrorKind::InvalidArgument, format!("record of {len} bytes exceeds {MAX_RECORD}")));
     }
     let handle = m.handle;
-    if !cs.check_lease(handle, m.version) {
-        return Err(GfsError::fs(
-            ErrorKind::NoLease,
-            format!("chunk {handle}: no valid lease at version {}", m.version),
-        ));
-    }
     let chunk = cs.store.get(handle)?;
     m.check_fence(cs, &chunk)?;
     let data = cs.buffers.take(m.id)?;
@@ -116,6 +108,8 @@ pub fn append_primary(cs: &Arc<ChunkServer>, m: Mutation, len: u64, secondaries:
         return Err(GfsError::fs(ErrorKind::InvalidArgument, "record length does not match the pushed data"));
     }
     let mut order = chunk.order.lock_unpoisoned();
+    // Under the order lock, as for writes (see `write_primary`).
+    no_lease_unless(cs.check_lease(handle, m.version), handle, m.version)?;
     if order.0 != m.version {
         *order = (m.version, 1);
     }
@@ -146,6 +140,14 @@ pub fn pad_secondary(cs: &Arc<ChunkServer>, m: Mutation, serial: u64) -> Result<
     next_serial(&chunk, m.version, serial)?;
     cs.store.pad(&chunk, m.version)?;
     Ok(ChunkReply::Applied)
+}
+
+/// The error for a mutation that reached a primary without a valid lease at `version`.
+fn no_lease_unless(valid: bool, handle: ChunkHandle, version: Version) -> Result<()> {
+    if valid {
+        return Ok(());
+    }
+    Err(GfsError::fs(ErrorKind::NoLease, format!("chunk {handle}: no valid lease at version {version}")))
 }
 
 /// Secondaries apply mutations in increasing serial order; an old serial is refused.
