@@ -10,6 +10,7 @@ use super::world::{FollowCommit, FollowWorld};
 use super::{ms_since, FtConfig, FtError};
 use crate::backends::Backends;
 use crate::control::VcpuControl;
+use crate::gfs_disk::GfsAccess;
 use crate::machine::{Machine, MachineConfig};
 use crate::session::{live_world, replay};
 use crate::snapshot;
@@ -70,11 +71,15 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
         .machine
         .clone()
         .ok_or_else(|| FtError::Primary { addr: plan.join.clone(), what: "sent no machine description".into() })?;
-    // This host's resources, opened now so that going live only attaches them.
-    let backends = Backends::for_machine(
+    // This host's resources, opened now so that going live only attaches them. Its gfs disks
+    // take no write until this side has won the register (see `fence`).
+    let fence = super::fence::following_fence(&config.name);
+    let gfs = GfsAccess::new(Some(config.master.clone())).with_fence(fence.clone());
+    let backends = Backends::for_machine_with_gfs(
         &description.devices,
         &plan.nets,
         &plan.disks,
+        &gfs,
         Box::new(crate::stdio::Stdout),
         control.doorbell(),
     )?;
@@ -137,8 +142,13 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
             let clock = world.replayer().monotonic_now();
             let unreleased = commit.take_unreleased();
             drop(world);
+            // Before anything is written: the writes issued again carry the generation won,
+            // and the old primary's are refused from now on.
+            fence.set(register.name(), generation);
             let (nets, _) = machine.attach(backends);
-            reissue(&mut machine, unreleased)?;
+            if let Err(error) = reissue(&mut machine, unreleased) {
+                return Ok(Followed::Served(super::fence::halt_if_fenced(Err(error))?));
+            }
             announcer.start();
             crate::errln!(
                 "ft: live at {}, generation {generation}, {} ms after the last word from the primary",
@@ -146,8 +156,9 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
                 ms_since(last_word)
             );
             let world = live_world(nets, clock);
-            let primary =
-                Primary::listen(config, register, generation, &machine, control, listener)?.ran_before(&end.stats);
+            let primary = Primary::listen(config, register, generation, &machine, control, listener)?
+                .ran_before(&end.stats)
+                .fencing(fence);
             Ok(Followed::Served(primary.serve(&mut machine, world, position)?))
         }
     }

@@ -12,13 +12,13 @@ use crate::control::VcpuControl;
 use crate::error::Result;
 use crate::machine::Machine;
 use crate::vcpu::{ExitInfo, RunObserver};
-use devices::virtio::{DiscardOutput, OutputStage};
+use devices::virtio::{DiscardOutput, OutputError, OutputStage};
 use devices::{ClockId, Deadlines, EventSource, HostWorld, InputKind, Landmark, WorldEvent, WorldStop};
 use ftlog::channel::RecordSink;
 use ftlog::{ChannelFeed, OutputCommit, PeerWatch, RecordingWorld, ReplayWorld};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// The primary's output stage: the real backends behind the output commit.
@@ -43,6 +43,8 @@ pub struct LinkState {
     lost: Arc<AtomicBool>,
     /// When the backup was declared lost, the silence it had kept (ms).
     silence_ms: Arc<AtomicU64>,
+    /// An output the releaser could not apply (a disk write refused by fencing, say).
+    failed: Arc<Mutex<Option<Arc<OutputError>>>>,
 }
 
 impl LinkState {
@@ -57,6 +59,15 @@ impl LinkState {
 
     pub fn silence_ms(&self) -> u64 {
         self.silence_ms.load(Ordering::Acquire)
+    }
+
+    /// The releaser failed to apply an output: the VM cannot go on.
+    pub fn set_failed(&self, error: Arc<OutputError>) {
+        *self.failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+    }
+
+    pub fn failure(&self) -> Option<Arc<OutputError>> {
+        self.failed.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }
 
