@@ -59,6 +59,11 @@ pub fn command(args: &BackupArgs, control: VcpuControl) -> anyhow::Result<ExitCo
             }
             super::exit_code_for(reason)
         }
+        Followed::StoppedFollowing => {
+            // The signal asked exactly for this: not a VM stopped by it (130/143).
+            vmm::stop::signal_answered();
+            Ok(ExitCode::SUCCESS)
+        }
         Followed::Served(Served::LostRace { .. } | Served::FencedOut { .. }) => {
             Ok(ExitCode::from(vmm::ft::LOST_RACE_STATUS))
         }

@@ -34,6 +34,9 @@ pub enum Followed {
     PrimaryStopped { end: RunEnd, identical: bool },
     /// This side went live and later stopped, or lost a race.
     Served(Served),
+    /// This side was asked to stop (SIGINT/SIGTERM) while it followed: it left the pair, and
+    /// the primary runs on alone.
+    StoppedFollowing,
 }
 
 /// Where a backup comes from and what it maps the VM's devices onto.
@@ -110,6 +113,14 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
     match &end.reason {
         StopReason::World(WorldStop::InputEnded { .. }) => {}
         StopReason::World(WorldStop::Failed(error)) => return Err(FtError::Replay(error.to_string())),
+        StopReason::StopRequested => {
+            // Not the VM's end: only this side leaves. Closing the channel tells the primary,
+            // which wins the register back and runs on alone.
+            link.abort();
+            let why = crate::stop::stop_reason().unwrap_or("stopped");
+            crate::errln!("ft: backup {why}; the primary at {} runs on alone", primary.listen);
+            return Ok(Followed::StoppedFollowing);
+        }
         _ => {
             // The primary's VM stopped and its log ended with it: check we reached the same end.
             let identical = match replay::finish(&machine, world.replayer(), &end)? {
