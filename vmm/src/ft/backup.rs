@@ -107,7 +107,17 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
     let commit: FollowCommit =
         OutputCommit::new(DiscardOutput::default(), watch.clone(), CommitMode::Received, Duration::ZERO, unbounded);
     machine.attach_output(Box::new(commit.clone()));
-    let mut world = FollowWorld::new(replayer, commit.clone(), watch, link.released_marker());
+    let link = std::sync::Arc::new(link);
+    let (reporter, receiver) = (std::sync::Arc::clone(&link), std::sync::Arc::clone(&link));
+    // The replayed position rides the channel's "verified" message, which the primary uses only
+    // for its lag figure in received mode (the one mode there is).
+    let mut world = FollowWorld::new(replayer, commit.clone(), watch, link.released_marker()).reporting_replay(
+        move |position| {
+            // A full queue loses a report; the next one says more.
+            let _ = reporter.send_verified(position);
+        },
+        move || receiver.held(),
+    );
     let end = run(&mut machine, &mut world, RunOptions { start: saved.position, snapshot: None })?;
 
     match &end.reason {
@@ -141,6 +151,7 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
     // The primary fell silent (or closed the channel): race for the register.
     let last_word = last_word_from(&link);
     commit.discard_through(link.released());
+    world.stop_reporting();
     drop(link);
     let register = GoLiveRegister::new(&config.master, &config.name, config.holder());
     match register.race(primary.generation) {

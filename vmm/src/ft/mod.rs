@@ -7,13 +7,15 @@
 //!   race when the backup goes silent;
 //! - [`backup`]: the following side: join, follow, race, go live, then serve as a primary;
 //! - [`world`]: the two worlds the vCPU loop runs in while paired;
-//! - [`fence`]: the VM's gfs disks fenced by the register, and the halt of a side fenced out.
+//! - [`fence`]: the VM's gfs disks fenced by the register, and the halt of a side fenced out;
+//! - [`lag`]: how far the backup's replay trails the primary.
 //!
 //! The lines both sides print on stderr (stdout carries the guest's console) are part of the
 //! interface: tests and operators read them.
 
 pub mod backup;
 pub mod fence;
+pub mod lag;
 pub mod primary;
 pub mod register;
 pub mod world;

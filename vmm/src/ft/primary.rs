@@ -193,7 +193,7 @@ impl Primary {
         machine.attach_output(Box::new(commit.clone()));
         let link = Arc::new(link);
         let state = LinkState::default();
-        let helpers = Helpers::start(&link, &commit, &state, &self.control);
+        let helpers = Helpers::start(&link, &commit, &state, &watch, &self.control);
         crate::errln!("ft: protected by {addr} since {} (pause {} ms)", position.landmark(), ms_since(paused));
         let mut paired = PrimaryWorld::new(
             recorder,
@@ -216,6 +216,7 @@ impl Primary {
                 if let Some(failed) = Self::fenced_while_paired(&state, &mut end, &commit, &link) {
                     return Ok(failed);
                 }
+                report_lag(&state);
                 let recorder = paired.into_recorder();
                 return self.race_after_losing(machine, recorder.into_inner(), at, commit, link, &state);
             }
@@ -257,6 +258,7 @@ impl Primary {
                 return self.race_after_losing_at_stop(machine, world, commit, link, &state, end);
             }
             helpers.stop();
+            report_lag(&state);
             if let Ok(link) = Arc::try_unwrap(link) {
                 link.close(CLOSE_WAIT);
             }
@@ -384,15 +386,24 @@ struct Helpers {
 }
 
 impl Helpers {
-    fn start(link: &Arc<PrimaryLink>, commit: &PrimaryCommit, state: &LinkState, control: &VcpuControl) -> Self {
+    fn start(
+        link: &Arc<PrimaryLink>,
+        commit: &PrimaryCommit,
+        state: &LinkState,
+        watch: &PeerWatch,
+        control: &VcpuControl,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         {
-            let (link, commit, state, stop, control) =
-                (link.clone(), commit.clone(), state.clone(), stop.clone(), control.clone());
+            let (link, commit, state, watch, stop, control) =
+                (link.clone(), commit.clone(), state.clone(), watch.clone(), stop.clone(), control.clone());
             let spawned = std::thread::Builder::new().name("ft-release".into()).spawn(move || {
                 let mut told = 0;
                 while !stop.load(Ordering::Acquire) {
+                    // The backup reports its replay's position on the channel's "verified"
+                    // message; in received mode it serves only this figure.
+                    state.replayed(watch.verified());
                     if let Err(error) = commit.release_ready() {
                         tracing::error!("a held output could not be released: {error}");
                         state.set_failed(Arc::new(error));
@@ -442,6 +453,13 @@ impl Helpers {
         for thread in self.threads {
             let _ = thread.join();
         }
+    }
+}
+
+/// Prints how far the backup's replay trailed while it followed, if it said.
+fn report_lag(state: &LinkState) {
+    if let Some(line) = state.lag_line() {
+        crate::errln!("{line}");
     }
 }
 
