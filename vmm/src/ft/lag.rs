@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// The backup reports its replayed position at most this often.
-pub const REPORT_EVERY: Duration = Duration::from_micros(250);
+pub const REPORT_EVERY: Duration = Duration::from_millis(1);
 const BUCKET: Duration = Duration::from_micros(100);
 const BUCKETS: usize = 1000;
 /// Pushes waiting for a report beyond this are forgotten (a backup that never reports).
