@@ -19,7 +19,9 @@ struct Round {
 
 /// Reports the rounds of a transfer as they arrive.
 pub struct CopyProgress {
+    /// Drawn from the first round on (before it there is nothing to show).
     bar: Option<ProgressBar>,
+    terminal: bool,
     round: Option<Round>,
     started: Instant,
 }
@@ -33,21 +35,21 @@ impl Default for CopyProgress {
 impl CopyProgress {
     /// A bar if stderr is a terminal, else lines.
     pub fn new() -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::new(0);
-            let style =
-                ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {elapsed}")
-                    .map(|style| style.progress_chars("=> "))
-                    .unwrap_or_else(|_| ProgressStyle::default_bar());
-            bar.set_style(style);
-            bar
-        });
-        Self { bar, round: None, started: Instant::now() }
+        Self { bar: None, terminal: std::io::stderr().is_terminal(), round: None, started: Instant::now() }
     }
 
     /// Round `number` of `pages` pages begins (`read`: transfer bytes read so far).
     pub fn round(&mut self, number: u32, pages: u64, last: bool, read: u64) {
         self.end_round(read);
+        if self.terminal && self.bar.is_none() {
+            let bar = ProgressBar::new(0);
+            let template = "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {elapsed}";
+            let style = ProgressStyle::with_template(template)
+                .map(|style| style.progress_chars("=> "))
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
+            bar.set_style(style);
+            self.bar = Some(bar);
+        }
         if let Some(bar) = &self.bar {
             bar.set_length(pages * PAGE);
             bar.set_position(0);
@@ -88,9 +90,10 @@ impl CopyProgress {
             elapsed.as_millis(),
             rate
         );
-        match &self.bar {
-            Some(bar) => bar.suspend(|| tracing::info!("{line}")),
-            None => crate::errln!("{line}"),
+        match (&self.bar, self.terminal) {
+            (Some(bar), _) => bar.suspend(|| tracing::info!("{line}")),
+            (None, true) => tracing::info!("{line}"),
+            (None, false) => crate::errln!("{line}"),
         }
     }
 }
