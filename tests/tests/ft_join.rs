@@ -7,7 +7,7 @@
 
 use anyhow::{ensure, Result};
 use ftvm_tests::ft::pair::*;
-use ftvm_tests::ft::{wait_for_line, FtNet, Host, Join, FT_PORT};
+use ftvm_tests::ft::{match_line, wait_for_line, FtNet, Host, Join, FT_PORT, GFS_MASTER};
 use ftvm_tests::{require_namespaces, Process};
 use std::time::{Duration, Instant};
 
@@ -115,4 +115,63 @@ fn killed_mid_copy(net: &FtNet) -> Result<()> {
         backup.output()
     );
     Ok(())
+}
+
+/// A guest that writes its memory fast makes large checkpoints: a backup killed while one is
+/// being written must leave the primary running alone (the write fails under it), not end it.
+#[test]
+fn a_backup_killed_while_a_busy_writer_is_recorded_leaves_the_primary_alone() -> Result<()> {
+    require_namespaces!();
+    let net = FtNet::new("ftjoinbusy")?;
+    net.explain(busy_writer_loses_backup(&net))
+}
+
+fn busy_writer_loses_backup(net: &FtNet) -> Result<()> {
+    let live = Host::A.ft_listen();
+    let args = [
+        "run",
+        "--memory-mib",
+        "512",
+        "--ft",
+        "busy",
+        "--gfs-master",
+        GFS_MASTER,
+        "--ft-listen",
+        &live,
+        "--guest",
+        "dirty",
+        "384",
+        "64",
+        "600",
+    ];
+    let mut primary = net.ftvm(Host::A, &args.map(String::from))?;
+    primary.wait_for("dirty: 384 MiB filled", BOOT)?;
+    for round in 1..=3 {
+        let args = ["backup", "--join", &live, "--gfs-master", GFS_MASTER, "--ft-listen", &Host::B.ft_listen()];
+        let mut backup = net.ftvm(Host::B, &args.map(String::from))?;
+        let protected = format!("ft: protected by {} since {{landmark}} (pause {{n}} ms)", Host::B.ft_listen());
+        nth_line(&mut primary, &protected, round)?;
+        backup.wait_for("ft: following ", JOIN)?;
+        std::thread::sleep(Duration::from_millis(300));
+        backup.kill();
+        nth_line(&mut primary, "ft: backup lost (no word for {n} ms); running alone, generation {n}", round)?;
+        ensure_running(&mut primary, "primary whose backup was killed")?;
+    }
+    Ok(())
+}
+
+/// Waits for the `nth` line (from 1) like `pattern`.
+fn nth_line(process: &mut Process, pattern: &str, nth: usize) -> Result<()> {
+    let deadline = Instant::now() + JOIN;
+    loop {
+        let found = process.output().lines().filter(|line| match_line(line, pattern).is_some()).count();
+        if found >= nth {
+            return Ok(());
+        }
+        if let Some(status) = process.exited()? {
+            anyhow::bail!("pid {} exited ({status}) before line {nth} like {pattern:?}", process.pid());
+        }
+        ensure!(Instant::now() < deadline, "pid {} printed no line {nth} like {pattern:?}", process.pid());
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
