@@ -208,7 +208,12 @@ pub fn finish(
             }
             kept
         }
-        None => source.all_pages(),
+        None => {
+            // Every page goes now; what the logs hold (everything written since the last reset)
+            // would otherwise make the first checkpoint after the join carry it all again.
+            source.take_dirty()?;
+            source.all_pages()
+        }
     };
     let paused_pages = send_round(source, &mut writer, rounds, &dirty, true)?;
     writer.state(&state).map_err(JoinError::Gone)?;
