@@ -7,9 +7,9 @@ use crate::pit::{Pit, PitState};
 use crate::power::{Power, PowerAction};
 use crate::serial::{Serial, SerialState};
 use crate::virtio::{DiscardOutput, Output, OutputError, OutputStage, VirtioDevices, VirtioState};
+use crate::GuestMemoryMmap;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
-use vm_memory::GuestMemoryMmap;
 
 /// IRQ lines of the legacy devices.
 pub const PIT_IRQ: u8 = 0;

@@ -14,5 +14,10 @@ pub mod power;
 pub mod serial;
 pub mod virtio;
 
+/// Guest memory as the devices and the VMM write it. Every write through it (a received frame,
+/// a disk read, a used-ring entry) marks its page in the region's bitmap: KVM's dirty log sees
+/// only the vCPU's writes, and a live copy of the memory needs both.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
+
 pub use board::{Board, BoardState, IoOutcome};
 pub use event::{ClockId, Deadlines, Doorbell, EventSource, HostWorld, InputKind, Landmark, WorldEvent, WorldStop};

@@ -1,9 +1,10 @@
 //! Guest memory: one anonymous mapping registered with KVM as slot 0, starting at address 0.
 
 use crate::error::{kvm, Result, VmmError};
+use devices::GuestMemoryMmap;
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
 use kvm_ioctls::VmFd;
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 /// The lowest and highest memory sizes we accept. Below 2 MiB there is no room for the boot
 /// structures and a kernel; above 3 GiB RAM would collide with the MMIO windows at 0xd000_0000.

@@ -99,23 +99,37 @@ pub fn save(machine: &mut Machine, position: RunPosition, monotonic_ns: u64, pat
 pub fn save_to<W: Write>(machine: &mut Machine, position: RunPosition, monotonic_ns: u64, out: W) -> Result<W> {
     // KVM finishes the last exit's I/O only at the next entry: finish it now, so that the state
     // captured is complete.
-    machine.complete_pending_io()?;
-    let state = machine.capture_state()?;
     let mut out = HashingWriter { inner: out, hasher: blake3::Hasher::new() };
     let io = |e: std::io::Error| corrupt("snapshot stream", e.to_string());
-    out.write_all(MAGIC).map_err(io)?;
-    out.write_all(&FORMAT_VERSION.to_le_bytes()).map_err(io)?;
-    write_section(&mut out, Section::Machine, &machine.description())?;
-    write_section(&mut out, Section::Position, &PositionSection { position, monotonic_ns })?;
-    write_section(&mut out, Section::Vcpu, &state.vcpu)?;
-    write_section(&mut out, Section::Board, &state.board)?;
-    out.write_all(&[Section::END]).map_err(io)?;
+    save_state_to(machine, position, monotonic_ns, &mut out)?;
     out.write_all(machine.ram.as_slice()?).map_err(io)?;
     let digest = out.hasher.finalize();
     let mut inner = out.inner;
     inner.write_all(digest.as_bytes()).map_err(io)?;
     inner.flush().map_err(io)?;
     Ok(inner)
+}
+
+/// Writes everything of a snapshot but guest memory (the format header and the sections) to
+/// `out`: the state a joining backup receives after the memory it was sent while the guest ran.
+pub fn save_state_to<W: Write>(
+    machine: &mut Machine,
+    position: RunPosition,
+    monotonic_ns: u64,
+    out: &mut W,
+) -> Result<()> {
+    // KVM finishes the last exit's I/O only at the next entry: finish it now, so that the state
+    // captured is complete.
+    machine.complete_pending_io()?;
+    let state = machine.capture_state()?;
+    let io = |e: std::io::Error| corrupt("snapshot stream", e.to_string());
+    out.write_all(MAGIC).map_err(io)?;
+    out.write_all(&FORMAT_VERSION.to_le_bytes()).map_err(io)?;
+    write_section(out, Section::Machine, &machine.description())?;
+    write_section(out, Section::Position, &PositionSection { position, monotonic_ns })?;
+    write_section(out, Section::Vcpu, &state.vcpu)?;
+    write_section(out, Section::Board, &state.board)?;
+    out.write_all(&[Section::END]).map_err(io)
 }
 
 fn write_section<W: Write, T: Serialize>(out: &mut W, section: Section, value: &T) -> Result<()> {
@@ -161,6 +175,12 @@ pub fn load(path: &Path) -> Result<SnapshotReader<BufReader<File>>> {
 /// Reads a snapshot's header from `input` (`what` names it in messages).
 pub fn read_from<R: Read>(input: R, what: &str) -> Result<SnapshotReader<R>> {
     let mut input = HashingReader { inner: input, hasher: blake3::Hasher::new(), read: 0 };
+    let snapshot = read_state_from(&mut input, what)?;
+    Ok(SnapshotReader { input, what: what.to_string(), snapshot })
+}
+
+/// Reads what [`save_state_to`] wrote: a snapshot without its memory.
+pub fn read_state_from<R: Read>(mut input: R, what: &str) -> Result<Snapshot> {
     let mut prefix = [0u8; 10];
     read_exactly(&mut input, &mut prefix, what, "the format header")?;
     if &prefix[..8] != MAGIC {
@@ -182,16 +202,15 @@ pub fn read_from<R: Read>(input: R, what: &str) -> Result<SnapshotReader<R>> {
     if end[0] != Section::END {
         return Err(corrupt(what, format!("unknown section {} after the device state", end[0])));
     }
-    let snapshot = Snapshot {
+    Ok(Snapshot {
         machine,
         position: position.position,
         monotonic_ns: position.monotonic_ns,
         state: MachineState { vcpu, board },
-    };
-    Ok(SnapshotReader { input, what: what.to_string(), snapshot })
+    })
 }
 
-fn read_section<R: Read, T: DeserializeOwned>(input: &mut HashingReader<R>, section: Section, what: &str) -> Result<T> {
+fn read_section<R: Read, T: DeserializeOwned>(input: &mut R, section: Section, what: &str) -> Result<T> {
     let mut head = [0u8; 7];
     read_exactly(input, &mut head, what, section.name())?;
     if head[0] != section as u8 {

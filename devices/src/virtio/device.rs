@@ -4,7 +4,7 @@
 use super::output::{OutputError, OutputStage};
 use super::queue::{QueueError, VirtQueue};
 use crate::event::{EventSource, Landmark};
-use vm_memory::GuestMemoryMmap;
+use crate::GuestMemoryMmap;
 
 /// Everything a device may touch at the exit where it runs: guest memory, the world (for data it
 /// takes in, such as a disk read) and the output stage (for what it sends out).

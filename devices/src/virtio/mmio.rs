@@ -10,13 +10,13 @@ use super::device::{Ctx, Fault, VirtioDevice};
 use super::output::{OutputError, OutputStage};
 use super::queue::{QueueSnapshot, Ring, VirtQueue};
 use crate::event::{EventSource, Landmark};
+use crate::GuestMemoryMmap;
 use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FAILED,
     VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_VERSION_1,
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use vm_memory::GuestMemoryMmap;
 
 pub const MAGIC_VALUE: u64 = 0x000;
 pub const VERSION: u64 = 0x004;

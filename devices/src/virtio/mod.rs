@@ -41,8 +41,8 @@ pub use spec::{gfs_disk_path, DiskSpec, MacAddr, NetSpec, SpecError, GFS_DISK_PR
 pub use tap::{Tap, TapError, TapReader, TapWriter};
 
 use crate::event::{EventSource, Landmark};
+use crate::GuestMemoryMmap;
 use serde::{Deserialize, Serialize};
-use vm_memory::GuestMemoryMmap;
 
 /// Guest-physical base of the first virtio-mmio window, and the size of each.
 pub const VIRTIO_MMIO_BASE: u64 = 0xd000_1000;

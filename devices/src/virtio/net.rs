@@ -14,12 +14,12 @@ use super::device::{Ctx, Fault, VirtioDevice};
 use super::queue::VirtQueue;
 use super::spec::MacAddr;
 use crate::virtio::output::Output;
+use crate::GuestMemoryMmap;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP};
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use vm_memory::GuestMemoryMmap;
 
 pub const RX_QUEUE: u16 = 0;
 pub const TX_QUEUE: u16 = 1;

@@ -7,6 +7,7 @@
 //! device of ours must tell those apart from a well-formed chain and put itself in needs-reset.
 //! Every buffer of a returned [`Chain`] has been checked to lie inside guest memory.
 
+use crate::GuestMemoryMmap;
 use serde::{Deserialize, Serialize};
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
@@ -14,7 +15,7 @@ use virtio_bindings::virtio_ring::{
     VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 /// Bytes of one split-ring descriptor.
 const DESC_SIZE: u64 = 16;

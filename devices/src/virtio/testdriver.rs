@@ -5,9 +5,10 @@ use super::device::VirtioDevice;
 use super::mmio::*;
 use super::output::{DirectOutput, Output, OutputError, OutputStage};
 use crate::event::{ClockId, Deadlines, EventSource, Landmark, WorldEvent};
+use crate::GuestMemoryMmap;
 use virtio_bindings::virtio_config::*;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 pub const MEM_SIZE: usize = 0x10_0000;
 /// Where queue i's rings go: descriptor table, available ring, used ring.

@@ -330,7 +330,7 @@ fn device_collection_dispatches_and_announces() {
     assert!(!devs.mmio_read(0xd000_0000, &mut id), "the clock is not ours");
     assert_eq!(devs.interrupt_lines().collect::<Vec<_>>(), vec![(5, false), (6, false), (7, false)]);
 
-    let mem = vm_memory::GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 0x10000)]).unwrap();
+    let mem = crate::GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 0x10000)]).unwrap();
     assert!(!devs.apply_frame(0, vec![1; 60], &mem), "driver not started: dropped");
     assert!(!devs.apply_frame(5, vec![1; 60], &mem), "no such device");
 

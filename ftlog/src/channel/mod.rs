@@ -15,17 +15,21 @@
 //! - [`handshake`]: magic, protocol version, role, generation, addresses, machine description;
 //! - [`primary`]: [`PrimaryLink`], the primary's end;
 //! - [`backup`]: [`BackupLink`], the backup's end, which turns the stream into a
-//!   [`crate::ChannelFeed`] with the log's own reader.
+//!   [`crate::ChannelFeed`] with the log's own reader;
+//! - [`transfer`]: the versioned format of the state a join streams (pre-copy rounds of pages,
+//!   the machine state, a digest).
 
 pub mod backup;
 pub mod handshake;
 pub mod primary;
+pub mod transfer;
 pub mod wire;
 mod writer;
 
 pub use backup::{BackupEvent, BackupLink, StateReader};
 pub use handshake::{Hello, Role, LINK_MAGIC, MAX_NAME, PROTOCOL_VERSION};
 pub use primary::{PrimaryEvent, PrimaryLink, RecordSink, StateSink};
+pub use transfer::TransferSink;
 pub use wire::{FrameError, Malformed, Message};
 
 use std::net::TcpStream;

@@ -166,6 +166,12 @@ impl PrimaryLink {
         StateSink { link: self, pending: Vec::with_capacity(MAX_CHUNK), total: 0 }
     }
 
+    /// An owned writer of state chunks (a join's transfer, see [`super::transfer`]), which can
+    /// be handed from thread to thread; [`super::TransferSink::finish`] sends the end marker.
+    pub fn transfer_sink(&self) -> super::TransferSink {
+        super::TransferSink::new(self.queue.clone(), self.lost.clone(), self.heartbeat)
+    }
+
     /// A writer for the log stream: give it to a [`crate::LogWriter`] (or
     /// [`crate::RecordingWorld`]) and every byte it writes becomes Records messages. A full queue
     /// makes it wait (the caller's log flush blocks), never grow; a lost backup makes it fail.

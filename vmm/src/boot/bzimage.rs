@@ -3,11 +3,12 @@
 use super::layout::KERNEL_MIN;
 use super::LoadedKernel;
 use crate::error::{Result, VmmError};
+use devices::GuestMemoryMmap;
 use linux_loader::bootparam::setup_header;
 use linux_loader::loader::{bzimage::BzImage, KernelLoader};
 use std::io::Cursor;
 use std::path::Path;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 /// The 64-bit entry point sits 0x200 bytes into the protected-mode kernel.
 const ENTRY_64_OFFSET: u64 = 0x200;

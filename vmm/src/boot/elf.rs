@@ -3,10 +3,11 @@
 use super::layout::KERNEL_MIN;
 use super::LoadedKernel;
 use crate::error::{Result, VmmError};
+use devices::GuestMemoryMmap;
 use linux_loader::loader::{elf::Elf, KernelLoader};
 use std::io::Cursor;
 use std::path::Path;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 
 /// Whether `image` starts with the ELF magic.
 pub fn has_magic(image: &[u8]) -> bool {

@@ -1,8 +1,9 @@
 //! The fixed guest-physical layout below 1 MiB (see docs/guest-abi.md).
 
 use crate::error::{Result, VmmError};
+use devices::GuestMemoryMmap;
 use linux_loader::bootparam::{boot_e820_entry, boot_params};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 pub const BOOT_GDT: u64 = 0x500;
 pub const ZERO_PAGE: u64 = 0x7000;

@@ -3,9 +3,10 @@
 
 use super::layout::{BOOT_GDT, BOOT_STACK_TOP, CMDLINE, PAGE_DIRECTORIES, PAGE_DIRECTORY_COUNT, PDPT, PML4, ZERO_PAGE};
 use crate::error::{kvm, Result, VmmError};
+use devices::GuestMemoryMmap;
 use kvm_bindings::{kvm_regs, kvm_segment};
 use kvm_ioctls::VcpuFd;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 const PRESENT: u64 = 1 << 0;
 const WRITABLE: u64 = 1 << 1;

@@ -5,6 +5,7 @@ use clap::{Args, ValueEnum};
 use ftlog::channel::ChannelConfig;
 use ftlog::{CommitLimits, CommitMode};
 use std::time::Duration;
+use vmm::ft::join::JoinMode;
 use vmm::ft::FtConfig;
 
 /// Which word of the backup releases an output.
@@ -38,6 +39,17 @@ pub struct FtArgs {
     /// (0: never waits).
     #[arg(long, value_name = "MS", default_value_t = 50)]
     pub max_lag_ms: u64,
+    /// How a backup joins this VM: copy its memory while it runs, then pause briefly for the
+    /// last dirty pages (pre-copy), or pause for the whole copy (stop-and-copy).
+    #[arg(long, value_enum, default_value = "pre-copy")]
+    pub join_mode: JoinModeArg,
+}
+
+/// See [`FtArgs::join_mode`].
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum JoinModeArg {
+    PreCopy,
+    StopAndCopy,
 }
 
 impl FtArgs {
@@ -73,6 +85,10 @@ impl FtArgs {
             channel,
             max_lag: Duration::from_millis(self.max_lag_ms),
             limits: CommitLimits::default(),
+            join: match self.join_mode {
+                JoinModeArg::PreCopy => JoinMode::PreCopy,
+                JoinModeArg::StopAndCopy => JoinMode::StopAndCopy,
+            },
         })
     }
 

@@ -4,7 +4,9 @@
 //! attached there, what the primary may not have completed is issued again, the guest's MAC
 //! is announced from here, and it serves on as a primary that a new backup can join.
 
+use super::join;
 use super::primary::{Primary, Served};
+use super::progress::CopyProgress;
 use super::register::{GoLiveRegister, Race};
 use super::world::{FollowCommit, FollowWorld};
 use super::{ms_since, FtConfig, FtError};
@@ -13,7 +15,6 @@ use crate::control::VcpuControl;
 use crate::gfs_disk::GfsAccess;
 use crate::machine::{Machine, MachineConfig};
 use crate::session::{live_world, replay};
-use crate::snapshot;
 use crate::vcpu::{run, RunEnd, RunOptions, StopReason};
 use devices::virtio::announce::{announce, AnnounceSchedule};
 use devices::virtio::{DeviceDescription, DiscardOutput, DiskSpec, MacAddr, NetSpec, OutputStage};
@@ -95,8 +96,9 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
     let state = link
         .state_reader()
         .ok_or_else(|| FtError::Primary { addr: plan.join.clone(), what: "sent no state".into() })?;
-    let reader = snapshot::read_from(state, &format!("the state of the primary at {}", plan.join))?;
-    let (mut machine, saved) = reader.restore_into(machine)?;
+    let what = format!("the state of the primary at {}", plan.join);
+    let (mut machine, saved) = join::receive(state, machine, &what, &mut CopyProgress::new())
+        .map_err(|error| FtError::Primary { addr: plan.join.clone(), what: format!("joined badly: {error}") })?;
     crate::errln!("ft: following {} from {}", primary.listen, saved.position.landmark());
 
     let feed = link.feed(LOG_START_WAIT).map_err(join_error)?;

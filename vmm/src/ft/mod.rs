@@ -3,8 +3,10 @@
 //! that log and goes live where it ends when the primary dies.
 //!
 //! - [`register`]: the go-live register `ft.NAME` on the gfs master (the test-and-set race);
-//! - [`primary`]: the live side: alone, joined by a backup (stop-and-copy), protected, and the
-//!   race when the backup goes silent;
+//! - [`primary`]: the live side: alone, joined by a backup, protected, and the race when the
+//!   backup goes silent;
+//! - [`join`]: how a backup joins a running VM (a live pre-copy of memory, then a short pause),
+//!   with [`progress`] shown on the backup;
 //! - [`backup`]: the following side: join, follow, race, go live, then serve as a primary;
 //! - [`world`]: the two worlds the vCPU loop runs in while paired;
 //! - [`fence`]: the VM's gfs disks fenced by the register, and the halt of a side fenced out;
@@ -15,8 +17,10 @@
 
 pub mod backup;
 pub mod fence;
+pub mod join;
 pub mod lag;
 pub mod primary;
+pub mod progress;
 pub mod register;
 pub mod world;
 
@@ -44,6 +48,8 @@ pub struct FtConfig {
     /// The backup may lag this far behind before the vCPU waits for it (zero: never waits).
     pub max_lag: Duration,
     pub limits: CommitLimits,
+    /// How a backup joins this side (`--join-mode`).
+    pub join: join::JoinMode,
 }
 
 impl FtConfig {

@@ -1,16 +1,16 @@
 //! The live side of the pair. It runs alone (outputs leave at once) until a backup connects on
-//! `--ft-listen`; the join pauses the guest, streams the full state (stop-and-copy), and from
-//! that landmark on the run is recorded into the channel and every output waits for the
+//! `--ft-listen`; the join copies memory while the guest runs, pauses it briefly for the rest
+//! (see [`super::join`]), and from that landmark on the run is recorded into the channel and every output waits for the
 //! backup's acknowledgement. When the backup goes silent the primary races for the register:
 //! won, it releases what it held and runs alone again (a new backup can join); lost, it halts.
 
+use super::join;
 use super::register::{GoLiveRegister, Race};
 use super::world::{LinkState, PrimaryCommit, PrimaryWorld};
 use super::{ms_since, FtConfig, FtError};
 use crate::control::VcpuControl;
 use crate::machine::Machine;
 use crate::session::record::log_header;
-use crate::snapshot;
 use crate::stats::ExitStats;
 use crate::vcpu::{run, RunEnd, RunOptions, RunPosition, StopReason};
 use devices::virtio::DiscardOutput;
@@ -38,10 +38,12 @@ pub enum Served {
     FencedOut { generation: u64 },
 }
 
-/// A backup that connected and passed the handshake, waiting for the vCPU to pause.
+/// A backup that connected, passed the handshake and received the live rounds of the copy,
+/// waiting for the vCPU to pause for the rest.
 struct Join {
     link: PrimaryLink,
     watch: PeerWatch,
+    prepared: join::Prepared,
 }
 
 /// The live side of VM `config.name`, holding the register at `generation`.
@@ -56,6 +58,8 @@ pub struct Primary {
     joins: crossbeam_channel::Receiver<Join>,
     /// Exits of every stretch of this VM's run on this side (alone, paired, followed).
     stats: ExitStats,
+    /// The VM's memory as join threads read it.
+    memory: join::MemorySource,
     /// The token the VM's gfs disks write with: raised to each generation this side wins.
     fence: Option<crate::gfs_disk::DiskFence>,
 }
@@ -80,12 +84,20 @@ impl Primary {
         }));
         let paired = Arc::new(AtomicBool::new(false));
         let (joins_tx, joins) = crossbeam_channel::bounded(1);
+        let memory = join::MemorySource::of(machine)?;
         {
-            let (hello, paired, control, channel) =
-                (hello.clone(), paired.clone(), control.clone(), config.channel.clone());
+            let joining = Joining {
+                hello: hello.clone(),
+                paired: paired.clone(),
+                joins: joins_tx,
+                control: control.clone(),
+                channel: config.channel.clone(),
+                memory: memory.clone(),
+                mode: config.join,
+            };
             std::thread::Builder::new()
                 .name("ft-listen".into())
-                .spawn(move || accept_backups(listener, hello, paired, joins_tx, control, channel))
+                .spawn(move || accept_backups(listener, joining))
                 .map_err(|source| FtError::Listen { addr: config.listen.clone(), source })?;
         }
         Ok(Self {
@@ -97,6 +109,7 @@ impl Primary {
             paired,
             joins,
             stats: ExitStats::default(),
+            memory,
             fence: None,
         })
     }
@@ -166,18 +179,23 @@ impl Primary {
         paused: Instant,
         addr: &str,
     ) -> Result<Protected, FtError> {
-        let Join { link, watch } = join;
+        let Join { link, watch, prepared } = join;
         // Checkpoints are deltas against pages both sides have seen: the backup starts with none.
         machine.checkpoint_bases.clear();
-        let mut sink = link.state_sink();
-        let saved = snapshot::save_to(machine, position, world.monotonic_now(), &mut sink).map(|_| ());
-        let sent = saved
-            .map_err(FtError::from)
-            .and_then(|()| sink.finish().map_err(|e| FtError::Primary { addr: addr.into(), what: e.to_string() }));
-        if let Err(error) = sent {
-            tracing::warn!(%addr, "a backup went away while it joined; running alone: {error}");
-            self.paired.store(false, Ordering::Release);
-            return Ok(Protected::Alone { world, position });
+        match join::finish(machine, position, world.monotonic_now(), &self.memory, prepared) {
+            Ok(report) => tracing::info!(
+                %addr,
+                rounds = report.rounds,
+                paused_pages = report.paused_pages,
+                bytes = report.bytes,
+                live_ms = report.live.as_millis() as u64,
+                "join: the copy is complete"
+            ),
+            Err(error) => {
+                tracing::warn!(%addr, "a backup went away while it joined; running alone: {error}");
+                self.paired.store(false, Ordering::Release);
+                return Ok(Protected::Alone { world, position });
+            }
         }
         let header = log_header(machine, 1, position.exits);
         let mut recorder = RecordingWorld::new(world, link.record_sink(), &header)?;
@@ -469,16 +487,22 @@ pub fn bind(addr: &str) -> Result<TcpListener, FtError> {
     TcpListener::bind(addr).map_err(|source| FtError::Listen { addr: addr.to_owned(), source })
 }
 
-/// The listener: each backup that passes the handshake is handed to the vCPU thread, which is
-/// asked to pause; while one is paired, others are turned away.
-fn accept_backups(
-    listener: TcpListener,
+/// What the listener needs to let a backup join.
+struct Joining {
     hello: Arc<Mutex<Hello>>,
     paired: Arc<AtomicBool>,
     joins: crossbeam_channel::Sender<Join>,
     control: VcpuControl,
     channel: ftlog::channel::ChannelConfig,
-) {
+    memory: join::MemorySource,
+    mode: join::JoinMode,
+}
+
+/// The listener: each backup that passes the handshake gets a join thread, which copies memory
+/// while the guest runs and then hands the backup to the vCPU thread, asking it to pause; while
+/// one is joining or paired, others are turned away.
+fn accept_backups(listener: TcpListener, joining: Joining) {
+    let Joining { hello, paired, joins, control, channel, memory, mode } = joining;
     for stream in listener.incoming() {
         let stream = match stream {
             Ok(stream) => stream,
@@ -499,16 +523,48 @@ fn accept_backups(
         let watch = PeerWatch::new();
         match PrimaryLink::accept(stream, &ours, watch.clone(), &channel) {
             Ok(link) => {
-                tracing::info!(%peer, backup = %link.backup().id, "a backup connected; pausing for the join");
-                if joins.send(Join { link, watch }).is_err() {
-                    return;
+                tracing::info!(%peer, backup = %link.backup().id, ?mode, "a backup connected; copying memory");
+                let (joins, control, memory, free) = (joins.clone(), control.clone(), memory.clone(), paired.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("ft-join".into())
+                    .spawn(move || copy_for_join(link, watch, &memory, mode, &joins, &control, &free));
+                if let Err(error) = spawned {
+                    tracing::warn!(%peer, "could not start a join: {error}");
+                    paired.store(false, Ordering::Release);
                 }
-                control.pause();
             }
             Err(error) => {
                 tracing::warn!(%peer, "a backup's handshake failed: {error}");
                 paired.store(false, Ordering::Release);
             }
+        }
+    }
+}
+
+/// A join thread: the live rounds of the copy while the vCPU runs, then the hand-over to the
+/// vCPU thread for the pause. A backup lost on the way leaves the VM running alone as it was,
+/// and the next backup may join at once.
+fn copy_for_join(
+    link: PrimaryLink,
+    watch: PeerWatch,
+    memory: &join::MemorySource,
+    mode: join::JoinMode,
+    joins: &crossbeam_channel::Sender<Join>,
+    control: &VcpuControl,
+    paired: &AtomicBool,
+) {
+    let addr = link.backup().listen.clone();
+    match join::prepare(memory, link.transfer_sink(), mode) {
+        Ok(prepared) => {
+            if joins.send(Join { link, watch, prepared }).is_ok() {
+                control.pause();
+            }
+        }
+        Err(error) => {
+            link.abort();
+            drop(link);
+            tracing::warn!(%addr, "a backup went away while it joined; running alone: {error}");
+            paired.store(false, Ordering::Release);
         }
     }
 }

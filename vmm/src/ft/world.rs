@@ -110,6 +110,9 @@ pub struct PrimaryWorld {
     /// Times the vCPU waited for a lagging backup or for room in held output.
     pub lag_waits: u64,
     pub full_waits: u64,
+    /// A record could not be written (the channel broke under it): the run stops at the next
+    /// landmark with this, where a lost backup is told apart from a fault.
+    record_failed: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 impl PrimaryWorld {
@@ -135,7 +138,18 @@ impl PrimaryWorld {
             last_warning: None,
             lag_waits: 0,
             full_waits: 0,
+            record_failed: None,
         }
+    }
+
+    /// A failed record write stops the run at the next landmark (through [`Self::stop_reason`])
+    /// rather than failing it where it stands: the run then ends at a position it can go on
+    /// from, alone, once the race is won.
+    fn recorded(&mut self, written: Result<()>) -> Result<()> {
+        if let Err(error) = written {
+            self.record_failed.get_or_insert_with(|| Arc::new(error));
+        }
+        Ok(())
     }
 
     /// The recording, to finish it (End record) or give the live world back.
@@ -242,6 +256,9 @@ impl EventSource for PrimaryWorld {
         if self.link.is_lost() {
             return Some(WorldStop::PeerLost { reason: format!("no word for {} ms", self.link.silence_ms()) });
         }
+        if let Some(error) = &self.record_failed {
+            return Some(WorldStop::Failed(error.clone()));
+        }
         self.recorder.stop_reason()
     }
 
@@ -260,7 +277,8 @@ impl EventSource for PrimaryWorld {
 
 impl RunObserver for PrimaryWorld {
     fn on_exit(&mut self, count: u64, exit: &ExitInfo, rip: u64) -> Result<()> {
-        self.recorder.on_exit(count, exit, rip)
+        let written = self.recorder.on_exit(count, exit, rip);
+        self.recorded(written)
     }
 
     fn wants_rip(&self) -> bool {
@@ -272,11 +290,13 @@ impl RunObserver for PrimaryWorld {
     }
 
     fn on_interrupt(&mut self, at: Landmark, vector: u8) -> Result<()> {
-        self.recorder.on_interrupt(at, vector)
+        let written = self.recorder.on_interrupt(at, vector);
+        self.recorded(written)
     }
 
     fn on_preempt(&mut self, at: Landmark, machine: &mut Machine) -> Result<()> {
-        self.recorder.on_preempt(at, machine)
+        let written = self.recorder.on_preempt(at, machine);
+        self.recorded(written)
     }
 
     fn load_logged_preemption(&mut self, _count: u64, _machine: &mut Machine) -> Result<bool> {

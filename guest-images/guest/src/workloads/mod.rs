@@ -3,6 +3,7 @@
 
 mod clock;
 mod compute;
+mod dirty;
 mod hello;
 mod kv;
 mod timer;
@@ -13,7 +14,7 @@ use crate::cmdline::{parse_u64, CmdLine};
 /// Power-off code for a bad command line.
 pub const EXIT_USAGE: u32 = 2;
 
-const USAGE: &str = "workloads: hello | timer [N] | compute [M] | clock [N] | kv ip=A.B.C.D/N [port=P] [gw=A.B.C.D]";
+const USAGE: &str = "workloads: hello | timer [N] | compute [M] | clock [N] | dirty [MIB] [PAGES] [S] | kv ip=A.B.C.D/N [port=P] [gw=A.B.C.D]";
 
 pub fn run(boot: &BootInfo, cmdline: CmdLine) -> u32 {
     let mut words = cmdline.words();
@@ -23,6 +24,9 @@ pub fn run(boot: &BootInfo, cmdline: CmdLine) -> u32 {
         "timer" => number_arg(&mut words, 100).and_then(timer::run),
         "compute" => number_arg(&mut words, compute::DEFAULT_MILLIONS).and_then(compute::run),
         "clock" => number_arg(&mut words, 1000).and_then(clock::run),
+        "dirty" => {
+            numbers(&mut words, [64, 16, 10]).and_then(|[mib, pages, seconds]| dirty::run(boot, mib, pages, seconds))
+        }
         "fault" => fault(),
         "kv" => no_more_args(&mut words).and_then(|()| kv::run(boot, cmdline)),
         _ => {
@@ -57,6 +61,21 @@ fn number_arg<'a>(words: &mut impl Iterator<Item = &'a str>, default: u64) -> Re
         return Err("too many arguments");
     }
     Ok(value)
+}
+
+/// The next arguments as numbers, each `default` where there is none.
+fn numbers<'a, const N: usize>(
+    words: &mut impl Iterator<Item = &'a str>,
+    defaults: [u64; N],
+) -> Result<[u64; N], &'static str> {
+    let mut values = defaults;
+    for value in &mut values {
+        match words.next() {
+            None => break,
+            Some(word) => *value = parse_u64(word).ok_or("bad number")?,
+        }
+    }
+    no_more_args(words).map(|()| values)
 }
 
 fn no_more_args<'a>(words: &mut impl Iterator<Item = &'a str>) -> Result<(), &'static str> {
