@@ -275,11 +275,7 @@ impl<S: OutputStage + Send> OutputCommit<S> {
     /// Lost the go-live race: drops everything held and every later output; nothing leaves.
     pub fn halt(&self) {
         let mut state = self.lock();
-        state.mode = Mode::Halted;
-        let dropped = state.held.len() as u64;
-        state.held.clear();
-        state.held_bytes = 0;
-        state.stats.discarded += dropped;
+        halt_locked(&mut state);
         self.shared.room.notify_all();
     }
 
@@ -328,6 +324,15 @@ impl<S: OutputStage + Send> OutputCommit<S> {
     }
 }
 
+/// Drops everything held and every later output (the caller wakes the waiters).
+fn halt_locked<S>(state: &mut State<S>) {
+    state.mode = Mode::Halted;
+    let dropped = state.held.len() as u64;
+    state.held.clear();
+    state.held_bytes = 0;
+    state.stats.discarded += dropped;
+}
+
 impl<S: OutputStage + Send> Shared<S> {
     fn reached(&self) -> u64 {
         match self.mode {
@@ -361,7 +366,13 @@ impl<S: OutputStage + Send> Shared<S> {
         state.stats.released_bytes += len as u64;
         state.stats.released_position = state.stats.released_position.max(held.position);
         state.released_at = Some(held.at);
-        state.inner.emit(held.at, held.output)
+        let result = state.inner.emit(held.at, held.output);
+        if result.is_err() {
+            // Fatal for the VM (a disk write refused by fencing, say): nothing after it may
+            // leave, whichever thread releases next (a reply must not follow a lost write).
+            halt_locked(state);
+        }
+        result
     }
 
     fn is_full(&self, state: &State<S>) -> bool {

@@ -159,3 +159,50 @@ fn a_replica_holder_that_goes_quiet_under_a_lease_comes_back_stale() {
         assert!(back == second, "old data was served");
     }
 }
+
+/// A replica can reach a chunk's current version without the lease's mutations: a
+/// re-replication copy taken while a grant of that version was under way (the copy ends
+/// before the primary hears of its lease, and later writes pass it by), or a `SetVersion` a
+/// stalled chunkserver applies after the master gave up on it. Here a fourth chunkserver is
+/// made to copy the chunk from a holder while the lease runs, as such a copy would be; the
+/// master must not count its report of the current version, or readers get old bytes.
+#[test]
+fn a_replica_copied_under_a_lease_is_not_counted_current() {
+    use storage::protocol::{ChunkReply, ChunkRequest, Conn, Reply};
+    let c = Cluster::start("copied-under-lease", 4, &["--lease-secs", "60", "--repair-interval-secs", "0"]);
+    let client = c.client();
+    client.create("/f").unwrap();
+    let first = pattern(300_000, 81);
+    client.write_at("/f", 0, &first).unwrap();
+    let st = client.stat("/f").unwrap();
+    let chunk = st.chunks[0].clone();
+    let (primary, _) = holders(&c, "/f");
+    let outsider = (0..4).find(|&i| !chunk.replicas.iter().any(|r| r.server == c.cs[i].addr)).expect("a 4th server");
+    let mut conn = Conn::connect(&c.cs[outsider].addr, Duration::from_secs(5)).unwrap();
+    conn.send(&ChunkRequest::Replicate {
+        handle: chunk.handle,
+        version: chunk.version,
+        source: c.cs[primary].addr.clone(),
+    })
+    .unwrap();
+    assert!(matches!(conn.recv::<Reply<ChunkReply>>().unwrap(), Ok(ChunkReply::Copied)));
+    // Written under the same lease, so at the same version, to the three holders only.
+    let second = pattern(300_000, 82);
+    client.write_at("/f", 0, &second).unwrap();
+    assert_eq!(client.stat("/f").unwrap().chunks[0].version, chunk.version, "the lease ran on");
+    c.settle();
+
+    let st = client.stat("/f").unwrap();
+    let chunk = &st.chunks[0];
+    let current: Vec<&str> = chunk.replicas.iter().filter(|r| !r.stale).map(|r| r.server.as_str()).collect();
+    assert!(!current.contains(&c.cs[outsider].addr.as_str()), "a copy taken under the lease counts as current: {st:?}");
+    for addr in current {
+        let copy = fetch_replica(addr, chunk.handle, chunk.version, second.len() as u64).unwrap();
+        assert!(copy == second, "{addr} holds other bytes at version {}", chunk.version);
+    }
+    let mut back = vec![0u8; second.len()];
+    for _ in 0..10 {
+        c.client().read_at("/f", 0, &mut back).unwrap();
+        assert!(back == second, "old data was served");
+    }
+}

@@ -22,6 +22,9 @@
 //!   of their wall time (1.0 = one core busy).
 //! - Log bandwidth: the bytes host-b's kernel acknowledged on host-a's connections to it (the
 //!   logging channel, `ss -tin`) over the protected phases.
+//! - Backup lag: the primary prints it when its pair ends (`ft: backup lag p50 ...`), from the
+//!   time it pushed the log up to a position to the backup's report that its replay got there;
+//!   taken from the rounds that end with the pair stopped.
 //! - Outage: the last protected pair carries on; one connection sends SET/GET without pause while
 //!   the primary is killed [`KILLS`] times. After each kill the backup goes live (`ft: live at`),
 //!   a new backup starts on the dead host and joins it (`ft: protected by ... (pause P ms)`), and
@@ -87,7 +90,7 @@ fn run(net: &FtNet) -> Result<()> {
         protected.backup_cpu += Cpu::read(backup.pid())?.since(&backup_cpu);
         still_a_pair(&mut primary, &mut backup)?;
         if round + 1 < ROUNDS {
-            stop_pair(&mut primary, &mut backup)?;
+            protected.lags.push(stop_pair(&mut primary, &mut backup)?);
         } else {
             pair = Some((primary, backup));
         }
@@ -141,6 +144,14 @@ fn run(net: &FtNet) -> Result<()> {
             bytes as f64 / protected.requests[i] as f64
         );
     }
+    if let Some(worst) = protected.lags.iter().map(|lag| lag[1]).reduce(f64::max) {
+        let rounds: Vec<String> =
+            protected.lags.iter().map(|[p50, p99, max]| format!("{p50:.1} / {p99:.1} / {max:.1}")).collect();
+        println!(
+            "backup lag (a push of the log on the primary to the backup's report of its replay there), p50 / p99 / max ms per round: {}; worst p99 {worst:.1} ms",
+            rounds.join(", ")
+        );
+    }
     outages.print();
     Ok(())
 }
@@ -158,6 +169,8 @@ struct Mode {
     walls: [Duration; 2],
     primary_cpu: f64,
     backup_cpu: f64,
+    /// The backup's lag p50 / p99 / max in ms, per round that ended with the pair stopped.
+    lags: Vec<[f64; 3]>,
     /// Bytes on the logging channel, per entry of [`CONNECTIONS`].
     log_bytes: [u64; 2],
 }
@@ -173,6 +186,7 @@ impl Mode {
             walls: [Duration::ZERO; 2],
             primary_cpu: 0.0,
             backup_cpu: 0.0,
+            lags: Vec::new(),
             log_bytes: [0; 2],
         }
     }
@@ -295,12 +309,20 @@ fn still_a_pair(primary: &mut Process, backup: &mut Process) -> Result<()> {
     Ok(())
 }
 
-/// Ends a protected round: the backup is killed, the primary says it runs alone (it won the
-/// register), then stops cleanly and so releases the register for the next start.
-fn stop_pair(primary: &mut Process, backup: &mut Process) -> Result<()> {
+/// Ends a protected round: the backup is killed, the primary says how far the backup's replay
+/// trailed and that it runs alone (it won the register), then stops cleanly and so releases the
+/// register for the next start. Returns the lag's p50, p99 and max in ms.
+fn stop_pair(primary: &mut Process, backup: &mut Process) -> Result<[f64; 3]> {
     backup.kill();
+    let lag = wait_for_line(
+        primary,
+        "ft: backup lag p50 {any} ms, p99 {any} ms, max {any} ms ({n} landmarks replayed)",
+        TAKEOVER,
+    )?;
     wait_for_line(primary, "ft: backup lost (no word for {n} ms); running alone, generation {n}", TAKEOVER)?;
-    stop_cleanly(primary, "the primary")
+    stop_cleanly(primary, "the primary")?;
+    let ms = |i: usize| -> Result<f64> { lag[i].parse().with_context(|| format!("lag {:?}", lag[i])) };
+    Ok([ms(0)?, ms(1)?, ms(2)?])
 }
 
 /// The outage series: returns what each kill cost.

@@ -4,7 +4,7 @@
 //! must carry on across a failover with nothing acknowledged lost, the switch must learn the
 //! guest's MAC on the new host's port, and a VM that took over must take a new backup.
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use ftvm_tests::ft::pair::*;
 use ftvm_tests::ft::{number, wait_for_line, FtNet, Host, Join, FT_PORT, GUEST_MAC};
 use ftvm_tests::kv::Client;
@@ -84,6 +84,38 @@ fn backup_killed(net: &FtNet) -> Result<()> {
         println!("longest gap the client saw: {} ms", gap.as_millis());
     }
     survives_on_disk(net, &mut primary, "the primary left alone", alone, &report)
+}
+
+/// A following backup stopped with SIGTERM (as an operator would) leaves the pair plainly: one
+/// line, status 0, no claim that its state differs; the primary wins its register back and
+/// runs on alone, its replies flowing on the same connection.
+#[test]
+fn a_backup_stopped_with_sigterm_leaves_plainly_and_the_primary_serves_on() -> Result<()> {
+    require_namespaces!();
+    let net = FtNet::new("ftterm")?;
+    net.explain(backup_terminated(&net))
+}
+
+fn backup_terminated(net: &FtNet) -> Result<()> {
+    let UnderLoad { mut primary, mut backup, generation, mut load } = protected_under_load(net, &[], &[])?;
+    let before = load.replies();
+    backup.signal(libc::SIGTERM)?;
+    let status = backup.wait(TAKEOVER).context("the backup after SIGTERM")?;
+    let output = backup.output();
+    ensure!(status.code() == Some(0), "the backup stopped with {status}, not 0:\n{output}");
+    let left = format!("ft: backup stopped by a signal; the primary at {} runs on alone", Host::A.ft_listen());
+    ensure!(output.contains(&left), "the backup did not say {left:?}:\n{output}");
+    ensure!(!output.contains("state-digest"), "the backup spoke of its state digest:\n{output}");
+    let lost =
+        wait_for_line(&mut primary, "ft: backup lost (no word for {n} ms); running alone, generation {n}", TAKEOVER)?;
+    let alone = number(&lost[1])?;
+    ensure!(alone == generation + 1, "the primary runs alone at generation {alone}, expected {}", generation + 1);
+    load.wait_for_replies(before + ANSWERS, ANSWERS_TIMEOUT)?;
+    ensure_running(&mut primary, "primary")?;
+    register_names(net, Host::A, FT_PORT, alone)?;
+    let report = load.finish()?;
+    println!("{}", report.summary());
+    Ok(())
 }
 
 /// A write the primary held when it died is written by the backup that takes over. The backup

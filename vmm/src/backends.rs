@@ -155,6 +155,19 @@ impl Backends {
         console: Box<dyn Write + Send>,
         doorbell: Doorbell,
     ) -> Result<Self, BackendError> {
+        Self::for_machine_with_gfs(descriptions, nets, disks, &GfsAccess::from_env(), console, doorbell)
+    }
+
+    /// As [`Backends::for_machine`], with `gfs:/PATH` disks on the cluster `gfs` names, their
+    /// writes carrying its fencing token.
+    pub fn for_machine_with_gfs(
+        descriptions: &[DeviceDescription],
+        nets: &[NetSpec],
+        disks: &[DiskSpec],
+        gfs: &GfsAccess,
+        console: Box<dyn Write + Send>,
+        doorbell: Doorbell,
+    ) -> Result<Self, BackendError> {
         let (mut net_index, mut disk_index) = (0, 0);
         let mapped: Vec<DeviceDescription> = descriptions
             .iter()
@@ -174,7 +187,7 @@ impl Backends {
         if nets.len() > net_index || disks.len() > disk_index {
             return Err(BackendError::Mapping { nets: net_index, disks: disk_index });
         }
-        Self::reopen(&mapped, console, doorbell)
+        Self::reopen_with_gfs(&mapped, gfs, console, doorbell)
     }
 
     /// Writers on every TAP (for announcements sent outside the output stage).

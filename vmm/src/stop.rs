@@ -195,6 +195,12 @@ pub fn request_stop(cause: StopCause) {
     }
 }
 
+/// The signal that asked for the stop was answered in full by what stopped (a backup that
+/// left its pair, the VM running on elsewhere): ftvm ends with its own status, not 128 + signal.
+pub fn signal_answered() {
+    SIGNAL_NUMBER.store(0, Ordering::Release);
+}
+
 /// Whether a stop was asked for, and why.
 pub fn stop_cause() -> Option<StopCause> {
     match STOP.load(Ordering::Acquire) {

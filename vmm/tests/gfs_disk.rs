@@ -465,7 +465,6 @@ fn kv_serves_from_a_gfs_disk_and_its_bytes_read_back_through_export() {
 /// acknowledged SET reads back, from the running VM and from a new VM over the same gfs file.
 /// Prints the longest gap between two replies the client saw around each fault.
 #[test]
-#[ignore = "known bug, issue 12: after a chunkserver kill -9 under load, a VM booted again from the gfs file replays only part of the acknowledged SETs (its disk log has a hole near the kill); run with --ignored"]
 fn kv_on_gfs_keeps_serving_through_a_chunkserver_death_and_a_master_restart() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};

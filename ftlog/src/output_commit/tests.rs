@@ -340,6 +340,23 @@ fn a_halted_stage_releases_nothing() {
     assert_eq!(f.stage.stats().discarded, 2);
 }
 
+/// An output the backend refuses (a gfs write fenced out, here a write to a disk that is not
+/// there) is fatal: nothing after it leaves, from this thread or any other.
+#[test]
+fn nothing_leaves_after_an_output_that_failed() {
+    let mut f = Fixture::received();
+    f.emit_at(10, 1, Output::DiskWrite { device: 1, offset: 0, data: b"refused".to_vec() });
+    f.emit_at(20, 2, frame(2));
+    f.watch.set_acked(100);
+    assert!(matches!(f.stage.release_ready(), Err(OutputError::NoDisk { device: 1 })));
+    f.emit_at(30, 3, write(0, b"late"));
+    assert_eq!(f.stage.release_ready().unwrap(), 0);
+    let released: Vec<Output> = f.released().into_iter().map(|(_, output)| output).collect();
+    assert_eq!(released.len(), 1, "only the refused write was handed on: {released:?}");
+    assert_eq!(f.read_file(0, 4), vec![0; 4]);
+    assert_eq!(f.stage.stats().held, 0);
+}
+
 #[test]
 fn the_recorder_publishes_its_stream_position() {
     let header = LogHeader {

@@ -82,6 +82,8 @@ pub struct Store {
     /// Aligned buffers for `O_DIRECT` writes, reused across mutations.
     staging: AlignedPool,
     chunks: Mutex<HashMap<ChunkHandle, Arc<Chunk>>>,
+    /// Held while a chunk's files are created or replaced wholesale.
+    making: Mutex<()>,
 }
 
 fn err(kind: ErrorKind, msg: impl Into<String>) -> GfsError {
@@ -98,6 +100,7 @@ impl Store {
             direct: AtomicBool::new(true),
             staging: AlignedPool::default(),
             chunks: Mutex::new(HashMap::new()),
+            making: Mutex::new(()),
         };
         let rd = std::fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))?;
         for ent in rd {
@@ -196,7 +199,9 @@ impl Store {
     fn write_version(&self, handle: ChunkHandle, version: Version) -> Result<()> {
         let mut b = version.to_le_bytes().to_vec();
         b.extend_from_slice(&crc32c::crc32c(&b).to_le_bytes());
-        let tmp = self.path(handle, "ver.tmp");
+        // Its own temporary name: two writers of the same chunk's version (a new chunk being
+        // created while a copy of it is installed) must not rename each other's file.
+        let tmp = self.temp_path(&format!("{handle:016x}.ver.{}", crate::util::random_id()));
         let dst = self.path(handle, "ver");
         let ctx = || format!("writing {}", tmp.display());
         let mut f = File::create(&tmp).ctx(ctx)?;
@@ -208,6 +213,9 @@ impl Store {
 
     /// Sets a chunk's version, creating the chunk (empty) if it is new. Versions only rise.
     pub fn set_version(&self, handle: ChunkHandle, version: Version) -> Result<()> {
+        // Under `making`, which `install` holds while it replaces a chunk's files: the two never
+        // interleave on the same files.
+        let _making = lock(&self.making);
         let existing = lock(&self.chunks).get(&handle).cloned();
         if let Some(c) = existing {
             let mut s = lock(&c.state);
@@ -246,7 +254,7 @@ impl Store {
             register: Mutex::new(None),
             reported: Reported::new(version, false),
         };
-        lock(&self.chunks).entry(handle).or_insert_with(|| Arc::new(chunk));
+        lock(&self.chunks).insert(handle, Arc::new(chunk));
         Ok(())
     }
 
@@ -257,6 +265,7 @@ impl Store {
         if crcs.len() != BLOCKS_PER_CHUNK {
             return Err(err(ErrorKind::InvalidArgument, "checksum table has the wrong size"));
         }
+        let _making = lock(&self.making);
         let mut chunks = lock(&self.chunks);
         chunks.remove(&handle);
         let _ = std::fs::remove_file(self.path(handle, "bad"));

@@ -103,8 +103,9 @@ impl Master {
 
     fn ensure_lease(self: &Arc<Self>, handle: ChunkHandle, register: Option<String>) -> Result<()> {
         let dead = self.cfg.dead_after;
-        let (version, targets) = {
-            let m = self.meta();
+        let (new_version, targets) = {
+            let mut m = self.meta();
+            let m = &mut *m;
             let c = m
                 .state
                 .chunks
@@ -167,9 +168,29 @@ impl Master {
             if targets.is_empty() {
                 return Err(GfsError::fs(ErrorKind::NoReplicas, format!("chunk {handle}: no live up-to-date replica")));
             }
-            (c.version, targets)
+            let new_version =
+                c.version.checked_add(1).ok_or_else(|| GfsError::fs(ErrorKind::Io, "version overflow"))?;
+            m.custody
+                .begin_grant(handle, new_version, &targets)
+                .map_err(|why| GfsError::fs(ErrorKind::Unavailable, format!("chunk {handle}: {why}")))?;
+            (new_version, targets)
         };
-        let new_version = version.checked_add(1).ok_or_else(|| GfsError::fs(ErrorKind::Io, "version overflow"))?;
+        let mut granted: Vec<ServerIdx> = Vec::new();
+        let result = self.grant(handle, new_version, &targets, register, &mut granted);
+        self.meta().custody.end_grant(handle, new_version, &granted);
+        result
+    }
+
+    /// Logs `new_version`, sends it to `targets` and the lease to the first that accepts;
+    /// `granted` gets those that took the version.
+    fn grant(
+        self: &Arc<Self>,
+        handle: ChunkHandle,
+        new_version: Version,
+        targets: &[ServerIdx],
+        register: Option<String>,
+        granted: &mut Vec<ServerIdx>,
+    ) -> Result<()> {
         self.commit(Record::SetVersion { handle, version: new_version })?;
         let addrs: Vec<String> = {
             let m = self.meta();
@@ -191,6 +212,7 @@ impl Master {
         if let Some(c) = m.state.chunks.get_mut(handle) {
             c.set_replicas(&ok);
         }
+        granted.clone_from(&ok);
         match primary {
             Some((p, acked)) => {
                 let lease = Lease { primary: p, version: new_version, expires: acked + self.cfg.lease, replicas: ok };
@@ -239,7 +261,16 @@ impl Master {
                     continue;
                 };
                 // A shadow may lag the master: a newer replica is simply current.
-                if v == c.version || (shadow && v > c.version) {
+                if v == c.version && !shadow && !m.custody.may_hold(h, v, idx) {
+                    // Not given this version by the grant (nor by a copy accepted since): it
+                    // may lack mutations made under the lease. Left out, and dropped later.
+                    c.remove_replica(idx);
+                    let st = m.stale.entry(h).or_default();
+                    if !st.iter().any(|(s, _)| *s == idx) {
+                        tracing::warn!(handle = h, server = %hb.server, version = v, "replica reports the current version without having been given it; not counted");
+                        st.push((idx, v));
+                    }
+                } else if v == c.version || (shadow && v > c.version) {
                     if !c.add_replica(idx) {
                         tracing::warn!(handle = h, "too many replicas to track");
                     }

@@ -7,6 +7,7 @@
 //! never across disk or network I/O.
 
 pub mod chunks;
+mod custody;
 pub mod health;
 pub mod lease;
 pub mod locks;
@@ -89,6 +90,8 @@ pub struct Meta {
     pub stale: HashMap<u64, Vec<(chunks::ServerIdx, u32)>>,
     /// Replicas with a known corrupt block: served last, left out of new leases if possible.
     pub corrupt: HashMap<u64, Vec<chunks::ServerIdx>>,
+    /// Which replicas may hold each chunk's current version (see `custody.rs`).
+    pub custody: custody::Custody,
 }
 
 /// The master's shared core.
@@ -144,6 +147,7 @@ impl Master {
                 leases: HashMap::new(),
                 stale: HashMap::new(),
                 corrupt: HashMap::new(),
+                custody: custody::Custody::default(),
             }),
             locks: PathLocks::default(),
             log,

@@ -131,18 +131,19 @@ impl Master {
     /// full set of healthy replicas. Returns whether the replica moved.
     fn move_replica(&self, mv: &Move) -> bool {
         let h = mv.handle;
-        if let Err(e) = self.revoke_lease(h) {
-            tracing::debug!(handle = h, "rebalance waits for the lease: {e}");
-            return false;
-        }
+        let Some(ticket) = self.begin_copy(h, mv.version) else { return false };
         let t0 = Instant::now();
         let req = ChunkRequest::Replicate { handle: h, version: mv.version, source: mv.from_addr.clone() };
-        match call(&mv.to_addr, &req) {
-            Ok(ChunkReply::Copied) => {}
-            other => {
-                tracing::warn!(handle = h, from = %mv.from_addr, to = %mv.to_addr, "rebalance copy failed: {other:?}");
-                return false;
-            }
+        let copied = call(&mv.to_addr, &req);
+        let accepted = self.end_copy(ticket, mv.version, matches!(copied, Ok(ChunkReply::Copied)).then_some(mv.to));
+        if !matches!(copied, Ok(ChunkReply::Copied)) {
+            tracing::warn!(handle = h, from = %mv.from_addr, to = %mv.to_addr, "rebalance copy failed: {copied:?}");
+            return false;
+        }
+        if !accepted {
+            // Written meanwhile: the copy is stale; its report marks it so and repair drops it.
+            tracing::info!(handle = h, "chunk changed during a rebalance copy; keeping the old replica");
+            return false;
         }
         // The copy is whole: record it, and take the old replica out of the table if enough
         // healthy replicas remain without it (clients are no longer sent there).
@@ -151,14 +152,9 @@ impl Master {
             let m = &mut *m;
             let dead = self.cfg.dead_after;
             let Some(c) = m.state.chunks.get_mut(h).filter(|c| c.version == mv.version) else {
-                // Written meanwhile: the copy is stale; its report marks it so and repair drops it.
-                tracing::info!(handle = h, "chunk changed during a rebalance copy; keeping the old replica");
+                tracing::info!(handle = h, "chunk changed after a rebalance copy; keeping the old replica");
                 return false;
             };
-            c.add_replica(mv.to);
-            if let Some(v) = m.stale.get_mut(&h) {
-                v.retain(|(s, _)| *s != mv.to);
-            }
             let bad = m.corrupt.get(&h).map(|v| v.as_slice()).unwrap_or(&[]);
             let others =
                 c.replicas().filter(|&s| s != mv.from && m.servers.is_live(s, dead) && !bad.contains(&s)).count();

@@ -3,6 +3,7 @@
 //! replicas are deleted.
 
 use super::chunks::ServerIdx;
+use super::custody::CopyTicket;
 use super::Master;
 use crate::error::{GfsError, Result};
 use crate::protocol::{ChunkHandle, ChunkReply, ChunkRequest, Conn, Reply, Version};
@@ -70,45 +71,78 @@ impl Master {
 
     /// Carries out one planned copy; returns whether it succeeded.
     fn copy_one(&self, c: &Copy) -> bool {
-        // A copy taken while mutations go on could miss some: end the lease first (the
-        // next writer gets a new version, which a late copy would then lack).
-        if let Err(e) = self.revoke_lease(c.handle) {
-            tracing::debug!(handle = c.handle, "repair waits for the lease: {e}");
-            return false;
-        }
+        let Some(ticket) = self.begin_copy(c.handle, c.version) else { return false };
         let t0 = Instant::now();
         let req = ChunkRequest::Replicate { handle: c.handle, version: c.version, source: c.source.clone() };
-        let ok = match call(&c.dest_addr, &req) {
-            Ok(ChunkReply::Copied) => {
-                let mut m = self.meta();
-                let m = &mut *m;
-                if m.state.chunks.get(c.handle).is_some_and(|x| x.version == c.version) {
-                    if let Some(x) = m.state.chunks.get_mut(c.handle) {
-                        // Forget replicas on dead servers (they re-report if they return).
-                        let dead: Vec<ServerIdx> =
-                            x.replicas().filter(|&s| !m.servers.is_live(s, self.cfg.dead_after)).collect();
-                        for s in dead {
-                            x.remove_replica(s);
-                        }
-                        x.add_replica(c.dest);
-                    }
-                    if let Some(v) = m.stale.get_mut(&c.handle) {
-                        v.retain(|(s, _)| *s != c.dest);
-                    }
-                }
-                tracing::info!(handle = c.handle, dest = %c.dest_addr, ms = t0.elapsed().as_millis() as u64, "re-replicated");
-                true
+        let copied = call(&c.dest_addr, &req);
+        let is_copied = matches!(copied, Ok(ChunkReply::Copied));
+        if !self.end_copy(ticket, c.version, is_copied.then_some(c.dest)) {
+            if is_copied {
+                tracing::info!(handle = c.handle, dest = %c.dest_addr, "re-replication copy overtaken by a new lease; not counted");
+            } else {
+                tracing::warn!(handle = c.handle, dest = %c.dest_addr, "re-replication failed: {copied:?}");
             }
-            other => {
-                tracing::warn!(handle = c.handle, dest = %c.dest_addr, "re-replication failed: {other:?}");
-                false
+            return false;
+        }
+        let mut m = self.meta();
+        let m = &mut *m;
+        if let Some(x) = m.state.chunks.get_mut(c.handle) {
+            // Forget replicas on dead servers (they re-report if they return).
+            let dead: Vec<ServerIdx> = x.replicas().filter(|&s| !m.servers.is_live(s, self.cfg.dead_after)).collect();
+            for s in dead {
+                x.remove_replica(s);
             }
+        }
+        tracing::info!(handle = c.handle, dest = %c.dest_addr, ms = t0.elapsed().as_millis() as u64, "re-replicated");
+        true
+    }
+
+    /// Starts a copy of chunk `handle` at `version` (re-replication or rebalancing): none while
+    /// a lease grant or another copy of it is under way (see `custody.rs`), and only once no
+    /// lease can be used at `version` any more: the lease is revoked first (the next writer
+    /// gets a new version, which the copy then lacks and so is not counted).
+    pub(super) fn begin_copy(&self, handle: ChunkHandle, version: Version) -> Option<CopyTicket> {
+        let ticket = {
+            let mut m = self.meta();
+            if m.state.chunks.get(handle).is_none_or(|c| c.version != version) {
+                return None;
+            }
+            m.custody.begin_copy(handle)?
         };
-        ok
+        if let Err(e) = self.revoke_lease(handle) {
+            tracing::debug!(handle, "copy waits for the lease: {e}");
+            self.end_copy(ticket, version, None);
+            return None;
+        }
+        Some(ticket)
+    }
+
+    /// Ends a copy begun by [`Master::begin_copy`]. If `dest` now holds the copy, it is counted
+    /// as a replica, in the same step, when the chunk is still at `version` and no grant
+    /// overtook the copy; returns whether it was.
+    pub(super) fn end_copy(&self, ticket: CopyTicket, version: Version, dest: Option<ServerIdx>) -> bool {
+        let mut m = self.meta();
+        let m = &mut *m;
+        let handle = ticket.handle();
+        let same = m.state.chunks.get(handle).is_some_and(|c| c.version == version);
+        if !m.custody.end_copy(ticket, version, dest.filter(|_| same)) {
+            return false;
+        }
+        let Some(dest) = dest else { return false };
+        if let Some(c) = m.state.chunks.get_mut(handle) {
+            c.add_replica(dest);
+        }
+        if let Some(v) = m.stale.get_mut(&handle) {
+            v.retain(|(s, _)| *s != dest);
+        }
+        true
     }
 
     fn plan_repairs(&self) -> (Vec<Copy>, Vec<(ChunkHandle, ServerIdx, String)>) {
-        let m = self.meta();
+        let mut m = self.meta();
+        let m = &mut *m;
+        let chunks = &m.state.chunks;
+        m.custody.retain(|h| chunks.get(h).is_some());
         let dead = self.cfg.dead_after;
         let now = Instant::now();
         let mut copies = Vec::new();

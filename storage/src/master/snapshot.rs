@@ -32,6 +32,14 @@ impl Master {
     /// Ends any lease on `h`: the primary is told to stop taking mutations; if it cannot be
     /// reached the lease must run out first.
     pub(super) fn revoke_lease(&self, h: ChunkHandle) -> Result<()> {
+        let now = Instant::now();
+        if now < self.lease_grace_until {
+            // Leases from before the restart are unknown here but may still be used.
+            return Err(GfsError::fs(
+                ErrorKind::Unavailable,
+                format!("master restarted: leases granted before may be held for {:?}", self.lease_grace_until - now),
+            ));
+        }
         let lease = {
             let m = self.meta();
             m.leases.get(&h).filter(|l| l.expires > Instant::now()).map(|l| (m.servers.addr(l.primary), l.remaining()))

@@ -114,6 +114,28 @@ impl KvLoad {
     }
 }
 
+impl KvLoad {
+    /// Ends the stream when the server is gone for good (a VM that halted): the connection is
+    /// shut and nothing is read back on it; the report's `read_back` counts the SETs that were
+    /// acknowledged, for the caller to read back elsewhere (from the disk).
+    pub fn finish_unanswered(mut self) -> Result<LoadReport> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.socket.shutdown(std::net::Shutdown::Both).context("shutting the client's connection")?;
+        // The request under way fails with the shut socket; what came before stands.
+        let _ = self.take_result();
+        let log = std::mem::take(&mut *self.log.lock().unwrap_or_else(PoisonError::into_inner));
+        if let Some(wrong) = log.exchanges.iter().find(|e| e.request.starts_with("SET ") && e.reply != "OK") {
+            bail!("{:?} answered {:?}: the guest was told of a failure", wrong.request, wrong.reply);
+        }
+        Ok(LoadReport {
+            started: self.started,
+            exchanges: log.exchanges,
+            read_back: log.acknowledged.len(),
+            acknowledged: log.acknowledged,
+        })
+    }
+}
+
 impl Drop for KvLoad {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);

@@ -12,7 +12,8 @@
 //! The host's own address (10.0.0.11 on host-a, 10.0.0.12 on host-b) sits on its uplink bridge
 //! and carries its VMM's logging channel and its gfs traffic. A gfs master and three
 //! chunkservers run in `storage` for the `ft.NAME` register. The VM's disk is one file both
-//! hosts see at the same path (shared storage without fencing: tests only).
+//! hosts see at the same path (shared storage without fencing: tests only), or with
+//! [`FtNet::with_gfs_disk`] the gfs file [`GFS_DISK`], fenced by register `ft.kv`.
 //!
 //! Everything is created per test and removed on drop, also when the test panics. Namespace
 //! names carry the test's tag and the pid, so parallel runs do not collide; the fixtures of one
@@ -46,6 +47,13 @@ pub const GFS_MASTER: &str = "10.0.0.10:7200";
 const CHUNKSERVER_PORTS: [u16; 3] = [7201, 7202, 7203];
 /// The port of a VMM's `--ft-listen` on its host's address.
 pub const FT_PORT: u16 = 7100;
+/// The VM's disk on gfs (with [`FtNet::with_gfs_disk`]), fenced by register `ft.kv`.
+pub const GFS_DISK: &str = "gfs:/vm/kv.img";
+/// The size of the VM's disk, on a file or on gfs.
+const DISK_SIZE: u64 = 64 << 20;
+/// `--ft-listen` port of the VM that [`FtNet::plain_vm`] boots over a fenced gfs disk (which
+/// only a VM protected under the disk's register may write).
+const CHECK_PORT: u16 = 7109;
 /// The bridge, in the switch and in each host.
 pub const BRIDGE: &str = "br0";
 /// The VM's TAP on each host.
@@ -127,6 +135,8 @@ pub struct FtNet {
     pub switch: NetNs,
     dir: PathBuf,
     disk: PathBuf,
+    /// The VM's disk is [`GFS_DISK`], not `disk`.
+    on_gfs: bool,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -172,11 +182,34 @@ impl FtNet {
             switch,
             dir,
             disk,
+            on_gfs: false,
             _serial: serial,
         };
-        std::fs::File::create(&net.disk)?.set_len(64 << 20)?;
+        std::fs::File::create(&net.disk)?.set_len(DISK_SIZE)?;
         net.start_gfs().with_context(|| net.gfs_output())?;
         Ok(net)
+    }
+
+    /// As [`FtNet::new`], with the VM's disk on gfs: [`GFS_DISK`], made by `ftvm disk create
+    /// ... --fence kv` (the register the tests protect their VM under).
+    pub fn with_gfs_disk(tag: &str) -> Result<Self> {
+        let mut net = Self::new(tag)?;
+        let size = DISK_SIZE.to_string();
+        let args = ["disk", "create", GFS_DISK, "--size", &size, "--fence", pair::NAME, "--gfs-master", GFS_MASTER];
+        net.ftvm_to_end(Host::A, &strings(&args))?;
+        net.on_gfs = true;
+        Ok(net)
+    }
+
+    /// Runs `ftvm ARGS` in `host` to its end; its standard output, or an error with its stderr.
+    pub fn ftvm_to_end(&self, host: Host, args: &[String]) -> Result<String> {
+        let mut command = self.host(host).command(&binary("ftvm")?);
+        command.args(args);
+        let output = command.output().with_context(|| format!("run {command:?}"))?;
+        if !output.status.success() {
+            bail!("{command:?} failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// A master and three chunkservers in `storage`, waited for until the master, asked from
@@ -267,11 +300,16 @@ impl FtNet {
     }
 
     /// The kv guest, unprotected, on `host`'s TAP with [`GUEST_MAC`] and the shared disk;
-    /// waited for until it listens.
+    /// waited for until it listens. A gfs disk, fenced, is written only by a VM protected under
+    /// its register: there the VM runs with `--ft kv` (alone).
     pub fn plain_vm(&self, host: Host) -> Result<Process> {
         let mut args = strings(&["run", "--guest", "kv", &format!("ip={GUEST_CIDR}"), "--net", &net_arg(true)]);
         args.push("--disk".into());
         args.push(self.disk_arg()?);
+        if self.on_gfs {
+            args.extend(strings(&["--ft", pair::NAME, "--gfs-master", GFS_MASTER]));
+            args.extend(strings(&["--ft-listen", &host.ft_listen_on(CHECK_PORT)]));
+        }
         let mut vm = self.ftvm(host, &args)?;
         vm.wait_for("kv: listening on", BOOT_TIMEOUT)?;
         Ok(vm)
@@ -304,7 +342,21 @@ impl FtNet {
     }
 
     fn disk_arg(&self) -> Result<String> {
+        if self.on_gfs {
+            return Ok(GFS_DISK.to_owned());
+        }
         Ok(self.disk.to_str().context("the disk path is not UTF-8")?.to_owned())
+    }
+
+    /// Cuts `host` off from gfs (master and chunkservers): it drops what it sends there (a
+    /// blackhole route), while the other host, the client and the segment stay reachable.
+    pub fn cut_from_storage(&self, host: Host) -> Result<()> {
+        self.host(host).ip(&["route", "add", "blackhole", &format!("{STORAGE_IP}/32")])
+    }
+
+    /// Undoes [`FtNet::cut_from_storage`].
+    pub fn restore_storage(&self, host: Host) -> Result<()> {
+        self.host(host).ip(&["route", "del", "blackhole", &format!("{STORAGE_IP}/32")])
     }
 
     /// Cuts the hosts off from each other (their logging channel), while both still reach the

@@ -18,13 +18,14 @@ pub struct BackupArgs {
     /// The VM's name: find the live side from the gfs register `ft.NAME` (instead of --join).
     #[arg(long, value_name = "NAME")]
     ft: Option<String>,
-    /// The gfs master (the go-live register lives there).
+    /// The gfs master (the go-live register lives there, and `gfs:/PATH` disks).
     #[arg(long, value_name = "ADDR", env = "GFS_MASTER")]
     gfs_master: Option<String>,
     /// This host's TAP for the VM's net device i (the i-th --net), tap=NAME; the MAC stays the VM's.
     #[arg(long, value_name = "tap=NAME")]
     net: Vec<NetSpec>,
-    /// This host's file for the VM's disk j (the j-th --disk): PATH[,readonly].
+    /// This host's file for the VM's disk j (the j-th --disk): PATH[,readonly] or
+    /// gfs:/PATH[,readonly] (on the cluster of --gfs-master).
     #[arg(long, value_name = "PATH[,readonly]")]
     disk: Vec<DiskSpec>,
     /// Print `state-digest: <hex>` when the VM powers off.
@@ -58,7 +59,14 @@ pub fn command(args: &BackupArgs, control: VcpuControl) -> anyhow::Result<ExitCo
             }
             super::exit_code_for(reason)
         }
-        Followed::Served(Served::LostRace { .. }) => Ok(ExitCode::from(vmm::ft::LOST_RACE_STATUS)),
+        Followed::StoppedFollowing => {
+            // The signal asked exactly for this: not a VM stopped by it (130/143).
+            vmm::stop::signal_answered();
+            Ok(ExitCode::SUCCESS)
+        }
+        Followed::Served(Served::LostRace { .. } | Served::FencedOut { .. }) => {
+            Ok(ExitCode::from(vmm::ft::LOST_RACE_STATUS))
+        }
     }
 }
 

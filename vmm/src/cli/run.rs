@@ -174,6 +174,6 @@ fn protected(args: &RunArgs, name: &str, control: VcpuControl) -> anyhow::Result
             }
             super::report(&machine, end.reason, &end.stats, args.state_digest)
         }
-        Served::LostRace { .. } => Ok(ExitCode::from(vmm::ft::LOST_RACE_STATUS)),
+        Served::LostRace { .. } | Served::FencedOut { .. } => Ok(ExitCode::from(vmm::ft::LOST_RACE_STATUS)),
     }
 }

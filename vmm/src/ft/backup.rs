@@ -12,6 +12,7 @@ use super::world::{FollowCommit, FollowWorld};
 use super::{ms_since, FtConfig, FtError};
 use crate::backends::Backends;
 use crate::control::VcpuControl;
+use crate::gfs_disk::GfsAccess;
 use crate::machine::{Machine, MachineConfig};
 use crate::session::{live_world, replay};
 use crate::vcpu::{run, RunEnd, RunOptions, StopReason};
@@ -34,6 +35,9 @@ pub enum Followed {
     PrimaryStopped { end: RunEnd, identical: bool },
     /// This side went live and later stopped, or lost a race.
     Served(Served),
+    /// This side was asked to stop (SIGINT/SIGTERM) while it followed: it left the pair, and
+    /// the primary runs on alone.
+    StoppedFollowing,
 }
 
 /// Where a backup comes from and what it maps the VM's devices onto.
@@ -71,11 +75,15 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
         .machine
         .clone()
         .ok_or_else(|| FtError::Primary { addr: plan.join.clone(), what: "sent no machine description".into() })?;
-    // This host's resources, opened now so that going live only attaches them.
-    let backends = Backends::for_machine(
+    // This host's resources, opened now so that going live only attaches them. Its gfs disks
+    // take no write until this side has won the register (see `fence`).
+    let fence = super::fence::following_fence(&config.name);
+    let gfs = GfsAccess::new(Some(config.master.clone())).with_fence(fence.clone());
+    let backends = Backends::for_machine_with_gfs(
         &description.devices,
         &plan.nets,
         &plan.disks,
+        &gfs,
         Box::new(crate::stdio::Stdout),
         control.doorbell(),
     )?;
@@ -101,12 +109,30 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
     let commit: FollowCommit =
         OutputCommit::new(DiscardOutput::default(), watch.clone(), CommitMode::Received, Duration::ZERO, unbounded);
     machine.attach_output(Box::new(commit.clone()));
-    let mut world = FollowWorld::new(replayer, commit.clone(), watch, link.released_marker());
+    let link = std::sync::Arc::new(link);
+    let (reporter, receiver) = (std::sync::Arc::clone(&link), std::sync::Arc::clone(&link));
+    // The replayed position rides the channel's "verified" message, which the primary uses only
+    // for its lag figure in received mode (the one mode there is).
+    let mut world = FollowWorld::new(replayer, commit.clone(), watch, link.released_marker()).reporting_replay(
+        move |position| {
+            // A full queue loses a report; the next one says more.
+            let _ = reporter.send_verified(position);
+        },
+        move || receiver.held(),
+    );
     let end = run(&mut machine, &mut world, RunOptions { start: saved.position, snapshot: None })?;
 
     match &end.reason {
         StopReason::World(WorldStop::InputEnded { .. }) => {}
         StopReason::World(WorldStop::Failed(error)) => return Err(FtError::Replay(error.to_string())),
+        StopReason::StopRequested => {
+            // Not the VM's end: only this side leaves. Closing the channel tells the primary,
+            // which wins the register back and runs on alone.
+            link.abort();
+            let why = crate::stop::stop_reason().unwrap_or("stopped");
+            crate::errln!("ft: backup {why}; the primary at {} runs on alone", primary.listen);
+            return Ok(Followed::StoppedFollowing);
+        }
         _ => {
             // The primary's VM stopped and its log ended with it: check we reached the same end.
             let identical = match replay::finish(&machine, world.replayer(), &end)? {
@@ -127,6 +153,7 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
     // The primary fell silent (or closed the channel): race for the register.
     let last_word = last_word_from(&link);
     commit.discard_through(link.released());
+    world.stop_reporting();
     drop(link);
     let register = GoLiveRegister::new(&config.master, &config.name, config.holder());
     match register.race(primary.generation) {
@@ -139,8 +166,13 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
             let clock = world.replayer().monotonic_now();
             let unreleased = commit.take_unreleased();
             drop(world);
+            // Before anything is written: the writes issued again carry the generation won,
+            // and the old primary's are refused from now on.
+            fence.set(register.name(), generation);
             let (nets, _) = machine.attach(backends);
-            reissue(&mut machine, unreleased)?;
+            if let Err(error) = reissue(&mut machine, unreleased) {
+                return Ok(Followed::Served(super::fence::halt_if_fenced(Err(error))?));
+            }
             announcer.start();
             crate::errln!(
                 "ft: live at {}, generation {generation}, {} ms after the last word from the primary",
@@ -148,8 +180,9 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
                 ms_since(last_word)
             );
             let world = live_world(nets, clock);
-            let primary =
-                Primary::listen(config, register, generation, &machine, control, listener)?.ran_before(&end.stats);
+            let primary = Primary::listen(config, register, generation, &machine, control, listener)?
+                .ran_before(&end.stats)
+                .fencing(fence);
             Ok(Followed::Served(primary.serve(&mut machine, world, position)?))
         }
     }

@@ -8,13 +8,17 @@
 //! - [`join`]: how a backup joins a running VM (a live pre-copy of memory, then a short pause),
 //!   with [`progress`] shown on the backup;
 //! - [`backup`]: the following side: join, follow, race, go live, then serve as a primary;
-//! - [`world`]: the two worlds the vCPU loop runs in while paired.
+//! - [`world`]: the two worlds the vCPU loop runs in while paired;
+//! - [`fence`]: the VM's gfs disks fenced by the register, and the halt of a side fenced out;
+//! - [`lag`]: how far the backup's replay trails the primary.
 //!
 //! The lines both sides print on stderr (stdout carries the guest's console) are part of the
 //! interface: tests and operators read them.
 
 pub mod backup;
+pub mod fence;
 pub mod join;
+pub mod lag;
 pub mod primary;
 pub mod progress;
 pub mod register;
@@ -24,7 +28,8 @@ use ftlog::channel::ChannelConfig;
 use ftlog::{CommitLimits, CommitMode};
 use std::time::{Duration, Instant};
 
-/// Exit status of a side that lost the go-live race: it released nothing and halted.
+/// Exit status of a side that lost the go-live race, or whose disk writes were fenced out by
+/// the side that won it: it released nothing more and halted.
 pub const LOST_RACE_STATUS: u8 = 75;
 
 /// How one side of a pair runs.

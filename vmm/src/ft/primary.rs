@@ -34,6 +34,8 @@ pub enum Served {
     Stopped(RunEnd),
     /// The backup won the go-live race: nothing more left this side.
     LostRace { holder: String, generation: u64 },
+    /// A gfs disk refused this side's write: another side won `generation` (see [`super::fence`]).
+    FencedOut { generation: u64 },
 }
 
 /// A backup that connected, passed the handshake and received the live rounds of the copy,
@@ -130,9 +132,13 @@ impl Primary {
         Served::Stopped(end)
     }
 
-    /// Runs the VM from `position` in this host's `world` until it stops or this side loses a
-    /// race; backups join and are lost on the way.
-    pub fn serve(
+    /// Runs the VM from `position` in this host's `world` until it stops, this side loses a
+    /// race or its disk writes are fenced out; backups join and are lost on the way.
+    pub fn serve(self, machine: &mut Machine, world: HostWorld, position: RunPosition) -> Result<Served, FtError> {
+        super::fence::halt_if_fenced(self.serve_until_end(machine, world, position))
+    }
+
+    fn serve_until_end(
         mut self,
         machine: &mut Machine,
         mut world: HostWorld,
@@ -143,7 +149,10 @@ impl Primary {
             self.stats.add(&end.stats);
             position = end.position;
             if !matches!(end.reason, StopReason::Paused) {
-                self.release_register();
+                // Fenced out, the register is someone else's: nothing to release.
+                if super::fence::fenced_stop(&end.reason).is_none() {
+                    self.release_register();
+                }
                 return Ok(self.stopped(end));
             }
             let Ok(join) = self.joins.try_recv() else { continue };
@@ -202,7 +211,7 @@ impl Primary {
         machine.attach_output(Box::new(commit.clone()));
         let link = Arc::new(link);
         let state = LinkState::default();
-        let helpers = Helpers::start(&link, &commit, &state, &self.control);
+        let helpers = Helpers::start(&link, &commit, &state, &watch, &self.control);
         crate::errln!("ft: protected by {addr} since {} (pause {} ms)", position.landmark(), ms_since(paused));
         let mut paired = PrimaryWorld::new(
             recorder,
@@ -214,14 +223,24 @@ impl Primary {
         );
         let mut at = position;
         loop {
-            let end = run(machine, &mut paired, RunOptions { start: at, snapshot: None })?;
+            let mut end = run(machine, &mut paired, RunOptions { start: at, snapshot: None })?;
             self.stats.add(&end.stats);
             at = end.position;
             let lost = state.is_lost() || matches!(end.reason, StopReason::World(WorldStop::PeerLost { .. }));
             if lost || (matches!(end.reason, StopReason::World(WorldStop::Failed(_))) && link.is_lost()) {
+                // Joins the releaser: a write it had under way has ended, and if it was refused
+                // by fencing, that is in `state` now and this side halts instead of racing.
                 helpers.stop();
+                if let Some(failed) = Self::fenced_while_paired(&state, &mut end, &commit, &link) {
+                    return Ok(failed);
+                }
+                report_lag(&state);
                 let recorder = paired.into_recorder();
                 return self.race_after_losing(machine, recorder.into_inner(), at, commit, link, &state);
+            }
+            if let Some(failed) = Self::fenced_while_paired(&state, &mut end, &commit, &link) {
+                helpers.stop();
+                return Ok(failed);
             }
             if matches!(end.reason, StopReason::Paused) {
                 continue; // a join refused while paired, or a spurious pause
@@ -239,8 +258,16 @@ impl Primary {
             }
             let deadline = Instant::now() + CLOSE_WAIT;
             while commit.stats().held > 0 && !state.is_lost() && Instant::now() < deadline {
-                let _ = commit.wait_for_space(RELEASE_POLL * 10);
-                let _ = commit.release_ready();
+                let released = commit.wait_for_space(RELEASE_POLL * 10).and_then(|_| commit.release_ready());
+                if let Err(error) = released {
+                    if super::fence::fenced_out(&error).is_some() {
+                        commit.halt();
+                        helpers.stop();
+                        link.abort();
+                        end.reason = StopReason::DeviceFailed(Arc::new(error));
+                        return Ok(Protected::Ended(self.stopped(end)));
+                    }
+                }
             }
             if commit.stats().held > 0 {
                 // The backup did not acknowledge the end: only the race decides who releases.
@@ -249,12 +276,32 @@ impl Primary {
                 return self.race_after_losing_at_stop(machine, world, commit, link, &state, end);
             }
             helpers.stop();
+            report_lag(&state);
             if let Ok(link) = Arc::try_unwrap(link) {
                 link.close(CLOSE_WAIT);
             }
             self.release_register();
             return Ok(Protected::Ended(self.stopped(end)));
         }
+    }
+
+    /// Whether the run ended because a gfs disk refused this side's write (another side is
+    /// live): then nothing more is released, the backup is told nothing, and the VM halts.
+    fn fenced_while_paired(
+        state: &LinkState,
+        end: &mut RunEnd,
+        commit: &PrimaryCommit,
+        link: &PrimaryLink,
+    ) -> Option<Protected> {
+        if let Some(failure) = state.failure() {
+            // The releaser could not apply an output: that, not the stop it asked for, is why
+            // the run ended.
+            end.reason = StopReason::DeviceFailed(failure);
+        }
+        super::fence::fenced_stop(&end.reason)?;
+        commit.halt();
+        link.abort();
+        Some(Protected::Ended(Served::Stopped(end.clone())))
     }
 
     /// The backup is gone: race for the register. Won, release everything held and go on alone
@@ -357,16 +404,27 @@ struct Helpers {
 }
 
 impl Helpers {
-    fn start(link: &Arc<PrimaryLink>, commit: &PrimaryCommit, state: &LinkState, control: &VcpuControl) -> Self {
+    fn start(
+        link: &Arc<PrimaryLink>,
+        commit: &PrimaryCommit,
+        state: &LinkState,
+        watch: &PeerWatch,
+        control: &VcpuControl,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         {
-            let (link, commit, stop, control) = (link.clone(), commit.clone(), stop.clone(), control.clone());
+            let (link, commit, state, watch, stop, control) =
+                (link.clone(), commit.clone(), state.clone(), watch.clone(), stop.clone(), control.clone());
             let spawned = std::thread::Builder::new().name("ft-release".into()).spawn(move || {
                 let mut told = 0;
                 while !stop.load(Ordering::Acquire) {
+                    // The backup reports its replay's position on the channel's "verified"
+                    // message; in received mode it serves only this figure.
+                    state.replayed(watch.verified());
                     if let Err(error) = commit.release_ready() {
                         tracing::error!("a held output could not be released: {error}");
+                        state.set_failed(Arc::new(error));
                         control.stop();
                         return;
                     }
@@ -413,6 +471,13 @@ impl Helpers {
         for thread in self.threads {
             let _ = thread.join();
         }
+    }
+}
+
+/// Prints how far the backup's replay trailed while it followed, if it said.
+fn report_lag(state: &LinkState) {
+    if let Some(line) = state.lag_line() {
+        crate::errln!("{line}");
     }
 }
 

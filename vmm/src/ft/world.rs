@@ -8,17 +8,18 @@
 //!   the outputs the primary says it released, so that what is left at go-live is exactly what
 //!   may not have left.
 
+use super::lag::{LagMeter, REPORT_EVERY};
 use crate::control::VcpuControl;
 use crate::error::Result;
 use crate::machine::Machine;
 use crate::vcpu::{ExitInfo, RunObserver};
-use devices::virtio::{DiscardOutput, OutputStage};
+use devices::virtio::{DiscardOutput, OutputError, OutputStage};
 use devices::{ClockId, Deadlines, EventSource, HostWorld, InputKind, Landmark, WorldEvent, WorldStop};
 use ftlog::channel::RecordSink;
 use ftlog::{ChannelFeed, OutputCommit, PeerWatch, RecordingWorld, ReplayWorld};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// The primary's output stage: the real backends behind the output commit.
@@ -43,6 +44,10 @@ pub struct LinkState {
     lost: Arc<AtomicBool>,
     /// When the backup was declared lost, the silence it had kept (ms).
     silence_ms: Arc<AtomicU64>,
+    /// An output the releaser could not apply (a disk write refused by fencing, say).
+    failed: Arc<Mutex<Option<Arc<OutputError>>>>,
+    /// How far the backup's replay trails the log pushed to it.
+    lag: Arc<Mutex<LagMeter>>,
 }
 
 impl LinkState {
@@ -57,6 +62,34 @@ impl LinkState {
 
     pub fn silence_ms(&self) -> u64 {
         self.silence_ms.load(Ordering::Acquire)
+    }
+
+    /// The releaser failed to apply an output: the VM cannot go on.
+    pub fn set_failed(&self, error: Arc<OutputError>) {
+        *self.failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+    }
+
+    pub fn failure(&self) -> Option<Arc<OutputError>> {
+        self.failed.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn lag(&self) -> std::sync::MutexGuard<'_, LagMeter> {
+        self.lag.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The log up to `position` was pushed to the backup at `at`.
+    pub fn pushed(&self, position: u64, at: Instant) {
+        self.lag().pushed(position, at);
+    }
+
+    /// The backup reports its replay at `position`.
+    pub fn replayed(&self, position: u64) {
+        self.lag().replayed(position, Instant::now());
+    }
+
+    /// The backup's lag over the paired run, as a line (none if it never reported).
+    pub fn lag_line(&self) -> Option<String> {
+        self.lag().line()
     }
 }
 
@@ -140,6 +173,7 @@ impl PrimaryWorld {
             self.flushed = logged;
             self.flushed_at = Instant::now();
             self.unacked.push_back((logged, self.flushed_at));
+            self.link.pushed(logged, self.flushed_at);
         }
     }
 
@@ -280,6 +314,12 @@ pub struct FollowWorld {
     /// into it, so an output held here has the stamp the primary gave the same output.
     watch: PeerWatch,
     released: Arc<AtomicU64>,
+    /// Tells the primary how far the replay has got (for its lag figure), and when it last did.
+    report: Option<Box<dyn FnMut(u64) + Send>>,
+    reported: (u64, Instant),
+    /// The position of the last complete record received: a replay that reached it waits for
+    /// more, so it reports at once.
+    received: Option<Box<dyn Fn() -> u64 + Send>>,
 }
 
 impl FollowWorld {
@@ -290,9 +330,40 @@ impl FollowWorld {
         watch: PeerWatch,
         released: Arc<AtomicU64>,
     ) -> Self {
-        let world = Self { replayer, commit, watch, released };
+        let world =
+            Self { replayer, commit, watch, released, report: None, reported: (0, Instant::now()), received: None };
         world.publish();
         world
+    }
+
+    /// Reports the replay's position through `report` as it advances: at most every
+    /// [`REPORT_EVERY`], and at once when the guest idles or the replay has consumed all that
+    /// `received` says has arrived (it waits for the primary from there on).
+    pub fn reporting_replay(
+        mut self,
+        report: impl FnMut(u64) + Send + 'static,
+        received: impl Fn() -> u64 + Send + 'static,
+    ) -> Self {
+        self.report = Some(Box::new(report));
+        self.received = Some(Box::new(received));
+        self
+    }
+
+    /// No more reports (the channel is about to close).
+    pub fn stop_reporting(&mut self) {
+        self.report = None;
+        self.received = None;
+    }
+
+    fn report_replay(&mut self, now: bool) {
+        let Some(report) = self.report.as_mut() else { return };
+        let position = self.replayer.consumed_position();
+        let (last, at) = self.reported;
+        let caught_up = self.received.as_ref().is_some_and(|received| position >= received());
+        if position > last && (now || caught_up || at.elapsed() >= REPORT_EVERY) {
+            report(position);
+            self.reported = (position, Instant::now());
+        }
     }
 
     /// Stamps what the guest emits next with the log consumed so far.
@@ -323,6 +394,7 @@ impl EventSource for FollowWorld {
     }
 
     fn wait_idle(&mut self, at: Landmark, armed: Deadlines) {
+        self.report_replay(true);
         self.replayer.wait_idle(at, armed)
     }
 
@@ -354,6 +426,7 @@ impl RunObserver for FollowWorld {
         self.replayer.on_exit(count, exit, rip)?;
         self.publish();
         self.drop_released();
+        self.report_replay(false);
         Ok(())
     }
 
