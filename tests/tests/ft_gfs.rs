@@ -45,8 +45,9 @@ fn primary_killed(net: &FtNet) -> Result<()> {
     survives_on_disk(net, &mut backup, "the backup that took over", won, &report)
 }
 
-/// The primary is cut off from gfs while the client's load runs, so its releaser is left inside
-/// a gfs write (retrying) with the replies behind it held; then it is stopped (SIGSTOP), the
+/// The primary is cut off from gfs between two of the client's requests, so its releaser is
+/// left inside the next SET's gfs write (retrying) with the replies behind it held; then it is
+/// stopped (SIGSTOP), the
 /// backup goes live and issues that write and the rest again with the new generation, gfs is
 /// reachable again and the old primary continues: its write must be refused, and it must halt
 /// with the fenced-out line, release nothing (not one frame from its TAP), and leave the file
@@ -65,7 +66,11 @@ fn stopped_inside_a_write(net: &FtNet) -> Result<()> {
     let UnderLoad { mut primary, mut backup, generation, mut load } = protected_under_load(net, &[], &[])?;
     net.wait_for_mac_on(GUEST_MAC, Host::A, Duration::from_secs(5))?;
 
+    // Between two requests every write and flush has left, so after the cut the first gfs
+    // operation is the next SET's write (a flush would carry no generation to refuse).
+    load.pause(ANSWERS_TIMEOUT)?;
     net.cut_from_storage(Host::A)?;
+    load.resume();
     let cut = Instant::now();
     let deadline = cut + Duration::from_secs(10);
     // Every SET's reply waits on its write: the client stalls once a write cannot reach gfs.

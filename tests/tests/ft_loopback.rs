@@ -212,7 +212,9 @@ fn a_new_backup_joins_the_side_that_took_over_and_a_second_failover_works() -> R
     let mut command = Command::new(ftvm()?);
     command.args(["backup", "--ft", "twice", "--gfs-master", &master.addr, "--ft-listen", &c]);
     let mut third = Process::spawn(command)?;
-    second.wait_for("ft: protected by ", LONG)?;
+    // A join that fails shows why on the joining side.
+    let joined = second.wait_for("ft: protected by ", LONG);
+    joined.with_context(|| format!("the third VMM (the new backup) said:\n{}", third.output()))?;
     third.wait_for(&format!("ft: following {b} from "), LONG)?;
     std::thread::sleep(Duration::from_millis(500));
     second.kill();

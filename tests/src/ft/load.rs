@@ -31,6 +31,8 @@ struct LoadLog {
 /// error that [`KvLoad::finish`] reports.
 pub struct KvLoad {
     stop: Arc<AtomicBool>,
+    /// Between two SET/GET pairs the stream waits while this is set (see [`KvLoad::pause`]).
+    pause: Arc<Pause>,
     log: Arc<Mutex<LoadLog>>,
     socket: TcpStream,
     started: Instant,
@@ -50,12 +52,35 @@ impl KvLoad {
         let client = client_ns.within(kv::Client::connect).context("connecting to the guest from the client")?;
         let socket = client.socket()?;
         let stop = Arc::new(AtomicBool::new(false));
+        let pause = Arc::new(Pause::default());
         let log = Arc::new(Mutex::new(LoadLog::default()));
         let worker = {
-            let (stop, log) = (Arc::clone(&stop), Arc::clone(&log));
-            std::thread::spawn(move || drive(client, &stop, &log))
+            let (stop, pause, log) = (Arc::clone(&stop), Arc::clone(&pause), Arc::clone(&log));
+            std::thread::spawn(move || drive(client, &stop, &pause, &log))
         };
-        Ok(Self { stop, log, socket, started: Instant::now(), worker: Some(worker) })
+        Ok(Self { stop, pause, log, socket, started: Instant::now(), worker: Some(worker) })
+    }
+
+    /// Holds the stream after the SET/GET pair under way: returns once its GET was answered,
+    /// so everything the guest did for it (the SET's write and flush, then the replies) has
+    /// left the VM, and nothing new is asked until [`KvLoad::resume`].
+    pub fn pause(&mut self, timeout: Duration) -> Result<()> {
+        self.pause.asked.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + timeout;
+        while !self.pause.waiting.load(Ordering::SeqCst) {
+            if self.worker.as_ref().is_some_and(JoinHandle::is_finished) {
+                bail!("the client's connection ended while it was to pause");
+            }
+            if Instant::now() > deadline {
+                bail!("the client did not reach a pause within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    pub fn resume(&self) {
+        self.pause.asked.store(false, Ordering::SeqCst);
     }
 
     /// Answers received so far.
@@ -146,9 +171,22 @@ impl Drop for KvLoad {
     }
 }
 
-fn drive(mut client: kv::Client, stop: &AtomicBool, log: &Mutex<LoadLog>) -> (kv::Client, Result<()>) {
+/// A pause of the stream between two SET/GET pairs: asked by the test, taken by the worker.
+#[derive(Default)]
+struct Pause {
+    asked: AtomicBool,
+    waiting: AtomicBool,
+}
+
+fn drive(mut client: kv::Client, stop: &AtomicBool, pause: &Pause, log: &Mutex<LoadLog>) -> (kv::Client, Result<()>) {
     let mut i = 0;
     while !stop.load(Ordering::SeqCst) {
+        if pause.asked.load(Ordering::SeqCst) {
+            pause.waiting.store(true, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        pause.waiting.store(false, Ordering::SeqCst);
         if let Err(e) = set_and_get(&mut client, i, log) {
             return (client, Err(e));
         }
