@@ -116,6 +116,41 @@ impl Blk {
         self.submit(T_OUT, sector, data.as_ptr() as *mut u8, data.len(), flush)
     }
 
+    /// Writes `data` (whole sectors) at `sector` without a FLUSH: the device may complete it
+    /// before it is durable ([`Blk::flush`] makes every completed write durable).
+    pub fn write_unflushed(&mut self, sector: u64, data: &[u8]) -> Result<(), BlkError> {
+        if self.readonly {
+            return Err(BlkError::ReadOnly);
+        }
+        self.check(sector, data.len())?;
+        self.submit(T_OUT, sector, data.as_ptr() as *mut u8, data.len(), false)
+    }
+
+    /// A FLUSH alone (nothing if the device does not offer it): every write completed before
+    /// is durable when this returns.
+    pub fn flush(&mut self) -> Result<(), BlkError> {
+        if !self.flush || self.readonly {
+            return Ok(());
+        }
+        let hdr = self.header(0, T_FLUSH, 0);
+        self.q
+            .add(&[
+                Buf { addr: hdr, len: 16, write: false },
+                Buf { addr: self.scratch as u64 + 32, len: 1, write: true },
+            ])
+            .ok_or(BlkError::Range)?;
+        self.requests += 1;
+        if self.q.publish() {
+            self.mmio.notify(0);
+            self.kicks += 1;
+        }
+        self.wait_used(1);
+        match self.status(0) {
+            S_OK => Ok(()),
+            s => Err(BlkError::Status(s)),
+        }
+    }
+
     fn check(&self, sector: u64, len: usize) -> Result<(), BlkError> {
         let sectors = (len / SECTOR) as u64;
         let segments = len.div_ceil(self.seg);

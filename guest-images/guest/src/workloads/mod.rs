@@ -3,6 +3,7 @@
 
 mod clock;
 mod compute;
+mod disk;
 mod hello;
 mod kv;
 mod timer;
@@ -13,7 +14,7 @@ use crate::cmdline::{parse_u64, CmdLine};
 /// Power-off code for a bad command line.
 pub const EXIT_USAGE: u32 = 2;
 
-const USAGE: &str = "workloads: hello | timer [N] | compute [M] | clock [N] | kv ip=A.B.C.D/N [port=P] [gw=A.B.C.D]";
+const USAGE: &str = "workloads: hello | timer [N] | compute [M] | clock [N] | kv ip=A.B.C.D/N [port=P] [gw=A.B.C.D] | disk [size=MiB] [bs=KiB] [ops=N] [seed=S]";
 
 pub fn run(boot: &BootInfo, cmdline: CmdLine) -> u32 {
     let mut words = cmdline.words();
@@ -25,6 +26,10 @@ pub fn run(boot: &BootInfo, cmdline: CmdLine) -> u32 {
         "clock" => number_arg(&mut words, 1000).and_then(clock::run),
         "fault" => fault(),
         "kv" => no_more_args(&mut words).and_then(|()| kv::run(boot, cmdline)),
+        "disk" => match no_more_args(&mut words).and_then(|()| disk::run(boot, cmdline)) {
+            Ok(code) => return code,
+            Err(message) => Err(message),
+        },
         _ => {
             println!("ftvm guest: unknown workload '{}'; {}", name, USAGE);
             return EXIT_USAGE;
