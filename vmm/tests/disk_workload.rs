@@ -80,6 +80,9 @@ fn the_disk_workload_measures_checks_and_leaves_exactly_its_pattern_on_the_disk(
     assert!(bytes[area..].iter().all(|&b| b == 0), "nothing written past size=");
 }
 
+/// Every disk request completes later, as a logged world event at a landmark (none is answered
+/// at its notification): a recording holds one completion per request, and its replay (which
+/// never touches the disk) ends with the same figures and state digest.
 #[test]
 fn a_recorded_disk_run_replays_to_the_same_figures_and_state() {
     let dir = tempfile::tempdir().unwrap();
@@ -99,6 +102,19 @@ fn a_recorded_disk_run_replays_to_the_same_figures_and_state() {
         assert_eq!(line(&recorded, prefix), line(&replayed, prefix), "{prefix}\n{recorded}\n{replayed}");
         assert!(line(&recorded, prefix).is_some(), "{prefix}: {recorded}");
     }
+    let requests: usize = line(&recorded, "disk: requests=")
+        .and_then(|l| l["disk: requests=".len()..].split(' ').next().and_then(|n| n.parse().ok()))
+        .unwrap_or_else(|| panic!("{recorded}"));
+    let out = ftvm(&["log", log]);
+    let records = String::from_utf8_lossy(&out.stdout);
+    let completions = records.lines().filter(|l| l.contains("completion of request")).count();
+    assert_eq!(completions, requests, "one logged completion per request");
+    assert!(!records.contains("DiskRead"), "no read answered at its notification");
+    // The replay did not read the disk: it still holds what the recording left, unchanged by a
+    // fresh image of zeros.
+    std::fs::write(&image, vec![0u8; 4 << 20]).unwrap();
+    let out = ftvm(&["replay", log]);
+    assert!(text(&out).contains("replay: ok"), "{}", text(&out));
 }
 
 #[test]

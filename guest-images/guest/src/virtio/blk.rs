@@ -1,7 +1,8 @@
 //! virtio-blk driver: synchronous reads, and writes optionally followed by a FLUSH in the same
-//! notification (two chains, one exit). ftvm's device completes requests during the
-//! notification exit, so the used ring is checked right after it; only if a request is still
-//! pending does the driver arm an interrupt and wait.
+//! notification (two chains, one exit). ftvm's device completes requests later, at a landmark;
+//! a quick disk's completion often arrives at the notification exit itself, so the used ring is
+//! checked right after it; only if a request is still pending does the driver arm an interrupt
+//! and wait, and it acknowledges the interrupt as soon as it has seen it.
 
 use super::mmio::{Mmio, F_EVENT_IDX, F_VERSION_1};
 use super::queue::{dma_buffer, Buf, Queue, MAX_CHAIN};
@@ -228,16 +229,17 @@ impl Blk {
             while chains > 0 && self.q.pop_used().is_some() {
                 chains -= 1;
             }
-            if chains == 0 {
-                self.q.disarm();
-                return;
-            }
-            // Lower the line if it went up since we last looked, so the next use is an edge.
+            // Lower the line if it went up since we last looked, so the next use is an edge and
+            // no interrupt stays pending (with IF=0 a pending one has ftvm kick the vCPU).
             let seen = interrupts::count(self.irq);
             if seen != self.irqs_seen {
                 self.irqs_seen = seen;
                 self.acks += 1;
                 self.mmio.ack_interrupt();
+            }
+            if chains == 0 {
+                self.q.disarm();
+                return;
             }
             if !self.q.arm() {
                 self.waits += 1;
