@@ -285,8 +285,24 @@ impl EventSource for HostWorld {
                     .map(|frame| WorldEvent::NetFrame { device: *device, frame }),
             );
         }
-        for source in &self.events {
-            events.extend(source.try_iter().take(MAX_EVENTS_PER_POLL));
+        let mut gone = Vec::new();
+        for (i, source) in self.events.iter().enumerate() {
+            for _ in 0..MAX_EVENTS_PER_POLL {
+                match source.try_recv() {
+                    Ok(event) => events.push(event),
+                    Err(crossbeam_channel::TryRecvError::Empty) => break,
+                    // Its disks were let go (and drained): a closed channel would end every
+                    // idle wait at once, so it is dropped.
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                        gone.push(i);
+                        break;
+                    }
+                }
+            }
+        }
+        for i in gone.into_iter().rev() {
+            self.events.remove(i);
+            self.disks.remove(i);
         }
         events
     }

@@ -235,7 +235,9 @@ impl Machine {
     pub fn attach(&mut self, backends: Backends) -> (NetInputs, Box<dyn OutputStage + Send>) {
         let Backends { taps, tap_readers, mut net_inputs, disks, console, doorbell } = backends;
         let (completions, receiver) = Completions::channel(doorbell);
-        net_inputs.disk_completions = Some(receiver);
+        if !disks.is_empty() {
+            net_inputs.disk_completions = Some(receiver);
+        }
         let direct = DirectOutput::new(taps, disks, console, completions);
         let previous = self.board.attach_output(Box::new(direct));
         self.attached = Some(AttachedBackends { _tap_readers: tap_readers });
