@@ -172,8 +172,9 @@ impl Board {
         Deadlines { pit: self.pit.next_deadline() }
     }
 
-    /// Applies something the world did.
-    pub fn apply(&mut self, event: WorldEvent) {
+    /// Applies something the world did. An error is a completion the VM cannot take (a corrupt
+    /// log): the run stops with it.
+    pub fn apply(&mut self, event: WorldEvent) -> Result<(), Arc<OutputError>> {
         match event {
             WorldEvent::PitExpired => {
                 if self.pit.expire() {
@@ -184,7 +185,29 @@ impl Board {
                 self.virtio.apply_frame(device, frame, &self.mem);
                 self.route_virtio_interrupts();
             }
+            WorldEvent::DiskDone { device, id, status, data } => {
+                let applied = self.virtio.apply_disk_done(device, id, status, &data, &self.mem);
+                self.route_virtio_interrupts();
+                applied.map_err(Arc::new)?;
+            }
         }
+        Ok(())
+    }
+
+    /// Issues every pending disk request again through the current output stage: call it right
+    /// after attaching new backends (a restore, a backup going live).
+    pub fn resubmit_disk_requests(&mut self) -> Result<(), Arc<OutputError>> {
+        self.virtio.resubmit_disk_requests(&self.mem, self.output.as_mut()).map_err(Arc::new)
+    }
+
+    /// Disk requests in flight (taken from the guest, not completed).
+    pub fn pending_disk_requests(&self) -> usize {
+        self.virtio.pending_disk_requests()
+    }
+
+    /// The disk write or flush that failed, once one has: the VM cannot go on.
+    pub fn output_failure(&self) -> Option<Arc<OutputError>> {
+        self.output.failure()
     }
 
     /// Whether the PIC has an interrupt for the CPU.

@@ -87,6 +87,10 @@ pub enum WorldEvent {
     /// A frame arrived for virtio-net device `device` (index among the VM's net devices).
     /// It waits in the device's bounce buffer until the guest posts a receive buffer.
     NetFrame { device: u8, frame: Vec<u8> },
+    /// Request `id` of virtio-blk device `device` (index among the VM's disks) finished with
+    /// virtio status `status`; `data` is what a read returned (its bounce buffer, copied into
+    /// the guest's buffers when the event is applied), empty for a write or a flush.
+    DiskDone { device: u8, id: u64, status: u8, data: Vec<u8> },
 }
 
 /// Data that a device takes from the world at an exit, synchronously (as opposed to
@@ -181,26 +185,67 @@ pub struct HostWorld {
     offset_ns: u64,
     /// Frames received by each net device's backend thread: (device index, frames).
     nets: Vec<(u8, crossbeam_channel::Receiver<Vec<u8>>)>,
+    /// Events other backend threads produce (disk completions).
+    events: Vec<crossbeam_channel::Receiver<WorldEvent>>,
+    /// How busy and quick the disks are (for a short wait at a landmark).
+    disks: Vec<std::sync::Arc<crate::virtio::DiskActivity>>,
 }
 
 /// At most this many frames enter the guest at one exit, so a flood cannot stall the vCPU; the
 /// rest wait in the channel (and the device's own bounce queue is bounded too).
 const MAX_FRAMES_PER_POLL: usize = 64;
+/// Likewise for disk completions (a queue holds at most 128 requests).
+const MAX_EVENTS_PER_POLL: usize = 128;
 
 impl HostWorld {
     pub fn new() -> Self {
-        Self { started: std::time::Instant::now(), offset_ns: 0, nets: Vec::new() }
+        Self {
+            started: std::time::Instant::now(),
+            offset_ns: 0,
+            nets: Vec::new(),
+            events: Vec::new(),
+            disks: Vec::new(),
+        }
     }
 
     /// A world whose monotonic clock reads `ns` now: a restored machine's clock goes on from
     /// its snapshot.
     pub fn resuming_at(ns: u64) -> Self {
-        Self { started: std::time::Instant::now(), offset_ns: ns, nets: Vec::new() }
+        Self {
+            started: std::time::Instant::now(),
+            offset_ns: ns,
+            nets: Vec::new(),
+            events: Vec::new(),
+            disks: Vec::new(),
+        }
     }
 
     /// Delivers the frames arriving on `frames` to net device `device`.
     pub fn attach_net(&mut self, device: u8, frames: crossbeam_channel::Receiver<Vec<u8>>) {
         self.nets.push((device, frames));
+    }
+
+    /// Delivers the disk completions arriving on `completions` at the next landmarks.
+    pub fn attach_disks(&mut self, completions: crate::virtio::CompletionReceiver) {
+        self.events.push(completions.events);
+        self.disks.push(completions.activity);
+    }
+
+    /// When nothing has arrived yet but a quick disk is serving a request, waits for it a little
+    /// (at most [`crate::virtio::disk_queue::POLL_MAX`]).
+    fn wait_for_quick_disk(&self) {
+        if self.events.iter().any(|e| !e.is_empty()) {
+            return;
+        }
+        let Some(wait) = self.disks.iter().filter_map(|d| d.worth_waiting()).max() else {
+            return;
+        };
+        let mut select = crossbeam_channel::Select::new();
+        for events in &self.events {
+            select.recv(events);
+        }
+        // Ready or not, the poll that follows takes what is there.
+        let _ = select.ready_timeout(wait);
     }
 
     fn monotonic_ns(&self) -> u64 {
@@ -227,6 +272,7 @@ impl EventSource for HostWorld {
     }
 
     fn poll(&mut self, _at: Landmark, armed: Deadlines) -> Vec<WorldEvent> {
+        self.wait_for_quick_disk();
         let mut events = Vec::new();
         if matches!(armed.pit, Some(deadline) if self.monotonic_ns() >= deadline) {
             events.push(WorldEvent::PitExpired);
@@ -239,11 +285,30 @@ impl EventSource for HostWorld {
                     .map(|frame| WorldEvent::NetFrame { device: *device, frame }),
             );
         }
+        let mut gone = Vec::new();
+        for (i, source) in self.events.iter().enumerate() {
+            for _ in 0..MAX_EVENTS_PER_POLL {
+                match source.try_recv() {
+                    Ok(event) => events.push(event),
+                    Err(crossbeam_channel::TryRecvError::Empty) => break,
+                    // Its disks were let go (and drained): a closed channel would end every
+                    // idle wait at once, so it is dropped.
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                        gone.push(i);
+                        break;
+                    }
+                }
+            }
+        }
+        for i in gone.into_iter().rev() {
+            self.events.remove(i);
+            self.disks.remove(i);
+        }
         events
     }
 
     fn input_pending(&self) -> bool {
-        self.nets.iter().any(|(_, frames)| !frames.is_empty())
+        self.nets.iter().any(|(_, frames)| !frames.is_empty()) || self.events.iter().any(|e| !e.is_empty())
     }
 
     fn monotonic_now(&self) -> u64 {
@@ -263,13 +328,16 @@ impl EventSource for HostWorld {
         if timeout.is_zero() || self.input_pending() {
             return;
         }
-        if self.nets.is_empty() {
+        if self.nets.is_empty() && self.events.is_empty() {
             std::thread::sleep(timeout);
             return;
         }
         let mut select = crossbeam_channel::Select::new();
         for (_, frames) in &self.nets {
             select.recv(frames);
+        }
+        for events in &self.events {
+            select.recv(events);
         }
         // Ready or timed out, either way the loop polls next; nothing is taken here.
         let _ = select.ready_timeout(timeout);

@@ -27,7 +27,7 @@
 //! go-live hands back the rest to re-issue ([`OutputCommit::take_unreleased`]).
 
 use crate::peer::PeerWatch;
-use devices::virtio::{Output, OutputError, OutputStage};
+use devices::virtio::{DiskRead, Output, OutputError, OutputStage};
 use devices::Landmark;
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -450,26 +450,22 @@ impl<S: OutputStage + Send> OutputStage for OutputCommit<S> {
         Ok(())
     }
 
-    fn read_disk(&mut self, device: u8, offset: u64, buf: &mut [u8]) -> Result<(), OutputError> {
+    /// The read goes to the inner stage with every held write of its disk that overlaps it, in
+    /// emit order, as a patch: those writes reach the disk only after the read, yet the read must
+    /// see them. Under the stage's lock, so no release slips between the two.
+    fn submit_read(&mut self, mut read: DiskRead) -> Result<(), OutputError> {
         let mut state = self.lock();
-        state.inner.read_disk(device, offset, buf)?;
-        let end = offset.saturating_add(buf.len() as u64);
-        // In emit order, so a later write over the same bytes wins, as it will on the disk.
+        let end = read.offset.saturating_add(read.len as u64);
         for (held, _) in &state.held {
-            let Output::DiskWrite { device: d, offset: w_offset, data } = &held.output else { continue };
-            if *d != device {
-                continue;
+            let Output::DiskWrite { device, offset, data, .. } = &held.output else { continue };
+            if *device == read.device && *offset < end && offset.saturating_add(data.len() as u64) > read.offset {
+                read.patches.push((*offset, data.clone()));
             }
-            let w_end = w_offset.saturating_add(data.len() as u64);
-            let from = offset.max(*w_offset);
-            let to = end.min(w_end);
-            if from >= to {
-                continue;
-            }
-            // Both differences are bounded by the lengths of `buf` and `data`, which are usizes.
-            let (in_buf, in_data, n) = ((from - offset) as usize, (from - w_offset) as usize, (to - from) as usize);
-            buf[in_buf..in_buf + n].copy_from_slice(&data[in_data..in_data + n]);
         }
-        Ok(())
+        state.inner.submit_read(read)
+    }
+
+    fn failure(&self) -> Option<Arc<OutputError>> {
+        self.lock().inner.failure()
     }
 }

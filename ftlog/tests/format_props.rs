@@ -18,6 +18,8 @@ fn world_event() -> impl Strategy<Value = WorldEvent> {
         Just(WorldEvent::PitExpired),
         (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..64))
             .prop_map(|(device, frame)| WorldEvent::NetFrame { device, frame }),
+        (any::<u8>(), any::<u64>(), any::<u8>(), proptest::collection::vec(any::<u8>(), 0..64))
+            .prop_map(|(device, id, status, data)| WorldEvent::DiskDone { device, id, status, data }),
     ]
 }
 

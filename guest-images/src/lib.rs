@@ -15,6 +15,7 @@
 //! | `clock [N]` (N=1000) | N reads of the monotonic clock between two wall-clock reads; prints `clock: <n> reads, <ns> ns elapsed` and the wall time | 0 |
 //! | `fault` | prints a line, then executes `ud2` in ring 3: the guest reports `(rip & 0xffffff) << 8 \| 6` on the panic port | ftvm's guest-panic code (101) |
 //! | `kv ip=A.B.C.D/N [port=P] [gw=A.B.C.D]` | a key-value server on TCP (port 7000) over the first virtio-net device, logging every SET/DEL to the first virtio disk before replying; prints `kv: listening on A.B.C.D:P, N keys loaded` and serves until killed (no digest) | 2 without its devices or with bad parameters, 3 if a disk write fails |
+//! | `disk [size=MiB] [bs=KiB] [ops=N] [seed=S]` | on the first virtio disk: sequential write and read of `size` MiB (16) in `bs` KiB requests (256), `ops` (1000) random 4 KiB reads and writes; every byte read is checked against a pattern of seed, offset and block version; prints `disk: result seq_write_mbps=X.Y seq_read_mbps=X.Y rand_read_iops=N rand_write_iops=N verified_bytes=N mismatches=N` | 0, 1 after a mismatch, 3 if a request fails, 2 without a writable disk |
 //! | anything else, or a bad argument | prints an error | 2 |
 //!
 //! Digests: `hello` over the banner, `timer` over N and the tick count seen after each
@@ -37,7 +38,7 @@ pub fn ftvm_guest_elf() -> &'static [u8] {
 }
 
 /// The workloads the guest knows (the first word of its command line).
-pub const WORKLOADS: &[&str] = &["hello", "timer", "compute", "clock", "fault", "kv"];
+pub const WORKLOADS: &[&str] = &["hello", "timer", "compute", "clock", "fault", "kv", "disk"];
 
 /// The guest's exit code for an unknown workload or a bad argument.
 pub const EXIT_USAGE: u8 = 2;

@@ -5,8 +5,8 @@
 use crate::gfs_disk::{GfsAccess, GfsDisk, GfsDiskError};
 use crate::machine::Machine;
 use devices::virtio::{
-    gfs_disk_path, AddError, BlockBackend, DeviceDescription, DirectOutput, DiskError, DiskFile, DiskSpec, MacAddr,
-    NetSpec, OutputStage, Tap, TapError, TapReader, TapWriter,
+    gfs_disk_path, AddError, BlockBackend, CompletionReceiver, Completions, DeviceDescription, DirectOutput, DiskError,
+    DiskFile, DiskSpec, MacAddr, NetSpec, OutputStage, Tap, TapError, TapReader, TapWriter,
 };
 use devices::Doorbell;
 use std::io::Write;
@@ -14,8 +14,13 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Received frames per net device: (device index, frames), for the live world to deliver.
-pub type NetInputs = Vec<(u8, crossbeam_channel::Receiver<Vec<u8>>)>;
+/// What attached backends deliver to the live world: received frames per net device (device
+/// index, frames) and the completions of disk requests.
+#[derive(Default)]
+pub struct NetInputs {
+    pub frames: Vec<(u8, crossbeam_channel::Receiver<Vec<u8>>)>,
+    pub disk_completions: Option<CompletionReceiver>,
+}
 
 /// Why a backend could not be opened or does not fit its device.
 #[derive(Debug, thiserror::Error)]
@@ -60,12 +65,21 @@ pub struct Backends {
     net_inputs: NetInputs,
     disks: Vec<Arc<dyn BlockBackend>>,
     console: Box<dyn Write + Send>,
+    /// Rung when a disk request completes (as when a frame arrives).
+    doorbell: Option<Doorbell>,
 }
 
 impl Backends {
     /// No TAPs, no disks: the console alone.
     pub fn console_only(console: Box<dyn Write + Send>) -> Self {
-        Self { taps: Vec::new(), tap_readers: Vec::new(), net_inputs: Vec::new(), disks: Vec::new(), console }
+        Self {
+            taps: Vec::new(),
+            tap_readers: Vec::new(),
+            net_inputs: NetInputs::default(),
+            disks: Vec::new(),
+            console,
+            doorbell: None,
+        }
     }
 
     /// Opens what `--net` and `--disk` name, and describes the devices they make (nets first,
@@ -90,6 +104,7 @@ impl Backends {
         doorbell: Doorbell,
     ) -> Result<(Self, Vec<DeviceDescription>), BackendError> {
         let mut backends = Self::console_only(console);
+        backends.doorbell = Some(Arc::clone(&doorbell));
         let mut descriptions = Vec::new();
         for (index, spec) in nets.iter().enumerate() {
             let mac = spec.mac.unwrap_or_else(|| MacAddr::default_for(index as u8));
@@ -126,6 +141,7 @@ impl Backends {
         doorbell: Doorbell,
     ) -> Result<Self, BackendError> {
         let mut backends = Self::console_only(console);
+        backends.doorbell = Some(Arc::clone(&doorbell));
         let mut net_index = 0u8;
         for description in descriptions {
             match description {
@@ -200,7 +216,7 @@ impl Backends {
         let tap = Tap::open(name).map_err(tap_error)?;
         let (sender, receiver) = crossbeam_channel::bounded(1024);
         self.tap_readers.push(tap.spawn_reader(sender, Arc::clone(doorbell)).map_err(tap_error)?);
-        self.net_inputs.push((device, receiver));
+        self.net_inputs.frames.push((device, receiver));
         self.taps.push(Some(tap.writer()));
         Ok(())
     }
@@ -222,12 +238,25 @@ pub(crate) struct AttachedBackends {
 
 impl Machine {
     /// Attaches `backends` at the current landmark: every later output goes to them at once
-    /// (the output stage they had is returned, with whatever it still held), and the frames they
-    /// receive are returned for the live world to deliver.
+    /// (the output stage they had is returned, with whatever it still held), each disk gets its
+    /// backend thread, disk requests the guest made before and that never completed are issued
+    /// again to them (a restore, a backup going live), and the frames they receive and the disk
+    /// completions are returned for the live world to deliver.
+    ///
+    /// A disk whose thread cannot start, or a request that cannot be issued again, is a failed
+    /// disk: the run stops with it at its first landmark.
     pub fn attach(&mut self, backends: Backends) -> (NetInputs, Box<dyn OutputStage + Send>) {
-        let Backends { taps, tap_readers, net_inputs, disks, console } = backends;
-        let previous = self.board.attach_output(Box::new(DirectOutput::new(taps, disks, console)));
+        let Backends { taps, tap_readers, mut net_inputs, disks, console, doorbell } = backends;
+        let (completions, receiver) = Completions::channel(doorbell);
+        if !disks.is_empty() {
+            net_inputs.disk_completions = Some(receiver);
+        }
+        let direct = DirectOutput::new(taps, disks, console, completions);
+        let previous = self.board.attach_output(Box::new(direct));
         self.attached = Some(AttachedBackends { _tap_readers: tap_readers });
+        if let Err(error) = self.board.resubmit_disk_requests() {
+            tracing::error!(%error, "pending disk requests could not be issued again");
+        }
         (net_inputs, previous)
     }
 

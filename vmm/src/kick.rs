@@ -68,9 +68,6 @@ pub(crate) fn arm_no_later_than(timer: TimerId, delay: Duration) {
 /// A one-shot timer that kicks the calling thread's vCPU.
 pub struct Kicker {
     timer: libc::timer_t,
-    /// Whether the timer may still fire; saves a syscall per exit when there is nothing to
-    /// wait for.
-    armed: Cell<bool>,
 }
 
 impl Kicker {
@@ -102,7 +99,7 @@ impl Kicker {
         if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Self { timer, armed: Cell::new(false) })
+        Ok(Self { timer })
     }
 
     /// The timer's id, for other threads to kick the vCPU through the control handle.
@@ -113,17 +110,14 @@ impl Kicker {
     /// Kicks the vCPU after `delay` unless re-armed or disarmed first.
     pub fn arm(&self, delay: Duration) -> io::Result<()> {
         // A zero it_value would disarm the timer; `timespec` kicks as soon as possible instead.
-        self.set(timespec(delay))?;
-        self.armed.set(true);
-        Ok(())
+        self.set(timespec(delay))
     }
 
+    /// Always a syscall: a backend's doorbell (another thread) may have armed the timer for
+    /// input the loop has taken meanwhile, and a kick left armed would preempt the guest later
+    /// for nothing (each preemption costs a checkpoint when recording).
     pub fn disarm(&self) -> io::Result<()> {
-        if self.armed.get() {
-            self.set(libc::timespec { tv_sec: 0, tv_nsec: 0 })?;
-            self.armed.set(false);
-        }
-        Ok(())
+        self.set(libc::timespec { tv_sec: 0, tv_nsec: 0 })
     }
 
     fn set(&self, value: libc::timespec) -> io::Result<()> {

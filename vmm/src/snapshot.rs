@@ -46,7 +46,9 @@ impl Section {
 
     fn version(self) -> u16 {
         match self {
-            Section::Machine | Section::Position | Section::Vcpu | Section::Board => 1,
+            Section::Machine | Section::Position | Section::Vcpu => 1,
+            // 2: each disk's pending requests (disk requests complete later, as events).
+            Section::Board => 2,
         }
     }
 

@@ -258,7 +258,9 @@ pub fn run(machine: &mut Machine, world: &mut dyn RunWorld, options: RunOptions)
             if let Some(reason) = stop_here(machine, world) {
                 return end(reason, at, halted, stats);
             }
-            deliver_world_events(machine, world, at);
+            if let Some(reason) = deliver_world_events(machine, world, at) {
+                return end(reason, at, halted, stats);
+            }
             if halted {
                 if let Some(reason) = wait_for_interrupt(machine, world, at)? {
                     return end(reason, at, halted, stats);
@@ -317,6 +319,10 @@ pub fn run(machine: &mut Machine, world: &mut dyn RunWorld, options: RunOptions)
 fn stop_here(machine: &Machine, world: &dyn RunWorld) -> Option<StopReason> {
     if let Some(stop) = world.stop_reason() {
         return Some(StopReason::World(stop));
+    }
+    // A disk write the backend failed (on its own thread) stops the VM at the next landmark.
+    if let Some(error) = machine.board.output_failure() {
+        return Some(StopReason::DeviceFailed(error));
     }
     if crate::stop::stop_requested() {
         return Some(StopReason::StopRequested);
@@ -522,10 +528,16 @@ fn stop_reason_of(machine: &mut Machine, outcome: IoOutcome) -> Option<StopReaso
     }
 }
 
-fn deliver_world_events(machine: &mut Machine, world: &mut dyn RunWorld, at: Landmark) {
+/// Applies what the world did by now; a completion the board cannot take (a corrupt log) stops
+/// the run.
+fn deliver_world_events(machine: &mut Machine, world: &mut dyn RunWorld, at: Landmark) -> Option<StopReason> {
+    let mut failed = None;
     for event in world.poll(at, machine.board.deadlines()) {
-        machine.board.apply(event);
+        if let Err(error) = machine.board.apply(event) {
+            failed.get_or_insert(StopReason::DeviceFailed(error));
+        }
     }
+    failed
 }
 
 /// The guest executed HLT: wait, as the CPU would, until an interrupt can wake it.
@@ -539,7 +551,9 @@ fn wait_for_interrupt(machine: &mut Machine, world: &mut dyn RunWorld, at: Landm
         if let Some(reason) = stop_here(machine, world) {
             return Ok(Some(reason));
         }
-        deliver_world_events(machine, world, at);
+        if let Some(reason) = deliver_world_events(machine, world, at) {
+            return Ok(Some(reason));
+        }
     }
     Ok(None)
 }

@@ -1,22 +1,31 @@
-//! virtio-blk (device ID 2): one request queue, 512-byte sectors, requests processed
-//! synchronously at the exit of the queue notification.
+//! virtio-blk (device ID 2): one request queue, 512-byte sectors. Requests are taken at the
+//! exit of the queue notification and complete later, each as a `WorldEvent::DiskDone` at a
+//! landmark (see `disk_queue`): the vCPU never waits for the disk.
 //!
 //! Features: VERSION_1, FLUSH, SEG_MAX, SIZE_MAX, RING_EVENT_IDX, and RO for a read-only disk.
 //! Requests: IN (read), OUT (write), FLUSH and GET_ID; others get VIRTIO_BLK_S_UNSUPP. Every
 //! request is checked against the capacity; one outside it, or not a whole number of sectors,
-//! gets VIRTIO_BLK_S_IOERR. A chain too short to hold a header and a status byte puts the device
-//! in needs-reset (there is nowhere to report a status).
+//! gets VIRTIO_BLK_S_IOERR. Those, GET_ID, unsupported requests and a FLUSH of a read-only disk
+//! complete at once, in the notification. A chain too short to hold a header and a status byte
+//! puts the device in needs-reset (there is nowhere to report a status).
 //!
-//! A read takes its bytes from the world (`EventSource::device_input`, so that they are logged
-//! on the primary and replayed on the backup) into a bounce buffer, then copies them into the
-//! guest's buffers. A write leaves through the output stage, which reports it OK to the guest
-//! (see `output` for why).
+//! A read, a write or a flush gets the next request id of the device and waits in its pending
+//! table (part of the device state, so checkpoints, snapshots and the state digest carry it) until
+//! its completion is applied: the read's bytes go from the event (the bounce buffer) into the
+//! guest's buffers, then the status. A read is handed to the output stage
+//! (`OutputStage::submit_read`, which makes it see every write emitted before it); a write and a
+//! flush leave through the output stage as outputs. A completion for no pending id (a request
+//! issued again at go-live that had completed already) is ignored. When new backends are attached
+//! ([`Blk::resubmit`]) every pending request is issued again, in order: a restored snapshot or a
+//! backup going live completes what the old side never completed.
 
 use super::device::{Ctx, Fault, VirtioDevice};
 use super::net::read_bytes;
-use super::output::{Output, OutputError};
-use super::queue::{Chain, VirtQueue};
-use crate::event::InputKind;
+use super::output::{DiskRead, Output, OutputError, OutputStage};
+use super::queue::{Buf, Chain, VirtQueue};
+use crate::event::Landmark;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_S_IOERR,
     VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
@@ -38,11 +47,50 @@ pub const REQ_HDR_LEN: u64 = 16;
 /// Length of the GET_ID answer.
 pub const ID_LEN: usize = 20;
 
+/// What a pending request does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PendingOp {
+    Read { offset: u64, len: u64 },
+    Write { offset: u64, len: u64 },
+    Flush,
+}
+
+/// A request taken from the queue whose completion has not been applied yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRequest {
+    pub id: u64,
+    /// Where the guest made it.
+    pub at: Landmark,
+    pub head: u16,
+    pub op: PendingOp,
+    /// The chain's buffers, (guest address, length): readable ones, then writable ones.
+    pub readable: Vec<(u64, u32)>,
+    pub writable: Vec<(u64, u32)>,
+}
+
+impl PendingRequest {
+    fn chain(&self) -> Chain {
+        let bufs = |list: &[(u64, u32)]| {
+            list.iter().map(|&(addr, len)| Buf { addr: vm_memory::GuestAddress(addr), len }).collect()
+        };
+        Chain { head: self.head, readable: bufs(&self.readable), writable: bufs(&self.writable) }
+    }
+}
+
+/// The device's own state, for checkpoints: the next request id and the pending requests.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlkState {
+    pub next_id: u64,
+    pub pending: Vec<PendingRequest>,
+}
+
 pub struct Blk {
     index: u8,
     capacity: u64,
     readonly: bool,
     id: [u8; ID_LEN],
+    next_id: u64,
+    pending: BTreeMap<u64, PendingRequest>,
 }
 
 impl Blk {
@@ -52,7 +100,103 @@ impl Blk {
         let mut id = [0u8; ID_LEN];
         let name = format!("ftvm-disk-{index}");
         id[..name.len()].copy_from_slice(name.as_bytes());
-        Self { index, capacity: size_bytes / SECTOR_SIZE, readonly, id }
+        Self { index, capacity: size_bytes / SECTOR_SIZE, readonly, id, next_id: 0, pending: BTreeMap::new() }
+    }
+
+    pub fn state(&self) -> BlkState {
+        BlkState { next_id: self.next_id, pending: self.pending.values().cloned().collect() }
+    }
+
+    pub fn restore(&mut self, state: &BlkState) {
+        self.next_id = state.next_id;
+        self.pending = state.pending.iter().map(|p| (p.id, p.clone())).collect();
+    }
+
+    /// Requests taken and not completed.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Applies the completion of request `id` (see `WorldEvent::DiskDone`): a read's `data` goes
+    /// into its buffers, the status after it, and the chain is returned to the guest. Returns
+    /// whether an interrupt for used buffers is due.
+    pub fn complete(
+        &mut self,
+        id: u64,
+        status: u8,
+        data: &[u8],
+        queues: &mut [VirtQueue],
+        mem: &crate::GuestMemoryMmap,
+    ) -> Result<bool, Fault> {
+        let Some(request) = self.pending.remove(&id) else {
+            tracing::debug!(device = self.index, id, "completion of a request not pending (issued twice); ignored");
+            return Ok(false);
+        };
+        let q = queues.first_mut().ok_or_else(|| Fault::Guest("no request queue".into()))?;
+        let chain = request.chain();
+        let written = match request.op {
+            PendingOp::Read { len, .. } => {
+                if data.len() as u64 != len {
+                    return Err(Fault::Host(OutputError::ReadLength {
+                        device: self.index,
+                        got: data.len(),
+                        want: len as usize,
+                    }));
+                }
+                chain.write_at(mem, 0, data).map_err(Fault::queue(0))?;
+                // At most MAX_DATA.
+                len as u32
+            }
+            PendingOp::Write { .. } | PendingOp::Flush => 0,
+        };
+        chain.write_at(mem, chain.writable_len() - 1, &[status]).map_err(Fault::queue(0))?;
+        q.add_used(mem, request.head, written + 1).map_err(Fault::queue(0))?;
+        q.needs_notification(mem).map_err(Fault::queue(0))
+    }
+
+    /// Issues every pending request again, in the order the guest made them, to `out` (new
+    /// backends: a restore, or a backup going live). Writes take their data from the guest's
+    /// buffers, which the guest may not touch until the request completes.
+    pub fn resubmit(&self, mem: &crate::GuestMemoryMmap, out: &mut dyn OutputStage) -> Result<(), OutputError> {
+        for request in self.pending.values() {
+            let (device, id) = (self.index, request.id);
+            match request.op {
+                PendingOp::Read { offset, len } => {
+                    out.submit_read(DiskRead { device, id, offset, len: len as usize, patches: Vec::new() })?
+                }
+                PendingOp::Write { offset, len } => {
+                    let mut data = vec![0u8; len as usize];
+                    if let Err(error) = request.chain().read_at(mem, REQ_HDR_LEN, &mut data) {
+                        // The chain was read when the request was taken; memory cannot have shrunk.
+                        tracing::error!(device, id, %error, "a pending write's buffers are unreadable now; not issued again");
+                        continue;
+                    }
+                    out.emit(request.at, Output::DiskWrite { device, id, offset, data })?
+                }
+                PendingOp::Flush => out.emit(request.at, Output::DiskFlush { device, id })?,
+            }
+        }
+        if !self.pending.is_empty() {
+            tracing::info!(device = self.index, requests = self.pending.len(), "pending disk requests issued again");
+        }
+        Ok(())
+    }
+
+    /// Takes request `op` of `chain` as pending; returns its id.
+    fn take(&mut self, chain: &Chain, op: PendingOp, at: Landmark) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let list = |bufs: &[Buf]| bufs.iter().map(|b| (b.addr.0, b.len)).collect();
+        let request = PendingRequest {
+            id,
+            at,
+            head: chain.head,
+            op,
+            readable: list(&chain.readable),
+            writable: list(&chain.writable),
+        };
+        self.pending.insert(id, request);
+        id
     }
 
     /// Capacity in 512-byte sectors.
@@ -71,8 +215,9 @@ impl Blk {
         (len.is_multiple_of(SECTOR_SIZE) && end <= self.capacity * SECTOR_SIZE).then_some(offset)
     }
 
-    /// Handles one request; returns the number of bytes written into the chain.
-    fn handle(&mut self, chain: &Chain, ctx: &mut Ctx<'_>) -> Result<u32, Fault> {
+    /// Handles one request; returns the number of bytes written into the chain if it completed
+    /// at once, `None` if it is pending.
+    fn handle(&mut self, chain: &Chain, ctx: &mut Ctx<'_>) -> Result<Option<u32>, Fault> {
         let head = chain.head;
         let qerr = Fault::queue(0);
         if chain.readable_len() < REQ_HDR_LEN || chain.writable_len() < 1 {
@@ -91,14 +236,20 @@ impl Blk {
         let data_out = chain.readable_len() - REQ_HDR_LEN;
 
         let (status, written) = match kind {
-            VIRTIO_BLK_T_IN => self.read(chain, sector, data_in, ctx)?,
-            VIRTIO_BLK_T_OUT => (self.write(chain, sector, data_out, ctx)?, 0),
-            VIRTIO_BLK_T_FLUSH => {
-                if !self.readonly {
-                    ctx.out.emit(ctx.at, Output::DiskFlush { device: self.index })?;
-                }
-                (VIRTIO_BLK_S_OK, 0)
+            VIRTIO_BLK_T_IN => match self.read(chain, sector, data_in, ctx)? {
+                Some(status) => (status, 0),
+                None => return Ok(None),
+            },
+            VIRTIO_BLK_T_OUT => match self.write(chain, sector, data_out, ctx)? {
+                Some(status) => (status, 0),
+                None => return Ok(None),
+            },
+            VIRTIO_BLK_T_FLUSH if !self.readonly => {
+                let id = self.take(chain, PendingOp::Flush, ctx.at);
+                ctx.out.emit(ctx.at, Output::DiskFlush { device: self.index, id })?;
+                return Ok(None);
             }
+            VIRTIO_BLK_T_FLUSH => (VIRTIO_BLK_S_OK, 0),
             VIRTIO_BLK_T_GET_ID => {
                 let n = (ID_LEN as u64).min(data_in) as usize;
                 chain.write_at(ctx.mem, 0, &self.id[..n]).map_err(Fault::queue(0))?;
@@ -110,54 +261,37 @@ impl Blk {
             }
         };
         chain.write_at(ctx.mem, data_in, &[status as u8]).map_err(qerr)?;
-        Ok(written + 1)
+        Ok(Some(written + 1))
     }
 
-    /// An IN request: returns its status and the number of data bytes written to the guest.
-    fn read(&mut self, chain: &Chain, sector: u64, len: u64, ctx: &mut Ctx<'_>) -> Result<(u32, u32), Fault> {
+    /// An IN request: its status if it failed at once, `None` once it is submitted.
+    fn read(&mut self, chain: &Chain, sector: u64, len: u64, ctx: &mut Ctx<'_>) -> Result<Option<u32>, Fault> {
         let Some(offset) = self.range(sector, len) else {
             tracing::debug!(device = self.index, sector, len, capacity = self.capacity, "read outside the disk");
-            return Ok((VIRTIO_BLK_S_IOERR, 0));
+            return Ok(Some(VIRTIO_BLK_S_IOERR));
         };
+        let id = self.take(chain, PendingOp::Read { offset, len }, ctx.at);
         // At most MAX_DATA.
-        let len = len as usize;
-        let device = self.index;
-        let out = &mut *ctx.out;
-        let mut live = || {
-            let mut bounce = vec![0u8; len + 1];
-            bounce[len] = match out.read_disk(device, offset, &mut bounce[..len]) {
-                Ok(()) => VIRTIO_BLK_S_OK as u8,
-                Err(e) => {
-                    tracing::warn!(device, error = %e, "disk read failed; the guest gets an I/O error");
-                    bounce[..len].fill(0);
-                    VIRTIO_BLK_S_IOERR as u8
-                }
-            };
-            bounce
-        };
-        let bounce = ctx.world.device_input(ctx.at, InputKind::DiskRead { device }, &mut live);
-        if bounce.len() != len + 1 {
-            return Err(Fault::Host(OutputError::ReadLength { device, got: bounce.len(), want: len + 1 }));
-        }
-        chain.write_at(ctx.mem, 0, &bounce[..len]).map_err(Fault::queue(0))?;
-        Ok((u32::from(bounce[len]), len as u32))
+        ctx.out.submit_read(DiskRead { device: self.index, id, offset, len: len as usize, patches: Vec::new() })?;
+        Ok(None)
     }
 
-    /// An OUT request: returns its status.
-    fn write(&mut self, chain: &Chain, sector: u64, len: u64, ctx: &mut Ctx<'_>) -> Result<u32, Fault> {
+    /// An OUT request: its status if it failed at once, `None` once it is emitted.
+    fn write(&mut self, chain: &Chain, sector: u64, len: u64, ctx: &mut Ctx<'_>) -> Result<Option<u32>, Fault> {
         if self.readonly {
             tracing::debug!(device = self.index, sector, "write to a read-only disk refused");
-            return Ok(VIRTIO_BLK_S_IOERR);
+            return Ok(Some(VIRTIO_BLK_S_IOERR));
         }
         let Some(offset) = self.range(sector, len) else {
             tracing::debug!(device = self.index, sector, len, capacity = self.capacity, "write outside the disk");
-            return Ok(VIRTIO_BLK_S_IOERR);
+            return Ok(Some(VIRTIO_BLK_S_IOERR));
         };
         // At most MAX_DATA.
         let mut data = vec![0u8; len as usize];
         chain.read_at(ctx.mem, REQ_HDR_LEN, &mut data).map_err(Fault::queue(0))?;
-        ctx.out.emit(ctx.at, Output::DiskWrite { device: self.index, offset, data })?;
-        Ok(VIRTIO_BLK_S_OK)
+        let id = self.take(chain, PendingOp::Write { offset, len }, ctx.at);
+        ctx.out.emit(ctx.at, Output::DiskWrite { device: self.index, id, offset, data })?;
+        Ok(None)
     }
 }
 
@@ -195,15 +329,19 @@ impl VirtioDevice for Blk {
         let q = queues.get_mut(usize::from(queue)).ok_or_else(|| Fault::Guest(format!("no queue {queue}")))?;
         let mut used = false;
         while let Some(chain) = q.pop(ctx.mem, MAX_CHAIN).map_err(Fault::queue(queue))? {
-            let len = self.handle(&chain, ctx)?;
-            q.add_used(ctx.mem, chain.head, len).map_err(Fault::queue(queue))?;
-            used = true;
+            if let Some(len) = self.handle(&chain, ctx)? {
+                q.add_used(ctx.mem, chain.head, len).map_err(Fault::queue(queue))?;
+                used = true;
+            }
         }
         q.enable_notification(ctx.mem).map_err(Fault::queue(queue))?;
         Ok(used && q.needs_notification(ctx.mem).map_err(Fault::queue(queue))?)
     }
 
-    fn reset(&mut self) {}
+    /// Requests in flight are forgotten: their completions find nothing pending.
+    fn reset(&mut self) {
+        self.pending.clear();
+    }
 
     fn name(&self) -> String {
         format!("virtio-blk {}", self.index)

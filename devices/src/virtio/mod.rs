@@ -16,6 +16,7 @@ pub mod blk_file;
 pub mod description;
 pub mod device;
 pub mod disk;
+pub mod disk_queue;
 pub mod mmio;
 pub mod net;
 pub mod output;
@@ -30,13 +31,14 @@ mod testdriver;
 #[cfg(test)]
 mod tests;
 
-pub use blk::Blk;
+pub use blk::{Blk, BlkState};
 pub use blk_file::{DiskError, DiskFile};
 pub use description::DeviceDescription;
 pub use disk::BlockBackend;
+pub use disk_queue::{CompletionReceiver, Completions, DiskActivity, DiskQueue};
 pub use mmio::{MmioTransport, RestoreError, TransportState};
 pub use net::{Net, NetState};
-pub use output::{DirectOutput, DiscardOutput, Output, OutputError, OutputStage};
+pub use output::{DirectOutput, DiscardOutput, DiskRead, Output, OutputError, OutputStage};
 pub use spec::{gfs_disk_path, DiskSpec, MacAddr, NetSpec, SpecError, GFS_DISK_PREFIX};
 pub use tap::{Tap, TapError, TapReader, TapWriter};
 
@@ -68,7 +70,7 @@ enum Slot {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SlotState {
     Net { transport: TransportState, net: NetState },
-    Blk { transport: TransportState },
+    Blk { transport: TransportState, blk: BlkState },
 }
 
 /// The state of all virtio devices, for checkpoints.
@@ -184,6 +186,47 @@ impl VirtioDevices {
         true
     }
 
+    /// Applies `WorldEvent::DiskDone { device, id, status, data }` at an exit: the request's
+    /// data and status go into the guest's buffers and the chain to the used ring. An error is a
+    /// completion that cannot be right (a read of another length: a corrupt log), fatal for the VM.
+    pub fn apply_disk_done(
+        &mut self,
+        device: u8,
+        id: u64,
+        status: u8,
+        data: &[u8],
+        mem: &GuestMemoryMmap,
+    ) -> Result<(), OutputError> {
+        let Some(Slot::Blk(t)) = self.disks.get(usize::from(device)).map(|&s| &mut self.slots[s]) else {
+            tracing::warn!(device, "completion for a disk this board does not have; dropped");
+            return Ok(());
+        };
+        t.run(mem, |blk, queues, mem| blk.complete(id, status, data, queues, mem))
+    }
+
+    /// Issues every pending disk request again to `out` (new backends attached).
+    pub fn resubmit_disk_requests(&self, mem: &GuestMemoryMmap, out: &mut dyn OutputStage) -> Result<(), OutputError> {
+        for slot in &self.slots {
+            if let Slot::Blk(t) = slot {
+                if t.is_live() {
+                    t.device().resubmit(mem, out)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Disk requests taken and not completed, over all disks.
+    pub fn pending_disk_requests(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|slot| match slot {
+                Slot::Blk(t) => t.device().pending(),
+                Slot::Net(_) => 0,
+            })
+            .sum()
+    }
+
     /// The interrupt line of each device: (IRQ, level). Level-triggered: the line stays high until
     /// the driver acknowledges (InterruptACK).
     pub fn interrupt_lines(&self) -> impl Iterator<Item = (u8, bool)> + '_ {
@@ -214,7 +257,7 @@ impl VirtioDevices {
             .iter()
             .map(|slot| match slot {
                 Slot::Net(t) => SlotState::Net { transport: t.state(), net: t.device().state() },
-                Slot::Blk(t) => SlotState::Blk { transport: t.state() },
+                Slot::Blk(t) => SlotState::Blk { transport: t.state(), blk: t.device().state() },
             })
             .collect();
         VirtioState { slots }
@@ -235,7 +278,10 @@ impl VirtioDevices {
                     t.restore(transport)?;
                     t.device_mut().restore(net);
                 }
-                (Slot::Blk(t), SlotState::Blk { transport }) => t.restore(transport)?,
+                (Slot::Blk(t), SlotState::Blk { transport, blk }) => {
+                    t.restore(transport)?;
+                    t.device_mut().restore(blk);
+                }
                 _ => return Err(RestoreError::Device(format!("virtio slot {i} holds a different kind of device"))),
             }
         }

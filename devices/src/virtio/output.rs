@@ -7,18 +7,26 @@
 //! recording). The console is an output like the others, so a following backup prints nothing
 //! and a primary prints only what is safe.
 //!
-//! Disk reads also go through the stage ([`OutputStage::read_disk`]), because the stage is the
+//! Disk reads also go through the stage ([`OutputStage::submit_read`]), because the stage is the
 //! one part of the VMM that knows which writes it has not yet applied: whatever it holds, a read
-//! must see every write emitted before it, in order.
+//! must see every write emitted before it, in order. A stage that holds writes adds them to the
+//! read as patches.
+//!
+//! **Disk requests complete later.** Writes, flushes and reads carry the device's request id;
+//! [`DirectOutput`] hands them to each disk's backend thread ([`super::disk_queue`]) and returns at
+//! once, and each finished request comes back as a `WorldEvent::DiskDone` through the live world,
+//! at a landmark. So no disk round trip is paid on the vCPU thread, and a recording logs each
+//! completion where the guest saw it.
 //!
 //! **Disk write status.** The status byte the guest sees for a write must be the same on the
-//! primary and on a replaying backup, and a held write has no result yet when the guest is told.
-//! So a write is always reported OK to the guest, and a write the backend fails to apply is
-//! fatal for the VM: `emit` returns the error, and the VMM stops with it (a clear log line naming
-//! the disk, offset and errno). Reads are different: their status comes back with their data
-//! through the event source, so it is recorded and replayed like the data.
+//! primary and on a replaying backup. A write the backend accepts completes OK; a write it fails
+//! is fatal for the VM: the stage latches the error ([`OutputStage::failure`]) and the VMM stops
+//! with it (a clear log line naming the disk, offset and errno), never telling the guest. Reads
+//! are different: their status comes back with their data in the completion event, so it is
+//! recorded and replayed like the data.
 
 use super::disk::BlockBackend;
+use super::disk_queue::{Completions, DiskQueue};
 use super::tap::TapWriter;
 use crate::event::Landmark;
 use std::io::Write;
@@ -29,10 +37,11 @@ use std::sync::Arc;
 pub enum Output {
     /// A frame the guest transmitted on net device `device` (without the virtio-net header).
     NetFrame { device: u8, frame: Vec<u8> },
-    /// Bytes the guest wrote at byte `offset` of disk `device`.
-    DiskWrite { device: u8, offset: u64, data: Vec<u8> },
-    /// The guest asked that disk `device`'s writes be made durable.
-    DiskFlush { device: u8 },
+    /// Bytes the guest wrote at byte `offset` of disk `device`, as its request `id` (which
+    /// completes once they are applied).
+    DiskWrite { device: u8, id: u64, offset: u64, data: Vec<u8> },
+    /// The guest asked, as request `id`, that disk `device`'s completed writes be made durable.
+    DiskFlush { device: u8, id: u64 },
     /// Bytes the guest wrote to its serial console.
     Console { bytes: Vec<u8> },
 }
@@ -52,6 +61,37 @@ pub enum OutputError {
     ReadLength { device: u8, got: usize, want: usize },
     #[error("no disk {device} in the output stage")]
     NoDisk { device: u8 },
+    #[error("disk {device} failed earlier: {first}")]
+    Failed { device: u8, first: Arc<OutputError> },
+    #[error("disk {device}: its backend thread could not start: {source}")]
+    Thread { device: u8, source: std::io::Error },
+}
+
+/// A read request of the guest, handed to the stage at the exit that made it. It completes later
+/// as `WorldEvent::DiskDone { device, id, .. }` with `len` bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskRead {
+    pub device: u8,
+    pub id: u64,
+    pub offset: u64,
+    pub len: usize,
+    /// Writes emitted before the read that a stage still holds, (byte offset, data) in emit
+    /// order: laid over what the disk returns, so the read sees them.
+    pub patches: Vec<(u64, Vec<u8>)>,
+}
+
+/// Copies the part of `data` (written at byte `at`) that falls inside `buf` (read from byte
+/// `offset`) over `buf`.
+pub fn lay_over(buf: &mut [u8], offset: u64, at: u64, data: &[u8]) {
+    let end = offset.saturating_add(buf.len() as u64);
+    let from = offset.max(at);
+    let to = end.min(at.saturating_add(data.len() as u64));
+    if from >= to {
+        return;
+    }
+    // Both differences are bounded by the lengths of `buf` and `data`, which are usizes.
+    let (in_buf, in_data, n) = ((from - offset) as usize, (from - at) as usize, (to - from) as usize);
+    buf[in_buf..in_buf + n].copy_from_slice(&data[in_data..in_data + n]);
 }
 
 /// Where outputs go.
@@ -59,9 +99,14 @@ pub trait OutputStage {
     /// Takes an output the guest produced at `at`. An error is fatal for the VM.
     fn emit(&mut self, at: Landmark, output: Output) -> Result<(), OutputError>;
 
-    /// Fills `buf` from byte `offset` of disk `device`, as the guest must see it: every write
-    /// emitted before is visible. An error becomes an I/O-error status for the guest's read.
-    fn read_disk(&mut self, device: u8, offset: u64, buf: &mut [u8]) -> Result<(), OutputError>;
+    /// Takes a read of the guest: it completes later, seeing every write emitted before it. An
+    /// error is fatal for the VM (a read the backend fails completes with an I/O-error status).
+    fn submit_read(&mut self, read: DiskRead) -> Result<(), OutputError>;
+
+    /// The write or flush a backend failed, once one has: the VM cannot go on.
+    fn failure(&self) -> Option<Arc<OutputError>> {
+        None
+    }
 }
 
 /// A boxed stage is a stage (the machine keeps its stage boxed; a stage that wraps another, as
@@ -71,16 +116,20 @@ impl OutputStage for Box<dyn OutputStage + Send> {
         (**self).emit(at, output)
     }
 
-    fn read_disk(&mut self, device: u8, offset: u64, buf: &mut [u8]) -> Result<(), OutputError> {
-        (**self).read_disk(device, offset, buf)
+    fn submit_read(&mut self, read: DiskRead) -> Result<(), OutputError> {
+        (**self).submit_read(read)
+    }
+
+    fn failure(&self) -> Option<Arc<OutputError>> {
+        (**self).failure()
     }
 }
 
-/// Releases every output at once: frames to their TAP, writes to their disk, console bytes to
-/// the console writer.
+/// Releases every output at once: frames to their TAP, disk requests to their disk's backend
+/// thread (they complete later), console bytes to the console writer.
 pub struct DirectOutput {
     taps: Vec<Option<TapWriter>>,
-    disks: Vec<Arc<dyn BlockBackend>>,
+    disks: Vec<DiskQueue>,
     console: Box<dyn Write + Send>,
     /// A console write failed and was logged; later failures are silent.
     console_error_logged: bool,
@@ -88,17 +137,33 @@ pub struct DirectOutput {
 
 impl DirectOutput {
     /// `taps[i]` carries net device i's frames (`None`: frames are dropped); `disks[i]` is disk
-    /// i; console bytes go to `console`.
+    /// i, served by a thread of its own whose completions go to `completions`; console bytes go
+    /// to `console`. A disk whose thread cannot start is failed from the start
+    /// ([`OutputStage::failure`]).
     pub fn new(
         taps: Vec<Option<TapWriter>>,
         disks: Vec<Arc<dyn BlockBackend>>,
         console: Box<dyn Write + Send>,
+        completions: Completions,
     ) -> Self {
+        let disks = disks
+            .into_iter()
+            .enumerate()
+            // The board has at most MAX_DEVICES devices.
+            .map(|(i, backend)| DiskQueue::start(i as u8, backend, completions.clone()))
+            .collect();
         Self { taps, disks, console, console_error_logged: false }
     }
 
-    fn disk(&self, device: u8) -> Result<&dyn BlockBackend, OutputError> {
-        self.disks.get(usize::from(device)).map(|d| d.as_ref()).ok_or(OutputError::NoDisk { device })
+    fn disk(&self, device: u8) -> Result<&DiskQueue, OutputError> {
+        self.disks.get(usize::from(device)).ok_or(OutputError::NoDisk { device })
+    }
+
+    /// Waits until every disk request handed over so far has finished, for at most `timeout`;
+    /// returns whether they all did.
+    pub fn wait_for_disks(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        self.disks.iter().all(|d| d.wait_idle(deadline.saturating_duration_since(std::time::Instant::now())))
     }
 
     fn write_console(&mut self, bytes: &[u8]) {
@@ -128,23 +193,14 @@ impl OutputStage for DirectOutput {
                 }
                 Ok(())
             }
-            Output::DiskWrite { device, offset, data } => {
+            Output::DiskWrite { device, id, offset, data } => {
                 let disk = self.disk(device)?;
-                if disk.readonly() {
-                    return Err(OutputError::ReadOnly { device, path: disk.name() });
+                if disk.backend().readonly() {
+                    return Err(OutputError::ReadOnly { device, path: disk.backend().name() });
                 }
-                disk.write_at(offset, &data).map_err(|source| OutputError::DiskWrite {
-                    device,
-                    path: disk.name(),
-                    offset,
-                    len: data.len(),
-                    source,
-                })
+                disk.write(id, offset, data)
             }
-            Output::DiskFlush { device } => {
-                let disk = self.disk(device)?;
-                disk.flush().map_err(|source| OutputError::DiskFlush { device, path: disk.name(), source })
-            }
+            Output::DiskFlush { device, id } => self.disk(device)?.flush(id),
             Output::Console { bytes } => {
                 self.write_console(&bytes);
                 Ok(())
@@ -152,21 +208,18 @@ impl OutputStage for DirectOutput {
         }
     }
 
-    fn read_disk(&mut self, device: u8, offset: u64, buf: &mut [u8]) -> Result<(), OutputError> {
-        let disk = self.disk(device)?;
-        disk.read_at(offset, buf).map_err(|source| OutputError::DiskRead {
-            device,
-            path: disk.name(),
-            offset,
-            len: buf.len(),
-            source,
-        })
+    fn submit_read(&mut self, read: DiskRead) -> Result<(), OutputError> {
+        self.disk(read.device)?.read(read)
+    }
+
+    fn failure(&self) -> Option<Arc<OutputError>> {
+        self.disks.iter().find_map(DiskQueue::failure)
     }
 }
 
 /// Drops every output: a replay's outputs were released by the recording, and a machine without
-/// backends (yet) has nowhere to send them. Disk reads fail: a replay takes them from the log, and
-/// the event source never asks this stage. Optionally the console still goes to a writer, so
+/// backends (yet) has nowhere to send them. Disk reads are dropped too: a replay takes their
+/// completions from the log. Optionally the console still goes to a writer, so
 /// that `ftvm replay` shows what the replayed guest prints.
 #[derive(Default)]
 pub struct DiscardOutput {
@@ -194,7 +247,8 @@ impl OutputStage for DiscardOutput {
         Ok(())
     }
 
-    fn read_disk(&mut self, device: u8, _offset: u64, _buf: &mut [u8]) -> Result<(), OutputError> {
-        Err(OutputError::NoDisk { device })
+    fn submit_read(&mut self, _read: DiskRead) -> Result<(), OutputError> {
+        self.dropped += 1;
+        Ok(())
     }
 }

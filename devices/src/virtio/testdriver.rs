@@ -2,8 +2,9 @@
 //! rings in a real `GuestMemoryMmap`, as a guest driver would.
 
 use super::device::VirtioDevice;
+use super::disk_queue::{CompletionReceiver, Completions};
 use super::mmio::*;
-use super::output::{DirectOutput, Output, OutputError, OutputStage};
+use super::output::{lay_over, DirectOutput, DiskRead, Output, OutputError, OutputStage};
 use crate::event::{ClockId, Deadlines, EventSource, Landmark, WorldEvent};
 use crate::GuestMemoryMmap;
 use virtio_bindings::virtio_config::*;
@@ -18,8 +19,6 @@ pub fn ring_base(q: u16) -> u64 {
 pub const DATA: u64 = 0x4_0000;
 
 pub struct TestWorld {
-    /// If set, `device_input` returns this instead of asking the backend (a replaying world).
-    pub replay: Option<Vec<u8>>,
     pub inputs: usize,
 }
 
@@ -41,39 +40,93 @@ impl EventSource for TestWorld {
         live: &mut dyn FnMut() -> Vec<u8>,
     ) -> Vec<u8> {
         self.inputs += 1;
-        match &self.replay {
-            Some(bytes) => bytes.clone(),
-            None => live(),
-        }
+        live()
     }
 }
 
-/// Keeps outputs, and disks in memory (or forwards to a real stage).
+/// Keeps outputs, and disks in memory whose requests complete at once into `completions` (or
+/// forwards to a real stage whose backend threads complete them later).
 #[derive(Default)]
 pub struct MemOutput {
     pub outputs: Vec<(Landmark, Output)>,
     pub disks: Vec<Vec<u8>>,
-    pub direct: Option<DirectOutput>,
+    pub reads: Vec<DiskRead>,
+    /// Completions of the in-memory disks, not yet applied.
+    pub completions: Vec<WorldEvent>,
+    pub direct: Option<(DirectOutput, CompletionReceiver)>,
+    /// Reads are taken and never completed (a replay: completions come from the log).
+    pub drop_reads: bool,
+}
+
+impl MemOutput {
+    /// Disk requests go to real backends, served by their threads.
+    pub fn direct(disks: Vec<std::sync::Arc<dyn super::BlockBackend>>) -> Self {
+        let (completions, receiver) = Completions::channel(None);
+        let direct = DirectOutput::new(Vec::new(), disks, Box::new(std::io::sink()), completions);
+        Self { direct: Some((direct, receiver)), ..Self::default() }
+    }
+
+    /// The completions there are now, after waiting up to 5 s for at least `want` of them.
+    pub fn take_completions(&mut self, want: usize) -> Vec<WorldEvent> {
+        let mut taken = std::mem::take(&mut self.completions);
+        if let Some((_, receiver)) = &self.direct {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while taken.len() < want {
+                match receiver.events.recv_deadline(deadline) {
+                    Ok(event) => taken.push(event),
+                    Err(_) => break,
+                }
+            }
+            taken.extend(receiver.events.try_iter());
+        }
+        taken
+    }
 }
 
 impl OutputStage for MemOutput {
     fn emit(&mut self, at: Landmark, output: Output) -> Result<(), OutputError> {
-        if let Some(direct) = &mut self.direct {
+        if let Some((direct, _)) = &mut self.direct {
             direct.emit(at, output.clone())?;
-        } else if let Output::DiskWrite { device, offset, data } = &output {
-            let disk = &mut self.disks[usize::from(*device)];
-            disk[*offset as usize..*offset as usize + data.len()].copy_from_slice(data);
+        } else {
+            match &output {
+                Output::DiskWrite { device, id, offset, data } => {
+                    let disk = &mut self.disks[usize::from(*device)];
+                    disk[*offset as usize..*offset as usize + data.len()].copy_from_slice(data);
+                    self.completions.push(WorldEvent::DiskDone {
+                        device: *device,
+                        id: *id,
+                        status: 0,
+                        data: Vec::new(),
+                    });
+                }
+                Output::DiskFlush { device, id } => self.completions.push(WorldEvent::DiskDone {
+                    device: *device,
+                    id: *id,
+                    status: 0,
+                    data: Vec::new(),
+                }),
+                _ => {}
+            }
         }
         self.outputs.push((at, output));
         Ok(())
     }
 
-    fn read_disk(&mut self, device: u8, offset: u64, buf: &mut [u8]) -> Result<(), OutputError> {
-        if let Some(direct) = &mut self.direct {
-            return direct.read_disk(device, offset, buf);
+    fn submit_read(&mut self, read: DiskRead) -> Result<(), OutputError> {
+        self.reads.push(read.clone());
+        if self.drop_reads {
+            return Ok(());
         }
-        let disk = &self.disks[usize::from(device)];
-        buf.copy_from_slice(&disk[offset as usize..offset as usize + buf.len()]);
+        if let Some((direct, _)) = &mut self.direct {
+            return direct.submit_read(read);
+        }
+        let disk = &self.disks[usize::from(read.device)];
+        let at = read.offset as usize;
+        let mut data = disk[at..at + read.len].to_vec();
+        for (offset, bytes) in &read.patches {
+            lay_over(&mut data, read.offset, *offset, bytes);
+        }
+        self.completions.push(WorldEvent::DiskDone { device: read.device, id: read.id, status: 0, data });
         Ok(())
     }
 }
@@ -101,7 +154,7 @@ impl<D: VirtioDevice> Rig<D> {
         Self {
             t: MmioTransport::new(device),
             mem,
-            world: TestWorld { replay: None, inputs: 0 },
+            world: TestWorld { inputs: 0 },
             out: MemOutput::default(),
             exits: 0,
             cursors: Vec::new(),

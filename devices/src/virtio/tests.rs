@@ -3,8 +3,9 @@
 use super::blk::{Blk, ID_LEN};
 use super::mmio::*;
 use super::net::{Net, NET_HDR_LEN, RX_QUEUE, TX_QUEUE};
-use super::testdriver::{ring_base, Rig, DATA};
+use super::testdriver::{ring_base, MemOutput, Rig, DATA};
 use super::*;
+use crate::event::WorldEvent;
 use std::sync::Arc;
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -173,7 +174,7 @@ fn blk_rig(size: u64, readonly: bool) -> (Rig<Blk>, tempfile::NamedTempFile, Arc
     let disk = Arc::new(DiskFile::open(tmp.path(), readonly).unwrap());
     let mut rig = Rig::new(Blk::new(0, disk.size(), readonly));
     let backend: Arc<dyn BlockBackend> = disk.clone();
-    rig.out.direct = Some(DirectOutput::new(Vec::new(), vec![backend], Box::new(std::io::sink())));
+    rig.out = MemOutput::direct(vec![backend]);
     rig.init(V1 | EVENT_IDX | 1 << VIRTIO_BLK_F_FLUSH | if readonly { 1 << VIRTIO_BLK_F_RO } else { 0 }, &[16]);
     (rig, tmp, disk)
 }
@@ -194,10 +195,109 @@ fn request(rig: &mut Rig<Blk>, kind: u32, sector: u64, data: &[(u64, u32, bool)]
     chain.push((STATUS_AT, 1, true));
     let head = rig.add_chain(0, &chain);
     rig.notify(0);
-    let used = rig.take_used(0);
+    let mut used = rig.take_used(0);
+    if used.is_empty() {
+        complete(rig, 1);
+        used = rig.take_used(0);
+    }
     assert_eq!(used.len(), 1);
     assert_eq!(used[0].0, u32::from(head));
     (rig.read_mem(STATUS_AT, 1)[0], used[0].1)
+}
+
+/// Applies the completions the stage has (after waiting for `want` of them), as the board does
+/// at a landmark; returns how many there were.
+fn complete(rig: &mut Rig<Blk>, want: usize) -> usize {
+    let events = rig.out.take_completions(want);
+    let n = events.len();
+    for event in events {
+        if let WorldEvent::DiskDone { id, status, data, .. } = event {
+            rig.t.run(&rig.mem, |blk, q, m| blk.complete(id, status, &data, q, m)).unwrap();
+        }
+    }
+    n
+}
+
+/// Puts a request on queue 0 without notifying; returns its head.
+fn queue_request(
+    rig: &mut Rig<Blk>,
+    kind: u32,
+    sector: u64,
+    hdr_at: u64,
+    status_at: u64,
+    data: &[(u64, u32, bool)],
+) -> u16 {
+    let mut hdr = [0u8; 16];
+    hdr[0..4].copy_from_slice(&kind.to_le_bytes());
+    hdr[8..16].copy_from_slice(&sector.to_le_bytes());
+    rig.write_mem(hdr_at, &hdr);
+    rig.write_mem(status_at, &[0xff]);
+    let mut chain = vec![(hdr_at, 16, false)];
+    chain.extend_from_slice(data);
+    chain.push((status_at, 1, true));
+    rig.add_chain(0, &chain)
+}
+
+#[test]
+fn blk_requests_complete_only_when_their_completion_is_applied() {
+    let mut rig = Rig::new(Blk::new(0, 8192, false));
+    rig.out.disks.push(vec![0; 8192]);
+    rig.init(V1 | EVENT_IDX, &[16]);
+    rig.write_mem(BUF, &[0x11; 512]);
+    let w = queue_request(&mut rig, VIRTIO_BLK_T_OUT, 1, HDR, STATUS_AT, &[(BUF, 512, false)]);
+    let r = queue_request(&mut rig, VIRTIO_BLK_T_IN, 1, HDR + 0x40, STATUS_AT + 1, &[(BUF + 0x800, 512, true)]);
+    rig.notify(0);
+    assert!(rig.take_used(0).is_empty(), "nothing completes at the notification");
+    assert_eq!(rig.t.device().pending(), 2);
+    assert_eq!(rig.read_mem(STATUS_AT, 2), vec![0xff, 0xff]);
+    // The read was handed over after the write: it sees it.
+    assert_eq!(rig.out.reads.len(), 1);
+
+    let events = rig.out.take_completions(2);
+    assert_eq!(events.len(), 2);
+    // A completion for nothing pending (issued twice) changes nothing.
+    rig.t.run(&rig.mem, |blk, q, m| blk.complete(77, 0, &[], q, m)).unwrap();
+    assert!(rig.take_used(0).is_empty());
+    // Checkpointed while both are pending, restored into a fresh device: the completions apply.
+    let saved = rig.t.device().state();
+    assert_eq!(saved.pending.len(), 2);
+    let mut fresh = Blk::new(0, 8192, false);
+    fresh.restore(&saved);
+    *rig.t.device_mut() = fresh;
+    for event in events.into_iter().rev() {
+        let WorldEvent::DiskDone { id, status, data, .. } = event else { panic!("{event:?}") };
+        rig.t.run(&rig.mem, |blk, q, m| blk.complete(id, status, &data, q, m)).unwrap();
+    }
+    let used = rig.take_used(0);
+    assert_eq!(used, vec![(u32::from(r), 513), (u32::from(w), 1)], "in completion order");
+    assert_eq!(rig.read_mem(STATUS_AT, 2), vec![0, 0]);
+    assert_eq!(rig.read_mem(BUF + 0x800, 512), vec![0x11; 512]);
+    assert_eq!(rig.t.device().pending(), 0);
+}
+
+#[test]
+fn blk_pending_requests_are_issued_again_in_order_to_new_backends() {
+    let mut rig = Rig::new(Blk::new(0, 8192, false));
+    rig.out.disks.push(vec![0; 8192]);
+    rig.init(V1, &[16]);
+    rig.write_mem(BUF, &[0x22; 1024]);
+    queue_request(&mut rig, VIRTIO_BLK_T_OUT, 2, HDR, STATUS_AT, &[(BUF, 1024, false)]);
+    queue_request(&mut rig, VIRTIO_BLK_T_IN, 2, HDR + 0x40, STATUS_AT + 1, &[(BUF + 0x800, 512, true)]);
+    queue_request(&mut rig, VIRTIO_BLK_T_FLUSH, 0, HDR + 0x80, STATUS_AT + 2, &[]);
+    rig.notify(0);
+    assert_eq!(rig.t.device().pending(), 3);
+    // The old side never completed them: new backends get them again, in the guest's order.
+    let mut fresh = MemOutput { disks: vec![vec![0; 8192]], ..MemOutput::default() };
+    rig.t.device().resubmit(&rig.mem, &mut fresh).unwrap();
+    let kinds: Vec<String> = fresh.outputs.iter().map(|(_, o)| format!("{o:?}").chars().take(10).collect()).collect();
+    assert_eq!(kinds, ["DiskWrite ", "DiskFlush "]);
+    assert_eq!(fresh.outputs[0].1, Output::DiskWrite { device: 0, id: 0, offset: 1024, data: vec![0x22; 1024] });
+    assert_eq!(fresh.reads[0].id, 1);
+    assert!(fresh.disks[0][1024..2048].iter().all(|&b| b == 0x22));
+    rig.out = fresh;
+    assert_eq!(complete(&mut rig, 3), 3);
+    assert_eq!(rig.take_used(0).len(), 3);
+    assert_eq!(rig.read_mem(BUF + 0x800, 512), vec![0x22; 512]);
 }
 
 #[test]
@@ -219,11 +319,11 @@ fn blk_read_write_flush_round_trip_on_a_file() {
     assert_eq!((u32::from(status), len), (VIRTIO_BLK_S_OK, 1537));
     assert_eq!(rig.read_mem(BUF, 512), vec![1; 512]);
     assert_eq!(rig.read_mem(BUF + 0x400, 1024), vec![0xab; 1024]);
-    assert_eq!(rig.world.inputs, 1, "the read went through the event source");
+    assert_eq!(rig.out.reads.len(), 1, "the read went through the output stage");
 
     let (status, _) = request(&mut rig, VIRTIO_BLK_T_FLUSH, 0, &[]);
     assert_eq!(u32::from(status), VIRTIO_BLK_S_OK);
-    assert!(rig.out.outputs.iter().any(|(_, o)| *o == Output::DiskFlush { device: 0 }));
+    assert!(rig.out.outputs.iter().any(|(_, o)| matches!(o, Output::DiskFlush { device: 0, .. })));
 
     let (status, len) = request(&mut rig, VIRTIO_BLK_T_GET_ID, 0, &[(BUF, ID_LEN as u32, true)]);
     assert_eq!((u32::from(status), len), (VIRTIO_BLK_S_OK, ID_LEN as u32 + 1));
@@ -266,25 +366,23 @@ fn blk_requests_outside_the_disk_or_malformed_get_an_error_status() {
 }
 
 #[test]
-fn blk_read_takes_replayed_bytes_and_refuses_a_wrong_length() {
+fn blk_read_takes_logged_bytes_and_refuses_a_wrong_length() {
     let (mut rig, _tmp, _disk) = blk_rig(4096, false);
-    let mut replayed = vec![0x5a; 512];
-    replayed.push(0);
-    rig.world.replay = Some(replayed);
-    let (status, _) = request(&mut rig, VIRTIO_BLK_T_IN, 0, &[(BUF, 512, true)]);
-    assert_eq!(status, 0);
+    // A replay: the stage drops the read, its completion comes from the log.
+    rig.out.drop_reads = true;
+    queue_request(&mut rig, VIRTIO_BLK_T_IN, 0, HDR, STATUS_AT, &[(BUF, 512, true)]);
+    rig.notify(0);
+    assert!(rig.take_used(0).is_empty());
+    let data = vec![0x5a; 512];
+    rig.t.run(&rig.mem, |blk, q, m| blk.complete(0, 0, &data, q, m)).unwrap();
+    assert_eq!(rig.take_used(0).len(), 1);
+    assert_eq!(rig.read_mem(STATUS_AT, 1), vec![0]);
     assert_eq!(rig.read_mem(BUF, 512), vec![0x5a; 512], "data from the log, not the disk");
 
-    rig.world.replay = Some(vec![0; 10]);
-    let mut hdr = [0u8; 16];
-    hdr[0..4].copy_from_slice(&VIRTIO_BLK_T_IN.to_le_bytes());
-    rig.write_mem(HDR, &hdr);
-    rig.add_chain(0, &[(HDR, 16, false), (BUF, 512, true), (STATUS_AT, 1, true)]);
-    let err = rig
-        .t
-        .mmio_write(QUEUE_NOTIFY, &0u32.to_le_bytes(), &rig.mem, Landmark::Exit(99), &mut rig.world, &mut rig.out)
-        .unwrap_err();
-    assert!(matches!(err, OutputError::ReadLength { got: 10, want: 513, .. }), "{err}");
+    queue_request(&mut rig, VIRTIO_BLK_T_IN, 0, HDR, STATUS_AT, &[(BUF, 512, true)]);
+    rig.notify(0);
+    let err = rig.t.run(&rig.mem, |blk, q, m| blk.complete(1, 0, &[0; 10], q, m)).unwrap_err();
+    assert!(matches!(err, OutputError::ReadLength { got: 10, want: 512, .. }), "{err}");
 }
 
 #[test]

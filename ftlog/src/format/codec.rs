@@ -61,6 +61,15 @@ impl Put for Vec<u8> {
                 self.put_u32(u32::try_from(frame.len()).unwrap_or(u32::MAX));
                 self.put_bytes(frame);
             }
+            WorldEvent::DiskDone { device, id, status, data } => {
+                self.put_u8(2);
+                self.put_u8(*device);
+                self.put_u64(*id);
+                self.put_u8(*status);
+                // Bounded by MAX_RECORD_LEN, as for frames.
+                self.put_u32(u32::try_from(data.len()).unwrap_or(u32::MAX));
+                self.put_bytes(data);
+            }
         }
     }
     fn put_input_kind(&mut self, kind: InputKind) {
@@ -152,6 +161,13 @@ impl<'a> Get<'a> {
                 let device = self.u8("frame device")?;
                 let len = self.u32("frame length")? as usize;
                 Ok(WorldEvent::NetFrame { device, frame: self.take(len, "frame")?.to_vec() })
+            }
+            2 => {
+                let device = self.u8("disk device")?;
+                let id = self.u64("disk request id")?;
+                let status = self.u8("disk status")?;
+                let len = self.u32("disk data length")? as usize;
+                Ok(WorldEvent::DiskDone { device, id, status, data: self.take(len, "disk data")?.to_vec() })
             }
             other => Err(Corruption::BadField { field: "world event", value: other.into() }),
         }

@@ -205,6 +205,9 @@ impl fmt::Display for Record {
             Record::World { at, event: WorldEvent::NetFrame { device, frame } } => {
                 write!(f, "frame of {} bytes for net device {device} at {at}", frame.len())
             }
+            Record::World { at, event: WorldEvent::DiskDone { device, id, status, data } } => {
+                write!(f, "completion of request {id} of disk {device} (status {status}, {} bytes) at {at}", data.len())
+            }
             Record::World { at, event } => write!(f, "world event {event:?} at {at}"),
             Record::Input { at, kind, data } => {
                 write!(f, "{kind:?} input of {} bytes at {at}", data.len())

@@ -5,8 +5,8 @@ use super::*;
 use crate::format::LogHeader;
 use crate::machine::MachineDescription;
 use crate::recorder::RecordingWorld;
-use devices::virtio::{BlockBackend, DirectOutput, DiskFile};
-use devices::HostWorld;
+use devices::virtio::{BlockBackend, CompletionReceiver, Completions, DirectOutput, DiskFile};
+use devices::{HostWorld, WorldEvent};
 use proptest::prelude::*;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,8 +48,8 @@ impl OutputStage for Sink {
         self.direct.emit(at, output)
     }
 
-    fn read_disk(&mut self, device: u8, offset: u64, buf: &mut [u8]) -> Result<(), OutputError> {
-        self.direct.read_disk(device, offset, buf)
+    fn submit_read(&mut self, read: DiskRead) -> Result<(), OutputError> {
+        self.direct.submit_read(read)
     }
 }
 
@@ -58,6 +58,8 @@ struct Fixture {
     watch: PeerWatch,
     released: Released,
     disk: Arc<DiskFile>,
+    completions: CompletionReceiver,
+    next_read: u64,
     _dir: TempDir,
 }
 
@@ -68,12 +70,17 @@ impl Fixture {
         std::fs::write(&path, vec![0u8; DISK_SIZE]).expect("create disk");
         let disk = Arc::new(DiskFile::open(&path, false).expect("open disk"));
         let released = Released::default();
-        let direct =
-            DirectOutput::new(Vec::new(), vec![disk.clone() as Arc<dyn BlockBackend>], Box::new(std::io::sink()));
+        let (sender, completions) = Completions::channel(None);
+        let direct = DirectOutput::new(
+            Vec::new(),
+            vec![disk.clone() as Arc<dyn BlockBackend>],
+            Box::new(std::io::sink()),
+            sender,
+        );
         let watch = PeerWatch::new();
         let sink = Sink { released: released.clone(), direct };
         let stage = OutputCommit::new(sink, watch.clone(), mode, lease, limits);
-        Self { stage, watch, released, disk, _dir: dir }
+        Self { stage, watch, released, disk, completions, next_read: 1 << 32, _dir: dir }
     }
 
     fn received() -> Self {
@@ -92,13 +99,23 @@ impl Fixture {
         self.released.lock().unwrap().clone()
     }
 
+    /// A read through the stage, as the device submits it, and its completion.
     fn read_stage(&mut self, offset: u64, len: usize) -> Vec<u8> {
-        let mut buf = vec![0xEE; len];
-        self.stage.read_disk(0, offset, &mut buf).expect("read through the stage");
-        buf
+        let id = self.next_read;
+        self.next_read += 1;
+        self.stage.submit_read(DiskRead { device: 0, id, offset, len, patches: Vec::new() }).expect("submit a read");
+        loop {
+            match self.completions.events.recv_timeout(Duration::from_secs(5)).expect("the read completes") {
+                WorldEvent::DiskDone { id: done, status: 0, data, .. } if done == id => return data,
+                WorldEvent::DiskDone { id: done, .. } if done < 1 << 32 => continue, // a write's
+                other => panic!("unexpected completion {other:?}"),
+            }
+        }
     }
 
+    /// The file as it stands once the disk's thread has applied what it was handed.
     fn read_file(&self, offset: u64, len: usize) -> Vec<u8> {
+        assert!(self.stage.with_inner(|sink| sink.direct.wait_for_disks(Duration::from_secs(5))));
         let mut buf = vec![0xEE; len];
         self.disk.read_at(offset, &mut buf).expect("read the file");
         buf
@@ -109,8 +126,18 @@ fn frame(tag: u8) -> Output {
     Output::NetFrame { device: 0, frame: vec![tag; 60] }
 }
 
+/// Request ids for writes and flushes (reads take ids from 2^32 up).
+fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 fn write(offset: u64, data: &[u8]) -> Output {
-    Output::DiskWrite { device: 0, offset, data: data.to_vec() }
+    Output::DiskWrite { device: 0, id: next_id(), offset, data: data.to_vec() }
+}
+
+fn flush() -> Output {
+    Output::DiskFlush { device: 0, id: next_id() }
 }
 
 #[test]
@@ -134,7 +161,7 @@ fn release_follows_the_acks_in_order() {
     let outputs = [
         (10, 1, frame(1)),
         (20, 2, write(8, b"two")),
-        (20, 2, Output::DiskFlush { device: 0 }),
+        (20, 2, flush()),
         (30, 3, Output::Console { bytes: b"three".to_vec() }),
         (40, 4, frame(4)),
     ];
@@ -206,7 +233,7 @@ fn reads_see_held_writes_then_the_disk() {
     f.emit_at(20, 2, write(103, b"XY"));
     f.emit_at(30, 3, write(98, b"12"));
     // Another disk's writes are not this disk's.
-    f.emit_at(30, 3, Output::DiskWrite { device: 1, offset: 100, data: b"zz".to_vec() });
+    f.emit_at(30, 3, Output::DiskWrite { device: 1, id: next_id(), offset: 100, data: b"zz".to_vec() });
     let mut expect = vec![0u8; 16];
     expect[4..10].copy_from_slice(b"abcdef");
     expect[7..9].copy_from_slice(b"XY");
@@ -272,7 +299,7 @@ fn a_full_stage_is_reported_and_emit_waits_within_the_bound() {
     f.watch.set_acked(60);
     f.stage.release_ready().unwrap();
     for n in 7..15 {
-        f.emit_at(70, n, Output::DiskFlush { device: 0 });
+        f.emit_at(70, n, flush());
     }
     assert!(f.stage.is_full(), "8 outputs held of 8 is full");
     assert_eq!(f.stage.stats().held, 8);
@@ -345,7 +372,7 @@ fn a_halted_stage_releases_nothing() {
 #[test]
 fn nothing_leaves_after_an_output_that_failed() {
     let mut f = Fixture::received();
-    f.emit_at(10, 1, Output::DiskWrite { device: 1, offset: 0, data: b"refused".to_vec() });
+    f.emit_at(10, 1, Output::DiskWrite { device: 1, id: next_id(), offset: 0, data: b"refused".to_vec() });
     f.emit_at(20, 2, frame(2));
     f.watch.set_acked(100);
     assert!(matches!(f.stage.release_ready(), Err(OutputError::NoDisk { device: 1 })));
@@ -429,7 +456,7 @@ proptest! {
                     emitted.push((logged, Some((u64::from(offset), data))));
                 }
                 Op::Flush => {
-                    f.emit_at(logged, n as u64, Output::DiskFlush { device: 0 });
+                    f.emit_at(logged, n as u64, flush());
                     emitted.push((logged, None));
                 }
                 Op::Log(more) => logged += u64::from(more),
@@ -467,7 +494,7 @@ fn the_stage_fits_the_board_and_crosses_threads() {
     }
     fn sync<T: Send + Sync>(_: &T) {}
     let stage = OutputCommit::new(
-        DirectOutput::new(Vec::new(), Vec::new(), Box::new(std::io::sink())),
+        DirectOutput::new(Vec::new(), Vec::new(), Box::new(std::io::sink()), Completions::channel(None).0),
         PeerWatch::new(),
         CommitMode::Received,
         LONG_LEASE,

@@ -43,6 +43,26 @@ pub unsafe fn init(start: usize, end: usize) {
     s.end = end & !(PAGE - 1);
 }
 
+extern "C" {
+    static __image_end: u8;
+}
+
+/// Gives the heap the RAM from the end of the image to the end of its e820 region; returns its
+/// size in bytes. For the workloads that allocate (`kv`, `disk`); call once.
+pub fn init_after_image(boot: &crate::bootinfo::BootInfo) -> Result<usize, &'static str> {
+    // Only the address of the linker symbol is taken.
+    let start = core::ptr::addr_of!(__image_end) as u64;
+    let region = boot
+        .e820()
+        .find(|e| e.kind == crate::bootinfo::E820_RAM && e.addr <= start && start < e.addr + e.size)
+        .ok_or("no e820 RAM region holds the image end")?;
+    let end = (region.addr + region.size).min(0x1_0000_0000);
+    // SAFETY: RAM after the image (stacks included) up to the end of its region is unused:
+    // nothing below 1 MiB is used, and the VMM's structures are below 1 MiB (guest ABI).
+    unsafe { init(start as usize, end as usize) };
+    Ok((end - start) as usize)
+}
+
 /// Bytes in allocated blocks (rounded to their classes) and bytes never handed out yet.
 pub fn usage() -> (usize, usize) {
     // SAFETY: single-threaded; a plain read of the counters.

@@ -21,8 +21,11 @@ use std::path::Path;
 /// frames the attached backends receive.
 pub fn live_world(nets: NetInputs, monotonic_ns: u64) -> HostWorld {
     let mut world = HostWorld::resuming_at(monotonic_ns);
-    for (device, frames) in nets {
+    for (device, frames) in nets.frames {
         world.attach_net(device, frames);
+    }
+    if let Some(completions) = nets.disk_completions {
+        world.attach_disks(completions);
     }
     world
 }

@@ -1,7 +1,8 @@
 //! virtio-blk driver: synchronous reads, and writes optionally followed by a FLUSH in the same
-//! notification (two chains, one exit). ftvm's device completes requests during the
-//! notification exit, so the used ring is checked right after it; only if a request is still
-//! pending does the driver arm an interrupt and wait.
+//! notification (two chains, one exit). ftvm's device completes requests later, at a landmark;
+//! a quick disk's completion often arrives at the notification exit itself, so the used ring is
+//! checked right after it; only if a request is still pending does the driver arm an interrupt
+//! and wait, and it acknowledges the interrupt as soon as it has seen it.
 
 use super::mmio::{Mmio, F_EVENT_IDX, F_VERSION_1};
 use super::queue::{dma_buffer, Buf, Queue, MAX_CHAIN};
@@ -116,6 +117,41 @@ impl Blk {
         self.submit(T_OUT, sector, data.as_ptr() as *mut u8, data.len(), flush)
     }
 
+    /// Writes `data` (whole sectors) at `sector` without a FLUSH: the device may complete it
+    /// before it is durable ([`Blk::flush`] makes every completed write durable).
+    pub fn write_unflushed(&mut self, sector: u64, data: &[u8]) -> Result<(), BlkError> {
+        if self.readonly {
+            return Err(BlkError::ReadOnly);
+        }
+        self.check(sector, data.len())?;
+        self.submit(T_OUT, sector, data.as_ptr() as *mut u8, data.len(), false)
+    }
+
+    /// A FLUSH alone (nothing if the device does not offer it): every write completed before
+    /// is durable when this returns.
+    pub fn flush(&mut self) -> Result<(), BlkError> {
+        if !self.flush || self.readonly {
+            return Ok(());
+        }
+        let hdr = self.header(0, T_FLUSH, 0);
+        self.q
+            .add(&[
+                Buf { addr: hdr, len: 16, write: false },
+                Buf { addr: self.scratch as u64 + 32, len: 1, write: true },
+            ])
+            .ok_or(BlkError::Range)?;
+        self.requests += 1;
+        if self.q.publish() {
+            self.mmio.notify(0);
+            self.kicks += 1;
+        }
+        self.wait_used(1);
+        match self.status(0) {
+            S_OK => Ok(()),
+            s => Err(BlkError::Status(s)),
+        }
+    }
+
     fn check(&self, sector: u64, len: usize) -> Result<(), BlkError> {
         let sectors = (len / SECTOR) as u64;
         let segments = len.div_ceil(self.seg);
@@ -193,16 +229,17 @@ impl Blk {
             while chains > 0 && self.q.pop_used().is_some() {
                 chains -= 1;
             }
-            if chains == 0 {
-                self.q.disarm();
-                return;
-            }
-            // Lower the line if it went up since we last looked, so the next use is an edge.
+            // Lower the line if it went up since we last looked, so the next use is an edge and
+            // no interrupt stays pending (with IF=0 a pending one has ftvm kick the vCPU).
             let seen = interrupts::count(self.irq);
             if seen != self.irqs_seen {
                 self.irqs_seen = seen;
                 self.acks += 1;
                 self.mmio.ack_interrupt();
+            }
+            if chains == 0 {
+                self.q.disarm();
+                return;
             }
             if !self.q.arm() {
                 self.waits += 1;

@@ -4,6 +4,7 @@
 mod clock;
 mod compute;
 mod dirty;
+mod disk;
 mod hello;
 mod kv;
 mod timer;
@@ -14,7 +15,7 @@ use crate::cmdline::{parse_u64, CmdLine};
 /// Power-off code for a bad command line.
 pub const EXIT_USAGE: u32 = 2;
 
-const USAGE: &str = "workloads: hello | timer [N] | compute [M] | clock [N] | dirty [MIB] [PAGES] [S] | kv ip=A.B.C.D/N [port=P] [gw=A.B.C.D]";
+const USAGE: &str = "workloads: hello | timer [N] | compute [M] | clock [N] | dirty [MIB] [PAGES] [S] | kv ip=A.B.C.D/N [port=P] [gw=A.B.C.D] | disk [size=MiB] [bs=KiB] [ops=N] [seed=S]";
 
 pub fn run(boot: &BootInfo, cmdline: CmdLine) -> u32 {
     let mut words = cmdline.words();
@@ -29,6 +30,10 @@ pub fn run(boot: &BootInfo, cmdline: CmdLine) -> u32 {
         }
         "fault" => fault(),
         "kv" => no_more_args(&mut words).and_then(|()| kv::run(boot, cmdline)),
+        "disk" => match no_more_args(&mut words).and_then(|()| disk::run(boot, cmdline)) {
+            Ok(code) => return code,
+            Err(message) => Err(message),
+        },
         _ => {
             println!("ftvm guest: unknown workload '{}'; {}", name, USAGE);
             return EXIT_USAGE;

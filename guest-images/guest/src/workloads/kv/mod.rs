@@ -14,17 +14,13 @@ pub mod resp;
 pub mod server;
 pub mod store;
 
-use crate::bootinfo::{BootInfo, E820_RAM};
+use crate::bootinfo::BootInfo;
 use crate::cmdline::{parse_u64, CmdLine};
 use crate::virtio::{self, blk::Blk, net::Net, ID_BLOCK, ID_NET};
 use crate::{interrupts, pic};
 use smoltcp::wire::{IpCidr, Ipv4Address};
 
 pub const DEFAULT_PORT: u16 = 7000;
-
-extern "C" {
-    static __image_end: u8;
-}
 
 fn parse_ipv4(s: &str) -> Option<Ipv4Address> {
     let mut octets = [0u8; 4];
@@ -40,21 +36,6 @@ fn parse_cidr(s: &str) -> Option<IpCidr> {
     let (ip, prefix) = s.split_once('/')?;
     let prefix = parse_u64(prefix).filter(|p| (1..=32).contains(p))?;
     Some(IpCidr::new(parse_ipv4(ip)?.into(), prefix as u8))
-}
-
-/// Gives the heap the RAM from the end of the image to the end of its e820 region.
-fn init_heap(boot: &BootInfo) -> Result<usize, &'static str> {
-    // Only the address of the linker symbol is taken.
-    let start = core::ptr::addr_of!(__image_end) as u64;
-    let region = boot
-        .e820()
-        .find(|e| e.kind == E820_RAM && e.addr <= start && start < e.addr + e.size)
-        .ok_or("no e820 RAM region holds the image end")?;
-    let end = (region.addr + region.size).min(0x1_0000_0000);
-    // SAFETY: RAM after the image (stacks included) up to the end of its region is unused:
-    // nothing below 1 MiB is used, and the VMM's structures are below 1 MiB (guest ABI).
-    unsafe { crate::heap::init(start as usize, end as usize) };
-    Ok((end - start) as usize)
 }
 
 pub fn run(boot: &BootInfo, cmdline: CmdLine) -> Result<(), &'static str> {
@@ -78,7 +59,7 @@ pub fn run(boot: &BootInfo, cmdline: CmdLine) -> Result<(), &'static str> {
         None => None,
         Some(g) => Some(parse_ipv4(g).ok_or("bad gw=A.B.C.D")?),
     };
-    let heap = init_heap(boot)?;
+    let heap = crate::heap::init_after_image(boot)?;
     println!("kv: {} MiB heap", heap >> 20);
 
     // The loop runs with IF=0 and halts through the gate, so no wake-up is lost.

@@ -1,0 +1,134 @@
+//! A gfs cluster for tests and benchmarks: a master and chunkservers (the `gfs` binary, built
+//! with `cargo build --release -p storage`), each on its own data directory, on this namespace's
+//! loopback or inside a network namespace; all killed when the cluster is dropped.
+
+use crate::{binary, NetNs, Process};
+use anyhow::{bail, Context, Result};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub struct Cluster<'a> {
+    pub dir: tempfile::TempDir,
+    ns: Option<&'a NetNs>,
+    pub master_addr: String,
+    _servers: Vec<Process>,
+}
+
+/// A port nobody listens on now.
+fn free_addr() -> Result<String> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string())
+}
+
+impl<'a> Cluster<'a> {
+    /// A master and `n` chunkservers (each on its own rack), under `parent` (a temporary
+    /// directory there), all of them heard by the master before this returns.
+    pub fn start(ns: Option<&'a NetNs>, n: usize, parent: &Path) -> Result<Cluster<'a>> {
+        let dir = tempfile::Builder::new().prefix("gfs-").tempdir_in(parent)?;
+        let addr = |i: usize| -> Result<String> {
+            match ns {
+                // A fresh namespace has every port free.
+                Some(_) => Ok(format!("127.0.0.1:{}", 7100 + i)),
+                None => free_addr(),
+            }
+        };
+        let master_addr = addr(0)?;
+        let mut cluster = Cluster { dir, ns, master_addr: master_addr.clone(), _servers: Vec::new() };
+        let master_dir = cluster.path("master");
+        cluster.spawn(&["master", "--listen", &master_addr, "--dir", &master_dir])?;
+        cluster.wait_listening(&master_addr)?;
+        for i in 0..n {
+            let cs = addr(i + 1)?;
+            let cs_dir = cluster.path(&format!("cs{i}"));
+            let rack = format!("rack{i}");
+            cluster.spawn(&[
+                "chunkserver",
+                "--master",
+                &master_addr,
+                "--listen",
+                &cs,
+                "--rack",
+                &rack,
+                "--heartbeat-ms",
+                "100",
+                "--dir",
+                &cs_dir,
+            ])?;
+            cluster.wait_listening(&cs)?;
+        }
+        cluster.wait_for_chunkservers(n)?;
+        Ok(cluster)
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// A command for `program` where the cluster runs (inside its namespace, if it has one).
+    pub fn command(&self, program: &Path) -> Command {
+        match self.ns {
+            Some(ns) => ns.command(program),
+            None => Command::new(program),
+        }
+    }
+
+    fn spawn(&mut self, args: &[&str]) -> Result<()> {
+        let mut command = self.command(&binary("gfs")?);
+        command.args(args);
+        self._servers.push(Process::spawn(command)?);
+        Ok(())
+    }
+
+    fn wait_listening(&self, addr: &str) -> Result<()> {
+        let addr = addr.to_owned();
+        let poll = move || -> Result<()> {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while TcpStream::connect(&addr).is_err() {
+                if Instant::now() > deadline {
+                    bail!("{addr} never listened");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(())
+        };
+        match self.ns {
+            Some(ns) => ns.within(poll),
+            None => poll(),
+        }
+    }
+
+    fn wait_for_chunkservers(&self, n: usize) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self.gfs(&["status"])?;
+            let up = String::from_utf8_lossy(&out.stdout).matches(" up ").count();
+            if up >= n {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("only {up} of {n} chunkservers up: {}", String::from_utf8_lossy(&out.stdout));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `gfs --master ADDR ARGS`.
+    pub fn gfs(&self, args: &[&str]) -> Result<Output> {
+        self.command(&binary("gfs")?).arg("--master").arg(&self.master_addr).args(args).output().context("run gfs")
+    }
+
+    /// `ftvm ARGS` with `GFS_MASTER` set to this cluster, where the cluster runs.
+    pub fn ftvm(&self, args: &[&str]) -> Result<Output> {
+        self.command(&binary("ftvm")?).args(args).env("GFS_MASTER", &self.master_addr).output().context("run ftvm")
+    }
+
+    /// Creates the gfs disk `gfs:/PATH` of `size` (`ftvm disk create`).
+    pub fn create_disk(&self, path: &str, size: &str) -> Result<PathBuf> {
+        let out = self.ftvm(&["disk", "create", path, "--size", size])?;
+        if !out.status.success() {
+            bail!("ftvm disk create {path}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(PathBuf::from(path))
+    }
+}
