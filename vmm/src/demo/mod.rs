@@ -306,6 +306,7 @@ fn scenario(timeline: &Timeline) -> Result<Summary> {
             namespace_prefix(std::process::id())
         ),
     );
+    timeline.step("files", &format!("gfs keeps its master's log and the chunks in {}", dir.path().display()));
     let _storage = start_storage(&topology.storage, dir.path())?;
     timeline.step(
         "storage",
