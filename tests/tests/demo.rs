@@ -99,3 +99,16 @@ fn ctrl_c_half_way_through_the_demo_removes_everything_it_made() -> Result<()> {
     ensure!(output.contains("interrupted by signal 2"), "{output}");
     nothing_left(demo.pid(), &demo_dir(&output)?)
 }
+
+/// `ftvm demo --replay` (issue 14, point 6): the record/replay demo stays, each of its four
+/// workloads replayed to the recorded state.
+#[test]
+fn the_record_replay_demo_stays_available_as_replay() -> Result<()> {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let output = Command::new(binary("ftvm")?).args(["demo", "--replay"]).output().context("run ftvm demo --replay")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(output.status.success(), "ftvm demo --replay ended with {}:\n{stdout}", output.status);
+    let identical = stdout.lines().filter(|l| l.ends_with("state-digest identical")).count();
+    ensure!(identical == 4, "{identical} of 4 workloads replayed to the recorded state:\n{stdout}");
+    Ok(())
+}
