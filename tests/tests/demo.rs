@@ -14,9 +14,9 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// The bound for the whole demo on 2 cores.
 const DEMO_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn start_demo() -> Result<Process> {
+fn start_demo(extra: &[&std::ffi::OsStr]) -> Result<Process> {
     let mut command = Command::new(binary("ftvm")?);
-    command.arg("demo");
+    command.arg("demo").args(extra);
     Process::spawn(command)
 }
 
@@ -54,7 +54,9 @@ fn nothing_left(pid: u32, dir: &str) -> Result<()> {
 fn the_demo_survives_two_kills_checks_every_write_and_leaves_nothing_behind() -> Result<()> {
     require_namespaces!();
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut demo = start_demo()?;
+    let plot_dir = tempfile::tempdir()?;
+    let plot = plot_dir.path().join("demo.svg");
+    let mut demo = start_demo(&["--plot".as_ref(), plot.as_os_str()])?;
     let status = demo.wait(DEMO_TIMEOUT)?;
     let output = demo.output();
     println!("{output}");
@@ -79,6 +81,11 @@ fn the_demo_survives_two_kills_checks_every_write_and_leaves_nothing_behind() ->
         counts.len() == 4 && counts[0] > 0 && counts.iter().all(|n| *n == counts[0]),
         "not every acknowledged write was found: {checked:?}"
     );
+    // Point 2: the plot, with the replies and every kind of moment marked.
+    let svg = std::fs::read_to_string(&plot).context("the plot was not written")?;
+    for expected in ["<svg", "kill -9 of the live VMM", "the backup goes live", "protected again", "<circle"] {
+        ensure!(svg.contains(expected), "the plot lacks {expected:?}");
+    }
     nothing_left(demo.pid(), &demo_dir(&output)?)
 }
 
@@ -86,7 +93,7 @@ fn the_demo_survives_two_kills_checks_every_write_and_leaves_nothing_behind() ->
 fn ctrl_c_half_way_through_the_demo_removes_everything_it_made() -> Result<()> {
     require_namespaces!();
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut demo = start_demo()?;
+    let mut demo = start_demo(&[])?;
     demo.wait_for("the VM is protected", DEMO_TIMEOUT)?;
     let prefix = format!("ftvm-demo-{}-", demo.pid());
     let namespaces = Command::new("ip").args(["netns", "list"]).output()?;

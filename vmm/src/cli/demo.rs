@@ -13,8 +13,12 @@ use vmm::{Backends, MachineConfig, RunOptions, StopReason, VcpuControl};
 pub struct DemoArgs {
     /// The record/replay demo instead: each workload of our guest recorded, then replayed from
     /// its log alone (no root needed).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "plot")]
     pub replay: bool,
+    /// Also draw the client's reply latency over time, with the kills, the go-live moments and
+    /// the re-protection marked, into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<std::path::PathBuf>,
 }
 
 /// `ftvm demo-storage`: gfs for the demo (run by the demo itself in its storage namespace).
@@ -29,7 +33,7 @@ pub fn command(args: &DemoArgs, control: VcpuControl) -> anyhow::Result<ExitCode
     if args.replay {
         return replay_demo(control);
     }
-    crate::demo::run()
+    crate::demo::run(args.plot.as_deref())
 }
 
 pub fn storage_command(args: &DemoStorageArgs) -> anyhow::Result<ExitCode> {

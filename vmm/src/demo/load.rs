@@ -27,6 +27,8 @@ pub fn value(i: usize) -> String {
 struct Log {
     /// When each reply arrived.
     replies: Vec<Instant>,
+    /// How long each took, from its request's send.
+    latencies: Vec<Duration>,
     /// Keys (by index) whose SET was answered OK.
     acknowledged: usize,
 }
@@ -59,6 +61,7 @@ pub struct Load {
 /// What the client saw, once stopped and every acknowledged SET read back.
 pub struct LoadReport {
     pub replies: Vec<Instant>,
+    pub latencies: Vec<Duration>,
     pub acknowledged: usize,
 }
 
@@ -134,7 +137,7 @@ impl Load {
                 bail!("acknowledged SET {} reads back as {answer:?}", key(i));
             }
         }
-        Ok(LoadReport { replies: log.replies, acknowledged: log.acknowledged })
+        Ok(LoadReport { replies: log.replies, latencies: log.latencies, acknowledged: log.acknowledged })
     }
 }
 
@@ -178,6 +181,7 @@ fn drive(mut connection: Connection, stop: &AtomicBool, log: &Mutex<Log>) -> (Co
 
 /// SET key-i, then GET it back; every reply checked.
 fn set_and_get(connection: &mut Connection, i: usize, log: &Mutex<Log>) -> Result<()> {
+    let sent = Instant::now();
     let reply = connection.request(&format!("SET {} {}", key(i), value(i)))?;
     let replied = Instant::now();
     if reply != "OK" {
@@ -186,13 +190,17 @@ fn set_and_get(connection: &mut Connection, i: usize, log: &Mutex<Log>) -> Resul
     {
         let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
         log.replies.push(replied);
+        log.latencies.push(replied - sent);
         log.acknowledged = i + 1;
     }
+    let sent = Instant::now();
     let reply = connection.request(&format!("GET {}", key(i)))?;
     let replied = Instant::now();
     if reply != format!("VALUE {}", value(i)) {
         bail!("GET {} right after its SET answered {reply:?}", key(i));
     }
-    log.lock().unwrap_or_else(PoisonError::into_inner).replies.push(replied);
+    let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
+    log.replies.push(replied);
+    log.latencies.push(replied - sent);
     Ok(())
 }

@@ -9,6 +9,7 @@
 mod cluster;
 mod interrupt;
 mod load;
+mod plot;
 mod timeline;
 mod topology;
 
@@ -67,7 +68,7 @@ fn check_can_run() -> Result<()> {
     Ok(())
 }
 
-pub fn run() -> Result<ExitCode> {
+pub fn run(plot_to: Option<&std::path::Path>) -> Result<ExitCode> {
     check_can_run()?;
     interrupt::install()?;
     vmm::outln!("ftvm demo: a VM that survives the loss of its host, twice, with a client connected all along.");
@@ -83,6 +84,13 @@ pub fn run() -> Result<ExitCode> {
     match result {
         Ok(summary) => {
             summary.print();
+            if let Some(path) = plot_to {
+                if let Err(error) = draw_plot(path, &timeline, &summary) {
+                    vmm::errln!("ftvm demo: FAILED to draw the plot: {error:#}");
+                    return Ok(ExitCode::from(1));
+                }
+                vmm::outln!("plot: {} (reply latency over time; kills, go-live and protection marked)", path.display());
+            }
             vmm::outln!("ftvm demo: ok, every check passed, in {took:.0} s; everything it made is removed");
             Ok(ExitCode::SUCCESS)
         }
@@ -92,6 +100,28 @@ pub fn run() -> Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+fn draw_plot(path: &std::path::Path, timeline: &Timeline, summary: &Summary) -> Result<()> {
+    use plot::{Mark, MarkKind};
+    let mut marks = Vec::new();
+    for (i, at) in summary.protected_at.iter().enumerate() {
+        let label = if i == 0 { "protected".to_owned() } else { "protected again".to_owned() };
+        marks.push(Mark { at: *at, kind: MarkKind::Protected, label });
+    }
+    for failover in &summary.failovers {
+        marks.push(Mark {
+            at: failover.killed_at,
+            kind: MarkKind::Kill,
+            label: format!("kill {}", failover.killed_host),
+        });
+        marks.push(Mark {
+            at: failover.live_at,
+            kind: MarkKind::Live,
+            label: format!("{} live", failover.survivor_host),
+        });
+    }
+    plot::draw(path, timeline.origin(), &summary.report, &marks)
 }
 
 fn strings(words: &[&str]) -> Vec<String> {
@@ -240,7 +270,7 @@ fn fail_over(
     );
     dead.kill();
     let killed_at = Instant::now();
-    let (_, went_live) = survivor.wait_for("the backup going live", TAKEOVER, |line| {
+    let (live_at, went_live) = survivor.wait_for("the backup going live", TAKEOVER, |line| {
         line.strip_prefix("ft: live at ").and_then(parse_went_live)
     })?;
     let (new_generation, silence_ms) = went_live;
@@ -275,6 +305,7 @@ fn fail_over(
         killed_host: dead_host.label(),
         survivor_host: survivor_host.label(),
         killed_at,
+        live_at,
         silence_ms,
         generation: new_generation,
         port_after: survivor_host.switch_port().to_owned(),
@@ -328,7 +359,7 @@ fn scenario(timeline: &Timeline) -> Result<Summary> {
     timeline.step("host-a", &format!("(heartbeats every 10 ms both ways; a side silent for {PEER_TIMEOUT_MS} ms or whose connection breaks is presumed dead)"));
 
     let mut on_b = start_backup(&topology, Host::B)?;
-    let (_, pause) = wait_protected(&mut on_a, Host::B)?;
+    let (first_protected, pause) = wait_protected(&mut on_a, Host::B)?;
     timeline.step("host-b", &format!("a backup copied the running VM (guest paused {pause}) and now replays its every input: the VM is protected"));
 
     let mut load = Load::start(&topology.client)?;
@@ -386,6 +417,7 @@ fn scenario(timeline: &Timeline) -> Result<Summary> {
         reprotect: Some(reprotect),
         bandwidth: Some(bandwidth),
         keys_on_disk: Some(keys_on_disk),
+        protected_at: vec![first_protected, protected_at],
     })
 }
 

@@ -14,6 +14,11 @@ impl Timeline {
         Self { started: Instant::now() }
     }
 
+    /// When the demo started: the origin of the plot's time axis.
+    pub fn origin(&self) -> Instant {
+        self.started
+    }
+
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }
@@ -29,6 +34,8 @@ pub struct Failover {
     pub killed_host: &'static str,
     pub survivor_host: &'static str,
     pub killed_at: Instant,
+    /// When the survivor said it went live.
+    pub live_at: Instant,
     /// The survivor's own figure: from the last word it had from the dead side to going live.
     pub silence_ms: u64,
     pub generation: u64,
@@ -75,6 +82,8 @@ pub struct Summary {
     pub bandwidth: Option<Bandwidth>,
     /// Keys the VM loaded from the disk when booted again, if that check ran.
     pub keys_on_disk: Option<usize>,
+    /// When each pair came into step (for the plot).
+    pub protected_at: Vec<Instant>,
 }
 
 /// How far after a kill the outage is looked for.
@@ -136,6 +145,7 @@ mod tests {
             killed_host: "host-a",
             survivor_host: "host-b",
             killed_at: at(100),
+            live_at: at(120),
             silence_ms: 1,
             generation: 2,
             port_after: "port-b".into(),
