@@ -5,6 +5,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 mod cli;
+mod demo;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -31,8 +32,13 @@ enum Command {
     Backup(cli::backup::BackupArgs),
     /// Continue a machine saved with `run --snapshot-at`, in this new process.
     Restore(cli::restore::RestoreArgs),
-    /// Run each workload of our own guest on this machine, one after the other.
-    Demo,
+    /// The whole promise on this machine, as root: a VM on a gfs disk, protected by a backup on
+    /// a second host, its primary killed twice while a client is served (`--replay`: the
+    /// record/replay demo).
+    Demo(cli::demo::DemoArgs),
+    /// gfs for `ftvm demo` (a master and three chunkservers in one process).
+    #[command(hide = true)]
+    DemoStorage(cli::demo::DemoStorageArgs),
     /// Make VM disks on gfs; copy disk images in and out of gfs.
     Disk(cli::disk::DiskArgs),
 }
@@ -41,8 +47,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     cli::init_logging(cli.verbose);
     let control = vmm::VcpuControl::new();
-    if let Err(error) = vmm::stop::stop_on_signals(&control) {
-        vmm::errln!("ftvm: cannot handle SIGINT/SIGTERM: {error}");
+    // The live demo handles its own signals: it must unwind to remove what it made.
+    let handles_own_signals = matches!(&cli.command, Command::Demo(args) if !args.replay);
+    if !handles_own_signals {
+        if let Err(error) = vmm::stop::stop_on_signals(&control) {
+            vmm::errln!("ftvm: cannot handle SIGINT/SIGTERM: {error}");
+        }
     }
     let result = match cli.command {
         Command::Run(args) => cli::run::command(&args, control),
@@ -50,7 +60,8 @@ fn main() -> ExitCode {
         Command::Backup(args) => cli::backup::command(&args, control),
         Command::Replay(args) => cli::replay::command(&args, control),
         Command::Log(args) => cli::log::command(&args),
-        Command::Demo => cli::demo::command(control),
+        Command::Demo(args) => cli::demo::command(&args, control),
+        Command::DemoStorage(args) => cli::demo::storage_command(&args),
         Command::Disk(args) => cli::disk::command(&args),
     };
     if vmm::stdio::stdout_closed() {

@@ -1,5 +1,6 @@
-//! `ftvm demo`: each workload of our guest on this machine, recorded, then replayed from its
-//! log alone, and the two final states compared.
+//! `ftvm demo`: the user's scenario on one machine (`crate::demo`); `ftvm demo --replay`: each
+//! workload of our guest recorded, then replayed from its log alone, and the two final states
+//! compared.
 
 use anyhow::{bail, Context};
 use std::process::ExitCode;
@@ -8,7 +9,39 @@ use vmm::session::record::record_to_file;
 use vmm::session::replay::{machine_for_log, replay, Replayed};
 use vmm::{Backends, MachineConfig, RunOptions, StopReason, VcpuControl};
 
-pub fn command(control: VcpuControl) -> anyhow::Result<ExitCode> {
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// The record/replay demo instead: each workload of our guest recorded, then replayed from
+    /// its log alone (no root needed).
+    #[arg(long, conflicts_with = "plot")]
+    pub replay: bool,
+    /// Also draw the client's reply latency over time, with the kills, the go-live moments and
+    /// the re-protection marked, into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<std::path::PathBuf>,
+}
+
+/// `ftvm demo-storage`: gfs for the demo (run by the demo itself in its storage namespace).
+#[derive(clap::Args)]
+pub struct DemoStorageArgs {
+    /// Where the master and the chunkservers keep their files.
+    #[arg(long)]
+    dir: std::path::PathBuf,
+}
+
+pub fn command(args: &DemoArgs, control: VcpuControl) -> anyhow::Result<ExitCode> {
+    if args.replay {
+        return replay_demo(control);
+    }
+    crate::demo::run(args.plot.as_deref())
+}
+
+pub fn storage_command(args: &DemoStorageArgs) -> anyhow::Result<ExitCode> {
+    crate::demo::serve_storage(&args.dir)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn replay_demo(control: VcpuControl) -> anyhow::Result<ExitCode> {
     let dir = tempfile::tempdir().context("a temporary directory for the demo's logs")?;
     for words in [&["hello"][..], &["timer", "200"], &["compute", "300"], &["clock", "200"]] {
         let line = words.join(" ");
