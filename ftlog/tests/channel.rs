@@ -36,6 +36,7 @@ fn primary_hello() -> Hello {
         id: "host-a:1".into(),
         vm: "vm".into(),
         machine: Some(machine()),
+        verified: false,
     }
 }
 
@@ -47,6 +48,7 @@ fn backup_hello() -> Hello {
         id: "host-b:2".into(),
         vm: "vm".into(),
         machine: None,
+        verified: false,
     }
 }
 

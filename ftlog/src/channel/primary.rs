@@ -18,7 +18,9 @@ pub enum PrimaryEvent {
     /// The backup went silent for `silence`, or its connection broke (`reason` says which).
     BackupLost { silence: Duration, reason: String },
     /// The backup's replay diverged: it wants the full state again.
-    ResyncRequested,
+    ResyncRequested(super::ResyncReason),
+    /// The backup applied the state of a resync and follows again.
+    ResyncDone,
     /// The backup ended the channel on purpose.
     BackupClosed,
 }
@@ -133,6 +135,18 @@ impl PrimaryLink {
     /// Tells the backup that outputs produced up to `position` have been released.
     pub fn send_released(&self, position: u64) -> Result<(), SendError> {
         self.try_send(Message::Released { position })
+    }
+
+    /// Sends the digest of output number `sequence` (verified mode), waiting for queue room
+    /// while the backup is alive: a digest the backup never gets would read as a mismatch.
+    pub fn send_output_digest(&self, sequence: u64, digest: [u8; 32]) -> Result<(), SendError> {
+        self.send_while_alive(Message::OutputDigest { sequence, digest })
+    }
+
+    /// Announces a resync: the full state at `Exit(exits)` follows, `outputs` having been
+    /// emitted before it.
+    pub fn send_resync_begin(&self, exits: u64, outputs: u64) -> Result<(), SendError> {
+        self.send_while_alive(Message::ResyncBegin { exits, outputs })
     }
 
     /// Streams a snapshot (e.g. what `vmm::snapshot::save_to` wrote) as state chunks and the end
@@ -339,8 +353,12 @@ impl Receive {
                 }
                 Message::Verified { position } => self.watch.set_verified(position),
                 Message::Heartbeat { stamp } => self.watch.heard_at(stamp),
-                Message::ResyncRequest => {
-                    let _ = self.events.try_send(PrimaryEvent::ResyncRequested);
+                Message::ResyncRequest { reason } => {
+                    let reason = super::ResyncReason::from_code(reason);
+                    let _ = self.events.try_send(PrimaryEvent::ResyncRequested(reason));
+                }
+                Message::ResyncDone => {
+                    let _ = self.events.try_send(PrimaryEvent::ResyncDone);
                 }
                 Message::Close => {
                     self.lost.store(true, Ordering::Release);
