@@ -356,7 +356,10 @@ mod tests {
             any::<u64>().prop_map(|position| Message::Released { position }),
             any::<u64>().prop_map(|position| Message::Ack { position }),
             any::<u64>().prop_map(|position| Message::Verified { position }),
-            Just(Message::ResyncRequest),
+            any::<u8>().prop_map(|reason| Message::ResyncRequest { reason }),
+            (any::<u64>(), any::<[u8; 32]>()).prop_map(|(sequence, digest)| Message::OutputDigest { sequence, digest }),
+            (any::<u64>(), any::<u64>()).prop_map(|(exits, outputs)| Message::ResyncBegin { exits, outputs }),
+            Just(Message::ResyncDone),
             Just(Message::Close),
         ]
     }
