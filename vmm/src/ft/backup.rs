@@ -116,13 +116,26 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
     let mut start = saved.position;
     let mut outputs_before = 0;
     let mut resyncs = 0u64;
+    let mut fell_back = false;
     let (end, mut world, commit) = loop {
         let (mut world, commit) = following(&mut machine, replayer, &link, verified, outputs_before);
         let end = run(&mut machine, &mut world, RunOptions { start, snapshot: None });
         let Some(reason) = resync_reason(&end, &mut world) else { break (end?, world, commit) };
         let asked = Instant::now();
         tracing::warn!(reason = reason.as_str(), "the replay cannot go on: asking the primary for a resync");
-        let resynced = resync(&link, world, &machine_config, &control, reason, &what)?;
+        let resynced = match resync(&link, world, &machine_config, &control, reason, &what)? {
+            Resync::Done(resynced) => resynced,
+            // Nothing the primary released differs from what this replay did (verified mode):
+            // the machine as it was can go live.
+            Resync::PrimaryGone { world, why } if verified => {
+                tracing::warn!("no resync ({why}): the primary is gone; racing from where the replay stopped");
+                fell_back = true;
+                break (end?, world, commit);
+            }
+            Resync::PrimaryGone { why, .. } => {
+                return Err(FtError::Replay(format!("{} and the resync failed: {why}", reason.as_str())))
+            }
+        };
         // The old machine goes only now that the new one is complete.
         machine = resynced.machine;
         start = resynced.saved.position;
@@ -138,6 +151,7 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
 
     match &end.reason {
         StopReason::World(WorldStop::InputEnded { .. }) => {}
+        StopReason::World(WorldStop::Failed(_)) if fell_back => {}
         StopReason::World(WorldStop::Failed(error)) => return Err(FtError::Replay(error.to_string())),
         StopReason::StopRequested => {
             // Not the VM's end: only this side leaves. Closing the channel tells the primary,
@@ -262,44 +276,59 @@ struct Resynced {
     outputs: u64,
 }
 
+/// How a resync ended.
+enum Resync {
+    Done(Resynced),
+    /// The primary went away before its state arrived whole: the replay is handed back as it
+    /// was.
+    PrimaryGone {
+        world: FollowWorld,
+        why: String,
+    },
+}
+
 /// Asks the primary for its full state again and loads it into a new machine: the old one is
-/// left as it was until the new one is complete (a transfer cut half-way fails the resync, and
-/// the machine that was there is still there). The log goes on in the same feed from the
-/// snapshot mark at the resync's landmark.
+/// left as it was until the new one is complete (a transfer cut half-way leaves the backup as
+/// it was). The log goes on in the same feed from the snapshot mark at the resync's landmark.
 fn resync(
     link: &BackupLink,
-    world: FollowWorld,
+    mut world: FollowWorld,
     machine_config: &MachineConfig,
     control: &VcpuControl,
     reason: ResyncReason,
     what: &str,
-) -> Result<Resynced, FtError> {
-    let failed = |why: String| FtError::Replay(format!("{} and the resync failed: {why}", reason.as_str()));
+) -> Result<Resync, FtError> {
     let deadline = Instant::now() + RESYNC_WAIT;
     while let Err(error) = link.request_resync(reason) {
         if Instant::now() >= deadline {
-            return Err(failed(format!("the request was not sent: {error}")));
+            return Ok(Resync::PrimaryGone { world, why: format!("the request was not sent: {error}") });
         }
         std::thread::sleep(Duration::from_millis(1));
     }
     // Records keep coming until the primary pauses for the resync: they are of no use now, and
     // the receiver must not block on a full feed before it reaches the resync.
-    let mut feed = world.into_replayer().into_feed();
     let resync = loop {
         if let Some(resync) = link.take_resync(Duration::from_millis(1)) {
             break resync;
         }
+        let feed = world.replayer().feed_mut();
         while feed.drop_one() {}
         if feed.has_ended() || Instant::now() >= deadline {
-            return Err(failed("the primary sent no state".into()));
+            return Ok(Resync::PrimaryGone { world, why: "the primary sent no state".into() });
         }
     };
     let fresh = Machine::new(machine_config.clone(), control.clone())?;
-    let (machine, saved) = join::receive(resync.state, fresh, what, &mut CopyProgress::new())
-        .map_err(|error| failed(format!("the state did not arrive whole: {error}")))?;
-    let mut replayer = ReplayWorld::from_feed(feed);
-    replayer.skip_to_snapshot(resync.exits).map_err(|error| failed(error.to_string()))?;
-    Ok(Resynced { machine, saved, replayer, outputs: resync.outputs })
+    let (machine, saved) = match join::receive(resync.state, fresh, what, &mut CopyProgress::new()) {
+        Ok(received) => received,
+        Err(error) => {
+            return Ok(Resync::PrimaryGone { world, why: format!("the state did not arrive whole: {error}") })
+        }
+    };
+    let mut replayer = ReplayWorld::from_feed(world.into_replayer().into_feed());
+    replayer
+        .skip_to_snapshot(resync.exits)
+        .map_err(|error| FtError::Replay(format!("{} and the resync failed: {error}", reason.as_str())))?;
+    Ok(Resync::Done(Resynced { machine, saved, replayer, outputs: resync.outputs }))
 }
 
 /// Connects to the primary, trying again for [`CONNECT_WAIT`] while nobody listens there yet

@@ -444,6 +444,11 @@ impl FollowWorld {
         self.check.as_ref()?.mismatch()
     }
 
+    /// Whether the replay's exits differ from the primary's.
+    pub fn diverged(&self) -> bool {
+        self.replayer.error().is_some_and(|error| error.divergence().is_some())
+    }
+
     /// The replay, to start over from a resync (its feed goes on).
     pub fn into_replayer(self) -> ReplayWorld<ChannelFeed> {
         self.replayer
@@ -529,7 +534,13 @@ impl EventSource for FollowWorld {
 
 impl RunObserver for FollowWorld {
     fn on_exit(&mut self, count: u64, exit: &ExitInfo, rip: u64) -> Result<()> {
-        self.replayer.on_exit(count, exit, rip)?;
+        if let Err(error) = self.replayer.on_exit(count, exit, rip) {
+            // A divergence stops the run at the next landmark (the replay's stop reason), where
+            // it has a position to resync, or go live, from.
+            if !self.diverged() {
+                return Err(error);
+            }
+        }
         self.publish();
         self.drop_released();
         self.report_replay(false);
@@ -547,6 +558,9 @@ impl RunObserver for FollowWorld {
     }
 
     fn at_boundary(&mut self, exits: u64) -> Result<bool> {
+        if self.diverged() {
+            return Ok(false);
+        }
         let passed = self.replayer.at_boundary(exits)?;
         self.publish();
         Ok(passed)
