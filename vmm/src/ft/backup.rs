@@ -124,13 +124,13 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
         let asked = Instant::now();
         tracing::warn!(reason = reason.as_str(), "the replay cannot go on: asking the primary for a resync");
         let resynced = match resync(&link, world, &machine_config, &control, reason, &what)? {
-            Resync::Done(resynced) => resynced,
+            Resync::Done(resynced) => *resynced,
             // Nothing the primary released differs from what this replay did (verified mode):
             // the machine as it was can go live.
             Resync::PrimaryGone { world, why } if verified => {
                 tracing::warn!("no resync ({why}): the primary is gone; racing from where the replay stopped");
                 fell_back = true;
-                break (end?, world, commit);
+                break (end?, *world, commit);
             }
             Resync::PrimaryGone { why, .. } => {
                 return Err(FtError::Replay(format!("{} and the resync failed: {why}", reason.as_str())))
@@ -278,11 +278,11 @@ struct Resynced {
 
 /// How a resync ended.
 enum Resync {
-    Done(Resynced),
+    Done(Box<Resynced>),
     /// The primary went away before its state arrived whole: the replay is handed back as it
     /// was.
     PrimaryGone {
-        world: FollowWorld,
+        world: Box<FollowWorld>,
         why: String,
     },
 }
@@ -301,7 +301,10 @@ fn resync(
     let deadline = Instant::now() + RESYNC_WAIT;
     while let Err(error) = link.request_resync(reason) {
         if Instant::now() >= deadline {
-            return Ok(Resync::PrimaryGone { world, why: format!("the request was not sent: {error}") });
+            return Ok(Resync::PrimaryGone {
+                world: Box::new(world),
+                why: format!("the request was not sent: {error}"),
+            });
         }
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -314,21 +317,24 @@ fn resync(
         let feed = world.replayer().feed_mut();
         while feed.drop_one() {}
         if feed.has_ended() || Instant::now() >= deadline {
-            return Ok(Resync::PrimaryGone { world, why: "the primary sent no state".into() });
+            return Ok(Resync::PrimaryGone { world: Box::new(world), why: "the primary sent no state".into() });
         }
     };
     let fresh = Machine::new(machine_config.clone(), control.clone())?;
     let (machine, saved) = match join::receive(resync.state, fresh, what, &mut CopyProgress::new()) {
         Ok(received) => received,
         Err(error) => {
-            return Ok(Resync::PrimaryGone { world, why: format!("the state did not arrive whole: {error}") })
+            return Ok(Resync::PrimaryGone {
+                world: Box::new(world),
+                why: format!("the state did not arrive whole: {error}"),
+            })
         }
     };
     let mut replayer = ReplayWorld::from_feed(world.into_replayer().into_feed());
     replayer
         .skip_to_snapshot(resync.exits)
         .map_err(|error| FtError::Replay(format!("{} and the resync failed: {error}", reason.as_str())))?;
-    Ok(Resync::Done(Resynced { machine, saved, replayer, outputs: resync.outputs }))
+    Ok(Resync::Done(Box::new(Resynced { machine, saved, replayer, outputs: resync.outputs })))
 }
 
 /// Connects to the primary, trying again for [`CONNECT_WAIT`] while nobody listens there yet
