@@ -513,6 +513,15 @@ impl Helpers {
                         Ok(PrimaryEvent::ResyncDone) => {
                             if let Some((count, reason, took)) = state.resync_done() {
                                 commit.resync_done();
+                                // What was held across the resync leaves now, not at the
+                                // releaser's next poll: the backup's new state already has
+                                // these outputs behind it and would not issue them again.
+                                if let Err(error) = commit.release_ready() {
+                                    tracing::error!("a held output could not be released: {error}");
+                                    state.set_failed(Arc::new(error));
+                                    control.stop();
+                                    return;
+                                }
                                 crate::errln!(
                                     "ft: resync {count} ({}) done in {} ms",
                                     reason.as_str(),
