@@ -316,7 +316,9 @@ impl WireSource {
         if lock(&self.ended).is_some() {
             return false;
         }
-        let timeout = if self.log_started { self.timeout } else { self.join_timeout };
+        // While a state is copied (the join's, or a resync's), a loaded host may starve
+        // either side for longer than the usual timeout.
+        let timeout = if self.log_started && self.state.is_none() { self.timeout } else { self.join_timeout };
         let message = match self.frames.next(self.last_word + timeout) {
             Ok(message) => message,
             Err(error) => {

@@ -34,6 +34,8 @@ pub struct PrimaryLink {
     events: Receiver<PrimaryEvent>,
     lost: Arc<AtomicBool>,
     closing: Arc<AtomicBool>,
+    /// A resync's state is being copied: the join's longer silence applies until it is done.
+    resyncing: Arc<AtomicBool>,
     stream: TcpStream,
     writer: Option<JoinHandle<()>>,
     receiver: Option<JoinHandle<()>>,
@@ -58,6 +60,7 @@ impl PrimaryLink {
         let (events_tx, events) = crossbeam_channel::bounded(16);
         let lost = Arc::new(AtomicBool::new(false));
         let closing = Arc::new(AtomicBool::new(false));
+        let resyncing = Arc::new(AtomicBool::new(false));
         let writer = {
             let stream = stream.try_clone()?;
             let heartbeat = config.heartbeat;
@@ -74,6 +77,7 @@ impl PrimaryLink {
                 events: events_tx,
                 lost: lost.clone(),
                 closing: closing.clone(),
+                resyncing: resyncing.clone(),
                 timeout: config.timeout,
                 join_timeout: config.join_timeout.max(config.timeout),
             };
@@ -85,6 +89,7 @@ impl PrimaryLink {
             events,
             lost,
             closing,
+            resyncing,
             stream,
             writer: Some(writer),
             receiver: Some(receiver),
@@ -146,6 +151,7 @@ impl PrimaryLink {
     /// Announces a resync: the full state at `Exit(exits)` follows, `outputs` having been
     /// emitted before it.
     pub fn send_resync_begin(&self, exits: u64, outputs: u64) -> Result<(), SendError> {
+        self.resyncing.store(true, Ordering::Release);
         self.send_while_alive(Message::ResyncBegin { exits, outputs })
     }
 
@@ -327,6 +333,7 @@ struct Receive {
     events: Sender<PrimaryEvent>,
     lost: Arc<AtomicBool>,
     closing: Arc<AtomicBool>,
+    resyncing: Arc<AtomicBool>,
     timeout: Duration,
     /// `timeout` until the backup's first acknowledgement (while the state is copied).
     join_timeout: Duration,
@@ -337,7 +344,8 @@ impl Receive {
         let mut last_word = Instant::now();
         let mut joined = false;
         let reason = loop {
-            let timeout = if joined { self.timeout } else { self.join_timeout };
+            let copying = !joined || self.resyncing.load(Ordering::Acquire);
+            let timeout = if copying { self.join_timeout } else { self.timeout };
             let message = match self.frames.next(last_word + timeout) {
                 Ok(message) => message,
                 Err(RecvError::Idle) => break format!("no word for {} ms", ms(last_word.elapsed())),
@@ -358,6 +366,7 @@ impl Receive {
                     let _ = self.events.try_send(PrimaryEvent::ResyncRequested(reason));
                 }
                 Message::ResyncDone => {
+                    self.resyncing.store(false, Ordering::Release);
                     let _ = self.events.try_send(PrimaryEvent::ResyncDone);
                 }
                 Message::Close => {

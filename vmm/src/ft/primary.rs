@@ -311,9 +311,9 @@ impl Primary {
         state: &LinkState,
     ) {
         if let Err(error) = paired.mark_resync(at.exits) {
-            tracing::warn!("a resync cannot start at {}: {error}; trying at the next pause", at.landmark());
+            // Not at an exit landmark (a kick): the vCPU pauses again after its next exit.
+            tracing::debug!("a resync cannot start at {}: {error}; trying after the next exit", at.landmark());
             state.resync_not_sent();
-            self.control.pause();
             return;
         }
         if link.send_resync_begin(at.exits, commit.emitted()).is_err() {

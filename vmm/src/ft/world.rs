@@ -87,6 +87,11 @@ impl LinkState {
         }
     }
 
+    /// A resync waits for an exit landmark to be sent at (the vCPU pauses after the next exit).
+    pub fn resync_waiting(&self) -> bool {
+        matches!(self.resync().pending, Some((_, _, false)))
+    }
+
     /// The state to send could not be placed at this landmark: try at the next pause.
     pub fn resync_not_sent(&self) {
         if let Some((_, _, sent)) = &mut self.resync().pending {
@@ -345,6 +350,10 @@ impl EventSource for PrimaryWorld {
 impl RunObserver for PrimaryWorld {
     fn on_exit(&mut self, count: u64, exit: &ExitInfo, rip: u64) -> Result<()> {
         let written = self.recorder.on_exit(count, exit, rip);
+        if self.link.resync_waiting() {
+            // A resync starts at an exit landmark (its snapshot mark's place): pause here.
+            self.control.pause();
+        }
         self.recorded(written)
     }
 
