@@ -88,6 +88,41 @@ impl ChannelFeed {
     }
 }
 
+impl ChannelFeed {
+    /// Whether the feed said its end (closed or lost).
+    pub fn has_ended(&self) -> bool {
+        self.ended.is_some()
+    }
+
+    /// Drops the next record if one is there now (a backup waiting for a resync's state keeps
+    /// the receiver from blocking on a full feed); `false` if there was none.
+    pub fn drop_one(&mut self) -> bool {
+        if self.ended.is_some() {
+            return false;
+        }
+        match self.items.try_recv() {
+            Ok(FeedItem::Record { position, .. }) => {
+                self.position = position;
+                true
+            }
+            Ok(FeedItem::Wait) => true,
+            Ok(FeedItem::Closed) => {
+                self.ended = Some(EndedAs::Closed);
+                false
+            }
+            Ok(FeedItem::Lost(reason)) => {
+                self.ended = Some(EndedAs::Lost(reason));
+                false
+            }
+            Ok(FeedItem::Failed(error)) => {
+                self.ended = Some(EndedAs::Lost(error.to_string()));
+                false
+            }
+            Err(_) => false,
+        }
+    }
+}
+
 impl RecordFeed for ChannelFeed {
     fn header(&self) -> &LogHeader {
         &self.header

@@ -41,7 +41,9 @@ mod tests;
 pub enum CommitMode {
     /// The backup holds the log up to the output's stamp (the paper).
     Received,
-    /// The backup replayed the log up to the output's stamp and produced an identical output.
+    /// The backup replayed the log up to the output and produced an identical output. Outputs
+    /// are stamped with their number (1, 2, ... from the pair's start) instead of a log
+    /// position, and the backup's verified word is the count of outputs it matched.
     Verified,
 }
 
@@ -143,6 +145,10 @@ struct State<S> {
     released_at: Option<Landmark>,
     last_full_warning: Option<Instant>,
     full_warnings_suppressed: u64,
+    /// Outputs taken since the stage was made (or the count it was told to go on from).
+    emitted: u64,
+    /// While set (a resync under way), nothing is released.
+    held_for_resync: bool,
 }
 
 fn payload_len(output: &Output) -> usize {
@@ -169,6 +175,8 @@ impl<S: OutputStage + Send> OutputCommit<S> {
                     released_at: None,
                     last_full_warning: None,
                     full_warnings_suppressed: 0,
+                    emitted: 0,
+                    held_for_resync: false,
                 }),
                 room: Condvar::new(),
                 watch,
@@ -194,6 +202,29 @@ impl<S: OutputStage + Send> OutputCommit<S> {
             self.shared.room.notify_all();
         }
         Ok(released)
+    }
+
+    /// Outputs taken so far: in verified mode, the number of the last one.
+    pub fn emitted(&self) -> u64 {
+        self.lock().emitted
+    }
+
+    /// Backup side, after a resync: the primary had emitted `outputs` before the landmark, so
+    /// the next output here is number `outputs + 1`.
+    pub fn continue_numbering_after(&self, outputs: u64) {
+        self.lock().emitted = outputs;
+    }
+
+    /// A resync is under way: nothing leaves until [`Self::resync_done`] (the backup's replay
+    /// diverged, so its acknowledgements say nothing about these outputs).
+    pub fn hold_for_resync(&self) {
+        self.lock().held_for_resync = true;
+    }
+
+    /// The backup holds the resync's state: releases go on.
+    pub fn resync_done(&self) {
+        self.lock().held_for_resync = false;
+        self.shared.room.notify_all();
     }
 
     /// Something changed in the `PeerWatch` (an ack, a verified position): waiters retry now.
@@ -342,7 +373,7 @@ impl<S: OutputStage + Send> Shared<S> {
     }
 
     fn release_ready(&self, state: &mut State<S>) -> Result<usize, OutputError> {
-        if !matches!(state.mode, Mode::Paired) {
+        if !matches!(state.mode, Mode::Paired) || state.held_for_resync {
             return Ok(0);
         }
         let mut released = 0;
@@ -422,7 +453,11 @@ impl<S: OutputStage + Send> OutputStage for OutputCommit<S> {
         let mut state = self.lock();
         // Stamped before any wait: the output depends on the log written so far, not on what
         // the recorder writes while the vCPU waits here.
-        let position = shared.watch.logged();
+        state.emitted += 1;
+        let position = match shared.mode {
+            CommitMode::Received => shared.watch.logged(),
+            CommitMode::Verified => state.emitted,
+        };
         let len = payload_len(&output);
         shared.release_ready(&mut state)?;
         let mut warned = false;

@@ -170,6 +170,17 @@ impl<F: RecordFeed> ReplayWorld<F> {
     /// The stream position at the end of the last record the replay consumed: at each point of
     /// the guest's run, the position the recorder's log had at the same point. A following
     /// backup stamps the outputs it holds with it, as the primary did.
+    /// The feed, to drop records a backup waiting for a resync has no use for.
+    pub fn feed_mut(&mut self) -> &mut F {
+        &mut self.feed
+    }
+
+    /// The feed back (a backup starting over from a resync's snapshot mark): the lookahead
+    /// record, if any, is dropped.
+    pub fn into_feed(self) -> F {
+        self.feed
+    }
+
     pub fn consumed_position(&self) -> u64 {
         self.consumed_end
     }

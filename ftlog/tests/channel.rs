@@ -36,6 +36,7 @@ fn primary_hello() -> Hello {
         id: "host-a:1".into(),
         vm: "vm".into(),
         machine: Some(machine()),
+        verified: false,
     }
 }
 
@@ -47,6 +48,7 @@ fn backup_hello() -> Hello {
         id: "host-b:2".into(),
         vm: "vm".into(),
         machine: None,
+        verified: false,
     }
 }
 
@@ -186,8 +188,11 @@ fn records_arrive_with_their_positions_and_are_acknowledged() {
     wait_for("the release marker", Duration::from_secs(5), || backup.released() == sent[10].1);
     backup.send_verified(sent[20].1).unwrap();
     wait_for("the verified position", Duration::from_secs(5), || watch.verified() == sent[20].1);
-    backup.request_resync().unwrap();
-    assert_eq!(primary.events().recv_timeout(Duration::from_secs(5)), Ok(PrimaryEvent::ResyncRequested));
+    backup.request_resync(ftlog::channel::ResyncReason::OutputDiffered).unwrap();
+    assert_eq!(
+        primary.events().recv_timeout(Duration::from_secs(5)),
+        Ok(PrimaryEvent::ResyncRequested(ftlog::channel::ResyncReason::OutputDiffered))
+    );
 
     primary.close(Duration::from_secs(5));
     assert!(matches!(feed.next_item(), FeedItem::Closed | FeedItem::Wait));

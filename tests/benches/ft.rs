@@ -75,12 +75,26 @@ fn main() -> Result<()> {
 fn run(net: &FtNet) -> Result<()> {
     let mut plain = Mode::new("unprotected");
     let mut protected = Mode::new("FT (--commit received)");
+    let mut verified = Mode::new("FT (--commit verified)");
     let mut pair = None;
     for round in 0..ROUNDS {
         let mut vm = net.plain_vm(Host::A)?;
         plain.primary_cpu += measure(net, &mut plain, round, vm.pid(), false)?;
         stop_cleanly(&mut vm, "the unprotected VM")?;
         drop(vm);
+
+        // Verified mode: the same load, outputs released only once the backup matched them.
+        let (mut primary, _) = live_primary(net, Host::A, &["--commit", "verified"])?;
+        let live = Host::A.ft_listen();
+        let mut backup = join_backup(net, Host::B, FT_PORT, &Join::Address(live.clone()), &mut primary, &live)?;
+        let backup_cpu = Cpu::read(backup.pid())?;
+        verified.primary_cpu += measure(net, &mut verified, round, primary.pid(), true)?;
+        verified.backup_cpu += Cpu::read(backup.pid())?.since(&backup_cpu);
+        still_a_pair(&mut primary, &mut backup)?;
+        backup.kill();
+        wait_for_line(&mut primary, "ft: backup lost (no word for {n} ms); running alone, generation {n}", TAKEOVER)?;
+        stop_cleanly(&mut primary, "the verified-mode primary")?;
+        drop((primary, backup));
 
         let (mut primary, _) = live_primary(net, Host::A, &["--commit", "received"])?;
         let live = Host::A.ft_listen();
@@ -107,6 +121,29 @@ fn run(net: &FtNet) -> Result<()> {
             ft / base,
             list(&protected.rates[i]),
             list(&plain.rates[i])
+        );
+    }
+    for (i, connections) in CONNECTIONS.iter().enumerate() {
+        let (ft, received, base) = (median(&verified.rates[i]), median(&protected.rates[i]), median(&plain.rates[i]));
+        println!(
+            "kv requests/s, {connections} conn, --commit verified: {ft:.0} / unprotected {base:.0} = {:.3}, / received {received:.0} = {:.3} (per round {})",
+            ft / base,
+            ft / received,
+            list(&verified.rates[i])
+        );
+    }
+    for (i, connections) in CONNECTIONS.iter().enumerate() {
+        let (ft, base) = (&mut verified.latencies[i], &mut plain.latencies[i]);
+        ft.sort();
+        base.sort();
+        let (f50, f99, b50, b99) =
+            (percentile(ft, 0.5), percentile(ft, 0.99), percentile(base, 0.5), percentile(base, 0.99));
+        println!(
+            "reply latency p50 / p99, {connections} conn, --commit verified: {} / {} ms; adds {} / {} ms to unprotected",
+            ms(f50),
+            ms(f99),
+            ms_signed(f50, b50),
+            ms_signed(f99, b99)
         );
     }
     for (i, connections) in CONNECTIONS.iter().enumerate() {

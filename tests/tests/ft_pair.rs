@@ -21,7 +21,6 @@ fn a_primary_killed_mid_stream_leaves_the_same_connection_served_from_host_b() -
 /// The same failover with `--commit verified`: an output leaves only once the backup has
 /// replayed up to it with an identical output.
 #[test]
-#[ignore = "--commit verified is not implemented yet (issue 11 point 3)"]
 fn a_primary_killed_in_verified_mode_leaves_the_same_connection_served_from_host_b() -> Result<()> {
     require_namespaces!();
     let net = FtNet::new("ftverified")?;

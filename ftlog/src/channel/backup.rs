@@ -25,6 +25,15 @@ pub enum BackupEvent {
     PrimaryClosed,
 }
 
+/// A resync the primary began: its state at `Exit(exits)`, then the log goes on from a snapshot
+/// mark there. Handed over by rendezvous, so every record the feed held before it is older.
+pub struct Resync {
+    pub exits: u64,
+    /// Outputs the primary had emitted before the landmark.
+    pub outputs: u64,
+    pub state: StateReader,
+}
+
 enum StateItem {
     Chunk(Vec<u8>),
     End { total: u64 },
@@ -37,6 +46,8 @@ pub struct BackupLink {
     events: Receiver<BackupEvent>,
     feed: Receiver<ChannelFeed>,
     state: Option<Receiver<StateItem>>,
+    resyncs: Receiver<Resync>,
+    check: Arc<super::OutputCheck>,
     released: Arc<AtomicU64>,
     held: Arc<AtomicU64>,
     stream: TcpStream,
@@ -63,6 +74,8 @@ impl BackupLink {
         let (feed_tx, feed) = crossbeam_channel::bounded(1);
         let (state_tx, state) = crossbeam_channel::bounded(config.queue.max(1));
         let (nudge_tx, nudge) = crossbeam_channel::bounded(1);
+        let (resyncs_tx, resyncs) = crossbeam_channel::bounded(0);
+        let check = Arc::new(super::OutputCheck::new(queue.clone()));
         let released = Arc::new(AtomicU64::new(0));
         let held = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -86,6 +99,9 @@ impl BackupLink {
                 timeout: config.timeout,
                 join_timeout: config.join_timeout.max(config.timeout),
                 state: Some(state_tx),
+                state_bound: config.queue.max(1),
+                resyncs: resyncs_tx,
+                check: check.clone(),
                 released: released.clone(),
                 held: held.clone(),
                 echo,
@@ -107,6 +123,8 @@ impl BackupLink {
             events,
             feed,
             state: Some(state),
+            resyncs,
+            check,
             released,
             held,
             stream,
@@ -161,8 +179,23 @@ impl BackupLink {
     }
 
     /// Asks the primary for its full state again.
-    pub fn request_resync(&self) -> Result<(), SendError> {
-        Ok(self.queue.try_send(Message::ResyncRequest)?)
+    pub fn request_resync(&self, reason: super::ResyncReason) -> Result<(), SendError> {
+        Ok(self.queue.try_send(Message::ResyncRequest { reason: reason.code() })?)
+    }
+
+    /// A resync the primary has begun, if one waits (see [`Resync`]).
+    pub fn take_resync(&self, wait: Duration) -> Option<Resync> {
+        self.resyncs.recv_timeout(wait).ok()
+    }
+
+    /// Tells the primary the resync's state is applied.
+    pub fn send_resync_done(&self) -> Result<(), SendError> {
+        Ok(self.queue.send_timeout(Message::ResyncDone, Duration::from_secs(1))?)
+    }
+
+    /// The comparison of outputs in verified mode (fed with the primary's digests here).
+    pub fn output_check(&self) -> Arc<super::OutputCheck> {
+        self.check.clone()
     }
 
     /// Breaks the connection at once.
@@ -180,6 +213,8 @@ impl Drop for BackupLink {
         // The receiver may be blocked handing the consumer a state chunk or a record: dropping
         // our ends of those channels releases it.
         self.state = None;
+        let (_, no_resyncs) = crossbeam_channel::bounded(0);
+        drop(std::mem::replace(&mut self.resyncs, no_resyncs));
         let (_, no_feed) = crossbeam_channel::bounded(1);
         drop(std::mem::replace(&mut self.feed, no_feed));
         for thread in self.threads.drain(..) {
@@ -256,6 +291,10 @@ struct WireSource {
     /// `timeout` while the state is copied, before the log starts.
     join_timeout: Duration,
     state: Option<Sender<StateItem>>,
+    state_bound: usize,
+    /// Where a resync's state is handed to the backup (a rendezvous).
+    resyncs: Sender<Resync>,
+    check: Arc<super::OutputCheck>,
     released: Arc<AtomicU64>,
     held: Arc<AtomicU64>,
     /// The stamp of the primary's latest heartbeat (echoed by our writer).
@@ -277,7 +316,9 @@ impl WireSource {
         if lock(&self.ended).is_some() {
             return false;
         }
-        let timeout = if self.log_started { self.timeout } else { self.join_timeout };
+        // While a state is copied (the join's, or a resync's), a loaded host may starve
+        // either side for longer than the usual timeout.
+        let timeout = if self.log_started && self.state.is_none() { self.timeout } else { self.join_timeout };
         let message = match self.frames.next(self.last_word + timeout) {
             Ok(message) => message,
             Err(error) => {
@@ -293,17 +334,29 @@ impl WireSource {
         self.last_word = Instant::now();
         match message {
             Message::Records(bytes) => {
-                // Log bytes mean the state is complete (or was never sent).
-                self.state = None;
+                // Log bytes mean the first state is complete (or was never sent).
+                if !self.log_started {
+                    self.state = None;
+                }
                 self.log_started = true;
                 self.pending = bytes;
                 self.used = 0;
             }
-            Message::StateChunk(_) | Message::StateEnd { .. } if self.log_started => {
-                // One state, then one log per connection: a resync is a new connection.
-                let reason = "the primary sent state after the log began".to_string();
+            Message::StateChunk(_) | Message::StateEnd { .. } if self.log_started && self.state.is_none() => {
+                // After the log began, state comes only after a ResyncBegin.
+                let reason = "the primary sent state after the log began, outside a resync".to_string();
                 self.end(Ended::Lost { silence: Duration::ZERO, reason });
             }
+            Message::ResyncBegin { exits, outputs } => {
+                let (state_tx, items) = crossbeam_channel::bounded(self.state_bound);
+                let state = StateReader { items, current: Vec::new(), used: 0, total: 0, done: false };
+                // The rendezvous: the backup takes it while no record after the landmark is in
+                // the feed yet (they follow the state on the wire).
+                if push(&self.resyncs, Resync { exits, outputs, state }, &self.stop, self.poll) {
+                    self.state = Some(state_tx);
+                }
+            }
+            Message::OutputDigest { sequence, digest } => self.check.theirs(sequence, digest),
             Message::StateChunk(bytes) => {
                 if let Some(state) = &self.state {
                     if !push(state, StateItem::Chunk(bytes), &self.stop, self.poll) {

@@ -23,6 +23,7 @@ pub mod backup;
 pub mod handshake;
 pub mod primary;
 pub mod transfer;
+pub mod verify;
 pub mod wire;
 mod writer;
 
@@ -30,10 +31,45 @@ pub use backup::{BackupEvent, BackupLink, StateReader};
 pub use handshake::{Hello, Role, LINK_MAGIC, MAX_NAME, PROTOCOL_VERSION};
 pub use primary::{PrimaryEvent, PrimaryLink, RecordSink, StateSink};
 pub use transfer::TransferSink;
+pub use verify::OutputCheck;
 pub use wire::{FrameError, Malformed, Message};
 
 use std::net::TcpStream;
 use std::time::Duration;
+
+/// Why a backup asks for a resync (the body of [`Message::ResyncRequest`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResyncReason {
+    /// The replay's exit digests differ from the primary's.
+    Diverged,
+    /// An output of the replay differs from the primary's (verified mode).
+    OutputDiffered,
+}
+
+impl ResyncReason {
+    pub fn code(self) -> u8 {
+        match self {
+            ResyncReason::Diverged => 1,
+            ResyncReason::OutputDiffered => 2,
+        }
+    }
+
+    /// The reason for `code`; an unknown code reads as a divergence (a resync either way).
+    pub fn from_code(code: u8) -> Self {
+        match code {
+            2 => ResyncReason::OutputDiffered,
+            _ => ResyncReason::Diverged,
+        }
+    }
+
+    /// As the `ft: resync N (REASON) ...` lines print it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResyncReason::Diverged => "replay diverged",
+            ResyncReason::OutputDiffered => "output differed",
+        }
+    }
+}
 
 /// Timing and buffer bounds of a channel.
 #[derive(Clone, Debug)]

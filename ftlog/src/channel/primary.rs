@@ -18,7 +18,9 @@ pub enum PrimaryEvent {
     /// The backup went silent for `silence`, or its connection broke (`reason` says which).
     BackupLost { silence: Duration, reason: String },
     /// The backup's replay diverged: it wants the full state again.
-    ResyncRequested,
+    ResyncRequested(super::ResyncReason),
+    /// The backup applied the state of a resync and follows again.
+    ResyncDone,
     /// The backup ended the channel on purpose.
     BackupClosed,
 }
@@ -32,6 +34,8 @@ pub struct PrimaryLink {
     events: Receiver<PrimaryEvent>,
     lost: Arc<AtomicBool>,
     closing: Arc<AtomicBool>,
+    /// A resync's state is being copied: the join's longer silence applies until it is done.
+    resyncing: Arc<AtomicBool>,
     stream: TcpStream,
     writer: Option<JoinHandle<()>>,
     receiver: Option<JoinHandle<()>>,
@@ -56,6 +60,7 @@ impl PrimaryLink {
         let (events_tx, events) = crossbeam_channel::bounded(16);
         let lost = Arc::new(AtomicBool::new(false));
         let closing = Arc::new(AtomicBool::new(false));
+        let resyncing = Arc::new(AtomicBool::new(false));
         let writer = {
             let stream = stream.try_clone()?;
             let heartbeat = config.heartbeat;
@@ -72,6 +77,7 @@ impl PrimaryLink {
                 events: events_tx,
                 lost: lost.clone(),
                 closing: closing.clone(),
+                resyncing: resyncing.clone(),
                 timeout: config.timeout,
                 join_timeout: config.join_timeout.max(config.timeout),
             };
@@ -83,6 +89,7 @@ impl PrimaryLink {
             events,
             lost,
             closing,
+            resyncing,
             stream,
             writer: Some(writer),
             receiver: Some(receiver),
@@ -133,6 +140,19 @@ impl PrimaryLink {
     /// Tells the backup that outputs produced up to `position` have been released.
     pub fn send_released(&self, position: u64) -> Result<(), SendError> {
         self.try_send(Message::Released { position })
+    }
+
+    /// Sends the digest of output number `sequence` (verified mode), waiting for queue room
+    /// while the backup is alive: a digest the backup never gets would read as a mismatch.
+    pub fn send_output_digest(&self, sequence: u64, digest: [u8; 32]) -> Result<(), SendError> {
+        self.send_while_alive(Message::OutputDigest { sequence, digest })
+    }
+
+    /// Announces a resync: the full state at `Exit(exits)` follows, `outputs` having been
+    /// emitted before it.
+    pub fn send_resync_begin(&self, exits: u64, outputs: u64) -> Result<(), SendError> {
+        self.resyncing.store(true, Ordering::Release);
+        self.send_while_alive(Message::ResyncBegin { exits, outputs })
     }
 
     /// Streams a snapshot (e.g. what `vmm::snapshot::save_to` wrote) as state chunks and the end
@@ -313,6 +333,7 @@ struct Receive {
     events: Sender<PrimaryEvent>,
     lost: Arc<AtomicBool>,
     closing: Arc<AtomicBool>,
+    resyncing: Arc<AtomicBool>,
     timeout: Duration,
     /// `timeout` until the backup's first acknowledgement (while the state is copied).
     join_timeout: Duration,
@@ -323,7 +344,8 @@ impl Receive {
         let mut last_word = Instant::now();
         let mut joined = false;
         let reason = loop {
-            let timeout = if joined { self.timeout } else { self.join_timeout };
+            let copying = !joined || self.resyncing.load(Ordering::Acquire);
+            let timeout = if copying { self.join_timeout } else { self.timeout };
             let message = match self.frames.next(last_word + timeout) {
                 Ok(message) => message,
                 Err(RecvError::Idle) => break format!("no word for {} ms", ms(last_word.elapsed())),
@@ -339,8 +361,13 @@ impl Receive {
                 }
                 Message::Verified { position } => self.watch.set_verified(position),
                 Message::Heartbeat { stamp } => self.watch.heard_at(stamp),
-                Message::ResyncRequest => {
-                    let _ = self.events.try_send(PrimaryEvent::ResyncRequested);
+                Message::ResyncRequest { reason } => {
+                    let reason = super::ResyncReason::from_code(reason);
+                    let _ = self.events.try_send(PrimaryEvent::ResyncRequested(reason));
+                }
+                Message::ResyncDone => {
+                    self.resyncing.store(false, Ordering::Release);
+                    let _ = self.events.try_send(PrimaryEvent::ResyncDone);
                 }
                 Message::Close => {
                     self.lost.store(true, Ordering::Release);

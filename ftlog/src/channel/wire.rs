@@ -44,8 +44,18 @@ pub enum Message {
     Ack { position: u64 },
     /// The backup replayed the log up to this position with identical outputs.
     Verified { position: u64 },
-    /// The backup's replay diverged: it asks for the full state again.
-    ResyncRequest,
+    /// The backup's replay diverged: it asks for the full state again; `reason` is a
+    /// [`ResyncReason`] code.
+    ResyncRequest { reason: u8 },
+    /// Primary: the digest of its output number `sequence` (counted from the pair's start), so
+    /// that a backup in verified mode can compare its own.
+    OutputDigest { sequence: u64, digest: [u8; 32] },
+    /// Primary: a resync follows: the full state at `Exit(exits)` (state chunks and their end),
+    /// after which the log goes on with a snapshot mark at that landmark; `outputs` outputs
+    /// had been emitted before it.
+    ResyncBegin { exits: u64, outputs: u64 },
+    /// Backup: the resync's state is applied; it follows from the snapshot mark.
+    ResyncDone,
     /// The sender ends the channel on purpose (nothing was lost).
     Close,
 }
@@ -60,6 +70,9 @@ const T_ACK: u8 = 7;
 const T_VERIFIED: u8 = 8;
 const T_RESYNC: u8 = 9;
 const T_CLOSE: u8 = 10;
+const T_OUTPUT_DIGEST: u8 = 11;
+const T_RESYNC_BEGIN: u8 = 12;
+const T_RESYNC_DONE: u8 = 13;
 
 /// The largest `len` (type byte included) a frame of `kind` may have; `None` for an unknown type.
 fn max_len(kind: u8) -> Option<usize> {
@@ -68,7 +81,10 @@ fn max_len(kind: u8) -> Option<usize> {
             T_HELLO => MAX_HELLO,
             T_STATE_CHUNK | T_RECORDS => MAX_CHUNK,
             T_STATE_END | T_RELEASED | T_ACK | T_VERIFIED | T_HEARTBEAT => 8,
-            T_RESYNC | T_CLOSE => 0,
+            T_RESYNC => 1,
+            T_OUTPUT_DIGEST => 40,
+            T_RESYNC_BEGIN => 16,
+            T_RESYNC_DONE | T_CLOSE => 0,
             _ => return None,
         },
     )
@@ -111,7 +127,10 @@ impl Message {
             Message::Released { .. } => "Released",
             Message::Ack { .. } => "Ack",
             Message::Verified { .. } => "Verified",
-            Message::ResyncRequest => "ResyncRequest",
+            Message::ResyncRequest { .. } => "ResyncRequest",
+            Message::OutputDigest { .. } => "OutputDigest",
+            Message::ResyncBegin { .. } => "ResyncBegin",
+            Message::ResyncDone => "ResyncDone",
             Message::Close => "Close",
         }
     }
@@ -127,7 +146,18 @@ impl Message {
             Message::Released { position } => (T_RELEASED, Owned(position.to_le_bytes().to_vec())),
             Message::Ack { position } => (T_ACK, Owned(position.to_le_bytes().to_vec())),
             Message::Verified { position } => (T_VERIFIED, Owned(position.to_le_bytes().to_vec())),
-            Message::ResyncRequest => (T_RESYNC, Borrowed(&[])),
+            Message::ResyncRequest { reason } => (T_RESYNC, Owned(vec![*reason])),
+            Message::OutputDigest { sequence, digest } => {
+                let mut body = sequence.to_le_bytes().to_vec();
+                body.extend_from_slice(digest);
+                (T_OUTPUT_DIGEST, Owned(body))
+            }
+            Message::ResyncBegin { exits, outputs } => {
+                let mut body = exits.to_le_bytes().to_vec();
+                body.extend_from_slice(&outputs.to_le_bytes());
+                (T_RESYNC_BEGIN, Owned(body))
+            }
+            Message::ResyncDone => (T_RESYNC_DONE, Borrowed(&[])),
             Message::Close => (T_CLOSE, Borrowed(&[])),
         }
     }
@@ -199,7 +229,26 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Option<(Message, usize)>, FrameError
         T_RELEASED => Message::Released { position: position()? },
         T_ACK => Message::Ack { position: position()? },
         T_VERIFIED => Message::Verified { position: position()? },
-        T_RESYNC => Message::ResyncRequest,
+        T_RESYNC => match body {
+            [reason] => Message::ResyncRequest { reason: *reason },
+            _ => return Err(FrameError::BadBody { kind, len: body.len() }),
+        },
+        T_OUTPUT_DIGEST => {
+            let (sequence, digest) = body.split_at_checked(8).ok_or(FrameError::BadBody { kind, len: body.len() })?;
+            let sequence: [u8; 8] = sequence.try_into().map_err(|_| FrameError::BadBody { kind, len: body.len() })?;
+            let digest: [u8; 32] = digest.try_into().map_err(|_| FrameError::BadBody { kind, len: body.len() })?;
+            Message::OutputDigest { sequence: u64::from_le_bytes(sequence), digest }
+        }
+        T_RESYNC_BEGIN => {
+            let pair: [u8; 16] = body.try_into().map_err(|_| FrameError::BadBody { kind, len: body.len() })?;
+            let (exits, outputs) = pair.split_at(8);
+            let word = |bytes: &[u8]| bytes.try_into().map(u64::from_le_bytes);
+            Message::ResyncBegin {
+                exits: word(exits).map_err(|_| FrameError::BadBody { kind, len: body.len() })?,
+                outputs: word(outputs).map_err(|_| FrameError::BadBody { kind, len: body.len() })?,
+            }
+        }
+        T_RESYNC_DONE => Message::ResyncDone,
         T_CLOSE => Message::Close,
         other => return Err(FrameError::UnknownType(other)),
     };
@@ -307,7 +356,10 @@ mod tests {
             any::<u64>().prop_map(|position| Message::Released { position }),
             any::<u64>().prop_map(|position| Message::Ack { position }),
             any::<u64>().prop_map(|position| Message::Verified { position }),
-            Just(Message::ResyncRequest),
+            any::<u8>().prop_map(|reason| Message::ResyncRequest { reason }),
+            (any::<u64>(), any::<[u8; 32]>()).prop_map(|(sequence, digest)| Message::OutputDigest { sequence, digest }),
+            (any::<u64>(), any::<u64>()).prop_map(|(exits, outputs)| Message::ResyncBegin { exits, outputs }),
+            Just(Message::ResyncDone),
             Just(Message::Close),
         ]
     }

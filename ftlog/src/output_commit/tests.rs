@@ -189,14 +189,31 @@ fn release_follows_the_acks_in_order() {
 
 #[test]
 fn verified_mode_waits_for_the_verified_position() {
+    // In verified mode an output's stamp is its number, and the backup's word the count of
+    // outputs it matched.
     let mut f = Fixture::new(CommitMode::Verified, LONG_LEASE, CommitLimits::default());
     f.watch.heard_now();
     f.emit_at(100, 1, frame(1));
+    f.emit_at(100, 2, frame(2));
     f.watch.set_acked(1000);
     assert_eq!(f.stage.release_ready().unwrap(), 0, "verified mode released on a mere ack");
-    f.watch.set_verified(99);
-    assert_eq!(f.stage.release_ready().unwrap(), 0);
-    f.watch.set_verified(100);
+    f.watch.set_verified(1);
+    assert_eq!(f.stage.release_ready().unwrap(), 1, "the first output matched, and only it");
+    assert_eq!(f.stage.released_position(), 1);
+    f.watch.set_verified(2);
+    assert_eq!(f.stage.release_ready().unwrap(), 1);
+    assert_eq!(f.stage.emitted(), 2);
+}
+
+#[test]
+fn nothing_leaves_while_a_resync_is_under_way() {
+    let mut f = Fixture::new(CommitMode::Received, LONG_LEASE, CommitLimits::default());
+    f.watch.heard_now();
+    f.emit_at(10, 1, frame(1));
+    f.stage.hold_for_resync();
+    f.watch.set_acked(10);
+    assert_eq!(f.stage.release_ready().unwrap(), 0, "released while the backup was being resynced");
+    f.stage.resync_done();
     assert_eq!(f.stage.release_ready().unwrap(), 1);
 }
 

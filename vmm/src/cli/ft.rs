@@ -68,9 +68,6 @@ impl FtArgs {
                 self.heartbeat_ms
             );
         }
-        if self.matches_verified() {
-            bail!("--commit verified is not available yet: use --commit received");
-        }
         let channel = ChannelConfig {
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             timeout: Duration::from_millis(self.timeout_ms),
@@ -81,7 +78,10 @@ impl FtArgs {
             master: master.to_owned(),
             listen,
             id: self.ft_id.clone().unwrap_or_else(FtConfig::default_id),
-            commit: CommitMode::Received,
+            commit: match self.commit {
+                Commit::Received => CommitMode::Received,
+                Commit::Verified => CommitMode::Verified,
+            },
             channel,
             max_lag: Duration::from_millis(self.max_lag_ms),
             limits: CommitLimits::default(),
@@ -90,9 +90,5 @@ impl FtArgs {
                 JoinModeArg::StopAndCopy => JoinMode::StopAndCopy,
             },
         })
-    }
-
-    fn matches_verified(&self) -> bool {
-        matches!(self.commit, Commit::Verified)
     }
 }

@@ -17,7 +17,7 @@ pub struct RunArgs {
     /// A 64-bit ELF kernel (entered in 64-bit mode) or a Linux bzImage.
     #[arg(long, value_name = "FILE", conflicts_with = "guest", required_unless_present = "guest")]
     kernel: Option<PathBuf>,
-    /// Boot our own guest with this workload and its arguments (hello, timer N, compute [M], clock [N]).
+    /// Boot our own guest with this workload and its arguments (hello, timer N, compute [M], clock [N], tsc [N], ...).
     #[arg(long, value_name = "WORKLOAD", num_args = 1.., allow_hyphen_values = false)]
     guest: Option<Vec<String>>,
     /// Guest memory in MiB.

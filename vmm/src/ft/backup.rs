@@ -8,6 +8,7 @@ use super::join;
 use super::primary::{Primary, Served};
 use super::progress::CopyProgress;
 use super::register::{GoLiveRegister, Race};
+use super::verify::VerifyingCommit;
 use super::world::{FollowCommit, FollowWorld};
 use super::{ms_since, FtConfig, FtError};
 use crate::backends::Backends;
@@ -19,14 +20,17 @@ use crate::vcpu::{run, RunEnd, RunOptions, StopReason};
 use devices::virtio::announce::{announce, AnnounceSchedule};
 use devices::virtio::{DeviceDescription, DiscardOutput, DiskSpec, MacAddr, NetSpec, OutputStage};
 use devices::{EventSource, WorldStop};
-use ftlog::channel::{BackupEvent, BackupLink, ChannelConfig, ChannelError, Hello, Role};
-use ftlog::{CommitLimits, CommitMode, OutputCommit, PeerWatch, ReplayWorld};
+use ftlog::channel::{BackupEvent, BackupLink, ChannelConfig, ChannelError, Hello, ResyncReason, Role};
+use ftlog::{ChannelFeed, CommitLimits, CommitMode, OutputCommit, PeerWatch, ReplayWorld};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a backup keeps trying a primary that does not listen yet.
 const CONNECT_WAIT: Duration = Duration::from_secs(30);
 /// How long the backup waits for the log to begin after the state.
 const LOG_START_WAIT: Duration = Duration::from_secs(30);
+/// How long a backup that asked for a resync waits for the primary's state to begin.
+const RESYNC_WAIT: Duration = Duration::from_secs(10);
 
 /// What a backup's follow ended in.
 pub enum Followed {
@@ -58,6 +62,7 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
         id: config.id.clone(),
         vm: config.name.clone(),
         machine: None,
+        verified: false,
     };
     // Bound now: an address this host cannot take fails the join, not the go-live.
     let listener = super::primary::bind(&config.listen)?;
@@ -91,7 +96,7 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
     let mut machine_config = MachineConfig::from_description(&description);
     // This side records once it is live and a backup joins it.
     machine_config.dirty_logging = true;
-    let machine = Machine::new(machine_config, control.clone())?;
+    let machine = Machine::new(machine_config.clone(), control.clone())?;
     machine.matches(&description, &format!("the primary at {}'s machine", plan.join))?;
     let state = link
         .state_reader()
@@ -102,28 +107,51 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
     crate::errln!("ft: following {} from {}", primary.listen, saved.position.landmark());
 
     let feed = link.feed(LOG_START_WAIT).map_err(join_error)?;
-    let replayer = ReplayWorld::from_feed(feed);
-    // Everything the replayed guest emits is held, and dropped once the primary says it left.
-    let unbounded = CommitLimits { max_bytes: usize::MAX, max_outputs: usize::MAX };
-    let watch = PeerWatch::new();
-    let commit: FollowCommit =
-        OutputCommit::new(DiscardOutput::default(), watch.clone(), CommitMode::Received, Duration::ZERO, unbounded);
-    machine.attach_output(Box::new(commit.clone()));
     let link = std::sync::Arc::new(link);
-    let (reporter, receiver) = (std::sync::Arc::clone(&link), std::sync::Arc::clone(&link));
-    // The replayed position rides the channel's "verified" message, which the primary uses only
-    // for its lag figure in received mode (the one mode there is).
-    let mut world = FollowWorld::new(replayer, commit.clone(), watch, link.released_marker()).reporting_replay(
-        move |position| {
-            // A full queue loses a report; the next one says more.
-            let _ = reporter.send_verified(position);
-        },
-        move || receiver.held(),
-    );
-    let end = run(&mut machine, &mut world, RunOptions { start: saved.position, snapshot: None })?;
+    // The primary's mode, whatever this side's --commit says (and this side's once it is live).
+    let verified = primary.verified;
+    let config = FtConfig { commit: if verified { CommitMode::Verified } else { CommitMode::Received }, ..config };
+    let check = link.output_check();
+    let mut replayer = ReplayWorld::from_feed(feed);
+    let mut start = saved.position;
+    let mut outputs_before = 0;
+    let mut resyncs = 0u64;
+    let mut fell_back = false;
+    let (end, mut world, commit) = loop {
+        let (mut world, commit) = following(&mut machine, replayer, &link, verified, outputs_before);
+        let end = run(&mut machine, &mut world, RunOptions { start, snapshot: None });
+        let Some(reason) = resync_reason(&end, &mut world) else { break (end?, world, commit) };
+        let asked = Instant::now();
+        tracing::warn!(reason = reason.as_str(), "the replay cannot go on: asking the primary for a resync");
+        let resynced = match resync(&link, world, &machine_config, &control, reason, &what)? {
+            Resync::Done(resynced) => *resynced,
+            // Nothing the primary released differs from what this replay did (verified mode):
+            // the machine as it was can go live.
+            Resync::PrimaryGone { world, why } if verified => {
+                tracing::warn!("no resync ({why}): the primary is gone; racing from where the replay stopped");
+                fell_back = true;
+                break (end?, *world, commit);
+            }
+            Resync::PrimaryGone { why, .. } => {
+                return Err(FtError::Replay(format!("{} and the resync failed: {why}", reason.as_str())))
+            }
+        };
+        // The old machine goes only now that the new one is complete.
+        machine = resynced.machine;
+        start = resynced.saved.position;
+        replayer = resynced.replayer;
+        outputs_before = resynced.outputs;
+        check.restart_at(outputs_before);
+        resyncs += 1;
+        crate::errln!("ft: resync {resyncs} ({}) done in {} ms", reason.as_str(), ms_since(asked));
+        if let Err(error) = link.send_resync_done() {
+            tracing::warn!("could not tell the primary the resync is done: {error}");
+        }
+    };
 
     match &end.reason {
         StopReason::World(WorldStop::InputEnded { .. }) => {}
+        StopReason::World(WorldStop::Failed(_)) if fell_back => {}
         StopReason::World(WorldStop::Failed(error)) => return Err(FtError::Replay(error.to_string())),
         StopReason::StopRequested => {
             // Not the VM's end: only this side leaves. Closing the channel tells the primary,
@@ -186,6 +214,127 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
             Ok(Followed::Served(primary.serve(&mut machine, world, position)?))
         }
     }
+}
+
+/// The world and output stage a backup follows in, from `replayer`, with `outputs_before` outputs
+/// of the primary covered by the state it starts from (0 at the join, the count at a resync).
+fn following(
+    machine: &mut Machine,
+    replayer: ReplayWorld<ChannelFeed>,
+    link: &Arc<BackupLink>,
+    verified: bool,
+    outputs_before: u64,
+) -> (FollowWorld, FollowCommit) {
+    // Everything the replayed guest emits is held, and dropped once the primary says it left.
+    let unbounded = CommitLimits { max_bytes: usize::MAX, max_outputs: usize::MAX };
+    let watch = PeerWatch::new();
+    let mode = if verified { CommitMode::Verified } else { CommitMode::Received };
+    let commit: FollowCommit =
+        OutputCommit::new(DiscardOutput::default(), watch.clone(), mode, Duration::ZERO, unbounded);
+    commit.continue_numbering_after(outputs_before);
+    let world = FollowWorld::new(replayer, commit.clone(), watch, link.released_marker());
+    if verified {
+        machine.attach_output(Box::new(VerifyingCommit::new(commit.clone(), link.output_check())));
+        return (world.verifying(link.output_check()), commit);
+    }
+    machine.attach_output(Box::new(commit.clone()));
+    let (reporter, receiver) = (Arc::clone(link), Arc::clone(link));
+    // In received mode the replayed position rides the channel's "verified" message, which the
+    // primary then uses only for its lag figure.
+    let world = world.reporting_replay(
+        move |position| {
+            // A full queue loses a report; the next one says more.
+            let _ = reporter.send_verified(position);
+        },
+        move || receiver.held(),
+    );
+    (world, commit)
+}
+
+/// Why the replay that ended as `end` asks for a resync, if it does: its exit digests differ
+/// from the primary's, or (verified mode) one of its outputs does.
+fn resync_reason(end: &Result<RunEnd, crate::error::VmmError>, world: &mut FollowWorld) -> Option<ResyncReason> {
+    let failed = match end {
+        Ok(end) => matches!(end.reason, StopReason::World(WorldStop::Failed(_))),
+        Err(_) => true,
+    };
+    if !failed {
+        return None;
+    }
+    if world.replayer().error().is_some_and(|error| error.divergence().is_some()) {
+        return Some(ResyncReason::Diverged);
+    }
+    world.output_mismatch().map(|_| ResyncReason::OutputDiffered)
+}
+
+/// What a resync gave the backup.
+struct Resynced {
+    machine: Machine,
+    saved: crate::snapshot::Snapshot,
+    replayer: ReplayWorld<ChannelFeed>,
+    /// Outputs the primary had emitted before the resync's landmark.
+    outputs: u64,
+}
+
+/// How a resync ended.
+enum Resync {
+    Done(Box<Resynced>),
+    /// The primary went away before its state arrived whole: the replay is handed back as it
+    /// was.
+    PrimaryGone {
+        world: Box<FollowWorld>,
+        why: String,
+    },
+}
+
+/// Asks the primary for its full state again and loads it into a new machine: the old one is
+/// left as it was until the new one is complete (a transfer cut half-way leaves the backup as
+/// it was). The log goes on in the same feed from the snapshot mark at the resync's landmark.
+fn resync(
+    link: &BackupLink,
+    mut world: FollowWorld,
+    machine_config: &MachineConfig,
+    control: &VcpuControl,
+    reason: ResyncReason,
+    what: &str,
+) -> Result<Resync, FtError> {
+    let deadline = Instant::now() + RESYNC_WAIT;
+    while let Err(error) = link.request_resync(reason) {
+        if Instant::now() >= deadline {
+            return Ok(Resync::PrimaryGone {
+                world: Box::new(world),
+                why: format!("the request was not sent: {error}"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Records keep coming until the primary pauses for the resync: they are of no use now, and
+    // the receiver must not block on a full feed before it reaches the resync.
+    let resync = loop {
+        if let Some(resync) = link.take_resync(Duration::from_millis(1)) {
+            break resync;
+        }
+        let feed = world.replayer().feed_mut();
+        while feed.drop_one() {}
+        if feed.has_ended() || Instant::now() >= deadline {
+            return Ok(Resync::PrimaryGone { world: Box::new(world), why: "the primary sent no state".into() });
+        }
+    };
+    let fresh = Machine::new(machine_config.clone(), control.clone())?;
+    let (machine, saved) = match join::receive(resync.state, fresh, what, &mut CopyProgress::new()) {
+        Ok(received) => received,
+        Err(error) => {
+            return Ok(Resync::PrimaryGone {
+                world: Box::new(world),
+                why: format!("the state did not arrive whole: {error}"),
+            })
+        }
+    };
+    let mut replayer = ReplayWorld::from_feed(world.into_replayer().into_feed());
+    replayer
+        .skip_to_snapshot(resync.exits)
+        .map_err(|error| FtError::Replay(format!("{} and the resync failed: {error}", reason.as_str())))?;
+    Ok(Resync::Done(Box::new(Resynced { machine, saved, replayer, outputs: resync.outputs })))
 }
 
 /// Connects to the primary, trying again for [`CONNECT_WAIT`] while nobody listens there yet

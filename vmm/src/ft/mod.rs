@@ -10,7 +10,9 @@
 //! - [`backup`]: the following side: join, follow, race, go live, then serve as a primary;
 //! - [`world`]: the two worlds the vCPU loop runs in while paired;
 //! - [`fence`]: the VM's gfs disks fenced by the register, and the halt of a side fenced out;
-//! - [`lag`]: how far the backup's replay trails the primary.
+//! - [`lag`]: how far the backup's replay trails the primary;
+//! - [`verify`]: verified mode (outputs compared before they leave) and, with [`primary`] and
+//!   [`backup`], the resync a diverged backup asks for.
 //!
 //! The lines both sides print on stderr (stdout carries the guest's console) are part of the
 //! interface: tests and operators read them.
@@ -22,6 +24,7 @@ pub mod lag;
 pub mod primary;
 pub mod progress;
 pub mod register;
+pub mod verify;
 pub mod world;
 
 use ftlog::channel::ChannelConfig;

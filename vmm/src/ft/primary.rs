@@ -6,6 +6,7 @@
 
 use super::join;
 use super::register::{GoLiveRegister, Race};
+use super::verify::DigestingCommit;
 use super::world::{LinkState, PrimaryCommit, PrimaryWorld};
 use super::{ms_since, FtConfig, FtError};
 use crate::control::VcpuControl;
@@ -16,7 +17,7 @@ use crate::vcpu::{run, RunEnd, RunOptions, RunPosition, StopReason};
 use devices::virtio::DiscardOutput;
 use devices::{EventSource, HostWorld, WorldStop};
 use ftlog::channel::{Hello, PrimaryEvent, PrimaryLink, Role};
-use ftlog::{OutputCommit, PeerWatch, RecordingWorld};
+use ftlog::{CommitMode, OutputCommit, PeerWatch, RecordingWorld};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -81,6 +82,7 @@ impl Primary {
             id: config.id.clone(),
             vm: config.name.clone(),
             machine: Some(machine.description()),
+            verified: config.commit == CommitMode::Verified,
         }));
         let paired = Arc::new(AtomicBool::new(false));
         let (joins_tx, joins) = crossbeam_channel::bounded(1);
@@ -208,10 +210,15 @@ impl Primary {
             self.config.channel.timeout,
             self.config.limits,
         );
-        machine.attach_output(Box::new(commit.clone()));
         let link = Arc::new(link);
+        let verified = self.config.commit == CommitMode::Verified;
+        if verified {
+            machine.attach_output(Box::new(DigestingCommit::new(commit.clone(), link.clone())));
+        } else {
+            machine.attach_output(Box::new(commit.clone()));
+        }
         let state = LinkState::default();
-        let helpers = Helpers::start(&link, &commit, &state, &watch, &self.control);
+        let helpers = Helpers::start(&link, &commit, &state, &watch, &self.control, verified);
         crate::errln!("ft: protected by {addr} since {} (pause {} ms)", position.landmark(), ms_since(paused));
         let mut paired = PrimaryWorld::new(
             recorder,
@@ -243,6 +250,9 @@ impl Primary {
                 return Ok(failed);
             }
             if matches!(end.reason, StopReason::Paused) {
+                if state.resync_to_send() {
+                    self.resync(machine, &mut paired, &link, &commit, at, &state);
+                }
                 continue; // a join refused while paired, or a spurious pause
             }
             // The VM stopped: the backup gets the End record, and what is held leaves once it
@@ -277,12 +287,46 @@ impl Primary {
             }
             helpers.stop();
             report_lag(&state);
+            // The digesting stage holds the link too.
+            drop(machine.attach_output(Box::new(commit.clone())));
             if let Ok(link) = Arc::try_unwrap(link) {
                 link.close(CLOSE_WAIT);
             }
             self.release_register();
             return Ok(Protected::Ended(self.stopped(end)));
         }
+    }
+
+    /// The backup asked for a resync (its replay diverged, or an output differed): at this
+    /// pause, `at`, its full state goes out as a stop-and-copy join's would, then the log goes on
+    /// from a snapshot mark there. Output stays held until the backup says it applied the state.
+    /// A backup lost on the way is the watcher's to notice, as ever.
+    fn resync(
+        &self,
+        machine: &mut Machine,
+        paired: &mut PrimaryWorld,
+        link: &PrimaryLink,
+        commit: &PrimaryCommit,
+        at: RunPosition,
+        state: &LinkState,
+    ) {
+        if let Err(error) = paired.mark_resync(at.exits) {
+            // Not at an exit landmark (a kick): the vCPU pauses again after its next exit.
+            tracing::debug!("a resync cannot start at {}: {error}; trying after the next exit", at.landmark());
+            state.resync_not_sent();
+            return;
+        }
+        if link.send_resync_begin(at.exits, commit.emitted()).is_err() {
+            return;
+        }
+        machine.checkpoint_bases.clear();
+        let sent = join::prepare(&self.memory, link.transfer_sink(), join::JoinMode::StopAndCopy)
+            .and_then(|prepared| join::finish(machine, at, paired.monotonic_now(), &self.memory, prepared));
+        match sent {
+            Ok(report) => tracing::info!(bytes = report.bytes, at = %at.landmark(), "resync: the state is sent"),
+            Err(error) => tracing::warn!("resync: the state did not reach the backup: {error}"),
+        }
+        paired.push_now();
     }
 
     /// Whether the run ended because a gfs disk refused this side's write (another side is
@@ -410,6 +454,7 @@ impl Helpers {
         state: &LinkState,
         watch: &PeerWatch,
         control: &VcpuControl,
+        verified: bool,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
@@ -420,8 +465,11 @@ impl Helpers {
                 let mut told = 0;
                 while !stop.load(Ordering::Acquire) {
                     // The backup reports its replay's position on the channel's "verified"
-                    // message; in received mode it serves only this figure.
-                    state.replayed(watch.verified());
+                    // message; in received mode it serves only this figure (in verified mode
+                    // it counts matched outputs instead).
+                    if !verified {
+                        state.replayed(watch.verified());
+                    }
                     if let Err(error) = commit.release_ready() {
                         tracing::error!("a held output could not be released: {error}");
                         state.set_failed(Arc::new(error));
@@ -438,7 +486,8 @@ impl Helpers {
             threads.extend(spawned.ok());
         }
         {
-            let (link, state, stop, control) = (link.clone(), state.clone(), stop.clone(), control.clone());
+            let (link, state, stop, control, commit) =
+                (link.clone(), state.clone(), stop.clone(), control.clone(), commit.clone());
             let spawned = std::thread::Builder::new().name("ft-watch".into()).spawn(move || {
                 while !stop.load(Ordering::Acquire) {
                     match link.events().recv_timeout(Duration::from_millis(20)) {
@@ -453,8 +502,32 @@ impl Helpers {
                             control.kick();
                             return;
                         }
-                        Ok(PrimaryEvent::ResyncRequested) => {
-                            tracing::warn!("the backup asked for a resync, which this version does not do");
+                        Ok(PrimaryEvent::ResyncRequested(reason)) => {
+                            // Its word on what it holds means nothing until it has the state.
+                            commit.hold_for_resync();
+                            if state.request_resync(reason) {
+                                tracing::info!(reason = reason.as_str(), "the backup asked for a resync");
+                                control.pause();
+                            }
+                        }
+                        Ok(PrimaryEvent::ResyncDone) => {
+                            if let Some((count, reason, took)) = state.resync_done() {
+                                commit.resync_done();
+                                // What was held across the resync leaves now, not at the
+                                // releaser's next poll: the backup's new state already has
+                                // these outputs behind it and would not issue them again.
+                                if let Err(error) = commit.release_ready() {
+                                    tracing::error!("a held output could not be released: {error}");
+                                    state.set_failed(Arc::new(error));
+                                    control.stop();
+                                    return;
+                                }
+                                crate::errln!(
+                                    "ft: resync {count} ({}) done in {} ms",
+                                    reason.as_str(),
+                                    took.as_millis()
+                                );
+                            }
                         }
                         Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
                         Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,

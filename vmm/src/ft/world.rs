@@ -15,7 +15,7 @@ use crate::machine::Machine;
 use crate::vcpu::{ExitInfo, RunObserver};
 use devices::virtio::{DiscardOutput, OutputError, OutputStage};
 use devices::{ClockId, Deadlines, EventSource, HostWorld, InputKind, Landmark, WorldEvent, WorldStop};
-use ftlog::channel::RecordSink;
+use ftlog::channel::{OutputCheck, RecordSink, ResyncReason};
 use ftlog::{ChannelFeed, OutputCommit, PeerWatch, RecordingWorld, ReplayWorld};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -48,6 +48,64 @@ pub struct LinkState {
     failed: Arc<Mutex<Option<Arc<OutputError>>>>,
     /// How far the backup's replay trails the log pushed to it.
     lag: Arc<Mutex<LagMeter>>,
+    /// The resync under way, if any, and how many completed.
+    resync: Arc<Mutex<ResyncState>>,
+}
+
+/// A resync as the primary sees it.
+#[derive(Default)]
+struct ResyncState {
+    /// Asked for, why and since when; `sent` once the state left.
+    pending: Option<(ResyncReason, Instant, bool)>,
+    done: u64,
+}
+
+impl LinkState {
+    fn resync(&self) -> std::sync::MutexGuard<'_, ResyncState> {
+        self.resync.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The backup asked for a resync; `false` if one is already under way.
+    pub fn request_resync(&self, reason: ResyncReason) -> bool {
+        let mut resync = self.resync();
+        if resync.pending.is_some() {
+            return false;
+        }
+        resync.pending = Some((reason, Instant::now(), false));
+        true
+    }
+
+    /// A resync asked for whose state has not been sent yet: the vCPU thread sends it now.
+    pub fn resync_to_send(&self) -> bool {
+        let mut resync = self.resync();
+        match &mut resync.pending {
+            Some((_, _, sent @ false)) => {
+                *sent = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A resync waits for an exit landmark to be sent at (the vCPU pauses after the next exit).
+    pub fn resync_waiting(&self) -> bool {
+        matches!(self.resync().pending, Some((_, _, false)))
+    }
+
+    /// The state to send could not be placed at this landmark: try at the next pause.
+    pub fn resync_not_sent(&self) {
+        if let Some((_, _, sent)) = &mut self.resync().pending {
+            *sent = false;
+        }
+    }
+
+    /// The backup applied the resync: its number, reason and duration since it was asked for.
+    pub fn resync_done(&self) -> Option<(u64, ResyncReason, Duration)> {
+        let mut resync = self.resync();
+        let (reason, since, true) = resync.pending.take()? else { return None };
+        resync.done += 1;
+        Some((resync.done, reason, since.elapsed()))
+    }
 }
 
 impl LinkState {
@@ -177,6 +235,20 @@ impl PrimaryWorld {
         }
     }
 
+    /// A resync at `Exit(exits)`: pushes out every record so far, then writes the snapshot mark
+    /// the backup's replay restarts from (buffered: it leaves after the state, see
+    /// [`Self::push_now`]).
+    pub fn mark_resync(&mut self, exits: u64) -> std::result::Result<(), ftlog::LogError> {
+        self.recorder.flush()?;
+        self.push_log(true);
+        self.recorder.mark_snapshot(exits)
+    }
+
+    /// Pushes the log out now.
+    pub fn push_now(&mut self) {
+        self.push_log(true);
+    }
+
     /// How far behind the backup is: the age of the oldest push it has not acknowledged.
     fn lag(&mut self) -> Duration {
         let acked = self.watch.acked();
@@ -278,6 +350,10 @@ impl EventSource for PrimaryWorld {
 impl RunObserver for PrimaryWorld {
     fn on_exit(&mut self, count: u64, exit: &ExitInfo, rip: u64) -> Result<()> {
         let written = self.recorder.on_exit(count, exit, rip);
+        if self.link.resync_waiting() {
+            // A resync starts at an exit landmark (its snapshot mark's place): pause here.
+            self.control.pause();
+        }
         self.recorded(written)
     }
 
@@ -320,7 +396,14 @@ pub struct FollowWorld {
     /// The position of the last complete record received: a replay that reached it waits for
     /// more, so it reports at once.
     received: Option<Box<dyn Fn() -> u64 + Send>>,
+    /// Verified mode: the comparison of outputs, which stops the replay at a difference.
+    check: Option<Arc<OutputCheck>>,
 }
+
+/// An output of the replay differs from the primary's (verified mode).
+#[derive(Debug, thiserror::Error)]
+#[error("verified mode: {0}")]
+pub struct OutputMismatch(pub String);
 
 impl FollowWorld {
     /// `commit` stamps from `watch`; `released` is the channel's last release marker.
@@ -330,8 +413,16 @@ impl FollowWorld {
         watch: PeerWatch,
         released: Arc<AtomicU64>,
     ) -> Self {
-        let world =
-            Self { replayer, commit, watch, released, report: None, reported: (0, Instant::now()), received: None };
+        let world = Self {
+            replayer,
+            commit,
+            watch,
+            released,
+            report: None,
+            reported: (0, Instant::now()),
+            received: None,
+            check: None,
+        };
         world.publish();
         world
     }
@@ -349,6 +440,29 @@ impl FollowWorld {
         self
     }
 
+    /// Verified mode: outputs are compared through `check` (the replay's positions are not
+    /// reported: the channel's verified word counts matched outputs), and a difference stops
+    /// the replay.
+    pub fn verifying(mut self, check: Arc<OutputCheck>) -> Self {
+        self.check = Some(check);
+        self
+    }
+
+    /// Whether the replay stopped on an output that differs from the primary's.
+    pub fn output_mismatch(&self) -> Option<String> {
+        self.check.as_ref()?.mismatch()
+    }
+
+    /// Whether the replay's exits differ from the primary's.
+    pub fn diverged(&self) -> bool {
+        self.replayer.error().is_some_and(|error| error.divergence().is_some())
+    }
+
+    /// The replay, to start over from a resync (its feed goes on).
+    pub fn into_replayer(self) -> ReplayWorld<ChannelFeed> {
+        self.replayer
+    }
+
     /// No more reports (the channel is about to close).
     pub fn stop_reporting(&mut self) {
         self.report = None;
@@ -356,6 +470,9 @@ impl FollowWorld {
     }
 
     fn report_replay(&mut self, now: bool) {
+        if let Some(check) = &self.check {
+            check.tell_pending();
+        }
         let Some(report) = self.report.as_mut() else { return };
         let position = self.replayer.consumed_position();
         let (last, at) = self.reported;
@@ -405,6 +522,9 @@ impl EventSource for FollowWorld {
     }
 
     fn stop_reason(&self) -> Option<WorldStop> {
+        if let Some(mismatch) = self.output_mismatch() {
+            return Some(WorldStop::Failed(Arc::new(OutputMismatch(mismatch))));
+        }
         self.replayer.stop_reason()
     }
 
@@ -423,7 +543,13 @@ impl EventSource for FollowWorld {
 
 impl RunObserver for FollowWorld {
     fn on_exit(&mut self, count: u64, exit: &ExitInfo, rip: u64) -> Result<()> {
-        self.replayer.on_exit(count, exit, rip)?;
+        if let Err(error) = self.replayer.on_exit(count, exit, rip) {
+            // A divergence stops the run at the next landmark (the replay's stop reason), where
+            // it has a position to resync, or go live, from.
+            if !self.diverged() {
+                return Err(error);
+            }
+        }
         self.publish();
         self.drop_released();
         self.report_replay(false);
@@ -441,6 +567,9 @@ impl RunObserver for FollowWorld {
     }
 
     fn at_boundary(&mut self, exits: u64) -> Result<bool> {
+        if self.diverged() {
+            return Ok(false);
+        }
         let passed = self.replayer.at_boundary(exits)?;
         self.publish();
         Ok(passed)

@@ -8,6 +8,7 @@ mod disk;
 mod hello;
 mod kv;
 mod timer;
+mod tsc;
 
 use crate::bootinfo::BootInfo;
 use crate::cmdline::{parse_u64, CmdLine};
@@ -15,7 +16,7 @@ use crate::cmdline::{parse_u64, CmdLine};
 /// Power-off code for a bad command line.
 pub const EXIT_USAGE: u32 = 2;
 
-const USAGE: &str = "workloads: hello | timer [N] | compute [M] | clock [N] | dirty [MIB] [PAGES] [S] | kv ip=A.B.C.D/N [port=P] [gw=A.B.C.D] | disk [size=MiB] [bs=KiB] [ops=N] [seed=S]";
+const USAGE: &str = "workloads: hello | timer [N] | compute [M] | clock [N] | tsc [N] | dirty [MIB] [PAGES] [S] | kv ip=A.B.C.D/N [port=P] [gw=A.B.C.D] | disk [size=MiB] [bs=KiB] [ops=N] [seed=S]";
 
 pub fn run(boot: &BootInfo, cmdline: CmdLine) -> u32 {
     let mut words = cmdline.words();
@@ -25,6 +26,7 @@ pub fn run(boot: &BootInfo, cmdline: CmdLine) -> u32 {
         "timer" => number_arg(&mut words, 100).and_then(timer::run),
         "compute" => number_arg(&mut words, compute::DEFAULT_MILLIONS).and_then(compute::run),
         "clock" => number_arg(&mut words, 1000).and_then(clock::run),
+        "tsc" => number_arg(&mut words, 100).and_then(tsc::run),
         "dirty" => {
             numbers(&mut words, [64, 16, 10]).and_then(|[mib, pages, seconds]| dirty::run(boot, mib, pages, seconds))
         }
