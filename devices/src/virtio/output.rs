@@ -107,6 +107,12 @@ pub trait OutputStage {
     fn failure(&self) -> Option<Arc<OutputError>> {
         None
     }
+
+    /// Waits until every output handed to a backend so far has finished (a disk write applied
+    /// or refused), for at most `timeout`; whether they all did.
+    fn settle(&self, _timeout: std::time::Duration) -> bool {
+        true
+    }
 }
 
 /// A boxed stage is a stage (the machine keeps its stage boxed; a stage that wraps another, as
@@ -122,6 +128,10 @@ impl OutputStage for Box<dyn OutputStage + Send> {
 
     fn failure(&self) -> Option<Arc<OutputError>> {
         (**self).failure()
+    }
+
+    fn settle(&self, timeout: std::time::Duration) -> bool {
+        (**self).settle(timeout)
     }
 }
 
@@ -214,6 +224,10 @@ impl OutputStage for DirectOutput {
 
     fn failure(&self) -> Option<Arc<OutputError>> {
         self.disks.iter().find_map(DiskQueue::failure)
+    }
+
+    fn settle(&self, timeout: std::time::Duration) -> bool {
+        self.wait_for_disks(timeout)
     }
 }
 

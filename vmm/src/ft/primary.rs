@@ -238,6 +238,7 @@ impl Primary {
                 // Joins the releaser: a write it had under way has ended, and if it was refused
                 // by fencing, that is in `state` now and this side halts instead of racing.
                 helpers.stop();
+                settle_disks(&commit, &state);
                 if let Some(failed) = Self::fenced_while_paired(&state, &mut end, &commit, &link) {
                     return Ok(failed);
                 }
@@ -638,6 +639,21 @@ fn copy_for_join(
             drop(link);
             tracing::warn!(%addr, "a backup went away while it joined; running alone: {error}");
             paired.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// Before this side races for the register, the disk writes it released have ended: one that
+/// gfs refused by fencing means another side won (this side halts, fenced out), and one still
+/// under way when this side wins would carry the generation it had before and be refused then.
+/// A write that cannot reach gfs holds the race back, as the releaser used to while it wrote.
+fn settle_disks(commit: &PrimaryCommit, state: &LinkState) {
+    while !commit.with_inner(|out| out.settle(Duration::from_secs(1))) {
+        tracing::warn!("the backup is lost; waiting for disk writes under way before the go-live race");
+    }
+    if let Some(failure) = commit.with_inner(|out| out.failure()) {
+        if state.failure().is_none() {
+            state.set_failed(failure);
         }
     }
 }
