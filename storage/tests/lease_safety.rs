@@ -145,18 +145,24 @@ fn a_replica_holder_that_goes_quiet_under_a_lease_comes_back_stale() {
     Cluster::wait_until("the resumed chunkserver is live again", Duration::from_secs(30), || is_live(&c, quiet));
     c.settle();
 
-    let st = client.stat("/f").unwrap();
+    only_current_replicas_serve(&c, quiet, &second, "the holder that missed a write counts as current");
+}
+
+/// Chunk 0 of `/f`: chunkserver `left_out` is not counted current, every replica that is holds
+/// `data` (read straight from it), and readers get `data`.
+fn only_current_replicas_serve(c: &Cluster, left_out: usize, data: &[u8], counted: &str) {
+    let st = c.client().stat("/f").unwrap();
     let chunk = &st.chunks[0];
     let current: Vec<&str> = chunk.replicas.iter().filter(|r| !r.stale).map(|r| r.server.as_str()).collect();
-    assert!(!current.contains(&c.cs[quiet].addr.as_str()), "the holder that missed a write counts as current: {st:?}");
+    assert!(!current.contains(&c.cs[left_out].addr.as_str()), "{counted}: {st:?}");
     for addr in current {
-        let copy = fetch_replica(addr, chunk.handle, chunk.version, second.len() as u64).unwrap();
-        assert!(copy == second, "{addr} holds other bytes at version {}", chunk.version);
+        let copy = fetch_replica(addr, chunk.handle, chunk.version, data.len() as u64).unwrap();
+        assert!(copy == data, "{addr} holds other bytes at version {}", chunk.version);
     }
-    let mut back = vec![0u8; second.len()];
+    let mut back = vec![0u8; data.len()];
     for _ in 0..10 {
         c.client().read_at("/f", 0, &mut back).unwrap();
-        assert!(back == second, "old data was served");
+        assert!(back == data, "old data was served");
     }
 }
 
@@ -192,17 +198,5 @@ fn a_replica_copied_under_a_lease_is_not_counted_current() {
     assert_eq!(client.stat("/f").unwrap().chunks[0].version, chunk.version, "the lease ran on");
     c.settle();
 
-    let st = client.stat("/f").unwrap();
-    let chunk = &st.chunks[0];
-    let current: Vec<&str> = chunk.replicas.iter().filter(|r| !r.stale).map(|r| r.server.as_str()).collect();
-    assert!(!current.contains(&c.cs[outsider].addr.as_str()), "a copy taken under the lease counts as current: {st:?}");
-    for addr in current {
-        let copy = fetch_replica(addr, chunk.handle, chunk.version, second.len() as u64).unwrap();
-        assert!(copy == second, "{addr} holds other bytes at version {}", chunk.version);
-    }
-    let mut back = vec![0u8; second.len()];
-    for _ in 0..10 {
-        c.client().read_at("/f", 0, &mut back).unwrap();
-        assert!(back == second, "old data was served");
-    }
+    only_current_replicas_serve(&c, outsider, &second, "a copy taken under the lease counts as current");
 }
