@@ -33,6 +33,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+pub mod carry;
 #[cfg(test)]
 mod tests;
 
@@ -335,6 +336,22 @@ impl<S: OutputStage + Send> OutputCommit<S> {
         let taken: Vec<HeldOutput> = state.held.drain(..).map(|(held, _)| held).collect();
         self.shared.room.notify_all();
         taken
+    }
+
+    /// A copy of what is held, oldest first: at a resync it goes to the backup (see [`carry`]).
+    pub fn held_outputs(&self) -> Vec<HeldOutput> {
+        self.lock().held.iter().map(|(held, _)| held.clone()).collect()
+    }
+
+    /// Holds `inherited` (the primary's held outputs carried by a resync, with its stamps)
+    /// before anything this stage holds, as if they had been emitted here.
+    pub fn hold_inherited(&self, inherited: Vec<HeldOutput>) {
+        let mut state = self.lock();
+        let now = Instant::now();
+        state.held_bytes += inherited.iter().map(|held| payload_len(&held.output)).sum::<usize>();
+        for held in inherited.into_iter().rev() {
+            state.held.push_front((held, now));
+        }
     }
 
     /// Runs `f` on the inner stage (under the stage's lock).

@@ -548,3 +548,68 @@ fn a_backup_silent_while_the_state_is_copied_gets_the_join_timeout() {
     assert!(waited >= config.join_timeout, "declared lost after {waited:?}, before the join timeout");
     drop(stream);
 }
+
+#[test]
+fn a_resync_carries_the_held_outputs_ahead_of_its_state() {
+    use devices::virtio::Output;
+    use ftlog::output_commit::carry;
+    use ftlog::HeldOutput;
+
+    let (primary, backup, _watch) = live_pair(&relaxed());
+    let mut log = LogWriter::new(primary.record_sink(), &header()).unwrap();
+    log.write(&Record::Interrupt { at: Landmark::Exit(1), vector: 40 }).unwrap();
+    log.flush().unwrap();
+    let mut feed = backup.feed(Duration::from_secs(5)).unwrap();
+    // More than one message's worth, so the held outputs are split and joined again.
+    let held = vec![
+        HeldOutput { position: 7, at: Landmark::Exit(2), output: Output::Console { bytes: b"value 3\n".to_vec() } },
+        HeldOutput {
+            position: 9,
+            at: Landmark::Preempt(3),
+            output: Output::DiskWrite { device: 0, id: 4, offset: 4096, data: vec![0xa5; 3 << 19] },
+        },
+    ];
+    let state = vec![0x5a; 100_000];
+    let sender = {
+        let held = carry::encode(&held);
+        let state = state.clone();
+        std::thread::spawn(move || {
+            primary.send_resync_held(&held).unwrap();
+            primary.send_resync_begin(3, 11).unwrap();
+            primary.send_state(&state[..]).unwrap();
+            primary
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let resync = loop {
+        assert!(Instant::now() < deadline, "no resync arrived");
+        // The receiver hands the log on before the resync; the backup takes it in meanwhile.
+        let _ = feed.next_item();
+        if let Some(resync) = backup.take_resync(Duration::from_millis(1)) {
+            break resync;
+        }
+    };
+    assert_eq!((resync.exits, resync.outputs), (3, 11));
+    let mut got = Vec::new();
+    let mut reader = resync.state;
+    reader.read_to_end(&mut got).unwrap();
+    assert!(got == state, "the state differs");
+    assert_eq!(carry::decode(&resync.held), Ok(held));
+    let primary = sender.join().unwrap();
+
+    // The next resync carries only what is held then (here: nothing).
+    let sender = std::thread::spawn(move || {
+        primary.send_resync_begin(5, 11).unwrap();
+        primary.send_state(&[1u8, 2, 3][..]).unwrap();
+        primary
+    });
+    let resync = loop {
+        assert!(Instant::now() < deadline, "no second resync arrived");
+        if let Some(resync) = backup.take_resync(Duration::from_millis(1)) {
+            break resync;
+        }
+    };
+    assert_eq!(resync.exits, 5);
+    assert!(resync.held.is_empty(), "{} bytes of held outputs came again", resync.held.len());
+    drop(sender.join().unwrap());
+}

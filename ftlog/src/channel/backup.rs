@@ -31,8 +31,15 @@ pub struct Resync {
     pub exits: u64,
     /// Outputs the primary had emitted before the landmark.
     pub outputs: u64,
+    /// The outputs the primary held across the resync, encoded
+    /// ([`crate::output_commit::carry::decode`] reads them).
+    pub held: Vec<u8>,
     pub state: StateReader,
 }
+
+/// The most bytes of held outputs one resync may carry: the primary's default bound on what it
+/// holds (64 MiB of payload, 65,536 outputs) with room for the entries' heads and other limits.
+pub const MAX_CARRIED: usize = 256 << 20;
 
 enum StateItem {
     Chunk(Vec<u8>),
@@ -110,6 +117,7 @@ impl BackupLink {
                 stop: stop.clone(),
                 poll: config.poll(),
                 log_started: false,
+                carried: Vec::new(),
             };
             let stream = stream.try_clone()?;
             let bound = config.feed_bound.max(1);
@@ -304,6 +312,8 @@ struct WireSource {
     stop: Arc<AtomicBool>,
     poll: Duration,
     log_started: bool,
+    /// Held outputs announced for the next resync (see [`Message::ResyncHeld`]).
+    carried: Vec<u8>,
 }
 
 impl WireSource {
@@ -352,10 +362,16 @@ impl WireSource {
                 let state = StateReader { items, current: Vec::new(), used: 0, total: 0, done: false };
                 // The rendezvous: the backup takes it while no record after the landmark is in
                 // the feed yet (they follow the state on the wire).
-                if push(&self.resyncs, Resync { exits, outputs, state }, &self.stop, self.poll) {
+                let held = std::mem::take(&mut self.carried);
+                if push(&self.resyncs, Resync { exits, outputs, held, state }, &self.stop, self.poll) {
                     self.state = Some(state_tx);
                 }
             }
+            Message::ResyncHeld(bytes) if self.carried.len() + bytes.len() > MAX_CARRIED => {
+                let reason = format!("the primary sent more than {MAX_CARRIED} bytes of held outputs for a resync");
+                self.end(Ended::Lost { silence: Duration::ZERO, reason });
+            }
+            Message::ResyncHeld(bytes) => self.carried.extend_from_slice(&bytes),
             Message::OutputDigest { sequence, digest } => self.check.theirs(sequence, digest),
             Message::StateChunk(bytes) => {
                 if let Some(state) = &self.state {

@@ -13,7 +13,7 @@ use std::time::Instant;
 /// The first bytes either side sends.
 pub const LINK_MAGIC: [u8; 8] = *b"FTVMLINK";
 /// The channel's protocol version: bumped on any change of the preamble, framing or messages.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 /// The longest `--ft-listen` address or `--ft-id` a Hello may carry.
 pub const MAX_NAME: usize = 256;
 

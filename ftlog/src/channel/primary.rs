@@ -148,6 +148,16 @@ impl PrimaryLink {
         self.send_while_alive(Message::OutputDigest { sequence, digest })
     }
 
+    /// Sends the outputs held across a resync (encoded by
+    /// [`crate::output_commit::carry::encode`]), before [`Self::send_resync_begin`], so that a
+    /// backup that goes live from the resync's state can issue again what this side never did.
+    pub fn send_resync_held(&self, held: &[u8]) -> Result<(), SendError> {
+        for chunk in held.chunks(MAX_CHUNK) {
+            self.send_while_alive(Message::ResyncHeld(chunk.to_vec()))?;
+        }
+        Ok(())
+    }
+
     /// Announces a resync: the full state at `Exit(exits)` follows, `outputs` having been
     /// emitted before it.
     pub fn send_resync_begin(&self, exits: u64, outputs: u64) -> Result<(), SendError> {

@@ -56,6 +56,9 @@ pub enum Message {
     ResyncBegin { exits: u64, outputs: u64 },
     /// Backup: the resync's state is applied; it follows from the snapshot mark.
     ResyncDone,
+    /// Primary, just before a `ResyncBegin`: bytes of the outputs it holds across the resync
+    /// ([`crate::output_commit::carry`]), in as many messages as they need.
+    ResyncHeld(Vec<u8>),
     /// The sender ends the channel on purpose (nothing was lost).
     Close,
 }
@@ -73,13 +76,14 @@ const T_CLOSE: u8 = 10;
 const T_OUTPUT_DIGEST: u8 = 11;
 const T_RESYNC_BEGIN: u8 = 12;
 const T_RESYNC_DONE: u8 = 13;
+const T_RESYNC_HELD: u8 = 14;
 
 /// The largest `len` (type byte included) a frame of `kind` may have; `None` for an unknown type.
 fn max_len(kind: u8) -> Option<usize> {
     Some(
         1 + match kind {
             T_HELLO => MAX_HELLO,
-            T_STATE_CHUNK | T_RECORDS => MAX_CHUNK,
+            T_STATE_CHUNK | T_RECORDS | T_RESYNC_HELD => MAX_CHUNK,
             T_STATE_END | T_RELEASED | T_ACK | T_VERIFIED | T_HEARTBEAT => 8,
             T_RESYNC => 1,
             T_OUTPUT_DIGEST => 40,
@@ -131,6 +135,7 @@ impl Message {
             Message::OutputDigest { .. } => "OutputDigest",
             Message::ResyncBegin { .. } => "ResyncBegin",
             Message::ResyncDone => "ResyncDone",
+            Message::ResyncHeld(_) => "ResyncHeld",
             Message::Close => "Close",
         }
     }
@@ -158,6 +163,7 @@ impl Message {
                 (T_RESYNC_BEGIN, Owned(body))
             }
             Message::ResyncDone => (T_RESYNC_DONE, Borrowed(&[])),
+            Message::ResyncHeld(bytes) => (T_RESYNC_HELD, Borrowed(bytes)),
             Message::Close => (T_CLOSE, Borrowed(&[])),
         }
     }
@@ -249,6 +255,7 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Option<(Message, usize)>, FrameError
             }
         }
         T_RESYNC_DONE => Message::ResyncDone,
+        T_RESYNC_HELD => Message::ResyncHeld(body.to_vec()),
         T_CLOSE => Message::Close,
         other => return Err(FrameError::UnknownType(other)),
     };
@@ -360,6 +367,7 @@ mod tests {
             (any::<u64>(), any::<[u8; 32]>()).prop_map(|(sequence, digest)| Message::OutputDigest { sequence, digest }),
             (any::<u64>(), any::<u64>()).prop_map(|(exits, outputs)| Message::ResyncBegin { exits, outputs }),
             Just(Message::ResyncDone),
+            bytes().prop_map(Message::ResyncHeld),
             Just(Message::Close),
         ]
     }

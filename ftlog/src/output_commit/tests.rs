@@ -360,6 +360,34 @@ fn a_backup_drops_what_the_primary_released_and_takes_the_rest() {
 }
 
 #[test]
+fn a_resync_carries_the_primarys_held_outputs_to_the_backup_which_holds_them_first() {
+    // The primary holds four outputs across a resync; the backup's new stage starts past them.
+    let mut primary = Fixture::received();
+    let before: Vec<HeldOutput> = (1..=4)
+        .map(|n| HeldOutput { position: n * 10, at: Landmark::Exit(n), output: write(n * 8, &[n as u8; 4]) })
+        .collect();
+    for held in &before {
+        primary.emit_at(held.position, held.at.exit_count(), held.output.clone());
+    }
+    primary.stage.hold_for_resync();
+    primary.watch.set_acked(1000);
+    assert_eq!(primary.stage.release_ready().unwrap(), 0);
+    let carried = carry::decode(&carry::encode(&primary.stage.held_outputs())).expect("decode");
+    assert_eq!(carried, before);
+
+    let mut backup = Fixture::new(CommitMode::Received, LONG_LEASE, CommitLimits::default());
+    backup.emit_at(50, 5, frame(5));
+    backup.stage.hold_inherited(carried);
+    assert_eq!(backup.stage.stats().held, 5);
+    assert_eq!(backup.stage.stats().held_bytes, 4 * 4 + 60);
+    // The primary released the first two before it died: the backup issues the rest, in order.
+    assert_eq!(backup.stage.discard_through(20), 2);
+    let mut expected = before[2..].to_vec();
+    expected.push(HeldOutput { position: 50, at: Landmark::Exit(5), output: frame(5) });
+    assert_eq!(backup.stage.take_unreleased(), expected);
+}
+
+#[test]
 fn alone_releases_everything_then_passes_through() {
     let mut f = Fixture::received();
     f.emit_at(10, 1, frame(1));

@@ -317,7 +317,10 @@ impl Primary {
             state.resync_not_sent();
             return;
         }
-        if link.send_resync_begin(at.exits, commit.emitted()).is_err() {
+        // What is held goes first: the backup holds it as its own, so that going live from the
+        // state it gets now, it can issue again whatever this side never released.
+        let held = ftlog::output_commit::carry::encode(&commit.held_outputs());
+        if link.send_resync_held(&held).is_err() || link.send_resync_begin(at.exits, commit.emitted()).is_err() {
             return;
         }
         machine.checkpoint_bases.clear();
