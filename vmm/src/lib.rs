@@ -37,6 +37,7 @@ pub mod state;
 pub mod stats;
 pub mod stdio;
 pub mod stop;
+pub mod telemetry;
 pub mod vcpu;
 
 pub use backends::Backends;

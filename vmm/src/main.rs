@@ -41,6 +41,9 @@ enum Command {
     DemoStorage(cli::demo::DemoStorageArgs),
     /// Make VM disks on gfs; copy disk images in and out of gfs.
     Disk(cli::disk::DiskArgs),
+    /// Ask a running VMM (its --ft-listen address) what it is doing: role, generation,
+    /// landmark, backup, lag, log rate, held outputs, resyncs.
+    Status(cli::status::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => cli::demo::command(&args, control),
         Command::DemoStorage(args) => cli::demo::storage_command(&args),
         Command::Disk(args) => cli::disk::command(&args),
+        Command::Status(args) => cli::status::command(&args),
     };
     if vmm::stdio::stdout_closed() {
         return ExitCode::from(vmm::stdio::CLOSED_STDOUT_STATUS);

@@ -303,6 +303,7 @@ pub fn run(machine: &mut Machine, world: &mut dyn RunWorld, options: RunOptions)
 
         count += 1;
         at = Landmark::Exit(count);
+        crate::telemetry::vitals().exit_reached(count);
         stats.count(info.kind);
         let (outcome, info) = handle_exit(machine, world, info, at, &mut payload, &mut halted);
         let rip = if world.wants_rip() { machine.rip()? } else { 0 };

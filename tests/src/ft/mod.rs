@@ -21,6 +21,7 @@
 
 mod lines;
 mod load;
+pub mod loopback;
 pub mod pair;
 
 pub use lines::{match_line, number, wait_for_line};

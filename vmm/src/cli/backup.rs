@@ -36,6 +36,7 @@ pub struct BackupArgs {
 }
 
 pub fn command(args: &BackupArgs, control: VcpuControl) -> anyhow::Result<ExitCode> {
+    args.pair.serve_metrics()?;
     let name = args.ft.clone().unwrap_or_default();
     let config = args.pair.config(&name, args.gfs_master.as_deref())?;
     let join = match (&args.join, &args.ft) {

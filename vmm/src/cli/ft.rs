@@ -43,6 +43,10 @@ pub struct FtArgs {
     /// last dirty pages (pre-copy), or pause for the whole copy (stop-and-copy).
     #[arg(long, value_enum, default_value = "pre-copy")]
     pub join_mode: JoinModeArg,
+    /// Serve this VMM's figures (exits, log bytes, lag, held outputs, resyncs, failovers) at
+    /// http://ADDR/metrics in the Prometheus text format, and its status at /status.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
 }
 
 /// See [`FtArgs::join_mode`].
@@ -53,6 +57,14 @@ pub enum JoinModeArg {
 }
 
 impl FtArgs {
+    /// Starts the `--metrics` endpoint, if asked for.
+    pub fn serve_metrics(&self) -> anyhow::Result<()> {
+        if let Some(addr) = &self.metrics {
+            vmm::telemetry::metrics::serve(addr)?;
+        }
+        Ok(())
+    }
+
     /// The configuration of one side of VM `name` on the gfs master `master`.
     pub fn config(&self, name: &str, master: Option<&str>) -> anyhow::Result<FtConfig> {
         let Some(master) = master else {

@@ -8,6 +8,7 @@ pub mod log;
 pub mod replay;
 pub mod restore;
 pub mod run;
+pub mod status;
 
 use anyhow::bail;
 use std::io::Write;

@@ -110,6 +110,7 @@ pub fn command(args: &RunArgs, control: VcpuControl) -> anyhow::Result<ExitCode>
             .zip(args.snapshot.clone())
             .map(|(at_exits, path)| SnapshotRequest { at_exits, path }),
     };
+    args.pair.serve_metrics()?;
     if let Some(name) = &args.ft {
         return protected(args, name, control);
     }
@@ -147,7 +148,7 @@ pub fn command(args: &RunArgs, control: VcpuControl) -> anyhow::Result<ExitCode>
 /// runs as the primary of the pair.
 fn protected(args: &RunArgs, name: &str, control: VcpuControl) -> anyhow::Result<ExitCode> {
     let config = args.pair.config(name, args.gfs_master.as_deref())?;
-    let listener = vmm::ft::primary::bind(&config.listen)?;
+    let port = vmm::ft::port::FtPort::open(&config.listen)?;
     let register = GoLiveRegister::new(&config.master, name, config.holder());
     let generation = register.go_live_at_start(args.takeover)?;
     // A gfs disk bound to the register takes writes only with the generation won.
@@ -166,7 +167,7 @@ fn protected(args: &RunArgs, name: &str, control: VcpuControl) -> anyhow::Result
         }
     };
     vmm::errln!("ft: live as {name} generation {generation}");
-    let primary = Primary::listen(config, register, generation, &machine, control, listener)?.fencing(fence);
+    let primary = Primary::listen(config, register, generation, &machine, control, port)?.fencing(fence);
     match primary.serve(&mut machine, world, Default::default())? {
         Served::Stopped(end) => {
             if matches!(end.reason, StopReason::Reset) {

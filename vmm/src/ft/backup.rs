@@ -65,7 +65,7 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
         verified: false,
     };
     // Bound now: an address this host cannot take fails the join, not the go-live.
-    let listener = super::primary::bind(&config.listen)?;
+    let port = super::port::FtPort::open(&config.listen)?;
     let join_error = |source| FtError::Join { addr: plan.join.clone(), source };
     let mut link = connect(&plan.join, &ours, &config.channel).map_err(join_error)?;
     let primary = link.primary().clone();
@@ -105,9 +105,13 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
     let (mut machine, saved) = join::receive(state, machine, &what, &mut CopyProgress::new())
         .map_err(|error| FtError::Primary { addr: plan.join.clone(), what: format!("joined badly: {error}") })?;
     crate::errln!("ft: following {} from {}", primary.listen, saved.position.landmark());
+    crate::telemetry::vitals().name_vm(&config.name, &config.listen);
 
     let feed = link.feed(LOG_START_WAIT).map_err(join_error)?;
     let link = std::sync::Arc::new(link);
+    let held_log = Arc::clone(&link);
+    let figures = move || crate::telemetry::PairFigures { log_bytes: held_log.held(), ..Default::default() };
+    crate::telemetry::vitals().following(&primary.listen, primary.generation, Box::new(figures));
     // The primary's mode, whatever this side's --commit says (and this side's once it is live).
     let verified = primary.verified;
     let config = FtConfig { commit: if verified { CommitMode::Verified } else { CommitMode::Received }, ..config };
@@ -144,6 +148,7 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
         check.restart_at(outputs_before);
         resyncs += 1;
         crate::errln!("ft: resync {resyncs} ({}) done in {} ms", reason.as_str(), ms_since(asked));
+        crate::telemetry::vitals().resynced();
         if let Err(error) = link.send_resync_done() {
             tracing::warn!("could not tell the primary the resync is done: {error}");
         }
@@ -186,6 +191,7 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
     let register = GoLiveRegister::new(&config.master, &config.name, config.holder());
     match register.race(primary.generation) {
         Race::Lost { holder, generation } => {
+            crate::telemetry::vitals().halted();
             crate::errln!("ft: lost the go-live race to {holder} (generation {generation}): halting");
             Ok(Followed::Served(Served::LostRace { holder, generation }))
         }
@@ -202,13 +208,14 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
                 return Ok(Followed::Served(super::fence::halt_if_fenced(Err(error))?));
             }
             announcer.start();
+            crate::telemetry::vitals().took_over(generation);
             crate::errln!(
                 "ft: live at {}, generation {generation}, {} ms after the last word from the primary",
                 position.landmark(),
                 ms_since(last_word)
             );
             let world = live_world(nets, clock);
-            let primary = Primary::listen(config, register, generation, &machine, control, listener)?
+            let primary = Primary::listen(config, register, generation, &machine, control, port)?
                 .ran_before(&end.stats)
                 .fencing(fence);
             Ok(Followed::Served(primary.serve(&mut machine, world, position)?))

@@ -50,6 +50,7 @@ pub fn fenced_stop(reason: &StopReason) -> Option<FencedOut> {
 
 /// Halts: prints the line and returns how the side ended.
 pub fn halt(fenced: &FencedOut) -> Served {
+    crate::telemetry::vitals().halted();
     crate::errln!("ft: fenced out by generation {}: halting", fenced.generation);
     Served::FencedOut { generation: fenced.generation }
 }

@@ -21,6 +21,7 @@ pub mod backup;
 pub mod fence;
 pub mod join;
 pub mod lag;
+pub mod port;
 pub mod primary;
 pub mod progress;
 pub mod register;

@@ -18,7 +18,7 @@ use devices::virtio::DiscardOutput;
 use devices::{EventSource, HostWorld, WorldStop};
 use ftlog::channel::{Hello, PrimaryEvent, PrimaryLink, Role};
 use ftlog::{CommitMode, OutputCommit, PeerWatch, RecordingWorld};
-use std::net::TcpListener;
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -66,15 +66,17 @@ pub struct Primary {
 }
 
 impl Primary {
-    /// Starts accepting backups on `listener` (see [`bind`]) for `machine`, live at `generation`.
+    /// Starts accepting backups arriving on `port` for `machine`, live at `generation`.
     pub fn listen(
         config: FtConfig,
         register: GoLiveRegister,
         generation: u64,
         machine: &Machine,
         control: VcpuControl,
-        listener: TcpListener,
+        port: super::port::FtPort,
     ) -> Result<Self, FtError> {
+        crate::telemetry::vitals().name_vm(&config.name, &config.listen);
+        crate::telemetry::vitals().live(generation);
         let hello = Arc::new(Mutex::new(Hello {
             role: Role::Primary,
             generation,
@@ -99,7 +101,7 @@ impl Primary {
             };
             std::thread::Builder::new()
                 .name("ft-listen".into())
-                .spawn(move || accept_backups(listener, joining))
+                .spawn(move || accept_backups(port.links(), joining))
                 .map_err(|source| FtError::Listen { addr: config.listen.clone(), source })?;
         }
         Ok(Self {
@@ -220,6 +222,7 @@ impl Primary {
         let state = LinkState::default();
         let helpers = Helpers::start(&link, &commit, &state, &watch, &self.control, verified);
         crate::errln!("ft: protected by {addr} since {} (pause {} ms)", position.landmark(), ms_since(paused));
+        crate::telemetry::vitals().protected_by(addr, pair_figures(&commit, &watch, &state));
         let mut paired = PrimaryWorld::new(
             recorder,
             commit.clone(),
@@ -383,10 +386,12 @@ impl Primary {
                 );
                 self.go_direct(machine, commit);
                 self.paired.store(false, Ordering::Release);
+                crate::telemetry::vitals().live(generation);
                 Ok(Protected::Alone { world, position })
             }
             Race::Lost { holder, generation } => {
                 commit.halt();
+                crate::telemetry::vitals().halted();
                 crate::errln!("ft: lost the go-live race to {holder} (generation {generation}): halting");
                 Ok(Protected::Ended(Served::LostRace { holder, generation }))
             }
@@ -518,8 +523,9 @@ impl Helpers {
                             if let Some((count, reason, took)) = state.resync_done() {
                                 commit.resync_done();
                                 // What was held across the resync leaves now, not at the
-                                // releaser's next poll: the backup's new state already has
-                                // these outputs behind it and would not issue them again.
+                                // releaser's next poll: the backup's new state is past these
+                                // outputs, and it holds the copies the resync carried only
+                                // until it hears they left.
                                 if let Err(error) = commit.release_ready() {
                                     tracing::error!("a held output could not be released: {error}");
                                     state.set_failed(Arc::new(error));
@@ -531,6 +537,7 @@ impl Helpers {
                                     reason.as_str(),
                                     took.as_millis()
                                 );
+                                crate::telemetry::vitals().resynced();
                             }
                         }
                         Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
@@ -552,16 +559,25 @@ impl Helpers {
 }
 
 /// Prints how far the backup's replay trailed while it followed, if it said.
+/// What `ftvm status` and the metrics read of a pair while it runs.
+fn pair_figures(commit: &PrimaryCommit, watch: &PeerWatch, state: &LinkState) -> crate::telemetry::PairSource {
+    let (commit, watch, state) = (commit.clone(), watch.clone(), state.clone());
+    Box::new(move || {
+        let held = commit.stats();
+        crate::telemetry::PairFigures {
+            log_bytes: watch.logged(),
+            held_outputs: held.held,
+            held_bytes: held.held_bytes,
+            oldest_held: held.oldest_held_age,
+            lag: state.lag_figures(),
+        }
+    })
+}
+
 fn report_lag(state: &LinkState) {
     if let Some(line) = state.lag_line() {
         crate::errln!("{line}");
     }
-}
-
-/// The socket a primary accepts backups on (`--ft-listen`), bound before the register is taken
-/// so that a taken address fails the start without holding the register.
-pub fn bind(addr: &str) -> Result<TcpListener, FtError> {
-    TcpListener::bind(addr).map_err(|source| FtError::Listen { addr: addr.to_owned(), source })
 }
 
 /// What the listener needs to let a backup join.
@@ -578,16 +594,9 @@ struct Joining {
 /// The listener: each backup that passes the handshake gets a join thread, which copies memory
 /// while the guest runs and then hands the backup to the vCPU thread, asking it to pause; while
 /// one is joining or paired, others are turned away.
-fn accept_backups(listener: TcpListener, joining: Joining) {
+fn accept_backups(links: crossbeam_channel::Receiver<TcpStream>, joining: Joining) {
     let Joining { hello, paired, joins, control, channel, memory, mode } = joining;
-    for stream in listener.incoming() {
-        let stream = match stream {
-            Ok(stream) => stream,
-            Err(error) => {
-                tracing::warn!("accepting a backup: {error}");
-                continue;
-            }
-        };
+    for stream in links {
         let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
         if paired.swap(true, Ordering::AcqRel) {
             tracing::warn!(%peer, "a second backup was turned away: this VM already has one");

@@ -145,6 +145,18 @@ impl LinkState {
         self.lag().replayed(position, Instant::now());
     }
 
+    /// The backup's lag over the paired run (none if it never reported).
+    pub fn lag_figures(&self) -> Option<crate::telemetry::LagFigures> {
+        let lag = self.lag();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        Some(crate::telemetry::LagFigures {
+            p50_ms: ms(lag.quantile(0.5)?),
+            p99_ms: ms(lag.quantile(0.99)?),
+            max_ms: ms(lag.max()),
+            samples: lag.count(),
+        })
+    }
+
     /// The backup's lag over the paired run, as a line (none if it never reported).
     pub fn lag_line(&self) -> Option<String> {
         self.lag().line()

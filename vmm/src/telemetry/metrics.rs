@@ -1,0 +1,172 @@
+//! `--metrics ADDR`: the VMM's vital signs at `http://ADDR/metrics` in the Prometheus text
+//! format (and the status report as JSON at `/status`).
+//!
+//! Each scrape reads [`super::vitals`] once and encodes a fresh registry of its values: the
+//! figures live in the process's atomics, and a scrape never touches the vCPU.
+
+use super::StatusReport;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+/// Why the metrics endpoint did not start.
+#[derive(Debug, thiserror::Error)]
+#[error("serving metrics on {addr}: {reason}")]
+pub struct MetricsError {
+    addr: String,
+    reason: String,
+}
+
+/// Serves `/metrics` and `/status` on `addr` from a thread of its own, for the process's life.
+pub fn serve(addr: &str) -> Result<(), MetricsError> {
+    let failed = |reason: String| MetricsError { addr: addr.to_owned(), reason };
+    let server = tiny_http::Server::http(addr).map_err(|error| failed(error.to_string()))?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for request in server.incoming_requests() {
+                let response = match request.url() {
+                    "/metrics" => text_response(render(&super::vitals().report()), PROMETHEUS_TEXT),
+                    "/status" => match serde_json::to_string(&super::vitals().report()) {
+                        Ok(json) => text_response(json, "application/json"),
+                        Err(error) => text_response(error.to_string(), "text/plain").with_status_code(500),
+                    },
+                    _ => {
+                        text_response("not found: try /metrics or /status\n".into(), "text/plain").with_status_code(404)
+                    }
+                };
+                if let Err(error) = request.respond(response) {
+                    tracing::debug!("a metrics client went away: {error}");
+                }
+            }
+        })
+        .map_err(|error| failed(error.to_string()))?;
+    tracing::info!(%addr, "serving metrics at /metrics");
+    Ok(())
+}
+
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+fn text_response(body: String, content_type: &str) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+    let response = tiny_http::Response::from_string(body);
+    match tiny_http::Header::from_bytes("Content-Type", content_type) {
+        Ok(header) => response.with_header(header),
+        Err(()) => response,
+    }
+}
+
+/// The report in the Prometheus text format.
+pub fn render(report: &StatusReport) -> String {
+    let mut registry = Registry::with_prefix("ftvm");
+    let counter = |registry: &mut Registry, name: &str, help: &str, value: u64| {
+        let metric = Counter::<u64>::default();
+        metric.inc_by(value);
+        registry.register(name, help, metric);
+    };
+    let gauge = |registry: &mut Registry, name: &str, help: &str, value: f64| {
+        let metric = Gauge::<f64, AtomicU64>::default();
+        metric.set(value);
+        registry.register(name, help, metric);
+    };
+    let flag = |on: bool| if on { 1.0 } else { 0.0 };
+    counter(&mut registry, "exits", "Deterministic VM exits so far (the landmark)", report.exits);
+    counter(&mut registry, "log_bytes", "Log bytes sent (primary) or received (backup)", report.log_bytes);
+    gauge(&mut registry, "log_rate_bytes_per_second", "Log bytes per second, last window", report.log_rate_bytes_per_s);
+    gauge(
+        &mut registry,
+        "live",
+        "1 while this side runs the VM and releases outputs",
+        flag(report.role == super::Role::Live),
+    );
+    gauge(&mut registry, "protected", "1 while live with a backup following", flag(report.protected));
+    gauge(
+        &mut registry,
+        "following",
+        "1 while this side follows as a backup",
+        flag(report.role == super::Role::Following),
+    );
+    gauge(
+        &mut registry,
+        "halted",
+        "1 once this side lost the race or was fenced out",
+        flag(report.role == super::Role::Halted),
+    );
+    gauge(&mut registry, "generation", "The go-live generation this side knows", report.generation as f64);
+    gauge(&mut registry, "held_outputs", "Outputs held for the backup's acknowledgement", report.held_outputs as f64);
+    gauge(&mut registry, "held_bytes", "Payload bytes held for the backup", report.held_bytes as f64);
+    let oldest = report.oldest_held_ms.unwrap_or(0.0) / 1e3;
+    gauge(&mut registry, "oldest_held_seconds", "Age of the oldest held output", oldest);
+    if let Some(lag) = &report.backup_lag {
+        gauge(&mut registry, "backup_lag_p50_seconds", "Backup replay lag, median", lag.p50_ms / 1e3);
+        gauge(&mut registry, "backup_lag_p99_seconds", "Backup replay lag, 99th percentile", lag.p99_ms / 1e3);
+        gauge(&mut registry, "backup_lag_max_seconds", "Backup replay lag, maximum", lag.max_ms / 1e3);
+    }
+    counter(&mut registry, "resyncs", "Resyncs of the pair completed", report.resyncs);
+    counter(&mut registry, "joins", "Backups that joined this side", report.joins);
+    counter(&mut registry, "failovers", "Times this side went live after following", report.failovers);
+    let mut text = String::new();
+    if let Err(error) = encode(&mut text, &registry) {
+        tracing::warn!("encoding metrics: {error}");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::{LagFigures, Role};
+
+    #[test]
+    fn the_text_format_carries_each_figure_with_its_type() {
+        let report = StatusReport {
+            vm: "kv".into(),
+            listen: "127.0.0.1:1".into(),
+            pid: 1,
+            role: Role::Live,
+            protected: true,
+            generation: 4,
+            landmark: "Exit(77)".into(),
+            exits: 77,
+            peer: Some("127.0.0.1:2".into()),
+            backup_lag: Some(LagFigures { p50_ms: 2.0, p99_ms: 8.0, max_ms: 20.0, samples: 9 }),
+            log_bytes: 5000,
+            log_rate_bytes_per_s: 100.0,
+            held_outputs: 3,
+            held_bytes: 180,
+            oldest_held_ms: Some(4.0),
+            resyncs: 2,
+            joins: 1,
+            failovers: 1,
+            uptime_s: 1.0,
+        };
+        let text = render(&report);
+        for line in [
+            "# TYPE ftvm_exits counter",
+            "ftvm_exits_total 77",
+            "ftvm_log_bytes_total 5000",
+            "ftvm_protected 1.0",
+            "ftvm_generation 4.0",
+            "ftvm_held_outputs 3.0",
+            "ftvm_backup_lag_p99_seconds 0.008",
+            "ftvm_resyncs_total 2",
+            "ftvm_failovers_total 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_scrape_over_http_gets_the_process_figures() {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+        serve(&addr).unwrap();
+        crate::telemetry::vitals().exit_reached(12345);
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        std::io::Write::write_all(&mut stream, b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("ftvm_exits_total 12345"), "{answer}");
+    }
+}

@@ -1,0 +1,229 @@
+//! `ftvm status ADDR`: the question (8 bytes, [`STATUS_MAGIC`], on the VMM's `--ft-listen`
+//! port) and the answer (one line of JSON, a [`StatusReport`], then the VMM closes).
+
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// What a status question starts with (a backup joining starts with `FTVMLINK`).
+pub const STATUS_MAGIC: [u8; 8] = *b"FTVMSTAT";
+
+/// The longest answer a client reads: a report is a few hundred bytes.
+const MAX_ANSWER: u64 = 64 * 1024;
+
+/// What this side of the pair does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[repr(u8)]
+pub enum Role {
+    /// Not live yet (booting, or racing for the register).
+    Starting = 0,
+    /// Runs the VM and releases its outputs.
+    Live = 1,
+    /// Replays the primary's log, ready to take over.
+    Following = 2,
+    /// Lost the go-live race or was fenced out: releases nothing.
+    Halted = 3,
+}
+
+impl Role {
+    pub(super) fn from_code(code: u8) -> Self {
+        match code {
+            1 => Role::Live,
+            2 => Role::Following,
+            3 => Role::Halted,
+            _ => Role::Starting,
+        }
+    }
+}
+
+/// The backup's replay lag over the current pairing, in milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LagFigures {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// Landmarks replayed (the samples).
+    pub samples: u64,
+}
+
+/// A VMM's answer to `ftvm status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub vm: String,
+    pub listen: String,
+    pub pid: u32,
+    pub role: Role,
+    /// Live with a backup following.
+    pub protected: bool,
+    pub generation: u64,
+    /// Where the vCPU stands (a backup: how far its replay got).
+    pub landmark: String,
+    pub exits: u64,
+    /// The backup's address on a protected primary, the primary's on a backup.
+    pub peer: Option<String>,
+    pub backup_lag: Option<LagFigures>,
+    /// Log bytes sent (primary) or received (backup) since this process started.
+    pub log_bytes: u64,
+    pub log_rate_bytes_per_s: f64,
+    pub held_outputs: usize,
+    pub held_bytes: usize,
+    pub oldest_held_ms: Option<f64>,
+    pub resyncs: u64,
+    /// Backups that joined this side.
+    pub joins: u64,
+    /// Times this side went live after following.
+    pub failovers: u64,
+    pub uptime_s: f64,
+}
+
+/// Why `ftvm status` got no report.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("{addr} is not an address: {source}")]
+    Address { addr: String, source: std::io::Error },
+    #[error("no VMM answers on {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("asking {addr}: {source}")]
+    Io { addr: String, source: std::io::Error },
+    #[error("{addr} gave no status (not an ftvm --ft-listen port, or an older ftvm)")]
+    Empty { addr: String },
+    #[error("{addr} answered something that is not a status report: {source}")]
+    Malformed { addr: String, source: serde_json::Error },
+}
+
+/// Answers a status question whose magic was already read (peeked) from `stream`.
+pub fn answer(mut stream: TcpStream, report: &StatusReport) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(report).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    stream.flush()
+}
+
+/// Asks the VMM whose `--ft-listen` is `addr`.
+pub fn query(addr: &str, timeout: Duration) -> Result<StatusReport, StatusError> {
+    let target = addr
+        .to_socket_addrs()
+        .map_err(|source| StatusError::Address { addr: addr.to_owned(), source })?
+        .next()
+        .ok_or_else(|| StatusError::Address { addr: addr.to_owned(), source: std::io::ErrorKind::NotFound.into() })?;
+    let io = |source| StatusError::Io { addr: addr.to_owned(), source };
+    let mut stream = TcpStream::connect_timeout(&target, timeout)
+        .map_err(|source| StatusError::Connect { addr: addr.to_owned(), source })?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.write_all(&STATUS_MAGIC).map_err(io)?;
+    let mut line = String::new();
+    match BufReader::new(stream.take(MAX_ANSWER)).read_line(&mut line) {
+        Ok(_) => {}
+        // A port that closed on the question without reading it resets the connection.
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(error) => return Err(io(error)),
+    }
+    if line.trim().is_empty() {
+        return Err(StatusError::Empty { addr: addr.to_owned() });
+    }
+    serde_json::from_str(&line).map_err(|source| StatusError::Malformed { addr: addr.to_owned(), source })
+}
+
+/// The report for a person, one fact a line.
+pub fn render(report: &StatusReport) -> String {
+    let mut out = String::new();
+    let role = match (report.role, report.protected) {
+        (Role::Live, true) => "live, protected",
+        (Role::Live, false) => "live, NOT protected (no backup)",
+        (Role::Following, _) => "following (backup)",
+        (Role::Starting, _) => "starting",
+        (Role::Halted, _) => "halted (another side is live)",
+    };
+    let _ = writeln!(out, "vm:          {} (pid {}, listening on {})", report.vm, report.pid, report.listen);
+    let _ = writeln!(out, "role:        {role}");
+    let _ = writeln!(out, "generation:  {}", report.generation);
+    let _ = writeln!(out, "landmark:    {}", report.landmark);
+    match (&report.peer, report.role) {
+        (Some(peer), Role::Following) => _ = writeln!(out, "primary:     {peer}"),
+        (Some(peer), _) => _ = writeln!(out, "backup:      {peer}"),
+        (None, _) => _ = writeln!(out, "backup:      none"),
+    }
+    match &report.backup_lag {
+        Some(lag) => {
+            _ = writeln!(
+                out,
+                "backup lag:  p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} landmarks)",
+                lag.p50_ms, lag.p99_ms, lag.max_ms, lag.samples
+            )
+        }
+        None => _ = writeln!(out, "backup lag:  -"),
+    }
+    let _ = writeln!(out, "log:         {} bytes, {:.1} KiB/s", report.log_bytes, report.log_rate_bytes_per_s / 1024.0);
+    let age = report.oldest_held_ms.map_or("-".to_owned(), |ms| format!("{ms:.1} ms"));
+    let _ = writeln!(out, "held:        {} outputs, {} bytes, oldest {age}", report.held_outputs, report.held_bytes);
+    let _ = writeln!(out, "resyncs:     {}", report.resyncs);
+    let _ = writeln!(out, "joins:       {}", report.joins);
+    let _ = writeln!(out, "failovers:   {}", report.failovers);
+    let _ = write!(out, "uptime:      {:.1} s", report.uptime_s);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> StatusReport {
+        StatusReport {
+            vm: "kv".into(),
+            listen: "127.0.0.1:7100".into(),
+            pid: 7,
+            role: Role::Live,
+            protected: true,
+            generation: 3,
+            landmark: "Exit(9)".into(),
+            exits: 9,
+            peer: Some("127.0.0.1:7101".into()),
+            backup_lag: Some(LagFigures { p50_ms: 2.5, p99_ms: 9.5, max_ms: 30.0, samples: 100 }),
+            log_bytes: 4096,
+            log_rate_bytes_per_s: 2048.0,
+            held_outputs: 2,
+            held_bytes: 120,
+            oldest_held_ms: Some(1.5),
+            resyncs: 1,
+            joins: 2,
+            failovers: 1,
+            uptime_s: 12.0,
+        }
+    }
+
+    #[test]
+    fn a_report_crosses_a_real_socket_whole() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut magic = [0u8; 8];
+            std::io::Read::read_exact(&mut stream, &mut magic).unwrap();
+            assert_eq!(magic, STATUS_MAGIC);
+            answer(stream, &report()).unwrap();
+        });
+        assert_eq!(query(&addr, Duration::from_secs(5)).unwrap(), report());
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_port_that_closes_without_a_report_is_a_clear_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || drop(listener.accept().unwrap()));
+        let error = query(&addr, Duration::from_secs(5)).unwrap_err();
+        assert!(error.to_string().contains("gave no status"), "{error}");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn the_text_names_role_backup_and_lag() {
+        let text = render(&report());
+        assert!(text.contains("role:        live, protected"), "{text}");
+        assert!(text.contains("backup:      127.0.0.1:7101"), "{text}");
+        assert!(text.contains("p99 9.5 ms"), "{text}");
+    }
+}
