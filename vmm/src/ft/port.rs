@@ -8,6 +8,7 @@
 
 use super::FtError;
 use crate::telemetry::status::{self, STATUS_MAGIC};
+use crate::telemetry::Role;
 use crossbeam_channel::{Receiver, Sender};
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
@@ -17,8 +18,10 @@ use std::time::{Duration, Instant};
 
 /// How long a new connection may take to send its first 8 bytes.
 const FIRST_BYTES_WAIT: Duration = Duration::from_secs(2);
-/// How long a joining backup waits to be taken by the listener thread before it is turned away.
-const HANDOFF_WAIT: Duration = Duration::from_secs(1);
+/// How long a joining backup may wait for this side to start accepting (it binds the port
+/// before it races for the register and boots), as it would have waited in the kernel's
+/// backlog; a side that follows turns a backup away at once.
+const HANDOFF_WAIT: Duration = Duration::from_secs(10);
 /// Connections being sorted at once; more are closed at once (a flood must not make threads).
 const MAX_SORTING: usize = 16;
 
@@ -94,7 +97,11 @@ fn sort_one(mut stream: TcpStream, peer: &str, links: &Sender<TcpStream>) {
             }
         }
         Ok(Some(_)) => {
-            if links.send_timeout(stream, HANDOFF_WAIT).is_err() {
+            let turned_away = match crate::telemetry::vitals().role() {
+                Role::Following | Role::Halted => links.try_send(stream).is_err(),
+                Role::Starting | Role::Live => links.send_timeout(stream, HANDOFF_WAIT).is_err(),
+            };
+            if turned_away {
                 tracing::warn!(%peer, "a backup tried to join this side, which is not live: turned away");
             }
         }

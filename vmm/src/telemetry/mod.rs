@@ -153,6 +153,11 @@ impl Vitals {
         self.role.store(Role::Halted as u8, Ordering::Relaxed);
     }
 
+    /// What this side does now.
+    pub fn role(&self) -> Role {
+        Role::from_code(self.role.load(Ordering::Relaxed))
+    }
+
     /// Everything, as of now.
     pub fn report(&self) -> StatusReport {
         let pair = lock(&self.pair).as_ref().map(|source| source()).unwrap_or_default();
