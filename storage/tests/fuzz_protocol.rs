@@ -16,6 +16,7 @@ use proptest::prelude::*;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use storage::error::{ErrorKind, RemoteError};
+use storage::master::state::{FileImage, Register, State, StateImage};
 use storage::oplog::{Entry, Record};
 use storage::protocol::frame::{self, Kind};
 use storage::protocol::*;
@@ -287,13 +288,47 @@ where
     Ok(())
 }
 
+/// A shadow master loads the image of a `MasterReply::Checkpoint` as the master's state.
+fn load_image(image: &[u8]) -> Result<(), TestCaseError> {
+    let (decoded, largest) = largest_allocation(|| postcard::from_bytes::<StateImage>(image));
+    prop_assert!(largest <= PREALLOCATION + 4 * image.len(), "{largest} bytes allocated for {} bytes", image.len());
+    if let Ok(img) = decoded {
+        // Loaded, then written out again as the shadow's next checkpoint would be.
+        let again =
+            postcard::to_stdvec(&State::from_image(img).image()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert!(postcard::from_bytes::<StateImage>(&again).is_ok());
+    }
+    Ok(())
+}
+
+fn state_image() -> impl Strategy<Value = Vec<u8>> {
+    let path = || "(/[a-c]{1,2}){1,3}";
+    let file = (path(), any::<u64>(), proptest::collection::vec((0u64..4, 0u64..8), 0..3), proptest::option::of(s()))
+        .prop_map(|(path, size, chunks, register)| FileImage { path, size, chunks, register });
+    let register =
+        (s(), any::<u64>(), s()).prop_map(|(name, generation, holder)| (name, Register { generation, holder }));
+    (
+        proptest::collection::vec(path(), 0..3),
+        proptest::collection::vec(file, 0..3),
+        proptest::collection::vec(any::<u32>(), 0..8),
+        proptest::collection::vec(register, 0..2),
+    )
+        .prop_map(|(dirs, files, versions, registers)| {
+            postcard::to_stdvec(&StateImage { dirs, files, versions, registers }).unwrap_or_default()
+        })
+}
+
 /// Every decoder a server or a client runs on a message frame.
 fn decode_as_everything(bytes: &[u8]) -> Result<(), TestCaseError> {
     decode_checked::<MasterRequest>(bytes)?;
     decode_checked::<ChunkRequest>(bytes)?;
     decode_checked::<Reply<MasterReply>>(bytes)?;
     decode_checked::<Reply<ChunkReply>>(bytes)?;
-    decode_checked::<Entry>(bytes)
+    decode_checked::<Entry>(bytes)?;
+    if let Ok(Ok(MasterReply::Checkpoint { image, .. })) = Conn::decode_msg::<Reply<MasterReply>>(bytes) {
+        load_image(&image)?;
+    }
+    load_image(bytes)
 }
 
 /// Reads every frame of `stream` as a connection does, trickled `step` bytes at a time.
@@ -387,6 +422,16 @@ proptest! {
         let stream = fuzz::mutated(framed(&m.payloads), &ms);
         decode_frames(&stream)?;
         read_frames(&stream, step)?;
+    }
+
+    /// A checkpoint image a master sends a shadow, mutated, inside its reply.
+    #[test]
+    fn mutated_checkpoint_images(image in state_image(), lsn in any::<u64>(), ms in mutations(4)) {
+        load_image(&image)?;
+        let image = fuzz::mutated(image, &ms);
+        load_image(&image)?;
+        let reply: Reply<MasterReply> = Ok(MasterReply::Checkpoint { lsn, image });
+        decode_as_everything(&postcard::to_stdvec(&reply).map_err(|e| TestCaseError::fail(e.to_string()))?)?;
     }
 
     #[test]
