@@ -16,6 +16,7 @@
 //! | `fault` | prints a line, then executes `ud2` in ring 3: the guest reports `(rip & 0xffffff) << 8 \| 6` on the panic port | ftvm's guest-panic code (101) |
 //! | `kv ip=A.B.C.D/N [port=P] [gw=A.B.C.D]` | a key-value server on TCP (port 7000) over the first virtio-net device, logging every SET/DEL to the first virtio disk before replying; prints `kv: listening on A.B.C.D:P, N keys loaded` and serves until killed (no digest) | 2 without its devices or with bad parameters, 3 if a disk write fails |
 //! | `disk [size=MiB] [bs=KiB] [ops=N] [seed=S]` | on the first virtio disk: sequential write and read of `size` MiB (16) in `bs` KiB requests (256), `ops` (1000) random 4 KiB reads and writes; every byte read is checked against a pattern of seed, offset and block version; prints `disk: result seq_write_mbps=X.Y seq_read_mbps=X.Y rand_read_iops=N rand_write_iops=N verified_bytes=N mismatches=N` | 0, 1 after a mismatch, 3 if a request fails, 2 without a writable disk |
+//! | `hostile` | on every virtio-net and virtio-blk device: bad descriptors (loops, buffers outside RAM, huge lengths, indices out of range, an available index too far ahead, notifications of queues that are not ready or missing, a used ring outside RAM) and a write to the read-only config space; prints `hostile: <device> <case>: needs-reset (status 0x4f, config interrupt yes), valid chain ignored` per case, `hostile: <device> works again after a reset`, then `hostile: <n> cases on <m> devices, <k> needs-reset, <u> unexpected` | 0, 1 if a device did not react as it must, 2 without a device |
 //! | anything else, or a bad argument | prints an error | 2 |
 //!
 //! Digests: `hello` over the banner, `timer` over N and the tick count seen after each
@@ -38,7 +39,7 @@ pub fn ftvm_guest_elf() -> &'static [u8] {
 }
 
 /// The workloads the guest knows (the first word of its command line).
-pub const WORKLOADS: &[&str] = &["hello", "timer", "compute", "clock", "fault", "kv", "disk"];
+pub const WORKLOADS: &[&str] = &["hello", "timer", "compute", "clock", "fault", "kv", "disk", "hostile"];
 
 /// The guest's exit code for an unknown workload or a bad argument.
 pub const EXIT_USAGE: u8 = 2;

@@ -4,6 +4,7 @@
 //! tests that cannot run here.
 
 pub mod ft;
+pub mod fuzz;
 pub mod gfs;
 pub mod kv;
 pub mod strace;

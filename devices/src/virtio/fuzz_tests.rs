@@ -403,8 +403,11 @@ fn run_steps<D: super::device::VirtioDevice>(rig: &mut Rig<D>, steps: &[Step], f
     }
 }
 
+// Case counts: the default suite's, or `PROPTEST_CASES` for every property here (README,
+// "Fuzzing": a million each with `PROPTEST_CASES=1000000 cargo test --release -p devices --lib
+// virtio::fuzz_tests`).
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ftvm_tests::fuzz::config(2000))]
 
     /// Random register writes and memory from scratch: no panic.
     #[test]
@@ -477,7 +480,7 @@ fn structured_fuzz_reaches_every_path_without_panicking() {
     use std::cell::RefCell;
     let stats = RefCell::new(Stats::default());
     let steps = || (any::<bool>(), prop::collection::vec(structured_step(), 1..150));
-    let config = Config { cases: 1000, failure_persistence: None, ..Config::default() };
+    let config = Config { cases: ftvm_tests::fuzz::cases(1000), failure_persistence: None, ..Config::default() };
 
     TestRunner::new(config.clone())
         .run(&steps(), |(event_idx, steps)| {
@@ -531,7 +534,7 @@ fn structured_fuzz_reaches_every_path_without_panicking() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+    #![proptest_config(ftvm_tests::fuzz::config(1000))]
 
     /// A checkpoint is untrusted input too: restoring random transport state and then using the
     /// device never panics.
@@ -571,4 +574,141 @@ proptest! {
             rig.notify(RX_QUEUE);
         }
     }
+}
+
+/// A valid chain of either device: a frame to send, or a block request inside the disk.
+#[derive(Clone, Debug)]
+enum ValidChain {
+    Frame(u32),
+    Blk { kind: u32, sector: u64, sectors: u32 },
+}
+
+fn valid_chain(blk: bool) -> BoxedStrategy<ValidChain> {
+    if blk {
+        (prop::sample::select(vec![0u32, 1, 4, 8]), 0u64..12, 1u32..4)
+            .prop_map(|(kind, sector, sectors)| ValidChain::Blk { kind, sector, sectors })
+            .boxed()
+    } else {
+        (1u32..1500).prop_map(ValidChain::Frame).boxed()
+    }
+}
+
+/// Bytes of queue `q`'s descriptor table (16 entries) and available ring (flags, index, 16
+/// entries): the part of guest memory a driver writes.
+const DRIVER_AREA: [(u64, usize); 2] = [(0, 16 * 16), (0x1000, 4 + 2 * 16)];
+
+fn blk_disk_bytes() -> u64 {
+    16 * 512
+}
+
+proptest! {
+    #![proptest_config(ftvm_tests::fuzz::config(2000))]
+
+    /// Valid chains, then the descriptor table and available ring mutated as bytes (bits flipped,
+    /// fields swapped, lengths, addresses, flags and indices planted): the device either serves
+    /// sane requests or goes to needs-reset, never panics, and never writes outside the disk or
+    /// sends a frame beyond the limit.
+    #[test]
+    fn mutated_valid_chains_are_served_or_need_reset(
+        (blk, valid) in any::<bool>().prop_flat_map(|blk| (Just(blk), prop::collection::vec(valid_chain(blk), 1..6))),
+        event_idx in any::<bool>(),
+        ms in ftvm_tests::fuzz::mutations(4),
+    ) {
+        let ev = if event_idx { 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX } else { 0 };
+        if blk {
+            let mut rig = Rig::new(Blk::new(0, blk_disk_bytes(), false));
+            rig.out.disks.push(vec![0; blk_disk_bytes() as usize]);
+            rig.init(V1 | ev, &[16]);
+            for (i, c) in valid.iter().enumerate() {
+                if let ValidChain::Blk { kind, sector, sectors } = c {
+                    let mut hdr = [0u8; 16];
+                    hdr[0..4].copy_from_slice(&kind.to_le_bytes());
+                    hdr[8..16].copy_from_slice(&sector.to_le_bytes());
+                    let at = DATA + 0x1000 * i as u64;
+                    rig.write_mem(at, &hdr);
+                    let write = *kind == 0 || *kind == 8;
+                    rig.add_chain(0, &[(at, 16, false), (at + 0x200, sectors * 512, write), (at + 0x100, 1, true)]);
+                }
+            }
+            mutate_driver_area(&mut rig, 0, &ms);
+            rig.notify(0);
+            apply_completions(&mut rig);
+            for (_, o) in &rig.out.outputs {
+                if let super::Output::DiskWrite { offset, data, .. } = o {
+                    prop_assert!(*offset + data.len() as u64 <= blk_disk_bytes());
+                }
+            }
+            check_used(&mut rig, 0)?;
+        } else {
+            let mut rig = Rig::new(Net::new(0, MAC));
+            rig.init(V1 | ev, &[16, 16]);
+            for (i, c) in valid.iter().enumerate() {
+                if let ValidChain::Frame(len) = c {
+                    rig.add_chain(TX_QUEUE, &[(DATA + 0x1000 * i as u64, 12 + len, false)]);
+                }
+            }
+            mutate_driver_area(&mut rig, TX_QUEUE, &ms);
+            rig.notify(TX_QUEUE);
+            for (_, o) in &rig.out.outputs {
+                if let super::Output::NetFrame { frame, .. } = o {
+                    prop_assert!(!frame.is_empty() && frame.len() <= super::net::MAX_FRAME);
+                }
+            }
+            check_used(&mut rig, TX_QUEUE)?;
+        }
+    }
+
+    /// Writes of any width anywhere in the configuration space change nothing the driver reads
+    /// and do not put the device in needs-reset (the space is read-only for the driver).
+    #[test]
+    fn config_space_writes_change_nothing(
+        blk in any::<bool>(),
+        writes in prop::collection::vec((0u64..0x80, prop::collection::vec(any::<u8>(), 0..9)), 1..20),
+    ) {
+        fn check<D: super::device::VirtioDevice>(mut rig: Rig<D>, writes: &[(u64, Vec<u8>)]) -> Result<(), TestCaseError> {
+            let read_config = |rig: &mut Rig<D>| (0..0x40u64).map(|o| {
+                let mut b = [0u8; 1];
+                rig.t.mmio_read(CONFIG + o, &mut b);
+                b[0]
+            }).collect::<Vec<u8>>();
+            let before = read_config(&mut rig);
+            let status = rig.read(STATUS);
+            for (offset, bytes) in writes {
+                rig.write_bytes(CONFIG + offset, bytes);
+            }
+            prop_assert_eq!(read_config(&mut rig), before);
+            prop_assert_eq!(rig.read(STATUS), status);
+            prop_assert!(!rig.needs_reset());
+            Ok(())
+        }
+        if blk {
+            let mut rig = Rig::new(Blk::new(0, blk_disk_bytes(), false));
+            rig.init(V1, &[16]);
+            check(rig, &writes)?;
+        } else {
+            let mut rig = Rig::new(Net::new(0, MAC));
+            rig.init(V1, &[16, 16]);
+            check(rig, &writes)?;
+        }
+    }
+}
+
+/// Applies `ms` to queue `q`'s descriptor table and available ring, as one byte image each.
+fn mutate_driver_area<D: super::device::VirtioDevice>(rig: &mut Rig<D>, q: u16, ms: &[ftvm_tests::fuzz::Mutation]) {
+    for (offset, len) in DRIVER_AREA {
+        let at = ring_base(q) + offset;
+        let mut bytes = ftvm_tests::fuzz::mutated(rig.read_mem(at, len), ms);
+        bytes.resize(len, 0);
+        rig.write_mem(at, &bytes);
+    }
+}
+
+/// Unless the device needs a reset, what it returned names chains of the queue.
+fn check_used<D: super::device::VirtioDevice>(rig: &mut Rig<D>, q: u16) -> Result<(), TestCaseError> {
+    if !rig.needs_reset() {
+        for (id, _) in rig.take_used(q) {
+            prop_assert!(id < 16, "used id {} outside the queue", id);
+        }
+    }
+    Ok(())
 }

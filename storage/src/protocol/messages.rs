@@ -297,9 +297,34 @@ pub enum ChunkRequest {
     Verify { token: u64 },
     /// A `Write` (from the client) or `Apply` (from the primary) acknowledged once every
     /// replica holds it in memory, without fdatasync (HDFS's hflush); `Sync` makes it durable.
-    Unsynced(Box<ChunkRequest>),
+    /// Decoding refuses an `Unsynced` inside another (see [`unsynced_inner`]).
+    Unsynced(#[serde(deserialize_with = "unsynced_inner")] Box<ChunkRequest>),
     /// Make everything written to these replicas durable (fdatasync data and checksums).
     Sync { handles: Vec<ChunkHandle> },
+}
+
+thread_local! {
+    /// Whether this thread is decoding the request inside an `Unsynced`.
+    static IN_UNSYNCED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Decodes the request an [`ChunkRequest::Unsynced`] wraps, refusing another `Unsynced` inside it
+/// before descending: postcard has no depth limit, and a frame of repeated `Unsynced` tags
+/// would otherwise recurse until the connection thread's stack overflows and the process dies
+/// (found while fuzzing the decoders, issue 15).
+fn unsynced_inner<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Box<ChunkRequest>, D::Error> {
+    /// Clears the flag however the inner decoding ends.
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            IN_UNSYNCED.with(|inside| inside.set(false));
+        }
+    }
+    if IN_UNSYNCED.with(|inside| inside.replace(true)) {
+        return Err(serde::de::Error::custom("an Unsynced request nested in another"));
+    }
+    let _leave = Leave;
+    ChunkRequest::deserialize(d).map(Box::new)
 }
 
 /// Replies of a chunkserver.

@@ -18,6 +18,7 @@ const R_QUEUE_NUM_MAX: usize = 0x034;
 const R_QUEUE_NUM: usize = 0x038;
 const R_QUEUE_READY: usize = 0x044;
 const R_QUEUE_NOTIFY: usize = 0x050;
+const R_INTERRUPT_STATUS: usize = 0x060;
 const R_INTERRUPT_ACK: usize = 0x064;
 const R_STATUS: usize = 0x070;
 const R_QUEUE_DESC: usize = 0x080;
@@ -30,6 +31,8 @@ const S_DRIVER: u32 = 2;
 const S_DRIVER_OK: u32 = 4;
 const S_FEATURES_OK: u32 = 8;
 const S_FAILED: u32 = 0x80;
+/// The device's own status bit: it found the driver's rings or registers unusable.
+pub const S_NEEDS_RESET: u32 = 0x40;
 
 pub const F_VERSION_1: u64 = 1 << 32;
 pub const F_EVENT_IDX: u64 = 1 << 29;
@@ -113,13 +116,15 @@ impl Mmio {
 
     /// Gives queue `index` to the device and makes it ready.
     pub fn setup_queue(&self, index: u16, queue: &Queue) {
+        self.setup_rings(index, queue.size(), [queue.desc_addr(), queue.avail_addr(), queue.used_addr()]);
+    }
+
+    /// Gives queue `index` of `size` entries to the device with the descriptor table, available
+    /// ring and used ring at `rings`, and makes it ready.
+    pub fn setup_rings(&self, index: u16, size: u16, rings: [u64; 3]) {
         self.write(R_QUEUE_SEL, index as u32);
-        self.write(R_QUEUE_NUM, queue.size() as u32);
-        for (reg, addr) in [
-            (R_QUEUE_DESC, queue.desc_addr()),
-            (R_QUEUE_DRIVER, queue.avail_addr()),
-            (R_QUEUE_DEVICE, queue.used_addr()),
-        ] {
+        self.write(R_QUEUE_NUM, size as u32);
+        for (reg, addr) in [R_QUEUE_DESC, R_QUEUE_DRIVER, R_QUEUE_DEVICE].into_iter().zip(rings) {
             self.write(reg, addr as u32);
             self.write(reg + 4, (addr >> 32) as u32);
         }
@@ -129,9 +134,24 @@ impl Mmio {
     pub fn driver_ok(&self) -> Result<(), &'static str> {
         let status = S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK;
         self.write(R_STATUS, status);
-        if self.read(R_STATUS) & 0x40 != 0 {
+        if self.status() & S_NEEDS_RESET != 0 {
             return Err("device needs reset after initialisation");
         }
         Ok(())
+    }
+
+    /// The Status register (one exit).
+    pub fn status(&self) -> u32 {
+        self.read(R_STATUS)
+    }
+
+    /// The InterruptStatus register (one exit): bit 0 used buffers, bit 1 configuration change.
+    pub fn interrupt_status(&self) -> u32 {
+        self.read(R_INTERRUPT_STATUS)
+    }
+
+    /// Writes 0 to Status: the device forgets its queues and features (and a needs-reset).
+    pub fn reset(&self) {
+        self.write(R_STATUS, 0);
     }
 }

@@ -6,6 +6,7 @@ mod compute;
 mod dirty;
 mod disk;
 mod hello;
+mod hostile;
 mod kv;
 mod timer;
 mod tsc;
@@ -16,7 +17,7 @@ use crate::cmdline::{parse_u64, CmdLine};
 /// Power-off code for a bad command line.
 pub const EXIT_USAGE: u32 = 2;
 
-const USAGE: &str = "workloads: hello | timer [N] | compute [M] | clock [N] | tsc [N] | dirty [MIB] [PAGES] [S] | kv ip=A.B.C.D/N [port=P] [gw=A.B.C.D] | disk [size=MiB] [bs=KiB] [ops=N] [seed=S]";
+const USAGE: &str = "workloads: hello | timer [N] | compute [M] | clock [N] | tsc [N] | dirty [MIB] [PAGES] [S] | kv ip=A.B.C.D/N [port=P] [gw=A.B.C.D] | disk [size=MiB] [bs=KiB] [ops=N] [seed=S] | hostile";
 
 pub fn run(boot: &BootInfo, cmdline: CmdLine) -> u32 {
     let mut words = cmdline.words();
@@ -33,6 +34,10 @@ pub fn run(boot: &BootInfo, cmdline: CmdLine) -> u32 {
         "fault" => fault(),
         "kv" => no_more_args(&mut words).and_then(|()| kv::run(boot, cmdline)),
         "disk" => match no_more_args(&mut words).and_then(|()| disk::run(boot, cmdline)) {
+            Ok(code) => return code,
+            Err(message) => Err(message),
+        },
+        "hostile" => match no_more_args(&mut words).and_then(|()| hostile::run(boot, cmdline)) {
             Ok(code) => return code,
             Err(message) => Err(message),
         },
