@@ -43,6 +43,7 @@ fn message() -> impl Strategy<Value = Message> {
         (any::<u64>(), any::<[u8; 32]>()).prop_map(|(sequence, digest)| Message::OutputDigest { sequence, digest }),
         (any::<u64>(), any::<u64>()).prop_map(|(exits, outputs)| Message::ResyncBegin { exits, outputs }),
         Just(Message::ResyncDone),
+        bytes().prop_map(Message::ResyncHeld),
         Just(Message::Close),
     ]
 }
