@@ -22,6 +22,7 @@
 mod lines;
 mod load;
 pub mod pair;
+pub mod partition;
 
 pub use lines::{match_line, number, wait_for_line};
 pub use load::{Exchange, KvLoad, LoadReport};

@@ -51,6 +51,7 @@ pub fn fenced_stop(reason: &StopReason) -> Option<FencedOut> {
 /// Halts: prints the line and returns how the side ended.
 pub fn halt(fenced: &FencedOut) -> Served {
     crate::errln!("ft: fenced out by generation {}: halting", fenced.generation);
+    super::timeline::halting();
     Served::FencedOut { generation: fenced.generation }
 }
 
