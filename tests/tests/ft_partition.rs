@@ -24,6 +24,7 @@
 use anyhow::{bail, ensure, Context, Result};
 use ftvm_tests::ft::pair::*;
 use ftvm_tests::ft::partition::{overlaps, release_span, unix_now};
+use ftvm_tests::ft::random::XorShift;
 use ftvm_tests::ft::{match_line, number, FtNet, Host, FT_PORT, GUEST_MAC};
 use ftvm_tests::{require_namespaces, Process};
 use std::time::{Duration, Instant};
@@ -262,12 +263,8 @@ fn partitions_in_random_order() -> Result<()> {
     require_namespaces!();
     let runs = std::env::var("FTVM_PARTITION_RUNS").unwrap_or_else(|_| "100".into());
     let runs: usize = runs.parse().with_context(|| format!("FTVM_PARTITION_RUNS={runs:?} is not a number"))?;
-    let seed = match std::env::var("FTVM_PARTITION_SEED") {
-        Ok(seed) => seed.parse().with_context(|| format!("FTVM_PARTITION_SEED={seed:?} is not a number"))?,
-        Err(_) => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64 | 1,
-    };
+    let (mut random, seed) = XorShift::from_env("FTVM_PARTITION_SEED")?;
     println!("{runs} runs, FTVM_PARTITION_SEED={seed}");
-    let mut random = XorShift(seed);
     let mut split_brains = 0;
     let mut failed = 0;
     let mut outages: Vec<(Cut, Duration)> = Vec::new();
@@ -321,16 +318,4 @@ fn partitions_in_random_order() -> Result<()> {
 /// An error of the client's that is a reply against an acknowledged write.
 fn contradicts_an_acknowledged_write(error: &str) -> bool {
     error.contains("reads back as") || error.contains("right after its SET answered")
-}
-
-/// A small generator for the order of the cases (the seed is printed, so a run can be repeated).
-struct XorShift(u64);
-
-impl XorShift {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
 }

@@ -113,6 +113,15 @@ impl KvLoad {
         }
     }
 
+    /// Fails, with the client's error, if the connection has ended.
+    pub fn ensure_alive(&mut self) -> Result<()> {
+        if self.worker.as_ref().is_some_and(JoinHandle::is_finished) {
+            let error = self.take_result().err().map(|e| format!("{e:#}")).unwrap_or_default();
+            bail!("the client's connection ended after {} answers: {error}", self.replies());
+        }
+        Ok(())
+    }
+
     fn take_result(&mut self) -> Result<kv::Client> {
         let worker = self.worker.take().context("the client was already finished")?;
         let (client, result) = worker.join().map_err(|_| anyhow::anyhow!("the client thread panicked"))?;

@@ -23,6 +23,7 @@ mod lines;
 mod load;
 pub mod pair;
 pub mod partition;
+pub mod random;
 pub mod storage_faults;
 
 pub use lines::{match_line, number, wait_for_line};

@@ -2,9 +2,10 @@
 //! (`kill -9`) and started again over the same directories, `gfs fsck`, and a chunkserver that
 //! answers slowly (`tc netem delay` on its replies in the storage namespace).
 
-use super::{FtNet, Host, CHUNKSERVER_PORTS};
-use crate::Process;
-use anyhow::{bail, Result};
+use super::{FtNet, Host, CHUNKSERVER_PORTS, GFS_DISK, GFS_MASTER};
+use crate::{binary, Process};
+use anyhow::{bail, Context, Result};
+use std::time::{Duration, Instant};
 
 /// The chunkservers of the fixture.
 pub const CHUNKSERVERS: usize = CHUNKSERVER_PORTS.len();
@@ -72,10 +73,34 @@ impl FtNet {
         }
     }
 
-    /// `gfs fsck` from host-a: its report, or an error with it if a chunk has no live, healthy
-    /// replica.
-    pub fn fsck(&self) -> Result<String> {
-        self.gfs_client(Host::A, &["fsck"])
+    /// `gfs fsck` from host-a: whether it passed (no chunk without a live, healthy replica),
+    /// and what it printed (the problems, then the summary).
+    pub fn fsck(&self) -> Result<(bool, String)> {
+        let mut command = self.host(Host::A).command(&binary("gfs")?);
+        command.args(["--master", GFS_MASTER, "--retry-secs", "1", "fsck"]);
+        let output = command.output().with_context(|| format!("run {command:?}"))?;
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        Ok((output.status.success(), text.trim().to_owned()))
+    }
+
+    /// Polls `gfs fsck` until every chunk has all its replicas live and healthy (after a
+    /// storm, the master re-replicates what a dead chunkserver held); its summary line. Not
+    /// clean in time: the error has the last report and `gfs stat` of the VM's disk.
+    pub fn wait_for_clean_fsck(&self, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let report = self.fsck()?;
+            let summary = report.1.lines().find(|line| line.starts_with("files ")).unwrap_or_default();
+            if report.0 && fsck_clean(summary) {
+                return Ok(summary.to_owned());
+            }
+            if Instant::now() > deadline {
+                let path = GFS_DISK.trim_start_matches("gfs:");
+                let stat = self.gfs_client(Host::A, &["stat", path]).unwrap_or_else(|e| format!("{e:#}"));
+                bail!("gfs fsck is not clean {timeout:?} after healing:\n{}\ngfs stat {path}:\n{stat}", report.1);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     /// Delays what chunkserver `i` sends by `delay_ms` (`tc netem delay` on the storage
@@ -98,5 +123,23 @@ impl FtNet {
     /// Undoes [`FtNet::slow_chunkserver`].
     pub fn fast_chunkservers(&self) -> Result<()> {
         self.storage.tc(&["qdisc", "del", "dev", "eth0", "root"])
+    }
+}
+
+/// Whether `gfs fsck`'s summary (`files F chunks C: H healthy, U under-replicated, M missing`)
+/// has every chunk healthy.
+fn fsck_clean(summary: &str) -> bool {
+    summary.ends_with(" 0 under-replicated, 0 missing") && summary.starts_with("files ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fsck_clean;
+
+    #[test]
+    fn fsck_is_clean_only_with_nothing_under_replicated_or_missing() {
+        assert!(fsck_clean("files 1 chunks 2: 2 healthy, 0 under-replicated, 0 missing"));
+        assert!(!fsck_clean("files 1 chunks 2: 1 healthy, 1 under-replicated, 0 missing"));
+        assert!(!fsck_clean("files 1 chunks 2: 1 healthy, 0 under-replicated, 10 missing"));
     }
 }
