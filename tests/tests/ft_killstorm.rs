@@ -40,6 +40,10 @@ const HEAL: Duration = Duration::from_secs(120);
 /// How long a takeover may take when the master is down too (it is restarted within
 /// [`RESTART_DELAY`]).
 const TAKEOVER_IN_STORM: Duration = Duration::from_secs(60);
+/// How long the client waits for one answer.
+const PATIENCE: Duration = Duration::from_secs(180);
+/// An outage (gap between two answers) this long is counted.
+const LONG_OUTAGE: Duration = Duration::from_secs(5);
 /// A primary whose backup was killed at the end of the storm.
 const ALONE: &str = "ft: backup lost (no word for {n} ms); running alone, generation {n}";
 /// A backup that went live.
@@ -129,6 +133,9 @@ fn storm(net: &FtNet, length: Duration, chunkservers_down: usize, seed_var: &str
         length.as_secs()
     );
     let UnderLoad { primary, backup, generation, load } = protected_under_load(net, &[], &[])?;
+    // Writes stall while chunkservers and the master come and go: the storm reports its
+    // outages rather than ending at the first long one.
+    load.set_patience(PATIENCE)?;
     let mut storm = Storm {
         net,
         chunkservers_down,
@@ -201,6 +208,14 @@ impl Storm<'_> {
         if let Some((gap, kill)) = worst {
             println!("longest outage after a VMM kill: {} ms ({})", gap.as_millis(), report.around(kill));
         }
+        let long: Vec<u128> = report
+            .exchanges
+            .windows(2)
+            .map(|pair| pair[1].replied - pair[0].replied)
+            .filter(|gap| *gap >= LONG_OUTAGE)
+            .map(|gap| gap.as_millis())
+            .collect();
+        println!("outages of {} s or more: {} ({long:?} ms)", LONG_OUTAGE.as_secs(), long.len());
         ensure!(split_brains.is_empty(), "{} split brains", split_brains.len());
 
         // The backup goes first, so the live side stops alone and releases the register.

@@ -1,10 +1,12 @@
 //! Faults of gfs under the FT pair (issue 15, points 3, 4 and 6): its processes killed
 //! (`kill -9`) and started again over the same directories, `gfs fsck`, and a chunkserver that
-//! answers slowly (`tc netem delay` on its replies in the storage namespace).
+//! answers slowly.
 
 use super::{FtNet, Host, CHUNKSERVER_PORTS, GFS_DISK, GFS_MASTER};
 use crate::{binary, Process};
 use anyhow::{bail, Context, Result};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The chunkservers of the fixture.
@@ -103,26 +105,62 @@ impl FtNet {
         }
     }
 
-    /// Delays what chunkserver `i` sends by `delay_ms` (`tc netem delay` on the storage
-    /// namespace's link, for packets from its port): it answers slowly.
-    pub fn slow_chunkserver(&self, i: usize, delay_ms: u32) -> Result<()> {
-        let port = CHUNKSERVER_PORTS.get(i).map(u16::to_string);
-        let Some(port) = port else {
-            bail!("no chunkserver {i}");
+    /// Makes chunkserver `i` answer slowly until the returned guard is dropped: it is stopped
+    /// (SIGSTOP) for `stopped` of every `stopped + running` (SIGCONT). This machine's kernel has no
+    /// `netem` queueing discipline (`tc qdisc add ... netem` says "Specified qdisc kind is
+    /// unknown"), so the delay is the process's, as a chunkserver on an overloaded machine or
+    /// a slow disk would show it.
+    pub fn slow_chunkserver(&self, i: usize, stopped: Duration, running: Duration) -> Result<SlowProcess> {
+        let which = GfsProcess::Chunkserver(i);
+        let pid = match self.gfs_processes().get(which.slot()).and_then(Option::as_ref) {
+            Some(process) => process.pid(),
+            None => bail!("the {} is not running", which.label()),
         };
-        let delay = format!("{delay_ms}ms");
-        self.storage.tc(&["qdisc", "add", "dev", "eth0", "root", "handle", "1:", "prio"])?;
-        self.storage
-            .tc(&["qdisc", "add", "dev", "eth0", "parent", "1:3", "handle", "30:", "netem", "delay", &delay])?;
-        self.storage.tc(&[
-            "filter", "add", "dev", "eth0", "parent", "1:0", "protocol", "ip", "u32", "match", "ip", "sport", &port,
-            "0xffff", "flowid", "1:3",
-        ])
+        SlowProcess::start(pid, stopped, running)
     }
+}
 
-    /// Undoes [`FtNet::slow_chunkserver`].
-    pub fn fast_chunkservers(&self) -> Result<()> {
-        self.storage.tc(&["qdisc", "del", "dev", "eth0", "root"])
+/// A process made slow (by [`FtNet::slow_chunkserver`], say); runs at full speed again on
+/// drop.
+pub struct SlowProcess {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SlowProcess {
+    /// Stops process `pid` (SIGSTOP) for `stopped` of every `stopped + running` (SIGCONT).
+    pub fn start(pid: u32, stopped: Duration, running: Duration) -> Result<Self> {
+        let pid = libc::pid_t::try_from(pid).context("pid")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    signal(pid, libc::SIGSTOP);
+                    std::thread::sleep(stopped);
+                    signal(pid, libc::SIGCONT);
+                    std::thread::sleep(running);
+                }
+            })
+        };
+        Ok(SlowProcess { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for SlowProcess {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn signal(pid: libc::pid_t, signal: libc::c_int) {
+    // SAFETY: kill(2) takes no memory from us; the pid is a child this test spawned and holds
+    // (unreaped) while the test that slowed it runs.
+    unsafe {
+        libc::kill(pid, signal);
     }
 }
 
