@@ -33,6 +33,11 @@ use storage::{Client, Durability, GfsError};
 pub const MASTER_WAIT: Duration = Duration::from_secs(10);
 /// A retried operation stalled this long is logged (once, and again when it completes).
 const STALL_WARNING: Duration = Duration::from_secs(1);
+/// An operation that went through but took this long is logged: gfs answers slowly (a slow
+/// chunkserver, say), which holds up the guest's writes.
+const SLOW_WARNING: Duration = Duration::from_millis(250);
+/// At most one "answers slowly" line per this period.
+const SLOW_WARNING_PERIOD: Duration = Duration::from_secs(5);
 /// The longest pause between two tries of a stalled operation.
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -186,6 +191,8 @@ pub struct GfsDisk {
     fence: DiskFence,
     /// The longest a read, write or flush has been held up by retries, in ms.
     longest_stall_ms: AtomicU64,
+    /// When this disk last said gfs answers slowly.
+    slow_warned_at: std::sync::Mutex<Option<Instant>>,
 }
 
 impl GfsDisk {
@@ -226,6 +233,7 @@ impl GfsDisk {
             register: stat.register,
             fence: access.fence.clone(),
             longest_stall_ms: AtomicU64::new(0),
+            slow_warned_at: std::sync::Mutex::new(None),
         })
     }
 
@@ -268,6 +276,8 @@ impl GfsDisk {
                     self.longest_stall_ms.fetch_max(stalled.as_millis() as u64, Ordering::Relaxed);
                     if warned {
                         tracing::warn!(disk = %self.name(), what, offset, len, "gfs {what} went through after {stalled:?}");
+                    } else if stalled >= SLOW_WARNING && self.may_say_slow() {
+                        tracing::warn!(disk = %self.name(), what, offset, len, "gfs answers slowly: a {what} took {stalled:?}");
                     }
                     return Ok(value);
                 }
@@ -284,6 +294,16 @@ impl GfsDisk {
                 }
             }
         }
+    }
+
+    /// Whether the "answers slowly" line may be printed now (once per [`SLOW_WARNING_PERIOD`]).
+    fn may_say_slow(&self) -> bool {
+        let mut last = self.slow_warned_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|at| at.elapsed() < SLOW_WARNING_PERIOD) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
     }
 
     /// The error for a write the chunkservers refused by fencing.

@@ -113,6 +113,21 @@ impl KvLoad {
         }
     }
 
+    /// How long the client waits for one answer before it gives up on the connection (20 s
+    /// by default): a fault run whose outages may be longer raises it, and reports them.
+    pub fn set_patience(&self, timeout: Duration) -> Result<()> {
+        self.socket.set_read_timeout(Some(timeout)).context("set the client's read timeout")
+    }
+
+    /// Fails, with the client's error, if the connection has ended.
+    pub fn ensure_alive(&mut self) -> Result<()> {
+        if self.worker.as_ref().is_some_and(JoinHandle::is_finished) {
+            let error = self.take_result().err().map(|e| format!("{e:#}")).unwrap_or_default();
+            bail!("the client's connection ended after {} answers: {error}", self.replies());
+        }
+        Ok(())
+    }
+
     fn take_result(&mut self) -> Result<kv::Client> {
         let worker = self.worker.take().context("the client was already finished")?;
         let (client, result) = worker.join().map_err(|_| anyhow::anyhow!("the client thread panicked"))?;

@@ -23,6 +23,9 @@ mod lines;
 mod load;
 pub mod loopback;
 pub mod pair;
+pub mod partition;
+pub mod random;
+pub mod storage_faults;
 
 pub use lines::{match_line, number, wait_for_line};
 pub use load::{Exchange, KvLoad, LoadReport};
@@ -123,8 +126,9 @@ pub enum Join {
 
 /// The topology of the module comment, with gfs running.
 pub struct FtNet {
-    /// The gfs master and chunkservers (killed first on drop, before their namespace goes).
-    gfs: Vec<Process>,
+    /// The gfs master and chunkservers (killed first on drop, before their namespace goes);
+    /// a slot is empty while a fault test has killed its process.
+    gfs: Mutex<Vec<Option<Process>>>,
     /// Every process spawned on a host, labelled, for diagnostics.
     spawned: Mutex<Vec<(String, OutputHandle)>>,
     /// Register names the primaries were started with, for diagnostics.
@@ -173,7 +177,7 @@ impl FtNet {
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         let disk = dir.join("kv.img");
         let mut net = FtNet {
-            gfs: Vec::new(),
+            gfs: Mutex::new(Vec::new()),
             spawned: Mutex::new(Vec::new()),
             registers: Mutex::new(Vec::new()),
             client,
@@ -216,17 +220,11 @@ impl FtNet {
     /// A master and three chunkservers in `storage`, waited for until the master, asked from
     /// each host, sees all three up.
     fn start_gfs(&mut self) -> Result<()> {
-        let gfs = binary("gfs")?;
-        let mut master = self.storage.command(&gfs);
-        master.arg("master").arg("--dir").arg(self.dir.join("master"));
-        master.args(["--listen", GFS_MASTER, "--dead-after-secs", "3"]);
-        self.gfs.push(Process::spawn(master)?);
-        for (i, port) in CHUNKSERVER_PORTS.iter().enumerate() {
-            let mut chunkserver = self.storage.command(&gfs);
-            chunkserver.arg("chunkserver").arg("--dir").arg(self.dir.join(format!("cs{i}")));
-            chunkserver.args(["--master", GFS_MASTER, "--listen", &format!("{STORAGE_IP}:{port}")]);
-            chunkserver.args(["--rack", &format!("rack{i}"), "--heartbeat-ms", "100"]);
-            self.gfs.push(Process::spawn(chunkserver)?);
+        let master = Process::spawn(self.gfs_master_command()?)?;
+        self.gfs_processes().push(Some(master));
+        for i in 0..CHUNKSERVER_PORTS.len() {
+            let chunkserver = Process::spawn(self.chunkserver_command(i)?)?;
+            self.gfs_processes().push(Some(chunkserver));
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         for host in [Host::A, Host::B] {
@@ -236,7 +234,7 @@ impl FtNet {
                 if up == CHUNKSERVER_PORTS.len() {
                     break;
                 }
-                for process in &mut self.gfs {
+                for process in self.gfs_processes().iter_mut().flatten() {
                     if let Some(status) = process.exited()? {
                         bail!("a gfs process exited ({status})");
                     }
@@ -248,6 +246,29 @@ impl FtNet {
             }
         }
         Ok(())
+    }
+
+    /// `gfs master` in `storage`, over its directory in the fixture (a restart finds its state).
+    fn gfs_master_command(&self) -> Result<Command> {
+        let mut master = self.storage.command(&binary("gfs")?);
+        master.arg("master").arg("--dir").arg(self.dir.join("master"));
+        master.args(["--listen", GFS_MASTER, "--dead-after-secs", "3"]);
+        Ok(master)
+    }
+
+    /// `gfs chunkserver` number `i` (0..3) in `storage`, over its directory in the fixture.
+    fn chunkserver_command(&self, i: usize) -> Result<Command> {
+        let port = CHUNKSERVER_PORTS.get(i).with_context(|| format!("no chunkserver {i}"))?;
+        let mut chunkserver = self.storage.command(&binary("gfs")?);
+        chunkserver.arg("chunkserver").arg("--dir").arg(self.dir.join(format!("cs{i}")));
+        chunkserver.args(["--master", GFS_MASTER, "--listen", &format!("{STORAGE_IP}:{port}")]);
+        chunkserver.args(["--rack", &format!("rack{i}"), "--heartbeat-ms", "100"]);
+        Ok(chunkserver)
+    }
+
+    /// The gfs processes: the master, then the chunkservers.
+    fn gfs_processes(&self) -> MutexGuard<'_, Vec<Option<Process>>> {
+        self.gfs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The namespace of `host`.
@@ -482,9 +503,12 @@ impl FtNet {
 
     fn gfs_output(&self) -> String {
         let mut text = String::new();
-        for (i, process) in self.gfs.iter().enumerate() {
+        for (i, process) in self.gfs_processes().iter().enumerate() {
             let role = if i == 0 { "gfs master".to_owned() } else { format!("gfs chunkserver {}", i - 1) };
-            text.push_str(&format!("---- {role}\n{}", tail(&process.output(), 20)));
+            match process {
+                Some(process) => text.push_str(&format!("---- {role}\n{}", tail(&process.output(), 20))),
+                None => text.push_str(&format!("---- {role}: killed\n")),
+            }
         }
         text
     }
@@ -495,7 +519,7 @@ impl Drop for FtNet {
         if std::thread::panicking() {
             eprintln!("{}", self.diagnostics());
         }
-        self.gfs.clear();
+        self.gfs_processes().clear();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

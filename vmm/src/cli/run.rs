@@ -167,6 +167,7 @@ fn protected(args: &RunArgs, name: &str, control: VcpuControl) -> anyhow::Result
         }
     };
     vmm::errln!("ft: live as {name} generation {generation}");
+    vmm::ft::timeline::live(generation);
     let primary = Primary::listen(config, register, generation, &machine, control, port)?.fencing(fence);
     match primary.serve(&mut machine, world, Default::default())? {
         Served::Stopped(end) => {

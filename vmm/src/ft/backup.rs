@@ -193,6 +193,7 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
         Race::Lost { holder, generation } => {
             crate::telemetry::vitals().halted();
             crate::errln!("ft: lost the go-live race to {holder} (generation {generation}): halting");
+            super::timeline::halting();
             Ok(Followed::Served(Served::LostRace { holder, generation }))
         }
         Race::Won { generation } => {
@@ -203,6 +204,7 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
             // Before anything is written: the writes issued again carry the generation won,
             // and the old primary's are refused from now on.
             fence.set(register.name(), generation);
+            super::timeline::live(generation);
             let (nets, _) = machine.attach(backends);
             if let Err(error) = reissue(&mut machine, unreleased) {
                 return Ok(Followed::Served(super::fence::halt_if_fenced(Err(error))?));

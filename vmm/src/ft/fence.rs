@@ -52,6 +52,7 @@ pub fn fenced_stop(reason: &StopReason) -> Option<FencedOut> {
 pub fn halt(fenced: &FencedOut) -> Served {
     crate::telemetry::vitals().halted();
     crate::errln!("ft: fenced out by generation {}: halting", fenced.generation);
+    super::timeline::halting();
     Served::FencedOut { generation: fenced.generation }
 }
 

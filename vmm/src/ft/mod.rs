@@ -10,6 +10,7 @@
 //! - [`backup`]: the following side: join, follow, race, go live, then serve as a primary;
 //! - [`world`]: the two worlds the vCPU loop runs in while paired;
 //! - [`fence`]: the VM's gfs disks fenced by the register, and the halt of a side fenced out;
+//! - [`timeline`]: when this side released output, on the wall clock (for split-brain checks);
 //! - [`lag`]: how far the backup's replay trails the primary;
 //! - [`verify`]: verified mode (outputs compared before they leave) and, with [`primary`] and
 //!   [`backup`], the resync a diverged backup asks for.
@@ -25,6 +26,7 @@ pub mod port;
 pub mod primary;
 pub mod progress;
 pub mod register;
+pub mod timeline;
 pub mod verify;
 pub mod world;
 

@@ -221,6 +221,7 @@ impl Primary {
         }
         let state = LinkState::default();
         let helpers = Helpers::start(&link, &commit, &state, &watch, &self.control, verified);
+        super::timeline::paired();
         crate::errln!("ft: protected by {addr} since {} (pause {} ms)", position.landmark(), ms_since(paused));
         crate::telemetry::vitals().protected_by(addr, pair_figures(&commit, &watch, &state));
         let mut paired = PrimaryWorld::new(
@@ -273,6 +274,9 @@ impl Primary {
             let deadline = Instant::now() + CLOSE_WAIT;
             while commit.stats().held > 0 && !state.is_lost() && Instant::now() < deadline {
                 let released = commit.wait_for_space(RELEASE_POLL * 10).and_then(|_| commit.release_ready());
+                if let Ok(count) = &released {
+                    super::timeline::released(*count);
+                }
                 if let Err(error) = released {
                     if super::fence::fenced_out(&error).is_some() {
                         commit.halt();
@@ -375,6 +379,7 @@ impl Primary {
                 if let Some(fence) = &self.fence {
                     fence.set(self.register.name(), generation);
                 }
+                super::timeline::live(generation);
                 commit.release_all_and_go_direct()?;
                 self.generation = generation;
                 if let Ok(mut hello) = self.hello.lock() {
@@ -393,6 +398,7 @@ impl Primary {
                 commit.halt();
                 crate::telemetry::vitals().halted();
                 crate::errln!("ft: lost the go-live race to {holder} (generation {generation}): halting");
+                super::timeline::halting();
                 Ok(Protected::Ended(Served::LostRace { holder, generation }))
             }
         }
@@ -479,11 +485,14 @@ impl Helpers {
                     if !verified {
                         state.replayed(watch.verified());
                     }
-                    if let Err(error) = commit.release_ready() {
-                        tracing::error!("a held output could not be released: {error}");
-                        state.set_failed(Arc::new(error));
-                        control.stop();
-                        return;
+                    match commit.release_ready() {
+                        Ok(count) => super::timeline::released(count),
+                        Err(error) => {
+                            tracing::error!("a held output could not be released: {error}");
+                            state.set_failed(Arc::new(error));
+                            control.stop();
+                            return;
+                        }
                     }
                     let released = commit.released_position();
                     if released > told && link.send_released(released).is_ok() {
@@ -526,11 +535,14 @@ impl Helpers {
                                 // releaser's next poll: the backup's new state is past these
                                 // outputs, and it holds the copies the resync carried only
                                 // until it hears they left.
-                                if let Err(error) = commit.release_ready() {
-                                    tracing::error!("a held output could not be released: {error}");
-                                    state.set_failed(Arc::new(error));
-                                    control.stop();
-                                    return;
+                                match commit.release_ready() {
+                                    Ok(count) => super::timeline::released(count),
+                                    Err(error) => {
+                                        tracing::error!("a held output could not be released: {error}");
+                                        state.set_failed(Arc::new(error));
+                                        control.stop();
+                                        return;
+                                    }
                                 }
                                 crate::errln!(
                                     "ft: resync {count} ({}) done in {} ms",

@@ -10,6 +10,11 @@ use storage::error::ErrorKind;
 const RETRY: Duration = Duration::from_millis(50);
 /// At most one "master unreachable" warning per this period.
 const WARN_PERIOD: Duration = Duration::from_secs(1);
+/// How long one try of the race waits for a master that cannot be reached: not at all, the
+/// race itself tries again every [`RETRY`] and says so every [`WARN_PERIOD`]. (The client's
+/// default, a minute with backoff up to 2 s, would hide the warning that long and delay the
+/// go-live by up to 2 s after the master is back.)
+const RACE_MASTER_WAIT: Duration = Duration::ZERO;
 
 /// How a go-live race ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,6 +28,8 @@ pub enum Race {
 /// This side's handle on register `ft.NAME`.
 pub struct GoLiveRegister {
     client: storage::Client,
+    /// The client the race's tries go through (see [`RACE_MASTER_WAIT`]).
+    racing: storage::Client,
     register: String,
     holder: String,
 }
@@ -31,7 +38,11 @@ impl GoLiveRegister {
     /// The register of VM `name` on the master at `master`; `holder` is what this side writes
     /// into it (`ID@FT_LISTEN_ADDR`).
     pub fn new(master: &str, name: &str, holder: String) -> Self {
-        Self { client: storage::Client::new(master), register: format!("ft.{name}"), holder }
+        let racing = storage::Client::with_retry(
+            master,
+            storage::client::RetryPolicy { master_wait: RACE_MASTER_WAIT, ..Default::default() },
+        );
+        Self { client: storage::Client::new(master), racing, register: format!("ft.{name}"), holder }
     }
 
     pub fn name(&self) -> &str {
@@ -67,9 +78,9 @@ impl GoLiveRegister {
     pub fn race(&self, known: u64) -> Race {
         let mut last_warning: Option<Instant> = None;
         loop {
-            match self.client.compare_and_set(&self.register, known, &self.holder) {
+            match self.racing.compare_and_set(&self.register, known, &self.holder) {
                 Ok(generation) => return Race::Won { generation },
-                Err(error) if error.kind() == Some(ErrorKind::Conflict) => match self.current() {
+                Err(error) if error.kind() == Some(ErrorKind::Conflict) => match self.racing.register(&self.register) {
                     Ok((generation, holder)) if holder == self.holder && generation == known + 1 => {
                         return Race::Won { generation }
                     }
