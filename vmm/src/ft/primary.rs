@@ -570,7 +570,6 @@ impl Helpers {
     }
 }
 
-/// Prints how far the backup's replay trailed while it followed, if it said.
 /// What `ftvm status` and the metrics read of a pair while it runs.
 fn pair_figures(commit: &PrimaryCommit, watch: &PeerWatch, state: &LinkState) -> crate::telemetry::PairSource {
     let (commit, watch, state) = (commit.clone(), watch.clone(), state.clone());
@@ -586,6 +585,7 @@ fn pair_figures(commit: &PrimaryCommit, watch: &PeerWatch, state: &LinkState) ->
     })
 }
 
+/// Prints how far the backup's replay trailed while it followed, if it said.
 fn report_lag(state: &LinkState) {
     if let Some(line) = state.lag_line() {
         crate::errln!("{line}");
