@@ -61,6 +61,12 @@ impl Master {
     /// with the leader's address so that the caller can go there.
     pub(super) fn check_leader(&self, req: &MasterRequest) -> Result<()> {
         let Some(r) = self.replica() else { return Ok(()) };
+        if matches!(req, MasterRequest::FetchLog { .. }) {
+            return Err(GfsError::fs(
+                crate::error::ErrorKind::InvalidArgument,
+                "a replicated master has no shadows: its followers hold the same log",
+            ));
+        }
         let anywhere = matches!(
             req,
             MasterRequest::Heartbeat(_)
