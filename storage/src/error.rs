@@ -30,6 +30,27 @@ pub enum ErrorKind {
     Conflict,
     /// A write carried an older (or no) fencing generation.
     Fenced,
+    /// A master replica that does not lead refused a request; the message names the leader
+    /// when one is known (see [`not_leader`] and [`leader_hint`]).
+    NotLeader,
+}
+
+const LEADER_IS: &str = "the leader is ";
+
+/// The refusal of a master replica that does not lead, naming `leader` if known.
+pub fn not_leader(leader: Option<&str>) -> GfsError {
+    match leader {
+        Some(l) => GfsError::fs(ErrorKind::NotLeader, format!("not the leader; {LEADER_IS}{l}")),
+        None => GfsError::fs(ErrorKind::NotLeader, "not the leader; no leader is known yet"),
+    }
+}
+
+/// The leader's address named by a [`not_leader`] refusal.
+pub fn leader_hint(e: &RemoteError) -> Option<&str> {
+    if e.kind != ErrorKind::NotLeader {
+        return None;
+    }
+    e.message.split_once(LEADER_IS).map(|(_, l)| l.trim()).filter(|l| !l.is_empty())
 }
 
 /// An error reported by a remote peer.
@@ -122,5 +143,14 @@ mod tests {
         let e = GfsError::io("reading /d", io::Error::from_raw_os_error(21));
         let chain = format!("{:#}", anyhow::Error::new(e));
         assert_eq!(chain.matches("os error 21").count(), 1, "{chain}");
+    }
+
+    #[test]
+    fn a_not_leader_refusal_names_the_leader_when_known() {
+        let GfsError::Fs(e) = not_leader(Some("127.0.0.1:7001")) else { panic!("not an fs error") };
+        assert_eq!(leader_hint(&e), Some("127.0.0.1:7001"));
+        let GfsError::Fs(e) = not_leader(None) else { panic!("not an fs error") };
+        assert_eq!(leader_hint(&e), None);
+        assert_eq!(leader_hint(&RemoteError::new(ErrorKind::Unavailable, "the leader is x")), None);
     }
 }

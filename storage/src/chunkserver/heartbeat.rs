@@ -8,20 +8,21 @@ use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Starts one heartbeat thread per master: the first is the master proper (it extends
-/// leases); any others are read-only shadows that only learn chunk locations.
+/// Starts one heartbeat thread per master: the master proper and its read-only shadows, or
+/// the replicas of a replicated master. Each is asked to extend leases (shadows and replicas
+/// that do not lead hold none and extend nothing); all learn chunk locations.
 pub fn spawn(cs: Arc<ChunkServer>) -> Result<()> {
     for (i, master) in cs.masters().into_iter().enumerate() {
         let cs = cs.clone();
         std::thread::Builder::new()
             .name("heartbeat".into())
-            .spawn(move || run(&cs, &master, i == 0))
+            .spawn(move || run(&cs, &master, i))
             .map_err(|e| GfsError::io("starting a heartbeat thread", e))?;
     }
     Ok(())
 }
 
-fn run(cs: &ChunkServer, master: &str, primary: bool) {
+fn run(cs: &ChunkServer, master: &str, place: usize) {
     let mut conn: Option<Conn> = None;
     let mut fresh = true;
     loop {
@@ -32,7 +33,7 @@ fn run(cs: &ChunkServer, master: &str, primary: bool) {
             rack: cs.cfg.rack.clone(),
             fresh,
             chunks,
-            extend: if primary { cs.leases_to_extend() } else { Vec::new() },
+            extend: cs.leases_to_extend(place),
             corrupt,
             tokens: cs.tokens(),
         };
@@ -77,14 +78,15 @@ fn beat(master: &str, conn: &mut Option<Conn>, hb: Heartbeat) -> Result<crate::p
 pub fn report_corrupt(cs: &Arc<ChunkServer>, handle: ChunkHandle) {
     let cs = cs.clone();
     let _ = std::thread::Builder::new().name("report-corrupt".into()).spawn(move || {
-        // The master proper (`--master` may also list shadows, which ignore reports).
-        let Some(master) = cs.masters().into_iter().next() else { return };
-        let r = Conn::connect(&master, TIMEOUT).and_then(|mut c| {
-            c.send(&MasterRequest::ReportCorrupt { server: cs.addr.clone(), handle })?;
-            c.recv::<Reply<MasterReply>>().map(|_| ())
-        });
-        if let Err(e) = r {
-            tracing::warn!(handle, "could not report a corrupt replica: {e}");
+        // Every master listed: whichever replica leads must hear it (shadows ignore it).
+        for master in cs.masters() {
+            let r = Conn::connect(&master, TIMEOUT).and_then(|mut c| {
+                c.send(&MasterRequest::ReportCorrupt { server: cs.addr.clone(), handle })?;
+                c.recv::<Reply<MasterReply>>().map(|_| ())
+            });
+            if let Err(e) = r {
+                tracing::warn!(handle, %master, "could not report a corrupt replica: {e}");
+            }
         }
     });
 }

@@ -97,7 +97,9 @@ fn advertised_addr(cfg: &ChunkServerConfig, bound: std::net::SocketAddr) -> Resu
 pub struct HeldLease {
     pub version: Version,
     pub expires: Instant,
-    pub mutated: bool,
+    /// Masters (one bit per place in `--master`) not yet asked to extend it since it was last
+    /// mutated: each is asked, since any replica of a replicated master may lead.
+    pub mutated: u64,
 }
 
 /// The chunkserver's shared core.
@@ -174,7 +176,7 @@ impl ChunkServer {
 
     /// Records a lease granted by the master at `granted` (when the grant arrived).
     pub fn grant(&self, handle: ChunkHandle, version: Version, granted: Instant, len: Duration) {
-        self.leases().insert(handle, HeldLease { version, expires: granted + len, mutated: false });
+        self.leases().insert(handle, HeldLease { version, expires: granted + len, mutated: 0 });
     }
 
     /// Drops any lease on `handle` (its version changed).
@@ -187,22 +189,24 @@ impl ChunkServer {
         let mut l = self.leases();
         match l.get_mut(&handle) {
             Some(h) if h.version == version && h.expires > Instant::now() => {
-                h.mutated = true;
+                h.mutated = u64::MAX;
                 true
             }
             _ => false,
         }
     }
 
-    /// Leases to ask the master to extend (held and mutated since the last heartbeat).
-    pub fn leases_to_extend(&self) -> Vec<(ChunkHandle, Version)> {
+    /// Leases to ask master number `master` (its place in `--master`) to extend: held and
+    /// mutated since its last heartbeat.
+    pub fn leases_to_extend(&self, master: usize) -> Vec<(ChunkHandle, Version)> {
+        let bit = 1u64 << master.min(63);
         let now = Instant::now();
         let mut l = self.leases();
         l.retain(|_, h| h.expires > now);
         l.iter_mut()
-            .filter(|(_, h)| h.mutated)
+            .filter(|(_, h)| h.mutated & bit != 0)
             .map(|(k, h)| {
-                h.mutated = false;
+                h.mutated &= !bit;
                 (*k, h.version)
             })
             .collect()

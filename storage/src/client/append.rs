@@ -54,7 +54,7 @@ impl Client {
         let (index, loc) =
             match self.master(&MasterRequest::AppendChunk { path: path.into(), min_index: *min_index })? {
                 MasterReply::AppendChunk { index, location } => (index, location),
-                other => return Err(unexpected(&self.inner.master, other)),
+                other => return Err(unexpected(self.inner.masters.given(), other)),
             };
         let (primary, chain, id) = self.push_to_replicas(&loc, data)?;
         let req = ChunkRequest::Append {

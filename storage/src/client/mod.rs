@@ -13,12 +13,13 @@ mod append;
 mod cache;
 mod data;
 mod durability;
+mod masters;
 mod put;
 mod stream;
 
 pub use put::COPYING_SUFFIX;
 
-use crate::error::{ErrorKind, GfsError, Result};
+use crate::error::{leader_hint, ErrorKind, GfsError, Result};
 use crate::protocol::{ChunkLocation, Fence, MasterReply, MasterRequest, Pool, Reply};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,7 +77,7 @@ fn idempotent(req: &MasterRequest) -> bool {
 }
 
 struct Inner {
-    master: String,
+    masters: masters::Masters,
     pool: Pool,
     cache: cache::Cache,
     retry: RetryPolicy,
@@ -111,7 +112,8 @@ pub struct File {
 }
 
 impl Client {
-    /// A client for the master at `master` (`host:port`). Connections are made on demand.
+    /// A client for the master at `master` (`host:port`), or for the replicas of a replicated
+    /// master (`A,B,C`: the client finds the leader). Connections are made on demand.
     pub fn new(master: &str) -> Client {
         Client::with_retry(master, RetryPolicy::default())
     }
@@ -119,7 +121,7 @@ impl Client {
     pub fn with_retry(master: &str, retry: RetryPolicy) -> Client {
         Client {
             inner: Arc::new(Inner {
-                master: master.to_string(),
+                masters: masters::Masters::parse(master),
                 pool: Pool::default(),
                 cache: cache::Cache::default(),
                 retry,
@@ -130,28 +132,52 @@ impl Client {
         }
     }
 
-    /// The master's address, as given.
+    /// The master's address (or the replicas' addresses), as given.
     pub fn master_addr(&self) -> &str {
-        &self.inner.master
+        self.inner.masters.given()
     }
 
     /// Sends one request to the master. While the master cannot be reached (it is
     /// restarting, say) the request is tried again with backoff for up to
     /// [`RetryPolicy::master_wait`]; after a connection failed under it, only a request that
-    /// may safely be carried out twice is.
+    /// may safely be carried out twice is. Given several replicas, it goes to the one that
+    /// answered last, to the leader a refusing replica names, or else round the list.
     fn master(&self, req: &MasterRequest) -> Result<MasterReply> {
-        let addr = &self.inner.master;
+        let masters = &self.inner.masters;
         let deadline = Instant::now() + self.inner.retry.master_wait;
+        let max_backoff = if masters.len() > 1 { Duration::from_millis(250) } else { Duration::from_secs(2) };
         let mut backoff = Duration::from_millis(50);
+        // Replicas tried since the last pause: pause once every one of them was.
+        let mut tried = 0;
         loop {
-            match self.inner.pool.call::<_, Reply<MasterReply>>(addr, req) {
-                Ok(reply) => return reply.map_err(GfsError::Fs),
-                Err(e) if (never_reached(&e) || (idempotent(req) && lost_midway(&e))) && Instant::now() < deadline => {
-                    tracing::debug!(%addr, "master unreachable, trying again in {backoff:?}: {e}");
-                    std::thread::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())));
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+            let (i, addr) = masters.current();
+            let why = match self.inner.pool.call::<_, Reply<MasterReply>>(addr, req) {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(e)) if e.kind == ErrorKind::NotLeader && Instant::now() < deadline => {
+                    // Refused, so not carried out: safe to send anywhere again.
+                    if !leader_hint(&e).is_some_and(|l| l != addr && masters.follow(l)) {
+                        masters.next_after(i);
+                    }
+                    GfsError::Fs(e)
                 }
-                Err(e) => return Err(e),
+                Ok(Err(e)) => return Err(GfsError::Fs(e)),
+                Err(e) if (never_reached(&e) || (idempotent(req) && lost_midway(&e))) && Instant::now() < deadline => {
+                    masters.next_after(i);
+                    e
+                }
+                Err(e) => {
+                    if lost_midway(&e) || never_reached(&e) {
+                        masters.next_after(i);
+                    }
+                    return Err(e);
+                }
+            };
+            tried += 1;
+            if tried >= masters.len() {
+                tried = 0;
+                tracing::debug!(%addr, "no master took the request, trying again in {backoff:?}: {why}");
+                std::thread::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())));
+                backoff = (backoff * 2).min(max_backoff);
             }
         }
     }
@@ -163,7 +189,7 @@ impl Client {
         }
         match self.master(&req)? {
             MasterReply::Done => Ok(()),
-            other => Err(unexpected(&self.inner.master, other)),
+            other => Err(unexpected(self.inner.masters.given(), other)),
         }
     }
 
@@ -191,7 +217,7 @@ impl Client {
     pub fn list(&self, path: &str) -> Result<Vec<DirEntry>> {
         match self.master(&MasterRequest::List { path: path.into() })? {
             MasterReply::Entries(e) => Ok(e),
-            other => Err(unexpected(&self.inner.master, other)),
+            other => Err(unexpected(self.inner.masters.given(), other)),
         }
     }
 
@@ -199,7 +225,7 @@ impl Client {
     pub fn stat(&self, path: &str) -> Result<FileStat> {
         match self.master(&MasterRequest::Stat { path: path.into() })? {
             MasterReply::Stat(s) => Ok(s),
-            other => Err(unexpected(&self.inner.master, other)),
+            other => Err(unexpected(self.inner.masters.given(), other)),
         }
     }
 
@@ -209,7 +235,7 @@ impl Client {
     pub fn compare_and_set(&self, name: &str, expected: u64, holder: &str) -> Result<u64> {
         match self.master(&MasterRequest::CompareAndSet { name: name.into(), expected, holder: holder.into() })? {
             MasterReply::Register { generation, .. } => Ok(generation),
-            other => Err(unexpected(&self.inner.master, other)),
+            other => Err(unexpected(self.inner.masters.given(), other)),
         }
     }
 
@@ -227,7 +253,7 @@ impl Client {
         loop {
             match self.master(&req) {
                 Ok(MasterReply::Register { generation, .. }) => return Ok(generation),
-                Ok(other) => return Err(unexpected(&self.inner.master, other)),
+                Ok(other) => return Err(unexpected(self.inner.masters.given(), other)),
                 Err(e) if lost_midway(&e) => {
                     let (generation, current) = self.register(name)?;
                     if current.is_empty() && Some(generation) == expected.checked_add(1) {
@@ -253,7 +279,7 @@ impl Client {
     pub fn register(&self, name: &str) -> Result<(u64, String)> {
         match self.master(&MasterRequest::GetRegister { name: name.into() })? {
             MasterReply::Register { generation, holder } => Ok((generation, holder)),
-            other => Err(unexpected(&self.inner.master, other)),
+            other => Err(unexpected(self.inner.masters.given(), other)),
         }
     }
 
@@ -289,7 +315,7 @@ impl Client {
     pub fn status(&self) -> Result<crate::protocol::ClusterStatus> {
         match self.master(&MasterRequest::Status)? {
             MasterReply::Status(s) => Ok(s),
-            other => Err(unexpected(&self.inner.master, other)),
+            other => Err(unexpected(self.inner.masters.given(), other)),
         }
     }
 
@@ -297,7 +323,7 @@ impl Client {
     pub fn fsck(&self) -> Result<crate::protocol::FsckReport> {
         match self.master(&MasterRequest::Fsck)? {
             MasterReply::Fsck(r) => Ok(r),
-            other => Err(unexpected(&self.inner.master, other)),
+            other => Err(unexpected(self.inner.masters.given(), other)),
         }
     }
 
@@ -330,7 +356,7 @@ impl Client {
                 }
                 Ok((size, location))
             }
-            other => Err(unexpected(&self.inner.master, other)),
+            other => Err(unexpected(self.inner.masters.given(), other)),
         }
     }
 }

@@ -142,12 +142,12 @@ impl Master {
                     );
                 }
             }
-            if now < self.lease_grace_until {
+            if now < self.lease_grace_until() {
                 return Err(GfsError::fs(
                     ErrorKind::Unavailable,
                     format!(
-                        "master restarted: no new leases for {:?} while old ones may be held",
-                        self.lease_grace_until - now
+                        "master restarted or newly leading: no new leases for {:?} while old ones may be held",
+                        self.lease_grace_until() - now
                     ),
                 ));
             }
@@ -251,7 +251,8 @@ impl Master {
                 s.token = token;
             }
             let m = &mut *m;
-            let shadow = self.is_shadow();
+            // A shadow, or a replica that does not lead, only learns where chunks are.
+            let shadow = !self.leads();
             for &(h, v) in &hb.chunks {
                 if m.state.chunks.is_garbage(h) && !shadow {
                     garbage.push(h);

@@ -8,6 +8,7 @@
 
 pub mod chunks;
 mod custody;
+pub mod ha;
 pub mod health;
 pub mod lease;
 pub mod locks;
@@ -15,6 +16,7 @@ pub mod namespace;
 pub mod rebalance;
 pub mod register;
 pub mod repair;
+pub mod replica;
 pub mod service;
 pub mod shadow;
 pub mod snapshot;
@@ -31,7 +33,7 @@ use state::{State, StateImage};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 /// Default lease length. Heartbeats extend a lease while its chunk is written, so it only
@@ -39,6 +41,9 @@ use std::time::{Duration, Instant};
 /// to a chunk stall when its primary dies (the master waits the lease out before granting
 /// another) and how long a restarted master grants none: under 5 s with this default.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(3);
+
+/// Default Raft tick: a new leader within 0.5 to 1 s of the old one falling silent.
+pub const DEFAULT_RAFT_TICK: Duration = Duration::from_millis(50);
 
 /// Master settings.
 #[derive(Debug, Clone)]
@@ -61,6 +66,12 @@ pub struct MasterConfig {
     pub shadow_of: Option<String>,
     /// Idle timeout and connection limits of the service.
     pub limits: crate::protocol::conn::ServeLimits,
+    /// Every replica's address, this one's (`listen`) included: run as one replica of a
+    /// master replicated with Raft. Empty: a single master with its own operation log.
+    pub peers: Vec<String>,
+    /// One Raft clock tick; a follower stands for election after 10 to 20 ticks without a
+    /// leader, and a leader sends heartbeats every 2.
+    pub raft_tick: Duration,
 }
 
 impl MasterConfig {
@@ -77,6 +88,8 @@ impl MasterConfig {
             gc_delay: Some(Duration::from_secs(3 * 24 * 3600)),
             shadow_of: None,
             limits: Default::default(),
+            peers: Vec::new(),
+            raft_tick: DEFAULT_RAFT_TICK,
         }
     }
 }
@@ -107,8 +120,11 @@ pub struct Master {
     /// Serializes compare-and-set operations.
     registers: Mutex<()>,
     started: Instant,
-    /// Set after a restart: no lease may be granted before old ones have surely expired.
-    lease_grace_until: Instant,
+    /// Set after a restart and on winning leadership: no lease may be granted before old ones
+    /// have surely expired.
+    lease_grace_until: Mutex<Instant>,
+    /// Replicated masters only: this replica's Raft node.
+    replica: OnceLock<replica::Replica>,
     /// Shadow only: the last LSN applied from the master.
     pub shadow_lsn: AtomicU64,
     /// Chunkserver checks sent, by claimed address (see `verify.rs`).
@@ -122,6 +138,9 @@ impl Master {
         std::fs::create_dir_all(&cfg.dir).map_err(|e| GfsError::io(format!("creating {}", cfg.dir.display()), e))?;
         if cfg.shadow_of.is_some() {
             return Ok(Arc::new(Master::new(cfg.clone(), State::default(), OpLog::detached(), 0, false)));
+        }
+        if !cfg.peers.is_empty() {
+            return Master::open_replica(cfg);
         }
         let (mut state, ckpt_lsn) = load_checkpoint(&cfg)?;
         let mut replayed = 0u64;
@@ -139,7 +158,8 @@ impl Master {
     fn new(cfg: MasterConfig, state: State, log: OpLog, replayed: u64, restarted: bool) -> Master {
         let now = Instant::now();
         Master {
-            lease_grace_until: if restarted { now + cfg.lease } else { now },
+            lease_grace_until: Mutex::new(if restarted { now + cfg.lease } else { now }),
+            replica: OnceLock::new(),
             cfg,
             meta: Mutex::new(Meta {
                 state,
@@ -166,6 +186,25 @@ impl Master {
         self.cfg.shadow_of.is_some()
     }
 
+    /// This replica's Raft node, if the master is replicated.
+    pub fn replica(&self) -> Option<&replica::Replica> {
+        self.replica.get()
+    }
+
+    /// Whether this master takes writes: a single master does, a shadow never, a replica
+    /// while it leads (and has caught up).
+    pub fn leads(&self) -> bool {
+        match self.replica() {
+            Some(r) => r.status().leading,
+            None => !self.is_shadow(),
+        }
+    }
+
+    /// Until when no lease may be granted.
+    pub fn lease_grace_until(&self) -> Instant {
+        *self.lease_grace_until.lock_unpoisoned()
+    }
+
     /// Locks the in-memory metadata.
     pub fn meta(&self) -> MutexGuard<'_, Meta> {
         self.meta.lock_unpoisoned()
@@ -179,6 +218,10 @@ impl Master {
     /// the check valid until the apply.
     pub fn commit(self: &Arc<Self>, rec: Record) -> Result<()> {
         self.meta().state.check(&rec)?;
+        if let Some(r) = self.replica() {
+            // Applied by the Raft node once a majority has it; snapshots are its business.
+            return r.propose(&rec);
+        }
         {
             let _b = self.barrier.read_unpoisoned();
             self.log.append(rec.clone())?;

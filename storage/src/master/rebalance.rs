@@ -42,7 +42,7 @@ impl Master {
         let _ = std::thread::Builder::new().name("rebalance".into()).spawn(move || loop {
             std::thread::sleep(every);
             // After a (re)start, chunk reports are incomplete until every server has reported.
-            if me.uptime() > me.cfg.dead_after {
+            if me.leads() && me.uptime() > me.cfg.dead_after {
                 me.rebalance_round();
             }
         });

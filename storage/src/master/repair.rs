@@ -32,7 +32,7 @@ impl Master {
         let _ = std::thread::Builder::new().name("repair".into()).spawn(move || loop {
             // Wait until chunkservers have had time to report after a (re)start; go straight
             // on while there is work.
-            if me.uptime() <= me.cfg.dead_after || me.repair_round() == 0 {
+            if !me.leads() || me.uptime() <= me.cfg.dead_after || me.repair_round() == 0 {
                 std::thread::sleep(every);
             }
         });

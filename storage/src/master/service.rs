@@ -57,7 +57,15 @@ fn handle_conn(master: &Arc<Master>, mut conn: Conn) {
 /// Answers one request.
 pub fn handle(master: &Arc<Master>, req: MasterRequest) -> Result<MasterReply> {
     master.check_writable(&req)?;
+    master.check_leader(&req)?;
     match req {
+        MasterRequest::Raft { from, msgs } => match master.replica() {
+            Some(r) => {
+                r.receive(from, msgs)?;
+                Ok(MasterReply::Done)
+            }
+            None => Err(GfsError::fs(ErrorKind::InvalidArgument, "not a replicated master (no --peers)")),
+        },
         MasterRequest::FetchLog { after_lsn, max } => master.fetch_log(after_lsn, max),
         MasterRequest::Mkdir { path } => {
             let path = normalize(&path)?;

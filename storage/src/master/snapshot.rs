@@ -33,11 +33,11 @@ impl Master {
     /// reached the lease must run out first.
     pub(super) fn revoke_lease(&self, h: ChunkHandle) -> Result<()> {
         let now = Instant::now();
-        if now < self.lease_grace_until {
+        if now < self.lease_grace_until() {
             // Leases from before the restart are unknown here but may still be used.
             return Err(GfsError::fs(
                 ErrorKind::Unavailable,
-                format!("master restarted: leases granted before may be held for {:?}", self.lease_grace_until - now),
+                format!("master restarted: leases granted before may be held for {:?}", self.lease_grace_until() - now),
             ));
         }
         let lease = {

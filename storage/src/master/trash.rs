@@ -50,7 +50,9 @@ impl Master {
         let me = self.clone();
         let _ = std::thread::Builder::new().name("gc".into()).spawn(move || loop {
             std::thread::sleep(every);
-            me.collect_trash(delay);
+            if me.leads() {
+                me.collect_trash(delay);
+            }
         });
     }
 

@@ -92,6 +92,12 @@ pub enum MasterRequest {
         expected: u64,
         holder: String,
     },
+    /// Between master replicas: Raft messages (each one encoded by the Raft library) from
+    /// replica `from`. Answered with `Done` once queued.
+    Raft {
+        from: u64,
+        msgs: Vec<Vec<u8>>,
+    },
 }
 
 /// Replies of the master.

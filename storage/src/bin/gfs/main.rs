@@ -81,8 +81,17 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         replicas: usize,
         /// Run as a read-only shadow that tails the master at this address.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "peers")]
         shadow_of: Option<String>,
+        /// Run as one replica of a master replicated with Raft: every replica's address
+        /// (A,B,C, this one's --listen included; 3 or 5 of them). Writes go to the elected
+        /// leader; the others refuse them, naming it.
+        #[arg(long, value_delimiter = ',')]
+        peers: Vec<String>,
+        /// Raft clock tick in milliseconds (a new leader 10 to 20 ticks after the old one
+        /// fell silent).
+        #[arg(long, default_value_t = storage::master::DEFAULT_RAFT_TICK.as_millis() as u64)]
+        raft_tick_ms: u64,
         /// Keep deleted files in /.trash this long before collecting them (0: delete at once).
         #[arg(long, default_value_t = 259_200.0)]
         gc_delay_secs: f64,
@@ -266,9 +275,16 @@ fn run(cli: Cli) -> Result<()> {
             rebalance_interval_secs,
             gc_delay_secs,
             shadow_of,
+            peers,
+            raft_tick_ms,
             serve,
         } => {
             let mut cfg = MasterConfig::new(dir, listen);
+            cfg.peers = peers;
+            if raft_tick_ms == 0 {
+                bail!("--raft-tick-ms must be at least 1");
+            }
+            cfg.raft_tick = Duration::from_millis(raft_tick_ms);
             cfg.lease = secs(lease_secs)?;
             cfg.checkpoint_every = checkpoint_every.max(1);
             cfg.dead_after = secs(dead_after_secs)?;
