@@ -195,11 +195,6 @@ impl NetNs {
         run(Command::new("ip").arg("-n").arg(&self.name).args(args))
     }
 
-    /// `tc -n <ns> ARGS` (queueing disciplines: delays, losses).
-    pub fn tc(&self, args: &[&str]) -> Result<()> {
-        run(Command::new("tc").arg("-n").arg(&self.name).args(args))
-    }
-
     /// A persistent TAP in the namespace with `host_cidr` on the host side, up.
     pub fn tap(&self, name: &str, host_cidr: &str) -> Result<()> {
         self.ip(&["tuntap", "add", "mode", "tap", "name", name])?;

@@ -232,6 +232,8 @@ impl Primary {
             self.control.clone(),
             self.config.max_lag,
         );
+        // The log's header leaves now: the backup needs it to go live from the joined state.
+        paired.push_now();
         let mut at = position;
         loop {
             let mut end = run(machine, &mut paired, RunOptions { start: at, snapshot: None })?;

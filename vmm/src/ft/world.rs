@@ -232,6 +232,12 @@ impl PrimaryWorld {
     fn push_log(&mut self, force: bool) {
         let logged = self.watch.logged();
         if logged <= self.flushed {
+            if force {
+                // Right after a join the log's header is buffered with no record behind it: a
+                // backup without it cannot go live if the primary dies before the guest logs
+                // anything (a vCPU held by a stalled disk, say).
+                let _ = self.recorder.flush();
+            }
             return;
         }
         let waiting_output = self.commit.stats().held > 0;
