@@ -15,6 +15,23 @@ pub const SEAL_MAGIC: [u8; 8] = *b"FTSEAL1\n";
 /// the first message (so nothing is accepted from a peer without it), AES-GCM (hardware on
 /// every x86-64 host this runs on), SHA-256.
 const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
+/// The responder's one handshake message with this pattern: its ephemeral key and an empty
+/// payload's tag.
+const REPLY_LEN: usize = 32 + 16;
+
+fn len_bytes(len: usize) -> [u8; 2] {
+    (len as u16).to_le_bytes()
+}
+
+/// What to say of a peer whose first bytes are not a seal handshake: a peer that is not ours
+/// usually speaks text (HTTP, SMTP, a banner), so name it.
+fn not_ours(head: &[u8], protocol: &str) -> String {
+    if head.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+        format!("the peer sent the text {:?}, it does not speak the {protocol} protocol", String::from_utf8_lossy(head))
+    } else {
+        format!("the peer's reply is not a sealed handshake: it does not speak the {protocol} protocol")
+    }
+}
 
 /// Which end of the connection this side is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +95,14 @@ pub fn open(
             if len == 0 {
                 return Err(refused("the peer does not hold this cluster's key (the keys differ)".into()));
             }
+            if len != REPLY_LEN {
+                let mut head = len_bytes(len).to_vec();
+                let mut more = [0u8; 2];
+                if wire.read_exact(&mut more).is_ok() {
+                    head.extend_from_slice(&more);
+                }
+                return Err(refused(not_ours(&head, protocol)));
+            }
             wire.read_exact(&mut message[..len]).map_err(|e| failed(format!("reading the reply: {e}")))?;
             noise
                 .read_message(&message[..len], &mut payload)
@@ -88,10 +113,11 @@ pub fn open(
             let mut magic = [0u8; SEAL_MAGIC.len()];
             wire.read_exact(&mut magic).map_err(|e| failed(format!("waiting for the first message: {e}")))?;
             if magic != SEAL_MAGIC {
-                return Err(refused(
-                    "the peer did not open a sealed channel: it runs without keys (--insecure?) or does not speak this protocol"
-                        .into(),
-                ));
+                wire.tell_plain_peer();
+                return Err(refused(format!(
+                    "the peer did not open a sealed channel: it runs without keys (--insecure?) or does not speak \
+                     the {protocol} protocol"
+                )));
             }
             let len = wire.read_len().map_err(|e| failed(format!("reading the first message: {e}")))?;
             wire.read_exact(&mut message[..len]).map_err(|e| failed(format!("reading the first message: {e}")))?;
@@ -127,6 +153,35 @@ impl Wire<'_> {
     fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         let mut s = self.stream;
         s.write_all(bytes)
+    }
+
+    /// Answers a peer that spoke plain bytes with the magic and a refusal, which gfs and the
+    /// logging channel name as "the peer opened a sealed channel", then lingers until it hangs
+    /// up (briefly): closing with its words unread would reset the connection, and a reset can
+    /// destroy the answer before the peer reads it.
+    fn tell_plain_peer(&mut self) {
+        let mut answer = SEAL_MAGIC.to_vec();
+        answer.extend_from_slice(&[0, 0]);
+        if self.send(&answer).is_err() {
+            return;
+        }
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        let linger = Instant::now() + Duration::from_secs(1);
+        let mut sink = [0u8; 4096];
+        while Instant::now() < linger.min(self.deadline) {
+            let _ = self.stream.set_read_timeout(Some(Duration::from_millis(50)));
+            let mut s = self.stream;
+            match s.read(&mut sink) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(_) => return,
+            }
+        }
     }
 
     fn read_len(&mut self) -> io::Result<usize> {
