@@ -71,6 +71,8 @@ impl FtArgs {
         let channel = ChannelConfig {
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             timeout: Duration::from_millis(self.timeout_ms),
+            // What `--keys` / `--insecure` installed for the process (main does it first).
+            security: seal::installed().unwrap_or(seal::Security::Insecure),
             ..ChannelConfig::default()
         };
         Ok(FtConfig {
