@@ -80,6 +80,12 @@ impl Conn {
         stream.set_write_timeout(Some(IO_TIMEOUT)).ctx(ctx)?;
         let (r, w) = match seal::open(stream, security, "gfs", side, &peer, IO_TIMEOUT) {
             Ok(halves) => halves,
+            Err(e @ seal::SealError::Refused { .. }) => {
+                tracing::warn!("{e}");
+                return Err(GfsError::Sealing(e.to_string()));
+            }
+            // Cut short (the peer restarting, say): the peer saw no request, so it may be tried
+            // again like a connection that was never made.
             Err(e) => {
                 tracing::warn!("{e}");
                 return Err(GfsError::Connect { addr: peer, cause: std::io::Error::other(e.to_string()) });

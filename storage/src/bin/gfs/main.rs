@@ -274,7 +274,7 @@ fn main() {
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("storage={level},gfs={level}")));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("storage={level},gfs={level},seal={level}")));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     if let Err(e) = run(cli) {
         eprintln!("gfs: {e:#}");
