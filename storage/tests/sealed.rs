@@ -102,3 +102,54 @@ fn what_crosses_the_wire_is_not_readable() {
         "the path crossed the wire in the clear"
     );
 }
+
+#[test]
+fn a_server_needs_keys_or_insecure_and_says_when_it_runs_insecure() {
+    let dir = common::temp_dir("sealed-flags");
+    let addr = common::free_addr();
+    let master = |extra: &[&str]| {
+        let mut command = Command::new(GFS);
+        command.env_remove(seal::KEYS_ENV).args(extra).args(["master", "--listen", &addr, "--dir"]);
+        command.arg(dir.join("master"));
+        command
+    };
+    let out = master(&[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("give --keys DIR") && err.contains("--insecure"), "{err}");
+    assert!(std::net::TcpStream::connect(&addr).is_err(), "a master without keys listened");
+
+    let log = dir.join("insecure.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let child = master(&["--insecure"]).stderr(file).spawn().unwrap();
+    let _master = common::KillOnDrop(child);
+    common::wait_listening(&addr);
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("running with --insecure"), "{said}");
+}
+
+#[test]
+fn a_chunkserver_with_another_key_is_refused_and_both_sides_say_so() {
+    let c = Cluster::start("sealed-cs", 1, &[]);
+    let other = common::temp_dir("sealed-cs-other-key");
+    seal::generate(&other, true).unwrap();
+    let log = c.dir.join("stranger.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let child = Command::new(GFS)
+        .env_remove(seal::KEYS_ENV)
+        .arg("--keys")
+        .arg(&other)
+        .args(["chunkserver", "--master", &c.master_addr, "--listen", &common::free_addr(), "--heartbeat-ms", "100"])
+        .arg("--dir")
+        .arg(other.join("data"))
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let _stranger = common::KillOnDrop(child);
+    wait_for_line(&c, "does not hold this cluster's key");
+    Cluster::wait_until("the stranger's own log line", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("keys differ")
+    });
+    let status = c.gfs_ok(&["status"]);
+    assert_eq!(status.lines().filter(|l| l.starts_with("chunkserver ")).count(), 1, "{status}");
+}

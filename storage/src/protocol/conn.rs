@@ -71,9 +71,13 @@ impl Conn {
     }
 
     /// Opens the channel on an accepted (`Responder`) or connected (`Initiator`) stream: the
-    /// handshake, when sealed, within the I/O timeout. A peer refused at the handshake is
-    /// logged here, on this side (the peer logs its own side).
+    /// handshake, when sealed, within the I/O timeout. A server logs a peer it refused at the
+    /// handshake here; a client's refusal is its error (which the caller reports once).
     pub fn open(stream: TcpStream, peer: String, security: &Security, side: seal::Side) -> Result<Conn> {
+        let report = |e: &seal::SealError| match side {
+            seal::Side::Responder => tracing::warn!("{e}"),
+            seal::Side::Initiator => tracing::debug!("{e}"),
+        };
         let ctx = || format!("configuring connection to {peer}");
         stream.set_nodelay(true).ctx(ctx)?;
         stream.set_read_timeout(Some(IO_TIMEOUT)).ctx(ctx)?;
@@ -81,13 +85,13 @@ impl Conn {
         let (r, w) = match seal::open(stream, security, "gfs", side, &peer, IO_TIMEOUT) {
             Ok(halves) => halves,
             Err(e @ seal::SealError::Refused { .. }) => {
-                tracing::warn!("{e}");
+                report(&e);
                 return Err(GfsError::Sealing(e.to_string()));
             }
             // Cut short (the peer restarting, say): the peer saw no request, so it may be tried
             // again like a connection that was never made.
             Err(e) => {
-                tracing::warn!("{e}");
+                report(&e);
                 return Err(GfsError::Connect { addr: peer, cause: std::io::Error::other(e.to_string()) });
             }
         };

@@ -72,7 +72,7 @@ impl FtArgs {
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             timeout: Duration::from_millis(self.timeout_ms),
             // What `--keys` / `--insecure` installed for the process (main does it first).
-            security: seal::installed().unwrap_or(seal::Security::Insecure),
+            security: seal::installed()?,
             ..ChannelConfig::default()
         };
         Ok(FtConfig {

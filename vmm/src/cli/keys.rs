@@ -20,12 +20,7 @@ pub struct KeysArgs {
 impl KeysArgs {
     /// Sets this process's security from the flags (for a command that opens network channels).
     pub fn install(&self) -> anyhow::Result<seal::Security> {
-        let security = if self.keys.is_none() && !self.insecure {
-            // Until every caller passes keys, plain TCP stays the default.
-            seal::Security::Insecure
-        } else {
-            seal::Security::resolve(self.keys.as_deref(), self.insecure)?
-        };
+        let security = seal::Security::resolve(self.keys.as_deref(), self.insecure)?;
         seal::install(security.clone());
         Ok(security)
     }

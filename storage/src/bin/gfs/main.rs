@@ -44,13 +44,7 @@ struct KeysArgs {
 impl KeysArgs {
     /// Sets this process's security from the flags.
     fn install(&self) -> Result<()> {
-        let security = if self.keys.is_none() && !self.insecure {
-            // Until every caller passes keys, plain TCP stays the default.
-            seal::Security::Insecure
-        } else {
-            seal::Security::resolve(self.keys.as_deref(), self.insecure)?
-        };
-        seal::install(security);
+        seal::install(seal::Security::resolve(self.keys.as_deref(), self.insecure)?);
         Ok(())
     }
 }
