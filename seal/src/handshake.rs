@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 /// The first bytes of a sealed connection.
 pub const SEAL_MAGIC: [u8; 8] = *b"FTSEAL1\n";
 /// Noise pattern and algorithms: ephemeral keys on both sides, the cluster key mixed in from
-/// the first message (so nothing is accepted from a peer without it), AES-GCM (hardware on
-/// every x86-64 host this runs on), SHA-256.
+/// the first message (so nothing is accepted from a peer without it), AES-GCM (ring's, with the
+/// AES-NI and CLMUL instructions: 4x RustCrypto's and 1.7x ChaCha20-Poly1305 here), SHA-256.
 const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
 /// The responder's one handshake message with this pattern: its ephemeral key and an empty
 /// payload's tag.
