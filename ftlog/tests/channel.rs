@@ -72,10 +72,28 @@ fn pair(
     (accepted.join().unwrap(), backup, watch)
 }
 
+/// One cluster key for this test process, made once.
+fn keys() -> seal::Security {
+    static KEYS: std::sync::OnceLock<(tempfile::TempDir, seal::Security)> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        seal::generate(dir.path(), false).unwrap();
+        let security = seal::Security::from_dir(dir.path()).unwrap();
+        (dir, security)
+    })
+    .1
+    .clone()
+}
+
+/// The default configuration, sealed with the test's key.
+fn sealed() -> ChannelConfig {
+    ChannelConfig { security: keys(), ..ChannelConfig::default() }
+}
+
 /// For tests about what arrives rather than when: a loaded 2-core machine can starve a thread
 /// for longer than the default timeout, which would end the pair before the test's point.
 fn relaxed() -> ChannelConfig {
-    ChannelConfig { timeout: Duration::from_secs(3), ..ChannelConfig::default() }
+    ChannelConfig { timeout: Duration::from_secs(3), ..sealed() }
 }
 
 fn live_pair(config: &ChannelConfig) -> (PrimaryLink, BackupLink, PeerWatch) {
@@ -139,8 +157,8 @@ fn the_handshake_carries_both_hellos() {
 
 #[test]
 fn a_version_mismatch_is_refused_on_both_sides() {
-    let newer = ChannelConfig { version: PROTOCOL_VERSION + 1, ..ChannelConfig::default() };
-    let (primary, backup, _) = pair(&ChannelConfig::default(), &newer);
+    let newer = ChannelConfig { version: PROTOCOL_VERSION + 1, ..sealed() };
+    let (primary, backup, _) = pair(&sealed(), &newer);
     match primary {
         Err(ChannelError::VersionMismatch { ours, theirs }) => {
             assert_eq!((ours, theirs), (PROTOCOL_VERSION, PROTOCOL_VERSION + 1))
@@ -282,23 +300,26 @@ fn a_killed_primary_ends_the_feed_with_lost_after_its_records() {
 }
 
 /// A primary played by hand: handshake, then whatever bytes the test wants.
-fn fake_primary(config: ChannelConfig) -> (TcpStream, BackupLink) {
+fn fake_primary(config: ChannelConfig) -> (seal::Writer, BackupLink) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
+    let security = config.security.clone();
     let backup = std::thread::spawn(move || BackupLink::connect(addr, &backup_hello(), &config));
-    let (mut stream, _) = listener.accept().unwrap();
+    let (stream, _) = listener.accept().unwrap();
+    let (mut reader, mut stream) =
+        seal::open(stream, &security, "ftvm-log", seal::Side::Responder, "backup", Duration::from_secs(5)).unwrap();
     let mut hello = LINK_MAGIC.to_vec();
     hello.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
     Message::Hello(postcard::to_allocvec(&primary_hello()).unwrap()).encode_into(&mut hello).unwrap();
     stream.write_all(&hello).unwrap();
     let mut preamble = [0u8; 10];
-    stream.read_exact(&mut preamble).unwrap();
+    reader.read_exact(&mut preamble).unwrap();
     (stream, backup.join().unwrap().unwrap())
 }
 
 #[test]
 fn a_silent_primary_is_lost_after_the_timeout_and_a_cut_record_is_dropped() {
-    let config = ChannelConfig::default();
+    let config = sealed();
     let (mut stream, backup) = fake_primary(config.clone());
     let mut log = LogWriter::new(Vec::new(), &header()).unwrap();
     let mut positions = Vec::new();
@@ -335,7 +356,7 @@ fn a_silent_primary_is_lost_after_the_timeout_and_a_cut_record_is_dropped() {
 }
 
 /// A backup played by hand: handshake, then silence (it reads nothing and says nothing).
-fn fake_backup(config: ChannelConfig) -> (TcpStream, PrimaryLink, PeerWatch) {
+fn fake_backup(config: ChannelConfig) -> (seal::Writer, PrimaryLink, PeerWatch) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let watch = PeerWatch::new();
@@ -346,7 +367,9 @@ fn fake_backup(config: ChannelConfig) -> (TcpStream, PrimaryLink, PeerWatch) {
             PrimaryLink::accept(stream, &primary_hello(), watch, &config)
         })
     };
-    let mut stream = TcpStream::connect(addr).unwrap();
+    let stream = TcpStream::connect(addr).unwrap();
+    let (_, mut stream) =
+        seal::open(stream, &keys(), "ftvm-log", seal::Side::Initiator, "primary", Duration::from_secs(5)).unwrap();
     let mut hello = LINK_MAGIC.to_vec();
     hello.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
     Message::Hello(postcard::to_allocvec(&backup_hello()).unwrap()).encode_into(&mut hello).unwrap();
@@ -356,7 +379,7 @@ fn fake_backup(config: ChannelConfig) -> (TcpStream, PrimaryLink, PeerWatch) {
 
 #[test]
 fn a_silent_backup_is_reported_lost_by_the_primary() {
-    let config = ChannelConfig::default();
+    let config = sealed();
     let (mut stream, primary, watch) = fake_backup(config.clone());
     // Past the join (the first acknowledgement), then silence.
     stream.write_all(&Message::Ack { position: 1 }.encode().unwrap()).unwrap();
@@ -378,7 +401,7 @@ fn a_silent_backup_is_reported_lost_by_the_primary() {
 
 #[test]
 fn a_live_pair_stays_a_pair_on_heartbeats_alone() {
-    let config = ChannelConfig::default();
+    let config = sealed();
     let (primary, backup, watch) = live_pair(&config);
     let start = Instant::now();
     while start.elapsed() < config.timeout * 5 {
@@ -392,8 +415,7 @@ fn a_live_pair_stays_a_pair_on_heartbeats_alone() {
 #[test]
 fn a_stalled_replay_fills_bounded_queues_and_loses_nothing() {
     // The replay stalls for longer than the timeout (over 600 ms): busy, its primary not lost.
-    let config =
-        ChannelConfig { queue: 8, feed_bound: 16, timeout: Duration::from_millis(250), ..ChannelConfig::default() };
+    let config = ChannelConfig { queue: 8, feed_bound: 16, timeout: Duration::from_millis(250), ..sealed() };
     let (primary, backup, watch) = live_pair(&config);
     // A long log, sent as raw chunks so that the test sees the queue's answers.
     let mut log = LogWriter::new(Vec::new(), &header()).unwrap();
@@ -537,7 +559,7 @@ fn state_after_the_log_began_ends_the_stream_instead_of_vanishing() {
 
 #[test]
 fn a_backup_silent_while_the_state_is_copied_gets_the_join_timeout() {
-    let config = ChannelConfig { join_timeout: Duration::from_millis(600), ..ChannelConfig::default() };
+    let config = ChannelConfig { join_timeout: Duration::from_millis(600), ..sealed() };
     let (stream, primary, _watch) = fake_backup(config.clone());
     let silent_since = Instant::now();
     match primary.events().recv_timeout(Duration::from_secs(5)).unwrap() {
@@ -612,4 +634,46 @@ fn a_resync_carries_the_held_outputs_ahead_of_its_state() {
     assert_eq!(resync.exits, 5);
     assert!(resync.held.is_empty(), "{} bytes of held outputs came again", resync.held.len());
     drop(sender.join().unwrap());
+}
+
+#[test]
+fn a_backup_with_another_key_is_refused_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    seal::generate(dir.path(), false).unwrap();
+    let stranger = ChannelConfig { security: seal::Security::from_dir(dir.path()).unwrap(), ..relaxed() };
+    let (primary, backup, _) = pair(&relaxed(), &stranger);
+    let primary = primary.err().expect("the primary refuses a backup with another key").to_string();
+    let backup = backup.err().expect("the backup is refused").to_string();
+    assert!(primary.contains("does not hold this cluster's key"), "{primary}");
+    assert!(backup.contains("keys differ"), "{backup}");
+}
+
+#[test]
+fn a_backup_without_keys_is_refused_on_both_sides() {
+    let plain = ChannelConfig { security: seal::Security::Insecure, ..relaxed() };
+    let (primary, backup, _) = pair(&relaxed(), &plain);
+    let primary = primary.err().expect("the primary refuses a backup without keys").to_string();
+    let backup = backup.err().expect("the backup is refused").to_string();
+    assert!(primary.contains("did not open a sealed channel"), "{primary}");
+    assert!(backup.contains("sealed channel") && backup.contains("--insecure"), "{backup}");
+}
+
+#[test]
+fn a_log_record_altered_on_the_wire_ends_the_channel() {
+    let (mut stream, backup) = fake_primary(relaxed());
+    let mut log = LogWriter::new(Vec::new(), &header()).unwrap();
+    log.write(&Record::Interrupt { at: Landmark::Exit(1), vector: 40 }).unwrap();
+    let first = log.offset();
+    let mut wire = Vec::new();
+    Message::Records(log.into_inner().unwrap()).encode_into(&mut wire).unwrap();
+    stream.write_all(&wire).unwrap();
+    // The next sealed record is forged: written on the socket under the seal, as a stranger
+    // on the path would.
+    let mut forged = 40u16.to_le_bytes().to_vec();
+    forged.extend_from_slice(&[0x55; 40]);
+    (&mut stream.get_ref()).write_all(&forged).unwrap();
+    let mut feed = backup.feed(Duration::from_secs(5)).unwrap();
+    let (got, end) = drain(&mut feed, Duration::from_secs(5));
+    assert_eq!(got.iter().map(|(_, p)| *p).collect::<Vec<_>>(), vec![first]);
+    assert!(matches!(&end, FeedItem::Lost(reason) if reason.contains("does not verify")), "{end:?}");
 }

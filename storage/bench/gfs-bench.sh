@@ -14,10 +14,13 @@
 #   put-buf    `gfs put` on chunkservers started with --buffered-io (page cache + fdatasync
 #              instead of O_DIRECT)
 #   put-base   `gfs put` with BASE_GFS's binaries (only if BASE_GFS is set)
+#   put-plain  `gfs put` on a cluster run --insecure: the cost of sealing every connection
+#              (everything else runs with the bench's cluster key, FT_KEYS)
 #   dd-read    one `dd bs=4M` read of a dd-written copy, page cache dropped first
 #   get        `gfs get` into /dev/null, page cache dropped first (checked with cmp afterwards)
 #   get-buf    the same on the --buffered-io chunkservers
 #   get-base   the same with BASE_GFS's binaries (only if BASE_GFS is set)
+#   get-plain  the same on the --insecure cluster
 # For each: MiB/s, CPU-seconds per GiB (client + all chunkservers of that cluster, or the dd
 # processes, from /proc) and how busy the machine's CPUs were meanwhile (/proc/stat; the
 # machine may be shared, so this counts everyone). Needs root to drop the page cache.
@@ -40,6 +43,9 @@ MEM="$CARGO_TARGET_DIR/release/examples/master_mem"
 
 rm -rf "$BENCH_DIR"
 mkdir -p "$BENCH_DIR"
+# Every gfs below is sealed with this key, but the --insecure cluster's.
+export FT_KEYS="$BENCH_DIR/keys"
+"$GFS" keygen "$FT_KEYS" >/dev/null
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -70,24 +76,25 @@ cpu_jiffies() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 +
 busy_pct() { awk -v a="$1" -v b="$2" -v c="$3" -v d="$4" 'BEGIN { if (d > b) printf "%.0f", 100 * (c - a) / (d - b); else print "n/a" }'; }
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# start_cluster NAME BINARY [chunkserver flags...]: master + 3 chunkservers; sets
-# ${NAME}_MASTER and ${NAME}_CS (chunkserver pids).
+# [CLUSTER_FLAGS=...] start_cluster NAME BINARY [chunkserver flags...]: master + 3 chunkservers,
+# each started with CLUSTER_FLAGS (e.g. --insecure); sets ${NAME}_MASTER and ${NAME}_CS
+# (chunkserver pids).
 start_cluster() {
     local name=$1 bin=$2; shift 2
-    local mp cs=() i
+    local mp cs=() i flags=${CLUSTER_FLAGS:-}
     mp=$(port)
-    "$bin" master --dir "$BENCH_DIR/$name/master" --listen "127.0.0.1:$mp" --dead-after-secs 2 --lease-secs 10 \
+    "$bin" $flags master --dir "$BENCH_DIR/$name/master" --listen "127.0.0.1:$mp" --dead-after-secs 2 --lease-secs 10 \
         >"$BENCH_DIR/$name-master.log" 2>&1 &
     PIDS+=($!)
     eval "${name}_MASTER_PID=$!"
     for i in 1 2 3; do
-        "$bin" chunkserver --master "127.0.0.1:$mp" --dir "$BENCH_DIR/$name/cs$i" --listen "127.0.0.1:$(port)" \
+        "$bin" $flags chunkserver --master "127.0.0.1:$mp" --dir "$BENCH_DIR/$name/cs$i" --listen "127.0.0.1:$(port)" \
             --rack "r$i" --heartbeat-ms 200 "$@" >"$BENCH_DIR/$name-cs$i.log" 2>&1 &
         PIDS+=($!); cs+=($!)
     done
     eval "${name}_MASTER=127.0.0.1:$mp"
     eval "${name}_CS='${cs[*]}'"
-    until [ "$("$bin" --master "127.0.0.1:$mp" status 2>/dev/null | grep -cw up)" -ge 3 ]; do sleep 0.1; done
+    until [ "$("$bin" $flags --master "127.0.0.1:$mp" status 2>/dev/null | grep -cw up)" -ge 3 ]; do sleep 0.1; done
 }
 
 # timed LABEL CLUSTER_PIDS -- command...: runs the command, records MiB/s of $BYTES, CPU-s per
@@ -118,6 +125,7 @@ echo "loopback TCP (one stream): $NET MB/s"
 
 start_cluster A "$GFS"
 start_cluster B "$GFS" --buffered-io
+CLUSTER_FLAGS=--insecure start_cluster P "$GFS"
 if [ -n "$BASE_GFS" ]; then start_cluster Z "$BASE_GFS"; fi
 
 wait_jobs() { local rc=0 j; for j in $(jobs -p); do case " ${PIDS[*]} " in *" $j "*) ;; *) wait "$j" || rc=1 ;; esac; done; return $rc; }
@@ -133,6 +141,7 @@ for r in $(seq 1 "$ROUNDS"); do
     timed put-sync "$A_CS" -- "$GFS" --master "$A_MASTER" put --sync "$SRC" "/r$r-sync"
     timed put-buf "$B_CS" -- "$GFS" --master "$B_MASTER" put "$SRC" "/r$r"
     if [ -n "$BASE_GFS" ]; then timed put-base "$Z_CS" -- "$BASE_GFS" --master "$Z_MASTER" put "$SRC" "/r$r"; fi
+    timed put-plain "$P_CS" -- "$GFS" --insecure --master "$P_MASTER" put "$SRC" "/r$r"
     drop_caches
     timed dd-read "" -- dd if="$BENCH_DIR/dd1/copy" of=/dev/null bs=4M status=none
     drop_caches
@@ -140,16 +149,23 @@ for r in $(seq 1 "$ROUNDS"); do
     drop_caches
     timed get-buf "$B_CS" -- "$GFS" --master "$B_MASTER" get "/r$r" /dev/null
     if [ -n "$BASE_GFS" ]; then drop_caches; timed get-base "$Z_CS" -- "$BASE_GFS" --master "$Z_MASTER" get "/r$r" /dev/null; fi
-    for k in dd3 put put-sync put-buf put-base; do
+    drop_caches
+    timed get-plain "$P_CS" -- "$GFS" --insecure --master "$P_MASTER" get "/r$r" /dev/null
+    for k in dd3 put put-sync put-buf put-base put-plain; do
         [ -n "${RATE[$k]:-}" ] || continue
         printf "%-9s %-10s %8s %8s %10s %7s %9s\n" "$r" "$k" "${RATE[$k]}" "$(ratio "${RATE[$k]}" "${RATE[dd3]}")" \
             "${CPU[$k]}" "${BUSY[$k]}" "$(ratio "${CPU[$k]}" "${CPU[dd3]}")"
     done
-    for k in dd-read get get-buf get-base; do
+    for k in dd-read get get-buf get-base get-plain; do
         [ -n "${RATE[$k]:-}" ] || continue
         printf "%-9s %-10s %8s %8s %10s %7s %9s\n" "$r" "$k" "${RATE[$k]}" "$(ratio "${RATE[$k]}" "${RATE[dd-read]}")" \
             "${CPU[$k]}" "${BUSY[$k]}" "$(ratio "${CPU[$k]}" "${CPU[dd-read]}")"
     done
+    printf "%-9s sealed / --insecure: put %s (CPU-s/GiB %s), get %s (CPU-s/GiB %s)\n" "$r" \
+        "$(ratio "${RATE[put]}" "${RATE[put-plain]}")" "$(ratio "${CPU[put]}" "${CPU[put-plain]}")" \
+        "$(ratio "${RATE[get]}" "${RATE[get-plain]}")" "$(ratio "${CPU[get]}" "${CPU[get-plain]}")"
+    "$GFS" --insecure --master "$P_MASTER" cat "/r$r" | cmp -s "$SRC" - || { echo "MISMATCH on unsealed /r$r"; exit 1; }
+    "$GFS" --insecure --master "$P_MASTER" rm "/r$r"
     "$GFS" --master "$A_MASTER" cat "/r$r" | cmp -s "$SRC" - || { echo "MISMATCH on /r$r"; exit 1; }
     "$GFS" --master "$A_MASTER" cat "/r$r-sync" | cmp -s "$SRC" - || { echo "MISMATCH on /r$r-sync"; exit 1; }
     "$GFS" --master "$B_MASTER" cat "/r$r" | cmp -s "$SRC" - || { echo "MISMATCH on buffered /r$r"; exit 1; }
@@ -160,7 +176,7 @@ echo "reads measured: $CACHE; dd3 MiB/s is per writer (each wrote all $SIZE_MIB 
 echo "goals: put >= 0.9 of dd3, get >= 0.75 of dd-read, CPU-s/GiB of put a third below put-base"
 rm -f "$BENCH_DIR"/dd?/copy
 [ "$DATA_ONLY" = 1 ] && exit 0
-for p in $(echo "$B_CS") ${B_MASTER_PID:-}; do kill "$p" 2>/dev/null || true; done
+for p in $(echo "$B_CS") ${B_MASTER_PID:-} $(echo "$P_CS") ${P_MASTER_PID:-}; do kill "$p" 2>/dev/null || true; done
 if [ -n "$BASE_GFS" ]; then for p in $Z_CS $Z_MASTER_PID; do kill "$p" 2>/dev/null || true; done; fi
 
 echo "== the other gfs figures, on cluster A (3 chunkservers, 3 replicas)"

@@ -101,6 +101,10 @@ pub enum GfsError {
     WriteFailed { attempts: u32, last: String },
     #[error("read failed on every replica: {0}")]
     ReadFailed(String),
+    /// The peer refused the secure handshake, or was refused by it (another key, none, or not a
+    /// gfs peer at all): trying again cannot help.
+    #[error("{0}")]
+    Sealing(String),
 }
 
 impl GfsError {

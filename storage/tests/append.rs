@@ -5,11 +5,11 @@ mod common;
 
 use common::{pattern, Cluster};
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use storage::CHUNK_SIZE;
 
 fn cli_append(c: &Cluster, path: &str, data: &[u8]) -> u64 {
-    let mut child = Command::new(common::GFS)
+    let mut child = common::gfs_command()
         .args(["--master", &c.master_addr, "append", path])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

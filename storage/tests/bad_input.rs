@@ -136,11 +136,10 @@ fn cli_errors_are_one_line_and_non_zero() {
         assert!(err.starts_with("gfs: "), "{err}");
     }
     // No master given at all.
-    let out = std::process::Command::new(common::GFS).args(["ls", "/"]).env_remove("GFS_MASTER").output().unwrap();
+    let out = common::gfs_command().args(["ls", "/"]).env_remove("GFS_MASTER").output().unwrap();
     assert!(!out.status.success());
     // GFS_MASTER in the environment works.
-    let out =
-        std::process::Command::new(common::GFS).args(["ls", "/"]).env("GFS_MASTER", &c.master_addr).output().unwrap();
+    let out = common::gfs_command().args(["ls", "/"]).env("GFS_MASTER", &c.master_addr).output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("a/"));
     // Namespace operations through the CLI.

@@ -49,7 +49,7 @@ fn overwrite_a_range_in_the_middle() {
     client.write_at("/f", off as u64, &patch).unwrap();
     model[off..off + patch.len()].copy_from_slice(&patch);
     // A small overwrite through the CLI too.
-    let out = std::process::Command::new(common::GFS)
+    let out = common::gfs_command()
         .args(["--master", &c.master_addr, "write", "/f", "--offset", "1000"])
         .stdin(std::process::Stdio::piped())
         .spawn()

@@ -3,11 +3,11 @@
 
 mod common;
 
-use common::{free_addr, pattern, ChunkServerProc, Cluster, GFS};
+use common::{free_addr, pattern, ChunkServerProc, Cluster};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 /// Starts `n` chunkservers with `extra` arguments in `c` and waits until the master counts
@@ -45,7 +45,13 @@ fn add_chunkservers(c: &mut Cluster, n: usize, extra: &[&str]) {
 fn spawn_logged(args: &[String], log: &Path) -> Child {
     let f = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open log");
     let f2 = f.try_clone().expect("clone log");
-    Command::new(GFS).args(args).arg("-v").stdout(Stdio::from(f)).stderr(Stdio::from(f2)).spawn().expect("spawn gfs")
+    common::gfs_command()
+        .args(args)
+        .arg("-v")
+        .stdout(Stdio::from(f))
+        .stderr(Stdio::from(f2))
+        .spawn()
+        .expect("spawn gfs")
 }
 
 /// Polls `gfs status` until `n` chunkservers are live.
@@ -63,7 +69,7 @@ fn wait_live(c: &Cluster, n: usize) {
 }
 
 fn cli_append(c: &Cluster, path: &str, data: &[u8]) -> std::process::Output {
-    let mut child = Command::new(GFS)
+    let mut child = common::gfs_command()
         .args(["--master", &c.master_addr, "append", path])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -187,7 +193,7 @@ fn a_peer_that_speaks_http_is_told_so() {
             let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
         }
     });
-    let out = Command::new(GFS).args(["--master", &addr, "ls", "/"]).output().unwrap();
+    let out = common::gfs_command().args(["--master", &addr, "ls", "/"]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("\"HTTP\"") && err.contains("does not speak the gfs protocol"), "{err}");
@@ -291,7 +297,7 @@ fn a_replica_ahead_of_the_master_is_not_adopted() {
 fn a_chunkserver_on_a_wildcard_address_advertises_a_reachable_one() {
     let c = Cluster::start("advertise", 0, &[]);
     let dir = c.dir.join("csw");
-    let out = Command::new(GFS)
+    let out = common::gfs_command()
         .args(["chunkserver", "--dir", &dir.display().to_string(), "--master", &c.master_addr])
         .args(["--listen", "0.0.0.0:0"])
         .output()
@@ -345,7 +351,7 @@ fn a_failed_put_leaves_no_file() {
     let local = c.dir.join("big");
     std::fs::write(&local, pattern(40 << 20, 8)).unwrap();
     let mut put = common::KillOnDrop(
-        Command::new(GFS)
+        common::gfs_command()
             .args(["--master", &c.master_addr, "--retry-secs", "2", "put", &local.display().to_string(), "/big"])
             .stderr(Stdio::piped())
             .spawn()
@@ -380,7 +386,7 @@ fn a_put_rides_out_a_master_restart() {
     let data = pattern(80 << 20, 9);
     std::fs::write(&local, &data).unwrap();
     let mut put = common::KillOnDrop(
-        Command::new(GFS)
+        common::gfs_command()
             .args(["--master", &c.master_addr, "put", &local.display().to_string(), "/big"])
             .stderr(Stdio::piped())
             .spawn()

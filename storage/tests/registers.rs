@@ -4,7 +4,7 @@
 mod common;
 
 use common::Cluster;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 use storage::error::ErrorKind;
 
@@ -15,7 +15,7 @@ fn release_frees_the_register_for_the_next_generation_across_restart() {
     let shadow_addr = common::free_addr();
     let log = std::fs::File::create(c.dir.join("shadow.log")).unwrap();
     let _shadow = common::KillOnDrop(
-        Command::new(common::GFS)
+        common::gfs_command()
             .args(["master", "--dir"])
             .arg(c.dir.join("shadow"))
             .args(["--listen", &shadow_addr, "--shadow-of", &c.master_addr, "-v"])

@@ -2,8 +2,8 @@
 
 mod common;
 
-use common::{pattern, wait_listening, ChunkServerProc, Cluster, GFS};
-use std::process::{Command, Stdio};
+use common::{pattern, wait_listening, ChunkServerProc, Cluster};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// Adds chunkserver `i` to the cluster, started with `extra` flags (the harness's own
@@ -18,7 +18,7 @@ fn start_cs_with(c: &mut Cluster, extra: &[&str]) {
     });
     let p = &c.cs[i];
     let log = std::fs::OpenOptions::new().create(true).append(true).open(c.dir.join(format!("cs{i}.log"))).unwrap();
-    let child = Command::new(GFS)
+    let child = common::gfs_command()
         .args(["chunkserver", "--master", &c.master_addr, "--listen", &p.addr, "--rack", &p.rack])
         .arg("--dir")
         .arg(&p.dir)

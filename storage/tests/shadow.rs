@@ -3,7 +3,7 @@
 mod common;
 
 use common::{pattern, Cluster};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -12,7 +12,7 @@ fn shadow_serves_reads_after_the_master_dies() {
     let shadow_addr = common::free_addr();
     let log = std::fs::File::create(c.dir.join("shadow.log")).unwrap();
     let _shadow = common::KillOnDrop(
-        Command::new(common::GFS)
+        common::gfs_command()
             .args(["master", "--dir"])
             .arg(c.dir.join("shadow"))
             .args(["--listen", &shadow_addr, "--shadow-of", &c.master_addr, "-v"])
@@ -53,9 +53,9 @@ fn shadow_serves_reads_after_the_master_dies() {
     let mut back = vec![0u8; data.len()];
     assert_eq!(via_shadow.read_at("/d/f", 0, &mut back).unwrap(), data.len());
     assert!(back == data);
-    let out = Command::new(common::GFS).args(["--master", &shadow_addr, "ls", "/d"]).output().unwrap();
+    let out = common::gfs_command().args(["--master", &shadow_addr, "ls", "/d"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("3000000 f"));
-    let out = Command::new(common::GFS).args(["--master", &shadow_addr, "mkdir", "/x"]).output().unwrap();
+    let out = common::gfs_command().args(["--master", &shadow_addr, "mkdir", "/x"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("read-only shadow"));
 }

@@ -127,7 +127,7 @@ fn put_sync_and_write_sync_store_the_same_bytes_as_the_default() {
         assert!(out == data, "{f} differs");
     }
     // `gfs write --sync` streams stdin at an offset and syncs before exiting.
-    let out = std::process::Command::new(common::GFS)
+    let out = common::gfs_command()
         .args(["--master", &c.master_addr, "write", "/light", "--offset", "5000000", "--sync"])
         .stdin(std::process::Stdio::piped())
         .spawn()

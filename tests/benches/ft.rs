@@ -13,8 +13,10 @@
 //! happens. On this 2-core machine both VMMs, the client and gfs share the cores: the CPU lines
 //! say what each side used.
 //!
-//! - Throughput and latency: phases alternate, unprotected (`ftvm run --guest kv` on host-a)
-//!   then protected (`--ft kv --commit received` on host-a, `ftvm backup --join` on host-b),
+//! - Throughput and latency: phases alternate, protected with everything unsealed
+//!   (`--insecure`, its register on a second, unsealed gfs master), unprotected (`ftvm run
+//!   --guest kv` on host-a), then protected (`--ft kv --commit received` on host-a, `ftvm backup
+//!   --join` on host-b, sealed with the bench's cluster key like everything else),
 //!   [`ROUNDS`] times; in each, [`PHASE`] of closed-loop SET-then-GET (24-byte values, one
 //!   outstanding request per connection) on 1 connection, then on 8. Requests/s are the median
 //!   over the rounds; latency percentiles pool every reply of a kind of phase.
@@ -32,7 +34,7 @@
 //!   from the kill to the start of the next join; every acknowledged SET is read back at the end.
 
 use anyhow::{bail, ensure, Context, Result};
-use ftvm_tests::ft::pair::{join_backup, live_primary, TAKEOVER};
+use ftvm_tests::ft::pair::{join_backup, join_backup_with, live_primary, TAKEOVER};
 use ftvm_tests::ft::{number, wait_for_line, FtNet, Host, Join, FT_PORT};
 use ftvm_tests::kv::Client;
 use ftvm_tests::{binary, namespaces_unavailable, Process};
@@ -72,12 +74,34 @@ fn main() -> Result<()> {
     result
 }
 
+/// The unsealed gfs master of the `--insecure` phases (only the go-live register lives there:
+/// the bench's disk is a local file).
+const UNSEALED_MASTER: &str = "10.0.0.10:7300";
+
 fn run(net: &FtNet) -> Result<()> {
     let mut plain = Mode::new("unprotected");
     let mut protected = Mode::new("FT (--commit received)");
     let mut verified = Mode::new("FT (--commit verified)");
+    let mut unsealed = Mode::new("FT (--commit received, --insecure)");
     let mut pair = None;
+    let unsealed_dir = tempfile::tempdir()?;
+    let mut master = net.storage.command(&binary("gfs")?);
+    master.args(["--insecure", "master", "--listen", UNSEALED_MASTER, "--dir"]).arg(unsealed_dir.path());
+    let _unsealed_master = Process::spawn(master)?;
     for round in 0..ROUNDS {
+        // The same as the received phase below with the logging channel and gfs unsealed.
+        let insecure = ["--commit", "received", "--insecure", "--gfs-master", UNSEALED_MASTER];
+        let (mut primary, _) = live_primary(net, Host::A, &insecure)?;
+        let live = Host::A.ft_listen();
+        let join = Join::Address(live.clone());
+        let mut backup = join_backup_with(net, Host::B, FT_PORT, &join, &mut primary, &live, &insecure[2..])?;
+        let backup_cpu = Cpu::read(backup.pid())?;
+        unsealed.primary_cpu += measure(net, &mut unsealed, round, primary.pid(), true)?;
+        unsealed.backup_cpu += Cpu::read(backup.pid())?.since(&backup_cpu);
+        still_a_pair(&mut primary, &mut backup)?;
+        stop_pair(&mut primary, &mut backup)?;
+        drop((primary, backup));
+
         let mut vm = net.plain_vm(Host::A)?;
         plain.primary_cpu += measure(net, &mut plain, round, vm.pid(), false)?;
         stop_cleanly(&mut vm, "the unprotected VM")?;
@@ -121,6 +145,24 @@ fn run(net: &FtNet) -> Result<()> {
             ft / base,
             list(&protected.rates[i]),
             list(&plain.rates[i])
+        );
+    }
+    for (i, connections) in CONNECTIONS.iter().enumerate() {
+        let (sealed, open) = (median(&protected.rates[i]), median(&unsealed.rates[i]));
+        let (mut s, mut o) = (protected.latencies[i].clone(), unsealed.latencies[i].clone());
+        s.sort();
+        o.sort();
+        println!(
+            "kv requests/s, {connections} conn, FT sealed (--keys) {sealed:.0} / unsealed (--insecure) {open:.0} = {:.3} (per round sealed {}, unsealed {}); reply latency p50 / p99 sealed {} / {} ms, unsealed {} / {} ms; CPU primary + backup sealed {:.2}, unsealed {:.2}",
+            sealed / open,
+            list(&protected.rates[i]),
+            list(&unsealed.rates[i]),
+            ms(percentile(&s, 0.5)),
+            ms(percentile(&s, 0.99)),
+            ms(percentile(&o, 0.5)),
+            ms(percentile(&o, 0.99)),
+            (protected.primary_cpu + protected.backup_cpu) / protected.wall.as_secs_f64(),
+            (unsealed.primary_cpu + unsealed.backup_cpu) / unsealed.wall.as_secs_f64(),
         );
     }
     for (i, connections) in CONNECTIONS.iter().enumerate() {

@@ -25,6 +25,8 @@ impl<'a> Cluster<'a> {
     /// A master and `n` chunkservers (each on its own rack), under `parent` (a temporary
     /// directory there), all of them heard by the master before this returns.
     pub fn start(ns: Option<&'a NetNs>, n: usize, parent: &Path) -> Result<Cluster<'a>> {
+        // The servers, and this process's own gfs connections, use the test's cluster key.
+        crate::keys()?;
         let dir = tempfile::Builder::new().prefix("gfs-").tempdir_in(parent)?;
         let addr = |i: usize| -> Result<String> {
             match ns {
@@ -69,7 +71,13 @@ impl<'a> Cluster<'a> {
     pub fn command(&self, program: &Path) -> Command {
         match self.ns {
             Some(ns) => ns.command(program),
-            None => Command::new(program),
+            None => {
+                let mut command = Command::new(program);
+                if let Ok(keys) = crate::keys() {
+                    command.env(seal::KEYS_ENV, keys);
+                }
+                command
+            }
         }
     }
 

@@ -50,6 +50,31 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
+/// This test process's cluster key directory, made once: every `gfs` and `ftvm` the helpers
+/// start gets it in `FT_KEYS` (through [`Process::spawn`], [`NetNs::command`] and
+/// [`with_keys`]), and this process uses it for its own gfs connections.
+pub fn keys() -> Result<&'static Path> {
+    static KEYS: std::sync::OnceLock<std::result::Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let made = KEYS.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("ftvm-tests-keys-{}", std::process::id()));
+        let made = seal::generate(&dir, true).and_then(|_| seal::Security::from_dir(&dir));
+        made.map(|security| {
+            seal::install(security);
+            dir
+        })
+        .map_err(|e| e.to_string())
+    });
+    match made {
+        Ok(dir) => Ok(dir.as_path()),
+        Err(e) => bail!("making the test's cluster key: {e}"),
+    }
+}
+
+/// `command` with the test's cluster key in its environment.
+pub fn with_keys(command: &mut Command) -> Result<&mut Command> {
+    Ok(command.env(seal::KEYS_ENV, keys()?))
+}
+
 /// A binary of this workspace (`ftvm`, `gfs`), next to the test executable's `deps/` folder.
 /// Refused when it was built from another checkout or before one of its sources changed:
 /// `cargo test -p ftvm-tests` does not rebuild it.
@@ -206,6 +231,9 @@ impl NetNs {
     pub fn command(&self, program: &std::path::Path) -> Command {
         let mut command = Command::new("ip");
         command.args(["netns", "exec", &self.name]).arg(program);
+        if let Ok(keys) = keys() {
+            command.env(seal::KEYS_ENV, keys);
+        }
         command
     }
 
@@ -268,7 +296,7 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(mut command: Command) -> Result<Self> {
-        let mut child = command
+        let mut child = with_keys(&mut command)?
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

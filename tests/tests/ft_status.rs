@@ -2,8 +2,8 @@
 //! on its `--ft-listen` port, before and after a failover, and the metrics follow.
 
 use anyhow::{ensure, Context, Result};
-use ftvm_tests::binary;
 use ftvm_tests::ft::loopback::{free_addr, Master};
+use ftvm_tests::{binary, with_keys};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::process::Command;
@@ -15,7 +15,8 @@ const TIMER: &[&str] = &["timer", "60000"];
 
 /// `ftvm status ADDR ARGS`: its stdout, or why it failed.
 fn status(addr: &str, args: &[&str]) -> Result<std::process::Output> {
-    Ok(Command::new(binary("ftvm")?).arg("status").arg(addr).args(args).output()?)
+    let mut command = Command::new(binary("ftvm")?);
+    Ok(with_keys(&mut command)?.arg("status").arg(addr).args(args).output()?)
 }
 
 fn status_json(addr: &str) -> Result<Value> {
@@ -74,6 +75,12 @@ fn status_and_metrics_follow_each_side_through_a_failover() -> Result<()> {
     let backup = status_json(&b)?;
     ensure!(backup["role"] == "following" && backup["generation"] == 1, "the backup answers for itself: {backup}");
     ensure!(backup["peer"] == a.as_str(), "the backup names its primary {a}: {backup}");
+
+    // Without the cluster key, nothing is told.
+    let stranger = Command::new(binary("ftvm")?).args(["status", &a, "--insecure"]).env_remove("FT_KEYS").output()?;
+    let said = String::from_utf8_lossy(&stranger.stderr);
+    ensure!(!stranger.status.success() && !String::from_utf8_lossy(&stranger.stdout).contains("generation"), "{said}");
+    ensure!(said.contains("gave no status"), "a status asker without the key learns nothing: {said}");
 
     let text = status(&a, &[])?;
     let text = String::from_utf8_lossy(&text.stdout);

@@ -113,6 +113,7 @@ fn row(table: &mut String, figure: &str, gfs: f64, baseline: f64) {
 /// `ftvm run --guest disk` on `disk`; its figures.
 fn guest_disk(ftvm: &Path, master: Option<&str>, disk: &str) -> Result<Figures> {
     let mut command = Command::new(ftvm);
+    ftvm_tests::with_keys(&mut command)?;
     command.args(["run", "--guest", "disk"]).arg(format!("size={SIZE_MIB}")).arg(format!("bs={BS_KIB}"));
     command.arg(format!("ops={OPS}")).args(["--disk", disk]);
     if let Some(master) = master {

@@ -16,6 +16,8 @@ struct Cli {
     /// Log what the VMM does (exits, injections, preemptions) to stderr; repeat for more.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    #[command(flatten)]
+    keys: cli::keys::KeysArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,6 +46,22 @@ enum Command {
     /// Ask a running VMM (its --ft-listen address) what it is doing: role, generation,
     /// landmark, backup, lag, log rate, held outputs, resyncs.
     Status(cli::status::StatusArgs),
+    /// Make the cluster key in DIR (mode 0600), as `gfs keygen DIR` does: give every gfs
+    /// server and client and every VMM of the cluster a copy, and `--keys DIR` (or FT_KEYS=DIR).
+    Keygen(cli::keys::KeygenArgs),
+}
+
+impl Command {
+    /// Whether this command opens network channels (gfs connections, the logging channel).
+    fn opens_channels(&self) -> bool {
+        match self {
+            Command::Run(args) => args.opens_channels(),
+            Command::Backup(_) | Command::DemoStorage(_) | Command::Disk(_) | Command::Status(_) => true,
+            // The demo seals its own cluster (with --keys DIR, or a key it makes).
+            Command::Demo(_) => false,
+            Command::Replay(_) | Command::Log(_) | Command::Restore(_) | Command::Keygen(_) => false,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -57,16 +75,23 @@ fn main() -> ExitCode {
             vmm::errln!("ftvm: cannot handle SIGINT/SIGTERM: {error}");
         }
     }
+    if cli.command.opens_channels() {
+        if let Err(error) = cli.keys.install() {
+            vmm::errln!("ftvm: {error:#}");
+            return ExitCode::from(1);
+        }
+    }
     let result = match cli.command {
         Command::Run(args) => cli::run::command(&args, control),
         Command::Restore(args) => cli::restore::command(&args, control),
         Command::Backup(args) => cli::backup::command(&args, control),
         Command::Replay(args) => cli::replay::command(&args, control),
         Command::Log(args) => cli::log::command(&args),
-        Command::Demo(args) => cli::demo::command(&args, control),
+        Command::Demo(args) => cli::demo::command(&args, control, cli.keys.keys.as_deref()),
         Command::DemoStorage(args) => cli::demo::storage_command(&args),
         Command::Disk(args) => cli::disk::command(&args),
         Command::Status(args) => cli::status::command(&args),
+        Command::Keygen(args) => cli::keys::keygen(&args),
     };
     if vmm::stdio::stdout_closed() {
         return ExitCode::from(vmm::stdio::CLOSED_STDOUT_STATUS);

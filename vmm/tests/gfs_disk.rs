@@ -39,6 +39,8 @@ impl<'a> Cluster<'a> {
             Some(_) => format!("127.0.0.1:{}", 7100 + i),
             None => free_addr(),
         };
+        // This process's own gfs connections use the test's cluster key too.
+        ftvm_tests::keys().expect("the test's cluster key");
         let mut c = Cluster {
             dir: tempfile::tempdir().expect("temp dir"),
             ns,
@@ -59,7 +61,11 @@ impl<'a> Cluster<'a> {
     fn command(&self, program: &Path) -> Command {
         match self.ns {
             Some(ns) => ns.command(program),
-            None => Command::new(program),
+            None => {
+                let mut command = Command::new(program);
+                ftvm_tests::with_keys(&mut command).expect("the test's cluster key");
+                command
+            }
         }
     }
 
@@ -262,12 +268,14 @@ fn disk_commands_copy_images_in_and_out_and_refuse_bad_input_in_one_line() {
     assert!(c.client().stat("/vm/x.img").is_err(), "a refused create left a file behind");
 
     let no_master = Command::new(FTVM)
+        .env(seal::KEYS_ENV, ftvm_tests::keys().unwrap())
         .args(["disk", "create", "gfs:/vm/x.img", "--size", "1M"])
         .env_remove("GFS_MASTER")
         .output()
         .unwrap();
     assert_one_line_error(&no_master, "no gfs master given: use --gfs-master ADDR or set GFS_MASTER");
     let run_without_master = Command::new(FTVM)
+        .env(seal::KEYS_ENV, ftvm_tests::keys().unwrap())
         .args(["run", "--guest", "hello", "--disk", "gfs:/vm/blank.img"])
         .env_remove("GFS_MASTER")
         .output()

@@ -71,11 +71,12 @@ impl BackupLink {
     }
 
     /// Runs the handshake on a connected stream and starts the threads.
-    pub fn start(mut stream: TcpStream, ours: &Hello, config: &ChannelConfig) -> Result<Self, ChannelError> {
+    pub fn start(stream: TcpStream, ours: &Hello, config: &ChannelConfig) -> Result<Self, ChannelError> {
         prepare(&stream, config)?;
-        let mut frames = FrameReader::new(stream.try_clone()?);
+        let (reader, mut sealed) = super::open_sealed(&stream, config, seal::Side::Initiator)?;
+        let mut frames = FrameReader::new(reader);
         let deadline = Instant::now() + config.handshake_timeout;
-        let primary = handshake::exchange(&mut stream, &mut frames, ours, config.version, Role::Primary, deadline)?;
+        let primary = handshake::exchange(&mut sealed, &mut frames, ours, config.version, Role::Primary, deadline)?;
         let (queue, outgoing) = crossbeam_channel::bounded(config.queue.max(1));
         let (events_tx, events) = crossbeam_channel::bounded(16);
         let (feed_tx, feed) = crossbeam_channel::bounded(1);
@@ -89,7 +90,7 @@ impl BackupLink {
         // The stamp of the primary's latest heartbeat, echoed in ours.
         let echo = Arc::new(AtomicU64::new(0));
         let writer = {
-            let stream = stream.try_clone()?;
+            let stream = sealed;
             let acks = writer::Acks { held: held.clone(), nudge };
             let heartbeat = config.heartbeat;
             let stamp = writer::Stamp::Echo(echo.clone());
@@ -291,7 +292,7 @@ enum Ended {
 /// handled on the way (state chunks, release markers, heartbeats), and the end of the channel
 /// reads as end of input (its cause is kept in `ended`).
 struct WireSource {
-    frames: FrameReader<TcpStream>,
+    frames: FrameReader<seal::Reader>,
     pending: Vec<u8>,
     used: usize,
     last_word: Instant,

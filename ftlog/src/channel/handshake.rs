@@ -7,7 +7,6 @@ use super::ChannelError;
 use crate::MachineDescription;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Instant;
 
 /// The first bytes either side sends.
@@ -58,8 +57,8 @@ impl Hello {
 
 /// Sends our preamble and Hello, reads the peer's, and checks that the peer plays `expect`.
 pub(crate) fn exchange(
-    stream: &mut TcpStream,
-    frames: &mut FrameReader<TcpStream>,
+    stream: &mut seal::Writer,
+    frames: &mut FrameReader<seal::Reader>,
     ours: &Hello,
     version: u16,
     expect: Role,
@@ -74,7 +73,12 @@ pub(crate) fn exchange(
     stream.write_all(&out).map_err(ChannelError::Io)?;
 
     let mut preamble = [0u8; 10];
-    read_preamble(stream, &mut preamble, deadline)?;
+    read_preamble(frames.get_mut(), &mut preamble, deadline)?;
+    if preamble[..8] == seal::handshake::SEAL_MAGIC {
+        return Err(ChannelError::Handshake(
+            "the peer opened a sealed channel (it holds the cluster key) and this side runs --insecure".into(),
+        ));
+    }
     if preamble[..8] != LINK_MAGIC {
         return Err(ChannelError::Handshake("the peer is not an ftvm logging channel (bad magic)".into()));
     }
@@ -83,8 +87,8 @@ pub(crate) fn exchange(
         // Close gently: reading the peer's unread hello first keeps the kernel from answering
         // it with a reset, which could destroy our preamble before the peer reads it, and the
         // peer would see a broken connection instead of the mismatch.
-        let _ = stream.shutdown(std::net::Shutdown::Write);
-        drain(stream, deadline.min(Instant::now() + std::time::Duration::from_secs(1)));
+        let _ = stream.get_ref().shutdown(std::net::Shutdown::Write);
+        drain(frames.get_mut(), deadline.min(Instant::now() + std::time::Duration::from_secs(1)));
         return Err(ChannelError::VersionMismatch { ours: version, theirs });
     }
     let body = match frames.next(deadline) {
@@ -103,7 +107,7 @@ pub(crate) fn exchange(
 }
 
 /// Reads the fixed preamble, which precedes the framed stream (the socket has a read timeout).
-fn read_preamble(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> Result<(), ChannelError> {
+fn read_preamble(stream: &mut seal::Reader, buf: &mut [u8], deadline: Instant) -> Result<(), ChannelError> {
     let mut got = 0;
     while got < buf.len() {
         match stream.read(&mut buf[got..]) {
@@ -122,7 +126,7 @@ fn read_preamble(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> R
 }
 
 /// Reads and discards until the peer closes or `deadline` passes.
-fn drain(stream: &mut TcpStream, deadline: Instant) {
+fn drain(stream: &mut seal::Reader, deadline: Instant) {
     let mut sink = [0u8; 4096];
     while Instant::now() < deadline {
         match stream.read(&mut sink) {

@@ -91,6 +91,8 @@ pub struct ChannelConfig {
     /// The protocol version this side announces: [`PROTOCOL_VERSION`]; another value only to
     /// see a mismatch refused.
     pub version: u16,
+    /// How the channel is sealed (`--keys DIR`), or plain TCP (`--insecure`).
+    pub security: seal::Security,
 }
 
 impl Default for ChannelConfig {
@@ -103,6 +105,7 @@ impl Default for ChannelConfig {
             handshake_timeout: Duration::from_secs(5),
             join_timeout: Duration::from_secs(5),
             version: PROTOCOL_VERSION,
+            security: seal::Security::Insecure,
         }
     }
 }
@@ -121,6 +124,9 @@ pub enum ChannelError {
     VersionMismatch { ours: u16, theirs: u16 },
     #[error("logging channel handshake failed: {0}")]
     Handshake(String),
+    /// The secure handshake failed: the peer holds another key, none, or is not a peer at all.
+    #[error("logging channel: {0}")]
+    Sealing(String),
     #[error("logging channel I/O error: {0}")]
     Io(#[from] std::io::Error),
     #[error("the logging channel is lost: {0}")]
@@ -157,6 +163,25 @@ impl From<crossbeam_channel::SendTimeoutError<Message>> for SendError {
             crossbeam_channel::SendTimeoutError::Disconnected(_) => SendError::Lost,
         }
     }
+}
+
+/// The name both ends of a sealed logging channel agree on in the handshake.
+const SEAL_PROTOCOL: &str = "ftvm-log";
+
+/// Opens the sealed (or, `--insecure`, plain) channel on `stream`; a peer refused at the
+/// handshake is logged on this side (the peer logs its own).
+fn open_sealed(
+    stream: &TcpStream,
+    config: &ChannelConfig,
+    side: seal::Side,
+) -> Result<(seal::Reader, seal::Writer), ChannelError> {
+    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "the peer".into());
+    seal::open(stream.try_clone()?, &config.security, SEAL_PROTOCOL, side, &peer, config.handshake_timeout).map_err(
+        |error| {
+            tracing::warn!(%error, "logging channel: handshake refused");
+            ChannelError::Sealing(error.to_string())
+        },
+    )
 }
 
 /// Sets the socket up for a latency-bound stream with timed reads.

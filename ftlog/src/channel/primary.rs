@@ -46,15 +46,16 @@ impl PrimaryLink {
     /// Runs the handshake on a connection the primary accepted and starts the threads. `watch`
     /// learns the backup's acknowledgements, verified positions and every word it says.
     pub fn accept(
-        mut stream: TcpStream,
+        stream: TcpStream,
         ours: &Hello,
         watch: PeerWatch,
         config: &ChannelConfig,
     ) -> Result<Self, ChannelError> {
         prepare(&stream, config)?;
-        let mut frames = FrameReader::new(stream.try_clone()?);
+        let (reader, mut sealed) = super::open_sealed(&stream, config, seal::Side::Responder)?;
+        let mut frames = FrameReader::new(reader);
         let deadline = Instant::now() + config.handshake_timeout;
-        let backup = handshake::exchange(&mut stream, &mut frames, ours, config.version, Role::Backup, deadline)?;
+        let backup = handshake::exchange(&mut sealed, &mut frames, ours, config.version, Role::Backup, deadline)?;
         watch.heard_now();
         let (queue, outgoing) = crossbeam_channel::bounded(config.queue.max(1));
         let (events_tx, events) = crossbeam_channel::bounded(16);
@@ -62,7 +63,7 @@ impl PrimaryLink {
         let closing = Arc::new(AtomicBool::new(false));
         let resyncing = Arc::new(AtomicBool::new(false));
         let writer = {
-            let stream = stream.try_clone()?;
+            let stream = sealed;
             let heartbeat = config.heartbeat;
             let stamp = writer::Stamp::Own(watch.clone());
             std::thread::Builder::new()
@@ -337,7 +338,7 @@ impl Write for RecordSink {
 
 /// The primary's receiver thread.
 struct Receive {
-    frames: FrameReader<TcpStream>,
+    frames: FrameReader<seal::Reader>,
     stream: TcpStream,
     watch: PeerWatch,
     events: Sender<PrimaryEvent>,

@@ -297,6 +297,11 @@ impl<R: Read> FrameReader<R> {
         Self { input, buffer: Vec::with_capacity(READ_SIZE), consumed: 0, offset: 0, closed: false }
     }
 
+    /// The stream underneath (the handshake reads its fixed preamble from it before any frame).
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.input
+    }
+
     /// Bytes of the stream consumed by whole frames so far.
     pub fn offset(&self) -> u64 {
         self.offset

@@ -4,7 +4,7 @@
 use super::wire::Message;
 use crossbeam_channel::{select, Receiver};
 use std::io::Write;
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +34,7 @@ impl Stamp {
 /// Runs until it has sent a Close, the queue's senders are all gone (the queue is drained
 /// first), or a write fails (then the socket is shut down, so the receiver sees the break too).
 pub(crate) fn run(
-    mut stream: TcpStream,
+    mut stream: seal::Writer,
     queue: Receiver<Message>,
     heartbeat: Duration,
     stamp: Stamp,
@@ -54,7 +54,7 @@ pub(crate) fn run(
                     // The last word: nothing queued after it is sent.
                     let _ = Message::Close.encode_into(&mut frame);
                     let _ = stream.write_all(&frame).and_then(|()| stream.flush());
-                    let _ = stream.shutdown(Shutdown::Write);
+                    let _ = stream.get_ref().shutdown(Shutdown::Write);
                     return;
                 }
                 Ok(message) => {
@@ -64,7 +64,7 @@ pub(crate) fn run(
                 }
                 Err(_) => {
                     let _ = stream.flush();
-                    let _ = stream.shutdown(Shutdown::Write);
+                    let _ = stream.get_ref().shutdown(Shutdown::Write);
                     return;
                 }
             },
@@ -90,7 +90,7 @@ pub(crate) fn run(
         }
         if let Err(error) = stream.write_all(&frame) {
             tracing::debug!(%error, "logging channel: write failed");
-            let _ = stream.shutdown(Shutdown::Both);
+            let _ = stream.get_ref().shutdown(Shutdown::Both);
             return;
         }
     }

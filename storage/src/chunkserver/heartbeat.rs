@@ -47,6 +47,11 @@ fn run(cs: &ChunkServer, master: &str, place: usize) {
                     cs.store.delete(h);
                 }
             }
+            // Another cluster key (or none): no heartbeat can succeed until an operator acts.
+            Err(e @ GfsError::Sealing(_)) => {
+                tracing::warn!("heartbeat to {master} failed: {e}");
+                conn = None;
+            }
             Err(e) => {
                 // The first heartbeats are refused until the master has checked us.
                 tracing::debug!("heartbeat to {master} failed: {e}");

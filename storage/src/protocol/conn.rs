@@ -1,12 +1,20 @@
-//! A blocking, framed TCP connection.
+//! A blocking, framed TCP connection, sealed (authenticated and encrypted, see the `seal`
+//! crate) unless the process runs `--insecure`.
 
 use super::frame::{self, Arrival, Kind};
 use crate::error::{GfsError, IoContext, Result};
 use crate::sync::Unpoisoned;
+use seal::Security;
 use serde::{de::DeserializeOwned, Serialize};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
+
+/// The security of this process's channels: what [`seal::install`] set, or plain TCP where
+/// nothing was installed yet.
+pub fn process_security() -> Result<Security> {
+    Ok(seal::installed().unwrap_or(Security::Insecure))
+}
 
 /// Default I/O timeout: a peer that stops talking for this long is treated as failed.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -23,8 +31,8 @@ pub enum Incoming {
 /// A framed connection to one peer.
 pub struct Conn {
     peer: String,
-    reader: BufReader<TcpStream>,
-    writer: BufWriter<TcpStream>,
+    reader: BufReader<seal::Reader>,
+    writer: BufWriter<seal::Writer>,
     scratch: Vec<u8>,
     /// Serving side: how long to wait for the first byte of the next request (the I/O
     /// timeout still bounds the rest of it).
@@ -34,13 +42,19 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Connects to `addr` with a connect timeout and the default I/O timeout.
+    /// Connects to `addr` with a connect timeout and the default I/O timeout, sealed as the
+    /// process's security says ([`seal::install`]).
     pub fn connect(addr: &str, timeout: Duration) -> Result<Conn> {
+        Conn::connect_with(addr, timeout, &process_security()?)
+    }
+
+    /// Like [`Conn::connect`] with the given security (a test's client with another key).
+    pub fn connect_with(addr: &str, timeout: Duration, security: &Security) -> Result<Conn> {
         let mut last = None;
         let addrs = addr.to_socket_addrs().ctx(|| format!("resolving {addr}"))?;
         for a in addrs {
             match TcpStream::connect_timeout(&a, timeout) {
-                Ok(s) => return Conn::from_stream(s, addr.to_string()),
+                Ok(s) => return Conn::open(s, addr.to_string(), security, seal::Side::Initiator),
                 Err(e) => last = Some(e),
             }
         }
@@ -50,16 +64,40 @@ impl Conn {
         })
     }
 
-    /// Wraps an accepted or connected stream.
+    /// Wraps an accepted or connected stream without sealing it (tests that speak to a
+    /// server as a stranger would).
     pub fn from_stream(stream: TcpStream, peer: String) -> Result<Conn> {
+        Conn::open(stream, peer, &Security::Insecure, seal::Side::Initiator)
+    }
+
+    /// Opens the channel on an accepted (`Responder`) or connected (`Initiator`) stream: the
+    /// handshake, when sealed, within the I/O timeout. A server logs a peer it refused at the
+    /// handshake here; a client's refusal is its error (which the caller reports once).
+    pub fn open(stream: TcpStream, peer: String, security: &Security, side: seal::Side) -> Result<Conn> {
+        let report = |e: &seal::SealError| match side {
+            seal::Side::Responder => tracing::warn!("{e}"),
+            seal::Side::Initiator => tracing::debug!("{e}"),
+        };
         let ctx = || format!("configuring connection to {peer}");
         stream.set_nodelay(true).ctx(ctx)?;
         stream.set_read_timeout(Some(IO_TIMEOUT)).ctx(ctx)?;
         stream.set_write_timeout(Some(IO_TIMEOUT)).ctx(ctx)?;
-        let w = stream.try_clone().ctx(ctx)?;
+        let (r, w) = match seal::open(stream, security, "gfs", side, &peer, IO_TIMEOUT) {
+            Ok(halves) => halves,
+            Err(e @ seal::SealError::Refused { .. }) => {
+                report(&e);
+                return Err(GfsError::Sealing(e.to_string()));
+            }
+            // Cut short (the peer restarting, say): the peer saw no request, so it may be tried
+            // again like a connection that was never made.
+            Err(e) => {
+                report(&e);
+                return Err(GfsError::Connect { addr: peer, cause: std::io::Error::other(e.to_string()) });
+            }
+        };
         Ok(Conn {
             peer,
-            reader: BufReader::with_capacity(256 * 1024, stream),
+            reader: BufReader::with_capacity(256 * 1024, r),
             writer: BufWriter::with_capacity(256 * 1024, w),
             scratch: Vec::new(),
             idle: None,
@@ -75,7 +113,11 @@ impl Conn {
     /// Changes the read timeout (e.g. for long waits).
     pub fn set_read_timeout(&mut self, t: Duration) -> Result<()> {
         self.io_timeout = t;
-        self.reader.get_ref().set_read_timeout(Some(t)).ctx(|| format!("configuring connection to {}", self.peer))
+        self.reader
+            .get_ref()
+            .get_ref()
+            .set_read_timeout(Some(t))
+            .ctx(|| format!("configuring connection to {}", self.peer))
     }
 
     /// Serving side: wait at most `t` for each request to begin (see [`ServeLimits`]).
@@ -86,10 +128,10 @@ impl Conn {
     /// Waits (up to the idle timeout, if one is set) for the first byte of the next frame.
     fn await_frame(&mut self) -> Result<Option<Arrival>> {
         let Some(idle) = self.idle else { return Ok(None) };
-        if !self.reader.buffer().is_empty() {
+        if !self.reader.buffer().is_empty() || self.reader.get_ref().has_buffered() {
             return Ok(None);
         }
-        let s = self.reader.get_ref();
+        let s = self.reader.get_ref().get_ref();
         let ctx = || format!("configuring connection to {}", self.peer);
         s.set_read_timeout(Some(idle)).ctx(ctx)?;
         let waited = loop {
@@ -98,8 +140,18 @@ impl Conn {
                 other => break other.map(|b| b.is_empty()),
             }
         };
-        let s = self.reader.get_ref();
+        let s = self.reader.get_ref().get_ref();
         s.set_read_timeout(Some(self.io_timeout)).ctx(ctx)?;
+        // A sealed record that began to arrive is a request under way, not a quiet peer.
+        let waited = match waited {
+            Err(e)
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+                    && self.reader.get_ref().has_buffered() =>
+            {
+                Ok(false)
+            }
+            other => other,
+        };
         match waited {
             Ok(true) => Ok(Some(Arrival::Closed)),
             Ok(false) => Ok(None),
@@ -170,10 +222,10 @@ impl Conn {
     /// waiting to be read on an idle connection can only be stale, so such a connection is
     /// unusable too.
     pub fn is_reusable(&self) -> bool {
-        if !self.reader.buffer().is_empty() {
+        if !self.reader.buffer().is_empty() || self.reader.get_ref().has_buffered() {
             return false;
         }
-        let s = self.reader.get_ref();
+        let s = self.reader.get_ref().get_ref();
         if s.set_nonblocking(true).is_err() {
             return false;
         }
@@ -220,11 +272,13 @@ pub struct ServeLimits {
     pub per_peer: usize,
     /// Most connections open at once in all.
     pub total: usize,
+    /// How connections are sealed; `None`: as the process's security says (the usual case).
+    pub security: Option<Security>,
 }
 
 impl Default for ServeLimits {
     fn default() -> Self {
-        ServeLimits { idle_timeout: IDLE_TIMEOUT, per_peer: 128, total: 1024 }
+        ServeLimits { idle_timeout: IDLE_TIMEOUT, per_peer: 128, total: 1024, security: None }
     }
 }
 
@@ -273,18 +327,23 @@ fn admit(
 }
 
 /// Tells a refused peer why in one error frame (best effort, never blocking the accept loop
-/// for long), then hangs up.
-fn refuse(stream: TcpStream, why: &str) {
-    let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
+/// for long: a sealed handshake for it gets [`REFUSAL_TIMEOUT`]), then hangs up.
+fn refuse(stream: TcpStream, why: &str, security: &Security, peer: &str) {
+    let _ = stream.set_write_timeout(Some(REFUSAL_TIMEOUT));
     let reply: Result<(), crate::error::RemoteError> =
         Err(crate::error::RemoteError::new(crate::error::ErrorKind::Unavailable, why));
-    if let Ok(bytes) = postcard::to_stdvec(&reply) {
-        let mut out = Vec::new();
-        if frame::encode(Kind::Msg, &bytes, &mut out).is_ok() {
-            let _ = (&stream).write_all(&out);
-        }
+    let Ok(bytes) = postcard::to_stdvec(&reply) else { return };
+    let mut out = Vec::new();
+    if frame::encode(Kind::Msg, &bytes, &mut out).is_err() {
+        return;
+    }
+    if let Ok((_, mut w)) = seal::open(stream, security, "gfs", seal::Side::Responder, peer, REFUSAL_TIMEOUT) {
+        let _ = w.write_all(&out);
     }
 }
+
+/// How long the accept loop spends telling a refused peer why.
+const REFUSAL_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// Accepts connections on `listener` on a thread named `name`-accept and serves each on a thread
 /// of its own with `handle` (the master's and the chunkservers' servers are alike in this),
@@ -296,6 +355,10 @@ pub fn serve(
     handle: impl Fn(Conn) + Clone + Send + 'static,
 ) -> Result<()> {
     let conn_name = format!("{name}-conn");
+    let security = match limits.security.clone() {
+        Some(security) => security,
+        None => process_security()?,
+    };
     let census = std::sync::Arc::new(std::sync::Mutex::new(Census::default()));
     std::thread::Builder::new()
         .name(format!("{name}-accept"))
@@ -314,15 +377,16 @@ pub fn serve(
                     Ok(a) => a,
                     Err(why) => {
                         tracing::debug!(%peer, "refused: {why}");
-                        refuse(stream, &why);
+                        refuse(stream, &why, &security, &peer);
                         continue;
                     }
                 };
                 let handle = handle.clone();
                 let idle = limits.idle_timeout;
+                let security = security.clone();
                 let spawned = std::thread::Builder::new().name(conn_name.clone()).spawn(move || {
                     let _admitted = admitted;
-                    match Conn::from_stream(stream, peer.clone()) {
+                    match Conn::open(stream, peer.clone(), &security, seal::Side::Responder) {
                         Ok(mut conn) => {
                             conn.set_idle_timeout(idle);
                             handle(conn)

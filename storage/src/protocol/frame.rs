@@ -80,6 +80,9 @@ fn parse_header(h: &[u8]) -> Result<(usize, u32)> {
 /// A peer that is not gfs usually speaks text (HTTP, SMTP, a shell): name what it sent rather
 /// than only the number those bytes make.
 fn describe_bad_length(len: usize, first: &[u8]) -> String {
+    if first == &seal::handshake::SEAL_MAGIC[..4] {
+        return "the peer opened a sealed channel (it holds the cluster key) and this side runs --insecure".into();
+    }
     if first.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
         let text = String::from_utf8_lossy(first);
         format!("bad frame length {len}: the peer sent the text {text:?}, it does not speak the gfs protocol")

@@ -9,6 +9,25 @@ use storage::Client;
 
 pub const GFS: &str = env!("CARGO_BIN_EXE_gfs");
 
+/// This test process's cluster key: made once, used by every in-process client and server
+/// (installed as the process's security) and given to every `gfs` it spawns (FT_KEYS).
+pub fn keys() -> &'static Path {
+    static KEYS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("gfs-e2e-keys-{}", std::process::id()));
+        seal::generate(&dir, true).expect("make the test's cluster key");
+        seal::install(seal::Security::from_dir(&dir).expect("load the test's cluster key"));
+        dir
+    })
+}
+
+/// `gfs` with this test process's cluster key.
+pub fn gfs_command() -> Command {
+    let mut command = Command::new(GFS);
+    command.env(seal::KEYS_ENV, keys());
+    command
+}
+
 pub fn free_addr() -> String {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     l.local_addr().expect("local addr").to_string()
@@ -81,13 +100,14 @@ pub struct Cluster {
 fn spawn(args: &[String], log: &Path) -> Child {
     let f = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open log");
     let f2 = f.try_clone().expect("clone log");
-    Command::new(GFS).args(args).arg("-v").stdout(Stdio::from(f)).stderr(Stdio::from(f2)).spawn().expect("spawn gfs")
+    gfs_command().args(args).arg("-v").stdout(Stdio::from(f)).stderr(Stdio::from(f2)).spawn().expect("spawn gfs")
 }
 
 impl Cluster {
     /// Starts a master (with `master_args` added) and `n` chunkservers, and waits until they
     /// have all registered.
     pub fn start(name: &str, n: usize, master_args: &[&str]) -> Cluster {
+        keys();
         let dir = temp_dir(name);
         let mut c = Cluster {
             master_addr: free_addr(),
@@ -228,7 +248,7 @@ impl Cluster {
 
     /// Runs the CLI against this cluster.
     pub fn gfs(&self, args: &[&str]) -> Output {
-        Command::new(GFS).arg("--master").arg(&self.master_addr).args(args).output().expect("run gfs")
+        gfs_command().arg("--master").arg(&self.master_addr).args(args).output().expect("run gfs")
     }
 
     /// Runs the CLI and asserts success; returns stdout.

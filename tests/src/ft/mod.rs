@@ -342,7 +342,11 @@ impl FtNet {
     pub fn primary(&self, host: Host, name: &str, extra: &[&str]) -> Result<Process> {
         self.registers.lock().unwrap_or_else(PoisonError::into_inner).push(format!("ft.{name}"));
         let mut args = strings(&["run", "--guest", "kv", &format!("ip={GUEST_CIDR}"), "--net", &net_arg(true)]);
-        args.extend(strings(&["--disk", &self.disk_arg()?, "--ft", name, "--gfs-master", GFS_MASTER]));
+        args.extend(strings(&["--disk", &self.disk_arg()?, "--ft", name]));
+        // `extra` may name another master (the ft bench's unsealed one).
+        if !extra.contains(&"--gfs-master") {
+            args.extend(strings(&["--gfs-master", GFS_MASTER]));
+        }
         args.extend(strings(&["--ft-listen", &host.ft_listen()]));
         args.extend(strings(extra));
         self.ftvm(host, &args)
@@ -357,7 +361,10 @@ impl FtNet {
             Join::Address(address) => args.extend(strings(&["--join", address])),
             Join::Register(name) => args.extend(strings(&["--ft", name])),
         }
-        args.extend(strings(&["--gfs-master", GFS_MASTER, "--ft-listen", &host.ft_listen_on(listen)]));
+        if !extra.contains(&"--gfs-master") {
+            args.extend(strings(&["--gfs-master", GFS_MASTER]));
+        }
+        args.extend(strings(&["--ft-listen", &host.ft_listen_on(listen)]));
         args.extend(strings(&["--net", &net_arg(false), "--disk", &self.disk_arg()?]));
         args.extend(strings(extra));
         self.ftvm(host, &args)

@@ -29,11 +29,11 @@ pub struct DemoStorageArgs {
     dir: std::path::PathBuf,
 }
 
-pub fn command(args: &DemoArgs, control: VcpuControl) -> anyhow::Result<ExitCode> {
+pub fn command(args: &DemoArgs, control: VcpuControl, keys: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
     if args.replay {
         return replay_demo(control);
     }
-    crate::demo::run(args.plot.as_deref())
+    crate::demo::run(args.plot.as_deref(), keys)
 }
 
 pub fn storage_command(args: &DemoStorageArgs) -> anyhow::Result<ExitCode> {

@@ -60,6 +60,16 @@ impl FtArgs {
     /// Starts the `--metrics` endpoint, if asked for.
     pub fn serve_metrics(&self) -> anyhow::Result<()> {
         if let Some(addr) = &self.metrics {
+            // Plain HTTP (a Prometheus scraper speaks no Noise): with a cluster key, only a
+            // loopback address, so the figures never cross the network unencrypted.
+            let sealed = seal::installed().is_ok_and(|security| security.is_sealed());
+            let loopback = addr.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_loopback());
+            if sealed && !loopback {
+                bail!(
+                    "--metrics {addr}: the metrics endpoint is plain HTTP; with a cluster key it binds only a \
+                     loopback address (127.0.0.1:PORT, scraped by an agent on this host), or run with --insecure"
+                );
+            }
             vmm::telemetry::metrics::serve(addr)?;
         }
         Ok(())
@@ -83,6 +93,8 @@ impl FtArgs {
         let channel = ChannelConfig {
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             timeout: Duration::from_millis(self.timeout_ms),
+            // What `--keys` / `--insecure` installed for the process (main does it first).
+            security: seal::installed()?,
             ..ChannelConfig::default()
         };
         Ok(FtConfig {

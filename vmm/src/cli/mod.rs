@@ -4,6 +4,7 @@ pub mod backup;
 pub mod demo;
 pub mod disk;
 pub mod ft;
+pub mod keys;
 pub mod log;
 pub mod replay;
 pub mod restore;

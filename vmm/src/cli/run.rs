@@ -76,6 +76,11 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// Whether this run opens network channels: the logging channel, or gfs for its disks.
+    pub fn opens_channels(&self) -> bool {
+        self.ft.is_some() || self.disk.iter().any(|disk| disk.gfs_path().is_some())
+    }
+
     /// The machine these arguments describe, with the devices their backends make.
     fn machine_config(&self, devices: Vec<devices::virtio::DeviceDescription>) -> MachineConfig {
         let (kernel, cmdline) = match (&self.kernel, &self.guest) {

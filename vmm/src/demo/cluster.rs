@@ -28,6 +28,31 @@ pub fn gfs_master() -> String {
     format!("{STORAGE_IP}:{MASTER_PORT}")
 }
 
+/// The key directory every process of the demo is given (`FT_KEYS`), set once by the scenario.
+static KEYS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Seals the demo's channels: the user's key directory (`--keys`), or a new cluster key made in
+/// `scratch` (the demo's temporary directory). Every process the demo starts gets it, and this
+/// one uses it too. Returns the directory and the key's fingerprint.
+pub fn seal_with(user_keys: Option<&Path>, scratch: &Path) -> Result<(PathBuf, String)> {
+    let dir = match user_keys {
+        Some(dir) => dir.to_path_buf(),
+        None => {
+            let dir = scratch.join("keys");
+            seal::generate(&dir, false).context("making the demo's cluster key")?;
+            dir
+        }
+    };
+    let security = seal::Security::from_dir(&dir).context("loading the demo's cluster key")?;
+    let fingerprint = match &security {
+        seal::Security::Sealed(key) => key.fingerprint().to_owned(),
+        seal::Security::Insecure => String::new(),
+    };
+    seal::install(security);
+    let _ = KEYS.set(dir.clone());
+    Ok((dir, fingerprint))
+}
+
 /// A line a process printed, and when the demo saw it.
 type Lines = Arc<Mutex<Vec<(Instant, String)>>>;
 
@@ -45,6 +70,9 @@ impl Proc {
     pub fn spawn_in(ns: &NetNs, label: &str, program: &Path, args: &[String]) -> Result<Self> {
         let mut command = Command::new("ip");
         command.args(["netns", "exec", &ns.name]).arg(program).args(args);
+        if let Some(keys) = KEYS.get() {
+            command.env(seal::KEYS_ENV, keys);
+        }
         command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
         // SAFETY: the closure runs in the child between fork and exec and calls only prctl(2),
         // which is async-signal-safe. `ip netns exec` execs the program in the same process, so

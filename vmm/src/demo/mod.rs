@@ -68,13 +68,13 @@ fn check_can_run() -> Result<()> {
     Ok(())
 }
 
-pub fn run(plot_to: Option<&std::path::Path>) -> Result<ExitCode> {
+pub fn run(plot_to: Option<&std::path::Path>, keys: Option<&std::path::Path>) -> Result<ExitCode> {
     check_can_run()?;
     interrupt::install()?;
     vmm::outln!("ftvm demo: a VM that survives the loss of its host, twice, with a client connected all along.");
     vmm::outln!("Everything runs on this machine: each \"host\" is a network namespace plugged into one switch.");
     let timeline = Timeline::start();
-    let result = scenario(&timeline);
+    let result = scenario(&timeline, keys);
     // Every process, namespace and file is gone by now (dropped inside `scenario`).
     let took = timeline.elapsed().as_secs_f64();
     if let Some(signal) = interrupt::signal() {
@@ -327,7 +327,7 @@ fn measure_bandwidth(topology: &Topology, primary: Host, load: &mut Load) -> Res
 
 /// The scenario. The locals are dropped in reverse order: the client, the VMMs, gfs, the
 /// namespaces, then the directory.
-fn scenario(timeline: &Timeline) -> Result<Summary> {
+fn scenario(timeline: &Timeline, keys: Option<&std::path::Path>) -> Result<Summary> {
     let dir = tempfile::Builder::new().prefix("ftvm-demo-").tempdir().context("the demo's directory")?;
     let topology = Topology::build()?;
     timeline.step(
@@ -338,6 +338,14 @@ fn scenario(timeline: &Timeline) -> Result<Summary> {
         ),
     );
     timeline.step("files", &format!("gfs keeps its master's log and the chunks in {}", dir.path().display()));
+    let (keys, fingerprint) = cluster::seal_with(keys, dir.path())?;
+    timeline.step(
+        "keys",
+        &format!(
+            "every gfs connection and the logging channel are authenticated and encrypted with the cluster key in {} (fingerprint {fingerprint})",
+            keys.display()
+        ),
+    );
     let _storage = start_storage(&topology.storage, dir.path())?;
     timeline.step(
         "storage",

@@ -88,12 +88,14 @@ fn sort_one(mut stream: TcpStream, peer: &str, links: &Sender<TcpStream>) {
     match first_bytes(&stream) {
         Ok(Some(head)) if head == STATUS_MAGIC => {
             let mut magic = [0u8; 8];
-            let answered = stream
-                .read_exact(&mut magic)
-                .and_then(|_| status::answer(stream, &crate::telemetry::vitals().report()));
+            let answered = match stream.read_exact(&mut magic) {
+                Ok(()) => status::answer(stream, peer, FIRST_BYTES_WAIT, || crate::telemetry::vitals().report())
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
             match answered {
                 Ok(()) => tracing::debug!(%peer, "answered a status question"),
-                Err(error) => tracing::debug!(%peer, "a status question went unanswered: {error}"),
+                Err(error) => tracing::warn!(%peer, "a status question went unanswered: {error}"),
             }
         }
         Ok(Some(_)) => {

@@ -1,5 +1,7 @@
 //! `ftvm status ADDR`: the question (8 bytes, [`STATUS_MAGIC`], on the VMM's `--ft-listen`
-//! port) and the answer (one line of JSON, a [`StatusReport`], then the VMM closes).
+//! port, then the process's channel security: a sealed handshake with the cluster key, or
+//! nothing with `--insecure`) and the answer (one line of JSON, a [`StatusReport`], through that
+//! channel; then the VMM closes). A client without the cluster key learns nothing.
 
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -88,18 +90,32 @@ pub enum StatusError {
     Connect { addr: String, source: std::io::Error },
     #[error("asking {addr}: {source}")]
     Io { addr: String, source: std::io::Error },
-    #[error("{addr} gave no status (not an ftvm --ft-listen port, or an older ftvm)")]
+    #[error("{addr} gave no status (not an ftvm --ft-listen port, an older ftvm, or one that wants this cluster's key: --keys DIR)")]
     Empty { addr: String },
     #[error("{addr} answered something that is not a status report: {source}")]
     Malformed { addr: String, source: serde_json::Error },
+    #[error(transparent)]
+    Sealing(#[from] seal::SealError),
 }
 
-/// Answers a status question whose magic was already read (peeked) from `stream`.
-pub fn answer(mut stream: TcpStream, report: &StatusReport) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(report).map_err(std::io::Error::other)?;
+/// The protocol name both sides of the sealed handshake agree on.
+const SEAL_PROTOCOL: &str = "ftvm-status";
+
+/// Answers a status question whose magic was already read from `stream`, through the
+/// process's channel security (`timeout` bounds the handshake); `report` is made only once the
+/// asker passed it.
+pub fn answer(
+    stream: TcpStream,
+    peer: &str,
+    timeout: Duration,
+    report: impl FnOnce() -> StatusReport,
+) -> Result<(), seal::SealError> {
+    let security = seal::installed()?;
+    let (_, mut writer) = seal::open(stream, &security, SEAL_PROTOCOL, seal::Side::Responder, peer, timeout)?;
+    let failed = |source: std::io::Error| seal::SealError::Io { context: format!("answering {peer}"), source };
+    let mut line = serde_json::to_vec(&report()).map_err(|e| failed(e.into()))?;
     line.push(b'\n');
-    stream.write_all(&line)?;
-    stream.flush()
+    writer.write_all(&line).and_then(|_| writer.flush()).map_err(failed)
 }
 
 /// Asks the VMM whose `--ft-listen` is `addr`.
@@ -114,8 +130,10 @@ pub fn query(addr: &str, timeout: Duration) -> Result<StatusReport, StatusError>
         .map_err(|source| StatusError::Connect { addr: addr.to_owned(), source })?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.write_all(&STATUS_MAGIC).map_err(io)?;
+    let security = seal::installed()?;
+    let (reader, _writer) = seal::open(stream, &security, SEAL_PROTOCOL, seal::Side::Initiator, addr, timeout)?;
     let mut line = String::new();
-    match BufReader::new(stream.take(MAX_ANSWER)).read_line(&mut line) {
+    match BufReader::new(reader.take(MAX_ANSWER)).read_line(&mut line) {
         Ok(_) => {}
         // A port that closed on the question without reading it resets the connection.
         Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {}
@@ -196,6 +214,7 @@ mod tests {
 
     #[test]
     fn a_report_crosses_a_real_socket_whole() {
+        ftvm_tests::keys().unwrap(); // this process's cluster key: the exchange is sealed
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let server = std::thread::spawn(move || {
@@ -203,7 +222,7 @@ mod tests {
             let mut magic = [0u8; 8];
             std::io::Read::read_exact(&mut stream, &mut magic).unwrap();
             assert_eq!(magic, STATUS_MAGIC);
-            answer(stream, &report()).unwrap();
+            answer(stream, "the test", Duration::from_secs(5), report).unwrap();
         });
         assert_eq!(query(&addr, Duration::from_secs(5)).unwrap(), report());
         server.join().unwrap();
@@ -211,11 +230,12 @@ mod tests {
 
     #[test]
     fn a_port_that_closes_without_a_report_is_a_clear_error() {
+        ftvm_tests::keys().unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let server = std::thread::spawn(move || drop(listener.accept().unwrap()));
-        let error = query(&addr, Duration::from_secs(5)).unwrap_err();
-        assert!(error.to_string().contains("gave no status"), "{error}");
+        let error = query(&addr, Duration::from_secs(5)).unwrap_err().to_string();
+        assert!(error.contains(&addr), "{error}");
         server.join().unwrap();
     }
 

@@ -23,8 +23,30 @@ struct Cli {
     /// seconds, with backoff, before giving up.
     #[arg(long, global = true, default_value_t = 60.0)]
     retry_secs: f64,
+    #[command(flatten)]
+    keys: KeysArgs,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// How this process's channels are sealed.
+#[derive(clap::Args)]
+struct KeysArgs {
+    /// The cluster's key directory (made by `gfs keygen DIR`): every connection is mutually
+    /// authenticated and encrypted with its key.
+    #[arg(long, global = true, env = seal::KEYS_ENV, value_name = "DIR")]
+    keys: Option<PathBuf>,
+    /// Run without keys: connections are neither authenticated nor encrypted.
+    #[arg(long, global = true)]
+    insecure: bool,
+}
+
+impl KeysArgs {
+    /// Sets this process's security from the flags.
+    fn install(&self) -> Result<()> {
+        seal::install(seal::Security::resolve(self.keys.as_deref(), self.insecure)?);
+        Ok(())
+    }
 }
 
 /// Connection settings shared by the master and the chunkservers.
@@ -55,12 +77,21 @@ impl ServeArgs {
             idle_timeout,
             per_peer: self.max_conns_per_peer,
             total: self.max_conns,
+            security: None,
         })
     }
 }
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Make the cluster key in DIR (mode 0600): give every master, chunkserver, client and VMM
+    /// of the cluster a copy, and `--keys DIR` (or env FT_KEYS=DIR).
+    Keygen {
+        dir: PathBuf,
+        /// Replace an existing key (every member then needs the new one).
+        #[arg(long)]
+        force: bool,
+    },
     /// Run the master.
     Master {
         #[arg(long)]
@@ -246,7 +277,7 @@ fn main() {
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("storage={level},gfs={level}")));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("storage={level},gfs={level},seal={level}")));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     if let Err(e) = run(cli) {
         eprintln!("gfs: {e:#}");
@@ -263,7 +294,19 @@ fn client(master: &Option<String>, retry_secs: f64) -> Result<Client> {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    match &cli.cmd {
+        Cmd::Keygen { dir, force } => {
+            let (path, key) = seal::generate(dir, *force)?;
+            println!("cluster key written to {} (fingerprint {})", path.display(), key.fingerprint());
+            return Ok(());
+        }
+        // Measures bare loopback TCP: speaks to nobody but itself.
+        Cmd::BenchNet { .. } => {}
+        _ => cli.keys.install()?,
+    }
     match cli.cmd {
+        // Done above, before any key is needed.
+        Cmd::Keygen { .. } => Ok(()),
         Cmd::Master {
             dir,
             listen,
