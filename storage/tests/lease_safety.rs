@@ -200,3 +200,47 @@ fn a_replica_copied_under_a_lease_is_not_counted_current() {
 
     only_current_replicas_serve(&c, outsider, &second, "a copy taken under the lease counts as current");
 }
+
+/// A lease grant that reaches no replica (all of them down, not yet declared dead) must not
+/// leave the chunk without one: nothing can have been written at a version no primary held, so
+/// the replicas at the version before still hold every acknowledged write. (A kill storm once
+/// ended with every replica stale and the chunk MISSING this way.)
+#[test]
+fn a_grant_no_replica_took_leaves_the_replicas_before_it_current() {
+    let mut c = Cluster::start("grant-took-none", 3, &["--lease-secs", "1", "--repair-interval-secs", "0"]);
+    let client = c.client();
+    client.create("/f").unwrap();
+    let data = pattern(300_000, 71);
+    client.write_at("/f", 0, &data).unwrap();
+    let before = client.stat("/f").unwrap().chunks[0].version;
+    // Past the lease: the next write needs a new grant.
+    std::thread::sleep(Duration::from_millis(1500));
+    for i in 0..3 {
+        c.kill_cs(i);
+    }
+    let once = storage::client::RetryPolicy {
+        attempts: 1,
+        unavailable_wait: Duration::ZERO,
+        master_wait: Duration::from_secs(5),
+    };
+    let impatient = storage::Client::with_retry(&c.master_addr, once);
+    assert!(
+        impatient.write_at("/f", 0, &pattern(1000, 72)).is_err(),
+        "a write with every chunkserver down went through"
+    );
+    for i in 0..3 {
+        c.start_cs(i);
+    }
+    c.settle();
+    let st = client.stat("/f").unwrap();
+    let chunk = &st.chunks[0];
+    assert_eq!(chunk.version, before, "the failed grant's version stayed: {st:?}");
+    assert!(chunk.replicas.iter().all(|r| !r.stale), "replicas left stale by a grant none took: {st:?}");
+    let mut back = vec![0u8; data.len()];
+    client.read_at("/f", 0, &mut back).unwrap();
+    assert!(back == data, "the acknowledged write was not read back");
+    let next = pattern(300_000, 73);
+    client.write_at("/f", 0, &next).unwrap();
+    client.read_at("/f", 0, &mut back).unwrap();
+    assert!(back == next, "a write after the failed grant was not read back");
+}

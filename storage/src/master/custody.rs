@@ -25,9 +25,10 @@ use std::time::{Duration, Instant};
 /// after that is overtaken by the next grant and will not be accepted.
 pub const COPY_EXCLUSION: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Busy {
-    Granting,
+    /// A grant is under way; what custody was before it, to restore if no replica takes it.
+    Granting(Option<(Version, Vec<ServerIdx>)>),
     /// A copy started at this instant (which also identifies it).
     Copying(Instant),
 }
@@ -66,25 +67,35 @@ impl Custody {
     /// reason) while a copy of the chunk runs, or another grant does.
     pub fn begin_grant(&mut self, handle: ChunkHandle, version: Version, targets: &[ServerIdx]) -> Result<(), String> {
         match self.busy.get(&handle) {
-            Some(Busy::Granting) => return Err("a lease grant is under way".into()),
+            Some(Busy::Granting(_)) => return Err("a lease grant is under way".into()),
             Some(Busy::Copying(t)) if t.elapsed() < COPY_EXCLUSION => {
                 return Err(format!("a re-replication copy is under way (for {:?})", t.elapsed()))
             }
             _ => {}
         }
-        self.busy.insert(handle, Busy::Granting);
         // Before any replica hears of `version`: a copy made from one of them meanwhile is
         // not among these, so it is not counted.
-        self.holders.insert(handle, (version, targets.to_vec()));
+        let before = self.holders.insert(handle, (version, targets.to_vec()));
+        self.busy.insert(handle, Busy::Granting(before));
         Ok(())
     }
 
-    /// The grant of `version` is over: it went to `granted` (none if it failed).
+    /// The grant of `version` is over: it went to `granted`. A grant no replica took was
+    /// undone (the chunk is back at the version before it): custody is what it was then.
     pub fn end_grant(&mut self, handle: ChunkHandle, version: Version, granted: &[ServerIdx]) {
-        if self.busy.get(&handle) == Some(&Busy::Granting) {
-            self.busy.remove(&handle);
-        }
-        self.holders.insert(handle, (version, granted.to_vec()));
+        let before = match self.busy.remove(&handle) {
+            Some(Busy::Granting(before)) => before,
+            Some(other) => {
+                self.busy.insert(handle, other);
+                None
+            }
+            None => None,
+        };
+        match (granted.is_empty(), before) {
+            (true, Some(before)) => self.holders.insert(handle, before),
+            (true, None) => self.holders.remove(&handle),
+            (false, _) => self.holders.insert(handle, (version, granted.to_vec())),
+        };
     }
 
     /// A copy of the chunk may start now, unless a grant or another copy is under way.
@@ -172,6 +183,19 @@ mod tests {
         assert!(!c.may_hold(4, 3, 1));
         c.end_grant(4, 3, &[0]);
         assert!(c.begin_copy(4).is_some());
+    }
+
+    #[test]
+    fn a_grant_no_replica_took_leaves_custody_as_it_was() {
+        let mut c = Custody::default();
+        c.begin_grant(5, 2, &[0, 1]).unwrap();
+        c.end_grant(5, 2, &[0, 1]);
+        c.begin_grant(5, 3, &[0, 1]).unwrap();
+        c.end_grant(5, 3, &[]);
+        // Back at version 2: its holders count, others still do not.
+        assert!(c.may_hold(5, 2, 0) && c.may_hold(5, 2, 1));
+        assert!(!c.may_hold(5, 2, 7));
+        assert!(c.begin_copy(5).is_some(), "the chunk is free again");
     }
 
     #[test]

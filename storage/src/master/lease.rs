@@ -2,7 +2,11 @@
 //!
 //! Granting a lease: the master raises the chunk's version and logs it *before* telling any
 //! replica, then sends the new version to every up-to-date replica and the lease to one of
-//! them. Replicas that miss the new version are stale from then on.
+//! them. Replicas that miss the new version are stale from then on; but a grant that no replica
+//! took is undone (the version goes back), since nothing can have been written at a version no
+//! primary holds: the replicas at the version before still hold every acknowledged write, and
+//! leaving them stale would lose the chunk (seen under a storm of chunkserver kills: replicas
+//! dead but not yet declared dead took every grant down with them).
 
 use super::chunks::{Lease, ServerIdx};
 use super::Master;
@@ -207,6 +211,12 @@ impl Master {
                     primary = Some((s, Instant::now()));
                 }
             }
+        }
+        if ok.is_empty() {
+            let before = new_version - 1;
+            tracing::warn!(handle, version = new_version, "no replica took the new version; back to {before}");
+            self.commit(Record::SetVersion { handle, version: before })?;
+            return Err(GfsError::fs(ErrorKind::NoReplicas, format!("chunk {handle}: no replica accepted the lease")));
         }
         let mut m = self.meta();
         if let Some(c) = m.state.chunks.get_mut(handle) {

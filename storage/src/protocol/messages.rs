@@ -374,3 +374,55 @@ pub enum ChunkReply {
 
 /// Every reply on the wire is a result.
 pub type Reply<T> = Result<T, RemoteError>;
+
+impl MasterRequest {
+    /// The request's name, for metrics and logs (never its arguments).
+    pub fn name(&self) -> &'static str {
+        match self {
+            MasterRequest::Mkdir { .. } => "mkdir",
+            MasterRequest::Create { .. } => "create",
+            MasterRequest::Delete { .. } => "delete",
+            MasterRequest::Rename { .. } => "rename",
+            MasterRequest::List { .. } => "list",
+            MasterRequest::Stat { .. } => "stat",
+            MasterRequest::GetChunk { .. } => "get_chunk",
+            MasterRequest::ExtendSize { .. } => "extend_size",
+            MasterRequest::Heartbeat(_) => "heartbeat",
+            MasterRequest::ReportCorrupt { .. } => "report_corrupt",
+            MasterRequest::CompareAndSet { .. } => "compare_and_set",
+            MasterRequest::GetRegister { .. } => "get_register",
+            MasterRequest::Bind { .. } => "bind",
+            MasterRequest::AppendChunk { .. } => "append_chunk",
+            MasterRequest::Snapshot { .. } => "snapshot",
+            MasterRequest::Status => "status",
+            MasterRequest::Fsck => "fsck",
+            MasterRequest::FetchLog { .. } => "fetch_log",
+            MasterRequest::ReleaseRegister { .. } => "release_register",
+            MasterRequest::Raft { .. } => "raft",
+        }
+    }
+}
+
+impl ChunkRequest {
+    /// The request's name, for metrics and logs (never its arguments).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ChunkRequest::Push { .. } => "push",
+            ChunkRequest::Write { .. } => "write",
+            ChunkRequest::Apply { .. } => "apply",
+            ChunkRequest::Read { .. } => "read",
+            ChunkRequest::SetVersion { .. } => "set_version",
+            ChunkRequest::Fence(_) => "fence",
+            ChunkRequest::Append { .. } => "append",
+            ChunkRequest::Revoke { .. } => "revoke",
+            ChunkRequest::Info { .. } => "info",
+            ChunkRequest::Replicate { .. } => "replicate",
+            ChunkRequest::Delete { .. } => "delete",
+            ChunkRequest::CopyChunk { .. } => "copy_chunk",
+            ChunkRequest::Pad { .. } => "pad",
+            ChunkRequest::Verify { .. } => "verify",
+            ChunkRequest::Unsynced(inner) => inner.name(),
+            ChunkRequest::Sync { .. } => "sync",
+        }
+    }
+}
