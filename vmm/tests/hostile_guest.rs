@@ -4,11 +4,15 @@
 //! are not ready or missing, a used ring outside RAM). The VMM survives, each device goes to
 //! needs-reset (the guest reads status bit 0x40 and prints it), ignores a valid chain until it
 //! is reset, works again after a reset, and a replay of the recorded run reaches the same end:
-//! the same guest lines, the same state digest, the same warnings.
+//! the same guest lines, the same state digest, the same warnings. The same holds on a backup
+//! that follows the VM live (an FT pair on loopback) and replays the cases as they happen.
 
-use ftvm_tests::{cannot_run, namespaces_unavailable, NetNs};
+use anyhow::{bail, Context, Result};
+use ftvm_tests::{binary, cannot_run, namespaces_unavailable, NetNs, Process};
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 const FTVM: &str = env!("CARGO_BIN_EXE_ftvm");
 
@@ -138,4 +142,81 @@ fn a_hostile_guest_on_a_disk_alone_and_without_devices() {
     let output = Command::new(FTVM).args(["run", "--guest", "hostile"]).output().expect("ftvm runs");
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     assert!(stdout(&output).contains("hostile: no virtio-net or virtio-blk device"), "{}", text(&output));
+}
+
+fn free_addr() -> Result<String> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string())
+}
+
+/// A gfs master on loopback for the go-live register, killed on drop.
+struct Master {
+    addr: String,
+    _process: Process,
+}
+
+impl Master {
+    fn start(dir: &Path) -> Result<Self> {
+        let addr = free_addr()?;
+        let mut command = Command::new(binary("gfs")?);
+        command.args(["master", "--listen", &addr, "--dir"]).arg(dir.join("master"));
+        let process = Process::spawn(command)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            if Instant::now() > deadline {
+                bail!("the gfs master never listened on {addr}:\n{}", process.output());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self { addr, _process: process })
+    }
+}
+
+/// Rounds of the cases on the primary (each ~350 exits), 100 ms apart: several seconds, so that
+/// a backup joins while they run and replays the rest, and keeps up between rounds.
+const ROUNDS: u64 = 60;
+const PAUSE_MS: u64 = 100;
+const LONG: Duration = Duration::from_secs(120);
+
+/// An FT pair on loopback: the primary runs `hostile rounds=60 pause=100` on a disk; a backup joins while
+/// the rounds go on, replays them (its own device model goes to needs-reset at the same points,
+/// with the same warnings), and at power-off has the primary's state.
+#[test]
+fn a_backup_following_a_hostile_guest_reaches_the_same_end() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let image = disk(dir.path());
+    let master = Master::start(dir.path())?;
+    let (a, b) = (free_addr()?, free_addr()?);
+    let (rounds, pause) = (format!("rounds={ROUNDS}"), format!("pause={PAUSE_MS}"));
+    let mut primary = Command::new(FTVM);
+    primary.args(["run", "--guest", "hostile", &rounds, &pause, "--disk", &image, "--state-digest"]);
+    primary.args(["--ft", "hostile", "--gfs-master", &master.addr, "--ft-listen", &a]);
+    let mut primary = Process::spawn(primary)?;
+    primary.wait_for("ft: live as hostile generation 1", LONG)?;
+    let mut backup = Command::new(FTVM);
+    backup.args(["backup", "--join", &a, "--gfs-master", &master.addr, "--ft-listen", &b, "--disk", &image]);
+    let mut backup = Process::spawn(backup)?;
+
+    let status = primary.wait(LONG)?;
+    let out = primary.output();
+    assert_eq!(status.code(), Some(0), "{out}");
+    let cases = ROUNDS * (BAD_CASES.len() as u64 + 1);
+    let summary =
+        format!("hostile: {cases} cases on 1 devices, {} needs-reset, 0 unexpected", ROUNDS * BAD_CASES.len() as u64);
+    assert!(out.lines().any(|l| l == summary), "{summary}: {out}");
+    assert!(out.contains("hostile: virtio-blk works again after a reset"), "{out}");
+    assert!(out.contains("ft: protected by "), "the backup never joined while the rounds ran: {out}");
+
+    let status = backup.wait(LONG)?;
+    let followed = backup.output();
+    assert_eq!(status.code(), Some(0), "{followed}");
+    assert!(followed.contains("ft: following "), "{followed}");
+    assert!(followed.contains("ft: backup at power-off: state-digest identical"), "{followed}");
+    // The backup's device model went to needs-reset for the cases it replayed: whole rounds of
+    // them (it joined at some point of the run), never more than the primary's.
+    let warnings = followed.lines().filter(|l| l.contains("device needs reset")).count() as u64;
+    assert!(warnings >= BAD_CASES.len() as u64, "the backup replayed no round: {followed}");
+    assert!(warnings <= ROUNDS * BAD_CASES.len() as u64, "{followed}");
+    assert!(!followed.contains("UNEXPECTED") && !followed.contains("panicked"), "{followed}");
+    assert!(std::fs::read(&image).context("image")?.iter().all(|&b| b == 0), "the disk was written");
+    Ok(())
 }

@@ -13,18 +13,23 @@
 //! change nothing and not put the device in needs-reset. Last, each device is reset and set up
 //! by the real driver, which must work again (`hostile: <device> works again after a reset`).
 //!
+//! `rounds=N` (default 1) runs every case N times (the lines of the first round only are printed,
+//! then anything unexpected), `pause=MS` (default 0) halts that many 1 ms PIT ticks between
+//! rounds: a run long enough for a backup to join a protected VM and replay rounds, with room
+//! for it to keep up.
 //! Output ends with `hostile: <n> cases on <m> devices, <k> needs-reset, <u> unexpected` and the
 //! digest (over every case's name, status and used index, so a replay prints the same). Exit
 //! code 0, 1 if something was unexpected, 2 without a virtio device.
 
 use crate::bootinfo::BootInfo;
+use crate::cmdline::parse_u64;
 use crate::digest::Digest;
 use crate::virtio::blk::{Blk, SECTOR};
 use crate::virtio::mmio::{Mmio, F_VERSION_1, S_NEEDS_RESET};
 use crate::virtio::net::Net;
 use crate::virtio::queue::{dma_buffer, DESC_F_NEXT, DESC_F_WRITE};
 use crate::virtio::{self, ID_BLOCK, ID_NET};
-use crate::{interrupts, pic};
+use crate::{interrupts, pic, pit};
 use core::sync::atomic::{fence, Ordering};
 
 /// Power-off code when the device did not react as it must.
@@ -177,58 +182,72 @@ pub fn run(boot: &BootInfo, cmdline: crate::cmdline::CmdLine) -> Result<u32, &'s
     if targets.iter().all(Option::is_none) {
         return Err("no virtio-net or virtio-blk device (ftvm run --net tap=NAME --disk PATH)");
     }
+    let rounds = match cmdline.params("rounds").next() {
+        None => 1,
+        Some(v) => parse_u64(v).filter(|&n| n > 0).ok_or("bad rounds=N")?,
+    };
+    let pause = match cmdline.params("pause").next() {
+        None => 0,
+        Some(v) => parse_u64(v).ok_or("bad pause=MS")?,
+    };
+    if pause > 0 {
+        pit::start_periodic(TICK_HZ);
+        pic::unmask(0);
+    }
     let area = Area::new();
     let mut digest = Digest::new();
-    let (mut cases, mut needs_reset, mut unexpected, mut devices) = (0u64, 0u64, 0u64, 0u64);
-    for target in targets.iter().flatten() {
-        devices += 1;
-        for case in CASES {
-            let outcome = attempt(target, &area, case)?;
-            cases += 1;
-            needs_reset += u64::from(outcome.needs_reset);
-            let expected = if case == Case::ConfigWrite {
-                !outcome.needs_reset && outcome.config_unchanged
-            } else {
-                outcome.needs_reset && outcome.valid_chain_ignored
-            };
-            digest.bytes(target.name.as_bytes()).bytes(case.name().as_bytes());
-            digest.u64(outcome.status as u64).u64(outcome.used as u64);
-            if case == Case::ConfigWrite {
-                println!(
-                    "hostile: {} {}: ignored (status {:#x}, configuration {})",
-                    target.name,
-                    case.name(),
-                    outcome.status,
-                    if outcome.config_unchanged { "unchanged" } else { "CHANGED" }
-                );
-            } else {
-                println!(
-                    "hostile: {} {}: {} (status {:#x}, config interrupt {}), valid chain {}",
-                    target.name,
-                    case.name(),
-                    if outcome.needs_reset { "needs-reset" } else { "NO NEEDS-RESET" },
-                    outcome.status,
-                    if outcome.config_interrupt { "yes" } else { "no" },
-                    if outcome.valid_chain_ignored { "ignored" } else { "SERVED" }
-                );
-            }
-            if !expected {
-                unexpected += 1;
-                println!("hostile: UNEXPECTED: {} {}", target.name, case.name());
-            }
+    let devices = targets.iter().flatten().count();
+    let (mut cases, mut needs_reset, mut unexpected) = (0u64, 0u64, 0u64);
+    for round in 0..rounds {
+        // Every case is printed in the first round only: later rounds (a protected VM being
+        // joined by its backup meanwhile) print only what was unexpected.
+        let shown = round == 0;
+        if round > 0 {
+            wait_ticks(pause);
         }
-        match recover(target) {
-            Ok(()) => println!("hostile: {} works again after a reset", target.name),
-            Err(e) => {
-                unexpected += 1;
-                println!("hostile: UNEXPECTED: {} does not work after a reset: {}", target.name, e);
+        for target in targets.iter().flatten() {
+            for case in CASES {
+                let outcome = attempt(target, &area, case)?;
+                cases += 1;
+                needs_reset += u64::from(outcome.needs_reset);
+                digest.bytes(target.name.as_bytes()).bytes(case.name().as_bytes());
+                digest.u64(outcome.status as u64).u64(outcome.used as u64);
+                if shown {
+                    report(target, case, &outcome);
+                }
+                if !outcome.expected(case) {
+                    unexpected += 1;
+                    println!("hostile: UNEXPECTED: {} {} in round {}", target.name, case.name(), round + 1);
+                }
+            }
+            // The real drivers allocate rings that are never freed: once, at the end.
+            if round + 1 == rounds {
+                match recover(target) {
+                    Ok(()) => println!("hostile: {} works again after a reset", target.name),
+                    Err(e) => {
+                        unexpected += 1;
+                        println!("hostile: UNEXPECTED: {} does not work after a reset: {}", target.name, e);
+                    }
+                }
             }
         }
     }
+    pic::mask(0);
     interrupts::enable();
     println!("hostile: {} cases on {} devices, {} needs-reset, {} unexpected", cases, devices, needs_reset, unexpected);
     digest.u64(cases).u64(needs_reset).u64(unexpected).print();
     Ok(if unexpected == 0 { 0 } else { EXIT_UNEXPECTED })
+}
+
+/// The PIT's rate while pausing between rounds: a tick is a millisecond.
+const TICK_HZ: u32 = 1000;
+
+/// Halts until `ticks` timer interrupts have come (IF=0: each wait ends after one interrupt).
+fn wait_ticks(ticks: u64) {
+    let base = interrupts::count(0);
+    while interrupts::count(0) - base < ticks {
+        interrupts::wait();
+    }
 }
 
 struct Outcome {
@@ -238,6 +257,40 @@ struct Outcome {
     valid_chain_ignored: bool,
     config_unchanged: bool,
     used: u16,
+}
+
+impl Outcome {
+    /// What the device must have done: needs-reset and nothing served for a bad case; nothing
+    /// at all for the config write.
+    fn expected(&self, case: Case) -> bool {
+        if case == Case::ConfigWrite {
+            !self.needs_reset && self.config_unchanged
+        } else {
+            self.needs_reset && self.valid_chain_ignored
+        }
+    }
+}
+
+fn report(target: &Target, case: Case, outcome: &Outcome) {
+    if case == Case::ConfigWrite {
+        println!(
+            "hostile: {} {}: ignored (status {:#x}, configuration {})",
+            target.name,
+            case.name(),
+            outcome.status,
+            if outcome.config_unchanged { "unchanged" } else { "CHANGED" }
+        );
+    } else {
+        println!(
+            "hostile: {} {}: {} (status {:#x}, config interrupt {}), valid chain {}",
+            target.name,
+            case.name(),
+            if outcome.needs_reset { "needs-reset" } else { "NO NEEDS-RESET" },
+            outcome.status,
+            if outcome.config_interrupt { "yes" } else { "no" },
+            if outcome.valid_chain_ignored { "ignored" } else { "SERVED" }
+        );
+    }
 }
 
 /// Runs one case on a freshly reset device.

@@ -17,7 +17,7 @@ use crate::cmdline::{parse_u64, CmdLine};
 /// Power-off code for a bad command line.
 pub const EXIT_USAGE: u32 = 2;
 
-const USAGE: &str = "workloads: hello | timer [N] | compute [M] | clock [N] | tsc [N] | dirty [MIB] [PAGES] [S] | kv ip=A.B.C.D/N [port=P] [gw=A.B.C.D] | disk [size=MiB] [bs=KiB] [ops=N] [seed=S] | hostile";
+const USAGE: &str = "workloads: hello | timer [N] | compute [M] | clock [N] | tsc [N] | dirty [MIB] [PAGES] [S] | kv ip=A.B.C.D/N [port=P] [gw=A.B.C.D] | disk [size=MiB] [bs=KiB] [ops=N] [seed=S] | hostile [rounds=N] [pause=MS]";
 
 pub fn run(boot: &BootInfo, cmdline: CmdLine) -> u32 {
     let mut words = cmdline.words();
