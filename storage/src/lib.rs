@@ -12,6 +12,7 @@ pub mod chunkserver;
 pub mod client;
 pub mod error;
 pub mod master;
+pub mod metrics;
 pub mod oplog;
 pub mod protocol;
 pub mod sync;

@@ -37,14 +37,31 @@ fn handle_conn(cs: &Arc<ChunkServer>, mut conn: Conn) {
                 return;
             }
         };
+        let (op, started) = (req.name(), Instant::now());
         let keep = match req {
-            ChunkRequest::Push { id, len, chain } => push(cs, &mut conn, id, len, chain),
-            ChunkRequest::Read { handle, version, offset, len } => read(cs, &mut conn, handle, version, offset, len),
+            ChunkRequest::Push { id, len, chain } => {
+                let pushed = push(cs, &mut conn, id, len, chain);
+                if pushed {
+                    crate::metrics::bytes_written(len);
+                }
+                pushed
+            }
+            ChunkRequest::Read { handle, version, offset, len } => {
+                let sent = read(cs, &mut conn, handle, version, offset, len);
+                if sent {
+                    crate::metrics::bytes_read(len);
+                }
+                sent
+            }
             other => {
                 let r = simple(cs, other).map_err(|e| to_remote(&e));
+                crate::metrics::request_done(op, started, r.is_ok());
                 conn.send(&r).is_ok()
             }
         };
+        if matches!(op, "push" | "read") {
+            crate::metrics::request_done(op, started, keep);
+        }
         if !keep {
             return;
         }

@@ -30,6 +30,21 @@ impl Master {
         ClusterStatus { servers, files, dirs, chunks: m.state.chunks.iter().count() as u64 }
     }
 
+    /// The counts `--metrics` shows (an fsck's, without its list of problems' text).
+    pub fn cluster_figures(&self) -> crate::metrics::ClusterFigures {
+        let status = self.status();
+        let fsck = self.fsck();
+        let live = status.servers.iter().filter(|s| s.live).count() as u64;
+        crate::metrics::ClusterFigures {
+            chunkservers_live: live,
+            chunkservers_dead: status.servers.len() as u64 - live,
+            files: status.files,
+            chunks: status.chunks,
+            under_replicated: fsck.under_replicated,
+            missing: fsck.missing,
+        }
+    }
+
     /// Checks every chunk of every file for live, healthy, up-to-date replicas.
     pub fn fsck(&self) -> FsckReport {
         let m = self.meta();

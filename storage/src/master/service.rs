@@ -21,6 +21,8 @@ pub fn serve(master: Arc<Master>) -> Result<std::net::SocketAddr> {
         master.spawn_rebalance();
         master.spawn_gc();
     }
+    let watched = Arc::clone(&master);
+    crate::metrics::watch_cluster(Box::new(move || watched.cluster_figures()));
     crate::protocol::conn::serve(listener, "master", master.cfg.limits.clone(), move |conn| {
         handle_conn(&master, conn)
     })?;
@@ -46,7 +48,9 @@ fn handle_conn(master: &Arc<Master>, mut conn: Conn) {
             }
         };
         tracing::trace!("{}: {req:?}", conn.peer());
+        let (op, started) = (req.name(), std::time::Instant::now());
         let reply = handle(master, req).map_err(|e| to_remote(&e));
+        crate::metrics::request_done(op, started, reply.is_ok());
         if let Err(e) = conn.send(&reply) {
             tracing::debug!("{}: {e}", conn.peer());
             return;

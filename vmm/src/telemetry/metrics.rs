@@ -11,50 +11,16 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
-/// Why the metrics endpoint did not start.
-#[derive(Debug, thiserror::Error)]
-#[error("serving metrics on {addr}: {reason}")]
-pub struct MetricsError {
-    addr: String,
-    reason: String,
-}
-
 /// Serves `/metrics` and `/status` on `addr` from a thread of its own, for the process's life.
-pub fn serve(addr: &str) -> Result<(), MetricsError> {
-    let failed = |reason: String| MetricsError { addr: addr.to_owned(), reason };
-    let server = tiny_http::Server::http(addr).map_err(|error| failed(error.to_string()))?;
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            for request in server.incoming_requests() {
-                let response = match request.url() {
-                    "/metrics" => text_response(render(&super::vitals().report()), PROMETHEUS_TEXT),
-                    "/status" => match serde_json::to_string(&super::vitals().report()) {
-                        Ok(json) => text_response(json, "application/json"),
-                        Err(error) => text_response(error.to_string(), "text/plain").with_status_code(500),
-                    },
-                    _ => {
-                        text_response("not found: try /metrics or /status\n".into(), "text/plain").with_status_code(404)
-                    }
-                };
-                if let Err(error) = request.respond(response) {
-                    tracing::debug!("a metrics client went away: {error}");
-                }
-            }
-        })
-        .map_err(|error| failed(error.to_string()))?;
-    tracing::info!(%addr, "serving metrics at /metrics");
-    Ok(())
-}
-
-const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-fn text_response(body: String, content_type: &str) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-    let response = tiny_http::Response::from_string(body);
-    match tiny_http::Header::from_bytes("Content-Type", content_type) {
-        Ok(header) => response.with_header(header),
-        Err(()) => response,
-    }
+pub fn serve(addr: &str) -> Result<(), storage::metrics::MetricsError> {
+    storage::metrics::serve_http(
+        addr,
+        std::sync::Arc::new(|path| match path {
+            "/metrics" => Some((render(&super::vitals().report()), storage::metrics::PROMETHEUS_TEXT)),
+            "/status" => serde_json::to_string(&super::vitals().report()).ok().map(|json| (json, "application/json")),
+            _ => None,
+        }),
+    )
 }
 
 /// The report in the Prometheus text format.

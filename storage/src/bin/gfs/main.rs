@@ -52,6 +52,12 @@ impl KeysArgs {
 /// Connection settings shared by the master and the chunkservers.
 #[derive(clap::Args)]
 struct ServeArgs {
+    /// Serve this server's figures (requests by name and outcome, their latency, chunk bytes
+    /// read and written; on the master, chunkservers and chunks under-replicated or missing) at
+    /// http://ADDR/metrics in the Prometheus text format. Plain HTTP: with a cluster key, only a
+    /// loopback address.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
     /// Close a connection that sends no request for this many seconds (silently, so a peer
     /// that keeps it for later finds it closed, not holding a stale answer).
     #[arg(long, default_value_t = 30.0)]
@@ -65,6 +71,19 @@ struct ServeArgs {
 }
 
 impl ServeArgs {
+    fn serve_metrics(&self) -> Result<()> {
+        let Some(addr) = &self.metrics else { return Ok(()) };
+        let sealed = seal::installed().is_ok_and(|security| security.is_sealed());
+        let loopback = addr.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_loopback());
+        if sealed && !loopback {
+            bail!(
+                "--metrics {addr}: the metrics endpoint is plain HTTP; with a cluster key it binds only a loopback \
+                 address (127.0.0.1:PORT, scraped by an agent on this host), or run with --insecure"
+            );
+        }
+        Ok(storage::metrics::serve(addr)?)
+    }
+
     fn limits(&self) -> Result<storage::protocol::conn::ServeLimits> {
         if self.max_conns_per_peer == 0 || self.max_conns == 0 {
             bail!("--max-conns and --max-conns-per-peer must be at least 1");
@@ -341,6 +360,7 @@ fn run(cli: Cli) -> Result<()> {
             let m = Master::open(cfg).context("starting the master")?;
             let addr = service::serve(m).context("starting the master")?;
             println!("gfs master listening on {addr}");
+            serve.serve_metrics()?;
             park()
         }
         Cmd::Chunkserver {
@@ -365,6 +385,7 @@ fn run(cli: Cli) -> Result<()> {
             cfg.limits = serve.limits()?;
             let cs = ChunkServer::start(cfg).context("starting the chunkserver")?;
             println!("gfs chunkserver listening on {}", cs.addr);
+            serve.serve_metrics()?;
             park()
         }
         Cmd::Ls { path } => {
