@@ -18,6 +18,7 @@
 //! The lines both sides print on stderr (stdout carries the guest's console) are part of the
 //! interface: tests and operators read them.
 
+mod accept;
 pub mod backup;
 pub mod fence;
 pub mod join;

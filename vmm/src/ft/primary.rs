@@ -4,6 +4,7 @@
 //! backup's acknowledgement. When the backup goes silent the primary races for the register:
 //! won, it releases what it held and runs alone again (a new backup can join); lost, it halts.
 
+use super::accept::{Join, Joining};
 use super::join;
 use super::register::{GoLiveRegister, Race};
 use super::verify::DigestingCommit;
@@ -18,7 +19,6 @@ use devices::virtio::DiscardOutput;
 use devices::{EventSource, HostWorld, WorldStop};
 use ftlog::channel::{Hello, PrimaryEvent, PrimaryLink, Role};
 use ftlog::{CommitMode, OutputCommit, PeerWatch, RecordingWorld};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -37,14 +37,6 @@ pub enum Served {
     LostRace { holder: String, generation: u64 },
     /// A gfs disk refused this side's write: another side won `generation` (see [`super::fence`]).
     FencedOut { generation: u64 },
-}
-
-/// A backup that connected, passed the handshake and received the live rounds of the copy,
-/// waiting for the vCPU to pause for the rest.
-struct Join {
-    link: PrimaryLink,
-    watch: PeerWatch,
-    prepared: join::Prepared,
 }
 
 /// The live side of VM `config.name`, holding the register at `generation`.
@@ -101,7 +93,7 @@ impl Primary {
             };
             std::thread::Builder::new()
                 .name("ft-listen".into())
-                .spawn(move || accept_backups(port.links(), joining))
+                .spawn(move || super::accept::accept_backups(port.links(), joining))
                 .map_err(|source| FtError::Listen { addr: config.listen.clone(), source })?;
         }
         Ok(Self {
@@ -591,81 +583,6 @@ fn pair_figures(commit: &PrimaryCommit, watch: &PeerWatch, state: &LinkState) ->
 fn report_lag(state: &LinkState) {
     if let Some(line) = state.lag_line() {
         crate::errln!("{line}");
-    }
-}
-
-/// What the listener needs to let a backup join.
-struct Joining {
-    hello: Arc<Mutex<Hello>>,
-    paired: Arc<AtomicBool>,
-    joins: crossbeam_channel::Sender<Join>,
-    control: VcpuControl,
-    channel: ftlog::channel::ChannelConfig,
-    memory: join::MemorySource,
-    mode: join::JoinMode,
-}
-
-/// The listener: each backup that passes the handshake gets a join thread, which copies memory
-/// while the guest runs and then hands the backup to the vCPU thread, asking it to pause; while
-/// one is joining or paired, others are turned away.
-fn accept_backups(links: crossbeam_channel::Receiver<TcpStream>, joining: Joining) {
-    let Joining { hello, paired, joins, control, channel, memory, mode } = joining;
-    for stream in links {
-        let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-        if paired.swap(true, Ordering::AcqRel) {
-            tracing::warn!(%peer, "a second backup was turned away: this VM already has one");
-            continue;
-        }
-        let ours = match hello.lock() {
-            Ok(hello) => hello.clone(),
-            Err(_) => return,
-        };
-        let watch = PeerWatch::new();
-        match PrimaryLink::accept(stream, &ours, watch.clone(), &channel) {
-            Ok(link) => {
-                tracing::info!(%peer, backup = %link.backup().id, ?mode, "a backup connected; copying memory");
-                let (joins, control, memory, free) = (joins.clone(), control.clone(), memory.clone(), paired.clone());
-                let spawned = std::thread::Builder::new()
-                    .name("ft-join".into())
-                    .spawn(move || copy_for_join(link, watch, &memory, mode, &joins, &control, &free));
-                if let Err(error) = spawned {
-                    tracing::warn!(%peer, "could not start a join: {error}");
-                    paired.store(false, Ordering::Release);
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%peer, "a backup's handshake failed: {error}");
-                paired.store(false, Ordering::Release);
-            }
-        }
-    }
-}
-
-/// A join thread: the live rounds of the copy while the vCPU runs, then the hand-over to the
-/// vCPU thread for the pause. A backup lost on the way leaves the VM running alone as it was,
-/// and the next backup may join at once.
-fn copy_for_join(
-    link: PrimaryLink,
-    watch: PeerWatch,
-    memory: &join::MemorySource,
-    mode: join::JoinMode,
-    joins: &crossbeam_channel::Sender<Join>,
-    control: &VcpuControl,
-    paired: &AtomicBool,
-) {
-    let addr = link.backup().listen.clone();
-    match join::prepare(memory, link.transfer_sink(), mode) {
-        Ok(prepared) => {
-            if joins.send(Join { link, watch, prepared }).is_ok() {
-                control.pause();
-            }
-        }
-        Err(error) => {
-            link.abort();
-            drop(link);
-            tracing::warn!(%addr, "a backup went away while it joined; running alone: {error}");
-            paired.store(false, Ordering::Release);
-        }
     }
 }
 
