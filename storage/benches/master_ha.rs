@@ -10,7 +10,7 @@ mod common;
 #[path = "../tests/ha/mod.rs"]
 mod ha;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 use storage::Client;
 
@@ -79,7 +79,7 @@ fn main() {
     let dir = common::temp_dir("bench-master-ha");
     let single_addr = common::free_addr();
     let _single = common::KillOnDrop(
-        Command::new(common::GFS)
+        common::gfs_command()
             .args(["master", "--dir", &dir.join("single").display().to_string(), "--listen", &single_addr])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -2,9 +2,9 @@
 //! that report to all of them, on loopback.
 #![allow(dead_code)]
 
-use super::common::{free_addr, temp_dir, wait_listening, GFS};
+use super::common::{free_addr, gfs_command, temp_dir, wait_listening};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 use storage::client::RetryPolicy;
 use storage::error::ErrorKind;
@@ -24,7 +24,7 @@ pub struct Replicas {
 fn spawn(args: &[String], log: &Path) -> Child {
     let f = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open log");
     let f2 = f.try_clone().expect("clone log");
-    Command::new(GFS).args(args).arg("-v").stdout(Stdio::from(f)).stderr(Stdio::from(f2)).spawn().expect("spawn gfs")
+    gfs_command().args(args).arg("-v").stdout(Stdio::from(f)).stderr(Stdio::from(f2)).spawn().expect("spawn gfs")
 }
 
 fn signal(child: &Child, sig: libc::c_int) {
