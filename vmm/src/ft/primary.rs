@@ -479,14 +479,8 @@ impl Helpers {
                     if !verified {
                         state.replayed(watch.verified());
                     }
-                    match commit.release_ready() {
-                        Ok(count) => super::timeline::released(count),
-                        Err(error) => {
-                            tracing::error!("a held output could not be released: {error}");
-                            state.set_failed(Arc::new(error));
-                            control.stop();
-                            return;
-                        }
+                    if !release_or_stop(&commit, &state, &control) {
+                        return;
                     }
                     let released = commit.released_position();
                     if released > told && link.send_released(released).is_ok() {
@@ -529,14 +523,8 @@ impl Helpers {
                                 // releaser's next poll: the backup's new state is past these
                                 // outputs, and it holds the copies the resync carried only
                                 // until it hears they left.
-                                match commit.release_ready() {
-                                    Ok(count) => super::timeline::released(count),
-                                    Err(error) => {
-                                        tracing::error!("a held output could not be released: {error}");
-                                        state.set_failed(Arc::new(error));
-                                        control.stop();
-                                        return;
-                                    }
+                                if !release_or_stop(&commit, &state, &control) {
+                                    return;
                                 }
                                 crate::errln!(
                                     "ft: resync {count} ({}) done in {} ms",
@@ -560,6 +548,23 @@ impl Helpers {
         self.stop.store(true, Ordering::Release);
         for thread in self.threads {
             let _ = thread.join();
+        }
+    }
+}
+
+/// Releases what the backup has acknowledged. A backend that fails is fatal for the VM: the
+/// failure is kept in `state` and the vCPU is stopped; `false` then.
+fn release_or_stop(commit: &PrimaryCommit, state: &LinkState, control: &VcpuControl) -> bool {
+    match commit.release_ready() {
+        Ok(count) => {
+            super::timeline::released(count);
+            true
+        }
+        Err(error) => {
+            tracing::error!("a held output could not be released: {error}");
+            state.set_failed(Arc::new(error));
+            control.stop();
+            false
         }
     }
 }
