@@ -6,8 +6,8 @@
 //! namespaces, with a client's TCP connection surviving a failover, is in `ft_pair.rs`.
 
 use anyhow::{bail, Context, Result};
+use ftvm_tests::ft::loopback::{free_addr, Master};
 use ftvm_tests::{binary, Process};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -22,52 +22,8 @@ const COMPUTE: &[&str] = &["compute", "1200"];
 const COMPUTE_LONG: &[&str] = &["compute", "3000"];
 const LONG: Duration = Duration::from_secs(90);
 
-fn free_addr() -> Result<String> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string())
-}
-
-/// A gfs master on loopback (the go-live registers live there), killed on drop.
-struct Master {
-    addr: String,
-    _process: Process,
-    _dir: tempfile::TempDir,
-}
-
-impl Master {
-    fn start() -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let addr = free_addr()?;
-        let mut command = Command::new(binary("gfs")?);
-        command.args(["master", "--listen", &addr, "--dir"]).arg(dir.path().join("master"));
-        let process = Process::spawn(command)?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            if std::time::Instant::now() > deadline {
-                bail!("the gfs master never listened on {addr}:\n{}", process.output());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Self { addr, _process: process, _dir: dir })
-    }
-}
-
 fn ftvm() -> Result<PathBuf> {
     binary("ftvm")
-}
-
-/// `ftvm run --guest WORKLOAD --ft NAME` listening on `listen`.
-fn primary(master: &Master, name: &str, listen: &str, workload: &[&str], extra: &[&str]) -> Result<Process> {
-    let mut command = Command::new(ftvm()?);
-    command.args(["run", "--guest"]).args(workload);
-    command.args(["--ft", name, "--gfs-master", &master.addr, "--ft-listen", listen]).args(extra);
-    Process::spawn(command)
-}
-
-/// `ftvm backup --join JOIN` listening on `listen` once live.
-fn backup(master: &Master, join: &str, listen: &str) -> Result<Process> {
-    let mut command = Command::new(ftvm()?);
-    command.args(["backup", "--join", join, "--gfs-master", &master.addr, "--ft-listen", listen]);
-    Process::spawn(command)
 }
 
 /// The `digest:` line an unprotected run of `workload` prints.
@@ -118,9 +74,9 @@ fn got_every_tick(process: &Process) -> Result<()> {
 fn a_backup_follows_a_primary_to_power_off_and_reaches_the_same_state() -> Result<()> {
     let master = Master::start()?;
     let (a, b) = (free_addr()?, free_addr()?);
-    let mut p = primary(&master, "follow", &a, TIMER, &["--state-digest"])?;
+    let mut p = master.primary("follow", &a, TIMER, &["--state-digest"])?;
     p.wait_for("ft: live as follow generation 1", LONG)?;
-    let mut s = backup(&master, &a, &b)?;
+    let mut s = master.backup(&a, &b, &[])?;
     assert_eq!(exit_code(&mut p)?, 0, "{}", p.output());
     assert_eq!(exit_code(&mut s)?, 0, "{}", s.output());
     assert!(s.output().contains("ft: backup at power-off: state-digest identical"), "{}", s.output());
@@ -128,7 +84,7 @@ fn a_backup_follows_a_primary_to_power_off_and_reaches_the_same_state() -> Resul
     assert!(digest_line(&s.output()).is_err(), "a following backup printed console output:\n{}", s.output());
     got_every_tick(&p)?;
     // The clean stop released the register: the next start needs no --takeover.
-    let mut again = primary(&master, "follow", &free_addr()?, TIMER, &[])?;
+    let mut again = master.primary("follow", &free_addr()?, TIMER, &[])?;
     again.wait_for("ft: live as follow generation 3", LONG)?;
     Ok(())
 }
@@ -137,8 +93,8 @@ fn a_backup_follows_a_primary_to_power_off_and_reaches_the_same_state() -> Resul
 fn the_backup_takes_over_a_killed_primary_and_finishes_its_computation() -> Result<()> {
     let master = Master::start()?;
     let (a, b) = (free_addr()?, free_addr()?);
-    let mut p = primary(&master, "kill", &a, COMPUTE, &[])?;
-    let mut s = backup(&master, &a, &b)?;
+    let mut p = master.primary("kill", &a, COMPUTE, &[])?;
+    let mut s = master.backup(&a, &b, &[])?;
     protected_computing(&mut p, &mut s)?;
     p.kill();
     s.wait_for("ft: live at ", LONG)?;
@@ -153,8 +109,8 @@ fn the_backup_takes_over_a_killed_primary_and_finishes_its_computation() -> Resu
 fn the_backup_takes_over_a_killed_primary_and_its_clock_and_timers_carry_on() -> Result<()> {
     let master = Master::start()?;
     let (a, b) = (free_addr()?, free_addr()?);
-    let mut p = primary(&master, "tick", &a, TIMER, &[])?;
-    let mut s = backup(&master, &a, &b)?;
+    let mut p = master.primary("tick", &a, TIMER, &[])?;
+    let mut s = master.backup(&a, &b, &[])?;
     protected(&mut p, &mut s)?;
     p.kill();
     s.wait_for("ft: live at Exit(", LONG)?;
@@ -166,8 +122,8 @@ fn the_backup_takes_over_a_killed_primary_and_its_clock_and_timers_carry_on() ->
 fn a_primary_whose_backup_dies_releases_what_it_held_and_runs_on_alone() -> Result<()> {
     let master = Master::start()?;
     let (a, b) = (free_addr()?, free_addr()?);
-    let mut p = primary(&master, "alone", &a, TIMER, &[])?;
-    let mut s = backup(&master, &a, &b)?;
+    let mut p = master.primary("alone", &a, TIMER, &[])?;
+    let mut s = master.backup(&a, &b, &[])?;
     protected(&mut p, &mut s)?;
     s.kill();
     p.wait_for("running alone, generation 2", LONG)?;
@@ -179,8 +135,8 @@ fn a_primary_whose_backup_dies_releases_what_it_held_and_runs_on_alone() -> Resu
 fn a_primary_paused_past_the_timeout_loses_the_race_and_releases_nothing() -> Result<()> {
     let master = Master::start()?;
     let (a, b) = (free_addr()?, free_addr()?);
-    let mut p = primary(&master, "pause", &a, TIMER, &[])?;
-    let mut s = backup(&master, &a, &b)?;
+    let mut p = master.primary("pause", &a, TIMER, &[])?;
+    let mut s = master.backup(&a, &b, &[])?;
     protected(&mut p, &mut s)?;
     p.signal(libc::SIGSTOP)?;
     s.wait_for("ft: live at ", LONG)?;
@@ -203,8 +159,8 @@ fn a_primary_paused_past_the_timeout_loses_the_race_and_releases_nothing() -> Re
 fn a_new_backup_joins_the_side_that_took_over_and_a_second_failover_works() -> Result<()> {
     let master = Master::start()?;
     let (a, b, c) = (free_addr()?, free_addr()?, free_addr()?);
-    let mut first = primary(&master, "twice", &a, COMPUTE_LONG, &[])?;
-    let mut second = backup(&master, &a, &b)?;
+    let mut first = master.primary("twice", &a, COMPUTE_LONG, &[])?;
+    let mut second = master.backup(&a, &b, &[])?;
     protected_computing(&mut first, &mut second)?;
     first.kill();
     second.wait_for("ft: live at ", LONG)?;
@@ -228,13 +184,13 @@ fn a_new_backup_joins_the_side_that_took_over_and_a_second_failover_works() -> R
 #[test]
 fn a_held_register_refuses_a_second_primary_unless_the_operator_takes_over() -> Result<()> {
     let master = Master::start()?;
-    let mut p = primary(&master, "held", &free_addr()?, TIMER, &[])?;
+    let mut p = master.primary("held", &free_addr()?, TIMER, &[])?;
     p.wait_for("ft: live as held generation 1", LONG)?;
-    let mut refused = primary(&master, "held", &free_addr()?, TIMER, &[])?;
+    let mut refused = master.primary("held", &free_addr()?, TIMER, &[])?;
     assert_ne!(exit_code(&mut refused)?, 0);
     let out = refused.output();
     assert!(out.contains("is held by") && out.contains("--takeover"), "{out}");
-    let mut forced = primary(&master, "held", &free_addr()?, TIMER, &["--takeover"])?;
+    let mut forced = master.primary("held", &free_addr()?, TIMER, &["--takeover"])?;
     forced.wait_for("ft: live as held generation 2", LONG)?;
     Ok(())
 }
@@ -260,8 +216,8 @@ fn a_busy_machine_is_not_a_dead_peer() -> Result<()> {
     let master = Master::start()?;
     let (a, b) = (free_addr()?, free_addr()?);
     const THIRTY_SECONDS: &[&str] = &["timer", "30000"];
-    let mut p = primary(&master, "busy", &a, THIRTY_SECONDS, &[])?;
-    let mut s = backup(&master, &a, &b)?;
+    let mut p = master.primary("busy", &a, THIRTY_SECONDS, &[])?;
+    let mut s = master.backup(&a, &b, &[])?;
     p.wait_for("ft: protected by ", LONG)?;
     // Two hogs on this two-core machine for the whole run.
     let hogs = [Hog::start()?, Hog::start()?];

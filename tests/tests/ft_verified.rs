@@ -5,57 +5,14 @@
 //! still leave a backup that goes live and finishes the work. (The failover of a client's TCP
 //! connection in verified mode is in `ft_pair.rs`.)
 
-use anyhow::{bail, ensure, Context, Result};
-use ftvm_tests::{binary, Process};
-use std::net::TcpListener;
-use std::process::Command;
+use anyhow::{ensure, Context, Result};
+use ftvm_tests::ft::loopback::{free_addr, Master};
+use ftvm_tests::Process;
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(90);
 /// Six seconds of values, one every 100 ms.
 const TSC: &[&str] = &["tsc", "60"];
-
-fn free_addr() -> Result<String> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string())
-}
-
-/// A gfs master on loopback (the go-live registers live there), killed on drop.
-struct Master {
-    addr: String,
-    _process: Process,
-    _dir: tempfile::TempDir,
-}
-
-impl Master {
-    fn start() -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let addr = free_addr()?;
-        let mut command = Command::new(binary("gfs")?);
-        command.args(["master", "--listen", &addr, "--dir"]).arg(dir.path().join("master"));
-        let process = Process::spawn(command)?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            if std::time::Instant::now() > deadline {
-                bail!("the gfs master never listened on {addr}:\n{}", process.output());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Self { addr, _process: process, _dir: dir })
-    }
-}
-
-fn primary(master: &Master, name: &str, listen: &str, workload: &[&str], commit: &str) -> Result<Process> {
-    let mut command = Command::new(binary("ftvm")?);
-    command.args(["run", "--guest"]).args(workload);
-    command.args(["--ft", name, "--gfs-master", &master.addr, "--ft-listen", listen, "--commit", commit]);
-    Process::spawn(command)
-}
-
-fn backup(master: &Master, join: &str, listen: &str) -> Result<Process> {
-    let mut command = Command::new(binary("ftvm")?);
-    command.args(["backup", "--join", join, "--gfs-master", &master.addr, "--ft-listen", listen]);
-    Process::spawn(command)
-}
 
 fn exit_code(process: &mut Process) -> Result<i32> {
     let status = process.wait(LONG)?;
@@ -77,9 +34,9 @@ fn values(out: &str) -> Vec<(u64, u64)> {
 fn tsc_in_verified_mode_causes_resyncs_the_pair_stays_protected_and_a_kill_still_fails_over() -> Result<()> {
     let master = Master::start()?;
     let (a, b) = (free_addr()?, free_addr()?);
-    let mut p = primary(&master, "tsc", &a, TSC, "verified")?;
+    let mut p = master.primary("tsc", &a, TSC, &["--commit", "verified"])?;
     p.wait_for("ft: live as tsc generation 1", LONG)?;
-    let mut s = backup(&master, &a, &b)?;
+    let mut s = master.backup(&a, &b, &[])?;
     p.wait_for("ft: protected by ", LONG)?;
     // Both sides count the resyncs, a line each.
     for n in 1..=3 {
