@@ -82,41 +82,20 @@ pub fn render(report: &StatusReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::{LagFigures, Role};
 
     #[test]
     fn the_text_format_carries_each_figure_with_its_type() {
-        let report = StatusReport {
-            vm: "kv".into(),
-            listen: "127.0.0.1:1".into(),
-            pid: 1,
-            role: Role::Live,
-            protected: true,
-            generation: 4,
-            landmark: "Exit(77)".into(),
-            exits: 77,
-            peer: Some("127.0.0.1:2".into()),
-            backup_lag: Some(LagFigures { p50_ms: 2.0, p99_ms: 8.0, max_ms: 20.0, samples: 9 }),
-            log_bytes: 5000,
-            log_rate_bytes_per_s: 100.0,
-            held_outputs: 3,
-            held_bytes: 180,
-            oldest_held_ms: Some(4.0),
-            resyncs: 2,
-            joins: 1,
-            failovers: 1,
-            uptime_s: 1.0,
-        };
+        let report = crate::telemetry::status::sample_report();
         let text = render(&report);
         for line in [
             "# TYPE ftvm_exits counter",
-            "ftvm_exits_total 77",
-            "ftvm_log_bytes_total 5000",
+            "ftvm_exits_total 9",
+            "ftvm_log_bytes_total 4096",
             "ftvm_protected 1.0",
-            "ftvm_generation 4.0",
-            "ftvm_held_outputs 3.0",
-            "ftvm_backup_lag_p99_seconds 0.008",
-            "ftvm_resyncs_total 2",
+            "ftvm_generation 3.0",
+            "ftvm_held_outputs 2.0",
+            "ftvm_backup_lag_p99_seconds 0.0095",
+            "ftvm_resyncs_total 1",
             "ftvm_failovers_total 1",
         ] {
             assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");

@@ -184,33 +184,35 @@ pub fn render(report: &StatusReport) -> String {
     out
 }
 
+/// A report with every field set, for tests here and in [`super::metrics`].
+#[cfg(test)]
+pub(super) fn sample_report() -> StatusReport {
+    StatusReport {
+        vm: "kv".into(),
+        listen: "127.0.0.1:7100".into(),
+        pid: 7,
+        role: Role::Live,
+        protected: true,
+        generation: 3,
+        landmark: "Exit(9)".into(),
+        exits: 9,
+        peer: Some("127.0.0.1:7101".into()),
+        backup_lag: Some(LagFigures { p50_ms: 2.5, p99_ms: 9.5, max_ms: 30.0, samples: 100 }),
+        log_bytes: 4096,
+        log_rate_bytes_per_s: 2048.0,
+        held_outputs: 2,
+        held_bytes: 120,
+        oldest_held_ms: Some(1.5),
+        resyncs: 1,
+        joins: 2,
+        failovers: 1,
+        uptime_s: 12.0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn report() -> StatusReport {
-        StatusReport {
-            vm: "kv".into(),
-            listen: "127.0.0.1:7100".into(),
-            pid: 7,
-            role: Role::Live,
-            protected: true,
-            generation: 3,
-            landmark: "Exit(9)".into(),
-            exits: 9,
-            peer: Some("127.0.0.1:7101".into()),
-            backup_lag: Some(LagFigures { p50_ms: 2.5, p99_ms: 9.5, max_ms: 30.0, samples: 100 }),
-            log_bytes: 4096,
-            log_rate_bytes_per_s: 2048.0,
-            held_outputs: 2,
-            held_bytes: 120,
-            oldest_held_ms: Some(1.5),
-            resyncs: 1,
-            joins: 2,
-            failovers: 1,
-            uptime_s: 12.0,
-        }
-    }
 
     #[test]
     fn a_report_crosses_a_real_socket_whole() {
@@ -222,9 +224,9 @@ mod tests {
             let mut magic = [0u8; 8];
             std::io::Read::read_exact(&mut stream, &mut magic).unwrap();
             assert_eq!(magic, STATUS_MAGIC);
-            answer(stream, "the test", Duration::from_secs(5), report).unwrap();
+            answer(stream, "the test", Duration::from_secs(5), sample_report).unwrap();
         });
-        assert_eq!(query(&addr, Duration::from_secs(5)).unwrap(), report());
+        assert_eq!(query(&addr, Duration::from_secs(5)).unwrap(), sample_report());
         server.join().unwrap();
     }
 
@@ -241,7 +243,7 @@ mod tests {
 
     #[test]
     fn the_text_names_role_backup_and_lag() {
-        let text = render(&report());
+        let text = render(&sample_report());
         assert!(text.contains("role:        live, protected"), "{text}");
         assert!(text.contains("backup:      127.0.0.1:7101"), "{text}");
         assert!(text.contains("p99 9.5 ms"), "{text}");
