@@ -5,6 +5,10 @@ use devices::{ClockId, InputKind, Landmark, WorldEvent};
 use ftlog::{End, LogError, LogHeader, LogReader, LogWriter, MachineDescription, Record};
 use proptest::prelude::*;
 
+#[path = "common/framing.rs"]
+mod framing;
+use framing::frame;
+
 fn landmark() -> impl Strategy<Value = Landmark> {
     prop_oneof![any::<u64>().prop_map(Landmark::Exit), any::<u64>().prop_map(Landmark::Preempt)]
 }
@@ -310,17 +314,6 @@ fn throughput() {
         mb / dec.as_secs_f64(),
         dec.as_nanos() as f64 / n as f64
     );
-}
-
-/// One record unit framed by hand: `len u32 | lchk u8 | body | crc32c u32`.
-fn frame(body: &[u8]) -> Vec<u8> {
-    let len = body.len() as u32;
-    let mut unit = len.to_le_bytes().to_vec();
-    unit.push(len.to_le_bytes().iter().fold(0xA5, |acc, b| acc ^ b));
-    unit.extend_from_slice(body);
-    let crc = crc32c::crc32c(&unit);
-    unit.extend_from_slice(&crc.to_le_bytes());
-    unit
 }
 
 #[test]

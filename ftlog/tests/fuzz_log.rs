@@ -19,6 +19,10 @@ use ftlog::{DeltaCheckpoint, End, LogHeader, LogReader, LogWriter, MachineDescri
 use ftvm_tests::fuzz::{self, largest_allocation, mutations};
 use proptest::prelude::*;
 
+#[path = "common/framing.rs"]
+mod framing;
+use framing::{frame, length_check};
+
 #[global_allocator]
 static ALLOC: fuzz::Measuring = fuzz::Measuring;
 
@@ -111,22 +115,6 @@ fn encode(header: &LogHeader, records: &[Record], end: &End) -> (Vec<u8>, Vec<us
     }
     starts.push(writer.offset() as usize);
     (writer.into_inner().expect("to a Vec"), starts)
-}
-
-/// The length check byte of the format (as `format::length_check`).
-fn length_check(len: u32) -> u8 {
-    len.to_le_bytes().iter().fold(0xA5, |acc, b| acc ^ b)
-}
-
-/// A record around `unit` (kind byte and body) with a correct length, length check and CRC.
-fn seal_record(unit: &[u8]) -> Vec<u8> {
-    let len = unit.len() as u32;
-    let mut out = len.to_le_bytes().to_vec();
-    out.push(length_check(len));
-    out.extend_from_slice(unit);
-    let crc = crc32c::crc32c(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out
 }
 
 /// A header with `body` behind the magic and version of `original`, correctly framed.
@@ -265,7 +253,7 @@ proptest! {
         let i = 1 + which.index(starts.len() - 2);
         let (at, next) = (starts[i], starts[i + 1]);
         let unit = fuzz::mutated(log[at + 5..next - 4].to_vec(), &ms);
-        let damaged = [&log[..at], &seal_record(&unit)[..], &log[next..]].concat();
+        let damaged = [&log[..at], &frame(&unit)[..], &log[next..]].concat();
         check_log(&damaged)?;
     }
 

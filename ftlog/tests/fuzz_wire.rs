@@ -18,6 +18,10 @@ use ftlog::channel::wire::{decode_frame, FrameReader, Message, RecvError};
 use ftlog::{Hello, MachineDescription, Role};
 use ftvm_tests::fuzz::{self, largest_allocation, mutations, Trickle};
 use proptest::prelude::*;
+
+#[path = "common/framing.rs"]
+mod framing;
+use framing::length_check;
 use std::time::{Duration, Instant};
 
 #[global_allocator]
@@ -53,22 +57,6 @@ fn encode(messages: &[Message]) -> Vec<u8> {
     for m in messages {
         m.encode_into(&mut out).expect("small messages encode");
     }
-    out
-}
-
-/// The length check byte of the channel's framing (as `format::length_check`).
-fn length_check(len: u32) -> u8 {
-    len.to_le_bytes().iter().fold(0xA5, |acc, b| acc ^ b)
-}
-
-/// A frame around `unit` (type byte and body) with a correct length, length check and CRC.
-fn seal(unit: &[u8]) -> Vec<u8> {
-    let len = unit.len() as u32;
-    let mut out = len.to_le_bytes().to_vec();
-    out.push(length_check(len));
-    out.extend_from_slice(unit);
-    let crc = crc32c::crc32c(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
     out
 }
 
@@ -283,7 +271,7 @@ proptest! {
             if j == i {
                 // The unit (type byte and body) between the 5 head bytes and the CRC.
                 let unit = fuzz::mutated(frame[5..frame.len() - 4].to_vec(), &ms);
-                wire.extend_from_slice(&seal(&unit));
+                wire.extend_from_slice(&framing::frame(&unit));
             } else {
                 wire.extend_from_slice(&frame);
             }
@@ -298,7 +286,7 @@ proptest! {
         let body = fuzz::mutated(body, &ms);
         check_hello(&body)?;
         // And framed as the handshake reads it.
-        check_stream(&seal(&[&[1u8][..], &body].concat()), 7)?;
+        check_stream(&framing::frame(&[&[1u8][..], &body].concat()), 7)?;
     }
 
     #[test]
