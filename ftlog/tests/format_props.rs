@@ -1,7 +1,7 @@
 //! Property tests of the log format: round trips, truncation and corruption detection.
 
 use devices::virtio::DeviceDescription;
-use devices::{ClockId, InputKind, Landmark, WorldEvent};
+use devices::{ClockId, Landmark, WorldEvent};
 use ftlog::{End, LogError, LogHeader, LogReader, LogWriter, MachineDescription, Record};
 use proptest::prelude::*;
 
@@ -9,42 +9,9 @@ use proptest::prelude::*;
 mod framing;
 use framing::frame;
 
-fn landmark() -> impl Strategy<Value = Landmark> {
-    prop_oneof![any::<u64>().prop_map(Landmark::Exit), any::<u64>().prop_map(Landmark::Preempt)]
-}
-
-fn clock() -> impl Strategy<Value = ClockId> {
-    prop_oneof![Just(ClockId::Monotonic), Just(ClockId::Wall)]
-}
-
-fn world_event() -> impl Strategy<Value = WorldEvent> {
-    prop_oneof![
-        Just(WorldEvent::PitExpired),
-        (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..64))
-            .prop_map(|(device, frame)| WorldEvent::NetFrame { device, frame }),
-        (any::<u8>(), any::<u64>(), any::<u8>(), proptest::collection::vec(any::<u8>(), 0..64))
-            .prop_map(|(device, id, status, data)| WorldEvent::DiskDone { device, id, status, data }),
-    ]
-}
-
-fn record() -> impl Strategy<Value = Record> {
-    prop_oneof![
-        (any::<u64>(), any::<[u8; 32]>()).prop_map(|(exits, digest)| Record::ExitDigest { exits, digest }),
-        (landmark(), any::<u8>()).prop_map(|(at, vector)| Record::Interrupt { at, vector }),
-        (landmark(), clock(), any::<u64>()).prop_map(|(at, clock, value)| Record::ClockRead { at, clock, value }),
-        (landmark(), world_event()).prop_map(|(at, event)| Record::World { at, event }),
-        (landmark(), proptest::collection::vec(any::<u8>(), 0..200))
-            .prop_map(|(at, data)| Record::Checkpoint { at, data }),
-        (landmark(), any::<u8>(), proptest::collection::vec(any::<u8>(), 0..100))
-            .prop_map(|(at, device, data)| Record::Input { at, kind: InputKind::DiskRead { device }, data }),
-        any::<u64>().prop_map(|exits| Record::SnapshotMark { exits }),
-    ]
-}
-
-fn end() -> impl Strategy<Value = End> {
-    (any::<u64>(), any::<[u8; 32]>(), any::<u32>(), any::<Option<[u8; 32]>>())
-        .prop_map(|(exits, exit_digest, exit_code, state_digest)| End { exits, exit_digest, exit_code, state_digest })
-}
+#[path = "common/records.rs"]
+mod records;
+use records::{end, record};
 
 fn header() -> impl Strategy<Value = LogHeader> {
     (
@@ -100,7 +67,7 @@ fn unit_of(starts: &[u64], pos: u64) -> u64 {
 
 proptest! {
     #[test]
-    fn every_record_round_trips(h in header(), r in record()) {
+    fn every_record_round_trips(h in header(), r in record(200)) {
         let mut writer = LogWriter::new(Vec::new(), &h).unwrap();
         writer.write(&r).unwrap();
         let bytes = writer.into_inner().unwrap();
@@ -111,7 +78,7 @@ proptest! {
     }
 
     #[test]
-    fn whole_logs_round_trip(h in header(), records in proptest::collection::vec(record(), 0..20), e in end()) {
+    fn whole_logs_round_trip(h in header(), records in proptest::collection::vec(record(200), 0..20), e in end()) {
         let (bytes, starts) = encode(&h, &records, &e);
         let (got_header, got) = read(&bytes).unwrap();
         prop_assert_eq!(got_header, h);
@@ -123,7 +90,7 @@ proptest! {
 
     #[test]
     fn any_truncation_is_reported_at_or_before_the_cut(
-        h in header(), records in proptest::collection::vec(record(), 0..8), e in end(), cut in any::<prop::sample::Index>()
+        h in header(), records in proptest::collection::vec(record(200), 0..8), e in end(), cut in any::<prop::sample::Index>()
     ) {
         let (bytes, starts) = encode(&h, &records, &e);
         let cut = cut.index(bytes.len()); // strictly shorter than the log
@@ -138,7 +105,7 @@ proptest! {
 
     #[test]
     fn any_flipped_byte_is_detected_where_it_is(
-        h in header(), records in proptest::collection::vec(record(), 0..8), e in end(),
+        h in header(), records in proptest::collection::vec(record(200), 0..8), e in end(),
         pos in any::<prop::sample::Index>(), xor in 1u8..,
     ) {
         let (mut bytes, starts) = encode(&h, &records, &e);

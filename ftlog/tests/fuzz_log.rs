@@ -14,7 +14,6 @@
 //! --release -p ftlog --test fuzz_log` runs a million each.
 
 use devices::virtio::DeviceDescription;
-use devices::{ClockId, InputKind, Landmark, WorldEvent};
 use ftlog::{DeltaCheckpoint, End, LogHeader, LogReader, LogWriter, MachineDescription, Record, PAGE_SIZE};
 use ftvm_tests::fuzz::{self, largest_allocation, mutations};
 use proptest::prelude::*;
@@ -23,6 +22,10 @@ use proptest::prelude::*;
 mod framing;
 use framing::{frame, length_check};
 
+#[path = "common/records.rs"]
+mod records;
+use records::{end, record};
+
 #[global_allocator]
 static ALLOC: fuzz::Measuring = fuzz::Measuring;
 
@@ -30,40 +33,6 @@ static ALLOC: fuzz::Measuring = fuzz::Measuring;
 const READER_BUFFERS: usize = 2 * 64 * 1024 + 4096;
 /// Bytes of the header before its body: magic, version, length, length check.
 const HEADER_PREFIX: usize = 8 + 2 + 4 + 1;
-
-fn landmark() -> impl Strategy<Value = Landmark> {
-    prop_oneof![any::<u64>().prop_map(Landmark::Exit), any::<u64>().prop_map(Landmark::Preempt)]
-}
-
-fn world_event() -> impl Strategy<Value = WorldEvent> {
-    prop_oneof![
-        Just(WorldEvent::PitExpired),
-        (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..48))
-            .prop_map(|(device, frame)| WorldEvent::NetFrame { device, frame }),
-        (any::<u8>(), any::<u64>(), any::<u8>(), proptest::collection::vec(any::<u8>(), 0..48))
-            .prop_map(|(device, id, status, data)| WorldEvent::DiskDone { device, id, status, data }),
-    ]
-}
-
-fn record() -> impl Strategy<Value = Record> {
-    prop_oneof![
-        (any::<u64>(), any::<[u8; 32]>()).prop_map(|(exits, digest)| Record::ExitDigest { exits, digest }),
-        (landmark(), any::<u8>()).prop_map(|(at, vector)| Record::Interrupt { at, vector }),
-        (landmark(), prop_oneof![Just(ClockId::Monotonic), Just(ClockId::Wall)], any::<u64>())
-            .prop_map(|(at, clock, value)| Record::ClockRead { at, clock, value }),
-        (landmark(), world_event()).prop_map(|(at, event)| Record::World { at, event }),
-        (landmark(), proptest::collection::vec(any::<u8>(), 0..64))
-            .prop_map(|(at, data)| Record::Checkpoint { at, data }),
-        (landmark(), any::<u8>(), proptest::collection::vec(any::<u8>(), 0..48))
-            .prop_map(|(at, device, data)| Record::Input { at, kind: InputKind::DiskRead { device }, data }),
-        any::<u64>().prop_map(|exits| Record::SnapshotMark { exits }),
-    ]
-}
-
-fn end() -> impl Strategy<Value = End> {
-    (any::<u64>(), any::<[u8; 32]>(), any::<u32>(), any::<Option<[u8; 32]>>())
-        .prop_map(|(exits, exit_digest, exit_code, state_digest)| End { exits, exit_digest, exit_code, state_digest })
-}
 
 fn device() -> impl Strategy<Value = DeviceDescription> {
     prop_oneof![
@@ -234,7 +203,7 @@ proptest! {
     }
 
     #[test]
-    fn mutated_logs(h in header(), records in proptest::collection::vec(record(), 0..6), e in end(), ms in mutations(4)) {
+    fn mutated_logs(h in header(), records in proptest::collection::vec(record(64), 0..6), e in end(), ms in mutations(4)) {
         let (log, _) = encode(&h, &records, &e);
         check_log(&fuzz::mutated(log, &ms))?;
     }
@@ -243,7 +212,7 @@ proptest! {
     #[test]
     fn mutated_records_behind_a_valid_frame(
         h in header(),
-        records in proptest::collection::vec(record(), 1..6),
+        records in proptest::collection::vec(record(64), 1..6),
         e in end(),
         which in any::<prop::sample::Index>(),
         ms in mutations(3),
