@@ -47,7 +47,7 @@ trait Side: EventSource {
     /// Primary: the scripted kick happened; checkpoint the guest.
     fn preempted(&mut self, at: Landmark, acc: u64);
     /// Replayer: load the next preemption's checkpoint instead of running.
-    fn replace_run(&mut self, count: u64, acc: &mut u64) -> bool;
+    fn load_preemption_instead_of_running(&mut self, count: u64, acc: &mut u64) -> bool;
     /// At the exit boundary `Exit(count)`: the primary saves a snapshot if `snapshot`; the
     /// replayer passes a mark if there is one. Returns whether a mark was written / passed.
     fn boundary(&mut self, count: u64, snapshot: bool) -> bool;
@@ -64,7 +64,7 @@ impl<W: std::io::Write> Side for RecordingWorld<FakeWorld, W> {
     fn preempted(&mut self, at: Landmark, acc: u64) {
         self.record_checkpoint(at, &acc.to_le_bytes()).expect("record checkpoint");
     }
-    fn replace_run(&mut self, _count: u64, _acc: &mut u64) -> bool {
+    fn load_preemption_instead_of_running(&mut self, _count: u64, _acc: &mut u64) -> bool {
         false
     }
     fn boundary(&mut self, count: u64, snapshot: bool) -> bool {
@@ -88,7 +88,7 @@ impl<F: ftlog::RecordFeed> Side for ReplayWorld<F> {
     fn preempted(&mut self, _at: Landmark, _acc: u64) {
         unreachable!("a replayer is never kicked")
     }
-    fn replace_run(&mut self, count: u64, acc: &mut u64) -> bool {
+    fn load_preemption_instead_of_running(&mut self, count: u64, acc: &mut u64) -> bool {
         if self.next_preemption() != Some(count) {
             return false;
         }
@@ -183,7 +183,7 @@ fn drive_from(
         if count == exits {
             break;
         }
-        if side.replace_run(count, &mut acc) {
+        if side.load_preemption_instead_of_running(count, &mut acc) {
             at = Landmark::Preempt(count);
             continue;
         }

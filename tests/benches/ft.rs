@@ -33,8 +33,10 @@
 //!   the next kill hits the new primary. The outage of a kill is the longest gap between replies
 //!   from the kill to the start of the next join; every acknowledged SET is read back at the end.
 
-use anyhow::{bail, ensure, Context, Result};
-use ftvm_tests::ft::pair::{join_backup, join_backup_with, live_primary, TAKEOVER};
+use anyhow::{ensure, Context, Result};
+use ftvm_tests::ft::pair::{
+    end_pair, join_backup, join_backup_with, live_primary, still_a_pair, stop_cleanly, TAKEOVER,
+};
 use ftvm_tests::ft::{number, wait_for_line, FtNet, Host, Join, FT_PORT};
 use ftvm_tests::kv::Client;
 use ftvm_tests::{binary, namespaces_unavailable, Process};
@@ -115,9 +117,7 @@ fn run(net: &FtNet) -> Result<()> {
         verified.primary_cpu += measure(net, &mut verified, round, primary.pid(), true)?;
         verified.backup_cpu += Cpu::read(backup.pid())?.since(&backup_cpu);
         still_a_pair(&mut primary, &mut backup)?;
-        backup.kill();
-        wait_for_line(&mut primary, "ft: backup lost (no word for {n} ms); running alone, generation {n}", TAKEOVER)?;
-        stop_cleanly(&mut primary, "the verified-mode primary")?;
+        end_pair(&mut primary, &mut backup)?;
         drop((primary, backup));
 
         let (mut primary, _) = live_primary(net, Host::A, &["--commit", "received"])?;
@@ -367,25 +367,6 @@ impl Cpu {
     fn since(&self, before: &Cpu) -> f64 {
         self.0 - before.0
     }
-}
-
-/// SIGTERM, and the exit status a clean stop gives (143).
-fn stop_cleanly(vm: &mut Process, role: &str) -> Result<()> {
-    vm.signal(libc::SIGTERM)?;
-    let status = vm.wait(Duration::from_secs(30)).with_context(|| format!("{role} after SIGTERM"))?;
-    ensure!(status.code() == Some(143), "{role} stopped with {status} after SIGTERM, not 143");
-    Ok(())
-}
-
-/// Neither side gave up on the other during a measured phase.
-fn still_a_pair(primary: &mut Process, backup: &mut Process) -> Result<()> {
-    for (process, role) in [(&mut *primary, "primary"), (&mut *backup, "backup")] {
-        if let Some(status) = process.exited()? {
-            bail!("the {role} exited ({status}) during a measured phase");
-        }
-    }
-    ensure!(!primary.output().contains("ft: backup lost"), "the primary lost its backup during a measured phase");
-    Ok(())
 }
 
 /// Ends a protected round: the backup is killed, the primary says how far the backup's replay

@@ -5,7 +5,7 @@
 //!
 //! ```sh
 //! apt-get install -y redis-tools redis-server
-//! cargo build --release -p vmm          # the bench runs target/release/ftvm; cargo bench does not build it
+//! cargo build --release -p vmm -p storage # the bench runs target/release/{ftvm,gfs}; cargo bench does not build them
 //! cargo bench -p ftvm-tests --bench resp # as root with iproute2 and /dev/kvm; ~1-3 min
 //! ```
 //!
@@ -19,8 +19,19 @@
 //! go (default: the temp dir); `FTVM_BENCH_SCALE` multiplies the request counts (default 1).
 //! It prints a Markdown table (requests/s, p50 / p99 latency, each as guest, redis and the ratio
 //! guest / redis), also written to `/tmp/resp-bench.md`.
+//!
+//! Then the same `redis-benchmark` runs against the protected VM (issue 17, point 4), in the FT
+//! tests' topology (`ftvm_tests::ft::FtNet`: a switch, host-a and host-b with a TAP each, a
+//! client, gfs for the `ft.kv` register; the disk a local file): the guest unprotected on
+//! host-a, then protected (`--ft kv --commit received` on host-a, `ftvm backup --join` on
+//! host-b), then the same with `--commit verified`, each configuration from the client's
+//! namespace. A second table gives requests/s and p50 / p99 of each mode and the ratios FT /
+//! unprotected; it is appended to `/tmp/resp-bench.md`. `FTVM_RESP_BENCH=redis` or `=ft` runs
+//! only one of the two parts.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
+use ftvm_tests::ft::pair::{end_pair, join_backup, live_primary, still_a_pair, stop_cleanly};
+use ftvm_tests::ft::{FtNet, Host, Join, FT_PORT};
 use ftvm_tests::{binary, can_use_namespaces, NetNs, Process};
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -64,6 +75,26 @@ fn main() -> Result<()> {
         Ok(s) => s.parse().with_context(|| format!("FTVM_BENCH_SCALE={s} is not a number"))?,
         Err(_) => 1.0,
     };
+    let parts = std::env::var("FTVM_RESP_BENCH").unwrap_or_else(|_| "redis,ft".to_owned());
+    let mut report = String::new();
+    if parts.split(',').any(|p| p == "redis") {
+        report += &against_redis(&ftvm, scale)?;
+    }
+    if parts.split(',').any(|p| p == "ft") {
+        if binary("gfs").is_err() {
+            bail!("the protected part needs target/release/gfs too: `cargo build --release -p vmm -p storage`");
+        }
+        report += &against_protected(scale)?;
+    }
+    if report.is_empty() {
+        bail!("FTVM_RESP_BENCH={parts:?} names no part: use redis, ft or both (redis,ft)");
+    }
+    std::fs::write("/tmp/resp-bench.md", &report)?;
+    Ok(())
+}
+
+/// The guest against `redis-server` with the same durability, in one namespace; the table.
+fn against_redis(ftvm: &Path, scale: f64) -> Result<String> {
     let base = std::env::var_os("FTVM_BENCH_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
     let dir = tempfile::Builder::new().prefix("resp-bench-").tempdir_in(&base)?;
     let redis_version = Command::new("redis-server").arg("--version").output()?;
@@ -80,7 +111,7 @@ fn main() -> Result<()> {
     }
     file.sync_all()?;
     drop(file);
-    let mut vm = ns.command(&ftvm);
+    let mut vm = ns.command(ftvm);
     let ip = format!("ip={GUEST_IP}/24");
     let resp = format!("resp={PORT}");
     vm.args(["run", "--guest", "kv", &ip, &resp, "--net", "tap=tap0", "--disk"]).arg(&disk);
@@ -137,8 +168,88 @@ fn main() -> Result<()> {
         );
     }
     println!("\nmeasured in {:.1} s\n\n{table}", elapsed.as_secs_f64());
-    std::fs::write("/tmp/resp-bench.md", &table)?;
-    Ok(())
+    Ok(table)
+}
+
+/// The ways the protected part runs the guest, in order.
+const MODES: [&str; 3] = ["unprotected", "FT received", "FT verified"];
+
+/// The guest unprotected and protected in both commit modes, in the FT topology; the table.
+fn against_protected(scale: f64) -> Result<String> {
+    let net = FtNet::new("respft")?;
+    let started = Instant::now();
+    let rows = net.explain(measure_modes(&net, scale))?;
+    let elapsed = started.elapsed();
+    let mut table = String::from(
+        "| redis-benchmark -t set,get | unprotected req/s | FT received req/s | ratio | FT verified req/s | ratio | p50 / p99 ms: unprotected | FT received | FT verified |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for (name, [plain, received, verified]) in &rows {
+        let _ = writeln!(
+            table,
+            "| {name} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.3} / {:.3} | {:.3} / {:.3} | {:.3} / {:.3} |",
+            plain.rps,
+            received.rps,
+            received.rps / plain.rps,
+            verified.rps,
+            verified.rps / plain.rps,
+            plain.p50_ms,
+            plain.p99_ms,
+            received.p50_ms,
+            received.p99_ms,
+            verified.p50_ms,
+            verified.p99_ms
+        );
+    }
+    println!("\nprotected part measured in {:.1} s\n\n{table}", elapsed.as_secs_f64());
+    Ok(format!("\n{table}"))
+}
+
+/// Every configuration against each of [`MODES`]: one row per test and configuration, with the
+/// figures of each mode.
+fn measure_modes(net: &FtNet, scale: f64) -> Result<Vec<(String, [Figures; 3])>> {
+    let resp = format!("resp={PORT}");
+    let mut by_mode: Vec<Vec<(String, Figures)>> = Vec::new();
+    for mode in MODES {
+        if mode == "unprotected" {
+            let mut vm = net.plain_vm_with(Host::A, &["--cmdline", &resp])?;
+            by_mode.push(every_config(net, mode, scale)?);
+            stop_cleanly(&mut vm, "the unprotected VM")?;
+        } else {
+            let commit = if mode == "FT verified" { "verified" } else { "received" };
+            let (mut primary, _) = live_primary(net, Host::A, &["--commit", commit, "--cmdline", &resp])?;
+            let live = Host::A.ft_listen();
+            let mut backup = join_backup(net, Host::B, FT_PORT, &Join::Address(live.clone()), &mut primary, &live)?;
+            by_mode.push(every_config(net, mode, scale)?);
+            still_a_pair(&mut primary, &mut backup)?;
+            end_pair(&mut primary, &mut backup)?;
+        }
+    }
+    let mut rows = Vec::new();
+    for (i, (name, plain)) in by_mode[0].iter().enumerate() {
+        let at = |mode: usize| -> Result<Figures> {
+            let (other, figures) = by_mode[mode].get(i).context("a mode ran fewer tests")?;
+            ensure!(other == name, "the modes ran their tests in another order ({other} against {name})");
+            Ok(*figures)
+        };
+        rows.push((name.clone(), [*plain, at(1)?, at(2)?]));
+    }
+    Ok(rows)
+}
+
+/// Every configuration from the client's namespace against the guest as `mode` runs it.
+fn every_config(net: &FtNet, mode: &str, scale: f64) -> Result<Vec<(String, Figures)>> {
+    let mut figures = Vec::new();
+    for (connections, pipeline, requests) in CONFIGS {
+        let requests = ((requests as f64 * scale) as u64).max(100);
+        for (test, f) in run(&net.client, GUEST_IP, connections, pipeline, requests)? {
+            println!(
+                "{mode}: {test} -c {connections} -P {pipeline} -n {requests}: {:.0} req/s p50 {:.3} ms p99 {:.3} ms",
+                f.rps, f.p50_ms, f.p99_ms
+            );
+            figures.push((format!("{test} -c {connections} -P {pipeline}"), f));
+        }
+    }
+    Ok(figures)
 }
 
 /// `redis-benchmark -t set,get --csv` against `host`, from inside the namespace.

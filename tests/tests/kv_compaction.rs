@@ -11,22 +11,13 @@
 
 use anyhow::{bail, Context, Result};
 use ftvm_tests::kv::{self, boot, network, Client, GUEST_IP, PORT};
-use ftvm_tests::{binary, cannot_run, namespaces_unavailable, NetNs, Process};
+use ftvm_tests::{binary, require_namespaces, NetNs, Process};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-macro_rules! require_namespaces {
-    () => {
-        if let Some(why) = namespaces_unavailable() {
-            cannot_run(&why);
-            return Ok(());
-        }
-    };
-}
 
 fn disk(dir: &Path, name: &str, bytes: u64) -> Result<PathBuf> {
     kv::disk_file(dir, name, bytes)

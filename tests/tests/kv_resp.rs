@@ -4,34 +4,23 @@
 //! not, and the data written through one protocol read through the other (also after a kill -9).
 
 use anyhow::{bail, Context, Result};
-use ftvm_tests::{binary, can_use_namespaces, NetNs, Process};
+use ftvm_tests::kv::{self, network, GUEST_IP};
+use ftvm_tests::{cannot_run, namespaces_unavailable, NetNs, Process};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const GUEST_IP: &str = "10.0.0.2";
 const LINE_PORT: u16 = 7000;
 const RESP_PORT: &str = "6379";
-const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// One redis-cli or redis-benchmark run (coreutils `timeout` ends a stalled one).
 const TOOL_TIMEOUT: &str = "120";
 
-/// A test that cannot run fails, unless `FTVM_ALLOW_SKIP=1` says skipping is fine.
-// TODO(merge): use the shared helper from tests/src/lib.rs once it lands.
-fn cannot_run(why: &str) -> Result<()> {
-    if std::env::var("FTVM_ALLOW_SKIP").is_ok_and(|v| v == "1") {
-        eprintln!("skipped: {why}");
-        return Ok(());
-    }
-    bail!("{why} (FTVM_ALLOW_SKIP=1 skips this test)")
-}
-
 /// Why this machine cannot run these tests, if it cannot.
 fn missing() -> Option<String> {
-    if !can_use_namespaces() {
-        return Some("needs root and iproute2 for network namespaces".into());
+    if let Some(why) = namespaces_unavailable() {
+        return Some(why);
     }
     for tool in ["redis-cli", "redis-benchmark"] {
         let found = Command::new(tool).arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success());
@@ -45,31 +34,20 @@ fn missing() -> Option<String> {
 macro_rules! require_tools {
     () => {
         if let Some(why) = missing() {
-            return cannot_run(&why);
+            cannot_run(&why);
+            return Ok(());
         }
     };
 }
 
-fn network(tag: &str) -> Result<NetNs> {
-    let ns = NetNs::new(tag)?;
-    ns.tap("tap0", "10.0.0.1/24")?;
-    Ok(ns)
-}
-
 fn disk(dir: &Path) -> Result<std::path::PathBuf> {
-    let path = dir.join("kv.img");
-    std::fs::File::create(&path)?.set_len(64 << 20)?;
-    Ok(path)
+    kv::disk_file(dir, "kv.img", 64 << 20)
 }
 
 /// Boots the kv guest with both protocols and waits until it listens.
 fn boot(ns: &NetNs, disk: &Path) -> Result<Process> {
-    let mut command = ns.command(&binary("ftvm")?);
-    let ip = format!("ip={GUEST_IP}/24");
-    let resp = format!("resp={RESP_PORT}");
-    command.args(["run", "--guest", "kv", &ip, &resp, "--net", "tap=tap0", "--disk"]).arg(disk);
-    let mut vm = Process::spawn(command)?;
-    vm.wait_for("kv: listening on", BOOT_TIMEOUT)?;
+    let resp = format!("--cmdline=resp={RESP_PORT}");
+    let vm = kv::boot(ns, disk, &[&resp], &[])?;
     if !vm.output().contains(&format!("kv: redis protocol on {GUEST_IP}:{RESP_PORT}")) {
         bail!("the guest did not announce the Redis protocol:\n{}", vm.output());
     }

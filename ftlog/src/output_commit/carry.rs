@@ -18,6 +18,7 @@
 //! checked against the bytes left before anything is allocated.
 
 use super::HeldOutput;
+use crate::format::codec::{Get, Put};
 use devices::virtio::Output;
 use devices::Landmark;
 
@@ -36,102 +37,74 @@ pub enum CarryError {
 pub fn encode(held: &[HeldOutput]) -> Vec<u8> {
     let mut out = Vec::new();
     for entry in held {
-        out.extend_from_slice(&entry.position.to_le_bytes());
-        let (kind, n) = match entry.at {
-            Landmark::Exit(n) => (0u8, n),
-            Landmark::Preempt(n) => (1u8, n),
-        };
-        out.push(kind);
-        out.extend_from_slice(&n.to_le_bytes());
+        out.put_u64(entry.position);
+        out.put_landmark(entry.at);
         match &entry.output {
             Output::NetFrame { device, frame } => {
-                out.extend_from_slice(&[0, *device]);
-                put_bytes(&mut out, frame);
+                out.put_bytes(&[0, *device]);
+                put_payload(&mut out, frame);
             }
             Output::DiskWrite { device, id, offset, data } => {
-                out.extend_from_slice(&[1, *device]);
-                out.extend_from_slice(&id.to_le_bytes());
-                out.extend_from_slice(&offset.to_le_bytes());
-                put_bytes(&mut out, data);
+                out.put_bytes(&[1, *device]);
+                out.put_u64(*id);
+                out.put_u64(*offset);
+                put_payload(&mut out, data);
             }
             Output::DiskFlush { device, id } => {
-                out.extend_from_slice(&[2, *device]);
-                out.extend_from_slice(&id.to_le_bytes());
+                out.put_bytes(&[2, *device]);
+                out.put_u64(*id);
             }
             Output::Console { bytes } => {
-                out.push(3);
-                put_bytes(&mut out, bytes);
+                out.put_u8(3);
+                put_payload(&mut out, bytes);
             }
         }
     }
     out
 }
 
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+fn put_payload(out: &mut Vec<u8>, bytes: &[u8]) {
     // An output's payload is bounded far below 4 GiB (a frame, one disk request, console bytes).
-    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-    out.extend_from_slice(bytes);
+    out.put_u32(bytes.len() as u32);
+    out.put_bytes(bytes);
 }
 
 /// The held outputs `bytes` encodes, or what is wrong with them.
 pub fn decode(bytes: &[u8]) -> Result<Vec<HeldOutput>, CarryError> {
-    let mut cursor = Cursor { bytes, at: 0 };
+    let mut get = Get::new(bytes);
     let mut held = Vec::new();
-    while cursor.at < bytes.len() {
-        let position = cursor.u64()?;
-        let kind_at = cursor.at;
-        let at = match (cursor.u8()?, cursor.u64()?) {
-            (0, n) => Landmark::Exit(n),
-            (1, n) => Landmark::Preempt(n),
-            (kind, _) => return Err(CarryError::LandmarkKind { kind, at: kind_at }),
-        };
-        let output_at = cursor.at;
-        let output = match cursor.u8()? {
-            0 => Output::NetFrame { device: cursor.u8()?, frame: cursor.bytes()? },
-            1 => Output::DiskWrite {
-                device: cursor.u8()?,
-                id: cursor.u64()?,
-                offset: cursor.u64()?,
-                data: cursor.bytes()?,
-            },
-            2 => Output::DiskFlush { device: cursor.u8()?, id: cursor.u64()? },
-            3 => Output::Console { bytes: cursor.bytes()? },
-            kind => return Err(CarryError::OutputKind { kind, at: output_at }),
-        };
-        held.push(HeldOutput { position, at, output });
+    while get.offset() < bytes.len() {
+        held.push(entry(&mut get)?);
     }
     Ok(held)
 }
 
-struct Cursor<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl Cursor<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], CarryError> {
-        let end = self.at.checked_add(n).filter(|&end| end <= self.bytes.len());
-        let end = end.ok_or(CarryError::Truncated(self.at))?;
-        let taken = &self.bytes[self.at..end];
-        self.at = end;
-        Ok(taken)
-    }
-
-    fn u8(&mut self) -> Result<u8, CarryError> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn u64(&mut self) -> Result<u64, CarryError> {
-        let at = self.at;
-        let word = self.take(8)?.try_into().map_err(|_| CarryError::Truncated(at))?;
-        Ok(u64::from_le_bytes(word))
-    }
-
-    fn bytes(&mut self) -> Result<Vec<u8>, CarryError> {
-        let at = self.at;
-        let len: [u8; 4] = self.take(4)?.try_into().map_err(|_| CarryError::Truncated(at))?;
-        Ok(self.take(u32::from_le_bytes(len) as usize)?.to_vec())
-    }
+/// One entry; a field that runs past the end is named by the byte it started at.
+fn entry(get: &mut Get) -> Result<HeldOutput, CarryError> {
+    // A failed read leaves the cursor where the field began.
+    let truncated = |get: &Get| CarryError::Truncated(get.offset());
+    let u8 = |get: &mut Get| get.u8("held output").map_err(|_| truncated(get));
+    let u64 = |get: &mut Get| get.u64("held output").map_err(|_| truncated(get));
+    let payload = |get: &mut Get| -> Result<Vec<u8>, CarryError> {
+        let len = get.u32("held output").map_err(|_| truncated(get))?;
+        Ok(get.take(len as usize, "held output").map_err(|_| truncated(get))?.to_vec())
+    };
+    let position = u64(get)?;
+    let kind_at = get.offset();
+    let at = match (u8(get)?, u64(get)?) {
+        (0, n) => Landmark::Exit(n),
+        (1, n) => Landmark::Preempt(n),
+        (kind, _) => return Err(CarryError::LandmarkKind { kind, at: kind_at }),
+    };
+    let output_at = get.offset();
+    let output = match u8(get)? {
+        0 => Output::NetFrame { device: u8(get)?, frame: payload(get)? },
+        1 => Output::DiskWrite { device: u8(get)?, id: u64(get)?, offset: u64(get)?, data: payload(get)? },
+        2 => Output::DiskFlush { device: u8(get)?, id: u64(get)? },
+        3 => Output::Console { bytes: payload(get)? },
+        kind => return Err(CarryError::OutputKind { kind, at: output_at }),
+    };
+    Ok(HeldOutput { position, at, output })
 }
 
 #[cfg(test)]

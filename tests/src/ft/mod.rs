@@ -325,6 +325,11 @@ impl FtNet {
     /// waited for until it listens. A gfs disk, fenced, is written only by a VM protected under
     /// its register: there the VM runs with `--ft kv` (alone).
     pub fn plain_vm(&self, host: Host) -> Result<Process> {
+        self.plain_vm_with(host, &[])
+    }
+
+    /// As [`FtNet::plain_vm`], with `extra` at the end of its command line.
+    pub fn plain_vm_with(&self, host: Host, extra: &[&str]) -> Result<Process> {
         let mut args = strings(&["run", "--guest", "kv", &format!("ip={GUEST_CIDR}"), "--net", &net_arg(true)]);
         args.push("--disk".into());
         args.push(self.disk_arg()?);
@@ -332,6 +337,7 @@ impl FtNet {
             args.extend(strings(&["--ft", pair::NAME, "--gfs-master", GFS_MASTER]));
             args.extend(strings(&["--ft-listen", &host.ft_listen_on(CHECK_PORT)]));
         }
+        args.extend(strings(extra));
         let mut vm = self.ftvm(host, &args)?;
         vm.wait_for("kv: listening on", BOOT_TIMEOUT)?;
         Ok(vm)

@@ -28,6 +28,34 @@ pub fn ensure_running(process: &mut Process, role: &str) -> Result<()> {
     Ok(())
 }
 
+/// Stops `vm` with SIGTERM and expects the clean stop's status 143 (a protected VM releases
+/// its register on the way out, so the next start wins it at once).
+pub fn stop_cleanly(vm: &mut Process, role: &str) -> Result<()> {
+    vm.signal(libc::SIGTERM)?;
+    let status = vm.wait(Duration::from_secs(30)).with_context(|| format!("{role} after SIGTERM"))?;
+    ensure!(status.code() == Some(143), "{role} stopped with {status} after SIGTERM, not 143");
+    Ok(())
+}
+
+/// Neither side of a pair gave up on the other (a measured phase is void if it did).
+pub fn still_a_pair(primary: &mut Process, backup: &mut Process) -> Result<()> {
+    for (process, role) in [(&mut *primary, "primary"), (&mut *backup, "backup")] {
+        if let Some(status) = process.exited()? {
+            bail!("the {role} exited ({status}) during a measured phase");
+        }
+    }
+    ensure!(!primary.output().contains("ft: backup lost"), "the primary lost its backup during a measured phase");
+    Ok(())
+}
+
+/// Ends a pair whose primary should outlive it: the backup is killed, the primary says it runs
+/// alone, then stops cleanly (releasing the register for the next start).
+pub fn end_pair(primary: &mut Process, backup: &mut Process) -> Result<()> {
+    backup.kill();
+    wait_for_line(primary, "ft: backup lost (no word for {n} ms); running alone, generation {n}", TAKEOVER)?;
+    stop_cleanly(primary, "the primary")
+}
+
 /// A protected VM on `host` that is live and serving: the primary and its generation.
 pub fn live_primary(net: &FtNet, host: Host, extra: &[&str]) -> Result<(Process, u64)> {
     let mut primary = net.primary(host, NAME, extra)?;

@@ -136,8 +136,14 @@ pub fn follow(config: FtConfig, plan: &BackupPlan, control: VcpuControl) -> Resu
                 fell_back = true;
                 break (end?, *world, commit);
             }
+            // In received mode the primary released outputs this replay did not reproduce: a
+            // machine that diverged cannot go live without contradicting them. The VM stops
+            // rather than continue from a state its clients never saw.
             Resync::PrimaryGone { why, .. } => {
-                return Err(FtError::Replay(format!("{} and the resync failed: {why}", reason.as_str())))
+                return Err(FtError::Replay(format!(
+                    "{} and the primary was lost before its resync arrived ({why}); a diverged backup cannot take over",
+                    reason.as_str()
+                )))
             }
         };
         // The old machine goes only now that the new one is complete.
