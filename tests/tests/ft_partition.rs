@@ -25,7 +25,7 @@ use anyhow::{bail, ensure, Context, Result};
 use ftvm_tests::ft::pair::*;
 use ftvm_tests::ft::partition::{overlaps, release_span, unix_now};
 use ftvm_tests::ft::random::XorShift;
-use ftvm_tests::ft::{match_line, number, FtNet, Host, FT_PORT, GUEST_MAC};
+use ftvm_tests::ft::{contradicts_an_acknowledged_write, match_line, number, FtNet, Host, FT_PORT, GUEST_MAC};
 use ftvm_tests::{require_namespaces, Process};
 use std::time::{Duration, Instant};
 
@@ -331,9 +331,4 @@ fn partitions_in_random_order() -> Result<()> {
     );
     ensure!(split_brains == 0 && failed == 0, "split brains {split_brains}, failed runs {failed}");
     Ok(())
-}
-
-/// An error of the client's that is a reply against an acknowledged write.
-fn contradicts_an_acknowledged_write(error: &str) -> bool {
-    error.contains("reads back as") || error.contains("right after its SET answered")
 }

@@ -28,7 +28,7 @@ pub mod random;
 pub mod storage_faults;
 
 pub use lines::{match_line, number, wait_for_line};
-pub use load::{Exchange, KvLoad, LoadReport};
+pub use load::{contradicts_an_acknowledged_write, Exchange, KvLoad, LoadReport, Unread};
 
 use crate::{binary, kv, NetNs, OutputHandle, Process};
 use anyhow::{bail, Context, Result};

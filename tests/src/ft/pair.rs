@@ -1,7 +1,7 @@
 //! The steps the FT tests share: a live primary, a backup that joined it, a takeover, the
 //! register's state, and the check that what the client saw acknowledged is on the disk.
 
-use super::{match_line, number, wait_for_line, FtNet, Host, Join, KvLoad, LoadReport, FT_PORT};
+use super::{match_line, number, wait_for_line, FtNet, Host, Join, KvLoad, LoadReport, Unread, FT_PORT};
 use crate::kv::Client;
 use crate::Process;
 use anyhow::{bail, ensure, Context, Result};
@@ -175,6 +175,39 @@ pub fn survives_on_disk_with(
     report: &LoadReport,
     extra: Option<(String, String)>,
 ) -> Result<()> {
+    let keys = report.acknowledged_sets() + usize::from(extra.is_some());
+    let (_vm, loaded) = boot_again_from_disk(net, live, role, generation)?;
+    // The one SET in flight when the side serving it died may have reached the disk without
+    // its reply reaching the client: the disk holds the acknowledged keys, and perhaps that one.
+    ensure!(
+        loaded == keys as u64 || loaded == keys as u64 + 1,
+        "the guest booted again from the disk loaded {loaded} keys, not the {keys} acknowledged ones"
+    );
+    report.check_on_new_connection(&net.client)?;
+    if let Some((key, value)) = extra {
+        let answer = net.client.within(move || Client::connect()?.request(&format!("GET {key}")))?;
+        ensure!(answer == format!("VALUE {value}"), "the held write's key reads back as {answer:?}");
+    }
+    Ok(())
+}
+
+/// As [`survives_on_disk`], counting rather than failing at the first: the acknowledged SETs
+/// that the guest booted again from the disk does not read back, and the keys it loaded.
+pub fn unread_on_disk(
+    net: &FtNet,
+    live: &mut Process,
+    role: &str,
+    generation: u64,
+    report: &LoadReport,
+) -> Result<(Vec<Unread>, u64)> {
+    let (_vm, loaded) = boot_again_from_disk(net, live, role, generation)?;
+    Ok((report.unread_on_new_connection(&net.client)?, loaded))
+}
+
+/// Stops the live VM cleanly (SIGTERM; the register is then free at the next generation) and
+/// boots the guest again from the disk, unprotected, on host-a: the VM, and how many keys it
+/// loaded. The client's neighbour cache is flushed, so it finds the guest on host-a.
+fn boot_again_from_disk(net: &FtNet, live: &mut Process, role: &str, generation: u64) -> Result<(Process, u64)> {
     live.signal(libc::SIGTERM)?;
     let status = live.wait(Duration::from_secs(30)).with_context(|| format!("{role} after SIGTERM"))?;
     ensure!(status.code() == Some(143), "{role} stopped with {status} after SIGTERM, not 143");
@@ -182,26 +215,16 @@ pub fn survives_on_disk_with(
     let released = format!("ft.{NAME} generation {} holder", generation + 1);
     ensure!(register == released, "after a clean stop the register reads {register:?}, expected {released:?}");
     let vm = net.plain_vm(Host::A)?;
-    let keys = report.read_back + usize::from(extra.is_some());
-    // The one SET in flight when the side serving it died may have reached the disk without
-    // its reply reaching the client: the disk holds the acknowledged keys, and perhaps that one.
     let loaded = vm
         .output()
         .lines()
         .find_map(|line| match_line(line, "kv: listening on 10.0.0.2:7000, {n} keys loaded"))
         .map(|n| number(&n[0]))
-        .transpose()?;
-    ensure!(
-        loaded.is_some_and(|n| n == keys as u64 || n == keys as u64 + 1),
-        "the guest booted again from the disk did not load the {keys} acknowledged keys:\n{}",
-        vm.output()
-    );
+        .transpose()?
+        .with_context(|| {
+            format!("the guest booted again from the disk did not say how many keys it loaded:\n{}", vm.output())
+        })?;
     // The client last reached the guest through host-b; nothing announces it back on host-a.
     net.client.ip(&["neigh", "flush", "all"])?;
-    report.check_on_new_connection(&net.client)?;
-    if let Some((key, value)) = extra {
-        let answer = net.client.within(move || Client::connect()?.request(&format!("GET {key}")))?;
-        ensure!(answer == format!("VALUE {value}"), "the held write's key reads back as {answer:?}");
-    }
-    Ok(())
+    Ok((vm, loaded))
 }
