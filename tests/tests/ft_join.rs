@@ -3,7 +3,8 @@
 //! sending SETs, and backups on host-b. The join copies memory while the guest serves, so what
 //! the copy missed (a page the vCPU dirtied, a frame or a used-ring entry a device wrote) would
 //! make the backup's state differ from the primary's at the end; and a backup killed in the
-//! middle of the copy must leave the VM serving alone, ready for the next join at once.
+//! middle of the copy, or cut off from the network, must leave the VM serving alone, ready for
+//! the next join as soon as the failed one is known.
 
 use anyhow::{ensure, Result};
 use ftvm_tests::ft::pair::*;
@@ -109,6 +110,54 @@ fn killed_mid_copy(net: &FtNet) -> Result<()> {
     // The second backup follows (its state at the end is the other test's business).
     ensure_running(&mut backup, "the backup that joined after the failed one")?;
     ensure!(!primary.output().contains("ft: backup lost"), "the primary lost the second backup");
+    Ok(())
+}
+
+#[test]
+fn a_backup_cut_off_mid_copy_harms_nothing_and_the_next_one_joins_once_it_is_given_up() -> Result<()> {
+    require_namespaces!();
+    let net = FtNet::new("ftjoincut")?;
+    net.explain(cut_off_mid_copy(&net))
+}
+
+/// As [`killed_mid_copy`], with the backup's host cut off (its switch port down) instead: no
+/// kernel closes the connection, so the primary learns of it only from the copy's silence.
+fn cut_off_mid_copy(net: &FtNet) -> Result<()> {
+    let (mut primary, _) = live_primary(net, Host::A, &[MEMORY, &["-v"]].concat())?;
+    let mut load = net.kv_load()?;
+    load.wait_for_replies(ANSWERS, ANSWERS_TIMEOUT)?;
+    let live = Host::A.ft_listen();
+    let join = Join::Address(live.clone());
+
+    let mut silent = net.backup(Host::B, &join, FT_PORT, &[])?;
+    primary.wait_for("a backup connected; copying memory", JOIN)?;
+    net.isolate(Host::B)?;
+    let cut = Instant::now();
+    // The client sits on the switch with host-a: the VM serves on while the copy stalls.
+    let before = load.replies();
+    load.wait_for_replies(before + ANSWERS, ANSWERS_TIMEOUT)?;
+    wait_for_line(&mut primary, "{any} a backup went away while it joined; running alone: {any}", JOIN)?;
+    let given_up = cut.elapsed();
+    ensure!(!primary.output().contains("ft: protected by"), "the copy finished although its backup was cut off");
+    ensure!(!primary.output().contains("ft: backup lost"), "a failed join was taken for a lost backup");
+    ensure_running(&mut primary, "primary")?;
+
+    net.reconnect(Host::B)?;
+    silent.kill();
+    let joined = Instant::now();
+    let mut backup = join_backup(net, Host::B, FT_PORT + 1, &join, &mut primary, &live)?;
+    println!(
+        "the join was given up {} ms after the cut; a new backup was protecting the VM {} ms after it was started",
+        given_up.as_millis(),
+        joined.elapsed().as_millis()
+    );
+    load.wait_for_replies(load.replies() + ANSWERS, ANSWERS_TIMEOUT)?;
+    let report = load.finish()?;
+    println!("{}", report.summary());
+    if let Some(gap) = report.longest_gap_within(cut, None) {
+        println!("longest gap the client saw from the cut on: {} ms", gap.as_millis());
+    }
+    ensure_running(&mut backup, "the backup that joined after the cut-off one")?;
     Ok(())
 }
 
