@@ -411,7 +411,7 @@ fn kill_series(net: &FtNet, mut primary: Process, mut backup: Process) -> Result
             TAKEOVER,
         )?;
         let live_seen = killed.elapsed();
-        let live_at = backup.printed_at("ft: live at ").unwrap_or_else(Instant::now);
+        let live_at = backup.printed_at("ft: live at ").context("the go-live line has no time")?;
         load.wait_for_replies(before + REPLIES_BETWEEN, REPLIES_TIMEOUT)?;
         // The dead host gets a new backup, on a port no earlier backup used there.
         let port = FT_PORT + 1 + k as u16;
