@@ -32,6 +32,10 @@
 //!   a new backup starts on the dead host and joins it (`ft: protected by ... (pause P ms)`), and
 //!   the next kill hits the new primary. The outage of a kill is the longest gap between replies
 //!   from the kill to the start of the next join; every acknowledged SET is read back at the end.
+//!   The series is drawn (issue 14, point 2) as `ftvm demo --plot` draws the demo: each reply's
+//!   latency over time, with the kills, the go-live moments (the backup's `ft: live at` line)
+//!   and the re-protections (the live side's `ft: protected by` line) marked, to `$FTVM_PLOT`
+//!   (default [`DEFAULT_PLOT`]); the path is printed after the figures.
 
 use anyhow::{ensure, Context, Result};
 use ftvm_tests::ft::pair::{
@@ -41,6 +45,7 @@ use ftvm_tests::ft::{number, wait_for_line, FtNet, Host, Join, FT_PORT};
 use ftvm_tests::kv::Client;
 use ftvm_tests::{binary, namespaces_unavailable, Process};
 use std::time::{Duration, Instant};
+use vmm::plot::{Chart, Mark, MarkKind, Reply};
 
 /// Alternations of unprotected and protected phases.
 const ROUNDS: usize = 3;
@@ -56,6 +61,8 @@ const REPLIES_TIMEOUT: Duration = Duration::from_secs(30);
 /// Keys each connection cycles through (a bounded live set on the guest's disk log).
 const KEYS_PER_CONNECTION: usize = 1000;
 const VALUE_BYTES: usize = 24;
+/// Where the outage series is drawn unless `FTVM_PLOT` names another file.
+const DEFAULT_PLOT: &str = "/tmp/ft-bench-outages.svg";
 
 fn main() -> Result<()> {
     if let Some(why) = namespaces_unavailable() {
@@ -232,7 +239,7 @@ fn run(net: &FtNet) -> Result<()> {
         );
     }
     outages.print();
-    Ok(())
+    outages.plot()
 }
 
 /// What one kind of phase measured over the rounds.
@@ -393,6 +400,7 @@ fn kill_series(net: &FtNet, mut primary: Process, mut backup: Process) -> Result
     let mut load = net.kv_load()?;
     load.wait_for_replies(REPLIES_BETWEEN, REPLIES_TIMEOUT)?;
     let mut kills = Vec::new();
+    let mut marks = Vec::new();
     for k in 0..KILLS {
         let before = load.replies();
         let killed = Instant::now();
@@ -403,6 +411,7 @@ fn kill_series(net: &FtNet, mut primary: Process, mut backup: Process) -> Result
             TAKEOVER,
         )?;
         let live_seen = killed.elapsed();
+        let live_at = backup.printed_at("ft: live at ").context("the go-live line has no time")?;
         load.wait_for_replies(before + REPLIES_BETWEEN, REPLIES_TIMEOUT)?;
         // The dead host gets a new backup, on a port no earlier backup used there.
         let port = FT_PORT + 1 + k as u16;
@@ -415,6 +424,12 @@ fn kill_series(net: &FtNet, mut primary: Process, mut backup: Process) -> Result
             Duration::from_secs(1),
         )?;
         let pause = number(&protected[1])?;
+        let protected_at = backup
+            .printed_at(&format!("ft: protected by {} since ", live_host.ft_listen_on(port)))
+            .context("the protected line has no time")?;
+        marks.push(Mark { at: killed, kind: MarkKind::Kill, label: format!("kill {}", k + 1) });
+        marks.push(Mark { at: live_at, kind: MarkKind::Live, label: format!("{} live", backup_host.label()) });
+        marks.push(Mark { at: protected_at, kind: MarkKind::Protected, label: "protected".to_owned() });
         println!(
             "kill {}: {} went live {} ms after the kill (its line: {} ms after the primary's last word); join pause {pause} ms",
             k + 1,
@@ -434,6 +449,9 @@ fn kill_series(net: &FtNet, mut primary: Process, mut backup: Process) -> Result
     backup.kill();
     let report = load.finish()?;
     println!("{}", report.summary());
+    let replies =
+        report.exchanges.iter().map(|e| Reply { at: e.replied, latency: e.replied.duration_since(e.sent) }).collect();
+    outages.plot = Some(OutagePlot { origin: report.started, replies, marks });
     for (i, &(killed, rejoin)) in kills.iter().enumerate() {
         let gap = report.longest_gap_within(killed, Some(rejoin)).context("no replies around a kill")?;
         let next = kills.get(i + 1).map(|&(next, _)| next);
@@ -451,9 +469,30 @@ struct Outages {
     join_gaps: Vec<Duration>,
     pauses: Vec<u64>,
     detected: Vec<u64>,
+    plot: Option<OutagePlot>,
+}
+
+/// What the outage chart shows: every reply of the series' client, and the events.
+struct OutagePlot {
+    /// When the client connected: the chart's time 0.
+    origin: Instant,
+    replies: Vec<Reply>,
+    marks: Vec<Mark>,
 }
 
 impl Outages {
+    /// Draws the series to `$FTVM_PLOT` (default [`DEFAULT_PLOT`]) and says where.
+    fn plot(&self) -> Result<()> {
+        let plot = self.plot.as_ref().context("the outage series recorded nothing to draw")?;
+        let path = std::env::var_os("FTVM_PLOT").map_or_else(|| DEFAULT_PLOT.into(), std::path::PathBuf::from);
+        let title =
+            format!("ftvm FT bench: the client's reply latency over {KILLS} kills of the primary, one TCP connection");
+        let chart = Chart { title: &title, x_desc: "seconds since the client connected", origin: plot.origin };
+        vmm::plot::draw(&path, &chart, &plot.replies, &plot.marks)?;
+        println!("outage plot: {} (reply latency over time; kills, go-live and re-protection marked)", path.display());
+        Ok(())
+    }
+
     fn print(&self) {
         let mut gaps = self.gaps.clone();
         gaps.sort();

@@ -276,20 +276,29 @@ fn run(command: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// What a process printed: its lines in order, and when each was read (the readers are
+/// dedicated threads, so that is when it was printed, within a millisecond or so).
+#[derive(Default)]
+struct Printed {
+    text: String,
+    /// When the n-th line of `text` arrived.
+    times: Vec<Instant>,
+}
+
 /// What a [`Process`] printed, readable after the process is gone.
 #[derive(Clone)]
-pub struct OutputHandle(Arc<Mutex<String>>);
+pub struct OutputHandle(Arc<Mutex<Printed>>);
 
 impl OutputHandle {
     pub fn text(&self) -> String {
-        self.0.lock().map(|o| o.clone()).unwrap_or_default()
+        self.0.lock().map(|o| o.text.clone()).unwrap_or_default()
     }
 }
 
 /// A child process killed on drop, whose standard output is collected line by line.
 pub struct Process {
     child: Child,
-    output: Arc<Mutex<String>>,
+    output: Arc<Mutex<Printed>>,
     /// The threads copying stdout and stderr into `output`; they end when the pipes close.
     readers: Vec<JoinHandle<()>>,
 }
@@ -301,7 +310,7 @@ impl Process {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("start {command:?}"))?;
-        let output = Arc::new(Mutex::new(String::new()));
+        let output = Arc::new(Mutex::new(Printed::default()));
         let mut readers = Vec::new();
         for stream in [
             child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
@@ -314,8 +323,9 @@ impl Process {
             readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(|l| l.ok()) {
                     if let Ok(mut all) = output.lock() {
-                        all.push_str(&line);
-                        all.push('\n');
+                        all.text.push_str(&line);
+                        all.text.push('\n');
+                        all.times.push(Instant::now());
                     }
                 }
             }));
@@ -325,7 +335,13 @@ impl Process {
 
     /// Everything printed so far.
     pub fn output(&self) -> String {
-        self.output.lock().map(|o| o.clone()).unwrap_or_default()
+        self.output.lock().map(|o| o.text.clone()).unwrap_or_default()
+    }
+
+    /// When the first line containing `needle` was printed, if one was.
+    pub fn printed_at(&self, needle: &str) -> Option<Instant> {
+        let printed = self.output.lock().ok()?;
+        printed.text.lines().zip(&printed.times).find(|(line, _)| line.contains(needle)).map(|(_, at)| *at)
     }
 
     /// A handle on what the process prints that outlives the process (for diagnostics after a

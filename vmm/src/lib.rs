@@ -13,6 +13,8 @@
 //! - [`input_file`] opens the files a user names without blocking and reads them within bounds;
 //!   [`stdio`] is ftvm's stdout and stderr (closed pipes, blocked writes); [`stop`] makes
 //!   SIGINT/SIGTERM end ftvm within a second.
+//! - [`plot`] draws a client's reply latency over a series of failovers (`ftvm demo --plot`,
+//!   the FT benchmark).
 
 // All output goes through `stdio` (`outln!`/`errln!`), which copes with a closed pipe.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
@@ -31,6 +33,7 @@ pub mod input_file;
 pub mod kick;
 pub mod machine;
 pub mod memory;
+pub mod plot;
 pub mod session;
 pub mod snapshot;
 pub mod state;

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use vmm::plot::Reply;
 
 /// The kv service of the guest.
 pub const SERVICE: &str = "10.0.0.2:7000";
@@ -25,10 +26,8 @@ pub fn value(i: usize) -> String {
 
 #[derive(Default)]
 struct Log {
-    /// When each reply arrived.
-    replies: Vec<Instant>,
-    /// How long each took, from its request's send.
-    latencies: Vec<Duration>,
+    /// When each reply arrived, and how long after its request was sent.
+    replies: Vec<Reply>,
     /// Keys (by index) whose SET was answered OK.
     acknowledged: usize,
 }
@@ -60,8 +59,7 @@ pub struct Load {
 
 /// What the client saw, once stopped and every acknowledged SET read back.
 pub struct LoadReport {
-    pub replies: Vec<Instant>,
-    pub latencies: Vec<Duration>,
+    pub replies: Vec<Reply>,
     pub acknowledged: usize,
 }
 
@@ -95,7 +93,7 @@ impl Load {
 
     /// When the first reply at or after `at` arrived.
     pub fn first_reply_since(&self, at: Instant) -> Option<Instant> {
-        self.log.lock().unwrap_or_else(PoisonError::into_inner).replies.iter().copied().find(|r| *r >= at)
+        self.log.lock().unwrap_or_else(PoisonError::into_inner).replies.iter().map(|r| r.at).find(|r| *r >= at)
     }
 
     /// Polls until `count` replies have arrived in all; fails at once if the connection ended
@@ -137,7 +135,7 @@ impl Load {
                 bail!("acknowledged SET {} reads back as {answer:?}", key(i));
             }
         }
-        Ok(LoadReport { replies: log.replies, latencies: log.latencies, acknowledged: log.acknowledged })
+        Ok(LoadReport { replies: log.replies, acknowledged: log.acknowledged })
     }
 }
 
@@ -189,8 +187,7 @@ fn set_and_get(connection: &mut Connection, i: usize, log: &Mutex<Log>) -> Resul
     }
     {
         let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
-        log.replies.push(replied);
-        log.latencies.push(replied - sent);
+        log.replies.push(Reply { at: replied, latency: replied - sent });
         log.acknowledged = i + 1;
     }
     let sent = Instant::now();
@@ -200,7 +197,6 @@ fn set_and_get(connection: &mut Connection, i: usize, log: &Mutex<Log>) -> Resul
         bail!("GET {} right after its SET answered {reply:?}", key(i));
     }
     let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
-    log.replies.push(replied);
-    log.latencies.push(replied - sent);
+    log.replies.push(Reply { at: replied, latency: replied - sent });
     Ok(())
 }

@@ -9,7 +9,6 @@
 mod cluster;
 mod interrupt;
 mod load;
-mod plot;
 mod timeline;
 mod topology;
 
@@ -103,7 +102,7 @@ pub fn run(plot_to: Option<&std::path::Path>, keys: Option<&std::path::Path>) ->
 }
 
 fn draw_plot(path: &std::path::Path, timeline: &Timeline, summary: &Summary) -> Result<()> {
-    use plot::{Mark, MarkKind};
+    use vmm::plot::{Chart, Mark, MarkKind};
     let mut marks = Vec::new();
     for (i, at) in summary.protected_at.iter().enumerate() {
         let label = if i == 0 { "protected".to_owned() } else { "protected again".to_owned() };
@@ -121,7 +120,12 @@ fn draw_plot(path: &std::path::Path, timeline: &Timeline, summary: &Summary) -> 
             label: format!("{} live", failover.survivor_host),
         });
     }
-    plot::draw(path, timeline.origin(), &summary.report, &marks)
+    let chart = Chart {
+        title: "ftvm demo: the client's reply latency on one TCP connection",
+        x_desc: "seconds since the demo started",
+        origin: timeline.origin(),
+    };
+    Ok(vmm::plot::draw(path, &chart, &summary.report.replies, &marks)?)
 }
 
 fn strings(words: &[&str]) -> Vec<String> {

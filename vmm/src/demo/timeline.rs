@@ -3,6 +3,7 @@
 
 use super::load::LoadReport;
 use std::time::{Duration, Instant};
+use vmm::plot::Reply;
 
 /// One line per step, stamped with the seconds since the demo started.
 pub struct Timeline {
@@ -46,11 +47,11 @@ pub struct Failover {
 impl Failover {
     /// The client's outage: the longest gap between two consecutive replies, where the later
     /// one came within `window` after the kill (so the gap that spans the kill counts).
-    pub fn outage(&self, replies: &[Instant], window: Duration) -> Option<Duration> {
+    pub fn outage(&self, replies: &[Reply], window: Duration) -> Option<Duration> {
         replies
             .windows(2)
-            .filter(|pair| pair[1] > self.killed_at && pair[1] <= self.killed_at + window)
-            .map(|pair| pair[1] - pair[0])
+            .filter(|pair| pair[1].at > self.killed_at && pair[1].at <= self.killed_at + window)
+            .map(|pair| pair[1].at - pair[0].at)
             .max()
     }
 }
@@ -93,7 +94,7 @@ impl Summary {
     pub fn print(&self) {
         let report = &self.report;
         let span = match (report.replies.first(), report.replies.last()) {
-            (Some(first), Some(last)) => (*last - *first).as_secs_f64(),
+            (Some(first), Some(last)) => (last.at - first.at).as_secs_f64(),
             _ => 0.0,
         };
         vmm::outln!("summary:");
@@ -140,7 +141,7 @@ mod tests {
     fn the_outage_is_the_longest_gap_ending_after_the_kill() {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let replies = [at(0), at(5), at(300), at(310), at(360), at(2000)];
+        let replies = [0, 5, 300, 310, 360, 2000].map(|ms| Reply { at: at(ms), latency: Duration::from_millis(2) });
         let failover = Failover {
             killed_host: "host-a",
             survivor_host: "host-b",
