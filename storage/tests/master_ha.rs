@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use storage::client::RetryPolicy;
 use storage::error::ErrorKind;
 use storage::Client;
 
@@ -78,6 +79,21 @@ fn killing_the_leader_under_a_writing_client_loses_nothing_acknowledged() {
         || matches!(probe.list("/w"), Err(e) if e.kind() == Some(ErrorKind::NotLeader) && e.to_string().contains(&r.addrs[new])),
     );
     eprintln!("new leader {took:?} after the kill; {} files acknowledged, all there", acked.len());
+}
+
+/// A client that may not wait for the master (`master_wait` zero, as the VMM's go-live race
+/// uses, which retries on its own) given the replicas with a follower first: the follower's
+/// refusal names the leader, and the same call goes there and is answered.
+#[test]
+fn a_client_without_patience_goes_to_the_leader_a_follower_names() {
+    let r = Replicas::start("ha-impatient", 0, &[]);
+    let leader = r.leader(Duration::from_secs(5));
+    let follower = (leader + 1) % 3;
+    let others: Vec<&str> = (0..3).filter(|&i| i != follower).map(|i| r.addrs[i].as_str()).collect();
+    let list = format!("{},{}", r.addrs[follower], others.join(","));
+    let impatient = Client::with_retry(&list, RetryPolicy { master_wait: Duration::ZERO, ..RetryPolicy::default() });
+    let (g, _) = impatient.register("race").unwrap_or_else(|e| panic!("a read through {list}: {e}"));
+    assert_eq!(impatient.compare_and_set("race", g, "impatient").unwrap(), g + 1);
 }
 
 /// A leader stopped (SIGSTOP: alive, but hearing and saying nothing) is replaced by the

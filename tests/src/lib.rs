@@ -229,12 +229,7 @@ impl NetNs {
 
     /// A command that runs inside the namespace.
     pub fn command(&self, program: &std::path::Path) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.name]).arg(program);
-        if let Ok(keys) = keys() {
-            command.env(seal::KEYS_ENV, keys);
-        }
-        command
+        command_in(&self.name, program)
     }
 
     /// Runs `work` on a thread that has entered the namespace (sockets it opens live there).
@@ -260,6 +255,17 @@ impl NetNs {
             work()
         })
     }
+}
+
+/// A command that runs inside the namespace named `ns` (for a thread that does not hold the
+/// [`NetNs`]), with the test's cluster key.
+pub fn command_in(ns: &str, program: &Path) -> Command {
+    let mut command = Command::new("ip");
+    command.args(["netns", "exec", ns]).arg(program);
+    if let Ok(keys) = keys() {
+        command.env(seal::KEYS_ENV, keys);
+    }
+    command
 }
 
 impl Drop for NetNs {

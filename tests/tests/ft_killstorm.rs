@@ -349,7 +349,7 @@ impl Storm<'_> {
                 if self.net.kill_gfs(process) {
                     self.event(&format!("{} killed (back in {} ms)", process.label(), delay.as_millis()));
                     match process {
-                        GfsProcess::Master => self.counts.master_kills += 1,
+                        GfsProcess::Master | GfsProcess::Replica(_) => self.counts.master_kills += 1,
                         GfsProcess::Chunkserver(_) => self.counts.chunkserver_kills += 1,
                     }
                     self.down.push((process, Instant::now() + delay));

@@ -141,7 +141,9 @@ impl Client {
     /// restarting, say) the request is tried again with backoff for up to
     /// [`RetryPolicy::master_wait`]; after a connection failed under it, only a request that
     /// may safely be carried out twice is. Given several replicas, it goes to the one that
-    /// answered last, to the leader a refusing replica names, or else round the list.
+    /// answered last, to the leader a refusing replica names, or else round the list; a
+    /// replica's refusal (`NotLeader`) sends it on to the next in the same call even once the
+    /// wait is over (or with no wait at all), until every replica has refused once.
     fn master(&self, req: &MasterRequest) -> Result<MasterReply> {
         let masters = &self.inner.masters;
         let deadline = Instant::now() + self.inner.retry.master_wait;
@@ -149,14 +151,22 @@ impl Client {
         let mut backoff = Duration::from_millis(50);
         // Replicas tried since the last pause: pause once every one of them was.
         let mut tried = 0;
+        // Refusals in this call: a replica that is not the leader answers at once and names the
+        // leader if it knows one, so going there is finding the master, not waiting for it.
+        let mut refusals = 0;
         loop {
             let (i, addr) = masters.current();
             let why = match self.inner.pool.call::<_, Reply<MasterReply>>(addr, req) {
                 Ok(Ok(reply)) => return Ok(reply),
-                Ok(Err(e)) if e.kind == ErrorKind::NotLeader && Instant::now() < deadline => {
-                    // Refused, so not carried out: safe to send anywhere again.
+                Ok(Err(e)) if e.kind == ErrorKind::NotLeader => {
+                    // Refused, so not carried out: safe to send anywhere again. The next try, in
+                    // this call or the next one, goes to the leader it names or the next replica.
                     if !leader_hint(&e).is_some_and(|l| l != addr && masters.follow(l)) {
                         masters.next_after(i);
+                    }
+                    refusals += 1;
+                    if Instant::now() >= deadline && refusals >= masters.len() {
+                        return Err(GfsError::Fs(e));
                     }
                     GfsError::Fs(e)
                 }

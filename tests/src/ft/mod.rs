@@ -11,17 +11,21 @@
 //! bridge, and a MAC moving from one host to the other shows in the switch's forwarding table.
 //! The host's own address (10.0.0.11 on host-a, 10.0.0.12 on host-b) sits on its uplink bridge
 //! and carries its VMM's logging channel and its gfs traffic. A gfs master and three
-//! chunkservers run in `storage` for the `ft.NAME` register. The VM's disk is one file both
-//! hosts see at the same path (shared storage without fencing: tests only), or with
-//! [`FtNet::with_gfs_disk`] the gfs file [`GFS_DISK`], fenced by register `ft.kv`.
+//! chunkservers run in `storage` for the `ft.NAME` register; with
+//! [`FtNet::with_replicated_master`] the master is three Raft replicas instead, each in a
+//! namespace of its own on the switch ([`masters`]). The VM's disk is one file both hosts see at
+//! the same path (shared storage without fencing: tests only), or with [`FtNet::with_gfs_disk`]
+//! the gfs file [`GFS_DISK`], fenced by register `ft.kv`.
 //!
 //! Everything is created per test and removed on drop, also when the test panics. Namespace
 //! names carry the test's tag and the pid, so parallel runs do not collide; the fixtures of one
 //! test binary run one after the other (two VMMs and a client on two cores are enough load).
 
+mod gfs_cluster;
 mod lines;
 mod load;
 pub mod loopback;
+pub mod masters;
 pub mod pair;
 pub mod partition;
 pub mod random;
@@ -126,9 +130,13 @@ pub enum Join {
 
 /// The topology of the module comment, with gfs running.
 pub struct FtNet {
-    /// The gfs master and chunkservers (killed first on drop, before their namespace goes);
-    /// a slot is empty while a fault test has killed its process.
+    /// The gfs master (or its replicas), then the chunkservers (killed first on drop, before
+    /// their namespaces go); a slot is empty while a fault test has killed its process.
     gfs: Mutex<Vec<Option<Process>>>,
+    /// The master's address, or each replica's (`--peers`, in this order).
+    master_addrs: Vec<String>,
+    /// Each replica's own namespace; none for a single master (it runs in `storage`).
+    master_namespaces: Vec<NetNs>,
     /// Every process spawned on a host, labelled, for diagnostics.
     spawned: Mutex<Vec<(String, OutputHandle)>>,
     /// Register names the primaries were started with, for diagnostics.
@@ -148,6 +156,11 @@ pub struct FtNet {
 impl FtNet {
     /// Builds the topology for the test `tag` (short, unique in its binary) and starts gfs.
     pub fn new(tag: &str) -> Result<Self> {
+        Self::build(tag, 1)
+    }
+
+    /// The topology with a master of `replicas` replicas (1: the single master in `storage`).
+    fn build(tag: &str, replicas: usize) -> Result<Self> {
         let serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
         let switch = NetNs::new(&format!("{tag}-switch"))?;
         switch.ip(&["link", "add", BRIDGE, "type", "bridge"])?;
@@ -171,6 +184,7 @@ impl FtNet {
         let storage = NetNs::new(&format!("{tag}-storage"))?;
         plug(&switch, &storage, "port-s")?;
         storage.ip(&["addr", "add", &format!("{STORAGE_IP}/24"), "dev", "eth0"])?;
+        let (master_addrs, master_namespaces) = masters::plug_replicas(tag, &switch, replicas)?;
 
         let dir = std::env::temp_dir().join(format!("ftvm-ft-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -178,6 +192,8 @@ impl FtNet {
         let disk = dir.join("kv.img");
         let mut net = FtNet {
             gfs: Mutex::new(Vec::new()),
+            master_addrs,
+            master_namespaces,
             spawned: Mutex::new(Vec::new()),
             registers: Mutex::new(Vec::new()),
             client,
@@ -198,12 +214,22 @@ impl FtNet {
     /// As [`FtNet::new`], with the VM's disk on gfs: [`GFS_DISK`], made by `ftvm disk create
     /// ... --fence kv` (the register the tests protect their VM under).
     pub fn with_gfs_disk(tag: &str) -> Result<Self> {
-        let mut net = Self::new(tag)?;
+        Self::new(tag)?.put_disk_on_gfs()
+    }
+
+    /// Creates [`GFS_DISK`] and makes it the VM's disk.
+    fn put_disk_on_gfs(mut self) -> Result<Self> {
         let size = DISK_SIZE.to_string();
-        let args = ["disk", "create", GFS_DISK, "--size", &size, "--fence", pair::NAME, "--gfs-master", GFS_MASTER];
-        net.ftvm_to_end(Host::A, &strings(&args))?;
-        net.on_gfs = true;
-        Ok(net)
+        let master = self.gfs_master();
+        let args = ["disk", "create", GFS_DISK, "--size", &size, "--fence", pair::NAME, "--gfs-master", &master];
+        self.ftvm_to_end(Host::A, &strings(&args))?;
+        self.on_gfs = true;
+        Ok(self)
+    }
+
+    /// What `--gfs-master` and `--master` name: the master, or its replicas (`A,B,C`).
+    pub fn gfs_master(&self) -> String {
+        self.master_addrs.join(",")
     }
 
     /// Runs `ftvm ARGS` in `host` to its end; its standard output, or an error with its stderr.
@@ -215,60 +241,6 @@ impl FtNet {
             bail!("{command:?} failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim());
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    }
-
-    /// A master and three chunkservers in `storage`, waited for until the master, asked from
-    /// each host, sees all three up.
-    fn start_gfs(&mut self) -> Result<()> {
-        let master = Process::spawn(self.gfs_master_command()?)?;
-        self.gfs_processes().push(Some(master));
-        for i in 0..CHUNKSERVER_PORTS.len() {
-            let chunkserver = Process::spawn(self.chunkserver_command(i)?)?;
-            self.gfs_processes().push(Some(chunkserver));
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for host in [Host::A, Host::B] {
-            loop {
-                let status = self.gfs_client(host, &["status"]);
-                let up = status.as_ref().map(|s| s.lines().filter(|l| l.contains(" up chunks ")).count()).unwrap_or(0);
-                if up == CHUNKSERVER_PORTS.len() {
-                    break;
-                }
-                for process in self.gfs_processes().iter_mut().flatten() {
-                    if let Some(status) = process.exited()? {
-                        bail!("a gfs process exited ({status})");
-                    }
-                }
-                if Instant::now() > deadline {
-                    bail!("the gfs master does not see {} chunkservers up from {}: {status:?}", up, host.label());
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        Ok(())
-    }
-
-    /// `gfs master` in `storage`, over its directory in the fixture (a restart finds its state).
-    fn gfs_master_command(&self) -> Result<Command> {
-        let mut master = self.storage.command(&binary("gfs")?);
-        master.arg("master").arg("--dir").arg(self.dir.join("master"));
-        master.args(["--listen", GFS_MASTER, "--dead-after-secs", "3"]);
-        Ok(master)
-    }
-
-    /// `gfs chunkserver` number `i` (0..3) in `storage`, over its directory in the fixture.
-    fn chunkserver_command(&self, i: usize) -> Result<Command> {
-        let port = CHUNKSERVER_PORTS.get(i).with_context(|| format!("no chunkserver {i}"))?;
-        let mut chunkserver = self.storage.command(&binary("gfs")?);
-        chunkserver.arg("chunkserver").arg("--dir").arg(self.dir.join(format!("cs{i}")));
-        chunkserver.args(["--master", GFS_MASTER, "--listen", &format!("{STORAGE_IP}:{port}")]);
-        chunkserver.args(["--rack", &format!("rack{i}"), "--heartbeat-ms", "100"]);
-        Ok(chunkserver)
-    }
-
-    /// The gfs processes: the master, then the chunkservers.
-    fn gfs_processes(&self) -> MutexGuard<'_, Vec<Option<Process>>> {
-        self.gfs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The namespace of `host`.
@@ -287,22 +259,6 @@ impl FtNet {
     /// A scratch directory removed with the fixture.
     pub fn dir(&self) -> &Path {
         &self.dir
-    }
-
-    /// Runs a `gfs` client command (`--master` given) in `host` and returns its standard output.
-    pub fn gfs_client(&self, host: Host, args: &[&str]) -> Result<String> {
-        let mut command = self.host(host).command(&binary("gfs")?);
-        command.args(["--master", GFS_MASTER, "--retry-secs", "1"]).args(args);
-        let output = command.output().with_context(|| format!("run {command:?}"))?;
-        if !output.status.success() {
-            bail!("{command:?} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
-    }
-
-    /// The register `name` as the master holds it: `NAME generation G holder H`.
-    pub fn register(&self, name: &str) -> Result<String> {
-        self.gfs_client(Host::A, &["lock", name])
     }
 
     /// Spawns `program args` in `host`; its output shows in [`FtNet::diagnostics`].
@@ -334,7 +290,7 @@ impl FtNet {
         args.push("--disk".into());
         args.push(self.disk_arg()?);
         if self.on_gfs {
-            args.extend(strings(&["--ft", pair::NAME, "--gfs-master", GFS_MASTER]));
+            args.extend(strings(&["--ft", pair::NAME, "--gfs-master", &self.gfs_master()]));
             args.extend(strings(&["--ft-listen", &host.ft_listen_on(CHECK_PORT)]));
         }
         args.extend(strings(extra));
@@ -351,7 +307,7 @@ impl FtNet {
         args.extend(strings(&["--disk", &self.disk_arg()?, "--ft", name]));
         // `extra` may name another master (the ft bench's unsealed one).
         if !extra.contains(&"--gfs-master") {
-            args.extend(strings(&["--gfs-master", GFS_MASTER]));
+            args.extend(strings(&["--gfs-master", &self.gfs_master()]));
         }
         args.extend(strings(&["--ft-listen", &host.ft_listen()]));
         args.extend(strings(extra));
@@ -368,7 +324,7 @@ impl FtNet {
             Join::Register(name) => args.extend(strings(&["--ft", name])),
         }
         if !extra.contains(&"--gfs-master") {
-            args.extend(strings(&["--gfs-master", GFS_MASTER]));
+            args.extend(strings(&["--gfs-master", &self.gfs_master()]));
         }
         args.extend(strings(&["--ft-listen", &host.ft_listen_on(listen)]));
         args.extend(strings(&["--net", &net_arg(false), "--disk", &self.disk_arg()?]));
@@ -386,12 +342,18 @@ impl FtNet {
     /// Cuts `host` off from gfs (master and chunkservers): it drops what it sends there (a
     /// blackhole route), while the other host, the client and the segment stay reachable.
     pub fn cut_from_storage(&self, host: Host) -> Result<()> {
-        self.host(host).ip(&["route", "add", "blackhole", &format!("{STORAGE_IP}/32")])
+        for ip in self.storage_ips() {
+            self.host(host).ip(&["route", "add", "blackhole", &format!("{ip}/32")])?;
+        }
+        Ok(())
     }
 
     /// Undoes [`FtNet::cut_from_storage`].
     pub fn restore_storage(&self, host: Host) -> Result<()> {
-        self.host(host).ip(&["route", "del", "blackhole", &format!("{STORAGE_IP}/32")])
+        for ip in self.storage_ips() {
+            self.host(host).ip(&["route", "del", "blackhole", &format!("{ip}/32")])?;
+        }
+        Ok(())
     }
 
     /// Cuts the hosts off from each other (their logging channel), while both still reach the
@@ -512,18 +474,6 @@ impl FtNet {
             let diagnostics = self.diagnostics();
             e.context(diagnostics)
         })
-    }
-
-    fn gfs_output(&self) -> String {
-        let mut text = String::new();
-        for (i, process) in self.gfs_processes().iter().enumerate() {
-            let role = if i == 0 { "gfs master".to_owned() } else { format!("gfs chunkserver {}", i - 1) };
-            match process {
-                Some(process) => text.push_str(&format!("---- {role}\n{}", tail(&process.output(), 20))),
-                None => text.push_str(&format!("---- {role}: killed\n")),
-            }
-        }
-        text
     }
 }
 

@@ -2,7 +2,7 @@
 //! (`kill -9`) and started again over the same directories, `gfs fsck`, and a chunkserver that
 //! answers slowly.
 
-use super::{FtNet, Host, CHUNKSERVER_PORTS, GFS_DISK, GFS_MASTER};
+use super::{FtNet, Host, CHUNKSERVER_PORTS, GFS_DISK};
 use crate::{binary, Process};
 use anyhow::{bail, Context, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,25 +12,32 @@ use std::time::{Duration, Instant};
 /// The chunkservers of the fixture.
 pub const CHUNKSERVERS: usize = CHUNKSERVER_PORTS.len();
 
-/// One process of gfs in the storage namespace.
+/// One process of gfs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GfsProcess {
+    /// The single master (replica 0 of a replicated one).
     Master,
+    /// Replica 0, 1 or 2 of a replicated master ([`FtNet::with_replicated_master`]).
+    Replica(usize),
     /// Chunkserver 0, 1 or 2.
     Chunkserver(usize),
 }
 
 impl GfsProcess {
-    fn slot(self) -> usize {
+    /// Its place among the fixture's gfs processes: the master's replicas, then the
+    /// chunkservers.
+    fn slot(self, replicas: usize) -> usize {
         match self {
             GfsProcess::Master => 0,
-            GfsProcess::Chunkserver(i) => 1 + i,
+            GfsProcess::Replica(i) => i,
+            GfsProcess::Chunkserver(i) => replicas + i,
         }
     }
 
     pub fn label(self) -> String {
         match self {
             GfsProcess::Master => "gfs master".into(),
+            GfsProcess::Replica(i) => format!("gfs master replica {i}"),
             GfsProcess::Chunkserver(i) => format!("chunkserver {i}"),
         }
     }
@@ -40,7 +47,7 @@ impl FtNet {
     /// Kills `which` (SIGKILL, as a crash). False if it was not running.
     pub fn kill_gfs(&self, which: GfsProcess) -> bool {
         let mut processes = self.gfs_processes();
-        match processes.get_mut(which.slot()).and_then(Option::take) {
+        match processes.get_mut(which.slot(self.master_replicas())).and_then(Option::take) {
             Some(mut process) => {
                 process.kill();
                 true
@@ -52,11 +59,12 @@ impl FtNet {
     /// Starts `which` again over its directory (it finds its state there).
     pub fn restart_gfs(&self, which: GfsProcess) -> Result<()> {
         let command = match which {
-            GfsProcess::Master => self.gfs_master_command()?,
+            GfsProcess::Master => self.gfs_master_command(0)?,
+            GfsProcess::Replica(i) => self.gfs_master_command(i)?,
             GfsProcess::Chunkserver(i) => self.chunkserver_command(i)?,
         };
         let mut processes = self.gfs_processes();
-        let Some(slot) = processes.get_mut(which.slot()) else {
+        let Some(slot) = processes.get_mut(which.slot(self.master_replicas())) else {
             bail!("no {} in this fixture", which.label());
         };
         if slot.is_some() {
@@ -69,7 +77,7 @@ impl FtNet {
     /// Whether `which` runs (started by the fixture and not killed, and not exited).
     pub fn gfs_running(&self, which: GfsProcess) -> Result<bool> {
         let mut processes = self.gfs_processes();
-        match processes.get_mut(which.slot()).and_then(Option::as_mut) {
+        match processes.get_mut(which.slot(self.master_replicas())).and_then(Option::as_mut) {
             Some(process) => Ok(process.exited()?.is_none()),
             None => Ok(false),
         }
@@ -79,7 +87,7 @@ impl FtNet {
     /// and what it printed (the problems, then the summary).
     pub fn fsck(&self) -> Result<(bool, String)> {
         let mut command = self.host(Host::A).command(&binary("gfs")?);
-        command.args(["--master", GFS_MASTER, "--retry-secs", "1", "fsck"]);
+        command.args(["--master", &self.gfs_master(), "--retry-secs", "1", "fsck"]);
         let output = command.output().with_context(|| format!("run {command:?}"))?;
         let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         Ok((output.status.success(), text.trim().to_owned()))
@@ -112,7 +120,7 @@ impl FtNet {
     /// a slow disk would show it.
     pub fn slow_chunkserver(&self, i: usize, stopped: Duration, running: Duration) -> Result<SlowProcess> {
         let which = GfsProcess::Chunkserver(i);
-        let pid = match self.gfs_processes().get(which.slot()).and_then(Option::as_ref) {
+        let pid = match self.gfs_processes().get(which.slot(self.master_replicas())).and_then(Option::as_ref) {
             Some(process) => process.pid(),
             None => bail!("the {} is not running", which.label()),
         };
