@@ -6,8 +6,8 @@
 //! - a *required* answer ([`EventSource::read_clock`], [`ReplayWorld::expect_interrupt`],
 //!   [`ReplayWorld::take_checkpoint`], an exit digest at a K boundary) must be the next record,
 //!   at that landmark, of that kind; anything else is a divergence at the requested landmark;
-//! - an *optional* answer ([`EventSource::poll`], [`ReplayWorld::interrupt_at`]) takes the
-//!   matching records at the head of the log, or nothing;
+//! - an *optional* answer ([`EventSource::poll`]) takes the matching records at the head of the
+//!   log, or nothing;
 //! - when the VMM moves to a later landmark, every record of the earlier ones must have been
 //!   consumed; one left over is a divergence at *its* landmark (e.g. an interrupt the replayed
 //!   guest did not take where the primary's did).
@@ -161,15 +161,6 @@ impl<F: RecordFeed> ReplayWorld<F> {
         self.feed.header()
     }
 
-    /// The stream position after the last record consumed... or, precisely, after the lookahead
-    /// record: what has been taken from the feed.
-    pub fn position(&self) -> u64 {
-        self.feed.position()
-    }
-
-    /// The stream position at the end of the last record the replay consumed: at each point of
-    /// the guest's run, the position the recorder's log had at the same point. A following
-    /// backup stamps the outputs it holds with it, as the primary did.
     /// The feed, to drop records a backup waiting for a resync has no use for.
     pub fn feed_mut(&mut self) -> &mut F {
         &mut self.feed
@@ -181,6 +172,9 @@ impl<F: RecordFeed> ReplayWorld<F> {
         self.feed
     }
 
+    /// The stream position at the end of the last record the replay consumed: at each point of
+    /// the guest's run, the position the recorder's log had at the same point. A following
+    /// backup stamps the outputs it holds with it, as the primary did.
     pub fn consumed_position(&self) -> u64 {
         self.consumed_end
     }
@@ -205,11 +199,6 @@ impl<F: RecordFeed> ReplayWorld<F> {
     /// as always, the absolute exit count.
     pub fn stats(&self) -> LogStats {
         LogStats { exits: self.digest.exits(), ..self.stats }
-    }
-
-    /// Exits replayed so far.
-    pub fn exits(&self) -> u64 {
-        self.digest.exits()
     }
 
     /// Folds the next replayed exit into the running digest, and compares it with the log when
@@ -239,24 +228,8 @@ impl<F: RecordFeed> ReplayWorld<F> {
         self.check().map(|()| at)
     }
 
-    /// The interrupt the log injects at `at`, if the next record is one (consumed). For a VMM
-    /// that takes injections from the log; see [`Self::expect_interrupt`] for one that computes
-    /// them and checks.
-    pub fn interrupt_at(&mut self, at: Landmark) -> Option<u8> {
-        if !self.advance(at) {
-            return None;
-        }
-        match self.head {
-            Some(Record::Interrupt { at: rec_at, vector }) if rec_at == at => {
-                self.consume();
-                self.stats.interrupts += 1;
-                Some(vector)
-            }
-            _ => None,
-        }
-    }
-
-    /// The replayed board injects `vector` at `at`: the log must say the same, next. Once the
+    /// The replayed board injects `vector` at `at`: the log must say the same, next (the VMM
+    /// computes its injections from the device state and checks them here). Once the
     /// input has ended (see [`Self::input_ended`]) there is nothing to compare with: the
     /// injection follows from the device state alone, and the run stops before the guest runs
     /// on, where another world takes over.
@@ -307,20 +280,6 @@ impl<F: RecordFeed> ReplayWorld<F> {
             self.diverge(at, expected, format!("checkpoint load at {at}"));
         }
         self.check().map(|()| Vec::new())
-    }
-
-    /// Whether everything before the End record has been consumed. A VMM whose replayed guest
-    /// is idle (halted) should check this before waiting: the recording stopped there.
-    pub fn at_end(&mut self) -> bool {
-        self.error.is_none() && matches!(self.head, Some(Record::End(_)))
-    }
-
-    /// The recorded End, if it is the next record.
-    pub fn peek_end(&self) -> Option<&End> {
-        match &self.head {
-            Some(Record::End(end)) => Some(end),
-            _ => None,
-        }
     }
 
     /// At the exit boundary `Exit(exits)` of a replay (the top of the vCPU loop, where the
@@ -617,7 +576,8 @@ impl<F: RecordFeed> EventSource for ReplayWorld<F> {
 
     /// Returns at once: the log already says when the world acts. Idling twice at the same
     /// landmark with nothing consumed in between means no recorded event can wake the guest
-    /// here: a divergence, unless the recording itself ended here (see [`ReplayWorld::at_end`]).
+    /// here: a divergence, unless the next record is the End (the recording stopped while its
+    /// guest idled).
     fn wait_idle(&mut self, at: Landmark, _armed: Deadlines) {
         if !self.advance(at) {
             return;

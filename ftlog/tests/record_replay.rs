@@ -6,8 +6,8 @@
 
 use devices::{ClockId, Deadlines, EventSource, Landmark, WorldEvent};
 use ftlog::{
-    Divergence, End, ExitKind, ExitSignature, LogError, LogHeader, LogReader, LogWriter, Record, RecordingWorld,
-    ReplayError, ReplayWorld,
+    ChannelFeed, Divergence, End, ExitKind, ExitSignature, FeedItem, LogError, LogHeader, LogReader, LogWriter, Record,
+    RecordingWorld, ReplayError, ReplayWorld,
 };
 
 /// A live world that is deterministic, so the test knows what it answered.
@@ -743,4 +743,103 @@ fn the_recorder_refuses_a_mark_away_from_its_exit_count() {
     assert!(!replay.pass_snapshot_mark(4).unwrap(), "both marks passed at once");
     replay.check_exit(&sig(5)).unwrap();
     assert_eq!(replay.finish(Some(0), None).unwrap(), recorded.end);
+}
+
+#[test]
+fn a_missing_exit_digest_diverges_at_its_boundary() {
+    let rec = record(4);
+    let log = rewrite(&rec.log, |records| {
+        let first = records.iter().position(|r| matches!(r, Record::ExitDigest { .. })).expect("an exit digest");
+        records.remove(first);
+    });
+    let (world, _, _) = replay(&log);
+    let d = divergence(&world);
+    assert_eq!(d.at, Landmark::Exit(4));
+    assert_eq!(d.got, "exit digest at Exit(4)");
+}
+
+#[test]
+fn a_digest_mismatch_names_the_last_four_replayed_exits() {
+    let rec = record(4);
+    let log = rewrite(&rec.log, |records| {
+        let second = records
+            .iter_mut()
+            .filter_map(|r| match r {
+                Record::ExitDigest { digest, .. } => Some(digest),
+                _ => None,
+            })
+            .nth(1)
+            .expect("two exit digests");
+        second[0] ^= 1;
+    });
+    let (world, _, _) = replay(&log);
+    let d = divergence(&world);
+    assert_eq!(d.at, Landmark::Exit(8));
+    let recent = d.got.split("last replayed: [").nth(1).expect("the last exits are named");
+    assert_eq!(recent.matches("; ").count(), 3, "not the last 4 exits: {}", d.got);
+}
+
+/// The records of `log` before its End, each with the stream position at its end, and the
+/// position before the first.
+fn records_before_end(log: &[u8]) -> (LogHeader, u64, Vec<(Record, u64)>) {
+    let mut reader = LogReader::new(log).unwrap();
+    let header = reader.header().clone();
+    let start = reader.offset();
+    let mut records = Vec::new();
+    while let Some(item) = reader.next() {
+        let (_, record) = item.unwrap();
+        if matches!(record, Record::End(_)) {
+            break;
+        }
+        records.push((record, reader.offset()));
+    }
+    (header, start, records)
+}
+
+/// A backup's feed: the recording's records up to its End, then the stream ends as `ended`.
+fn fed_to_its_end(ended: FeedItem) -> (ReplayWorld<ChannelFeed>, Vec<(Record, u64)>) {
+    let rec = record(64);
+    let (header, start, records) = records_before_end(&rec.log);
+    let (feed, sender) = ChannelFeed::new(header, start, records.len() + 1);
+    for (record, position) in &records {
+        sender.send(FeedItem::Record { record: record.clone(), position: *position }).unwrap();
+    }
+    sender.send(ended).unwrap();
+    let mut world = ReplayWorld::from_feed(feed);
+    let (_, trace) = drive(&mut world, EXITS, false);
+    assert_eq!(trace, rec.trace, "the replay of every record but End answers as the recording did");
+    (world, records)
+}
+
+#[test]
+fn a_feed_that_closes_ends_the_input_after_its_last_record() {
+    let (world, records) = fed_to_its_end(FeedItem::Closed);
+    assert!(world.error().is_none(), "{:?}", world.error());
+    assert_eq!(world.input_ended(), Some((false, "the log ended")));
+    let stop = world.stop_reason();
+    assert!(
+        matches!(&stop, Some(devices::WorldStop::InputEnded { lost: false, reason }) if reason == "the log ended"),
+        "{stop:?}"
+    );
+    let last = records.last().map(|(_, position)| *position);
+    assert_eq!(Some(world.consumed_position()), last, "go-live stamps outputs from the last record consumed");
+}
+
+#[test]
+fn a_lost_primary_ends_the_input_with_its_reason() {
+    let (world, _) = fed_to_its_end(FeedItem::Lost("no word for 100 ms".into()));
+    assert_eq!(world.input_ended(), Some((true, "no word for 100 ms")));
+}
+
+#[test]
+fn the_input_has_not_ended_while_a_record_is_unconsumed() {
+    let rec = record(64);
+    let (header, start, records) = records_before_end(&rec.log);
+    let (feed, sender) = ChannelFeed::new(header, start, records.len() + 1);
+    let (record, position) = &records[0];
+    sender.send(FeedItem::Record { record: record.clone(), position: *position }).unwrap();
+    sender.send(FeedItem::Closed).unwrap();
+    let world = ReplayWorld::from_feed(feed);
+    assert_eq!(world.input_ended(), None, "the one record is still to be replayed");
+    assert_eq!(world.consumed_position(), start, "nothing consumed yet");
 }
