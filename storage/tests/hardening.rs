@@ -440,3 +440,45 @@ fn names_with_newlines_and_huge_holders_are_refused() {
     let log = log_of(&c, "master.log");
     assert!(!log.contains(&huge[..4096]), "the master logged a huge holder");
 }
+
+/// `gfs ls / | head -1`: the reader of gfs's output leaves before gfs is done. Rust ignores
+/// SIGPIPE, so each write after that fails with EPIPE: gfs must end quietly with 141 (what a
+/// shell shows for a writer killed by SIGPIPE), never panic ("failed printing to stdout").
+/// Here the pipe's read end is closed before gfs starts, so its very first write meets it.
+#[test]
+fn a_closed_stdout_or_stderr_ends_gfs_quietly() {
+    let mut c = Cluster::start("closed-stdout", 0, &["--replicas", "1"]);
+    add_chunkservers(&mut c, 1, &[]);
+    let client = c.client();
+    for i in 0..50 {
+        client.create(&format!("/f{i}")).unwrap();
+    }
+    let data = pattern(1 << 20, 5);
+    client.put("/data", &mut &data[..]).unwrap();
+    let commands: [&[&str]; 6] =
+        [&["ls", "/"], &["fsck"], &["status"], &["stat", "/data"], &["cat", "/data"], &["lock", "vm"]];
+    for args in commands {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = common::gfs_command()
+            .args(["--master", &c.master_addr])
+            .args(args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "gfs {args:?} with its stdout closed: {:?}\n{err}", out.status);
+        assert!(err.is_empty(), "gfs {args:?} with its stdout closed said: {err}");
+    }
+    // An error with nobody left to read it: still the error's status, and no panic.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = common::gfs_command()
+        .args(["--master", &c.master_addr, "ls", "/nowhere"])
+        .stdout(Stdio::null())
+        .stderr(writer)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "gfs ls /nowhere with its stderr closed: {:?}", out.status);
+}
