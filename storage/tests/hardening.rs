@@ -5,7 +5,9 @@ mod common;
 
 use common::{free_addr, pattern, ChunkServerProc, Cluster};
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -179,6 +181,78 @@ fn connections_per_peer_address_are_limited() {
         assert!(t0.elapsed() < Duration::from_secs(10), "closed connections were never uncounted");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A TCP connection to `to` from source address `from` (on loopback any 127.x.y.z is ours):
+/// another peer address, as the master's per-address limit sees it.
+fn connect_from(from: Ipv4Addr, to: SocketAddrV4) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let sockaddr = |a: SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: socket(2) with constant arguments; the descriptor is owned by `stream` at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket that nothing else owns.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let (local, remote) = (sockaddr(SocketAddrV4::new(from, 0)), sockaddr(to));
+    // SAFETY: `local` is a valid sockaddr_in of `len` bytes for the call.
+    if unsafe { libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `remote` is a valid sockaddr_in of `len` bytes for the call.
+    if unsafe { libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stream)
+}
+
+/// One address keeps connecting past its limit and sends nothing (each refusal's sealed
+/// handshake would wait for it): the master must go on accepting everyone else at once.
+#[test]
+fn one_address_flooding_past_its_limit_does_not_slow_accepts_for_others() {
+    let c = Cluster::start("flood", 0, &["--max-conns-per-peer", "4"]);
+    let master: SocketAddrV4 = c.master_addr.parse().unwrap();
+    let flooding = Arc::new(AtomicBool::new(true));
+    let flooder = {
+        let flooding = flooding.clone();
+        std::thread::spawn(move || {
+            let mut held = std::collections::VecDeque::new();
+            let mut opened = 0;
+            while flooding.load(Ordering::Relaxed) {
+                if let Ok(stream) = connect_from(Ipv4Addr::new(127, 0, 0, 2), master) {
+                    opened += 1;
+                    held.push_back(stream);
+                }
+                if held.len() > 300 {
+                    held.pop_front();
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            opened
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        let t0 = Instant::now();
+        let retry = storage::client::RetryPolicy { master_wait: Duration::from_secs(5), ..Default::default() };
+        let status = storage::Client::with_retry(&c.master_addr, retry).status();
+        let took = t0.elapsed();
+        assert!(status.is_ok(), "127.0.0.1 was not served during the flood after {took:?}: {status:?}");
+        slowest = slowest.max(took);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    flooding.store(false, Ordering::Relaxed);
+    let opened = flooder.join().unwrap();
+    assert!(opened > 100, "the flood opened only {opened} connections");
+    assert!(slowest < Duration::from_millis(500), "127.0.0.1 waited {slowest:?} behind 127.0.0.2's flood");
 }
 
 #[test]
