@@ -125,10 +125,28 @@ fn rss_kib(pid: u32) -> u64 {
     s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap()
 }
 
+/// Strangers announce large frames and send little of them: the master's memory must grow with
+/// the bytes that arrive, not the lengths announced. The master runs `--insecure`, as that is
+/// where a stranger reaches the frame reader (`protocol/frame.rs`); with a cluster key the plain
+/// header is refused earlier, at the seal's magic, and the frame reader is never tested.
 #[test]
 fn announcing_large_frames_commits_no_memory() {
-    let c = Cluster::start("promise", 0, &[]);
-    let pid = c.master.as_ref().unwrap().id();
+    let dir = common::temp_dir("promise");
+    let addr = free_addr();
+    let master = common::KillOnDrop(
+        common::gfs_command()
+            .args(["master", "--insecure", "--listen", &addr, "--dir"])
+            .arg(dir.join("master"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("master.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    common::wait_listening(&addr);
+    let insecure_gfs = |args: &[&str]| common::gfs_command().args(["--insecure", "--master", &addr]).args(args).output();
+    let ready = insecure_gfs(&["mkdir", "/ready"]).unwrap();
+    assert!(ready.status.success(), "{}", String::from_utf8_lossy(&ready.stderr));
+    let pid = master.0.id();
     let before = rss_kib(pid);
     // 100 strangers each announce an 8 MiB frame, send a little of it and go quiet.
     let mut header = Vec::new();
@@ -138,20 +156,22 @@ fn announcing_large_frames_commits_no_memory() {
     header.extend_from_slice(&[0x55; 1000]);
     let strangers: Vec<TcpStream> = (0..100)
         .map(|_| {
-            let mut s = TcpStream::connect(&c.master_addr).unwrap();
+            let mut s = TcpStream::connect(&addr).unwrap();
             s.write_all(&header).unwrap();
             s
         })
         .collect();
     // The master still answers, and holding those connections costs it little.
-    c.client().mkdir("/still-here").unwrap();
+    let still = insecure_gfs(&["mkdir", "/still-here"]).unwrap();
+    assert!(still.status.success(), "{}", String::from_utf8_lossy(&still.stderr));
     let t0 = Instant::now();
     let mut grew = 0;
     while t0.elapsed() < Duration::from_secs(2) {
         grew = grew.max(rss_kib(pid).saturating_sub(before));
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(grew < 64 * 1024, "master grew by {grew} KiB for frames that never arrived");
+    eprintln!("the master grew by {grew} KiB while 100 strangers held 8 MiB frames open");
+    assert!(grew < 16 * 1024, "master grew by {grew} KiB for frames that never arrived");
     drop(strangers);
 }
 
