@@ -6,10 +6,10 @@ mod common;
 use common::{free_addr, pattern, ChunkServerProc, Cluster};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::path::Path;
 use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Starts `n` chunkservers with `extra` arguments in `c` and waits until the master counts
@@ -143,7 +143,8 @@ fn announcing_large_frames_commits_no_memory() {
             .unwrap(),
     );
     common::wait_listening(&addr);
-    let insecure_gfs = |args: &[&str]| common::gfs_command().args(["--insecure", "--master", &addr]).args(args).output();
+    let insecure_gfs =
+        |args: &[&str]| common::gfs_command().args(["--insecure", "--master", &addr]).args(args).output();
     let ready = insecure_gfs(&["mkdir", "/ready"]).unwrap();
     assert!(ready.status.success(), "{}", String::from_utf8_lossy(&ready.stderr));
     let pid = master.0.id();
@@ -575,4 +576,24 @@ fn a_closed_stdout_or_stderr_ends_gfs_quietly() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "gfs ls /nowhere with its stderr closed: {:?}", out.status);
+}
+
+/// A push whose chain names one chunkserver 40 times (it once peaked at 709 MiB, above the
+/// 512 MiB push budget, forwarding to itself): refused before any data is read, saying why.
+#[test]
+fn a_push_chain_longer_than_the_most_replicas_is_refused() {
+    use storage::protocol::{ChunkReply, ChunkRequest, Conn, Reply};
+    let mut c = Cluster::start("long-chain", 0, &[]);
+    add_chunkservers(&mut c, 1, &[]);
+    let cs = c.cs[0].addr.clone();
+    let mut conn = Conn::connect(&cs, Duration::from_secs(5)).unwrap();
+    conn.set_read_timeout(Duration::from_secs(5)).unwrap();
+    conn.send(&ChunkRequest::Push { id: 1, len: 1 << 20, chain: vec![cs.clone(); 40] }).unwrap();
+    let refusal = match conn.recv::<Reply<ChunkReply>>() {
+        Ok(Err(e)) => e.message,
+        other => panic!("a push chain of 40 servers was not refused: {other:?}"),
+    };
+    assert!(refusal.contains("push chain of 40 servers is too long"), "{refusal}");
+    // The chunkserver took none of it to heart.
+    wait_live(&c, 1);
 }

@@ -142,7 +142,10 @@ mod tests {
             "Is a directory",
         ));
         twice.extend(said_twice(tap(eisdir()), "Is a directory"));
-        twice.extend(said_twice(devices::virtio::DiskError::Io { path: "/d".into(), cause: eisdir() }, "Is a directory"));
+        twice.extend(said_twice(
+            devices::virtio::DiskError::Io { path: "/d".into(), cause: eisdir() },
+            "Is a directory",
+        ));
         twice.extend(said_twice(disk_write(), "Is a directory"));
         let failed_earlier = devices::virtio::OutputError::Failed { device: 0, first: Arc::new(disk_write()) };
         twice.extend(said_twice(failed_earlier, "Is a directory"));

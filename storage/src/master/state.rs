@@ -339,9 +339,11 @@ mod tests {
         let mut s = State::default();
         let indices = [0, 1000, crate::MAX_FILE_CHUNKS - 1];
         let mut records = vec![Record::CreateFile { path: "/holes".into() }];
-        records.extend(
-            indices.iter().zip(1..).map(|(&index, handle)| Record::AddChunk { path: "/holes".into(), index, handle }),
-        );
+        records.extend(indices.iter().zip(1..).map(|(&index, handle)| Record::AddChunk {
+            path: "/holes".into(),
+            index,
+            handle,
+        }));
         for r in &records {
             s.check(r).unwrap();
             s.apply(r).unwrap();
