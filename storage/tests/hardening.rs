@@ -272,8 +272,10 @@ fn one_address_flooding_past_its_limit_does_not_slow_accepts_for_others() {
     }
     flooding.store(false, Ordering::Relaxed);
     let opened = flooder.join().unwrap();
+    eprintln!("slowest status from 127.0.0.1 while 127.0.0.2 opened {opened} connections: {slowest:?}");
     assert!(opened > 100, "the flood opened only {opened} connections");
-    assert!(slowest < Duration::from_millis(500), "127.0.0.1 waited {slowest:?} behind 127.0.0.2's flood");
+    // Room for a loaded machine: with refusals on the accept thread the slowest took 25 s.
+    assert!(slowest < Duration::from_secs(2), "127.0.0.1 waited {slowest:?} behind 127.0.0.2's flood");
 }
 
 #[test]
