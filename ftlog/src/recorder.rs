@@ -311,4 +311,4 @@ impl<S: EventSource, W: Write> EventSource for RecordingWorld<S, W> {
 /// The recording could not be written: the run stops rather than run on unrecorded.
 #[derive(Debug, thiserror::Error)]
 #[error("recording failed: {0}")]
-pub struct RecordingFailed(#[source] pub LogError);
+pub struct RecordingFailed(pub LogError);

@@ -2,14 +2,17 @@
 //! hex, readable by its owner only.
 
 use crate::SealError;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The file in a key directory that holds the cluster key.
 pub const KEY_FILE: &str = "cluster.key";
 /// The first word of a key file: the format, so another file is never read as a key.
 const HEADER: &str = "ftvm-cluster-key-v1";
+/// The most bytes a key file may hold: its header and 64 hex digits take 85, the rest is room
+/// for whitespace an editor adds.
+pub const MAX_KEY_FILE: u64 = 256;
 
 /// The pre-shared key every member of a cluster holds.
 pub struct ClusterKey {
@@ -24,22 +27,32 @@ impl ClusterKey {
         ClusterKey { secret, fingerprint }
     }
 
-    /// Reads the key of directory `dir`, refusing a key file others can read.
+    /// Reads the key of directory `dir`, refusing a key file others can read, or one that is
+    /// not a regular file of at most [`MAX_KEY_FILE`] bytes. The file is looked at before it is
+    /// opened and opened with `O_NONBLOCK`, so a FIFO put in its place is refused at once
+    /// instead of blocking the command until a writer comes, and a huge file is never read.
     pub fn load(dir: &Path) -> Result<ClusterKey, SealError> {
         let path = dir.join(KEY_FILE);
         let meta = std::fs::metadata(&path).map_err(|e| {
             SealError::io(format!("reading the cluster key {} (make one with `gfs keygen DIR`)", path.display()), e)
         })?;
-        let mode = meta.permissions().mode();
-        if mode & 0o077 != 0 {
-            return Err(SealError::Key(format!(
-                "the cluster key {} is readable by others (mode {:o}): chmod 600 it",
-                path.display(),
-                mode & 0o777
-            )));
+        check_key_file(&path, &meta)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(&path)
+            .map_err(|e| SealError::io(format!("reading {}", path.display()), e))?;
+        // The path may have been replaced between the look and the open: check what was opened.
+        let opened = file.metadata().map_err(|e| SealError::io(format!("reading {}", path.display()), e))?;
+        check_key_file(&path, &opened)?;
+        let mut bytes = Vec::new();
+        file.take(MAX_KEY_FILE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| SealError::io(format!("reading {}", path.display()), e))?;
+        if bytes.len() as u64 > MAX_KEY_FILE {
+            return Err(too_large(&path, bytes.len() as u64));
         }
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| SealError::io(format!("reading {}", path.display()), e))?;
+        let text = String::from_utf8_lossy(&bytes);
         let bad = || SealError::Key(format!("{} is not a cluster key made by `gfs keygen`", path.display()));
         let mut words = text.split_whitespace();
         if words.next() != Some(HEADER) {
@@ -65,6 +78,47 @@ impl ClusterKey {
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
     }
+}
+
+/// Refuses a key file that is not a regular file of ours: anything else could block a read (a
+/// FIFO, a device), never end (`/dev/zero`), or be read by others.
+fn check_key_file(path: &Path, meta: &std::fs::Metadata) -> Result<(), SealError> {
+    let kind = meta.file_type();
+    let not_regular = if kind.is_file() {
+        None
+    } else if kind.is_dir() {
+        Some("a directory")
+    } else if kind.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if kind.is_char_device() || kind.is_block_device() {
+        Some("a device")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else {
+        Some("a special file")
+    };
+    if let Some(what) = not_regular {
+        return Err(SealError::Key(format!("the cluster key {} is {what}, not a regular file", path.display())));
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(SealError::Key(format!(
+            "the cluster key {} is readable by others (mode {:o}): chmod 600 it",
+            path.display(),
+            mode & 0o777
+        )));
+    }
+    if meta.len() > MAX_KEY_FILE {
+        return Err(too_large(path, meta.len()));
+    }
+    Ok(())
+}
+
+fn too_large(path: &Path, size: u64) -> SealError {
+    SealError::Key(format!(
+        "{} is not a cluster key made by `gfs keygen`: {size} bytes, more than a key file's {MAX_KEY_FILE}",
+        path.display()
+    ))
 }
 
 /// Makes a new cluster key in directory `dir` (made if missing, mode 0700), written mode 0600;
@@ -144,5 +198,45 @@ mod tests {
 
         let missing = ClusterKey::load(&dir.path().join("nowhere")).err().expect("no key");
         assert!(missing.to_string().contains("gfs keygen"), "{missing}");
+    }
+
+    /// `--keys DIR` where DIR/cluster.key is a FIFO: the load used to block in open(2) until a
+    /// writer came (forever, as far as the user could tell).
+    #[test]
+    fn a_fifo_in_place_of_the_key_is_refused_without_waiting_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(KEY_FILE);
+        let name = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: `name` is a valid NUL-terminated path for the call.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0, "{}", std::io::Error::last_os_error());
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let key_dir = dir.path().to_owned();
+        // On a thread of its own: a load that blocks leaves the thread behind, not the test.
+        std::thread::spawn(move || {
+            let _ = sender.send(ClusterKey::load(&key_dir).err().map(|e| e.to_string()));
+        });
+        let error = receiver
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("loading a FIFO as the key blocked")
+            .expect("a FIFO is refused");
+        assert!(error.contains("is a FIFO (named pipe), not a regular file"), "{error}");
+    }
+
+    #[test]
+    fn a_key_file_too_large_or_not_a_file_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(KEY_FILE);
+        // A real key with 1 MiB of blanks after it: a key file holds a key and nothing more.
+        let (_, _) = generate(dir.path(), false).unwrap();
+        let mut padded = std::fs::read(&path).unwrap();
+        padded.resize(1 << 20, b' ');
+        std::fs::write(&path, &padded).unwrap();
+        let error = ClusterKey::load(dir.path()).err().expect("a huge key file is refused").to_string();
+        assert!(error.contains("1048576 bytes, more than a key file's 256"), "{error}");
+
+        std::fs::remove_file(&path).unwrap();
+        std::fs::DirBuilder::new().mode(0o700).create(&path).unwrap();
+        let error = ClusterKey::load(dir.path()).err().expect("a directory is refused").to_string();
+        assert!(error.contains("is a directory, not a regular file"), "{error}");
     }
 }

@@ -34,8 +34,10 @@ pub const KEYS_ENV: &str = "FT_KEYS";
 /// Why a key could not be made or loaded, or a channel could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {
-    #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    // The cause is part of the message, so it is no `source` (a field of that name would be):
+    // a chain printed whole would say it twice.
+    #[error("{context}: {cause}")]
+    Io { context: String, cause: std::io::Error },
     #[error("{0}")]
     Key(String),
     /// The peer does not hold this cluster's key (or none): the handshake is refused.
@@ -49,7 +51,7 @@ pub enum SealError {
 
 impl SealError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        SealError::Io { context: context.into(), source }
+        SealError::Io { context: context.into(), cause: source }
     }
 }
 

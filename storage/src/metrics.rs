@@ -5,6 +5,7 @@
 //! One process serves one role (`gfs master` or `gfs chunkserver`), so the figures are one
 //! process-wide store. The HTTP endpoint itself ([`serve_http`]) is shared with `ftvm`.
 
+use crate::sync::Unpoisoned;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -12,7 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
 
 /// A request's name and how it ended.
@@ -77,7 +78,7 @@ pub fn bytes_written(n: u64) {
 
 /// The master lends what it sees of the cluster.
 pub fn watch_cluster(source: ClusterSource) {
-    *STORE.cluster.lock().unwrap_or_else(PoisonError::into_inner) = Some(source);
+    *STORE.cluster.lock_unpoisoned() = Some(source);
 }
 
 /// Everything, in the Prometheus text format.
@@ -87,7 +88,7 @@ pub fn render() -> String {
     registry.register("request_seconds", "Time to answer a request, by name", STORE.latency.clone());
     registry.register("chunk_bytes_read", "Chunk data bytes sent to readers", STORE.bytes_read.clone());
     registry.register("chunk_bytes_written", "Chunk data bytes received from writers", STORE.bytes_written.clone());
-    let cluster = STORE.cluster.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|source| source());
+    let cluster = STORE.cluster.lock_unpoisoned().as_ref().map(|source| source());
     if let Some(c) = cluster {
         let mut gauge = |name: &str, help: &str, value: u64| {
             let metric = Gauge::<i64, std::sync::atomic::AtomicI64>::default();

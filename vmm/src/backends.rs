@@ -25,14 +25,10 @@ pub struct NetInputs {
 /// Why a backend could not be opened or does not fit its device.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    #[error("--net tap={name}: {source}")]
-    Tap {
-        name: String,
-        #[source]
-        source: TapError,
-    },
     // Not `source`s: their message is part of this one, and a chain printed whole would say it
     // twice.
+    #[error("--net tap={name}: {cause}")]
+    Tap { name: String, cause: TapError },
     #[error("--disk: {0}")]
     Disk(DiskError),
     #[error("--disk: {0}")]
@@ -212,7 +208,7 @@ impl Backends {
     }
 
     fn open_tap(&mut self, name: &str, device: u8, doorbell: &Doorbell) -> Result<(), BackendError> {
-        let tap_error = |source| BackendError::Tap { name: name.to_owned(), source };
+        let tap_error = |source| BackendError::Tap { name: name.to_owned(), cause: source };
         let tap = Tap::open(name).map_err(tap_error)?;
         let (sender, receiver) = crossbeam_channel::bounded(1024);
         self.tap_readers.push(tap.spawn_reader(sender, Arc::clone(doorbell)).map_err(tap_error)?);

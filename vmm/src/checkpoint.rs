@@ -30,9 +30,9 @@ pub fn capture_totals() -> (u64, u64, u64, u64) {
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("encode the machine state: {0}")]
-    Encode(#[source] postcard::Error),
+    Encode(postcard::Error),
     #[error("decode the machine state: {0}")]
-    Decode(#[source] postcard::Error),
+    Decode(postcard::Error),
     #[error("this machine was built without dirty-page logging")]
     NoDirtyLog,
     #[error("page {gpa:#x} lies outside guest memory")]
@@ -42,7 +42,7 @@ pub enum CheckpointError {
     #[error("checkpoint format {found} is not {FORMAT}")]
     Format { found: u8 },
     #[error("decompress: {0}")]
-    Decompress(#[from] lz4_flex::block::DecompressError),
+    Decompress(lz4_flex::block::DecompressError),
     #[error("a checkpoint of {0} bytes is larger than this machine")]
     TooLarge(u64),
     #[error("truncated checkpoint")]

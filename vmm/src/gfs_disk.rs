@@ -18,7 +18,7 @@
 //! with whoever wins the register (the FT code): set it before opening the disk, and raise it
 //! when a later go-live race is won; each write carries the generation current when it starts.
 
-use devices::virtio::BlockBackend;
+use devices::virtio::{BlockBackend, OutputError};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -162,7 +162,8 @@ pub struct FencedOut {
 
 impl FencedOut {
     /// The `FencedOut` anywhere in `error`'s chain, looking inside `io::Error`s too (whose
-    /// `source()` skips the error they wrap).
+    /// `source()` skips the error they wrap) and inside a disk's [`OutputError`], whose message
+    /// carries its cause instead of returning it from `source()`.
     pub fn find<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a FencedOut> {
         let mut next = Some(error);
         while let Some(e) = next {
@@ -174,7 +175,10 @@ impl FencedOut {
             {
                 return Some(fenced);
             }
-            next = e.source();
+            next = match e.downcast_ref::<OutputError>().and_then(OutputError::io_cause) {
+                Some(cause) => Some(cause),
+                None => e.source(),
+            };
         }
         None
     }
@@ -434,6 +438,15 @@ mod tests {
         assert_eq!(FencedOut::find(&outer), Some(&fenced));
         let anyhow_error = anyhow::Error::new(outer).context("the VM stopped");
         assert_eq!(FencedOut::find(anyhow_error.as_ref()), Some(&fenced));
+        let write = OutputError::DiskWrite {
+            device: 0,
+            path: "gfs:/vm/d".into(),
+            offset: 0,
+            len: 512,
+            cause: io::Error::other(fenced.clone()),
+        };
+        let failed = OutputError::Failed { device: 0, first: std::sync::Arc::new(write) };
+        assert_eq!(FencedOut::find(&failed), Some(&fenced));
         assert_eq!(FencedOut::find(&io::Error::other("disk full")), None);
         assert!(fenced.to_string().contains("fenced out by generation 7"), "{fenced}");
     }

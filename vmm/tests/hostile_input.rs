@@ -209,6 +209,18 @@ fn a_fifo_is_refused_wherever_a_file_is_expected_without_waiting_for_a_writer() 
     }
 }
 
+/// `--keys DIR` (or FT_KEYS) whose cluster.key is a FIFO: ftvm used to wait in open(2) for a
+/// writer, silently, until a signal came.
+#[test]
+fn a_fifo_as_the_cluster_key_is_refused_without_waiting_for_a_writer() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = dir.path().join(seal::KEY_FILE);
+    mkfifo(&key);
+    let finished = ftvm_limited(&["--keys", path_str(dir.path()), "status", "127.0.0.1:9"]);
+    finished.assert_refused(&format!("the cluster key {} is a FIFO (named pipe), not a regular file", key.display()));
+    assert!(finished.took < Duration::from_secs(2), "took {:?}", finished.took);
+}
+
 /// A pipe whose buffer holds one page, so that a little output fills it.
 fn small_pipe() -> (File, OwnedFd) {
     let mut fds = [0; 2];

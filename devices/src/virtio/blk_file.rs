@@ -20,8 +20,10 @@ pub enum DiskError {
     NotAFile { path: PathBuf },
     #[error("disk {path}: {size} bytes is smaller than one 512-byte sector")]
     TooSmall { path: PathBuf, size: u64 },
-    #[error("disk {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    // The cause is part of the message, so it is no `source` (a field of that name would be):
+    // a chain printed whole would say it twice.
+    #[error("disk {path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
 }
 
 fn clear_nonblocking(file: &File) -> io::Result<()> {
@@ -59,10 +61,10 @@ impl DiskFile {
                         mode: if readonly { "read-only" } else { "read-write" },
                     },
                     _ if e.raw_os_error() == Some(libc::EISDIR) => DiskError::IsDirectory { path: owned() },
-                    _ => DiskError::Io { path: owned(), source: e },
+                    _ => DiskError::Io { path: owned(), cause: e },
                 }
             })?;
-        let io_err = |source| DiskError::Io { path: owned(), source };
+        let io_err = |source| DiskError::Io { path: owned(), cause: source };
         let kind = file.metadata().map_err(io_err)?.file_type();
         if kind.is_dir() {
             return Err(DiskError::IsDirectory { path: owned() });

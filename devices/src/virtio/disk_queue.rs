@@ -145,7 +145,7 @@ impl DiskQueue {
             Err(source) => {
                 tracing::error!(device, %source, "the disk's backend thread could not start");
                 *shared.failure.lock().unwrap_or_else(PoisonError::into_inner) =
-                    Some(Arc::new(OutputError::Thread { device, source }));
+                    Some(Arc::new(OutputError::Thread { device, cause: source }));
                 None
             }
         };
@@ -268,13 +268,13 @@ fn serve(
                     backend.write_at(offset, &data)
                 };
                 written.map(|()| WorldEvent::DiskDone { device, id, status: ok, data: Vec::new() }).map_err(|source| {
-                    OutputError::DiskWrite { device, path: backend.name(), offset, len: data.len(), source }
+                    OutputError::DiskWrite { device, path: backend.name(), offset, len: data.len(), cause: source }
                 })
             }
             Op::Flush { id } => backend
                 .flush()
                 .map(|()| WorldEvent::DiskDone { device, id, status: ok, data: Vec::new() })
-                .map_err(|source| OutputError::DiskFlush { device, path: backend.name(), source }),
+                .map_err(|source| OutputError::DiskFlush { device, path: backend.name(), cause: source }),
             Op::Read(read) => Ok(serve_read(device, backend, read)),
         };
         activity.record(queued.elapsed());

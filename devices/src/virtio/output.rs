@@ -49,12 +49,14 @@ pub enum Output {
 /// A backend failure that the VM cannot survive (see the module documentation).
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
-    #[error("writing {len} bytes at offset {offset} of disk {device} ({path}): {source}")]
-    DiskWrite { device: u8, path: String, offset: u64, len: usize, source: std::io::Error },
-    #[error("flushing disk {device} ({path}): {source}")]
-    DiskFlush { device: u8, path: String, source: std::io::Error },
-    #[error("reading {len} bytes at offset {offset} of disk {device} ({path}): {source}")]
-    DiskRead { device: u8, path: String, offset: u64, len: usize, source: std::io::Error },
+    // The cause is part of the message, so it is no `source` (a field of that name would be):
+    // a chain printed whole would say it twice.
+    #[error("writing {len} bytes at offset {offset} of disk {device} ({path}): {cause}")]
+    DiskWrite { device: u8, path: String, offset: u64, len: usize, cause: std::io::Error },
+    #[error("flushing disk {device} ({path}): {cause}")]
+    DiskFlush { device: u8, path: String, cause: std::io::Error },
+    #[error("reading {len} bytes at offset {offset} of disk {device} ({path}): {cause}")]
+    DiskRead { device: u8, path: String, offset: u64, len: usize, cause: std::io::Error },
     #[error("disk {device} is read-only ({path}), yet a write reached it")]
     ReadOnly { device: u8, path: String },
     #[error("the event source returned {got} bytes for a read of {want} on disk {device} (a corrupt log?)")]
@@ -63,8 +65,23 @@ pub enum OutputError {
     NoDisk { device: u8 },
     #[error("disk {device} failed earlier: {first}")]
     Failed { device: u8, first: Arc<OutputError> },
-    #[error("disk {device}: its backend thread could not start: {source}")]
-    Thread { device: u8, source: std::io::Error },
+    #[error("disk {device}: its backend thread could not start: {cause}")]
+    Thread { device: u8, cause: std::io::Error },
+}
+
+impl OutputError {
+    /// The I/O error behind this one, if a backend failed (for a caller that must know what
+    /// refused a write: a gfs fence). Not a `source()`: the message already says it.
+    pub fn io_cause(&self) -> Option<&std::io::Error> {
+        match self {
+            OutputError::DiskWrite { cause, .. }
+            | OutputError::DiskFlush { cause, .. }
+            | OutputError::DiskRead { cause, .. }
+            | OutputError::Thread { cause, .. } => Some(cause),
+            OutputError::Failed { first, .. } => first.io_cause(),
+            OutputError::ReadOnly { .. } | OutputError::ReadLength { .. } | OutputError::NoDisk { .. } => None,
+        }
+    }
 }
 
 /// A read request of the guest, handed to the stage at the exit that made it. It completes later

@@ -53,8 +53,10 @@ pub enum TapError {
     Busy { name: String },
     #[error("TAP {name}: an interface of that name exists and is not a TAP")]
     NotATap { name: String },
-    #[error("TAP {name}: {what}: {source}")]
-    Io { name: String, what: &'static str, source: io::Error },
+    // The cause is part of the message, so it is no `source` (a field of that name would be):
+    // a chain printed whole would say it twice.
+    #[error("TAP {name}: {what}: {cause}")]
+    Io { name: String, what: &'static str, cause: io::Error },
 }
 
 /// An open TAP interface.
@@ -74,7 +76,7 @@ impl Tap {
         let file = OpenOptions::new().read(true).write(true).open(TUN_PATH).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => TapError::NoTunDevice { name: owned() },
             io::ErrorKind::PermissionDenied => TapError::TunPermission { name: owned() },
-            _ => TapError::Io { name: owned(), what: "opening /dev/net/tun", source: e },
+            _ => TapError::Io { name: owned(), what: "opening /dev/net/tun", cause: e },
         })?;
         let mut req = IfReq::new(name);
         req.flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
@@ -87,7 +89,7 @@ impl Tap {
                 Some(libc::EPERM) | Some(libc::EACCES) => TapError::Permission { name: owned() },
                 Some(libc::EBUSY) => TapError::Busy { name: owned() },
                 Some(libc::EINVAL) => TapError::NotATap { name: owned() },
-                _ => TapError::Io { name: owned(), what: "TUNSETIFF", source: e },
+                _ => TapError::Io { name: owned(), what: "TUNSETIFF", cause: e },
             });
         }
         bring_up(name)?;
@@ -111,7 +113,7 @@ impl Tap {
         frames: Sender<Vec<u8>>,
         doorbell: crate::event::Doorbell,
     ) -> Result<TapReader, TapError> {
-        let io_err = |what| move |source| TapError::Io { name: self.name.clone(), what, source };
+        let io_err = |what| move |source| TapError::Io { name: self.name.clone(), what, cause: source };
         let file = self.file.try_clone().map_err(io_err("duplicating the descriptor"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let name = self.name.clone();
@@ -224,7 +226,7 @@ fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
 /// Sets IFF_UP on interface `name`. Without permission to do so, a TAP that is down is only
 /// warned about: whoever created it may bring it up.
 fn bring_up(name: &str) -> Result<(), TapError> {
-    let io_err = |what, source| TapError::Io { name: name.to_owned(), what, source };
+    let io_err = |what, source| TapError::Io { name: name.to_owned(), what, cause: source };
     // SAFETY: plain socket(2) call; the descriptor is owned by `sock` below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {

@@ -127,12 +127,19 @@ pub enum ChannelError {
     /// The secure handshake failed: the peer holds another key, none, or is not a peer at all.
     #[error("logging channel: {0}")]
     Sealing(String),
+    // Not a `source`: the message says the cause, and a chain printed whole would say it twice.
     #[error("logging channel I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("the logging channel is lost: {0}")]
     Lost(String),
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
+}
+
+impl From<std::io::Error> for ChannelError {
+    fn from(error: std::io::Error) -> Self {
+        ChannelError::Io(error)
+    }
 }
 
 /// Why a message was not queued.

@@ -82,8 +82,15 @@ pub enum TransferError {
     Trailing,
     #[error("the transfer's digest does not match its bytes: damaged on the way")]
     Digest,
+    // Not a `source`: the message says the cause, and a chain printed whole would say it twice.
     #[error("state transfer: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for TransferError {
+    fn from(error: std::io::Error) -> Self {
+        TransferError::Io(error)
+    }
 }
 
 /// Writes a transfer to `out`, hashing every byte for the End item.

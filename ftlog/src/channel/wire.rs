@@ -273,8 +273,15 @@ pub enum RecvError {
     Eof { partial: usize },
     #[error(transparent)]
     Malformed(#[from] Malformed),
+    // Not a `source`: the message says the cause, and a chain printed whole would say it twice.
     #[error("the connection failed: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for RecvError {
+    fn from(error: std::io::Error) -> Self {
+        RecvError::Io(error)
+    }
 }
 
 /// Reads whole frames from a stream whose reads time out (the socket's read timeout sets how

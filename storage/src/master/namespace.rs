@@ -304,6 +304,28 @@ mod tests {
         assert_eq!(parent("/a"), "/");
     }
 
+    /// Finding 5 of the hostile-input sweep: a write just below offset 2^46 (the last chunk a
+    /// file may have) into an empty file grew the master by ~8 MiB, a vector resized to the
+    /// index. The list holds the chunks written and nothing for the holes between them.
+    #[test]
+    fn a_chunk_list_holds_only_the_chunks_written() {
+        let mut list = ChunkList::default();
+        let far = crate::MAX_FILE_CHUNKS - 1;
+        assert_eq!(far * crate::CHUNK_SIZE, (1 << 46) - crate::CHUNK_SIZE);
+        list.set(far, 7);
+        assert_eq!(list.iter().collect::<Vec<_>>(), vec![(far, 7)]);
+        assert_eq!((list.get(0), list.get(far - 1), list.get(far)), (None, None, Some(7)));
+        assert_eq!(list.end(), far + 1, "appends go after the last chunk");
+        list.set(3, 9);
+        assert_eq!(list.handles().collect::<Vec<_>>(), vec![9, 7]);
+        list.set(far, 0);
+        assert_eq!(list.end(), 4, "handle 0 removes the entry");
+        list.set(3, 0);
+        assert!(list.is_empty());
+        let loaded: ChunkList = [(5, 0), (2, 4)].into_iter().collect();
+        assert_eq!(loaded.iter().collect::<Vec<_>>(), vec![(2, 4)], "a 0 read back is no chunk");
+    }
+
     #[test]
     fn tree_operations() {
         let mut ns = Namespace::default();

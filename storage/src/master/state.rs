@@ -331,4 +331,32 @@ mod tests {
         assert_eq!(back.ns.file("/far").unwrap().chunks.get(last), Some(1));
         assert_eq!(back.ns.file("/far").unwrap().chunks.get(0), None);
     }
+
+    /// Holes before, between and after chunks come back from a checkpoint as holes, and the
+    /// checkpoint stores only the chunks.
+    #[test]
+    fn a_sparse_chunk_list_survives_a_checkpoint_round_trip() {
+        let mut s = State::default();
+        let indices = [0, 1000, crate::MAX_FILE_CHUNKS - 1];
+        let mut records = vec![Record::CreateFile { path: "/holes".into() }];
+        records.extend(indices.iter().zip(1..).map(|(&index, handle)| Record::AddChunk {
+            path: "/holes".into(),
+            index,
+            handle,
+        }));
+        for r in &records {
+            s.check(r).unwrap();
+            s.apply(r).unwrap();
+        }
+        let image = s.image();
+        let stored = &image.files.iter().find(|f| f.path == "/holes").unwrap().chunks;
+        assert_eq!(stored, &vec![(0, 1), (1000, 2), (crate::MAX_FILE_CHUNKS - 1, 3)]);
+        let bytes = postcard::to_stdvec(&image).unwrap();
+        assert!(bytes.len() < 1024, "the checkpoint of three chunks took {} bytes", bytes.len());
+        let back = State::from_image(postcard::from_bytes(&bytes).unwrap());
+        let f = back.ns.file("/holes").unwrap();
+        assert_eq!(f.chunks, s.ns.file("/holes").unwrap().chunks);
+        assert_eq!((f.chunks.get(1), f.chunks.get(999), f.chunks.get(1001)), (None, None, None));
+        assert_eq!(f.chunks.end(), crate::MAX_FILE_CHUNKS);
+    }
 }

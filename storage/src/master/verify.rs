@@ -1,13 +1,16 @@
-//! A chunkserver proves it is one before the master counts it. Channels are not authenticated,
-//! so anyone can send a heartbeat naming any address; what a stranger cannot do is receive
-//! what the master sends *to* that address. So when a heartbeat's address has not proved
-//! itself, the master connects back to it, checks that a chunkserver known by that address
-//! answers, and hands it a random token. Only heartbeats showing that token count.
+//! A chunkserver proves it is one before the master counts it. With a cluster key every channel
+//! is sealed, so only a holder of the key can send a heartbeat at all; but a heartbeat still
+//! names an address, and a member of the cluster (or one misconfigured: a wildcard, a stale
+//! `--advertise`) can name one that is not its own. With `--insecure` anyone can send a
+//! heartbeat naming any address. What neither can do is receive what the master sends *to*
+//! that address. So when a heartbeat's address has not proved itself, the master connects back
+//! to it, checks that a chunkserver known by that address answers, and hands it a random
+//! token. Only heartbeats showing that token count.
 //!
-//! What this does not stop (until channels are authenticated): someone who can read the
-//! traffic between master and chunkserver sees the token; and someone who can reach the
-//! chunkserver can send it tokens of their own, pushing the master's out of the few it keeps,
-//! which costs it a heartbeat or two until the master checks it again.
+//! What this does not stop with `--insecure`: someone who can read the traffic between master
+//! and chunkserver sees the token; and someone who can reach the chunkserver can send it tokens
+//! of their own, pushing the master's out of the few it keeps, which costs it a heartbeat or two
+//! until the master checks it again. Sealed channels close both.
 
 use super::Master;
 use crate::error::{ErrorKind, GfsError, Result};

@@ -326,8 +326,8 @@ fn admit(
     Ok(Admitted { census: census.clone(), ip })
 }
 
-/// Tells a refused peer why in one error frame (best effort, never blocking the accept loop
-/// for long: a sealed handshake for it gets [`REFUSAL_TIMEOUT`]), then hangs up.
+/// Tells a refused peer why in one error frame (best effort: a sealed handshake for it gets
+/// [`REFUSAL_TIMEOUT`]), then hangs up. Runs on the refusal thread, never the accept loop.
 fn refuse(stream: TcpStream, why: &str, security: &Security, peer: &str) {
     let _ = stream.set_write_timeout(Some(REFUSAL_TIMEOUT));
     let reply: Result<(), crate::error::RemoteError> =
@@ -342,8 +342,36 @@ fn refuse(stream: TcpStream, why: &str, security: &Security, peer: &str) {
     }
 }
 
-/// How long the accept loop spends telling a refused peer why.
+/// How long the refusal thread spends telling a refused peer why.
 const REFUSAL_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Refused connections waiting to be told why. A peer that keeps connecting past its limit and
+/// sends nothing costs each one [`REFUSAL_TIMEOUT`]: were that spent on the accept loop, one
+/// flooding address would hold up accepts for every other (about 5 a second). So refusals go to
+/// one thread through this short queue, and when it is full a refused connection is closed
+/// without a word: a flood costs at most this many held sockets and one thread.
+const REFUSAL_QUEUE: usize = 16;
+
+/// A refused connection and why it was refused.
+struct Refusal {
+    stream: TcpStream,
+    why: String,
+    peer: String,
+}
+
+/// Starts the thread that tells refused peers why, and returns its queue.
+fn start_refusals(name: &str, security: Security) -> Result<std::sync::mpsc::SyncSender<Refusal>> {
+    let (queue, refusals) = std::sync::mpsc::sync_channel::<Refusal>(REFUSAL_QUEUE);
+    std::thread::Builder::new()
+        .name(format!("{name}-refuse"))
+        .spawn(move || {
+            for Refusal { stream, why, peer } in refusals {
+                refuse(stream, &why, &security, &peer);
+            }
+        })
+        .map_err(|e| GfsError::io("starting the refusal thread", e))?;
+    Ok(queue)
+}
 
 /// Accepts connections on `listener` on a thread named `name`-accept and serves each on a thread
 /// of its own with `handle` (the master's and the chunkservers' servers are alike in this),
@@ -360,6 +388,7 @@ pub fn serve(
         None => process_security()?,
     };
     let census = std::sync::Arc::new(std::sync::Mutex::new(Census::default()));
+    let refusals = start_refusals(name, security.clone())?;
     std::thread::Builder::new()
         .name(format!("{name}-accept"))
         .spawn(move || {
@@ -377,7 +406,8 @@ pub fn serve(
                     Ok(a) => a,
                     Err(why) => {
                         tracing::debug!(%peer, "refused: {why}");
-                        refuse(stream, &why, &security, &peer);
+                        // A full queue drops the refusal, which closes the connection unexplained.
+                        let _ = refusals.try_send(Refusal { stream, why, peer });
                         continue;
                     }
                 };

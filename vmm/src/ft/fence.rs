@@ -35,9 +35,14 @@ pub fn register_of(name: &str) -> String {
     format!("ft.{name}")
 }
 
-/// The fencing refusal anywhere in `error`'s chain.
+/// The fencing refusal anywhere in `error`'s chain, or in the disk error an
+/// [`FtError::Output`] carries in its message (not as a `source()`, or its cause would be
+/// printed twice).
 pub fn fenced_out<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a FencedOut> {
-    FencedOut::find(error)
+    match error.downcast_ref::<FtError>() {
+        Some(FtError::Output(output)) => FencedOut::find(output),
+        _ => FencedOut::find(error),
+    }
 }
 
 /// The fencing refusal that ended a run, if that is why it ended.
@@ -84,7 +89,7 @@ mod tests {
             path: "gfs:/vm/d".into(),
             offset: 4096,
             len: 512,
-            source: std::io::Error::other(fenced),
+            cause: std::io::Error::other(fenced),
         }
     }
 
@@ -98,7 +103,7 @@ mod tests {
 
     #[test]
     fn other_failures_stay_failures() {
-        let other = OutputError::DiskFlush { device: 0, path: "d".into(), source: std::io::Error::other("EIO") };
+        let other = OutputError::DiskFlush { device: 0, path: "d".into(), cause: std::io::Error::other("EIO") };
         assert_eq!(fenced_stop(&StopReason::DeviceFailed(Arc::new(other))), None);
         assert_eq!(fenced_stop(&StopReason::StopRequested), None);
         let error = FtError::Replay("diverged".into());

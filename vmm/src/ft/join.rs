@@ -53,8 +53,9 @@ pub enum JoinMode {
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
     #[error("the backup went away during the state transfer: {0}")]
-    Gone(#[source] std::io::Error),
-    #[error("state transfer: {0}")]
+    Gone(std::io::Error),
+    /// Its messages say "state transfer" themselves.
+    #[error(transparent)]
     Transfer(#[from] TransferError),
     #[error(transparent)]
     Vmm(#[from] crate::error::VmmError),

@@ -104,12 +104,26 @@ pub enum FtError {
     Vmm(#[from] crate::error::VmmError),
     #[error(transparent)]
     Backend(#[from] crate::backends::BackendError),
+    // Not `source`s: their message is part of this one, and a chain printed whole would say it
+    // twice.
     #[error("log: {0}")]
-    Log(#[from] ftlog::LogError),
+    Log(ftlog::LogError),
     #[error("the backup's replay stopped: {0}")]
     Replay(String),
     #[error("a held output could not be released: {0}")]
-    Output(#[from] devices::virtio::OutputError),
+    Output(devices::virtio::OutputError),
+}
+
+impl From<ftlog::LogError> for FtError {
+    fn from(error: ftlog::LogError) -> Self {
+        FtError::Log(error)
+    }
+}
+
+impl From<devices::virtio::OutputError> for FtError {
+    fn from(error: devices::virtio::OutputError) -> Self {
+        FtError::Output(error)
+    }
 }
 
 /// Whole milliseconds since `at`, as the pair's lines print them.

@@ -84,16 +84,18 @@ pub struct StatusReport {
 /// Why `ftvm status` got no report.
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
-    #[error("{addr} is not an address: {source}")]
-    Address { addr: String, source: std::io::Error },
-    #[error("no VMM answers on {addr}: {source}")]
-    Connect { addr: String, source: std::io::Error },
-    #[error("asking {addr}: {source}")]
-    Io { addr: String, source: std::io::Error },
+    // The cause is part of the message, so it is no `source` (a field of that name would be):
+    // a chain printed whole would say it twice.
+    #[error("{addr} is not an address: {cause}")]
+    Address { addr: String, cause: std::io::Error },
+    #[error("no VMM answers on {addr}: {cause}")]
+    Connect { addr: String, cause: std::io::Error },
+    #[error("asking {addr}: {cause}")]
+    Io { addr: String, cause: std::io::Error },
     #[error("{addr} gave no status (not an ftvm --ft-listen port, an older ftvm, or one that wants this cluster's key: --keys DIR)")]
     Empty { addr: String },
-    #[error("{addr} answered something that is not a status report: {source}")]
-    Malformed { addr: String, source: serde_json::Error },
+    #[error("{addr} answered something that is not a status report: {cause}")]
+    Malformed { addr: String, cause: serde_json::Error },
     #[error(transparent)]
     Sealing(#[from] seal::SealError),
 }
@@ -112,7 +114,7 @@ pub fn answer(
 ) -> Result<(), seal::SealError> {
     let security = seal::installed()?;
     let (_, mut writer) = seal::open(stream, &security, SEAL_PROTOCOL, seal::Side::Responder, peer, timeout)?;
-    let failed = |source: std::io::Error| seal::SealError::Io { context: format!("answering {peer}"), source };
+    let failed = |source: std::io::Error| seal::SealError::Io { context: format!("answering {peer}"), cause: source };
     let mut line = serde_json::to_vec(&report()).map_err(|e| failed(e.into()))?;
     line.push(b'\n');
     writer.write_all(&line).and_then(|_| writer.flush()).map_err(failed)
@@ -122,12 +124,12 @@ pub fn answer(
 pub fn query(addr: &str, timeout: Duration) -> Result<StatusReport, StatusError> {
     let target = addr
         .to_socket_addrs()
-        .map_err(|source| StatusError::Address { addr: addr.to_owned(), source })?
+        .map_err(|source| StatusError::Address { addr: addr.to_owned(), cause: source })?
         .next()
-        .ok_or_else(|| StatusError::Address { addr: addr.to_owned(), source: std::io::ErrorKind::NotFound.into() })?;
-    let io = |source| StatusError::Io { addr: addr.to_owned(), source };
+        .ok_or_else(|| StatusError::Address { addr: addr.to_owned(), cause: std::io::ErrorKind::NotFound.into() })?;
+    let io = |source| StatusError::Io { addr: addr.to_owned(), cause: source };
     let mut stream = TcpStream::connect_timeout(&target, timeout)
-        .map_err(|source| StatusError::Connect { addr: addr.to_owned(), source })?;
+        .map_err(|source| StatusError::Connect { addr: addr.to_owned(), cause: source })?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.write_all(&STATUS_MAGIC).map_err(io)?;
     let security = seal::installed()?;
@@ -142,7 +144,7 @@ pub fn query(addr: &str, timeout: Duration) -> Result<StatusReport, StatusError>
     if line.trim().is_empty() {
         return Err(StatusError::Empty { addr: addr.to_owned() });
     }
-    serde_json::from_str(&line).map_err(|source| StatusError::Malformed { addr: addr.to_owned(), source })
+    serde_json::from_str(&line).map_err(|source| StatusError::Malformed { addr: addr.to_owned(), cause: source })
 }
 
 /// The report for a person, one fact a line.

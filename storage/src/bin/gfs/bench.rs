@@ -27,7 +27,7 @@ pub fn meta(c: &Client, threads: usize, ops: usize, dir: &str) -> Result<()> {
             Ok(())
         })?;
         let el = t0.elapsed().as_secs_f64();
-        println!(
+        outln!(
             "{what}: {} ops in {el:.3} s = {:.0} ops/s ({threads} threads)",
             per * threads,
             (per * threads) as f64 / el
@@ -64,7 +64,7 @@ pub fn net(mib: u64) -> Result<()> {
     drop(s);
     let got = rx.join().map_err(|_| anyhow::anyhow!("receiver panicked"))?.context("receiving")?;
     let el = t0.elapsed().as_secs_f64();
-    println!("loopback tcp: {} MiB in {el:.3} s = {:.0} MB/s", got >> 20, got as f64 / el / 1e6);
+    outln!("loopback tcp: {} MiB in {el:.3} s = {:.0} MB/s", got >> 20, got as f64 / el / 1e6);
     Ok(())
 }
 
@@ -93,7 +93,7 @@ pub fn append(c: &Client, threads: usize, records: usize, size: usize, path: &st
     })?;
     let el = t0.elapsed().as_secs_f64();
     let n = threads * records;
-    println!(
+    outln!(
         "record append: {n} records of {size} bytes in {el:.3} s = {:.0} MB/s, {:.0} records/s ({threads} clients)",
         (n * size) as f64 / el / 1e6,
         n as f64 / el
@@ -118,7 +118,7 @@ pub fn lock(c: &Client, ops: usize, name: &str) -> Result<()> {
             .copied()
             .unwrap_or(0.0)
     };
-    println!(
+    outln!(
         "compare_and_set: {ops} calls, latency p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms",
         at(0.5),
         at(0.9),

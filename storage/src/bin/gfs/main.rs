@@ -1,12 +1,34 @@
 //! The `gfs` command: runs a master or a chunkserver, or acts as a client.
 
+// Output goes through `pipesafe` (`outln!`/`errln!`), which copes with a closed pipe.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 use storage::chunkserver::{ChunkServer, ChunkServerConfig};
 use storage::master::{service, Master, MasterConfig};
 use storage::{Client, Durability, StreamOpts};
+
+/// gfs has no stop machinery of its own: a write waits for its reader, and once stdout is closed
+/// (`gfs ls / | head -1`) the rest of the output is dropped and gfs ends with status 141.
+static OUTPUT: pipesafe::Policy = pipesafe::Policy::plain("gfs");
+
+/// Prints a line on stdout, like `println!` but without panicking on a closed pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        pipesafe::out_line(&$crate::OUTPUT, &::std::format!($($arg)*))
+    };
+}
+
+/// Prints a line on stderr, like `eprintln!` but without panicking on a closed pipe.
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        pipesafe::err_line(&$crate::OUTPUT, &::std::format!($($arg)*))
+    };
+}
 
 mod bench;
 
@@ -287,7 +309,7 @@ enum Cmd {
     },
 }
 
-fn main() {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "warn",
@@ -297,10 +319,18 @@ fn main() {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("storage={level},gfs={level},seal={level}")));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    if let Err(e) = run(cli) {
-        eprintln!("gfs: {e:#}");
-        std::process::exit(1);
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| pipesafe::Stderr(&OUTPUT)).init();
+    let result = run(cli);
+    // Whatever went wrong after the reader left (`gfs cat` stopping mid-file) is not news to it.
+    if pipesafe::stdout_closed() {
+        return ExitCode::from(pipesafe::CLOSED_STDOUT_STATUS);
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            errln!("gfs: {e:#}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -316,7 +346,7 @@ fn run(cli: Cli) -> Result<()> {
     match &cli.cmd {
         Cmd::Keygen { dir, force } => {
             let (path, key) = seal::generate(dir, *force)?;
-            println!("cluster key written to {} (fingerprint {})", path.display(), key.fingerprint());
+            outln!("cluster key written to {} (fingerprint {})", path.display(), key.fingerprint());
             return Ok(());
         }
         // Measures bare loopback TCP: speaks to nobody but itself.
@@ -359,7 +389,7 @@ fn run(cli: Cli) -> Result<()> {
             cfg.limits = serve.limits()?;
             let m = Master::open(cfg).context("starting the master")?;
             let addr = service::serve(m).context("starting the master")?;
-            println!("gfs master listening on {addr}");
+            outln!("gfs master listening on {addr}");
             serve.serve_metrics()?;
             park()
         }
@@ -384,16 +414,16 @@ fn run(cli: Cli) -> Result<()> {
             cfg.scrub_interval = Some(secs(scrub_interval_secs)?).filter(|d| !d.is_zero());
             cfg.limits = serve.limits()?;
             let cs = ChunkServer::start(cfg).context("starting the chunkserver")?;
-            println!("gfs chunkserver listening on {}", cs.addr);
+            outln!("gfs chunkserver listening on {}", cs.addr);
             serve.serve_metrics()?;
             park()
         }
         Cmd::Ls { path } => {
             for e in client(&cli.master, cli.retry_secs)?.list(&path)? {
                 if e.is_dir {
-                    println!("d {:>14} {}/", "-", e.name);
+                    outln!("d {:>14} {}/", "-", e.name);
                 } else {
-                    println!("f {:>14} {}", e.size, e.name);
+                    outln!("f {:>14} {}", e.size, e.name);
                 }
             }
             Ok(())
@@ -424,23 +454,21 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Cat { remote } => {
             let c = client(&cli.master, cli.retry_secs)?;
-            let stdout = std::io::stdout();
-            let mut lock = stdout.lock();
-            c.read_to(&remote, &mut lock)?;
+            c.read_to(&remote, &mut pipesafe::CheckedStdout(&OUTPUT))?;
             Ok(())
         }
         Cmd::Rm { path } => Ok(client(&cli.master, cli.retry_secs)?.delete(&path)?),
         Cmd::Mv { from, to } => Ok(client(&cli.master, cli.retry_secs)?.rename(&from, &to)?),
         Cmd::Stat { path } => {
             let st = client(&cli.master, cli.retry_secs)?.stat(&path)?;
-            println!("path: {}", st.path);
-            println!("type: {}", if st.is_dir { "directory" } else { "file" });
+            outln!("path: {}", st.path);
+            outln!("type: {}", if st.is_dir { "directory" } else { "file" });
             if !st.is_dir {
-                println!("size: {}", st.size);
+                outln!("size: {}", st.size);
                 if let Some(register) = &st.register {
-                    println!("fenced by register: {register}");
+                    outln!("fenced by register: {register}");
                 }
-                println!("chunks: {}", st.chunks.len());
+                outln!("chunks: {}", st.chunks.len());
                 for ch in &st.chunks {
                     let reps: Vec<String> = ch
                         .replicas
@@ -454,7 +482,7 @@ fn run(cli: Cli) -> Result<()> {
                             format!("{}@v{}{tag}", r.server, r.version)
                         })
                         .collect();
-                    println!(
+                    outln!(
                         "chunk {} handle {} version {} primary {} replicas {}",
                         ch.index,
                         ch.handle,
@@ -484,16 +512,16 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Lock { name, expect, holder } => {
             let c = client(&cli.master, cli.retry_secs)?;
             match (expect, holder) {
-                (Some(e), Some(h)) => println!("{}", c.compare_and_set(&name, e, &h)?),
+                (Some(e), Some(h)) => outln!("{}", c.compare_and_set(&name, e, &h)?),
                 _ => {
                     let (generation, holder) = c.register(&name)?;
-                    println!("{name} generation {generation} holder {holder}");
+                    outln!("{name} generation {generation} holder {holder}");
                 }
             }
             Ok(())
         }
         Cmd::Release { name, expect, holder } => {
-            println!("{}", client(&cli.master, cli.retry_secs)?.release_register(&name, expect, &holder)?);
+            outln!("{}", client(&cli.master, cli.retry_secs)?.release_register(&name, expect, &holder)?);
             Ok(())
         }
         Cmd::Append { remote, fence } => {
@@ -513,15 +541,15 @@ fn run(cli: Cli) -> Result<()> {
                 Err(e) if e.kind() == Some(storage::error::ErrorKind::AlreadyExists) => {}
                 Err(e) => return Err(e.into()),
             }
-            println!("{}", c.append(&remote, &data)?);
+            outln!("{}", c.append(&remote, &data)?);
             Ok(())
         }
         Cmd::Snapshot { src, dst } => Ok(client(&cli.master, cli.retry_secs)?.snapshot(&src, &dst)?),
         Cmd::Status => {
             let s = client(&cli.master, cli.retry_secs)?.status()?;
-            println!("files {} dirs {} chunks {}", s.files, s.dirs, s.chunks);
+            outln!("files {} dirs {} chunks {}", s.files, s.dirs, s.chunks);
             for cs in &s.servers {
-                println!(
+                outln!(
                     "chunkserver {} rack {} {} chunks {} last heartbeat {} ms ago",
                     cs.addr,
                     cs.rack,
@@ -535,11 +563,15 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Fsck => {
             let r = client(&cli.master, cli.retry_secs)?.fsck()?;
             for p in &r.problems {
-                println!("{p}");
+                outln!("{p}");
             }
-            println!(
+            outln!(
                 "files {} chunks {}: {} healthy, {} under-replicated, {} missing",
-                r.files, r.chunks, r.healthy, r.under_replicated, r.missing
+                r.files,
+                r.chunks,
+                r.healthy,
+                r.under_replicated,
+                r.missing
             );
             if r.missing > 0 {
                 bail!("{} chunks have no live healthy replica", r.missing);

@@ -2,6 +2,7 @@
 //! state) and the entries after it, with the hard state (term, vote, commit). The node thread
 //! is the only writer; it makes every change durable through [`super::disk`] first.
 
+use crate::sync::RwUnpoisoned;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{RaftState, Storage, StorageError};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -85,11 +86,11 @@ impl LogStore {
     }
 
     pub fn read(&self) -> RwLockReadGuard<'_, Core> {
-        self.0.read().unwrap_or_else(|p| p.into_inner())
+        self.0.read_unpoisoned()
     }
 
     pub fn write(&self) -> RwLockWriteGuard<'_, Core> {
-        self.0.write().unwrap_or_else(|p| p.into_inner())
+        self.0.write_unpoisoned()
     }
 }
 
