@@ -111,8 +111,8 @@ fn check_fresh(binary: &Path) -> Result<()> {
         Err(_) => {
             let mut sources = Vec::new();
             let crates: &[&str] = match binary.file_name().and_then(|n| n.to_str()) {
-                Some("gfs") => &["storage", "seal"],
-                _ => &["vmm", "devices", "ftlog", "storage", "seal", "guest-images"],
+                Some("gfs") => &["storage", "seal", "pipesafe"],
+                _ => &["vmm", "devices", "ftlog", "storage", "seal", "pipesafe", "guest-images"],
             };
             for name in crates {
                 collect_files(&root.join(name).join("src"), &mut sources);
