@@ -125,7 +125,17 @@ impl Client {
                     return Err(GfsError::WriteFailed { attempts: failures, last: e.to_string() });
                 }
             }
-            tracing::debug!(path, idx, "mutation failed, retrying: {e}");
+            if matches!(e.kind(), Some(ErrorKind::DiskFull | ErrorKind::DiskFailed)) {
+                // The master hears of the disk from its chunkserver at once and gives the chunk
+                // a new version without it; the retry goes there.
+                tracing::warn!(
+                    path,
+                    idx,
+                    "a chunkserver's disk is full or failing; retrying the write without it: {e}"
+                );
+            } else {
+                tracing::debug!(path, idx, "mutation failed, retrying: {e}");
+            }
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
@@ -312,9 +322,11 @@ pub(super) fn checked_end(offset: u64, len: usize) -> Result<u64> {
 }
 
 /// Whether a mutation's error is final: retrying against other replicas or a new lease cannot
-/// help (a full disk, a fenced writer, a bad path or argument).
+/// help (a fenced writer, a bad path or argument). A full or failing disk is not: the master
+/// moves the chunk to replicas whose disks take writes, and only when every disk is full do the
+/// attempts run out (with the disks' own error).
 pub(super) fn is_permanent(e: &GfsError) -> bool {
-    matches!(e.kind(), Some(ErrorKind::DiskFull | ErrorKind::Fenced))
+    matches!(e.kind(), Some(ErrorKind::Fenced))
         || matches!(e, GfsError::Fs(r) if matches!(
             r.kind,
             ErrorKind::NotFound | ErrorKind::IsADirectory | ErrorKind::InvalidPath | ErrorKind::InvalidArgument

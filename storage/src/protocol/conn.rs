@@ -427,6 +427,7 @@ mod tests {
                     extend: vec![],
                     corrupt: vec![],
                     tokens: vec![],
+                    disk: Default::default(),
                 })
             ),
         ]
