@@ -107,10 +107,23 @@ impl Client {
         let deadline = Instant::now() + self.inner.retry.unavailable_wait;
         let mut failures = 0u32;
         let mut backoff = Duration::from_millis(50);
+        // The first refusal by a full or failing disk, said once the write went through
+        // elsewhere (a write that fails in the end reports its own error, in one line).
+        let mut disk_refusal: Option<(GfsError, Instant)> = None;
         loop {
             let result = self.write_location(path, idx).and_then(|loc| self.mutate(path, idx, &loc, coff, data));
             let e = match result {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if let Some((refusal, at)) = disk_refusal {
+                        tracing::warn!(
+                            path,
+                            idx,
+                            "a write went through {:?} after a chunkserver's disk refused it: {refusal}",
+                            at.elapsed()
+                        );
+                    }
+                    return Ok(());
+                }
                 Err(e) => e,
             };
             self.forget_lease(path, idx);
@@ -125,16 +138,11 @@ impl Client {
                     return Err(GfsError::WriteFailed { attempts: failures, last: e.to_string() });
                 }
             }
-            if matches!(e.kind(), Some(ErrorKind::DiskFull | ErrorKind::DiskFailed)) {
+            tracing::debug!(path, idx, "mutation failed, retrying: {e}");
+            if disk_refusal.is_none() && matches!(e.kind(), Some(ErrorKind::DiskFull | ErrorKind::DiskFailed)) {
                 // The master hears of the disk from its chunkserver at once and gives the chunk
                 // a new version without it; the retry goes there.
-                tracing::warn!(
-                    path,
-                    idx,
-                    "a chunkserver's disk is full or failing; retrying the write without it: {e}"
-                );
-            } else {
-                tracing::debug!(path, idx, "mutation failed, retrying: {e}");
+                disk_refusal = Some((e, Instant::now()));
             }
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(Duration::from_secs(1));
