@@ -140,6 +140,15 @@ fn kv_on_gfs_keeps_serving_while_a_chunkserver_disk_fills_and_empties() {
         "{sets} SETs; longest gap between replies: {before:?} before the fault, {full_gap:?} while chunkserver 0's \
          disk was full, {after:?} after space returned"
     );
+    // The write moved to a new version without the full disk at once, not when a lease ran out
+    // (a lease is 3 s; waiting one out shows as a gap of 3.5 s or more).
+    let master = c.master_output();
+    assert!(
+        master.contains("replica's disk is full or failing under a lease: new version without it")
+            || master.contains("the primary's disk is full or failing: lease revoked"),
+        "{master}"
+    );
+    assert!(full_gap < Duration::from_millis(2500), "kv stalled {full_gap:?} while the disk was full");
     let fsck = String::from_utf8_lossy(&c.gfs(&["fsck"]).unwrap().stdout).into_owned();
     assert!(fsck.contains(" 0 missing"), "{fsck}");
 
