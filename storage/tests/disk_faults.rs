@@ -255,6 +255,11 @@ fn a_chunkserver_disk_returning_io_errors_is_routed_around_and_its_chunks_copied
     read_back(&client, "/quiet", &written_quiet);
     // The shut-down file system never answers again: the chunkserver stays out.
     assert_eq!(disk_of(&client, &failing), Some(DiskState::Failing));
-    drop(c);
+    // The servers go first, then the file system, then the cluster's directory (with the image).
+    for i in 0..c.cs.len() {
+        c.kill_cs(i);
+    }
+    c.kill_master();
     drop(disk);
+    drop(c);
 }
