@@ -33,6 +33,9 @@ pub enum ErrorKind {
     /// A master replica that does not lead refused a request; the message names the leader
     /// when one is known (see [`not_leader`] and [`leader_hint`]).
     NotLeader,
+    /// A chunkserver's disk returned an I/O error (EIO) or went read-only: it takes no writes
+    /// until a probe succeeds again (see `chunkserver/disk.rs`).
+    DiskFailed,
 }
 
 const LEADER_IS: &str = "the leader is ";

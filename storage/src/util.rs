@@ -20,6 +20,7 @@ pub fn to_remote(e: &GfsError) -> RemoteError {
     match e {
         GfsError::Remote { error, .. } | GfsError::Fs(error) => error.clone(),
         GfsError::Io { cause, .. } if is_disk_full(cause) => RemoteError::new(ErrorKind::DiskFull, e.to_string()),
+        GfsError::Io { cause, .. } if is_disk_failure(cause) => RemoteError::new(ErrorKind::DiskFailed, e.to_string()),
         GfsError::Io { .. } => RemoteError::new(ErrorKind::Io, e.to_string()),
         GfsError::Frame(_)
         | GfsError::Codec(_)
@@ -33,6 +34,12 @@ pub fn to_remote(e: &GfsError) -> RemoteError {
 /// Whether an I/O error means the disk is full.
 pub fn is_disk_full(e: &std::io::Error) -> bool {
     e.raw_os_error() == Some(28) || e.kind() == std::io::ErrorKind::StorageFull
+}
+
+/// Whether an I/O error means the disk itself failed: EIO, or a file system that went
+/// read-only under us (ext4 remounts read-only after an I/O error in its journal).
+pub fn is_disk_failure(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EROFS))
 }
 
 /// Checks an address a chunkserver is known by (`host:port`): what the master connects back

@@ -65,6 +65,7 @@ fn heartbeat() -> impl Strategy<Value = Heartbeat> {
             extend,
             corrupt,
             tokens,
+            disk: Default::default(),
         })
 }
 
@@ -135,8 +136,10 @@ fn master_reply() -> impl Strategy<Value = MasterReply> {
             });
     let stat = (s(), any::<bool>(), any::<u64>(), proptest::collection::vec(chunk, 0..3), proptest::option::of(s()))
         .prop_map(|(path, is_dir, size, chunks, register)| FileStat { path, is_dir, size, chunks, register });
-    let server = (s(), s(), any::<bool>(), any::<u64>(), any::<u64>())
-        .prop_map(|(addr, rack, live, chunks, last_seen_ms)| ServerStatus { addr, rack, live, chunks, last_seen_ms });
+    let server =
+        (s(), s(), any::<bool>(), any::<u64>(), any::<u64>()).prop_map(|(addr, rack, live, chunks, last_seen_ms)| {
+            ServerStatus { addr, rack, live, chunks, last_seen_ms, disk: Default::default() }
+        });
     prop_oneof![
         Just(MasterReply::Done),
         proptest::collection::vec(entry, 0..4).prop_map(MasterReply::Entries),

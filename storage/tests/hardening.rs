@@ -315,6 +315,7 @@ fn forge_heartbeat(
         extend: vec![],
         corrupt: vec![],
         tokens: vec![12345],
+        disk: Default::default(),
     };
     conn.send(&MasterRequest::Heartbeat(hb)).unwrap();
     conn.recv::<Reply<MasterReply>>().unwrap()

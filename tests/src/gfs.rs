@@ -13,7 +13,13 @@ pub struct Cluster<'a> {
     pub dir: tempfile::TempDir,
     ns: Option<&'a NetNs>,
     pub master_addr: String,
-    _servers: Vec<Process>,
+    /// The master, then chunkserver 0, 1, ...
+    servers: Vec<Process>,
+    /// Chunkservers' addresses, in order.
+    pub chunkservers: Vec<String>,
+    /// File systems mounted for the cluster (a chunkserver's small disk): unmounted on drop,
+    /// once the servers are gone.
+    mounts: Vec<PathBuf>,
 }
 
 /// A port nobody listens on now.
@@ -25,6 +31,18 @@ impl<'a> Cluster<'a> {
     /// A master and `n` chunkservers (each on its own rack), under `parent` (a temporary
     /// directory there), all of them heard by the master before this returns.
     pub fn start(ns: Option<&'a NetNs>, n: usize, parent: &Path) -> Result<Cluster<'a>> {
+        Self::start_with(ns, n, parent, &[])
+    }
+
+    /// Like [`Cluster::start`], with chunkserver `i`'s data directory on a tmpfs of `size`
+    /// (`mount -t tmpfs -o size=SIZE`; needs root) for each `(i, size)` of `small_disks`: a
+    /// disk a test can fill.
+    pub fn start_with(
+        ns: Option<&'a NetNs>,
+        n: usize,
+        parent: &Path,
+        small_disks: &[(usize, &str)],
+    ) -> Result<Cluster<'a>> {
         // The servers, and this process's own gfs connections, use the test's cluster key.
         crate::keys()?;
         let dir = tempfile::Builder::new().prefix("gfs-").tempdir_in(parent)?;
@@ -36,13 +54,23 @@ impl<'a> Cluster<'a> {
             }
         };
         let master_addr = addr(0)?;
-        let mut cluster = Cluster { dir, ns, master_addr: master_addr.clone(), _servers: Vec::new() };
+        let mut cluster = Cluster {
+            dir,
+            ns,
+            master_addr: master_addr.clone(),
+            servers: Vec::new(),
+            chunkservers: Vec::new(),
+            mounts: Vec::new(),
+        };
         let master_dir = cluster.path("master");
         cluster.spawn(&["master", "--listen", &master_addr, "--dir", &master_dir])?;
         cluster.wait_listening(&master_addr)?;
         for i in 0..n {
             let cs = addr(i + 1)?;
             let cs_dir = cluster.path(&format!("cs{i}"));
+            if let Some((_, size)) = small_disks.iter().find(|(at, _)| *at == i) {
+                cluster.mount_tmpfs(Path::new(&cs_dir), size)?;
+            }
             let rack = format!("rack{i}");
             cluster.spawn(&[
                 "chunkserver",
@@ -58,9 +86,36 @@ impl<'a> Cluster<'a> {
                 &cs_dir,
             ])?;
             cluster.wait_listening(&cs)?;
+            cluster.chunkservers.push(cs);
         }
         cluster.wait_for_chunkservers(n)?;
         Ok(cluster)
+    }
+
+    fn mount_tmpfs(&mut self, dir: &Path, size: &str) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let out =
+            Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).output()?;
+        if !out.status.success() {
+            bail!("mount a {size} tmpfs at {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        self.mounts.push(dir.to_path_buf());
+        Ok(())
+    }
+
+    /// Chunkserver `i`'s data directory.
+    pub fn chunkserver_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("cs{i}"))
+    }
+
+    /// What chunkserver `i` has printed so far (its log).
+    pub fn chunkserver_output(&self, i: usize) -> String {
+        self.servers.get(1 + i).map(Process::output).unwrap_or_default()
+    }
+
+    /// What the master has printed so far (its log).
+    pub fn master_output(&self) -> String {
+        self.servers.first().map(Process::output).unwrap_or_default()
     }
 
     fn path(&self, name: &str) -> String {
@@ -84,7 +139,7 @@ impl<'a> Cluster<'a> {
     fn spawn(&mut self, args: &[&str]) -> Result<()> {
         let mut command = self.command(&binary("gfs")?);
         command.args(args);
-        self._servers.push(Process::spawn(command)?);
+        self.servers.push(Process::spawn(command)?);
         Ok(())
     }
 
@@ -138,5 +193,15 @@ impl<'a> Cluster<'a> {
             bail!("ftvm disk create {path}: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(PathBuf::from(path))
+    }
+}
+
+impl Drop for Cluster<'_> {
+    fn drop(&mut self) {
+        // The servers first: a mounted file system they still use cannot be unmounted.
+        self.servers.clear();
+        for dir in self.mounts.drain(..) {
+            let _ = Command::new("umount").arg(&dir).output();
+        }
     }
 }

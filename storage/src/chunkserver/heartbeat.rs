@@ -1,4 +1,5 @@
-//! Heartbeats: chunk report, lease extension requests, corrupt-replica reports.
+//! Heartbeats: chunk report, lease extension requests, corrupt-replica reports, the state of
+//! the data disk (sent at once when it changes).
 
 use super::ChunkServer;
 use crate::error::{GfsError, Result};
@@ -27,6 +28,8 @@ fn run(cs: &ChunkServer, master: &str, place: usize) {
     let mut fresh = true;
     loop {
         let sent = Instant::now();
+        cs.disk.probe();
+        let (disk, disk_generation) = cs.disk.snapshot();
         let (chunks, corrupt) = cs.store.report();
         let hb = Heartbeat {
             server: cs.addr.clone(),
@@ -36,6 +39,7 @@ fn run(cs: &ChunkServer, master: &str, place: usize) {
             extend: cs.leases_to_extend(place),
             corrupt,
             tokens: cs.tokens(),
+            disk,
         };
         match beat(master, &mut conn, hb) {
             Ok(reply) => {
@@ -58,7 +62,9 @@ fn run(cs: &ChunkServer, master: &str, place: usize) {
                 conn = None;
             }
         }
-        std::thread::sleep(cs.cfg.heartbeat.saturating_sub(sent.elapsed()));
+        // The next beat is due after the interval, or at once when the disk turns full,
+        // failing or usable again: the master stops sending writes there within a round trip.
+        cs.disk.wait_change(disk_generation, cs.cfg.heartbeat.saturating_sub(sent.elapsed()));
     }
 }
 

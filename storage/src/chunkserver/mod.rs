@@ -5,6 +5,7 @@
 
 pub mod aligned;
 pub mod buffers;
+pub mod disk;
 pub mod heartbeat;
 pub mod mutation;
 pub mod replicate;
@@ -108,6 +109,8 @@ pub struct ChunkServer {
     /// The address this server is known by (its bound listen address).
     pub addr: String,
     pub store: Store,
+    /// Whether the data disk is full or failing (reported in heartbeats).
+    pub disk: disk::DiskHealth,
     pub buffers: Buffers,
     pub peers: Pool,
     leases: Mutex<HashMap<ChunkHandle, HeldLease>>,
@@ -132,6 +135,7 @@ impl ChunkServer {
         let bound = listener.local_addr().map_err(|e| GfsError::io("reading the bound address", e))?;
         let addr = advertised_addr(&cfg, bound)?;
         let cs = Arc::new(ChunkServer {
+            disk: disk::DiskHealth::new(&cfg.dir),
             buffers: Buffers::new(cfg.buffer_limit, Duration::from_secs(120)),
             cfg,
             addr,

@@ -30,6 +30,15 @@ impl Mutation {
         })
     }
 
+    /// Fencing first (a fenced-out writer must hear so, whatever the disk), then the disk: a
+    /// full or failing one refuses the write, so the primary names this replica as failed
+    /// (or, as primary, fails the mutation) and the client retries once the master has moved
+    /// the chunk to a new version without it.
+    fn check_may_write(&self, cs: &ChunkServer, chunk: &super::store::Chunk) -> Result<()> {
+        self.check_fence(cs, chunk)?;
+        cs.disk.check_writable()
+    }
+
     fn check_fence(&self, cs: &ChunkServer, chunk: &super::store::Chunk) -> Result<()> {
         let bound = chunk.register.lock_unpoisoned().clone();
         cs.check_fence(bound.as_deref(), self.fence.as_ref())
@@ -43,7 +52,7 @@ impl Mutation {
     pub fn write_primary(&self, cs: &Arc<ChunkServer>, secondaries: &[String]) -> Result<ChunkReply> {
         let handle = self.handle;
         let chunk = cs.store.get(handle)?;
-        self.check_fence(cs, &chunk)?;
+        self.check_may_write(cs, &chunk)?;
         let data = cs.buffers.take(self.id)?;
         // One mutation at a time per chunk: serial order is application order everywhere.
         let mut order = chunk.order.lock_unpoisoned();
@@ -87,7 +96,7 @@ impl Mutation {
     pub fn apply_secondary(&self, cs: &Arc<ChunkServer>, serial: u64) -> Result<ChunkReply> {
         let data = cs.buffers.take(self.id)?;
         let chunk = cs.store.get(self.handle)?;
-        self.check_fence(cs, &chunk)?;
+        self.check_may_write(cs, &chunk)?;
         next_serial(&chunk, self.version, serial)?;
         self.apply_local(cs, &chunk, &data)?;
         Ok(ChunkReply::Applied)
@@ -102,7 +111,7 @@ pub fn append_primary(cs: &Arc<ChunkServer>, m: Mutation, len: u64, secondaries:
     }
     let handle = m.handle;
     let chunk = cs.store.get(handle)?;
-    m.check_fence(cs, &chunk)?;
+    m.check_may_write(cs, &chunk)?;
     let data = cs.buffers.take(m.id)?;
     if data.len() as u64 != len {
         return Err(GfsError::fs(ErrorKind::InvalidArgument, "record length does not match the pushed data"));
@@ -136,7 +145,7 @@ pub fn append_primary(cs: &Arc<ChunkServer>, m: Mutation, len: u64, secondaries:
 /// As secondary: pad the chunk, in serial order.
 pub fn pad_secondary(cs: &Arc<ChunkServer>, m: Mutation, serial: u64) -> Result<ChunkReply> {
     let chunk = cs.store.get(m.handle)?;
-    m.check_fence(cs, &chunk)?;
+    m.check_may_write(cs, &chunk)?;
     next_serial(&chunk, m.version, serial)?;
     cs.store.pad(&chunk, m.version)?;
     Ok(ChunkReply::Applied)

@@ -130,6 +130,7 @@ fn scrub_chunk(
                 return Outcome::Corrupt;
             }
             Err(e) => {
+                cs.disk.observe(&e);
                 tracing::warn!(handle, "scrub could not check a chunk: {e}");
                 return Outcome::Skipped;
             }

@@ -54,7 +54,10 @@ fn handle_conn(cs: &Arc<ChunkServer>, mut conn: Conn) {
                 sent
             }
             other => {
-                let r = simple(cs, other).map_err(|e| to_remote(&e));
+                let r = simple(cs, other).map_err(|e| {
+                    cs.disk.observe(&e);
+                    to_remote(&e)
+                });
                 crate::metrics::request_done(op, started, r.is_ok());
                 conn.send(&r).is_ok()
             }
@@ -77,6 +80,10 @@ fn mutation_or_other(cs: &Arc<ChunkServer>, req: ChunkRequest, durable: bool) ->
     match req {
         ChunkRequest::SetVersion { handle, version, lease_ms, register } => {
             let granted = Instant::now();
+            if cs.store.get(handle).is_err() {
+                // A new chunk: none on a full or failing disk.
+                cs.disk.check_writable()?;
+            }
             cs.revoke(handle);
             cs.store.set_version(handle, version)?;
             if let Ok(chunk) = cs.store.get(handle) {
@@ -120,6 +127,7 @@ fn mutation_or_other(cs: &Arc<ChunkServer>, req: ChunkRequest, durable: bool) ->
             Ok(ChunkReply::Info { version, len: cs.store.chunk_len(&chunk) })
         }
         ChunkRequest::Replicate { handle, version, source } => {
+            cs.disk.check_writable()?;
             super::replicate::replicate(cs, handle, version, &source)?;
             Ok(ChunkReply::Copied)
         }
@@ -129,6 +137,7 @@ fn mutation_or_other(cs: &Arc<ChunkServer>, req: ChunkRequest, durable: bool) ->
             Ok(ChunkReply::Deleted)
         }
         ChunkRequest::CopyChunk { from, to, version } => {
+            cs.disk.check_writable()?;
             cs.store.copy_chunk(from, to, version)?;
             Ok(ChunkReply::Copied)
         }
@@ -263,6 +272,7 @@ fn read(cs: &Arc<ChunkServer>, conn: &mut Conn, handle: ChunkHandle, version: Ve
         let range = match cs.store.read_aligned(&chunk, version, pos, n, &mut buf) {
             Ok(r) => r,
             Err(e) => {
+                cs.disk.observe(&e);
                 if e.kind() == Some(ErrorKind::Corrupt) {
                     tracing::warn!(handle, "{e}");
                     report_corrupt(cs, handle);

@@ -107,10 +107,23 @@ impl Client {
         let deadline = Instant::now() + self.inner.retry.unavailable_wait;
         let mut failures = 0u32;
         let mut backoff = Duration::from_millis(50);
+        // The first refusal by a full or failing disk, said once the write went through
+        // elsewhere (a write that fails in the end reports its own error, in one line).
+        let mut disk_refusal: Option<(GfsError, Instant)> = None;
         loop {
             let result = self.write_location(path, idx).and_then(|loc| self.mutate(path, idx, &loc, coff, data));
             let e = match result {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if let Some((refusal, at)) = disk_refusal {
+                        tracing::warn!(
+                            path,
+                            idx,
+                            "a write went through {:?} after a chunkserver's disk refused it: {refusal}",
+                            at.elapsed()
+                        );
+                    }
+                    return Ok(());
+                }
                 Err(e) => e,
             };
             self.forget_lease(path, idx);
@@ -126,6 +139,11 @@ impl Client {
                 }
             }
             tracing::debug!(path, idx, "mutation failed, retrying: {e}");
+            if disk_refusal.is_none() && matches!(e.kind(), Some(ErrorKind::DiskFull | ErrorKind::DiskFailed)) {
+                // The master hears of the disk from its chunkserver at once and gives the chunk
+                // a new version without it; the retry goes there.
+                disk_refusal = Some((e, Instant::now()));
+            }
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
@@ -312,9 +330,11 @@ pub(super) fn checked_end(offset: u64, len: usize) -> Result<u64> {
 }
 
 /// Whether a mutation's error is final: retrying against other replicas or a new lease cannot
-/// help (a full disk, a fenced writer, a bad path or argument).
+/// help (a fenced writer, a bad path or argument). A full or failing disk is not: the master
+/// moves the chunk to replicas whose disks take writes, and only when every disk is full do the
+/// attempts run out (with the disks' own error).
 pub(super) fn is_permanent(e: &GfsError) -> bool {
-    matches!(e.kind(), Some(ErrorKind::DiskFull | ErrorKind::Fenced))
+    matches!(e.kind(), Some(ErrorKind::Fenced))
         || matches!(e, GfsError::Fs(r) if matches!(
             r.kind,
             ErrorKind::NotFound | ErrorKind::IsADirectory | ErrorKind::InvalidPath | ErrorKind::InvalidArgument

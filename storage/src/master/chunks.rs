@@ -4,7 +4,7 @@
 //! Handles are allocated densely from 1, so the table is a vector indexed by handle with 16
 //! bytes per chunk (version plus up to six replica slots).
 
-use crate::protocol::{ChunkHandle, Version};
+use crate::protocol::{ChunkHandle, DiskState, Version};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -169,6 +169,8 @@ pub struct Server {
     pub chunks: usize,
     /// The token this server proved it holds when the master checked it (see `verify.rs`).
     pub token: u64,
+    /// Its data disk as its last heartbeat described it.
+    pub disk: DiskState,
 }
 
 /// Registry of chunkservers.
@@ -197,6 +199,7 @@ impl Servers {
             last_seen: Instant::now(),
             chunks: 0,
             token: 0,
+            disk: DiskState::Ok,
         });
         self.by_addr.insert(addr.to_string(), i);
         Some(i)
@@ -227,15 +230,28 @@ impl Servers {
         self.get(i).map(|s| s.addr.clone()).unwrap_or_default()
     }
 
+    /// Whether new chunks, leases and copies may go to server `i` (its disk is neither full
+    /// nor failing).
+    pub fn accepts_writes(&self, i: ServerIdx) -> bool {
+        self.get(i).is_some_and(|s| s.disk.accepts_writes())
+    }
+
+    /// Whether server `i`'s disk returns I/O errors: its replicas are read last and copied
+    /// elsewhere, as corrupt ones are.
+    pub fn disk_failing(&self, i: ServerIdx) -> bool {
+        self.get(i).is_some_and(|s| s.disk == DiskState::Failing)
+    }
+
     /// Every live server.
     pub fn live(&self, dead_after: Duration) -> Vec<ServerIdx> {
         (0..self.list.len() as ServerIdx).filter(|&i| self.is_live(i, dead_after)).collect()
     }
 
-    /// Picks up to `n` live servers for a new chunk: least loaded first, spread over racks.
+    /// Picks up to `n` live servers whose disks take writes, for a new chunk or a copy: least
+    /// loaded first, spread over racks.
     pub fn place(&self, n: usize, dead_after: Duration, exclude: &[ServerIdx]) -> Vec<ServerIdx> {
         let mut live: Vec<ServerIdx> = (0..self.list.len() as ServerIdx)
-            .filter(|&i| self.is_live(i, dead_after) && !exclude.contains(&i))
+            .filter(|&i| self.is_live(i, dead_after) && self.accepts_writes(i) && !exclude.contains(&i))
             .collect();
         live.sort_by_key(|&i| (self.list[i as usize].chunks, self.list[i as usize].addr.clone()));
         let mut chosen: Vec<ServerIdx> = Vec::new();
@@ -298,6 +314,11 @@ mod tests {
         let p = s.place(2, Duration::from_secs(10), &[]);
         assert_eq!(p, vec![a, c2]); // spread over racks first
         assert_eq!(s.place(5, Duration::from_secs(10), &[]).len(), 3);
-        let _ = b;
+        // A full or failing disk takes no new chunk; one usable again does.
+        s.get_mut(a).unwrap().disk = DiskState::Full;
+        s.get_mut(c2).unwrap().disk = DiskState::Failing;
+        assert_eq!(s.place(3, Duration::from_secs(10), &[]), vec![b]);
+        s.get_mut(a).unwrap().disk = DiskState::Ok;
+        assert_eq!(s.place(3, Duration::from_secs(10), &[]), vec![a, b]);
     }
 }

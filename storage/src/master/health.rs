@@ -18,6 +18,7 @@ impl Master {
                 live: m.servers.is_live(i, dead),
                 chunks: s.chunks as u64,
                 last_seen_ms: s.last_seen.elapsed().as_millis() as u64,
+                disk: s.disk,
             })
             .collect();
         let (mut files, mut dirs) = (0, 0);
@@ -58,7 +59,10 @@ impl Master {
                 let Some(c) = m.state.chunks.get(h) else { continue };
                 r.chunks += 1;
                 let bad = m.corrupt.get(&h).map(|v| v.as_slice()).unwrap_or(&[]);
-                let good = c.replicas().filter(|&s| m.servers.is_live(s, dead) && !bad.contains(&s)).count();
+                let good = c
+                    .replicas()
+                    .filter(|&s| m.servers.is_live(s, dead) && !bad.contains(&s) && !m.servers.disk_failing(s))
+                    .count();
                 let stale = m.stale.get(&h).map(|v| v.len()).unwrap_or(0);
                 if good == 0 && c.version > 1 {
                     r.missing += 1;

@@ -13,8 +13,8 @@ use super::Master;
 use crate::error::{ErrorKind, GfsError, Result};
 use crate::oplog::Record;
 use crate::protocol::{
-    ChunkHandle, ChunkLocation, ChunkReply, ChunkRequest, ChunkStat, Conn, FileStat, Heartbeat, HeartbeatReply,
-    ReplicaStat, Reply, Version,
+    ChunkHandle, ChunkLocation, ChunkReply, ChunkRequest, ChunkStat, Conn, DiskState, FileStat, Heartbeat,
+    HeartbeatReply, ReplicaStat, Reply, Version,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -89,6 +89,11 @@ impl Master {
         let (version, replicas) = match m.state.chunks.get(h) {
             Some(c) => {
                 let mut live: Vec<ServerIdx> = c.replicas().filter(|&s| m.servers.is_live(s, dead)).collect();
+                // A disk returning I/O errors is left out while another replica can serve: it
+                // is neither read from nor waited on by a client's sync.
+                if live.iter().any(|&s| !m.servers.disk_failing(s)) {
+                    live.retain(|&s| !m.servers.disk_failing(s));
+                }
                 // Healthy replicas first; corrupt ones still serve their good blocks.
                 live.sort_by_key(|s| bad.contains(s));
                 (c.version, live.into_iter().map(|s| m.servers.addr(s)).collect())
@@ -107,6 +112,12 @@ impl Master {
 
     fn ensure_lease(self: &Arc<Self>, handle: ChunkHandle, register: Option<String>) -> Result<()> {
         let dead = self.cfg.dead_after;
+        if let Some(primary) = self.primary_disk_sick(handle) {
+            // Its disk refuses the writes the lease is for. It is alive, so it can be told to
+            // give the lease up at once (after any mutation in flight) instead of waiting it out.
+            tracing::warn!(handle, %primary, "the primary's disk is full or failing: lease revoked, new version without it");
+            self.revoke_lease(handle)?;
+        }
         let (new_version, targets) = {
             let mut m = self.meta();
             let m = &mut *m;
@@ -130,20 +141,40 @@ impl Master {
                         .copied()
                         .filter(|&s| !m.servers.is_live(s, dead) || !c.has_replica(s))
                         .collect();
-                    if quiet.is_empty() {
+                    // Replicas whose disk is full or failing refuse every write: left out of a
+                    // new version, if any replica can take writes (else nothing is gained, and
+                    // the writes fail with what the disks say).
+                    let can_write = |s: ServerIdx| m.servers.is_live(s, dead) && m.servers.accepts_writes(s);
+                    let sick: Vec<ServerIdx> = if c.replicas().any(can_write) {
+                        l.replicas.iter().copied().filter(|&s| !quiet.contains(&s) && !can_write(s)).collect()
+                    } else {
+                        Vec::new()
+                    };
+                    if quiet.is_empty() && sick.is_empty() {
                         return Ok(());
+                    }
+                    if !sick.is_empty() {
+                        let sick: Vec<String> = sick.iter().map(|&s| m.servers.addr(s)).collect();
+                        tracing::warn!(
+                            handle,
+                            version = c.version,
+                            ?sick,
+                            "replica's disk is full or failing under a lease: new version without it"
+                        );
                     }
                     // A location handed out now leaves the quiet replica out, so writes would
                     // pass it by at this version, and it would be taken back as current when
                     // its heartbeats resume. A new version (which also revokes this lease at
                     // the primary) makes it stale instead.
-                    let quiet: Vec<String> = quiet.iter().map(|&s| m.servers.addr(s)).collect();
-                    tracing::info!(
-                        handle,
-                        version = c.version,
-                        ?quiet,
-                        "replica gone quiet under a lease: new version"
-                    );
+                    if !quiet.is_empty() {
+                        let quiet: Vec<String> = quiet.iter().map(|&s| m.servers.addr(s)).collect();
+                        tracing::info!(
+                            handle,
+                            version = c.version,
+                            ?quiet,
+                            "replica gone quiet under a lease: new version"
+                        );
+                    }
                 }
             }
             if now < self.lease_grace_until() {
@@ -157,15 +188,28 @@ impl Master {
             }
             let bad = m.corrupt.get(&handle).map(|v| v.as_slice()).unwrap_or(&[]);
             let mut live: Vec<ServerIdx> = c.replicas().filter(|&s| m.servers.is_live(s, dead)).collect();
-            if live.iter().any(|s| !bad.contains(s)) {
-                // A corrupt replica misses the new version and so drops out.
+            let writable = |s: &ServerIdx| !bad.contains(s) && m.servers.accepts_writes(*s);
+            if live.iter().any(writable) {
+                // A corrupt replica, or one whose disk is full or failing, misses the new
+                // version and so drops out (re-replication makes up for it).
+                live.retain(writable);
+            } else if live.iter().any(|s| !bad.contains(s)) {
                 live.retain(|s| !bad.contains(s));
             }
             let targets = if !live.is_empty() {
                 live
             } else if c.version == 1 {
-                // Never written anywhere: place it now.
-                m.servers.place(self.cfg.replicas, dead, &[])
+                // Never written anywhere: place it now, on disks that take writes.
+                let placed = m.servers.place(self.cfg.replicas, dead, &[]);
+                if placed.is_empty() && !m.servers.live(dead).is_empty() {
+                    return Err(GfsError::fs(
+                        ErrorKind::DiskFull,
+                        format!(
+                            "chunk {handle}: no room for a new chunk: every live chunkserver's disk is full or failing"
+                        ),
+                    ));
+                }
+                placed
             } else {
                 Vec::new()
             };
@@ -183,6 +227,22 @@ impl Master {
         let result = self.grant(handle, new_version, &targets, register, &mut granted);
         self.meta().custody.end_grant(handle, new_version, &granted);
         result
+    }
+
+    /// Whether `handle`'s lease is held by a live primary whose disk is full or failing while
+    /// another live replica's disk takes writes.
+    /// another live replica's disk takes writes; returns the primary's address.
+    fn primary_disk_sick(&self, handle: ChunkHandle) -> Option<String> {
+        let dead = self.cfg.dead_after;
+        let m = self.meta();
+        let (c, l) = (m.state.chunks.get(handle)?, m.leases.get(&handle)?);
+        let can_write = |s: ServerIdx| m.servers.is_live(s, dead) && m.servers.accepts_writes(s);
+        let sick = l.version == c.version
+            && l.expires > Instant::now()
+            && m.servers.is_live(l.primary, dead)
+            && !m.servers.accepts_writes(l.primary)
+            && c.replicas().any(can_write);
+        sick.then(|| m.servers.addr(l.primary))
     }
 
     /// Logs `new_version`, sends it to `targets` and the lease to the first that accepts;
@@ -259,6 +319,10 @@ impl Master {
             if let Some(s) = m.servers.get_mut(idx) {
                 s.chunks = hb.chunks.len();
                 s.token = token;
+                if s.disk != hb.disk {
+                    note_disk_change(&hb.server, s.disk, hb.disk);
+                    s.disk = hb.disk;
+                }
             }
             let m = &mut *m;
             // A shadow, or a replica that does not lead, only learns where chunks are.
@@ -389,6 +453,27 @@ impl Master {
             chunks.push(ChunkStat { index: i, handle: h, version: c.version, primary, replicas });
         }
         Ok(FileStat { path: path.to_string(), is_dir: false, size: f.size, chunks, register: f.register.clone() })
+    }
+}
+
+/// Says once, at the master, that a chunkserver's disk changed, and what follows from it.
+fn note_disk_change(server: &str, before: DiskState, now: DiskState) {
+    match now {
+        DiskState::Full => tracing::warn!(
+            %server,
+            "chunkserver {server} reports its disk full: no new chunks, leases or copies there; its chunks' next \
+             writes go to a new version without it"
+        ),
+        DiskState::Failing => tracing::warn!(
+            %server,
+            "chunkserver {server} reports disk I/O errors: no new chunks, leases or copies there; its replicas are \
+             read last and copied elsewhere"
+        ),
+        DiskState::Ok => tracing::warn!(
+            %server,
+            "chunkserver {server} reports its disk usable again (was {}): it takes new chunks and copies",
+            before.describe()
+        ),
     }
 }
 

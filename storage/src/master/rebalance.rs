@@ -64,7 +64,8 @@ impl Master {
     fn plan_rebalance(&self) -> Vec<Move> {
         let m = self.meta();
         let dead = self.cfg.dead_after;
-        let live = m.servers.live(dead);
+        // A full or failing disk neither takes nor gives replicas here (repair's business).
+        let live: Vec<ServerIdx> = m.servers.live(dead).into_iter().filter(|&s| m.servers.accepts_writes(s)).collect();
         if live.len() < 2 {
             return Vec::new();
         }

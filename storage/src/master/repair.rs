@@ -1,6 +1,6 @@
 //! Background repair: chunks with fewer healthy live replicas than wanted are copied to other
 //! chunkservers (fewest replicas first); once a chunk is whole again, its corrupt and stale
-//! replicas are deleted.
+//! replicas, and those on a disk that returns I/O errors, are deleted.
 
 use super::chunks::ServerIdx;
 use super::custody::CopyTicket;
@@ -63,7 +63,7 @@ impl Master {
                 if let Some(v) = m.stale.get_mut(&h) {
                     v.retain(|(x, _)| *x != s);
                 }
-                tracing::info!(handle = h, server = %addr, "dropped a corrupt or stale replica");
+                tracing::info!(handle = h, server = %addr, "dropped a corrupt or stale replica, or one on a failing disk");
             }
         }
         done
@@ -154,12 +154,15 @@ impl Master {
             let leased = m.leases.get(&h).is_some_and(|l| l.expires > now);
             let bad = m.corrupt.get(&h).map(|v| v.as_slice()).unwrap_or(&[]);
             let live: Vec<ServerIdx> = c.replicas().filter(|&s| m.servers.is_live(s, dead)).collect();
-            let healthy: Vec<ServerIdx> = live.iter().copied().filter(|s| !bad.contains(s)).collect();
+            // A replica on a disk that returns I/O errors is not counted: copied elsewhere
+            // while it can still be read.
+            let healthy: Vec<ServerIdx> =
+                live.iter().copied().filter(|&s| !bad.contains(&s) && !m.servers.disk_failing(s)).collect();
             if healthy.len() >= self.cfg.replicas {
                 if leased {
                     continue;
                 }
-                for &s in live.iter().filter(|s| bad.contains(s)) {
+                for &s in live.iter().filter(|&&s| bad.contains(&s) || m.servers.disk_failing(s)) {
                     drops.push((h, s, m.servers.addr(s)));
                 }
                 for &(s, _) in m.stale.get(&h).map(|v| v.as_slice()).unwrap_or(&[]) {

@@ -457,6 +457,7 @@ mod tests {
                     extend: vec![],
                     corrupt: vec![],
                     tokens: vec![],
+                    disk: Default::default(),
                 })
             ),
         ]

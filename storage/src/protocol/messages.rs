@@ -149,6 +149,38 @@ pub struct ServerStatus {
     pub live: bool,
     pub chunks: u64,
     pub last_seen_ms: u64,
+    /// What the chunkserver last said of its data directory's disk.
+    pub disk: DiskState,
+}
+
+/// The state of a chunkserver's data disk, as its heartbeats report it. A disk that is not
+/// [`DiskState::Ok`] takes no new chunks, leases or copies, and writes move to other replicas.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DiskState {
+    #[default]
+    Ok,
+    /// A write found no space (ENOSPC); back to `Ok` once room is free again.
+    Full,
+    /// The disk returned I/O errors (EIO, or the file system went read-only): its replicas are
+    /// not trusted for writes and are copied elsewhere; back to `Ok` once a probe write, sync
+    /// and read succeed again.
+    Failing,
+}
+
+impl DiskState {
+    /// Whether new chunks, leases, copies and writes may go to this disk.
+    pub fn accepts_writes(self) -> bool {
+        self == DiskState::Ok
+    }
+
+    /// How `gfs status` and the logs name it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            DiskState::Ok => "ok",
+            DiskState::Full => "full",
+            DiskState::Failing => "failing (I/O errors)",
+        }
+    }
 }
 
 /// What `gfs fsck` finds.
@@ -239,6 +271,8 @@ pub struct Heartbeat {
     /// Tokens masters sent to `server` when they checked it ([`ChunkRequest::Verify`]): the
     /// proof that this heartbeat comes from the server at that address.
     pub tokens: Vec<u64>,
+    /// The state of its data disk.
+    pub disk: DiskState,
 }
 
 /// Master's answer to a heartbeat.

@@ -4,7 +4,7 @@
 use super::{check_version, err, lock, read_full_at, Chunk, ChunkState, Store};
 use crate::error::{ErrorKind, GfsError, IoContext, Result};
 use crate::protocol::{ChunkHandle, Version};
-use crate::util::is_disk_full;
+use crate::util::{is_disk_failure, is_disk_full};
 use crate::{BLOCK_SIZE, CHUNK_SIZE};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -206,6 +206,8 @@ fn read_verified(s: &ChunkState, handle: ChunkHandle, b: usize, block: &mut [u8]
 fn write_error(handle: ChunkHandle, what: &str, e: std::io::Error) -> GfsError {
     if is_disk_full(&e) {
         err(ErrorKind::DiskFull, format!("chunk {handle}: {what}: disk full"))
+    } else if is_disk_failure(&e) {
+        err(ErrorKind::DiskFailed, format!("chunk {handle}: {what}: disk failed: {e}"))
     } else {
         GfsError::io(format!("chunk {handle}: {what}"), e)
     }
