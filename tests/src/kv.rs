@@ -6,7 +6,9 @@ use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// The guest's address on the TAP (the host side is 10.0.0.1).
 pub const GUEST_IP: &str = "10.0.0.2";
@@ -82,5 +84,73 @@ impl Client {
             bail!("the server closed the connection after {line:?}");
         }
         Ok(answer.trim_end().to_owned())
+    }
+}
+
+/// SETs without pause on one connection from inside a namespace (`SET {prefix}{i} value(i)`),
+/// with the longest gap between two replies kept for each phase of a fault test (before the
+/// fault, during it, after it).
+pub struct PhasedSets {
+    stop: Arc<AtomicBool>,
+    acknowledged: Arc<AtomicUsize>,
+    gaps: Arc<Mutex<[Duration; 3]>>,
+    phase: Arc<AtomicUsize>,
+    client: std::thread::JoinHandle<Result<usize>>,
+}
+
+impl PhasedSets {
+    /// Starts the client in `ns`, in phase 0.
+    pub fn start(ns: &NetNs, prefix: &'static str, value: fn(usize) -> String) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acknowledged = Arc::new(AtomicUsize::new(0));
+        let gaps = Arc::new(Mutex::new([Duration::ZERO; 3]));
+        let phase = Arc::new(AtomicUsize::new(0));
+        let client = {
+            let (stop, acknowledged, gaps, phase) = (stop.clone(), acknowledged.clone(), gaps.clone(), phase.clone());
+            ns.spawn_within(move || {
+                let mut kv = Client::connect()?;
+                let mut last = Instant::now();
+                let mut i = 0usize;
+                while !stop.load(Ordering::Acquire) {
+                    let answer = kv.request(&format!("SET {prefix}{i} {}", value(i)))?;
+                    anyhow::ensure!(answer == "OK", "SET {prefix}{i}: {answer}");
+                    let gap = last.elapsed();
+                    last = Instant::now();
+                    let mut gaps = gaps.lock().unwrap_or_else(PoisonError::into_inner);
+                    let p = phase.load(Ordering::Acquire).min(2);
+                    gaps[p] = gaps[p].max(gap);
+                    drop(gaps);
+                    i += 1;
+                    acknowledged.store(i, Ordering::Release);
+                }
+                Ok(i)
+            })
+        };
+        Self { stop, acknowledged, gaps, phase, client }
+    }
+
+    /// Waits until `n` more SETs were acknowledged (at most two minutes).
+    pub fn wait_for_more(&self, n: usize) -> Result<()> {
+        let target = self.acknowledged.load(Ordering::Acquire) + n;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.acknowledged.load(Ordering::Acquire) < target {
+            anyhow::ensure!(!self.client.is_finished(), "the client stopped");
+            anyhow::ensure!(Instant::now() < deadline, "kv stopped acknowledging SETs");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Gaps from now on count in `phase` (0, 1 or 2).
+    pub fn enter_phase(&self, phase: usize) {
+        self.phase.store(phase, Ordering::Release);
+    }
+
+    /// Stops the client: the SETs acknowledged (keys `{prefix}0..n`) and each phase's longest gap.
+    pub fn finish(self) -> Result<(usize, [Duration; 3])> {
+        self.stop.store(true, Ordering::Release);
+        let sets = self.client.join().map_err(|_| anyhow::anyhow!("the SET client panicked"))??;
+        let gaps = *self.gaps.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok((sets, gaps))
     }
 }

@@ -3,7 +3,7 @@
 //! through chunkserver and master failures and fencing, and the kv guest serving from a gfs
 //! disk in a network namespace, its bytes read back through `ftvm disk export`.
 
-use ftvm_tests::kv::{Client as KvClient, GUEST_IP};
+use ftvm_tests::kv::{Client as KvClient, PhasedSets, GUEST_IP};
 use ftvm_tests::{binary, cannot_run, namespaces_unavailable, NetNs, Process};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -474,8 +474,6 @@ fn kv_serves_from_a_gfs_disk_and_its_bytes_read_back_through_export() {
 /// Prints the longest gap between two replies the client saw around each fault.
 #[test]
 fn kv_on_gfs_keeps_serving_through_a_chunkserver_death_and_a_master_restart() {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex};
     if let Some(why) = namespaces_unavailable() {
         return cannot_run(&why);
     }
@@ -493,42 +491,9 @@ fn kv_on_gfs_keeps_serving_through_a_chunkserver_death_and_a_master_restart() {
     };
     let vm = boot(&c);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let acknowledged = Arc::new(AtomicUsize::new(0));
     // The longest gap between two replies in each phase: before, after the kill, after the restart.
-    let gaps = Arc::new(Mutex::new([Duration::ZERO; 3]));
-    let phase = Arc::new(AtomicUsize::new(0));
-    let client = {
-        let (stop, acknowledged, gaps, phase) = (stop.clone(), acknowledged.clone(), gaps.clone(), phase.clone());
-        ns.spawn_within(move || {
-            let mut kv = KvClient::connect()?;
-            let mut last = Instant::now();
-            let mut i = 0usize;
-            while !stop.load(Ordering::Acquire) {
-                let answer = kv.request(&format!("SET fault{i} value-{i}"))?;
-                anyhow::ensure!(answer == "OK", "SET fault{i}: {answer}");
-                let gap = last.elapsed();
-                last = Instant::now();
-                let mut g = gaps.lock().unwrap();
-                let p = phase.load(Ordering::Acquire);
-                g[p] = g[p].max(gap);
-                drop(g);
-                i += 1;
-                acknowledged.store(i, Ordering::Release);
-            }
-            Ok(i)
-        })
-    };
-    let wait_for_more = |n: usize| {
-        let target = acknowledged.load(Ordering::Acquire) + n;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while acknowledged.load(Ordering::Acquire) < target {
-            assert!(!client.is_finished(), "the client stopped");
-            assert!(Instant::now() < deadline, "kv stopped acknowledging SETs");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    wait_for_more(100);
+    let load = PhasedSets::start(&ns, "fault", |i| format!("value-{i}"));
+    load.wait_for_more(100).unwrap();
     // Kill a chunkserver holding the disk's first chunk.
     let stat = String::from_utf8_lossy(&c.gfs(&["stat", "/vm/kv.img"]).stdout).into_owned();
     let holder = stat
@@ -537,9 +502,9 @@ fn kv_on_gfs_keeps_serving_through_a_chunkserver_death_and_a_master_restart() {
         .unwrap_or_else(|| panic!("no replica of chunk 0: {stat}"))
         .to_owned();
     let victim = c.chunkservers.iter().position(|(addr, _)| *addr == holder).unwrap();
-    phase.store(1, Ordering::Release);
+    load.enter_phase(1);
     c.kill_chunkserver(victim);
-    wait_for_more(200);
+    load.wait_for_more(200).unwrap();
     // gfs re-replicates onto the fourth chunkserver.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -550,13 +515,11 @@ fn kv_on_gfs_keeps_serving_through_a_chunkserver_death_and_a_master_restart() {
         assert!(Instant::now() < deadline, "not re-replicated: {fsck}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    phase.store(2, Ordering::Release);
+    load.enter_phase(2);
     c.kill_master();
     c.start_master();
-    wait_for_more(200);
-    stop.store(true, Ordering::Release);
-    let sets = client.join().unwrap().unwrap();
-    let [before, after_kill, after_restart] = *gaps.lock().unwrap();
+    load.wait_for_more(200).unwrap();
+    let (sets, [before, after_kill, after_restart]) = load.finish().unwrap();
     eprintln!(
         "{sets} SETs; longest gap between replies: {before:?} before the faults, {after_kill:?} after the \
          chunkserver kill, {after_restart:?} after the master restart"

@@ -6,11 +6,9 @@
 //! from the running VM and from a new VM over the same gfs file. Needs root.
 
 use ftvm_tests::gfs::Cluster;
-use ftvm_tests::kv::{Client as KvClient, GUEST_IP};
+use ftvm_tests::kv::{Client as KvClient, PhasedSets, GUEST_IP};
 use ftvm_tests::{cannot_run, namespaces_unavailable, NetNs, Process};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const FTVM: &str = env!("CARGO_BIN_EXE_ftvm");
@@ -72,50 +70,16 @@ fn kv_on_gfs_keeps_serving_while_a_chunkserver_disk_fills_and_empties() {
     };
     let vm = boot();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let acknowledged = Arc::new(AtomicUsize::new(0));
     // The longest gap between two replies: before the fault, while the disk is full, after
-    // space returned.
-    let gaps = Arc::new(Mutex::new([Duration::ZERO; 3]));
-    let phase = Arc::new(AtomicUsize::new(0));
-    let client = {
-        let (stop, acknowledged, gaps, phase) = (stop.clone(), acknowledged.clone(), gaps.clone(), phase.clone());
-        ns.spawn_within(move || {
-            let mut kv = KvClient::connect()?;
-            let mut last = Instant::now();
-            let mut i = 0usize;
-            while !stop.load(Ordering::Acquire) {
-                // Values of 1-2 KiB: the kv log grows into new blocks of the disk all the time.
-                let answer = kv.request(&format!("SET full{i} {}", format!("v{i}-").repeat(200)))?;
-                anyhow::ensure!(answer == "OK", "SET full{i}: {answer}");
-                let gap = last.elapsed();
-                last = Instant::now();
-                let mut g = gaps.lock().unwrap();
-                let p = phase.load(Ordering::Acquire);
-                g[p] = g[p].max(gap);
-                drop(g);
-                i += 1;
-                acknowledged.store(i, Ordering::Release);
-            }
-            Ok(i)
-        })
-    };
-    let wait_for_more = |n: usize| {
-        let target = acknowledged.load(Ordering::Acquire) + n;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while acknowledged.load(Ordering::Acquire) < target {
-            assert!(!client.is_finished(), "the client stopped");
-            assert!(Instant::now() < deadline, "kv stopped acknowledging SETs");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    wait_for_more(100);
+    // space returned. Values of 1-2 KiB: the kv log grows into new blocks of the disk all the time.
+    let load = PhasedSets::start(&ns, "full", |i| format!("v{i}-").repeat(200));
+    load.wait_for_more(100).unwrap();
     let full = c.chunkservers[0].clone();
     assert!(holders(&c, "/vm/kv.img", 0).contains(&full), "chunkserver 0 holds no replica of the disk");
 
-    phase.store(1, Ordering::Release);
+    load.enter_phase(1);
     let filler = fill(&c.chunkserver_dir(0));
-    wait_for_more(300);
+    load.wait_for_more(300).unwrap();
     let cs_log = c.chunkserver_output(0);
     assert!(cs_log.contains("chunkserver: disk full in "), "{cs_log}");
     assert!(c.master_output().contains(&format!("chunkserver {full} reports its disk full")), "{}", c.master_output());
@@ -124,18 +88,16 @@ fn kv_on_gfs_keeps_serving_while_a_chunkserver_disk_fills_and_empties() {
         let now = holders(&c, "/vm/kv.img", 0);
         now.len() == 3 && !now.contains(&full)
     });
-    wait_for_more(100);
+    load.wait_for_more(100).unwrap();
 
-    phase.store(2, Ordering::Release);
+    load.enter_phase(2);
     std::fs::remove_file(&filler).unwrap();
     wait_until("the chunkserver's disk usable again", Duration::from_secs(20), || {
         c.master_output().contains(&format!("chunkserver {full} reports its disk usable again"))
     });
     assert!(c.chunkserver_output(0).contains("usable again (was full)"));
-    wait_for_more(200);
-    stop.store(true, Ordering::Release);
-    let sets = client.join().unwrap().unwrap();
-    let [before, full_gap, after] = *gaps.lock().unwrap();
+    load.wait_for_more(200).unwrap();
+    let (sets, [before, full_gap, after]) = load.finish().unwrap();
     eprintln!(
         "{sets} SETs; longest gap between replies: {before:?} before the fault, {full_gap:?} while chunkserver 0's \
          disk was full, {after:?} after space returned"
