@@ -158,7 +158,12 @@ fn drive_from(
     let Machine { mut acc, mut count, mut at, mut pending, mut kicks_here } = machine;
     let mut trace = Vec::new();
     let mut taken = Vec::new();
+    // A model run of `exits` exits takes a few landmarks per exit; a replay that stops making
+    // progress (a checkpoint that is never consumed, say) fails here instead of hanging.
+    let mut landmarks = 0u64;
     loop {
+        landmarks += 1;
+        assert!(landmarks < 100 * (exits + 1), "the run makes no progress at {at} after {landmarks} landmarks");
         if side.stop_reason().is_some() {
             break;
         }

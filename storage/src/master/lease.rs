@@ -230,7 +230,6 @@ impl Master {
     }
 
     /// Whether `handle`'s lease is held by a live primary whose disk is full or failing while
-    /// another live replica's disk takes writes.
     /// another live replica's disk takes writes; returns the primary's address.
     fn primary_disk_sick(&self, handle: ChunkHandle) -> Option<String> {
         let dead = self.cfg.dead_after;
