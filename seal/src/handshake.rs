@@ -86,10 +86,11 @@ pub fn open(
             first.extend_from_slice(&message[..n]);
             wire.send(&first).map_err(|e| failed(format!("sending the first message: {e}")))?;
             let len = wire.read_len().map_err(|e| match e.kind() {
-                io::ErrorKind::UnexpectedEof => refused(
-                    "the peer hung up at the handshake: it does not seal its channels (--insecure?) or does not speak this protocol"
+                io::ErrorKind::UnexpectedEof => SealError::HungUp {
+                    peer: peer.to_owned(),
+                    reason: "the peer hung up at the handshake: it does not seal its channels (--insecure?) or does not speak this protocol"
                         .into(),
-                ),
+                },
                 _ => failed(format!("waiting for the reply: {e}")),
             })?;
             if len == 0 {

@@ -43,6 +43,11 @@ pub enum SealError {
     /// The peer does not hold this cluster's key (or none): the handshake is refused.
     #[error("secure handshake with {peer} refused: {reason}")]
     Refused { peer: String, reason: String },
+    /// The peer closed the connection before it answered the first message: a peer that does
+    /// not seal its channels, or does not speak this protocol, does that; so does one that went
+    /// down in that instant (a restart), which a caller may try once more.
+    #[error("secure handshake with {peer} refused: {reason}")]
+    HungUp { peer: String, reason: String },
     #[error("secure handshake with {peer} failed: {reason}")]
     Handshake { peer: String, reason: String },
     #[error("{0}")]

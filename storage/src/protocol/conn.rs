@@ -41,6 +41,16 @@ pub struct Conn {
     io_timeout: Duration,
 }
 
+/// How long a client waits before it tries once more a server that hung up at the handshake.
+const HUNG_UP_RETRY: Duration = Duration::from_millis(100);
+
+/// Why a channel did not open: a peer that hung up at the handshake is told apart, for one more
+/// try.
+enum Opening {
+    HungUp(seal::SealError),
+    Failed(GfsError),
+}
+
 impl Conn {
     /// Connects to `addr` with a connect timeout and the default I/O timeout, sealed as the
     /// process's security says ([`seal::install`]).
@@ -54,7 +64,21 @@ impl Conn {
         let addrs = addr.to_socket_addrs().ctx(|| format!("resolving {addr}"))?;
         for a in addrs {
             match TcpStream::connect_timeout(&a, timeout) {
-                Ok(s) => return Conn::open(s, addr.to_string(), security, seal::Side::Initiator),
+                Ok(s) => {
+                    return match Conn::open_sealed(s, addr.to_string(), security, seal::Side::Initiator) {
+                        // A server killed or restarting as it accepted hangs up like one that does
+                        // not seal: one more try tells them apart (a restarting one then refuses
+                        // the connection, which the caller retries; a stranger hangs up again).
+                        Err(Opening::HungUp(_)) => {
+                            std::thread::sleep(HUNG_UP_RETRY);
+                            let s = TcpStream::connect_timeout(&a, timeout)
+                                .map_err(|cause| GfsError::Connect { addr: addr.to_string(), cause })?;
+                            Conn::open(s, addr.to_string(), security, seal::Side::Initiator)
+                        }
+                        Err(Opening::Failed(e)) => Err(e),
+                        Ok(conn) => Ok(conn),
+                    };
+                }
                 Err(e) => last = Some(e),
             }
         }
@@ -74,25 +98,45 @@ impl Conn {
     /// handshake, when sealed, within the I/O timeout. A server logs a peer it refused at the
     /// handshake here; a client's refusal is its error (which the caller reports once).
     pub fn open(stream: TcpStream, peer: String, security: &Security, side: seal::Side) -> Result<Conn> {
+        Conn::open_sealed(stream, peer, security, side).map_err(|e| match e {
+            Opening::HungUp(e) => GfsError::Sealing(e.to_string()),
+            Opening::Failed(e) => e,
+        })
+    }
+
+    fn open_sealed(
+        stream: TcpStream,
+        peer: String,
+        security: &Security,
+        side: seal::Side,
+    ) -> std::result::Result<Conn, Opening> {
         let report = |e: &seal::SealError| match side {
             seal::Side::Responder => tracing::warn!("{e}"),
             seal::Side::Initiator => tracing::debug!("{e}"),
         };
         let ctx = || format!("configuring connection to {peer}");
-        stream.set_nodelay(true).ctx(ctx)?;
-        stream.set_read_timeout(Some(IO_TIMEOUT)).ctx(ctx)?;
-        stream.set_write_timeout(Some(IO_TIMEOUT)).ctx(ctx)?;
+        let configure = || -> Result<()> {
+            stream.set_nodelay(true).ctx(ctx)?;
+            stream.set_read_timeout(Some(IO_TIMEOUT)).ctx(ctx)?;
+            stream.set_write_timeout(Some(IO_TIMEOUT)).ctx(ctx)
+        };
+        configure().map_err(Opening::Failed)?;
         let (r, w) = match seal::open(stream, security, "gfs", side, &peer, IO_TIMEOUT) {
             Ok(halves) => halves,
+            Err(e @ seal::SealError::HungUp { .. }) => {
+                report(&e);
+                return Err(Opening::HungUp(e));
+            }
             Err(e @ seal::SealError::Refused { .. }) => {
                 report(&e);
-                return Err(GfsError::Sealing(e.to_string()));
+                return Err(Opening::Failed(GfsError::Sealing(e.to_string())));
             }
             // Cut short (the peer restarting, say): the peer saw no request, so it may be tried
             // again like a connection that was never made.
             Err(e) => {
                 report(&e);
-                return Err(GfsError::Connect { addr: peer, cause: std::io::Error::other(e.to_string()) });
+                let cause = std::io::Error::other(e.to_string());
+                return Err(Opening::Failed(GfsError::Connect { addr: peer, cause }));
             }
         };
         Ok(Conn {
