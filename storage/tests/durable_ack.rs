@@ -8,7 +8,7 @@ mod common;
 
 use common::{pattern, Cluster};
 use ftvm_tests::strace::{Call, Strace};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 /// Whether `target` (strace `-yy`) is a chunk's data or checksum file.
 fn is_chunk_file(target: &str) -> bool {
@@ -20,9 +20,19 @@ fn is_socket(target: &str) -> bool {
 }
 
 /// Per thread: after a write to a chunk file, the thread sends nothing before an fdatasync (or
-/// fsync) of that file returned. Returns the (chunk file writes, socket writes after one).
+/// fsync) of that file, on any thread of the process, started after the write returned and
+/// returned before the send began (the store syncs a replica's data and checksum files side by
+/// side). Returns the (chunk file writes, socket writes after one).
 fn no_send_before_sync(calls: &[Call]) -> Result<(usize, usize), String> {
-    let mut dirty: HashMap<u32, BTreeSet<&str>> = HashMap::new();
+    let syncs: Vec<&Call> =
+        calls.iter().filter(|call| matches!(call.name.as_str(), "fdatasync" | "fsync") && call.succeeded()).collect();
+    let synced_between = |file: &str, after: usize, before: usize| {
+        syncs
+            .iter()
+            .any(|sync| sync.target == file && sync.started > after && sync.finished.is_some_and(|done| done < before))
+    };
+    // Per thread: the chunk files written and not yet synced, with where each write returned.
+    let mut dirty: HashMap<u32, BTreeMap<&str, usize>> = HashMap::new();
     let (mut chunk_writes, mut replies) = (0, 0);
     let mut ordered: Vec<&Call> = calls.iter().collect();
     ordered.sort_by_key(|call| call.started);
@@ -31,13 +41,11 @@ fn no_send_before_sync(calls: &[Call]) -> Result<(usize, usize), String> {
         match call.name.as_str() {
             "pwrite64" | "pwritev" | "pwritev2" | "write" | "writev" if is_chunk_file(&call.target) => {
                 chunk_writes += 1;
-                files.insert(&call.target);
-            }
-            "fdatasync" | "fsync" if call.succeeded() => {
-                files.remove(call.target.as_str());
+                files.insert(&call.target, call.finished.unwrap_or(usize::MAX));
             }
             "write" | "writev" | "sendto" | "sendmsg" if is_socket(&call.target) => {
-                if let Some(file) = files.iter().next() {
+                files.retain(|file, written| !synced_between(file, *written, call.started));
+                if let Some(file) = files.keys().next() {
                     return Err(format!(
                         "thread {} wrote to {} (strace line {}) before {file} was synced",
                         call.tid, call.target, call.started
