@@ -406,6 +406,28 @@ fn blk_notification_raises_no_interrupt_while_its_requests_are_pending() {
 }
 
 #[test]
+fn blk_flush_of_a_readonly_disk_completes_at_once_without_reaching_the_disk() {
+    let (mut rig, _tmp, _disk) = blk_rig(4096, true);
+    queue_request(&mut rig, VIRTIO_BLK_T_FLUSH, 0, HDR, STATUS_AT, &[]);
+    rig.notify(0);
+    assert_eq!(rig.take_used(0).len(), 1, "completed in the notification");
+    assert_eq!(u32::from(rig.read_mem(STATUS_AT, 1)[0]), VIRTIO_BLK_S_OK);
+    assert!(rig.out.outputs.is_empty(), "{:?}", rig.out.outputs);
+    assert_eq!(rig.t.device().pending(), 0);
+}
+
+#[test]
+fn blk_reset_forgets_the_requests_in_flight() {
+    let mut rig = blk_in_memory();
+    queue_request(&mut rig, VIRTIO_BLK_T_IN, 0, HDR, STATUS_AT, &[(BUF, 512, true)]);
+    rig.notify(0);
+    assert_eq!(rig.t.device().pending(), 1);
+    rig.write(STATUS, 0);
+    assert_eq!(rig.t.device().pending(), 0, "their completions will find nothing pending");
+    assert!(rig.t.device().state().pending.is_empty());
+}
+
+#[test]
 fn blk_read_takes_logged_bytes_and_refuses_a_wrong_length() {
     let (mut rig, _tmp, _disk) = blk_rig(4096, false);
     // A replay: the stage drops the read, its completion comes from the log.
