@@ -4,7 +4,7 @@
 // `%` reads more plainly than is_multiple_of in a model loop, and keeps the MSRV (1.80).
 #![allow(clippy::manual_is_multiple_of)]
 
-use devices::{ClockId, Deadlines, EventSource, Landmark, WorldEvent};
+use devices::{ClockId, Deadlines, EventSource, InputKind, Landmark, WorldEvent};
 use ftlog::{
     ChannelFeed, Divergence, End, ExitKind, ExitSignature, FeedItem, LogError, LogHeader, LogReader, LogWriter, Record,
     RecordingWorld, ReplayError, ReplayWorld,
@@ -211,6 +211,17 @@ fn drive_from(
             trace.push(format!("{at}: {clock:?}={v}"));
             acc = mix(acc, v);
         }
+        // A disk read during exit handling: the primary's backend answers (1 to 5 bytes that
+        // depend on the run so far), the replay answers from the log without touching it.
+        if count % 4 == 2 {
+            let mut backend = || {
+                assert!(primary, "a replay reads the backend at {at}");
+                acc.to_le_bytes()[..(count % 5 + 1) as usize].to_vec()
+            };
+            let data = side.device_input(at, InputKind::DiskRead { device: 0 }, &mut backend);
+            trace.push(format!("{at}: disk read {data:?}"));
+            acc = mix(acc, data.iter().fold(data.len() as u64, |h, &b| h.wrapping_mul(257) + u64::from(b)));
+        }
     }
     (acc, trace, taken)
 }
@@ -279,6 +290,7 @@ fn replay_gives_identical_answers_and_counts() {
     for k in [1, 4, 64] {
         let rec = record(k);
         assert!(rec.stats.checkpoints == 3 && rec.stats.interrupts > 0 && rec.stats.world_events > 0);
+        assert_eq!(rec.stats.inputs, EXITS / 4, "a disk read at every fourth exit");
         let (mut world, acc, trace) = replay(&rec.log);
         assert!(world.error().is_none(), "{:?}", world.error());
         assert_eq!(trace, rec.trace);
@@ -629,6 +641,9 @@ fn a_mark_at_the_wrong_exit_count_diverges() {
     let d = divergence(&world);
     assert_eq!(d.at, Landmark::Exit(17), "{d}");
     assert!(d.expected.contains("snapshot mark at Exit(17)"), "{d}");
+    // Seen by pass_snapshot_mark at the boundary where the mark is, not later when the replay
+    // moves on past it.
+    assert_eq!(d.got, "nothing at Exit(17) (replay at the exit boundary Exit(20))");
     // Later: the replay reaches Exit(21) with the mark still ahead of exit 21's digest.
     let log = moved(23);
     let (world, _, _) = replay(&log);

@@ -27,6 +27,8 @@ pub mod tap;
 #[cfg(test)]
 mod fuzz_tests;
 #[cfg(test)]
+mod output_tests;
+#[cfg(test)]
 mod testdriver;
 #[cfg(test)]
 mod tests;

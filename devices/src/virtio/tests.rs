@@ -365,6 +365,68 @@ fn blk_requests_outside_the_disk_or_malformed_get_an_error_status() {
     assert!(!rig.needs_reset());
 }
 
+/// A block device over an in-memory disk, without EVENT_IDX.
+fn blk_in_memory() -> Rig<Blk> {
+    let mut rig = Rig::new(Blk::new(0, 8192, false));
+    rig.out.disks.push(vec![0; 8192]);
+    rig.init(V1, &[16]);
+    rig
+}
+
+#[test]
+fn blk_chain_too_short_for_a_header_and_a_status_needs_a_reset() {
+    // A whole header and no status byte, then a status byte after half a header: either way
+    // there is nowhere to report a status. Both are flushes, which would otherwise be issued.
+    let chains: [&[(u64, u32, bool)]; 2] = [&[(HDR, 16, false)], &[(HDR, 8, false), (STATUS_AT, 1, true)]];
+    for chain in chains {
+        let mut rig = blk_in_memory();
+        let mut hdr = [0u8; 16];
+        hdr[0..4].copy_from_slice(&VIRTIO_BLK_T_FLUSH.to_le_bytes());
+        rig.write_mem(HDR, &hdr);
+        rig.add_chain(0, chain);
+        rig.notify(0);
+        assert!(rig.needs_reset(), "{chain:?}");
+        assert!(rig.take_used(0).is_empty(), "{chain:?}");
+        assert!(rig.out.outputs.is_empty(), "{chain:?}: {:?}", rig.out.outputs);
+        assert_eq!(rig.t.device().pending(), 0, "{chain:?}");
+    }
+}
+
+#[test]
+fn blk_notification_raises_no_interrupt_while_its_requests_are_pending() {
+    // Without EVENT_IDX the driver wants an interrupt for every chain used, and only then.
+    let mut rig = blk_in_memory();
+    queue_request(&mut rig, VIRTIO_BLK_T_IN, 0, HDR, STATUS_AT, &[(BUF, 512, true)]);
+    rig.notify(0);
+    assert_eq!(rig.t.device().pending(), 1);
+    assert!(!rig.t.interrupt_line(), "nothing used yet");
+    assert_eq!(complete(&mut rig, 1), 1);
+    assert!(rig.t.interrupt_line(), "the read completed");
+    assert_eq!(rig.take_used(0).len(), 1);
+}
+
+#[test]
+fn blk_flush_of_a_readonly_disk_completes_at_once_without_reaching_the_disk() {
+    let (mut rig, _tmp, _disk) = blk_rig(4096, true);
+    queue_request(&mut rig, VIRTIO_BLK_T_FLUSH, 0, HDR, STATUS_AT, &[]);
+    rig.notify(0);
+    assert_eq!(rig.take_used(0).len(), 1, "completed in the notification");
+    assert_eq!(u32::from(rig.read_mem(STATUS_AT, 1)[0]), VIRTIO_BLK_S_OK);
+    assert!(rig.out.outputs.is_empty(), "{:?}", rig.out.outputs);
+    assert_eq!(rig.t.device().pending(), 0);
+}
+
+#[test]
+fn blk_reset_forgets_the_requests_in_flight() {
+    let mut rig = blk_in_memory();
+    queue_request(&mut rig, VIRTIO_BLK_T_IN, 0, HDR, STATUS_AT, &[(BUF, 512, true)]);
+    rig.notify(0);
+    assert_eq!(rig.t.device().pending(), 1);
+    rig.write(STATUS, 0);
+    assert_eq!(rig.t.device().pending(), 0, "their completions will find nothing pending");
+    assert!(rig.t.device().state().pending.is_empty());
+}
+
 #[test]
 fn blk_read_takes_logged_bytes_and_refuses_a_wrong_length() {
     let (mut rig, _tmp, _disk) = blk_rig(4096, false);
