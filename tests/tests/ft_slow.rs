@@ -2,9 +2,8 @@
 //! gfs: a chunkserver that answers slowly (stopped 400 ms of every 500 ms: this machine's kernel
 //! has no `tc netem`), and a backup whose host is slow (its VMM stopped 150 ms of every 180 ms,
 //! with the pair's loss timeout at 1.5 s so that neither a stop nor a loaded machine's
-//! scheduling delays come near it). In each
-//! case the VM keeps serving the client, the pair stays a pair (nobody says the other is lost),
-//! and the primary says what happened: `gfs answers slowly: a write took ...` for the
+//! scheduling delays come near it). In each case the VM keeps serving the client, the pair
+//! stays a pair (nobody says the other is lost), and the primary says what happened: `gfs answers slowly: a write took ...` for the
 //! chunkserver, `the backup lags by N ms: the vCPU waits for it to catch up` for the backup,
 //! whose lag the primary's flow control keeps bounded.
 
@@ -36,11 +35,11 @@ const NOTICED_WITHIN: Duration = Duration::from_secs(60);
 /// Lines of a pair that fell apart.
 const BROKEN: [&str; 4] = ["ft: backup lost", "ft: live at", "ft: lost the go-live race", "primary lost"];
 /// The longest lag the primary may report for the slow backup. A stopped backup replays
-/// nothing, so a push waits out the stop (150 ms) whatever the primary does; the flow control
-/// (`--max-lag-ms` 50, checked before each entry into the guest) keeps the primary from running
-/// further ahead, so the lag stays near one stop plus the bound, and a loaded 2-core machine adds
-/// its share. Without the flow control the backup, at a sixth of its speed, falls further
-/// behind with every stop.
+/// nothing, so a push waits out the stop (150 ms) whatever the primary does; beyond that, a
+/// loaded 2-core machine adds its share (measured: 159-335 ms). The kv client's load is light
+/// and each reply waits for the backup to hold the log, so the replay keeps up even without the
+/// primary's wait (measured 190 ms with it removed): this bound catches a backup that falls
+/// behind for good, while the primary's lag line shows the flow control at work.
 const LAG_BOUND: Duration = Duration::from_secs(1);
 
 #[test]
