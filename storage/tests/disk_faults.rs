@@ -1,15 +1,14 @@
 //! A chunkserver whose disk fills up or returns I/O errors (issue 15, point 4), with real
-//! faults: a small tmpfs filled to the last byte (ENOSPC), and an ext4 file system on a loop
-//! device that the kernel shuts down (`EXT4_IOC_SHUTDOWN`, as xfstests' `godown` does: every
-//! read, write and sync then fails with EIO). This kernel has neither device-mapper nor fault
-//! injection, so a dm `error` target is not available. Writes go on without a failure, gfs
-//! routes around the sick chunkserver and copies its chunks to a fourth one, and everything
-//! written reads back; a full disk takes chunks again once space returns. Needs root.
+//! faults (`ftvm_tests::disks`): a small tmpfs filled to the last byte (ENOSPC), and an ext4
+//! file system on a loop device that the kernel shuts down (EIO). Writes go on without a
+//! failure, gfs routes around the sick chunkserver and copies its chunks to a fourth one, and
+//! everything written reads back; a full disk takes chunks again once space returns. Needs root.
 
 mod common;
 
 use common::{pattern, Cluster};
-use std::path::{Path, PathBuf};
+use ftvm_tests::disks::{fill, LoopExt4};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use storage::protocol::DiskState;
@@ -27,70 +26,6 @@ fn mount_tmpfs(c: &mut Cluster, dir: &Path, size: &str) -> bool {
         c.mounts.push(dir.to_path_buf());
     }
     ok
-}
-
-/// An ext4 file system on a loop device over a sparse image, mounted at `dir`; unmounted
-/// (lazily: a chunkserver may still hold files there) and detached when dropped.
-struct LoopExt4 {
-    dir: PathBuf,
-    device: String,
-}
-
-impl LoopExt4 {
-    fn mount(image: &Path, dir: &Path) -> Option<LoopExt4> {
-        std::fs::create_dir_all(dir).ok()?;
-        std::fs::File::create(image).ok()?.set_len(256 << 20).ok()?;
-        let out = Command::new("losetup").args(["-f", "--show"]).arg(image).output().ok()?;
-        if !out.status.success() {
-            return None;
-        }
-        let device = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let disk = LoopExt4 { dir: dir.to_path_buf(), device };
-        let made = Command::new("mkfs.ext4").args(["-q", &disk.device]).status().is_ok_and(|s| s.success())
-            && Command::new("mount").arg(&disk.device).arg(dir).status().is_ok_and(|s| s.success());
-        made.then_some(disk)
-    }
-
-    /// Shuts the file system down: from now on the kernel fails every read, write and sync on
-    /// it with EIO, as a dying disk would.
-    fn fail_with_io_errors(&self) {
-        use std::os::unix::io::AsRawFd;
-        // _IOR('X', 125, __u32) from linux/ext4.h; flag 2: EXT4_GOING_FLAGS_NOLOGFLUSH.
-        const EXT4_IOC_SHUTDOWN: libc::c_ulong = 0x8004_587d;
-        let root = std::fs::File::open(&self.dir).expect("open the mount point");
-        let flags: u32 = 2;
-        // SAFETY: the descriptor is open for the duration of the call and `flags` is a valid
-        // u32 the ioctl only reads.
-        let r = unsafe { libc::ioctl(root.as_raw_fd(), EXT4_IOC_SHUTDOWN as _, &flags) };
-        assert_eq!(r, 0, "EXT4_IOC_SHUTDOWN: {}", std::io::Error::last_os_error());
-    }
-}
-
-impl Drop for LoopExt4 {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        // Detaches now, or (still busy) as soon as the last user lets go.
-        let _ = Command::new("losetup").args(["-d", &self.device]).status();
-    }
-}
-
-/// Fills the file system holding `dir` to the last byte; returns the filler file.
-fn fill(dir: &Path) -> PathBuf {
-    use std::io::Write;
-    let path = dir.join("filler");
-    let mut f = std::fs::File::create(&path).unwrap();
-    let block = vec![0x5au8; 1 << 20];
-    loop {
-        match f.write(&block) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
-            Err(e) => panic!("filling {}: {e}", path.display()),
-        }
-    }
-    // The last partial megabyte too.
-    while f.write(&[0x5a; 4096]).is_ok_and(|n| n > 0) {}
-    path
 }
 
 /// The master's view of chunkserver `addr`'s disk.
@@ -175,7 +110,7 @@ fn a_full_chunkserver_disk_is_routed_around_and_takes_chunks_again_when_space_re
     write_pieces(&client, "/f", 0, 8, &mut written);
     assert!(current_replicas(&client, "/f").contains(&full), "the tmpfs chunkserver holds no replica");
 
-    let filler = fill(&c.cs[0].dir);
+    let filler = fill(&c.cs[0].dir).unwrap();
     let longest = write_pieces(&client, "/f", 8, 24, &mut written);
     eprintln!("longest write while one chunkserver's disk filled: {longest:?}");
     let cs_log = log(&c, "cs0.log");
@@ -216,8 +151,9 @@ fn a_full_chunkserver_disk_is_routed_around_and_takes_chunks_again_when_space_re
 fn a_chunkserver_disk_returning_io_errors_is_routed_around_and_its_chunks_copied_elsewhere() {
     let mut c = Cluster::start("diskeio", 0, &["--rebalance-interval-secs", "0"]);
     let dir0 = c.dir.join("cs0");
-    let Some(disk) = LoopExt4::mount(&c.dir.join("cs0.img"), &dir0) else {
-        return ftvm_tests::cannot_run("cannot make an ext4 file system on a loop device here (needs root)");
+    let disk = match LoopExt4::mount(&c.dir.join("cs0.img"), &dir0) {
+        Ok(disk) => disk,
+        Err(e) => return ftvm_tests::cannot_run(&format!("{e:#} (needs root)")),
     };
     for i in 0..3 {
         let dir = c.dir.join(format!("cs{i}"));
@@ -236,7 +172,7 @@ fn a_chunkserver_disk_returning_io_errors_is_routed_around_and_its_chunks_copied
     write_pieces(&client, "/quiet", 0, 4, &mut written_quiet);
     assert!(current_replicas(&client, "/f").contains(&failing));
 
-    disk.fail_with_io_errors();
+    disk.fail_with_io_errors().unwrap();
     let longest = write_pieces(&client, "/f", 8, 24, &mut written);
     eprintln!("longest write while one chunkserver's disk returned I/O errors: {longest:?}");
     let cs_log = log(&c, "cs0.log");

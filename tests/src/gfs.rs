@@ -2,6 +2,7 @@
 //! with `cargo build --release -p storage`), each on its own data directory, on this namespace's
 //! loopback or inside a network namespace; all killed when the cluster is dropped.
 
+use crate::disks::LoopExt4;
 use crate::{binary, NetNs, Process};
 use anyhow::{bail, Context, Result};
 use std::net::TcpStream;
@@ -20,6 +21,20 @@ pub struct Cluster<'a> {
     /// File systems mounted for the cluster (a chunkserver's small disk): unmounted on drop,
     /// once the servers are gone.
     mounts: Vec<PathBuf>,
+    /// Chunkservers' disks that can fail, by chunkserver: unmounted and detached on drop,
+    /// once the servers are gone.
+    failing_disks: Vec<(usize, LoopExt4)>,
+}
+
+/// Where a chunkserver of [`Cluster::start_with`] keeps its chunks, other than a plain
+/// directory of the cluster's.
+#[derive(Clone, Copy, Debug)]
+pub enum ChunkserverDisk<'s> {
+    /// A tmpfs of this size (`mount -t tmpfs -o size=SIZE`): a disk a test can fill.
+    Tmpfs(&'s str),
+    /// An ext4 file system on a loop device: a disk a test can make fail with I/O errors
+    /// ([`Cluster::fail_disk_with_io_errors`]).
+    LoopExt4,
 }
 
 /// A port nobody listens on now.
@@ -34,14 +49,13 @@ impl<'a> Cluster<'a> {
         Self::start_with(ns, n, parent, &[])
     }
 
-    /// Like [`Cluster::start`], with chunkserver `i`'s data directory on a tmpfs of `size`
-    /// (`mount -t tmpfs -o size=SIZE`; needs root) for each `(i, size)` of `small_disks`: a
-    /// disk a test can fill.
+    /// Like [`Cluster::start`], with chunkserver `i`'s data directory on `disk` for each
+    /// `(i, disk)` of `disks` (mounting needs root).
     pub fn start_with(
         ns: Option<&'a NetNs>,
         n: usize,
         parent: &Path,
-        small_disks: &[(usize, &str)],
+        disks: &[(usize, ChunkserverDisk)],
     ) -> Result<Cluster<'a>> {
         // The servers, and this process's own gfs connections, use the test's cluster key.
         crate::keys()?;
@@ -61,6 +75,7 @@ impl<'a> Cluster<'a> {
             servers: Vec::new(),
             chunkservers: Vec::new(),
             mounts: Vec::new(),
+            failing_disks: Vec::new(),
         };
         let master_dir = cluster.path("master");
         cluster.spawn(&["master", "--listen", &master_addr, "--dir", &master_dir])?;
@@ -68,8 +83,14 @@ impl<'a> Cluster<'a> {
         for i in 0..n {
             let cs = addr(i + 1)?;
             let cs_dir = cluster.path(&format!("cs{i}"));
-            if let Some((_, size)) = small_disks.iter().find(|(at, _)| *at == i) {
-                cluster.mount_tmpfs(Path::new(&cs_dir), size)?;
+            match disks.iter().find(|(at, _)| *at == i).map(|(_, disk)| disk) {
+                Some(ChunkserverDisk::Tmpfs(size)) => cluster.mount_tmpfs(Path::new(&cs_dir), size)?,
+                Some(ChunkserverDisk::LoopExt4) => {
+                    let image = cluster.dir.path().join(format!("cs{i}.img"));
+                    let disk = LoopExt4::mount(&image, Path::new(&cs_dir))?;
+                    cluster.failing_disks.push((i, disk));
+                }
+                None => {}
             }
             let rack = format!("rack{i}");
             cluster.spawn(&[
@@ -101,6 +122,15 @@ impl<'a> Cluster<'a> {
         }
         self.mounts.push(dir.to_path_buf());
         Ok(())
+    }
+
+    /// Shuts chunkserver `i`'s disk down (a [`ChunkserverDisk::LoopExt4`]): from now on every
+    /// read, write and sync there fails with EIO.
+    pub fn fail_disk_with_io_errors(&self, i: usize) -> Result<()> {
+        match self.failing_disks.iter().find(|(at, _)| *at == i) {
+            Some((_, disk)) => disk.fail_with_io_errors(),
+            None => bail!("chunkserver {i} has no disk that can fail (start it on ChunkserverDisk::LoopExt4)"),
+        }
     }
 
     /// Chunkserver `i`'s data directory.
@@ -203,5 +233,7 @@ impl Drop for Cluster<'_> {
         for dir in self.mounts.drain(..) {
             let _ = Command::new("umount").arg(&dir).output();
         }
+        // Unmounted and detached; the images go with the cluster's directory after this.
+        self.failing_disks.clear();
     }
 }

@@ -95,6 +95,9 @@ pub struct PhasedSets {
     acknowledged: Arc<AtomicUsize>,
     gaps: Arc<Mutex<[Duration; 3]>>,
     phase: Arc<AtomicUsize>,
+    /// Why the client stopped early (a SET that failed, a connection closed), for the error
+    /// of [`PhasedSets::wait_for_more`].
+    failure: Arc<Mutex<Option<String>>>,
     client: std::thread::JoinHandle<Result<usize>>,
 }
 
@@ -105,15 +108,23 @@ impl PhasedSets {
         let acknowledged = Arc::new(AtomicUsize::new(0));
         let gaps = Arc::new(Mutex::new([Duration::ZERO; 3]));
         let phase = Arc::new(AtomicUsize::new(0));
+        let failure = Arc::new(Mutex::new(None));
         let client = {
             let (stop, acknowledged, gaps, phase) = (stop.clone(), acknowledged.clone(), gaps.clone(), phase.clone());
+            let failure = failure.clone();
             ns.spawn_within(move || {
-                let mut kv = Client::connect()?;
+                let failed = |e: anyhow::Error| {
+                    *failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(format!("{e:#}"));
+                    e
+                };
+                let mut kv = Client::connect().map_err(failed)?;
                 let mut last = Instant::now();
                 let mut i = 0usize;
                 while !stop.load(Ordering::Acquire) {
-                    let answer = kv.request(&format!("SET {prefix}{i} {}", value(i)))?;
-                    anyhow::ensure!(answer == "OK", "SET {prefix}{i}: {answer}");
+                    let answer = kv.request(&format!("SET {prefix}{i} {}", value(i))).map_err(failed)?;
+                    if answer != "OK" {
+                        return Err(failed(anyhow::anyhow!("SET {prefix}{i}: {answer}")));
+                    }
                     let gap = last.elapsed();
                     last = Instant::now();
                     let mut gaps = gaps.lock().unwrap_or_else(PoisonError::into_inner);
@@ -126,7 +137,7 @@ impl PhasedSets {
                 Ok(i)
             })
         };
-        Self { stop, acknowledged, gaps, phase, client }
+        Self { stop, acknowledged, gaps, phase, failure, client }
     }
 
     /// Waits until `n` more SETs were acknowledged (at most two minutes).
@@ -134,7 +145,10 @@ impl PhasedSets {
         let target = self.acknowledged.load(Ordering::Acquire) + n;
         let deadline = Instant::now() + Duration::from_secs(120);
         while self.acknowledged.load(Ordering::Acquire) < target {
-            anyhow::ensure!(!self.client.is_finished(), "the client stopped");
+            if self.client.is_finished() {
+                let why = self.failure.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                bail!("the client stopped: {}", why.as_deref().unwrap_or("no error kept"));
+            }
             anyhow::ensure!(Instant::now() < deadline, "kv stopped acknowledging SETs");
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -1,8 +1,9 @@
 //! Helpers for the end-to-end tests in `tests/tests/`: the built binaries, network namespaces
 //! that the tests create and always remove, processes that are killed when a test ends, work
-//! done from inside a namespace, what a process did as `strace` saw it, and the one rule for
+//! done from inside a namespace, real disk faults, what a process did as `strace` saw it, and the one rule for
 //! tests that cannot run here.
 
+pub mod disks;
 pub mod ft;
 pub mod fuzz;
 pub mod gfs;
