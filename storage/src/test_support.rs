@@ -1,0 +1,40 @@
+//! What the crate's unit tests share: temporary directories, addresses where nothing
+//! listens, and real chunkservers started in the test process.
+
+use crate::chunkserver::{ChunkServer, ChunkServerConfig};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A new, empty directory for `name` in this test process.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gfs-unit-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the test's directory");
+    dir
+}
+
+/// An address nothing listens on (a port just bound and let go): a request sent there fails.
+pub fn closed_addr() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address").to_string()
+}
+
+/// A real chunkserver in this process on loopback, its store in a temporary directory. Its
+/// master cannot be reached (tests set versions, leases and fences themselves), it does not
+/// scrub, and its heartbeats are an hour apart.
+pub fn start_chunkserver(name: &str) -> Arc<ChunkServer> {
+    start_chunkserver_of(name, &closed_addr())
+}
+
+/// [`start_chunkserver`] with `master` as its master. Its first heartbeat is turned away
+/// (the master checks its address first) and the next is an hour later.
+pub fn start_chunkserver_of(name: &str, master: &str) -> Arc<ChunkServer> {
+    let mut cfg = ChunkServerConfig::new(temp_dir(name), master, "127.0.0.1:0");
+    cfg.heartbeat = Duration::from_secs(3600);
+    cfg.scrub_interval = None;
+    cfg.sync = false;
+    cfg.direct_io = false;
+    ChunkServer::start(cfg).expect("start a chunkserver")
+}
