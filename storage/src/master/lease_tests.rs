@@ -375,6 +375,18 @@ fn a_valid_lease_with_every_replica_up_is_handed_out_again() {
 }
 
 #[test]
+fn a_chunk_shared_with_a_snapshot_is_copied_before_it_is_written() {
+    let m = open_master("shared");
+    let (h, _) = leased_chunk(&m, in_a_lease());
+    m.commit(Record::Snapshot { src: PATH.into(), dst: "/snap".into() }).expect("snapshot");
+    // Its lease would do for a write; the copy comes first, and here no replica can make it.
+    let e = m.get_chunk(PATH, 0, true).expect_err("no replica can copy the chunk");
+    assert_eq!(e.kind(), Some(ErrorKind::NoReplicas));
+    assert!(e.to_string().contains("could copy"), "{e}");
+    assert_eq!(m.meta().state.ns.file(PATH).expect("file").chunks.get(0), Some(h));
+}
+
+#[test]
 fn a_lease_whose_primary_is_down_or_no_longer_a_replica_is_waited_out() {
     let m = open_master("primary-down");
     let (h, [a, b, c]) = leased_chunk(&m, in_a_lease());
