@@ -237,7 +237,8 @@ fn corruption_found_while_writing_is_reported_to_the_master_at_once() {
 
     // The report goes out from a thread of its own.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !master.meta().corrupt.get(&7).is_some_and(|servers| !servers.is_empty()) {
+    let heard = || master.meta().corrupt.get(&7).is_some_and(|servers| !servers.is_empty());
+    while !heard() {
         assert!(Instant::now() < deadline, "the master never heard of the corrupt replica");
         std::thread::sleep(Duration::from_millis(10));
     }
