@@ -2,9 +2,10 @@
 //! listens, and real chunkservers started in the test process.
 
 use crate::chunkserver::{ChunkServer, ChunkServerConfig};
+use crate::sync::Unpoisoned;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A new, empty directory for `name` in this test process.
@@ -37,4 +38,31 @@ pub fn start_chunkserver_of(name: &str, master: &str) -> Arc<ChunkServer> {
     cfg.sync = false;
     cfg.direct_io = false;
     ChunkServer::start(cfg).expect("start a chunkserver")
+}
+
+/// Runs `f` with the log events of this thread (not of threads it starts) written to a buffer;
+/// returns what `f` returned and the log text. For messages that operators and other tests
+/// read.
+pub fn with_log<T>(f: impl FnOnce() -> T) -> (T, String) {
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock_unpoisoned().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let out = tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8_lossy(&buffer.0.lock_unpoisoned()).into_owned();
+    (out, text)
 }

@@ -10,7 +10,7 @@ use crate::chunkserver::ChunkServer;
 use crate::error::{ErrorKind, GfsError, Result};
 use crate::oplog::Record;
 use crate::protocol::{ChunkHandle, DiskState, FileStat, Heartbeat, HeartbeatReply, Version};
-use crate::test_support::{closed_addr, start_chunkserver, temp_dir};
+use crate::test_support::{closed_addr, start_chunkserver, temp_dir, with_log};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -156,10 +156,13 @@ fn a_report_of_the_current_version_counts_the_replica_an_older_one_is_stale_once
     let (a, b, c) = (register(&m), register(&m), register(&m));
     create(&m, PATH);
     let h = add_chunk(&m, PATH, 0, 2);
-    report(&m, a, &[(h, 2)]);
-    report(&m, b, &[(h, 1)]);
-    report(&m, b, &[(h, 1)]);
-    report(&m, c, &[(h, 3)]);
+    let ((), log) = with_log(|| {
+        report(&m, a, &[(h, 2)]);
+        report(&m, b, &[(h, 1)]);
+        report(&m, b, &[(h, 1)]);
+        report(&m, c, &[(h, 3)]);
+    });
+    assert!(!log.contains("too many replicas"), "{log}");
     let stat = m.stat(PATH).expect("stat");
     assert_eq!(chunk_replicas(&stat), sorted(vec![(addr(&m, a), 2, false, false), (addr(&m, b), 1, true, false)]));
 
@@ -282,12 +285,15 @@ fn heartbeats_extend_only_the_primarys_unexpired_lease_at_its_version() {
 }
 
 #[test]
-fn a_disk_state_in_a_heartbeat_is_what_the_master_then_goes_by() {
+fn a_disk_state_in_a_heartbeat_is_what_the_master_then_goes_by_and_says_once() {
     let m = open_master("disk");
     let a = register(&m);
-    m.heartbeat(Heartbeat { disk: DiskState::Full, ..hb(&m, a) }).expect("heartbeat accepted");
+    let full = format!("chunkserver {} reports its disk full", addr(&m, a));
+    let beat = |disk| with_log(|| m.heartbeat(Heartbeat { disk, ..hb(&m, a) }).expect("heartbeat accepted")).1;
+    assert!(beat(DiskState::Full).contains(&full));
     assert!(!m.meta().servers.accepts_writes(a));
-    m.heartbeat(hb(&m, a)).expect("heartbeat accepted");
+    assert!(!beat(DiskState::Full).contains(&full), "said once");
+    assert!(beat(DiskState::Ok).contains("reports its disk usable again (was full)"));
     assert!(m.meta().servers.accepts_writes(a));
 }
 
@@ -415,6 +421,22 @@ fn a_lease_with_a_quiet_or_sick_replica_or_that_expired_is_replaced() {
     spoiled_lease_is_replaced("sick", |m, _, [_, b, _]| set_disk(m, b, DiskState::Full));
     spoiled_lease_is_replaced("expired", |m, h, servers| put_lease(m, h, 2, &servers, a_second_ago()));
     spoiled_lease_is_replaced("old-version", |m, h, servers| put_lease(m, h, 1, &servers, in_a_lease()));
+}
+
+#[test]
+fn the_master_says_why_it_replaces_a_lease() {
+    const SICK: &str = "replica's disk is full or failing under a lease: new version without it";
+    const QUIET: &str = "replica gone quiet under a lease: new version";
+    let m = open_master("why-sick");
+    let (_, [_, b, _]) = leased_chunk(&m, in_a_lease());
+    set_disk(&m, b, DiskState::Full);
+    let (_, log) = with_log(|| m.get_chunk(PATH, 0, true));
+    assert!(log.contains(SICK) && !log.contains(QUIET), "{log}");
+    let m = open_master("why-quiet");
+    let (_, [_, _, c]) = leased_chunk(&m, in_a_lease());
+    silence(&m, c);
+    let (_, log) = with_log(|| m.get_chunk(PATH, 0, true));
+    assert!(log.contains(QUIET) && !log.contains(SICK), "{log}");
 }
 
 #[test]
