@@ -3,8 +3,8 @@
 
 use crate::chunkserver::{ChunkServer, ChunkServerConfig};
 use crate::sync::Unpoisoned;
-use std::net::TcpListener;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,10 +16,13 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// An address nothing listens on (a port just bound and let go): a request sent there fails.
+/// A loopback address nothing listens on, different at each call: port 1 of an address in
+/// 127.0.0.0/8 (no test binds port 1; a port bound and let go could be bound again meanwhile by
+/// a test running in parallel). A request sent there is refused at once.
 pub fn closed_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address").to_string()
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("127.{}.{}.{}:1", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff)
 }
 
 /// A real chunkserver in this process on loopback, its store in a temporary directory. Its
