@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// A new, empty directory for `name` in this test process.
+/// A new, empty directory for `name` in this test process, under one directory per process
+/// (`gfs-unit-PID`), which is left behind like the integration tests' `gfs-e2e-*`.
 pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gfs-unit-{name}-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("gfs-unit-{}", std::process::id())).join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create the test's directory");
     dir
