@@ -18,6 +18,9 @@ pub mod protocol;
 pub mod sync;
 pub mod util;
 
+#[cfg(test)]
+mod test_support;
+
 pub use client::{Client, DirEntry, Durability, FileStat, StreamOpts};
 pub use error::{GfsError, Result};
 

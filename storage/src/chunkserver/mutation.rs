@@ -203,3 +203,7 @@ fn call(cs: &ChunkServer, addr: &str, req: &ChunkRequest) -> Result<ChunkReply> 
         .call::<_, Reply<ChunkReply>>(addr, req)?
         .map_err(|error| GfsError::Remote { peer: addr.to_string(), error })
 }
+
+#[cfg(test)]
+#[path = "mutation_tests.rs"]
+mod tests;

@@ -21,6 +21,10 @@ use std::time::{Duration, Instant};
 
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 
+#[cfg(test)]
+#[path = "lease_tests.rs"]
+mod tests;
+
 impl Master {
     /// Location of chunk `index` of `path`; for writes, allocates it and ensures a lease.
     pub fn get_chunk(

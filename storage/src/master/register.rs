@@ -105,3 +105,7 @@ impl Master {
         self.commit(Record::Bind { path: path.to_string(), register: register.to_string() })
     }
 }
+
+#[cfg(test)]
+#[path = "register_tests.rs"]
+mod tests;
