@@ -10,6 +10,10 @@ use ftlog::{
     RecordingWorld, ReplayError, ReplayWorld,
 };
 
+#[path = "common/header.rs"]
+mod header;
+use header::header;
+
 /// A live world that is deterministic, so the test knows what it answered.
 struct FakeWorld {
     now: u64,
@@ -224,22 +228,6 @@ fn drive_from(
         }
     }
     (acc, trace, taken)
-}
-
-fn header(k: u32) -> LogHeader {
-    LogHeader {
-        machine: ftlog::MachineDescription {
-            image_digest: [1; 32],
-            memory_size: 16 << 20,
-            cmdline: "test".into(),
-            kernel_path: None,
-            preemption_bound_ns: 2_000_000,
-            devices: Vec::new(),
-        },
-        exit_digest_interval: k,
-        created_unix_ns: 0,
-        start_exits: 0,
-    }
 }
 
 const EXITS: u64 = 40;

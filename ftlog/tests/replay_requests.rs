@@ -2,27 +2,15 @@
 //! diverges, for the cases the model run of `record_replay.rs` does not reach.
 
 use devices::{ClockId, Deadlines, EventSource, Landmark};
-use ftlog::{End, ExitKind, ExitSignature, LogHeader, LogWriter, Record, ReplayError, ReplayWorld};
+use ftlog::{End, ExitKind, ExitSignature, LogWriter, Record, ReplayError, ReplayWorld};
 
-fn header() -> LogHeader {
-    LogHeader {
-        machine: ftlog::MachineDescription {
-            image_digest: [1; 32],
-            memory_size: 16 << 20,
-            cmdline: "test".into(),
-            kernel_path: None,
-            preemption_bound_ns: 2_000_000,
-            devices: Vec::new(),
-        },
-        // No exit digest within these short runs: only the End checks the exits.
-        exit_digest_interval: 64,
-        created_unix_ns: 0,
-        start_exits: 0,
-    }
-}
+#[path = "common/header.rs"]
+mod header;
+use header::header;
 
 fn log_of(records: &[Record]) -> Vec<u8> {
-    let mut writer = LogWriter::new(Vec::new(), &header()).expect("log header");
+    // No exit digest within these short runs (one every 64 exits): only the End checks the exits.
+    let mut writer = LogWriter::new(Vec::new(), &header(64)).expect("log header");
     for record in records {
         writer.write(record).expect("log record");
     }

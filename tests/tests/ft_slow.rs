@@ -146,7 +146,7 @@ const STATUS_EVERY: Duration = Duration::from_millis(250);
 
 /// A guest that keeps its vCPU busy and outputs nothing is held back by nothing but the
 /// primary's flow control: with its backup's host slowed to a sixth of its speed, the backup's
-/// replay must stay within [`LAG_BOUND`] of the primary (the primary waits for it), and the pair
+/// replay must stay within [`BUSY_LAG_BOUND`] of the primary (the primary waits for it), and the pair
 /// stays a pair.
 #[test]
 fn a_busy_guest_whose_backup_is_slow_waits_for_it_and_the_lag_stays_bounded() -> Result<()> {
