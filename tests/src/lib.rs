@@ -94,7 +94,12 @@ pub fn binary(name: &str) -> Result<PathBuf> {
 /// source it was built from is older than it, and they are this workspace's sources. For
 /// `ftvm`, the embedded guest's sources count too (its build script watches them).
 fn check_fresh(binary: &Path) -> Result<()> {
-    let rebuild = "rebuild it: `cargo build --release -p vmm --bin ftvm` (or `cargo test --workspace --release`)";
+    let rebuild = match binary.file_name().and_then(|n| n.to_str()) {
+        Some("gfs") => {
+            "rebuild it: `cargo build --release -p storage --bin gfs` (or `cargo test --workspace --release`)"
+        }
+        _ => "rebuild it: `cargo build --release -p vmm --bin ftvm` (or `cargo test --workspace --release`)",
+    };
     let built = std::fs::metadata(binary)?.modified()?;
     let root = workspace_root();
     let dep_info = binary.with_extension("d");

@@ -80,7 +80,12 @@ pub struct ChannelConfig {
     pub timeout: Duration,
     /// Messages the send queue holds (each at most [`wire::MAX_CHUNK`] bytes of payload).
     pub queue: usize,
-    /// Records the backup's feed holds before its receiver stops reading the socket.
+    /// Records the backup's feed holds before its receiver stops reading the socket. The backup
+    /// acknowledges log as it enters the feed, and the primary's flow control (`--max-lag-ms`)
+    /// follows those acknowledgements, so the replay trails the acknowledged log by at most
+    /// this many records: small enough that a slow backup's replay stays near the bound (with
+    /// 4096, a backup at a sixth of its speed trailed by 1.2 s against a 50 ms bound), large
+    /// enough that a replay keeping up never waits for the socket.
     pub feed_bound: usize,
     /// How long the handshake may take.
     pub handshake_timeout: Duration,
@@ -101,7 +106,7 @@ impl Default for ChannelConfig {
             heartbeat: Duration::from_millis(10),
             timeout: Duration::from_millis(100),
             queue: 32,
-            feed_bound: 4096,
+            feed_bound: 256,
             handshake_timeout: Duration::from_secs(5),
             join_timeout: Duration::from_secs(5),
             version: PROTOCOL_VERSION,
