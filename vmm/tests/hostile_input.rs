@@ -281,15 +281,17 @@ fn a_closed_stdout_ends_ftvm_log_quietly() {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("timer.log");
     record(&log, &["timer", "100"]);
-    // `ftvm log LOG | head -1`
-    let mut child = Command::new(FTVM)
+    // `ftvm log LOG | head -1`. The dump (~28 KB) would fit in a default 64 KiB pipe, and ftvm
+    // could then write it all and exit 0 before the reader goes; a 4 KiB pipe makes it wait.
+    let (read, write) = small_pipe();
+    let child = Command::new(FTVM)
         .args(["log", path_str(&log)])
-        .stdout(Stdio::piped())
+        .stdout(Stdio::from(write))
         .stderr(Stdio::piped())
         .spawn()
         .expect("ftvm starts");
     let mut first = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut first).expect("first line");
+    BufReader::new(read).read_line(&mut first).expect("first line");
     assert!(first.starts_with("header: "), "{first}");
     let output = child.wait_with_output().expect("ftvm ends");
     let stderr = String::from_utf8_lossy(&output.stderr);
