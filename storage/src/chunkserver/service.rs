@@ -202,7 +202,7 @@ fn push(cs: &Arc<ChunkServer>, conn: &mut Conn, id: u64, len: u64, chain: Vec<St
     }
     // Each frame lands straight in its place in `data` (no frame buffer to copy it out of),
     // and is forwarded from there under the checksum it was verified with.
-    let mut data = vec![0u8; len as usize];
+    let mut data = cs.buffers.buffer(len as usize);
     let mut got = 0usize;
     let mut msg = Vec::new();
     while got < data.len() {

@@ -247,8 +247,9 @@ impl Conn {
         frame::write(&mut self.writer, Kind::Data, data)
     }
 
-    /// Queues a data frame received with [`Conn::recv_data_into`], unchanged, under the
-    /// checksum it arrived with (verified then), without computing it again.
+    /// Queues a data frame under a checksum known to be its own, without computing it again:
+    /// the one it arrived with ([`Conn::recv_data_into`], verified then), or one derived from
+    /// its verified blocks ([`Checksum::of_whole_blocks`]).
     pub fn queue_verified_data(&mut self, data: &[u8], checksum: Checksum) -> Result<()> {
         frame::write_verified_data(&mut self.writer, data, checksum)
     }

@@ -106,8 +106,9 @@ pub fn write<W: Write>(w: &mut W, kind: Kind, payload: &[u8]) -> Result<()> {
 }
 
 /// Writes a data frame whose checksum is already known: `checksum` is what [`read_data_into`]
-/// returned for this very payload, verified on arrival. A chunkserver forwarding pushed data
-/// down the chain so sends the bytes on without checksumming them a second time.
+/// returned for this very payload (verified on arrival), or [`Checksum::of_whole_blocks`] of
+/// its blocks' verified checksums. A chunkserver forwarding pushed data down the chain, or
+/// sending blocks it has just verified, so sends the bytes without checksumming them again.
 pub fn write_verified_data<W: Write>(w: &mut W, payload: &[u8], checksum: Checksum) -> Result<()> {
     let body_len = payload.len() + 1;
     if body_len > MAX_BODY {
