@@ -41,3 +41,7 @@ pub const MAX_FILE_CHUNKS: u64 = 1 << 20;
 pub const MAX_FILE_SIZE: u64 = MAX_FILE_CHUNKS * CHUNK_SIZE;
 /// Size of one data frame on the wire.
 pub const DATA_FRAME: usize = 256 * 1024;
+/// Largest write sent with its data to the primary (`WriteInline`) rather than pushed along the
+/// chain first: below it a write costs round trips, not bandwidth. Above it the chain's
+/// pipelined push sends each byte out of every server once, while it still arrives.
+pub const INLINE_WRITE_MAX: u64 = DATA_FRAME as u64;

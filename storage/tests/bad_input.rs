@@ -77,6 +77,36 @@ fn unknown_handles_reads_past_end_and_vanishing_writers() {
     assert!(matches!(e.kind, ErrorKind::NoLease | ErrorKind::NotFound), "{e:?}");
     let e = ask(ChunkRequest::Push { id: 1, len: u64::MAX, chain: vec![] }).unwrap_err();
     assert_eq!(e.kind, ErrorKind::InvalidArgument);
+    let inline = |len| ChunkRequest::WriteInline {
+        handle,
+        version,
+        offset: 0,
+        len,
+        secondaries: vec![],
+        fence: None,
+        durable: true,
+    };
+    let e = ask(inline(u64::MAX)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument);
+    // More data than announced, or a message where data belongs: refused, nothing written.
+    for extra in [Some(vec![9u8; 20]), None] {
+        let mut conn = Conn::connect(cs, Duration::from_secs(5)).unwrap();
+        conn.queue(&inline(10)).unwrap();
+        match extra {
+            Some(bytes) => conn.queue_data(&bytes).unwrap(),
+            None => conn.queue(&ChunkRequest::Info { handle }).unwrap(),
+        }
+        conn.flush().unwrap();
+        let e = conn.recv::<Reply<ChunkReply>>().unwrap().unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Protocol, "{e:?}");
+    }
+    // A writer that disconnects mid inline write: nothing is applied.
+    {
+        let mut conn = Conn::connect(cs, Duration::from_secs(5)).unwrap();
+        conn.queue(&inline(100_000)).unwrap();
+        conn.queue_data(&[7u8; 50_000]).unwrap();
+        conn.flush().unwrap();
+    }
 
     // A client that disconnects mid-push: nothing is applied, the servers carry on.
     {

@@ -203,6 +203,28 @@ fn chunk_request() -> impl Strategy<Value = ChunkRequest> {
                 fence
             }
         ),
+        (any::<u64>(), any::<u32>(), any::<u64>(), any::<u64>(), strings(), fence(), any::<bool>()).prop_map(
+            |(handle, version, offset, len, secondaries, fence, durable)| ChunkRequest::WriteInline {
+                handle,
+                version,
+                offset,
+                len,
+                secondaries,
+                fence,
+                durable
+            }
+        ),
+        (any::<u64>(), any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>(), fence(), any::<bool>()).prop_map(
+            |(handle, version, serial, offset, len, fence, durable)| ChunkRequest::ApplyInline {
+                handle,
+                version,
+                serial,
+                offset,
+                len,
+                fence,
+                durable
+            }
+        ),
         (any::<u64>(), any::<u32>(), any::<u64>(), any::<u64>())
             .prop_map(|(handle, version, offset, len)| ChunkRequest::Read { handle, version, offset, len }),
         (any::<u64>(), any::<u32>(), proptest::option::of(any::<u64>()), proptest::option::of(s())).prop_map(

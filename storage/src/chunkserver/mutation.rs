@@ -50,32 +50,73 @@ impl Mutation {
     /// secondaries that failed; a local failure fails the whole mutation, and the client
     /// retries it, as for any failed replica.
     pub fn write_primary(&self, cs: &Arc<ChunkServer>, secondaries: &[String]) -> Result<ChunkReply> {
-        let handle = self.handle;
-        let chunk = cs.store.get(handle)?;
+        let chunk = cs.store.get(self.handle)?;
         self.check_may_write(cs, &chunk)?;
         let data = cs.buffers.take(self.id)?;
+        self.order_and_apply(cs, &chunk, secondaries, &data, Payload::Pushed)
+    }
+
+    /// [`Mutation::write_primary`] for a write that came with its data (`WriteInline`): the
+    /// secondaries get the data with the order to apply it.
+    pub fn write_primary_inline(
+        &self,
+        cs: &Arc<ChunkServer>,
+        secondaries: &[String],
+        data: &[u8],
+    ) -> Result<ChunkReply> {
+        let chunk = cs.store.get(self.handle)?;
+        self.check_may_write(cs, &chunk)?;
+        self.order_and_apply(cs, &chunk, secondaries, data, Payload::Inline)
+    }
+
+    fn order_and_apply(
+        &self,
+        cs: &Arc<ChunkServer>,
+        chunk: &super::store::Chunk,
+        secondaries: &[String],
+        data: &[u8],
+        payload: Payload,
+    ) -> Result<ChunkReply> {
+        let (handle, version) = (self.handle, self.version);
         // One mutation at a time per chunk: serial order is application order everywhere.
         let mut order = chunk.order.lock_unpoisoned();
         // The lease is checked under the order lock: a revoke takes that lock too, so once the
         // master hears "revoked" (and, say, starts copying the chunk) no mutation that passed
         // an earlier check can still be applied.
-        no_lease_unless(cs.check_lease(handle, self.version), handle, self.version)?;
-        if order.0 != self.version {
-            *order = (self.version, 1);
+        no_lease_unless(cs.check_lease(handle, version), handle, version)?;
+        if order.0 != version {
+            *order = (version, 1);
         }
         let serial = order.1;
         order.1 += 1;
-        let req = self.unsynced_if_asked(ChunkRequest::Apply {
-            handle,
-            version: self.version,
-            serial,
-            offset: self.offset,
-            id: self.id,
-            fence: self.fence.clone(),
-        });
+        let (req, sent_data) = match payload {
+            Payload::Pushed => {
+                let apply = ChunkRequest::Apply {
+                    handle,
+                    version,
+                    serial,
+                    offset: self.offset,
+                    id: self.id,
+                    fence: self.fence.clone(),
+                };
+                (self.unsynced_if_asked(apply), &[][..])
+            }
+            Payload::Inline => {
+                let apply = ChunkRequest::ApplyInline {
+                    handle,
+                    version,
+                    serial,
+                    offset: self.offset,
+                    len: data.len() as u64,
+                    fence: self.fence.clone(),
+                    durable: self.durable,
+                };
+                (apply, data)
+            }
+        };
         let (local, failed) = std::thread::scope(|s| {
-            let remote = s.spawn(|| fan_out(cs, secondaries, &req, serial));
-            let local = self.apply_local(cs, &chunk, &data);
+            let remote = s.spawn(|| fan_out(cs, secondaries, &req, sent_data, serial));
+            let local = self.apply_local(cs, chunk, data);
             let failed = remote.join().unwrap_or_else(|_| secondaries.to_vec());
             (local, failed)
         });
@@ -95,12 +136,26 @@ impl Mutation {
     /// As secondary: apply in the primary's serial order.
     pub fn apply_secondary(&self, cs: &Arc<ChunkServer>, serial: u64) -> Result<ChunkReply> {
         let data = cs.buffers.take(self.id)?;
+        self.apply_secondary_inline(cs, serial, &data)
+    }
+
+    /// [`Mutation::apply_secondary`] for data that came with the order (`ApplyInline`).
+    pub fn apply_secondary_inline(&self, cs: &Arc<ChunkServer>, serial: u64, data: &[u8]) -> Result<ChunkReply> {
         let chunk = cs.store.get(self.handle)?;
         self.check_may_write(cs, &chunk)?;
         next_serial(&chunk, self.version, serial)?;
-        self.apply_local(cs, &chunk, &data)?;
+        self.apply_local(cs, &chunk, data)?;
         Ok(ChunkReply::Applied)
     }
+}
+
+/// How a primary's secondaries get a mutation's bytes.
+#[derive(Clone, Copy)]
+enum Payload {
+    /// Pushed to them along the chain before the commit: they hold it under the mutation's id.
+    Pushed,
+    /// Sent with the order to apply it.
+    Inline,
 }
 
 /// As primary: append the pushed record at the end of the chunk, or pad the chunk (on every
@@ -128,13 +183,13 @@ pub fn append_primary(cs: &Arc<ChunkServer>, m: Mutation, len: u64, secondaries:
     if at + len > CHUNK_SIZE {
         cs.store.pad(&chunk, m.version)?;
         let req = ChunkRequest::Pad { handle, version: m.version, serial, fence: m.fence.clone() };
-        let failed = fan_out(cs, secondaries, &req, serial);
+        let failed = fan_out(cs, secondaries, &req, &[], serial);
         return Ok(ChunkReply::ChunkFull { failed });
     }
     let m = Mutation { offset: at, ..m };
     let req = ChunkRequest::Apply { handle, version: m.version, serial, offset: at, id: m.id, fence: m.fence.clone() };
     let (local, failed) = std::thread::scope(|s| {
-        let remote = s.spawn(|| fan_out(cs, secondaries, &req, serial));
+        let remote = s.spawn(|| fan_out(cs, secondaries, &req, &[], serial));
         let local = m.apply_local(cs, &chunk, &data);
         (local, remote.join().unwrap_or_else(|_| secondaries.to_vec()))
     });
@@ -172,13 +227,14 @@ fn next_serial(chunk: &super::store::Chunk, version: Version, serial: u64) -> Re
     Ok(())
 }
 
-/// Sends `req` to every secondary in parallel; returns those that failed.
-fn fan_out(cs: &Arc<ChunkServer>, secondaries: &[String], req: &ChunkRequest, serial: u64) -> Vec<String> {
+/// Sends `req` (followed by `data` in data frames, if any) to every secondary in parallel;
+/// returns those that failed.
+fn fan_out(cs: &Arc<ChunkServer>, secondaries: &[String], req: &ChunkRequest, data: &[u8], serial: u64) -> Vec<String> {
     std::thread::scope(|s| {
         let jobs: Vec<_> = secondaries
             .iter()
             .map(|addr| {
-                s.spawn(move || match call(cs, addr, req) {
+                s.spawn(move || match call(cs, addr, req, data) {
                     Ok(ChunkReply::Applied) => None,
                     Ok(other) => {
                         tracing::warn!(%addr, "unexpected reply {other:?}");
@@ -198,9 +254,9 @@ fn fan_out(cs: &Arc<ChunkServer>, secondaries: &[String], req: &ChunkRequest, se
     })
 }
 
-fn call(cs: &ChunkServer, addr: &str, req: &ChunkRequest) -> Result<ChunkReply> {
+fn call(cs: &ChunkServer, addr: &str, req: &ChunkRequest, data: &[u8]) -> Result<ChunkReply> {
     cs.peers
-        .call::<_, Reply<ChunkReply>>(addr, req)?
+        .call_with_data::<_, Reply<ChunkReply>>(addr, req, data)?
         .map_err(|error| GfsError::Remote { peer: addr.to_string(), error })
 }
 

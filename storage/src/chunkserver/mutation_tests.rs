@@ -102,6 +102,34 @@ fn writes_reach_every_replica_in_the_primarys_serial_order() {
 }
 
 #[test]
+fn inline_writes_carry_their_data_to_every_replica_in_one_serial_order_with_pushed_ones() {
+    let g = Group::start("inline", &[7]);
+    // Inline and pushed writes interleaved over overlapping ranges: the bytes each replica ends
+    // with are the last write's only if all of them applied every write in the same order.
+    let writes = [(1u64, 0u64, true), (2, 100, false), (3, 50, true), (4, 0, false), (5, 120, true)];
+    let mut expect = vec![0u8; 500];
+    for (id, offset, inline) in writes {
+        let data = bytes(300, id as u8);
+        let m = Mutation { durable: id != 3, ..mutation(7, offset, id) };
+        let reply = if inline {
+            m.write_primary_inline(&g.primary, &g.secondary_addrs(), &data)
+        } else {
+            g.push(id, &data);
+            m.write_primary(&g.primary, &g.secondary_addrs())
+        };
+        assert_eq!(reply.expect("write"), ChunkReply::Written { failed: vec![] }, "write {id}");
+        expect[offset as usize..offset as usize + 300].copy_from_slice(&data);
+    }
+    for cs in g.all() {
+        assert_eq!(read(cs, 7, 0, 420), expect[..420], "replica {}", cs.addr);
+    }
+    for cs in &g.secondaries {
+        assert_eq!(cs.store.get(7).expect("a replica").state.lock_unpoisoned().last_serial, 5);
+        assert!(cs.buffers.take(1).is_err(), "an inline write left pushed data behind");
+    }
+}
+
+#[test]
 fn a_secondary_that_cannot_be_reached_is_named_and_the_others_still_apply() {
     let g = Group::start("unreachable", &[7]);
     let data = bytes(64, 9);

@@ -7,7 +7,7 @@ use super::store::READ_PIECE;
 use super::ChunkServer;
 use crate::error::{ErrorKind, GfsError, Result};
 use crate::protocol::frame::Checksum;
-use crate::protocol::{ChunkHandle, ChunkReply, ChunkRequest, Conn, Received, Reply, Version};
+use crate::protocol::{ChunkHandle, ChunkReply, ChunkRequest, Conn, Incoming, Received, Reply, Version};
 use crate::sync::Unpoisoned;
 use crate::util::to_remote;
 use crate::{BLOCK_SIZE, CHUNK_SIZE, MAX_RECORD};
@@ -46,6 +46,14 @@ fn handle_conn(cs: &Arc<ChunkServer>, mut conn: Conn) {
                     crate::metrics::bytes_written(len);
                 }
                 pushed
+            }
+            ChunkRequest::WriteInline { handle, version, offset, len, secondaries, fence, durable } => {
+                let m = Mutation { handle, version, offset, id: 0, fence, durable };
+                with_inline_data(cs, &mut conn, len, op, started, |data| m.write_primary_inline(cs, &secondaries, data))
+            }
+            ChunkRequest::ApplyInline { handle, version, serial, offset, len, fence, durable } => {
+                let m = Mutation { handle, version, offset, id: 0, fence, durable };
+                with_inline_data(cs, &mut conn, len, op, started, |data| m.apply_secondary_inline(cs, serial, data))
             }
             ChunkRequest::Read { handle, version, offset, len } => {
                 let sent = read(cs, &mut conn, handle, version, offset, len);
@@ -161,8 +169,64 @@ fn mutation_or_other(cs: &Arc<ChunkServer>, req: ChunkRequest, durable: bool) ->
             Ok(ChunkReply::Synced)
         }
         ChunkRequest::Unsynced(_) => Err(GfsError::fs(ErrorKind::InvalidArgument, "nested unsynced request")),
-        ChunkRequest::Push { .. } | ChunkRequest::Read { .. } => Err(GfsError::fs(ErrorKind::Protocol, "unreachable")),
+        ChunkRequest::Push { .. }
+        | ChunkRequest::Read { .. }
+        | ChunkRequest::WriteInline { .. }
+        | ChunkRequest::ApplyInline { .. } => Err(GfsError::fs(ErrorKind::Protocol, "unreachable")),
     }
+}
+
+/// Receives the `len` bytes of data frames that follow an inline write, within the push
+/// buffers' memory budget, and answers `mutate`'s result. Returns whether the connection is
+/// still usable: not after a refusal before the data was read (what follows it cannot be
+/// skipped safely) nor after a malformed stream.
+fn with_inline_data(
+    cs: &Arc<ChunkServer>,
+    conn: &mut Conn,
+    len: u64,
+    op: &'static str,
+    started: Instant,
+    mutate: impl FnOnce(&[u8]) -> Result<ChunkReply>,
+) -> bool {
+    let refuse = |conn: &mut Conn, e: GfsError| {
+        crate::metrics::request_done(op, started, false);
+        let _ = conn.send(&Reply::<ChunkReply>::Err(to_remote(&e)));
+        false
+    };
+    if len > crate::INLINE_WRITE_MAX {
+        let max = crate::INLINE_WRITE_MAX;
+        return refuse(
+            conn,
+            GfsError::fs(ErrorKind::InvalidArgument, format!("inline write of {len} bytes exceeds {max}")),
+        );
+    }
+    let _room = match cs.buffers.admit(len as usize) {
+        Ok(room) => room,
+        Err(e) => return refuse(conn, e),
+    };
+    let mut data = Vec::with_capacity(len as usize);
+    let mut frame = Vec::new();
+    while (data.len() as u64) < len {
+        match conn.recv_frame(&mut frame) {
+            Ok(Incoming::Data) if data.len() as u64 + frame.len() as u64 <= len => data.extend_from_slice(&frame),
+            Ok(_) => return refuse(conn, GfsError::fs(ErrorKind::Protocol, "malformed inline write")),
+            Err(e) => {
+                // The sender went away mid-write: nothing was applied.
+                tracing::debug!("inline write aborted: {e}");
+                crate::metrics::request_done(op, started, false);
+                return false;
+            }
+        }
+    }
+    let r = mutate(&data).map_err(|e| {
+        cs.disk.observe(&e);
+        to_remote(&e)
+    });
+    crate::metrics::request_done(op, started, r.is_ok());
+    if r.is_ok() {
+        crate::metrics::bytes_written(len);
+    }
+    conn.send(&r).is_ok()
 }
 
 /// Receives pushed data, forwarding each frame down the chain as it arrives. Returns whether

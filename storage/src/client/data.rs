@@ -161,8 +161,12 @@ impl Client {
         self.inner.cache.forget(path, idx);
     }
 
-    /// One attempt: push the data along the chain, then ask the primary to commit it.
+    /// One attempt: push the data along the chain, then ask the primary to commit it; a small
+    /// write goes to the primary with its data instead.
     fn mutate(&self, path: &str, idx: u64, loc: &ChunkLocation, coff: u64, data: &[u8]) -> Result<()> {
+        if self.inline_write_max > 0 && data.len() as u64 <= self.inline_write_max {
+            return self.mutate_inline(path, idx, loc, coff, data);
+        }
         let (primary, chain, id) = self.push_to_replicas(loc, data)?;
         if self.durability == Durability::Flush {
             // Noted before the commit: a write that fails half-way may still have reached
@@ -183,6 +187,37 @@ impl Client {
             Durability::Flush => ChunkRequest::Unsynced(Box::new(write)),
         };
         match self.call(&primary, &req)? {
+            ChunkReply::Written { failed } if failed.is_empty() => Ok(()),
+            ChunkReply::Written { failed } => {
+                Err(GfsError::fs(ErrorKind::Unavailable, format!("mutation failed on {}", failed.join(", "))))
+            }
+            other => Err(unexpected(&primary, other)),
+        }
+    }
+
+    /// One attempt at a small write: the primary gets the data with the request and sends it
+    /// on to the secondaries with the order to apply it.
+    fn mutate_inline(&self, path: &str, idx: u64, loc: &ChunkLocation, coff: u64, data: &[u8]) -> Result<()> {
+        let primary = loc.primary.clone().ok_or_else(|| GfsError::fs(ErrorKind::NoLease, "no primary"))?;
+        if self.durability == Durability::Flush {
+            // Before the write, as in `mutate`.
+            let mut replicas = loc.replicas.clone();
+            if !replicas.contains(&primary) {
+                replicas.push(primary.clone());
+            }
+            self.inner.dirty.note(path, idx, loc.handle, &replicas);
+        }
+        let write = ChunkRequest::WriteInline {
+            handle: loc.handle,
+            version: loc.version,
+            offset: coff,
+            len: data.len() as u64,
+            secondaries: loc.replicas.iter().filter(|a| **a != primary).cloned().collect(),
+            fence: self.fence.clone(),
+            durable: self.durability == Durability::Sync,
+        };
+        let reply = self.inner.pool.call_with_data::<_, Reply<ChunkReply>>(&primary, &write, data);
+        match reply?.map_err(|error| GfsError::Remote { peer: primary.clone(), error })? {
             ChunkReply::Written { failed } if failed.is_empty() => Ok(()),
             ChunkReply::Written { failed } => {
                 Err(GfsError::fs(ErrorKind::Unavailable, format!("mutation failed on {}", failed.join(", "))))

@@ -102,6 +102,9 @@ pub struct Client {
     /// Fencing token stamped on every write (see [`Client::fenced`]).
     fence: Option<Fence>,
     durability: Durability,
+    /// Writes up to this many bytes go to the primary with their data (see
+    /// [`crate::INLINE_WRITE_MAX`]); larger ones are pushed along the chain first.
+    inline_write_max: u64,
 }
 
 /// An open file: a path bound to a client.
@@ -129,7 +132,16 @@ impl Client {
             }),
             fence: None,
             durability: Durability::Sync,
+            inline_write_max: crate::INLINE_WRITE_MAX,
         }
+    }
+
+    /// This client with writes of up to `max` bytes sent with their data to the primary
+    /// (0: every write is pushed along the chain first, as before `WriteInline` existed; for
+    /// chunkservers that predate it, and for measuring one path against the other). At most
+    /// [`crate::INLINE_WRITE_MAX`].
+    pub fn with_inline_writes_up_to(&self, max: u64) -> Client {
+        Client { inline_write_max: max.min(crate::INLINE_WRITE_MAX), ..self.clone() }
     }
 
     /// The master's address (or the replicas' addresses), as given.
@@ -302,18 +314,14 @@ impl Client {
     /// A client sharing connections and caches with this one whose writes carry generation
     /// `generation` of register `name` as their fencing token.
     pub fn fenced(&self, name: &str, generation: u64) -> Client {
-        Client {
-            inner: self.inner.clone(),
-            fence: Some(Fence { name: name.into(), generation }),
-            durability: self.durability,
-        }
+        Client { fence: Some(Fence { name: name.into(), generation }), ..self.clone() }
     }
 
     /// A client sharing connections and caches with this one whose writes are acknowledged
     /// at `durability` (with [`Durability::Flush`], call [`Client::sync`] to make them
     /// durable; a VM disk does so on the guest's FLUSH).
     pub fn with_durability(&self, durability: Durability) -> Client {
-        Client { inner: self.inner.clone(), fence: self.fence.clone(), durability }
+        Client { durability, ..self.clone() }
     }
 
     /// Copy-on-write snapshot of a file or directory tree.

@@ -31,8 +31,15 @@ enum Failure {
     Other(GfsError),
 }
 
-fn exchange<Req: Serialize, Rep: DeserializeOwned>(c: &mut Conn, req: &Req) -> Result<Rep, Failure> {
-    if let Err(e) = c.send(req) {
+fn exchange<Req: Serialize, Rep: DeserializeOwned>(c: &mut Conn, req: &Req, data: &[u8]) -> Result<Rep, Failure> {
+    let sent = (|| {
+        c.queue(req)?;
+        for piece in data.chunks(crate::DATA_FRAME) {
+            c.queue_data(piece)?;
+        }
+        c.flush()
+    })();
+    if let Err(e) = sent {
         return Err(match e {
             GfsError::Io { .. } => Failure::Unheard(e),
             other => Failure::Other(other),
@@ -84,8 +91,18 @@ impl Pool {
     /// reusable. If the peer turns out to have closed that connection before reading the
     /// request, it is sent again on a fresh connection (once).
     pub fn call<Req: Serialize, Rep: DeserializeOwned>(&self, addr: &str, req: &Req) -> Result<Rep> {
+        self.call_with_data(addr, req, &[])
+    }
+
+    /// [`Pool::call`] for a request followed by `data` in data frames (none if empty).
+    pub fn call_with_data<Req: Serialize, Rep: DeserializeOwned>(
+        &self,
+        addr: &str,
+        req: &Req,
+        data: &[u8],
+    ) -> Result<Rep> {
         if let Some(mut c) = self.take_idle(addr) {
-            match exchange(&mut c, req) {
+            match exchange(&mut c, req, data) {
                 Ok(r) => {
                     self.put(c);
                     return Ok(r);
@@ -98,7 +115,7 @@ impl Pool {
             }
         }
         let mut c = Conn::connect(addr, CONNECT_TIMEOUT)?;
-        match exchange(&mut c, req) {
+        match exchange(&mut c, req, data) {
             Ok(r) => {
                 self.put(c);
                 Ok(r)
@@ -245,7 +262,7 @@ mod tests {
             assert!(t0.elapsed() < Duration::from_secs(10));
             std::thread::sleep(Duration::from_millis(20));
         };
-        let r = exchange::<_, Reply<ChunkReply>>(&mut c, &ChunkRequest::Info { handle: 2 });
+        let r = exchange::<_, Reply<ChunkReply>>(&mut c, &ChunkRequest::Info { handle: 2 }, &[]);
         assert!(matches!(r, Err(Failure::Unheard(_))), "a closed connection must count as unheard");
         let (v, conn_no) = info(&pool, &addr, 2).unwrap();
         assert_eq!(v, 2);
