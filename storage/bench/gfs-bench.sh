@@ -14,12 +14,16 @@
 #   put-buf    `gfs put` on chunkservers started with --buffered-io (page cache + fdatasync
 #              instead of O_DIRECT)
 #   put-base   `gfs put` with BASE_GFS's binaries (only if BASE_GFS is set)
+#   put-base-plain  the same on a cluster of BASE_GFS's binaries run --insecure (a build from
+#              before sealing, such as 88b9a09, has no --insecure and is plain anyway): the
+#              issue's CPU goal is "without encryption", so put-plain is compared with this
 #   put-plain  `gfs put` on a cluster run --insecure: the cost of sealing every connection
 #              (everything else runs with the bench's cluster key, FT_KEYS)
 #   dd-read    one `dd bs=4M` read of a dd-written copy, page cache dropped first
 #   get        `gfs get` into /dev/null, page cache dropped first (checked with cmp afterwards)
 #   get-buf    the same on the --buffered-io chunkservers
 #   get-base   the same with BASE_GFS's binaries (only if BASE_GFS is set)
+#   get-base-plain  the same on BASE_GFS's --insecure (or pre-sealing) cluster
 #   get-plain  the same on the --insecure cluster
 # For each: MiB/s, CPU-seconds per GiB (client + all chunkservers of that cluster, or the dd
 # processes, from /proc) and how busy the machine's CPUs were meanwhile (/proc/stat; the
@@ -126,7 +130,14 @@ echo "loopback TCP (one stream): $NET MB/s"
 start_cluster A "$GFS"
 start_cluster B "$GFS" --buffered-io
 CLUSTER_FLAGS=--insecure start_cluster P "$GFS"
-if [ -n "$BASE_GFS" ]; then start_cluster Z "$BASE_GFS"; fi
+if [ -n "$BASE_GFS" ]; then
+    start_cluster Z "$BASE_GFS"
+    # A build from before sealing knows no --insecure (and ignores FT_KEYS): it is plain as is.
+    BASE_PLAIN=""
+    if "$BASE_GFS" --help 2>&1 | grep -q -- '--insecure'; then BASE_PLAIN=--insecure; fi
+    CLUSTER_FLAGS=$BASE_PLAIN start_cluster Y "$BASE_GFS"
+    echo "base build: $BASE_GFS (${BASE_PLAIN:-no sealing: plain without --insecure})"
+fi
 
 wait_jobs() { local rc=0 j; for j in $(jobs -p); do case " ${PIDS[*]} " in *" $j "*) ;; *) wait "$j" || rc=1 ;; esac; done; return $rc; }
 
@@ -141,6 +152,9 @@ for r in $(seq 1 "$ROUNDS"); do
     timed put-sync "$A_CS" -- "$GFS" --master "$A_MASTER" put --sync "$SRC" "/r$r-sync"
     timed put-buf "$B_CS" -- "$GFS" --master "$B_MASTER" put "$SRC" "/r$r"
     if [ -n "$BASE_GFS" ]; then timed put-base "$Z_CS" -- "$BASE_GFS" --master "$Z_MASTER" put "$SRC" "/r$r"; fi
+    if [ -n "$BASE_GFS" ]; then
+        timed put-base-plain "$Y_CS" -- "$BASE_GFS" $BASE_PLAIN --master "$Y_MASTER" put "$SRC" "/r$r"
+    fi
     timed put-plain "$P_CS" -- "$GFS" --insecure --master "$P_MASTER" put "$SRC" "/r$r"
     drop_caches
     timed dd-read "" -- dd if="$BENCH_DIR/dd1/copy" of=/dev/null bs=4M status=none
@@ -149,14 +163,18 @@ for r in $(seq 1 "$ROUNDS"); do
     drop_caches
     timed get-buf "$B_CS" -- "$GFS" --master "$B_MASTER" get "/r$r" /dev/null
     if [ -n "$BASE_GFS" ]; then drop_caches; timed get-base "$Z_CS" -- "$BASE_GFS" --master "$Z_MASTER" get "/r$r" /dev/null; fi
+    if [ -n "$BASE_GFS" ]; then
+        drop_caches
+        timed get-base-plain "$Y_CS" -- "$BASE_GFS" $BASE_PLAIN --master "$Y_MASTER" get "/r$r" /dev/null
+    fi
     drop_caches
     timed get-plain "$P_CS" -- "$GFS" --insecure --master "$P_MASTER" get "/r$r" /dev/null
-    for k in dd3 put put-sync put-buf put-base put-plain; do
+    for k in dd3 put put-sync put-buf put-base put-base-plain put-plain; do
         [ -n "${RATE[$k]:-}" ] || continue
         printf "%-9s %-10s %8s %8s %10s %7s %9s\n" "$r" "$k" "${RATE[$k]}" "$(ratio "${RATE[$k]}" "${RATE[dd3]}")" \
             "${CPU[$k]}" "${BUSY[$k]}" "$(ratio "${CPU[$k]}" "${CPU[dd3]}")"
     done
-    for k in dd-read get get-buf get-base get-plain; do
+    for k in dd-read get get-buf get-base get-base-plain get-plain; do
         [ -n "${RATE[$k]:-}" ] || continue
         printf "%-9s %-10s %8s %8s %10s %7s %9s\n" "$r" "$k" "${RATE[$k]}" "$(ratio "${RATE[$k]}" "${RATE[dd-read]}")" \
             "${CPU[$k]}" "${BUSY[$k]}" "$(ratio "${CPU[$k]}" "${CPU[dd-read]}")"
@@ -164,6 +182,13 @@ for r in $(seq 1 "$ROUNDS"); do
     printf "%-9s sealed / --insecure: put %s (CPU-s/GiB %s), get %s (CPU-s/GiB %s)\n" "$r" \
         "$(ratio "${RATE[put]}" "${RATE[put-plain]}")" "$(ratio "${CPU[put]}" "${CPU[put-plain]}")" \
         "$(ratio "${RATE[get]}" "${RATE[get-plain]}")" "$(ratio "${CPU[get]}" "${CPU[get-plain]}")"
+    if [ -n "$BASE_GFS" ]; then
+        printf "%-9s plain now / plain base: put CPU-s/GiB %s (MiB/s %s), get CPU-s/GiB %s (MiB/s %s)\n" "$r" \
+            "$(ratio "${CPU[put-plain]}" "${CPU[put-base-plain]}")" "$(ratio "${RATE[put-plain]}" "${RATE[put-base-plain]}")" \
+            "$(ratio "${CPU[get-plain]}" "${CPU[get-base-plain]}")" "$(ratio "${RATE[get-plain]}" "${RATE[get-base-plain]}")"
+        "$BASE_GFS" $BASE_PLAIN --master "$Y_MASTER" cat "/r$r" | cmp -s "$SRC" - || { echo "MISMATCH on base plain /r$r"; exit 1; }
+        "$BASE_GFS" $BASE_PLAIN --master "$Y_MASTER" rm "/r$r"
+    fi
     "$GFS" --insecure --master "$P_MASTER" cat "/r$r" | cmp -s "$SRC" - || { echo "MISMATCH on unsealed /r$r"; exit 1; }
     "$GFS" --insecure --master "$P_MASTER" rm "/r$r"
     "$GFS" --master "$A_MASTER" cat "/r$r" | cmp -s "$SRC" - || { echo "MISMATCH on /r$r"; exit 1; }
@@ -174,10 +199,11 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 echo "reads measured: $CACHE; dd3 MiB/s is per writer (each wrote all $SIZE_MIB MiB), CPU-s/GiB of dd3 counts all three"
 echo "goals: put >= 0.9 of dd3, get >= 0.75 of dd-read, CPU-s/GiB of put a third below put-base"
+if [ -n "$BASE_GFS" ]; then echo "without encryption (the issue's terms): CPU-s/GiB of put-plain <= 0.67 of put-base-plain"; fi
 rm -f "$BENCH_DIR"/dd?/copy
 [ "$DATA_ONLY" = 1 ] && exit 0
 for p in $(echo "$B_CS") ${B_MASTER_PID:-} $(echo "$P_CS") ${P_MASTER_PID:-}; do kill "$p" 2>/dev/null || true; done
-if [ -n "$BASE_GFS" ]; then for p in $Z_CS $Z_MASTER_PID; do kill "$p" 2>/dev/null || true; done; fi
+if [ -n "$BASE_GFS" ]; then for p in $Z_CS $Z_MASTER_PID $Y_CS $Y_MASTER_PID; do kill "$p" 2>/dev/null || true; done; fi
 
 echo "== the other gfs figures, on cluster A (3 chunkservers, 3 replicas)"
 export GFS_MASTER="$A_MASTER"

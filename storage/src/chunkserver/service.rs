@@ -6,10 +6,11 @@ use super::mutation::{append_primary, pad_secondary, Mutation};
 use super::store::READ_PIECE;
 use super::ChunkServer;
 use crate::error::{ErrorKind, GfsError, Result};
-use crate::protocol::{ChunkHandle, ChunkReply, ChunkRequest, Conn, Incoming, Reply, Version};
+use crate::protocol::frame::Checksum;
+use crate::protocol::{ChunkHandle, ChunkReply, ChunkRequest, Conn, Incoming, Received, Reply, Version};
 use crate::sync::Unpoisoned;
 use crate::util::to_remote;
-use crate::{CHUNK_SIZE, MAX_RECORD};
+use crate::{BLOCK_SIZE, CHUNK_SIZE, MAX_RECORD};
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -263,12 +264,23 @@ fn push(cs: &Arc<ChunkServer>, conn: &mut Conn, id: u64, len: u64, chain: Vec<St
             }
         }
     }
-    let mut data = Vec::with_capacity(len as usize);
-    let mut frame = Vec::new();
-    while (data.len() as u64) < len {
-        match conn.recv_frame(&mut frame) {
-            Ok(Incoming::Data) if data.len() as u64 + frame.len() as u64 <= len => {}
-            Ok(_) => {
+    // Each frame lands straight in its place in `data` (no frame buffer to copy it out of),
+    // and is forwarded from there under the checksum it was verified with.
+    let mut data = cs.buffers.buffer(len as usize);
+    let mut got = 0usize;
+    let mut msg = Vec::new();
+    while got < data.len() {
+        let n = match conn.recv_data_into(&mut data[got..], &mut msg) {
+            Ok(Received::Data(n, checksum)) => {
+                if let Some(d) = down.as_mut() {
+                    if d.queue_verified_data(&data[got..got + n], checksum).and_then(|_| d.flush()).is_err() {
+                        failed.extend(chain.iter().cloned());
+                        down = None;
+                    }
+                }
+                n
+            }
+            Ok(Received::Msg | Received::TooLong(_)) => {
                 tracing::debug!(id, "malformed push stream");
                 let e = GfsError::fs(ErrorKind::Protocol, "malformed push stream");
                 let _ = conn.send(&Reply::<ChunkReply>::Err(to_remote(&e)));
@@ -279,14 +291,8 @@ fn push(cs: &Arc<ChunkServer>, conn: &mut Conn, id: u64, len: u64, chain: Vec<St
                 tracing::debug!(id, "push aborted: {e}");
                 return false;
             }
-        }
-        data.extend_from_slice(&frame);
-        if let Some(d) = down.as_mut() {
-            if d.queue_data(&frame).and_then(|_| d.flush()).is_err() {
-                failed.extend(chain.iter().cloned());
-                down = None;
-            }
-        }
+        };
+        got += n;
     }
     if let Some(mut d) = down {
         match d.recv::<Reply<ChunkReply>>() {
@@ -329,11 +335,12 @@ fn read(cs: &Arc<ChunkServer>, conn: &mut Conn, handle: ChunkHandle, version: Ve
         return false;
     }
     let mut buf = cs.store.take_buffer(READ_PIECE as usize);
+    let mut block_crcs = Vec::new();
     let mut pos = offset;
     let end = offset + len;
     while pos < end {
         let n = (end - pos).min(READ_PIECE - pos % READ_PIECE);
-        let range = match cs.store.read_aligned(&chunk, version, pos, n, &mut buf) {
+        let range = match cs.store.read_aligned(&chunk, version, pos, n, &mut buf, &mut block_crcs) {
             Ok(r) => r,
             Err(e) => {
                 cs.disk.observe(&e);
@@ -345,10 +352,20 @@ fn read(cs: &Arc<ChunkServer>, conn: &mut Conn, handle: ChunkHandle, version: Ve
                 return conn.send(&Reply::<ChunkReply>::Err(to_remote(&e))).is_ok();
             }
         };
+        let bs = BLOCK_SIZE as usize;
+        let mut at = range.start;
         for piece in buf.as_slice()[range].chunks(crate::DATA_FRAME) {
-            if conn.queue_data(piece).is_err() {
+            // A frame of whole blocks takes its checksum from the blocks' own, just verified.
+            let queued = if at % bs == 0 && piece.len() % bs == 0 {
+                let sum = Checksum::of_whole_blocks(&block_crcs[at / bs..(at + piece.len()) / bs]);
+                conn.queue_verified_data(piece, sum)
+            } else {
+                conn.queue_data(piece)
+            };
+            if queued.is_err() {
                 return false;
             }
+            at += piece.len();
         }
         pos += n;
     }

@@ -382,13 +382,15 @@ impl Store {
         };
         out.clear();
         out.resize((last - first + 1) * BLOCK_SIZE as usize, 0);
-        self.read_blocks(chunk, version, first, out, false)?;
+        self.read_blocks(chunk, version, first, out, false, None)?;
         let base = first as u64 * BLOCK_SIZE;
         Ok((offset - base) as usize..(end - base) as usize)
     }
 
     /// As [`Store::read`], into a reused aligned buffer, with `O_DIRECT` when the store uses
-    /// it: the disk's data lands in `out` without a page-cache copy.
+    /// it: the disk's data lands in `out` without a page-cache copy. `block_crcs` is replaced
+    /// by the checksums of the blocks in `out`, each just verified against its block, so a
+    /// caller can derive checksums of whole blocks from them instead of reading the bytes again.
     pub fn read_aligned(
         &self,
         chunk: &Chunk,
@@ -396,7 +398,9 @@ impl Store {
         offset: u64,
         len: u64,
         out: &mut AlignedBuf,
+        block_crcs: &mut Vec<u32>,
     ) -> Result<std::ops::Range<usize>> {
+        block_crcs.clear();
         let Some((first, last, end)) = read_span(offset, len)? else {
             return Ok(0..0);
         };
@@ -404,7 +408,7 @@ impl Store {
         if out.capacity() < need {
             *out = AlignedBuf::new(need);
         }
-        self.read_blocks(chunk, version, first, &mut out.as_mut_slice()[..need], true)?;
+        self.read_blocks(chunk, version, first, &mut out.as_mut_slice()[..need], true, Some(block_crcs))?;
         let base = first as u64 * BLOCK_SIZE;
         Ok((offset - base) as usize..(end - base) as usize)
     }
@@ -418,8 +422,17 @@ impl Store {
         self.staging.give(buf)
     }
 
-    /// Fills `buf` (whole blocks from block `first`) and verifies every block.
-    fn read_blocks(&self, chunk: &Chunk, version: Version, first: usize, buf: &mut [u8], direct: bool) -> Result<()> {
+    /// Fills `buf` (whole blocks from block `first`) and verifies every block; the verified
+    /// checksums go to `verified` if given.
+    fn read_blocks(
+        &self,
+        chunk: &Chunk,
+        version: Version,
+        first: usize,
+        buf: &mut [u8],
+        direct: bool,
+        verified: Option<&mut Vec<u32>>,
+    ) -> Result<()> {
         let mut s = lock(&chunk.state);
         check_version(chunk.handle, &s, version)?;
         let base = first as u64 * BLOCK_SIZE;
@@ -447,6 +460,9 @@ impl Store {
                 self.mark_corrupt(chunk);
                 return Err(err(ErrorKind::Corrupt, format!("chunk {}: block {b} is corrupt", chunk.handle)));
             }
+        }
+        if let Some(v) = verified {
+            v.extend_from_slice(&s.crcs[first..first + buf.len() / BLOCK_SIZE as usize]);
         }
         Ok(())
     }

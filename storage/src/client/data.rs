@@ -6,7 +6,7 @@ use super::stream::{run_windowed, STREAM_PIECE, STREAM_WINDOW};
 use super::Durability;
 use super::{unexpected, Client};
 use crate::error::{ErrorKind, GfsError, Result};
-use crate::protocol::{ChunkLocation, ChunkReply, ChunkRequest, Conn, Incoming, Reply};
+use crate::protocol::{ChunkLocation, ChunkReply, ChunkRequest, Conn, Received, Reply};
 use crate::sync::Unpoisoned;
 use crate::util::random_id;
 use crate::{CHUNK_SIZE, DATA_FRAME, MAX_MUTATION};
@@ -330,19 +330,14 @@ impl Client {
                 return Err(remote(error));
             }
         }
-        let mut frame = Vec::new();
-        let end = out.len();
-        while *got < end {
-            match c.recv_frame(&mut frame)? {
-                Incoming::Data => {
-                    if frame.len() > end - *got {
-                        return Err(unexpected(addr, "more data than asked for"));
-                    }
-                    out[*got..*got + frame.len()].copy_from_slice(&frame);
-                    *got += frame.len();
-                }
-                Incoming::Msg => {
-                    let r: Reply<ChunkReply> = Conn::decode_msg(&frame)?;
+        // Data frames land straight in `out`; only an error message needs a buffer of its own.
+        let mut msg = Vec::new();
+        while *got < out.len() {
+            match c.recv_data_into(&mut out[*got..], &mut msg)? {
+                Received::Data(n, _) => *got += n,
+                Received::TooLong(_) => return Err(unexpected(addr, "more data than asked for")),
+                Received::Msg => {
+                    let r: Reply<ChunkReply> = Conn::decode_msg(&msg)?;
                     self.inner.pool.put(c);
                     return Err(match r {
                         Err(error) => remote(error),

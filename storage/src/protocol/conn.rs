@@ -1,7 +1,7 @@
 //! A blocking, framed TCP connection, sealed (authenticated and encrypted, see the `seal`
 //! crate) unless the process runs `--insecure`.
 
-use super::frame::{self, Arrival, Kind};
+use super::frame::{self, Arrival, Checksum, Kind, Landed};
 use crate::error::{GfsError, IoContext, Result};
 use crate::sync::Unpoisoned;
 use seal::Security;
@@ -27,6 +27,25 @@ pub enum Incoming {
     Data,
     Msg,
 }
+
+/// What [`Conn::recv_data_into`] received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// This many bytes of data, verified, at the front of the caller's buffer; the checksum
+    /// lets them be forwarded without checksumming them again ([`Conn::queue_verified_data`]).
+    Data(usize, Checksum),
+    /// A message, left in the message buffer for [`Conn::decode_msg`].
+    Msg,
+    /// A data frame of this many bytes, more than the caller's buffer holds; the stream is no
+    /// longer at a frame boundary, so the connection cannot be used further.
+    TooLong(usize),
+}
+
+/// The read buffer under each connection. Small on purpose: a data frame's payload is read
+/// past it straight into its destination once what is buffered is used up (reads as large as
+/// the buffer bypass it), so only up to about twice this much of a 256 KiB frame is copied
+/// through it; messages are far smaller than this.
+const READ_BUFFER: usize = 8 * 1024;
 
 /// A framed connection to one peer.
 pub struct Conn {
@@ -141,7 +160,7 @@ impl Conn {
         };
         Ok(Conn {
             peer,
-            reader: BufReader::with_capacity(256 * 1024, r),
+            reader: BufReader::with_capacity(READ_BUFFER, r),
             writer: BufWriter::with_capacity(256 * 1024, w),
             scratch: Vec::new(),
             idle: None,
@@ -228,6 +247,13 @@ impl Conn {
         frame::write(&mut self.writer, Kind::Data, data)
     }
 
+    /// Queues a data frame under a checksum known to be its own, without computing it again:
+    /// the one it arrived with ([`Conn::recv_data_into`], verified then), or one derived from
+    /// its verified blocks ([`Checksum::of_whole_blocks`]).
+    pub fn queue_verified_data(&mut self, data: &[u8], checksum: Checksum) -> Result<()> {
+        frame::write_verified_data(&mut self.writer, data, checksum)
+    }
+
     pub fn flush(&mut self) -> Result<()> {
         let peer = &self.peer;
         self.writer.flush().ctx(|| format!("sending to {peer}"))
@@ -293,6 +319,18 @@ impl Conn {
             Arrival::Frame(Kind::Msg) => Ok(Incoming::Msg),
             Arrival::Quiet => Err(self.quiet()),
             Arrival::Closed => Err(GfsError::Frame(format!("{} closed the connection mid-stream", self.peer))),
+        }
+    }
+
+    /// Receives a frame: a data frame's payload straight into `dest` (no copy through a frame
+    /// buffer), a message into `msg`. Both are verified before this returns.
+    pub fn recv_data_into(&mut self, dest: &mut [u8], msg: &mut Vec<u8>) -> Result<Received> {
+        match frame::read_data_into(&mut self.reader, dest, msg)? {
+            Landed::Data(n, checksum) => Ok(Received::Data(n, checksum)),
+            Landed::Msg => Ok(Received::Msg),
+            Landed::TooLong(n) => Ok(Received::TooLong(n)),
+            Landed::Quiet => Err(self.quiet()),
+            Landed::Closed => Err(GfsError::Frame(format!("{} closed the connection mid-stream", self.peer))),
         }
     }
 

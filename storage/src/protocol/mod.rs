@@ -6,6 +6,6 @@ pub mod frame;
 pub mod messages;
 pub mod pool;
 
-pub use conn::{Conn, Incoming};
+pub use conn::{Conn, Incoming, Received};
 pub use messages::*;
 pub use pool::Pool;
