@@ -250,7 +250,7 @@ impl Shared {
 
 /// How long after a write was queued a disk whose durable writes are cheaper than a write and
 /// a sync ([`BlockBackend::durable_write_is_cheaper`]) waits for a FLUSH behind it.
-const FLUSH_WINDOW: Duration = Duration::from_micros(300);
+const FLUSH_WINDOW: Duration = Duration::from_micros(100);
 
 fn serve(
     device: u8,
