@@ -7,7 +7,7 @@ use super::store::READ_PIECE;
 use super::ChunkServer;
 use crate::error::{ErrorKind, GfsError, Result};
 use crate::protocol::frame::Checksum;
-use crate::protocol::{ChunkHandle, ChunkReply, ChunkRequest, Conn, Incoming, Received, Reply, Version};
+use crate::protocol::{ChunkHandle, ChunkReply, ChunkRequest, Conn, Received, Reply, Version};
 use crate::sync::Unpoisoned;
 use crate::util::to_remote;
 use crate::{BLOCK_SIZE, CHUNK_SIZE, MAX_RECORD};
@@ -176,6 +176,37 @@ fn mutation_or_other(cs: &Arc<ChunkServer>, req: ChunkRequest, durable: bool) ->
     }
 }
 
+/// How receiving a payload's data frames failed.
+enum PayloadError {
+    /// A message, or a frame longer than the rest of the payload, where data belonged.
+    Malformed,
+    /// The connection failed under it: the sender went away.
+    Lost(GfsError),
+}
+
+/// Receives data frames until `data` is full, each landing straight in its place (no frame
+/// buffer to copy it out of); `each` sees every frame's bytes, with the checksum they were
+/// verified with, as it arrives. Pushes and inline writes both arrive this way.
+fn receive_payload(
+    conn: &mut Conn,
+    data: &mut [u8],
+    mut each: impl FnMut(&[u8], Checksum),
+) -> std::result::Result<(), PayloadError> {
+    let mut got = 0;
+    let mut msg = Vec::new();
+    while got < data.len() {
+        match conn.recv_data_into(&mut data[got..], &mut msg) {
+            Ok(Received::Data(n, checksum)) => {
+                each(&data[got..got + n], checksum);
+                got += n;
+            }
+            Ok(Received::Msg | Received::TooLong(_)) => return Err(PayloadError::Malformed),
+            Err(e) => return Err(PayloadError::Lost(e)),
+        }
+    }
+    Ok(())
+}
+
 /// Receives the `len` bytes of data frames that follow an inline write, within the push
 /// buffers' memory budget, and answers `mutate`'s result. Returns whether the connection is
 /// still usable: not after a refusal before the data was read (what follows it cannot be
@@ -204,18 +235,17 @@ fn with_inline_data(
         Ok(room) => room,
         Err(e) => return refuse(conn, e),
     };
-    let mut data = Vec::with_capacity(len as usize);
-    let mut frame = Vec::new();
-    while (data.len() as u64) < len {
-        match conn.recv_frame(&mut frame) {
-            Ok(Incoming::Data) if data.len() as u64 + frame.len() as u64 <= len => data.extend_from_slice(&frame),
-            Ok(_) => return refuse(conn, GfsError::fs(ErrorKind::Protocol, "malformed inline write")),
-            Err(e) => {
-                // The sender went away mid-write: nothing was applied.
-                tracing::debug!("inline write aborted: {e}");
-                crate::metrics::request_done(op, started, false);
-                return false;
-            }
+    let mut data = cs.buffers.buffer(len as usize);
+    match receive_payload(conn, &mut data, |_, _| {}) {
+        Ok(()) => {}
+        Err(PayloadError::Malformed) => {
+            return refuse(conn, GfsError::fs(ErrorKind::Protocol, "malformed inline write"));
+        }
+        Err(PayloadError::Lost(e)) => {
+            // The sender went away mid-write: nothing was applied.
+            tracing::debug!("inline write aborted: {e}");
+            crate::metrics::request_done(op, started, false);
+            return false;
         }
     }
     let r = mutate(&data).map_err(|e| {
@@ -267,32 +297,27 @@ fn push(cs: &Arc<ChunkServer>, conn: &mut Conn, id: u64, len: u64, chain: Vec<St
     // Each frame lands straight in its place in `data` (no frame buffer to copy it out of),
     // and is forwarded from there under the checksum it was verified with.
     let mut data = cs.buffers.buffer(len as usize);
-    let mut got = 0usize;
-    let mut msg = Vec::new();
-    while got < data.len() {
-        let n = match conn.recv_data_into(&mut data[got..], &mut msg) {
-            Ok(Received::Data(n, checksum)) => {
-                if let Some(d) = down.as_mut() {
-                    if d.queue_verified_data(&data[got..got + n], checksum).and_then(|_| d.flush()).is_err() {
-                        failed.extend(chain.iter().cloned());
-                        down = None;
-                    }
-                }
-                n
+    let received = receive_payload(conn, &mut data, |frame, checksum| {
+        if let Some(d) = down.as_mut() {
+            if d.queue_verified_data(frame, checksum).and_then(|_| d.flush()).is_err() {
+                failed.extend(chain.iter().cloned());
+                down = None;
             }
-            Ok(Received::Msg | Received::TooLong(_)) => {
-                tracing::debug!(id, "malformed push stream");
-                let e = GfsError::fs(ErrorKind::Protocol, "malformed push stream");
-                let _ = conn.send(&Reply::<ChunkReply>::Err(to_remote(&e)));
-                return false;
-            }
-            Err(e) => {
-                // The client went away mid-push: nothing is stored, the chain sees EOF too.
-                tracing::debug!(id, "push aborted: {e}");
-                return false;
-            }
-        };
-        got += n;
+        }
+    });
+    match received {
+        Ok(()) => {}
+        Err(PayloadError::Malformed) => {
+            tracing::debug!(id, "malformed push stream");
+            let e = GfsError::fs(ErrorKind::Protocol, "malformed push stream");
+            let _ = conn.send(&Reply::<ChunkReply>::Err(to_remote(&e)));
+            return false;
+        }
+        Err(PayloadError::Lost(e)) => {
+            // The client went away mid-push: nothing is stored, the chain sees EOF too.
+            tracing::debug!(id, "push aborted: {e}");
+            return false;
+        }
     }
     if let Some(mut d) = down {
         match d.recv::<Reply<ChunkReply>>() {
